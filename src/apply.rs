@@ -1,0 +1,429 @@
+//! The one door into the entity tables.
+//!
+//! Webhook payloads and reconciler pages both become [`Observation`]s (one object as seen
+//! at one source time) and reach the tables only through [`apply`]. A row is replaced only
+//! by a newer observation: newer `updated_at` (else `created_at`), or the same source time
+//! with different typed content. Repeats and reorderings therefore cannot regress data,
+//! and the same call serves a single delivery or a 250-object page: one statement per
+//! table, rows bound as arrays and expanded with `UNNEST`.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, NaiveDate, Utc};
+use serde_json::Value;
+use sqlx::{AssertSqlSafe, PgConnection};
+
+use crate::partnerstack::models::{
+    Customer, Deal, Entity, Group, Lead, Object, Partnership, Reward, Transaction,
+};
+
+/// Where an observation came from; stored as the row's provenance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Webhook,
+    Reconcile,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Webhook => "webhook",
+            Source::Reconcile => "reconcile",
+        }
+    }
+}
+
+/// One typed column value.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Col {
+    Text(Option<String>),
+    Int(Option<i64>),
+    Bool(Option<bool>),
+    Ts(Option<DateTime<Utc>>),
+    Date(Option<NaiveDate>),
+    Json(Option<Value>),
+}
+
+impl Col {
+    fn sql_type(&self) -> &'static str {
+        match self {
+            Col::Text(_) => "text",
+            Col::Int(_) => "bigint",
+            Col::Bool(_) => "boolean",
+            Col::Ts(_) => "timestamptz",
+            Col::Date(_) => "date",
+            Col::Json(_) => "jsonb",
+        }
+    }
+}
+
+/// One object as seen at one source time.
+#[derive(Debug, Clone)]
+pub struct Observation {
+    pub entity: Entity,
+    pub key: String,
+    pub created_at: Option<DateTime<Utc>>,
+    pub updated_at: Option<DateTime<Utc>>,
+    /// The observation carries a deletion (a `*_deleted` event).
+    pub deleted: bool,
+    pub columns: Vec<(&'static str, Col)>,
+    pub raw: Value,
+}
+
+impl Observation {
+    /// Reads `object` as an `entity`. Errors say which field was wrong and why.
+    pub fn parse(entity: Entity, object: Value, deleted: bool) -> Result<Observation, String> {
+        match entity {
+            Entity::Partner => build::<Partnership>(object, deleted),
+            Entity::Customer => build::<Customer>(object, deleted),
+            Entity::Transaction => build::<Transaction>(object, deleted),
+            Entity::Reward => build::<Reward>(object, deleted),
+            Entity::Group => build::<Group>(object, deleted),
+            Entity::Deal => build::<Deal>(object, deleted),
+            Entity::Lead => build::<Lead>(object, deleted),
+        }
+    }
+
+    /// The source time that orders observations of one object.
+    pub fn observed_at(&self) -> Option<DateTime<Utc>> {
+        self.updated_at.or(self.created_at)
+    }
+}
+
+fn build<T: Object>(object: Value, deleted: bool) -> Result<Observation, String> {
+    if !object.is_object() {
+        return Err("the object is not a JSON object".into());
+    }
+    if contains_nul(&object) {
+        // Postgres text and jsonb cannot hold U+0000.
+        return Err("the object contains a NUL (\\u0000) character".into());
+    }
+    let typed: T = serde_path_to_error::deserialize(&object)
+        .map_err(|e| format!("field `{}`: {}", e.path(), e.inner()))?;
+    let meta = typed.meta();
+    let key = meta
+        .identity()
+        .ok_or_else(|| format!("the {} has no `key` (or `id`)", T::ENTITY.name()))?
+        .to_string();
+    Ok(Observation {
+        entity: T::ENTITY,
+        key,
+        created_at: meta.created_at,
+        updated_at: meta.updated_at,
+        deleted,
+        columns: typed.columns(),
+        raw: object,
+    })
+}
+
+fn contains_nul(value: &Value) -> bool {
+    match value {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(items) => items.iter().any(contains_nul),
+        Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || contains_nul(v)),
+        _ => false,
+    }
+}
+
+/// What [`apply`] did with one observation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    /// The row did not exist and was created.
+    Inserted,
+    /// The row existed and was replaced.
+    Updated,
+    /// The stored row was as new or newer, with the same content: nothing changed.
+    Stale,
+}
+
+impl Applied {
+    pub fn changed(self) -> bool {
+        self != Applied::Stale
+    }
+}
+
+/// Applies observations, returning what happened to each, in input order.
+///
+/// Runs one statement per table (more only when one batch holds several observations of
+/// the same object, which are then applied in source-time order). The caller owns the
+/// transaction, so a page and its checkpoint, or deliveries and their outcomes, commit
+/// together.
+pub async fn apply(
+    conn: &mut PgConnection,
+    source: Source,
+    observations: &[Observation],
+) -> Result<Vec<Applied>, sqlx::Error> {
+    let mut results = vec![Applied::Stale; observations.len()];
+    for round in rounds(observations) {
+        let entity = observations[round[0]].entity;
+        let batch: Vec<&Observation> = round.iter().map(|&i| &observations[i]).collect();
+        let changed = upsert(conn, entity, source, &batch).await?;
+        for i in round {
+            if let Some(&inserted) = changed.get(observations[i].key.as_str()) {
+                results[i] = if inserted {
+                    Applied::Inserted
+                } else {
+                    Applied::Updated
+                };
+            }
+        }
+    }
+    Ok(results)
+}
+
+/// Groups observation indices into statements: one entity each, each key at most once
+/// (Postgres refuses to upsert one row twice in a statement), oldest observations first.
+fn rounds(observations: &[Observation]) -> Vec<Vec<usize>> {
+    let mut order: Vec<usize> = (0..observations.len()).collect();
+    order.sort_by(|&a, &b| {
+        let (x, y) = (&observations[a], &observations[b]);
+        (x.entity, &x.key, x.observed_at(), a).cmp(&(y.entity, &y.key, y.observed_at(), b))
+    });
+    // Position of each observation among those of the same object: round number.
+    let mut rounds: Vec<(Entity, usize, Vec<usize>)> = Vec::new();
+    let mut previous: Option<(Entity, &str)> = None;
+    let mut depth = 0;
+    for i in order {
+        let o = &observations[i];
+        depth = if previous == Some((o.entity, o.key.as_str())) {
+            depth + 1
+        } else {
+            0
+        };
+        previous = Some((o.entity, o.key.as_str()));
+        match rounds
+            .iter_mut()
+            .find(|(e, d, _)| *e == o.entity && *d == depth)
+        {
+            Some((_, _, members)) => members.push(i),
+            None => rounds.push((o.entity, depth, vec![i])),
+        }
+    }
+    rounds.sort_by_key(|(e, d, _)| (*d, *e));
+    rounds.into_iter().map(|(_, _, members)| members).collect()
+}
+
+/// Column values gathered across a batch, ready to bind as one array each.
+enum Array {
+    Text(Vec<Option<String>>),
+    Int(Vec<Option<i64>>),
+    Bool(Vec<Option<bool>>),
+    Ts(Vec<Option<DateTime<Utc>>>),
+    Date(Vec<Option<NaiveDate>>),
+    Json(Vec<Option<Value>>),
+}
+
+impl Array {
+    fn for_col(col: &Col, capacity: usize) -> Array {
+        match col {
+            Col::Text(_) => Array::Text(Vec::with_capacity(capacity)),
+            Col::Int(_) => Array::Int(Vec::with_capacity(capacity)),
+            Col::Bool(_) => Array::Bool(Vec::with_capacity(capacity)),
+            Col::Ts(_) => Array::Ts(Vec::with_capacity(capacity)),
+            Col::Date(_) => Array::Date(Vec::with_capacity(capacity)),
+            Col::Json(_) => Array::Json(Vec::with_capacity(capacity)),
+        }
+    }
+
+    fn push(&mut self, col: &Col) {
+        match (self, col) {
+            (Array::Text(v), Col::Text(x)) => v.push(x.clone()),
+            (Array::Int(v), Col::Int(x)) => v.push(*x),
+            (Array::Bool(v), Col::Bool(x)) => v.push(*x),
+            (Array::Ts(v), Col::Ts(x)) => v.push(*x),
+            (Array::Date(v), Col::Date(x)) => v.push(*x),
+            (Array::Json(v), Col::Json(x)) => v.push(x.clone()),
+            // Every object of one entity yields the same columns in the same order.
+            _ => unreachable!("column types differ between observations of one entity"),
+        }
+    }
+}
+
+/// Upserts one batch of one entity (distinct keys). Returns the keys whose rows changed,
+/// each with whether it was inserted.
+async fn upsert(
+    conn: &mut PgConnection,
+    entity: Entity,
+    source: Source,
+    batch: &[&Observation],
+) -> Result<HashMap<String, bool>, sqlx::Error> {
+    let columns = &batch[0].columns;
+    let sql = upsert_sql(entity.table(), columns);
+
+    let n = batch.len();
+    let mut keys = Vec::with_capacity(n);
+    let mut created = Vec::with_capacity(n);
+    let mut updated = Vec::with_capacity(n);
+    let mut observed = Vec::with_capacity(n);
+    let mut deleted = Vec::with_capacity(n);
+    let mut raw = Vec::with_capacity(n);
+    let mut arrays: Vec<Array> = columns.iter().map(|(_, c)| Array::for_col(c, n)).collect();
+    for o in batch {
+        keys.push(o.key.clone());
+        created.push(o.created_at);
+        updated.push(o.updated_at);
+        observed.push(o.observed_at());
+        deleted.push(o.deleted);
+        raw.push(o.raw.clone());
+        for (array, (_, col)) in arrays.iter_mut().zip(&o.columns) {
+            array.push(col);
+        }
+    }
+
+    let mut query = sqlx::query_as::<_, (String, bool)>(AssertSqlSafe(sql))
+        .bind(source.as_str())
+        .bind(keys)
+        .bind(created)
+        .bind(updated)
+        .bind(observed)
+        .bind(deleted)
+        .bind(raw);
+    for array in arrays {
+        query = match array {
+            Array::Text(v) => query.bind(v),
+            Array::Int(v) => query.bind(v),
+            Array::Bool(v) => query.bind(v),
+            Array::Ts(v) => query.bind(v),
+            Array::Date(v) => query.bind(v),
+            Array::Json(v) => query.bind(v),
+        };
+    }
+    let rows = query.fetch_all(&mut *conn).await?;
+    Ok(rows.into_iter().collect())
+}
+
+/// The upsert statement for a table with the given typed columns. `$1` is the source,
+/// `$2..$7` the bookkeeping arrays, then one array per typed column.
+fn upsert_sql(table: &str, columns: &[(&'static str, Col)]) -> String {
+    let names: Vec<&str> = columns.iter().map(|(n, _)| *n).collect();
+    let mut params = vec![
+        "$2::text[]".to_string(),
+        "$3::timestamptz[]".to_string(),
+        "$4::timestamptz[]".to_string(),
+        "$5::timestamptz[]".to_string(),
+        "$6::boolean[]".to_string(),
+        "$7::jsonb[]".to_string(),
+    ];
+    for (i, (_, col)) in columns.iter().enumerate() {
+        params.push(format!("${}::{}[]", i + 8, col.sql_type()));
+    }
+    let list = names.join(", ");
+    let excluded = |prefix: &str| {
+        names
+            .iter()
+            .map(|n| format!("{prefix}.{n}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let sets: String = names
+        .iter()
+        .map(|n| format!(", {n} = EXCLUDED.{n}"))
+        .collect();
+    format!(
+        "WITH input AS (
+            SELECT * FROM UNNEST({params})
+                AS i(key, created_at, updated_at, observed_at, deleted, raw, {list})
+        ), rows AS (
+            SELECT i.*, COALESCE(i.created_at, t.created_at, now()) AS created_final
+            FROM input i LEFT JOIN {table} t ON t.key = i.key
+        )
+        INSERT INTO {table} AS t
+            (key, created_at, updated_at, observed_at, deleted_at, raw, source, synced_at, {list})
+        SELECT key, created_final, updated_at, observed_at,
+               CASE WHEN deleted THEN now() END, raw, $1, now(), {list}
+        FROM rows
+        ON CONFLICT (key) DO UPDATE SET
+            created_at = EXCLUDED.created_at,
+            updated_at = EXCLUDED.updated_at,
+            observed_at = EXCLUDED.observed_at,
+            deleted_at = CASE WHEN EXCLUDED.deleted_at IS NULL THEN NULL
+                              ELSE COALESCE(t.deleted_at, EXCLUDED.deleted_at) END,
+            raw = EXCLUDED.raw,
+            source = EXCLUDED.source,
+            synced_at = EXCLUDED.synced_at{sets}
+        WHERE EXCLUDED.observed_at > t.observed_at
+           OR (t.observed_at IS NULL AND EXCLUDED.observed_at IS NOT NULL)
+           OR (EXCLUDED.observed_at IS NOT DISTINCT FROM t.observed_at
+               AND ROW({excl}, EXCLUDED.deleted_at IS NULL)
+                   IS DISTINCT FROM ROW({cur}, t.deleted_at IS NULL))
+        RETURNING t.key, (t.xmax = 0) AS inserted",
+        params = params.join(", "),
+        excl = excluded("EXCLUDED"),
+        cur = excluded("t"),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn obs(entity: Entity, key: &str, updated_ms: i64) -> Observation {
+        Observation::parse(entity, json!({"key": key, "updated_at": updated_ms}), false).unwrap()
+    }
+
+    #[test]
+    fn repeated_keys_are_split_into_rounds_in_source_time_order() {
+        let batch = vec![
+            obs(Entity::Customer, "a", 3_000_000_000_000),
+            obs(Entity::Customer, "b", 1_000_000_000_000),
+            obs(Entity::Customer, "a", 1_000_000_000_000),
+            obs(Entity::Partner, "a", 2_000_000_000_000),
+            obs(Entity::Customer, "a", 2_000_000_000_000),
+        ];
+        let r = rounds(&batch);
+        // Round 0 holds the oldest "a" customer, "b", and the partner; then the others.
+        assert_eq!(r, vec![vec![3], vec![2, 1], vec![4], vec![0]]);
+        for round in &r {
+            let mut keys: Vec<_> = round
+                .iter()
+                .map(|&i| (batch[i].entity, &batch[i].key))
+                .collect();
+            let len = keys.len();
+            keys.dedup();
+            assert_eq!(keys.len(), len, "a key appears twice in one statement");
+        }
+    }
+
+    #[test]
+    fn parse_errors_name_the_field() {
+        let err = Observation::parse(
+            Entity::Transaction,
+            json!({"key": "t", "amount": "lots"}),
+            false,
+        )
+        .unwrap_err();
+        assert!(err.contains("amount"), "{err}");
+        let err =
+            Observation::parse(Entity::Customer, json!({"email": "x@y.z"}), false).unwrap_err();
+        assert!(err.contains("no `key`"), "{err}");
+        let err = Observation::parse(
+            Entity::Customer,
+            json!({"key": "c", "name": "a\u{0}b"}),
+            false,
+        )
+        .unwrap_err();
+        assert!(err.contains("NUL"), "{err}");
+    }
+
+    #[test]
+    fn numeric_id_stands_in_for_key() {
+        let o = Observation::parse(
+            Entity::Customer,
+            json!({"id": 1234, "archived": "false"}),
+            false,
+        )
+        .unwrap();
+        assert_eq!(o.key, "1234");
+    }
+
+    #[test]
+    fn every_entity_has_columns_of_fixed_types() {
+        for entity in Entity::ALL {
+            let o = Observation::parse(entity, json!({"key": "k"}), false).unwrap();
+            assert!(!o.columns.is_empty(), "{entity:?}");
+            let sql = upsert_sql(entity.table(), &o.columns);
+            assert!(sql.contains(&format!("INSERT INTO {} AS t", entity.table())));
+        }
+    }
+}

@@ -1,0 +1,161 @@
+//! Shared secrets: URL tokens, bearer tokens and HMAC signing keys.
+//!
+//! Tokens are compared in constant time against every configured token (several are
+//! active during a rotation). Both sides are hashed first, so neither the content nor the
+//! length of a configured token leaks through timing.
+
+use base64::Engine as _;
+use hmac::{Hmac, KeyInit, Mac};
+use secrecy::{ExposeSecret, SecretString};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+/// A set of accepted tokens, held as SHA-256 digests.
+#[derive(Clone)]
+pub struct TokenSet {
+    digests: Vec<[u8; 32]>,
+}
+
+impl std::fmt::Debug for TokenSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "TokenSet({} tokens)", self.digests.len())
+    }
+}
+
+impl TokenSet {
+    pub fn new(tokens: &[SecretString]) -> Self {
+        Self {
+            digests: tokens
+                .iter()
+                .map(|t| sha256(t.expose_secret().as_bytes()))
+                .collect(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.digests.is_empty()
+    }
+
+    /// True when `presented` equals one of the tokens. Every token is compared, match or not.
+    pub fn verify(&self, presented: &str) -> bool {
+        let digest = sha256(presented.as_bytes());
+        let mut matched = subtle::Choice::from(0);
+        for d in &self.digests {
+            matched |= d.ct_eq(&digest);
+        }
+        matched.into()
+    }
+}
+
+/// HMAC-SHA256 keys for deliveries signed by a relay or gateway.
+#[derive(Clone)]
+pub struct SigningKeys {
+    keys: Vec<SecretString>,
+}
+
+impl std::fmt::Debug for SigningKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SigningKeys({} keys)", self.keys.len())
+    }
+}
+
+impl SigningKeys {
+    pub fn new(keys: &[SecretString]) -> Self {
+        Self {
+            keys: keys.to_vec(),
+        }
+    }
+
+    /// Signing is required only when keys are configured.
+    pub fn is_enabled(&self) -> bool {
+        !self.keys.is_empty()
+    }
+
+    /// Checks a signature header value (hex or base64 of HMAC-SHA256 over `body`,
+    /// optionally prefixed `sha256=`) against every key.
+    pub fn verify(&self, body: &[u8], header: &str) -> bool {
+        let Some(presented) = decode_signature(header) else {
+            return false;
+        };
+        let mut matched = false;
+        for key in &self.keys {
+            let mut mac = hmac(key);
+            mac.update(body);
+            matched |= mac.verify_slice(&presented).is_ok();
+        }
+        matched
+    }
+}
+
+/// The signature header value for `body` under `key` (hex, `sha256=` prefixed); used by
+/// `simulate` and tests to sign deliveries.
+pub fn sign(key: &SecretString, body: &[u8]) -> String {
+    let mut mac = hmac(key);
+    mac.update(body);
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+fn hmac(key: &SecretString) -> Hmac<Sha256> {
+    // HMAC accepts keys of any length, so this cannot fail.
+    <Hmac<Sha256> as KeyInit>::new_from_slice(key.expose_secret().as_bytes())
+        .expect("HMAC takes keys of any length")
+}
+
+fn decode_signature(header: &str) -> Option<Vec<u8>> {
+    let value = header.trim();
+    let value = value.strip_prefix("sha256=").unwrap_or(value);
+    let bytes = if value.len() == 64 {
+        hex::decode(value).ok()?
+    } else {
+        base64::engine::general_purpose::STANDARD
+            .decode(value)
+            .ok()?
+    };
+    (bytes.len() == 32).then_some(bytes)
+}
+
+/// SHA-256 of `bytes`.
+pub fn sha256(bytes: &[u8]) -> [u8; 32] {
+    Sha256::digest(bytes).into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn secrets(list: &[&str]) -> Vec<SecretString> {
+        list.iter()
+            .map(|s| SecretString::from(s.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn any_active_token_is_accepted() {
+        let set = TokenSet::new(&secrets(&["old-token-0123456789", "new-token-0123456789"]));
+        assert!(set.verify("old-token-0123456789"));
+        assert!(set.verify("new-token-0123456789"));
+        assert!(!set.verify("new-token-012345678"));
+        assert!(!set.verify(""));
+        assert!(!TokenSet::new(&[]).verify(""));
+    }
+
+    #[test]
+    fn signatures_in_hex_and_base64_verify_and_tampering_fails() {
+        let keys = secrets(&["signing-secret-0123456789"]);
+        let set = SigningKeys::new(&keys);
+        let body = br#"{"event":"customer.created"}"#;
+        let header = sign(&keys[0], body);
+        assert!(set.verify(body, &header));
+        let raw = hex::decode(header.trim_start_matches("sha256=")).unwrap();
+        assert!(set.verify(body, &hex::encode(&raw)));
+        assert!(set.verify(
+            body,
+            &base64::engine::general_purpose::STANDARD.encode(&raw)
+        ));
+        assert!(!set.verify(br#"{"event":"customer.deleted"}"#, &header));
+        assert!(!set.verify(body, "sha256=00"));
+        assert!(!set.verify(body, ""));
+        let other = SigningKeys::new(&secrets(&["another-secret-0123456789"]));
+        assert!(!other.verify(body, &header));
+    }
+}

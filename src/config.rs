@@ -1,0 +1,509 @@
+//! Typed settings, loaded once at start-up.
+//!
+//! Three layers, later ones winning: `config/default.toml` (compiled in, documents every
+//! setting), an optional file given with `--config`, then environment variables. Every
+//! error names the setting (and its environment variable). Secrets are
+//! [`SecretString`]s, so `Debug` output and logs show `[REDACTED]`.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use axum::http::HeaderName;
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Deserializer};
+
+/// The compiled-in defaults; `config/default.toml` in the repository.
+pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
+
+/// Environment variables and the setting each overrides.
+const ENV_OVERRIDES: &[(&str, &str)] = &[
+    ("PSYNC_LISTEN", "server.listen"),
+    ("PSYNC_REQUEST_TIMEOUT", "server.request_timeout"),
+    ("DATABASE_URL", "database.url"),
+    ("PSYNC_DATA_DIR", "database.data_dir"),
+    ("PSYNC_WEBHOOK_TOKENS", "webhooks.tokens"),
+    ("PSYNC_WEBHOOK_SIGNING_SECRETS", "webhooks.signing_secrets"),
+    (
+        "PSYNC_WEBHOOK_SIGNATURE_HEADER",
+        "webhooks.signature_header",
+    ),
+    ("PSYNC_WEBHOOK_BODY_LIMIT", "webhooks.body_limit"),
+    ("PSYNC_API_TOKENS", "api.tokens"),
+    ("PARTNERSTACK_BASE_URL", "partnerstack.base_url"),
+    ("PARTNERSTACK_PUBLIC_KEY", "partnerstack.public_key"),
+    ("PARTNERSTACK_SECRET_KEY", "partnerstack.secret_key"),
+    ("PARTNERSTACK_PAGE_SIZE", "partnerstack.page_size"),
+    (
+        "PARTNERSTACK_REQUESTS_PER_SECOND",
+        "partnerstack.requests_per_second",
+    ),
+    ("PSYNC_RECONCILE_INTERVAL", "reconcile.interval"),
+    ("PSYNC_LOG_FORMAT", "log.format"),
+];
+
+/// Shortest token or secret accepted: a URL token is the only thing that authenticates a
+/// webhook delivery, so it must not be guessable.
+const MIN_SECRET_LEN: usize = 16;
+
+/// A configuration problem, worded for the person starting the service.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {0}")]
+pub struct ConfigError(String);
+
+/// Every setting of the service. See `config/default.toml` for meaning and defaults.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub database: DatabaseConfig,
+    pub webhooks: WebhookConfig,
+    pub api: ApiConfig,
+    pub partnerstack: PartnerStackConfig,
+    pub reconcile: ReconcileConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// `None` means "run the embedded Postgres".
+    #[serde(deserialize_with = "optional_secret")]
+    pub url: Option<SecretString>,
+    pub data_dir: PathBuf,
+    pub max_connections: u32,
+    #[serde(with = "humantime_serde")]
+    pub acquire_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub idle_in_transaction_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub statement_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    #[serde(deserialize_with = "secret_list")]
+    pub tokens: Vec<SecretString>,
+    #[serde(deserialize_with = "secret_list")]
+    pub signing_secrets: Vec<SecretString>,
+    #[serde(deserialize_with = "header_name")]
+    pub signature_header: HeaderName,
+    pub body_limit: usize,
+    pub queue_capacity: usize,
+    pub batch_size: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiConfig {
+    #[serde(deserialize_with = "secret_list")]
+    pub tokens: Vec<SecretString>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PartnerStackConfig {
+    pub base_url: String,
+    #[serde(deserialize_with = "optional_secret")]
+    pub public_key: Option<SecretString>,
+    #[serde(deserialize_with = "optional_secret")]
+    pub secret_key: Option<SecretString>,
+    pub page_size: u32,
+    pub requests_per_second: f64,
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    pub max_attempts: u32,
+    #[serde(with = "humantime_serde")]
+    pub max_backoff: Duration,
+}
+
+impl PartnerStackConfig {
+    /// Both API keys, when both are set.
+    pub fn credentials(&self) -> Option<(&SecretString, &SecretString)> {
+        Some((self.public_key.as_ref()?, self.secret_key.as_ref()?))
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReconcileConfig {
+    /// `None` when set to "off".
+    #[serde(deserialize_with = "interval_or_off")]
+    pub interval: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+impl Config {
+    /// Loads defaults, then `file`, then the process environment.
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        let env: HashMap<String, String> = std::env::vars().collect();
+        Self::load_with_env(file, &env)
+    }
+
+    /// Like [`Config::load`] with an explicit environment (tests use this).
+    pub fn load_with_env(
+        file: Option<&Path>,
+        env: &HashMap<String, String>,
+    ) -> Result<Config, ConfigError> {
+        let mut table: toml::Table = DEFAULT_TOML
+            .parse()
+            .map_err(|e| ConfigError(format!("built-in defaults do not parse: {e}")))?;
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| ConfigError(format!("cannot read {}: {e}", path.display())))?;
+            let overlay: toml::Table = text
+                .parse()
+                .map_err(|e| ConfigError(format!("{}: {e}", path.display())))?;
+            merge(&mut table, overlay);
+        }
+        for (var, setting) in ENV_OVERRIDES {
+            if let Some(value) = env.get(*var) {
+                set_from_env(&mut table, setting, var, value)?;
+            }
+        }
+        let config: Config =
+            serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+                let setting = e.path().to_string();
+                ConfigError(format!("{}: {}", describe(&setting), e.inner()))
+            })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let fail =
+            |setting: &str, why: String| Err(ConfigError(format!("{}: {why}", describe(setting))));
+        for (setting, list) in [
+            ("webhooks.tokens", &self.webhooks.tokens),
+            ("webhooks.signing_secrets", &self.webhooks.signing_secrets),
+            ("api.tokens", &self.api.tokens),
+        ] {
+            if let Some(short) = list
+                .iter()
+                .position(|s| s.expose_secret().len() < MIN_SECRET_LEN)
+            {
+                return fail(
+                    setting,
+                    format!(
+                        "entry {} is shorter than {MIN_SECRET_LEN} characters",
+                        short + 1
+                    ),
+                );
+            }
+        }
+        if self.webhooks.body_limit == 0 {
+            return fail("webhooks.body_limit", "must be at least 1 byte".into());
+        }
+        if self.webhooks.queue_capacity == 0 {
+            return fail("webhooks.queue_capacity", "must be at least 1".into());
+        }
+        if !(1..=1000).contains(&self.webhooks.batch_size) {
+            return fail("webhooks.batch_size", "must be within 1..=1000".into());
+        }
+        if self.database.max_connections < 2 {
+            return fail("database.max_connections", "must be at least 2".into());
+        }
+        if let Some(url) = &self.database.url {
+            let url = url.expose_secret();
+            if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+                return fail(
+                    "database.url",
+                    "must start with postgres:// or postgresql://".into(),
+                );
+            }
+        }
+        if !(1..=250).contains(&self.partnerstack.page_size) {
+            return fail("partnerstack.page_size", "must be within 1..=250".into());
+        }
+        let rps = self.partnerstack.requests_per_second;
+        if !(rps.is_finite() && rps > 0.0) {
+            return fail(
+                "partnerstack.requests_per_second",
+                "must be a positive number".into(),
+            );
+        }
+        if self.partnerstack.max_attempts == 0 {
+            return fail("partnerstack.max_attempts", "must be at least 1".into());
+        }
+        let base = &self.partnerstack.base_url;
+        if !(base.starts_with("http://") || base.starts_with("https://")) {
+            return fail(
+                "partnerstack.base_url",
+                "must be an http:// or https:// URL".into(),
+            );
+        }
+        if self.partnerstack.public_key.is_some() != self.partnerstack.secret_key.is_some() {
+            return fail(
+                "partnerstack.public_key",
+                "set both PARTNERSTACK_PUBLIC_KEY and PARTNERSTACK_SECRET_KEY, or neither".into(),
+            );
+        }
+        for (setting, d) in [
+            ("server.request_timeout", self.server.request_timeout),
+            ("database.acquire_timeout", self.database.acquire_timeout),
+            (
+                "partnerstack.request_timeout",
+                self.partnerstack.request_timeout,
+            ),
+        ] {
+            if d.is_zero() {
+                return fail(setting, "must be longer than zero".into());
+            }
+        }
+        if self
+            .reconcile
+            .interval
+            .is_some_and(|d| d < Duration::from_secs(1))
+        {
+            return fail(
+                "reconcile.interval",
+                "must be at least 1s, or \"off\"".into(),
+            );
+        }
+        Ok(())
+    }
+}
+
+/// "webhooks.tokens (env PSYNC_WEBHOOK_TOKENS)", or just the setting when no variable maps to it.
+fn describe(setting: &str) -> String {
+    match ENV_OVERRIDES.iter().find(|(_, s)| *s == setting) {
+        Some((var, _)) => format!("{setting} (env {var})"),
+        None => setting.to_string(),
+    }
+}
+
+/// Deep-merges `overlay` into `base`: tables merge key by key, everything else replaces.
+fn merge(base: &mut toml::Table, overlay: toml::Table) {
+    for (key, value) in overlay {
+        match (base.get_mut(&key), value) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o),
+            (_, value) => {
+                base.insert(key, value);
+            }
+        }
+    }
+}
+
+/// Writes an environment value into the table, typed like the default it replaces, so an
+/// ill-typed variable is reported with its own name.
+fn set_from_env(
+    table: &mut toml::Table,
+    setting: &str,
+    var: &str,
+    raw: &str,
+) -> Result<(), ConfigError> {
+    let (section, field) = setting.split_once('.').unwrap_or(("", setting));
+    let section = table
+        .get_mut(section)
+        .and_then(|v| v.as_table_mut())
+        .ok_or_else(|| ConfigError(format!("{var}: no section for {setting}")))?;
+    let bad = |expected: &str| ConfigError(format!("{var}: expected {expected}, got {raw:?}"));
+    let value = match section.get(field) {
+        Some(toml::Value::Integer(_)) => {
+            toml::Value::Integer(raw.trim().parse().map_err(|_| bad("a whole number"))?)
+        }
+        Some(toml::Value::Float(_)) => {
+            toml::Value::Float(raw.trim().parse().map_err(|_| bad("a number"))?)
+        }
+        Some(toml::Value::Array(_)) => toml::Value::Array(
+            raw.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|s| toml::Value::String(s.to_string()))
+                .collect(),
+        ),
+        _ => toml::Value::String(raw.trim().to_string()),
+    };
+    section.insert(field.to_string(), value);
+    Ok(())
+}
+
+fn optional_secret<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SecretString>, D::Error> {
+    let s = String::deserialize(d)?;
+    Ok((!s.trim().is_empty()).then(|| SecretString::from(s.trim().to_string())))
+}
+
+fn secret_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<SecretString>, D::Error> {
+    let list = Vec::<String>::deserialize(d)?;
+    Ok(list
+        .into_iter()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .map(SecretString::from)
+        .collect())
+}
+
+fn header_name<'de, D: Deserializer<'de>>(d: D) -> Result<HeaderName, D::Error> {
+    let s = String::deserialize(d)?;
+    HeaderName::try_from(s.trim()).map_err(serde::de::Error::custom)
+}
+
+fn interval_or_off<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    let s = String::deserialize(d)?;
+    match s.trim() {
+        "off" | "disabled" | "" => Ok(None),
+        other => humantime::parse_duration(other)
+            .map(Some)
+            .map_err(|e| serde::de::Error::custom(format!("{e} (use e.g. \"5m\", or \"off\")"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_load_and_match_the_documentation() {
+        let c = Config::load_with_env(None, &env(&[])).expect("defaults are valid");
+        assert_eq!(c.server.listen, "127.0.0.1:8080".parse().unwrap());
+        assert!(c.database.url.is_none());
+        assert_eq!(c.database.data_dir, PathBuf::from("./data"));
+        assert_eq!(c.webhooks.body_limit, 1024 * 1024);
+        assert_eq!(c.partnerstack.page_size, 100);
+        assert_eq!(c.reconcile.interval, Some(Duration::from_secs(300)));
+        assert!(c.partnerstack.credentials().is_none());
+        assert_eq!(c.log.format, LogFormat::Pretty);
+    }
+
+    #[test]
+    fn environment_overrides_file_overrides_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "[server]\nlisten = \"127.0.0.1:9000\"\n[partnerstack]\npage_size = 50\n",
+        )
+        .unwrap();
+        let c = Config::load_with_env(
+            Some(&path),
+            &env(&[
+                ("PARTNERSTACK_PAGE_SIZE", "250"),
+                (
+                    "PSYNC_WEBHOOK_TOKENS",
+                    "aaaaaaaaaaaaaaaa, bbbbbbbbbbbbbbbb,",
+                ),
+                ("PSYNC_RECONCILE_INTERVAL", "off"),
+                ("PSYNC_LOG_FORMAT", "json"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.server.listen.port(), 9000);
+        assert_eq!(c.partnerstack.page_size, 250);
+        assert_eq!(c.webhooks.tokens.len(), 2);
+        assert_eq!(c.reconcile.interval, None);
+        assert_eq!(c.log.format, LogFormat::Json);
+    }
+
+    #[test]
+    fn errors_name_the_setting_and_variable() {
+        let cases = [
+            (
+                ("PSYNC_LISTEN", "nonsense"),
+                "server.listen (env PSYNC_LISTEN)",
+            ),
+            (
+                ("PARTNERSTACK_PAGE_SIZE", "251"),
+                "partnerstack.page_size (env PARTNERSTACK_PAGE_SIZE)",
+            ),
+            (
+                ("PARTNERSTACK_PAGE_SIZE", "ten"),
+                "PARTNERSTACK_PAGE_SIZE: expected a whole number",
+            ),
+            (
+                ("PSYNC_WEBHOOK_TOKENS", "short"),
+                "webhooks.tokens (env PSYNC_WEBHOOK_TOKENS)",
+            ),
+            (
+                ("PSYNC_RECONCILE_INTERVAL", "soon"),
+                "reconcile.interval (env PSYNC_RECONCILE_INTERVAL)",
+            ),
+            (
+                ("PSYNC_LOG_FORMAT", "xml"),
+                "log.format (env PSYNC_LOG_FORMAT)",
+            ),
+            (
+                ("DATABASE_URL", "mysql://x"),
+                "database.url (env DATABASE_URL)",
+            ),
+            (
+                ("PARTNERSTACK_PUBLIC_KEY", "pk_only"),
+                "partnerstack.public_key",
+            ),
+        ];
+        for ((var, value), expected) in cases {
+            let err = Config::load_with_env(None, &env(&[(var, value)]))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(expected), "{var}={value}: {err}");
+        }
+    }
+
+    #[test]
+    fn unknown_keys_in_a_file_are_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "[server]\nlisten_addr = \"x\"\n").unwrap();
+        let err = Config::load_with_env(Some(&path), &env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("listen_addr"), "{err}");
+    }
+
+    #[test]
+    fn secrets_never_show_in_debug_output() {
+        let c = Config::load_with_env(
+            None,
+            &env(&[
+                ("PSYNC_WEBHOOK_TOKENS", "webhook-token-0123456789"),
+                ("PSYNC_WEBHOOK_SIGNING_SECRETS", "signing-secret-0123456789"),
+                ("PSYNC_API_TOKENS", "api-token-0123456789"),
+                ("PARTNERSTACK_PUBLIC_KEY", "pk_live_0123456789"),
+                ("PARTNERSTACK_SECRET_KEY", "sk_live_0123456789"),
+                ("DATABASE_URL", "postgres://u:db-password-0123@localhost/x"),
+            ]),
+        )
+        .unwrap();
+        let debug = format!("{c:?}");
+        for secret in [
+            "webhook-token-0123456789",
+            "signing-secret-0123456789",
+            "api-token-0123456789",
+            "pk_live_0123456789",
+            "sk_live_0123456789",
+            "db-password-0123",
+        ] {
+            assert!(!debug.contains(secret), "{secret} leaked into Debug output");
+        }
+    }
+}

@@ -1,0 +1,125 @@
+//! `POST /webhooks/partnerstack/{token}`: receive a delivery, store it, answer.
+//!
+//! In order: the URL token (401), the body size (413, before the body is read in full),
+//! the optional signature over the raw bytes (401), the body must be a JSON object (400);
+//! then the raw delivery is handed to the [`writer`] and answered 200 only once it is
+//! committed, or 503 with `Retry-After` if it could not be. Applying it to the entity
+//! tables happens after the answer, in the [`applier`].
+
+pub mod applier;
+pub mod writer;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, header};
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use crate::app::AppState;
+use crate::auth::sha256;
+use crate::db::events::NewEvent;
+use crate::error::ApiError;
+use crate::partnerstack::webhook;
+
+/// The answer to an accepted delivery.
+#[derive(Debug, Serialize)]
+pub struct Accepted {
+    /// Always "accepted".
+    pub status: &'static str,
+    /// The stored delivery's id (`GET /v1/events/{id}`).
+    pub id: i64,
+    /// True when a byte-identical delivery was already stored.
+    pub duplicate: bool,
+}
+
+pub async fn receive(
+    State(state): State<AppState>,
+    Path(token): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<Accepted>, ApiError> {
+    let result = accept(&state, &token, &headers, body).await;
+    state.metrics.delivery(match &result {
+        Ok(a) if a.duplicate => "duplicate",
+        Ok(_) => "accepted",
+        Err(e) => e.code(),
+    });
+    result.map(Json)
+}
+
+/// A delivery to the webhook URL without its token.
+pub async fn missing_token(State(state): State<AppState>) -> ApiError {
+    state.metrics.delivery("unauthorized");
+    ApiError::unauthorized("the webhook URL needs its token: /webhooks/partnerstack/{token}")
+}
+
+async fn accept(
+    state: &AppState,
+    token: &str,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Accepted, ApiError> {
+    if !state.webhook_tokens.verify(token) {
+        return Err(ApiError::unauthorized("unknown webhook token"));
+    }
+
+    let limit = state.config.webhooks.body_limit;
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limit as u64) {
+        return Err(ApiError::payload_too_large(limit));
+    }
+    let bytes = axum::body::to_bytes(body, limit).await.map_err(|e| {
+        if std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
+        {
+            ApiError::payload_too_large(limit)
+        } else {
+            ApiError::bad_request("the request body could not be read")
+        }
+    })?;
+
+    if state.signing_keys.is_enabled() {
+        let header_name = &state.config.webhooks.signature_header;
+        let signature = headers
+            .get(header_name)
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| {
+                ApiError::unauthorized(format!("missing {header_name} signature header"))
+            })?;
+        if !state.signing_keys.verify(&bytes, signature) {
+            return Err(ApiError::unauthorized(
+                "the signature does not match the body",
+            ));
+        }
+    }
+
+    let object: Map<String, Value> = match serde_json::from_slice::<Value>(&bytes) {
+        Ok(Value::Object(map)) => map,
+        Ok(_) => return Err(ApiError::bad_request("the body must be a JSON object")),
+        Err(e) => {
+            return Err(ApiError::bad_request(format!(
+                "the body is not valid JSON: {e}"
+            )));
+        }
+    };
+    // JSON that parsed is valid UTF-8.
+    let body = String::from_utf8(bytes.to_vec())
+        .map_err(|_| ApiError::bad_request("the body is not valid UTF-8"))?;
+
+    let event = NewEvent {
+        idempotency_key: sha256(body.as_bytes()),
+        event_type: webhook::event_name(&object),
+        body,
+    };
+    let stored = state.writer.store(event).await.map_err(|e| {
+        ApiError::unavailable(format!("the delivery was not stored ({e}); retry later"))
+    })?;
+    Ok(Accepted {
+        status: "accepted",
+        id: stored.id,
+        duplicate: stored.duplicate,
+    })
+}

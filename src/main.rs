@@ -1,0 +1,112 @@
+//! The `partnerstack-sync` command line: parse, load settings, start logging, run.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use partnerstack_sync::{app, config::Config, db, telemetry};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "Keeps a faithful copy of a PartnerStack partner program in Postgres"
+)]
+struct Cli {
+    /// A TOML file overriding config/default.toml (environment variables override both).
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the HTTP server and background tasks (the default).
+    Serve,
+    /// Apply database migrations and exit.
+    Migrate,
+    /// Exit 0 when the local server answers /readyz (for container health checks).
+    Healthcheck,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match Config::load(cli.config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("partnerstack-sync: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    telemetry::init_logging(config.log.format);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("partnerstack-sync: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command.unwrap_or(Command::Serve) {
+            Command::Serve => serve(config).await,
+            Command::Migrate => migrate(config).await,
+            Command::Healthcheck => healthcheck(config).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("partnerstack-sync: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(config.server.listen)
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "cannot listen on {} (PSYNC_LISTEN): {e}",
+                config.server.listen
+            )
+        })?;
+    let shutdown = CancellationToken::new();
+    let trigger = shutdown.clone();
+    tokio::spawn(async move {
+        app::shutdown_signal().await;
+        tracing::info!("shutdown requested");
+        trigger.cancel();
+    });
+    app::run(config, listener, shutdown).await
+}
+
+async fn migrate(config: Config) -> anyhow::Result<()> {
+    let database = db::Database::open(&config.database).await?;
+    let pool = db::pool(database.connect_options(), &config.database);
+    let result = db::migrate(&pool, std::time::Duration::from_secs(30)).await;
+    pool.close().await;
+    database.shutdown().await?;
+    result?;
+    tracing::info!("migrations applied");
+    Ok(())
+}
+
+async fn healthcheck(config: Config) -> anyhow::Result<()> {
+    let mut addr = config.server.listen;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let client = partnerstack_sync::http_client::builder()
+        .timeout(std::time::Duration::from_secs(3))
+        .build()?;
+    let status = client
+        .get(format!("http://{addr}/readyz"))
+        .send()
+        .await?
+        .status();
+    anyhow::ensure!(status.is_success(), "/readyz answered {status}");
+    Ok(())
+}

@@ -1,0 +1,5 @@
+//! PartnerStack's wire format: tolerant readers, object models and webhook deliveries.
+
+pub mod models;
+pub mod webhook;
+pub mod wire;

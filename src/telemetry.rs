@@ -1,0 +1,181 @@
+//! Logs and metrics.
+//!
+//! Logs go to stdout through `tracing`, filtered by `RUST_LOG`, as text or JSON
+//! (`PSYNC_LOG_FORMAT`). Metrics live in one [`Metrics`] registry per running service
+//! (not a process global, so tests can run several services side by side) and are served
+//! on `/metrics` in the Prometheus text format.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use tracing_subscriber::EnvFilter;
+
+use crate::config::LogFormat;
+
+/// Installs the global log subscriber. Safe to call more than once (later calls no-op).
+pub fn init_logging(format: LogFormat) {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(true)
+        .with_ansi(ansi);
+    let _ = match format {
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .try_init(),
+        LogFormat::Pretty => builder.try_init(),
+    };
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    pub route: String,
+    pub status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StreamLabel {
+    pub stream: &'static str,
+}
+
+/// Every metric the service exports.
+pub struct Metrics {
+    registry: Registry,
+    /// Webhook answers by result: accepted, duplicate, unauthorized, bad_request,
+    /// too_large, unavailable.
+    pub webhook_deliveries: Family<ResultLabel, Counter>,
+    /// Stored deliveries applied, by outcome: applied, stale, unknown_type, error.
+    pub webhook_events_applied: Family<OutcomeLabel, Counter>,
+    /// Deliveries committed per writer statement.
+    pub ingest_batch_size: Histogram,
+    /// Deliveries waiting for the writer.
+    pub ingest_queue_depth: Gauge,
+    /// HTTP requests answered, by route template and status.
+    pub http_requests: Family<RouteLabels, Counter>,
+    /// Reconcile passes finished, by stream.
+    pub reconcile_passes: Family<StreamLabel, Counter>,
+    /// Reconcile passes that failed, by stream.
+    pub reconcile_errors: Family<StreamLabel, Counter>,
+    /// Objects read from PartnerStack by the reconciler, by stream.
+    pub reconcile_objects_seen: Family<StreamLabel, Counter>,
+    /// Rows the reconciler created or changed, by stream.
+    pub reconcile_objects_changed: Family<StreamLabel, Counter>,
+    /// Rows the reconciler had to repair because no webhook had delivered their state:
+    /// the measured webhook loss.
+    pub reconcile_repairs: Family<StreamLabel, Counter>,
+    /// Rows marked deleted because a full scan no longer found them.
+    pub reconcile_deletions: Family<StreamLabel, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("psync");
+        let m = Metrics {
+            webhook_deliveries: Family::default(),
+            webhook_events_applied: Family::default(),
+            ingest_batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 11)),
+            ingest_queue_depth: Gauge::default(),
+            http_requests: Family::default(),
+            reconcile_passes: Family::default(),
+            reconcile_errors: Family::default(),
+            reconcile_objects_seen: Family::default(),
+            reconcile_objects_changed: Family::default(),
+            reconcile_repairs: Family::default(),
+            reconcile_deletions: Family::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "webhook_deliveries",
+            "Webhook deliveries answered, by result",
+            m.webhook_deliveries.clone(),
+        );
+        registry.register(
+            "webhook_events_applied",
+            "Stored webhook deliveries applied, by outcome",
+            m.webhook_events_applied.clone(),
+        );
+        registry.register(
+            "ingest_batch_size",
+            "Deliveries committed per writer statement",
+            m.ingest_batch_size.clone(),
+        );
+        registry.register(
+            "ingest_queue_depth",
+            "Deliveries waiting for the writer",
+            m.ingest_queue_depth.clone(),
+        );
+        registry.register(
+            "http_requests",
+            "HTTP requests answered, by route and status",
+            m.http_requests.clone(),
+        );
+        registry.register(
+            "reconcile_passes",
+            "Reconcile passes completed, by stream",
+            m.reconcile_passes.clone(),
+        );
+        registry.register(
+            "reconcile_errors",
+            "Reconcile passes failed, by stream",
+            m.reconcile_errors.clone(),
+        );
+        registry.register(
+            "reconcile_objects_seen",
+            "Objects read by the reconciler, by stream",
+            m.reconcile_objects_seen.clone(),
+        );
+        registry.register(
+            "reconcile_objects_changed",
+            "Rows created or changed by the reconciler, by stream",
+            m.reconcile_objects_changed.clone(),
+        );
+        registry.register(
+            "reconcile_repairs",
+            "Rows the reconciler repaired that no webhook had delivered (webhook loss), by stream",
+            m.reconcile_repairs.clone(),
+        );
+        registry.register(
+            "reconcile_deletions",
+            "Rows marked deleted after a full scan no longer found them, by stream",
+            m.reconcile_deletions.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    /// The Prometheus text exposition (format 0.0.4).
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry);
+        out
+    }
+
+    pub fn delivery(&self, result: &'static str) {
+        self.webhook_deliveries
+            .get_or_create(&ResultLabel { result })
+            .inc();
+    }
+}

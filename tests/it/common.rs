@@ -1,0 +1,285 @@
+//! Test support: one Postgres per test binary, a fresh database per test, and the real
+//! service on a port-0 listener.
+//!
+//! With `DATABASE_URL` set, tests create their databases on that server; otherwise the
+//! binary starts an embedded Postgres (the same code `serve` uses) in a temporary
+//! directory, so `cargo test` needs nothing running beforehand.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use partnerstack_sync::config::Config;
+use partnerstack_sync::db::embedded::EmbeddedPostgres;
+use secrecy::ExposeSecret;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{Connection, PgConnection, PgPool};
+use tokio::sync::OnceCell;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub const WEBHOOK_TOKEN: &str = "test-webhook-token-0123456789";
+pub const API_TOKEN: &str = "test-api-token-0123456789";
+
+struct Server {
+    /// A URL for the server's `postgres` database; other databases swap the name in.
+    admin_url: String,
+    _embedded: Option<EmbeddedPostgres>,
+}
+
+static SERVER: OnceCell<Server> = OnceCell::const_new();
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+async fn server() -> &'static Server {
+    SERVER
+        .get_or_init(|| async {
+            if let Ok(url) = std::env::var("DATABASE_URL") {
+                return Server {
+                    admin_url: with_database(&url, "postgres"),
+                    _embedded: None,
+                };
+            }
+            remove_stale_clusters();
+            let dir = cluster_dir(std::process::id());
+            let _ = std::fs::remove_dir_all(&dir);
+            let pg = EmbeddedPostgres::start(&dir, &[("fsync", "off")])
+                .await
+                .expect("start the embedded Postgres for tests");
+            let url = pg.url().expose_secret().to_string();
+            Server {
+                admin_url: with_database(&url, "postgres"),
+                _embedded: Some(pg),
+            }
+        })
+        .await
+}
+
+fn cluster_dir(pid: u32) -> PathBuf {
+    std::env::temp_dir().join(format!("psync-test-pg-{pid}"))
+}
+
+/// Clusters of test processes that are gone (their server died with them).
+fn remove_stale_clusters() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().to_string();
+        if let Some(pid) = name
+            .strip_prefix("psync-test-pg-")
+            .and_then(|p| p.parse::<u32>().ok())
+            && !PathBuf::from(format!("/proc/{pid}")).exists()
+        {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+/// `url` with its database name replaced.
+pub fn with_database(url: &str, database: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let authority_end = base.find("://").map(|i| i + 3).unwrap_or(0);
+    let root = match base[authority_end..].find('/') {
+        Some(i) => &base[..authority_end + i],
+        None => base,
+    };
+    match query {
+        Some(q) => format!("{root}/{database}?{q}"),
+        None => format!("{root}/{database}"),
+    }
+}
+
+/// A fresh, migrated database of its own.
+pub struct TestDb {
+    pub url: String,
+    pub pool: PgPool,
+}
+
+impl TestDb {
+    pub async fn new() -> TestDb {
+        let server = server().await;
+        let name = format!(
+            "psync_t_{}_{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::SeqCst)
+        );
+        let mut admin = PgConnection::connect(&server.admin_url)
+            .await
+            .expect("connect to test server");
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut admin)
+            .await
+            .expect("create test database");
+        let _ = admin.close().await;
+        let url = with_database(&server.admin_url, &name);
+        let pool = PgPoolOptions::new()
+            .max_connections(8)
+            .connect_with(PgConnectOptions::from_str(&url).unwrap())
+            .await
+            .expect("connect to test database");
+        partnerstack_sync::db::MIGRATOR
+            .run(&pool)
+            .await
+            .expect("migrate test database");
+        TestDb { url, pool }
+    }
+
+    pub async fn count(&self, sql: &str) -> i64 {
+        sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_string()))
+            .fetch_one(&self.pool)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"))
+    }
+}
+
+/// Settings for a test service on `db`: test tokens, no reconciler, quiet logs.
+pub fn test_config(db_url: &str) -> Config {
+    let env: HashMap<String, String> = [
+        ("DATABASE_URL", db_url),
+        ("PSYNC_LISTEN", "127.0.0.1:0"),
+        ("PSYNC_WEBHOOK_TOKENS", WEBHOOK_TOKEN),
+        ("PSYNC_API_TOKENS", API_TOKEN),
+        ("PSYNC_RECONCILE_INTERVAL", "off"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    Config::load_with_env(None, &env).expect("test config")
+}
+
+/// The real service, running in this process on a port-0 listener.
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub db: TestDb,
+    pub http: reqwest::Client,
+    shutdown: CancellationToken,
+    task: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+impl TestApp {
+    pub async fn spawn() -> TestApp {
+        Self::spawn_with(|_| {}).await
+    }
+
+    pub async fn spawn_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
+        let db = TestDb::new().await;
+        Self::spawn_on(db, tweak).await
+    }
+
+    /// Starts the service on an existing database (e.g. to restart on the same data).
+    pub async fn spawn_on(db: TestDb, tweak: impl FnOnce(&mut Config)) -> TestApp {
+        let mut config = test_config(&db.url);
+        tweak(&mut config);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(partnerstack_sync::app::run(
+            config,
+            listener,
+            shutdown.clone(),
+        ));
+        let app = TestApp {
+            addr,
+            db,
+            http: partnerstack_sync::http_client::builder()
+                .timeout(Duration::from_secs(60))
+                .build()
+                .unwrap(),
+            shutdown,
+            task: Some(task),
+        };
+        app.wait_ready().await;
+        app
+    }
+
+    async fn wait_ready(&self) {
+        for _ in 0..300 {
+            if let Ok(r) = self.http.get(self.url("/readyz")).send().await
+                && r.status() == 200
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("the service did not become ready within 30 s");
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn webhook_url(&self) -> String {
+        self.url(&format!("/webhooks/partnerstack/{WEBHOOK_TOKEN}"))
+    }
+
+    /// POSTs a webhook delivery with the valid token.
+    pub async fn deliver(&self, body: impl Into<String>) -> reqwest::Response {
+        self.http
+            .post(self.webhook_url())
+            .header("content-type", "application/json")
+            .body(body.into())
+            .send()
+            .await
+            .expect("webhook request")
+    }
+
+    /// GET with the test API token.
+    pub async fn api_get(&self, path: &str) -> reqwest::Response {
+        self.http
+            .get(self.url(path))
+            .bearer_auth(API_TOKEN)
+            .send()
+            .await
+            .expect("api request")
+    }
+
+    /// Waits until every stored delivery has been applied.
+    pub async fn settle(&self) {
+        for _ in 0..600 {
+            if self
+                .db
+                .count("SELECT count(*) FROM webhook_events WHERE outcome = 'pending'")
+                .await
+                == 0
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("deliveries still pending after 30 s");
+    }
+
+    /// Graceful shutdown; returns the database for a restart or inspection.
+    pub async fn stop(mut self) -> TestDb {
+        self.shutdown.cancel();
+        if let Some(task) = self.task.take() {
+            task.await
+                .expect("service task")
+                .expect("service shut down cleanly");
+        }
+        self.db
+    }
+}
+
+/// A directory under the system temp dir that the `postgres` user can enter (tempfile's
+/// directories are 0700, which an embedded server running as `postgres` cannot reach).
+pub fn shared_temp_dir(label: &str) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = std::env::temp_dir().join(format!(
+        "psync-{label}-{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::SeqCst)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    dir
+}
