@@ -125,6 +125,10 @@ async fn readyz(State(state): State<AppState>) -> Response {
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
+    state
+        .metrics
+        .ingest_queue_depth
+        .set(state.writer.queued() as i64);
     (
         [(
             header::CONTENT_TYPE,

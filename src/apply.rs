@@ -90,6 +90,9 @@ impl Observation {
     }
 }
 
+/// PartnerStack keys are short; a longer one is not a key.
+const MAX_KEY_LEN: usize = 255;
+
 fn build<T: Object>(object: Value, deleted: bool) -> Result<Observation, String> {
     if !object.is_object() {
         return Err("the object is not a JSON object".into());
@@ -105,6 +108,9 @@ fn build<T: Object>(object: Value, deleted: bool) -> Result<Observation, String>
         .identity()
         .ok_or_else(|| format!("the {} has no `key` (or `id`)", T::ENTITY.name()))?
         .to_string();
+    if key.len() > MAX_KEY_LEN {
+        return Err(format!("the key is longer than {MAX_KEY_LEN} bytes"));
+    }
     Ok(Observation {
         entity: T::ENTITY,
         key,

@@ -14,7 +14,6 @@ use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, header};
 use serde::Serialize;
-use serde_json::{Map, Value};
 
 use crate::app::AppState;
 use crate::auth::sha256;
@@ -96,22 +95,14 @@ async fn accept(
         }
     }
 
-    let object: Map<String, Value> = match serde_json::from_slice::<Value>(&bytes) {
-        Ok(Value::Object(map)) => map,
-        Ok(_) => return Err(ApiError::bad_request("the body must be a JSON object")),
-        Err(e) => {
-            return Err(ApiError::bad_request(format!(
-                "the body is not valid JSON: {e}"
-            )));
-        }
-    };
-    // JSON that parsed is valid UTF-8.
+    let event_type = webhook::peek_event(&bytes)
+        .map_err(|e| ApiError::bad_request(format!("the body must be one JSON object: {e}")))?;
+    // A body that parsed as JSON is valid UTF-8; this only moves the bytes.
     let body = String::from_utf8(bytes.to_vec())
         .map_err(|_| ApiError::bad_request("the body is not valid UTF-8"))?;
-
     let event = NewEvent {
         idempotency_key: sha256(body.as_bytes()),
-        event_type: webhook::event_name(&object),
+        event_type,
         body,
     };
     let stored = state.writer.store(event).await.map_err(|e| {

@@ -16,6 +16,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::db::events::{self, NewEvent, Stored};
+use crate::db::is_connection_error;
 use crate::telemetry::Metrics;
 
 /// The writer could not store a delivery; the sender should retry.
@@ -36,7 +37,6 @@ struct Job {
 #[derive(Clone)]
 pub struct Writer {
     queue: mpsc::Sender<Job>,
-    metrics: Arc<Metrics>,
 }
 
 impl Writer {
@@ -51,19 +51,23 @@ impl Writer {
         metrics: Arc<Metrics>,
     ) -> (Writer, JoinHandle<()>) {
         let (queue, rx) = mpsc::channel(capacity);
-        let task = tokio::spawn(run(pool, rx, batch_size, stored, stop, metrics.clone()));
-        (Writer { queue, metrics }, task)
+        let task = tokio::spawn(run(pool, rx, batch_size, stored, stop, metrics));
+        (Writer { queue }, task)
+    }
+
+    /// Deliveries queued and not yet taken by the writer.
+    pub fn queued(&self) -> usize {
+        self.queue.max_capacity() - self.queue.capacity()
     }
 
     /// Stores a delivery and returns once it is committed. Cancelling this future before
     /// it returns never cancels the write; it only discards the answer.
     pub async fn store(&self, event: NewEvent) -> Result<Stored, WriteError> {
         let (reply, answer) = oneshot::channel();
-        self.metrics.ingest_queue_depth.inc();
-        if self.queue.send(Job { event, reply }).await.is_err() {
-            self.metrics.ingest_queue_depth.dec();
-            return Err(WriteError::Closed);
-        }
+        self.queue
+            .send(Job { event, reply })
+            .await
+            .map_err(|_| WriteError::Closed)?;
         answer.await.map_err(|_| WriteError::Closed)?
     }
 }
@@ -90,7 +94,6 @@ async fn run(
                 if n == 0 {
                     break;
                 }
-                metrics.ingest_queue_depth.dec_by(n as i64);
                 write_batch(&pool, &mut jobs, &metrics).await;
                 stored.notify_one();
             }
@@ -100,19 +103,47 @@ async fn run(
 }
 
 async fn write_batch(pool: &PgPool, jobs: &mut Vec<Job>, metrics: &Metrics) {
-    let (events, replies): (Vec<NewEvent>, Vec<_>) =
-        jobs.drain(..).map(|j| (j.event, j.reply)).unzip();
-    metrics.ingest_batch_size.observe(events.len() as f64);
-    let result = events::insert_batch(pool, &events).await;
-    if let Err(e) = &result {
-        tracing::warn!(error = %e, deliveries = events.len(), "could not store deliveries; answering 503");
+    // A request that already gave up (timed out, or its client hung up) was never
+    // acknowledged, and its sender will retry: skipping it sheds load after a stall
+    // instead of working through a queue nobody waits for.
+    let (events, replies): (Vec<NewEvent>, Vec<_>) = jobs
+        .drain(..)
+        .filter(|j| !j.reply.is_closed())
+        .map(|j| (j.event, j.reply))
+        .unzip();
+    if events.is_empty() {
+        return;
     }
-    for (i, reply) in replies.into_iter().enumerate() {
-        let answer = match &result {
-            Ok(stored) => Ok(stored[i]),
-            Err(_) => Err(WriteError::Database),
-        };
+    metrics.ingest_batch_size.observe(events.len() as f64);
+    let answers = match events::insert_batch(pool, &events).await {
+        Ok(stored) => stored.into_iter().map(Ok).collect(),
+        // The database refused the data rather than being unreachable: store the batch
+        // one by one so a single unstorable delivery cannot fail its neighbours.
+        Err(e) if events.len() > 1 && !is_connection_error(&e) => {
+            tracing::warn!(error = %e, "a batch was refused; storing its deliveries one by one");
+            let mut answers = Vec::with_capacity(events.len());
+            for event in &events {
+                answers.push(store_one(pool, event).await);
+            }
+            answers
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, deliveries = events.len(), "could not store deliveries; answering 503");
+            vec![Err(WriteError::Database); events.len()]
+        }
+    };
+    for (reply, answer) in replies.into_iter().zip(answers) {
         // The requester may have gone; the delivery is stored (or not) either way.
         let _ = reply.send(answer);
+    }
+}
+
+async fn store_one(pool: &PgPool, event: &NewEvent) -> Result<Stored, WriteError> {
+    match events::insert_batch(pool, std::slice::from_ref(event)).await {
+        Ok(stored) => stored.into_iter().next().ok_or(WriteError::Database),
+        Err(e) => {
+            tracing::warn!(error = %e, "could not store a delivery; answering 503");
+            Err(WriteError::Database)
+        }
     }
 }

@@ -39,13 +39,121 @@ pub fn normalise_event(name: &str) -> String {
     }
 }
 
+/// Fields that name the event, in order of preference.
+const EVENT_FIELDS: [&str; 3] = ["event", "type", "event_type"];
+/// Longer "event names" are not names; they are treated as absent.
+const MAX_EVENT_NAME: usize = 200;
+
 /// The normalised event name of a parsed body, if it names one.
 pub fn event_name(body: &Map<String, Value>) -> Option<String> {
-    ["event", "type", "event_type"]
+    EVENT_FIELDS
         .iter()
         .find_map(|field| body.get(*field).and_then(Value::as_str))
-        .map(normalise_event)
-        .filter(|e| !e.is_empty())
+        .and_then(clean_event_name)
+}
+
+fn clean_event_name(raw: &str) -> Option<String> {
+    let name = normalise_event(raw);
+    let usable =
+        !name.is_empty() && name.len() <= MAX_EVENT_NAME && !name.chars().any(char::is_control);
+    usable.then_some(name)
+}
+
+/// Checks that `body` is one JSON object and returns its normalised event name, without
+/// building the whole document: the ingest path only needs this much before storing the
+/// raw bytes. Agrees with [`event_name`] on a fully parsed body (for repeated fields the
+/// last occurrence wins, as in a parsed map). Numbers are skipped, not converted, so a
+/// number too large for any Rust type does not make an object unacceptable here (the
+/// applier then records why it cannot be applied).
+pub fn peek_event(body: &[u8]) -> Result<Option<String>, serde_json::Error> {
+    use serde::Deserialize as _;
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let head = Head::deserialize(&mut de)?;
+    de.end()?;
+    Ok(head
+        .0
+        .into_iter()
+        .flatten()
+        .find_map(|name| clean_event_name(&name)))
+}
+
+/// The event-naming fields of a body, in [`EVENT_FIELDS`] order.
+struct Head([Option<String>; 3]);
+
+impl<'de> serde::Deserialize<'de> for Head {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = Head;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Head, A::Error> {
+                let mut names: [Option<String>; 3] = Default::default();
+                while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                    match EVENT_FIELDS.iter().position(|f| *f == key) {
+                        Some(i) => names[i] = map.next_value::<MaybeString>()?.0,
+                        None => {
+                            map.next_value::<serde::de::IgnoredAny>()?;
+                        }
+                    }
+                }
+                Ok(Head(names))
+            }
+        }
+        d.deserialize_map(Visit)
+    }
+}
+
+/// A JSON value kept only when it is a string.
+struct MaybeString(Option<String>);
+
+impl<'de> serde::Deserialize<'de> for MaybeString {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = MaybeString;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_str<E>(self, v: &str) -> Result<MaybeString, E> {
+                Ok(MaybeString(Some(v.to_string())))
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<MaybeString, E> {
+                Ok(MaybeString(None))
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<MaybeString, E> {
+                Ok(MaybeString(None))
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<MaybeString, E> {
+                Ok(MaybeString(None))
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<MaybeString, E> {
+                Ok(MaybeString(None))
+            }
+            fn visit_unit<E>(self) -> Result<MaybeString, E> {
+                Ok(MaybeString(None))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<MaybeString, A::Error> {
+                while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+                Ok(MaybeString(None))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<MaybeString, A::Error> {
+                while map
+                    .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
+                    .is_some()
+                {}
+                Ok(MaybeString(None))
+            }
+        }
+        d.deserialize_any(Visit)
+    }
 }
 
 /// Splits a body into its event name and the domain object, whichever shape it has.
@@ -122,6 +230,50 @@ mod tests {
         assert_eq!(interpret("agreement_accepted"), None);
         assert_eq!(interpret("application_created"), None);
         assert_eq!(interpret("customer"), None);
+    }
+
+    #[test]
+    fn peek_agrees_with_a_full_parse() {
+        for body in [
+            r#"{"event":"customer.created","key":"c"}"#,
+            r#"{"type":"Partner.Updated","data":{"key":"p"}}"#,
+            r#"{"event":5,"type":"reward.created"}"#,
+            r#"{"event":"a.b","event":"c.d"}"#,
+            r#"{"key":"c"}"#,
+            r#"{"event":"x\u0000y"}"#,
+            r#"{"event":{"nested":["a"]},"event_type":"lead_created"}"#,
+        ] {
+            let parsed: Map<String, Value> = serde_json::from_str(body).unwrap();
+            assert_eq!(
+                peek_event(body.as_bytes()).unwrap(),
+                event_name(&parsed),
+                "{body}"
+            );
+        }
+        let long = format!(r#"{{"event":"{}"}}"#, "a".repeat(500));
+        assert_eq!(peek_event(long.as_bytes()).unwrap(), None);
+    }
+
+    #[test]
+    fn peek_accepts_any_object_and_refuses_everything_else() {
+        assert!(peek_event(br#"{"event":"x.y","amount":1e400}"#).is_ok());
+        for body in [
+            &b""[..],
+            b"[]",
+            b"\"s\"",
+            b"1",
+            b"null",
+            b"{",
+            b"{}}",
+            b"{} {}",
+            b"\xff",
+        ] {
+            assert!(
+                peek_event(body).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(body)
+            );
+        }
     }
 
     #[test]

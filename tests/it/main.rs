@@ -3,3 +3,5 @@
 mod common;
 mod embedded;
 mod ingest;
+mod load;
+mod reliability;

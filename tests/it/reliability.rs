@@ -1,0 +1,527 @@
+//! Reliability: every delivery answered 2xx is committed, whatever fails, and stored data
+//! is never corrupted. Each scenario prints its figures (run with `--nocapture`).
+
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use partnerstack_sync::db::embedded::EmbeddedPostgres;
+use secrecy::ExposeSecret;
+use serde_json::Value;
+
+use crate::common::{TestApp, TestDb, WEBHOOK_TOKEN, shared_temp_dir};
+use crate::load::{self, Answer, Client, Tally};
+
+fn report(scenario: &str, tally: &Tally, committed: i64, lost: usize) {
+    println!(
+        "[{scenario}] sent={} 2xx={} 503={} other={} hung_up={} no_answer={} committed={committed} lost={lost}",
+        tally.sent, tally.ok, tally.unavailable, tally.other_status, tally.hung_up, tally.no_answer
+    );
+}
+
+async fn idle_in_transaction(pool: &sqlx::PgPool) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_activity
+         WHERE datname = current_database() AND state LIKE 'idle in transaction%'",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn clients_hanging_up_mid_request_lose_nothing_acknowledged() {
+    let app = TestApp::spawn().await;
+    let bodies: Vec<String> = (0..3000).map(|n| load::delivery("hangup", n)).collect();
+    let answers = load::run(app.addr, bodies, 64, 1.0 / 3.0, 7, Duration::from_secs(30)).await;
+    let tally = Tally::of(&answers);
+
+    let checked = load::assert_acknowledged_are_stored(&app.db.pool, &answers).await;
+    app.settle().await;
+    let committed = app.db.count("SELECT count(*) FROM webhook_events").await;
+    report("hang-ups", &tally, committed, 0);
+
+    assert_eq!(tally.no_answer, 0, "patient clients always get an answer");
+    assert_eq!(
+        tally.other_status + tally.unavailable,
+        0,
+        "no errors without a fault"
+    );
+    assert!(
+        tally.hung_up > 500,
+        "the load includes hang-ups ({})",
+        tally.hung_up
+    );
+    assert_eq!(checked, tally.ok);
+    assert!(committed >= tally.ok as i64);
+    assert!(committed <= tally.sent as i64);
+    assert_eq!(
+        idle_in_transaction(&app.db.pool).await,
+        0,
+        "a connection was left idle in transaction"
+    );
+    assert_eq!(
+        app.db.count("SELECT count(*) FROM customers").await,
+        committed,
+        "every stored delivery was applied exactly once"
+    );
+    // The service still answers.
+    assert_eq!(
+        app.deliver(load::delivery("hangup", 999_999))
+            .await
+            .status(),
+        200
+    );
+    app.stop().await;
+}
+
+fn start_binary(db_url: &str, port: u16) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_partnerstack-sync"))
+        .arg("serve")
+        .env("DATABASE_URL", db_url)
+        .env("PSYNC_LISTEN", format!("127.0.0.1:{port}"))
+        .env("PSYNC_WEBHOOK_TOKENS", WEBHOOK_TOKEN)
+        .env("PSYNC_RECONCILE_INTERVAL", "off")
+        .env("RUST_LOG", "error")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start partnerstack-sync")
+}
+
+async fn wait_ready(port: u16) {
+    let http = partnerstack_sync::http_client::builder().build().unwrap();
+    for _ in 0..300 {
+        if let Ok(r) = http
+            .get(format!("http://127.0.0.1:{port}/readyz"))
+            .send()
+            .await
+            && r.status() == 200
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("service not ready within 30 s");
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Patient senders posting unique deliveries until `stop`, at most `limit` in all.
+async fn sustained(
+    addr: std::net::SocketAddr,
+    run: &'static str,
+    senders: usize,
+    limit: usize,
+    stop: Arc<AtomicBool>,
+    deadline: Duration,
+) -> Vec<Answer> {
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..senders {
+        let (next, stop) = (next.clone(), stop.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut answers = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                let n = next.fetch_add(1, Ordering::Relaxed);
+                if n >= limit {
+                    break;
+                }
+                let body = load::delivery(run, n);
+                answers
+                    .push(load::send(addr, body, Client::Patient, Duration::ZERO, deadline).await);
+            }
+            answers
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    all
+}
+
+#[tokio::test]
+async fn killing_the_process_mid_burst_loses_nothing_acknowledged_and_applies_nothing_twice() {
+    let db = TestDb::new().await;
+    let port = free_port();
+    let mut child = start_binary(&db.url, port);
+    wait_ready(port).await;
+    let addr = format!("127.0.0.1:{port}").parse().unwrap();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let burst = tokio::spawn(sustained(
+        addr,
+        "kill",
+        32,
+        50_000,
+        stop.clone(),
+        Duration::from_secs(10),
+    ));
+    // Let a few hundred deliveries through, then kill -9 while the burst goes on.
+    loop {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if db.count("SELECT count(*) FROM webhook_events").await > 300 {
+            break;
+        }
+    }
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL).unwrap();
+    let _ = child.wait();
+    stop.store(true, Ordering::Relaxed);
+    let answers = burst.await.unwrap();
+    let tally = Tally::of(&answers);
+    assert!(tally.ok > 0);
+    let checked = load::assert_acknowledged_are_stored(&db.pool, &answers).await;
+    assert_eq!(checked, tally.ok);
+
+    // What had been applied before the kill must not be applied again after the restart.
+    let before: Vec<(i64, chrono::DateTime<chrono::Utc>)> =
+        sqlx::query_as("SELECT id, applied_at FROM webhook_events WHERE outcome <> 'pending'")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    let pending_before = db
+        .count("SELECT count(*) FROM webhook_events WHERE outcome = 'pending'")
+        .await;
+
+    let port = free_port();
+    let mut child = start_binary(&db.url, port);
+    wait_ready(port).await;
+    for _ in 0..300 {
+        if db
+            .count("SELECT count(*) FROM webhook_events WHERE outcome = 'pending'")
+            .await
+            == 0
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
+    let _ = child.wait();
+
+    let committed = db.count("SELECT count(*) FROM webhook_events").await;
+    report("kill -9", &tally, committed, 0);
+    println!(
+        "[kill -9] applied before kill={} pending at restart={pending_before}",
+        before.len()
+    );
+    assert_eq!(
+        db.count("SELECT count(*) FROM webhook_events WHERE outcome = 'pending'")
+            .await,
+        0
+    );
+    let after: std::collections::HashMap<i64, chrono::DateTime<chrono::Utc>> =
+        sqlx::query_as("SELECT id, applied_at FROM webhook_events WHERE id = ANY($1)")
+            .bind(before.iter().map(|(id, _)| *id).collect::<Vec<_>>())
+            .fetch_all(&db.pool)
+            .await
+            .unwrap()
+            .into_iter()
+            .collect();
+    for (id, applied_at) in &before {
+        assert_eq!(
+            after.get(id),
+            Some(applied_at),
+            "delivery {id} was applied twice"
+        );
+    }
+    assert_eq!(db.count("SELECT count(*) FROM customers").await, committed);
+    assert_eq!(
+        db.count("SELECT count(*) FROM webhook_events WHERE outcome <> 'applied'")
+            .await,
+        0
+    );
+}
+
+#[tokio::test]
+async fn a_postgres_restart_mid_burst_answers_503_never_a_false_200_and_recovers() {
+    let dir = shared_temp_dir("pg-restart");
+    let pg = EmbeddedPostgres::start(&dir, &[("fsync", "off")])
+        .await
+        .unwrap();
+    let url = pg.url().expose_secret().to_string();
+    let pool = sqlx::PgPool::connect(&url).await.unwrap();
+    partnerstack_sync::db::MIGRATOR.run(&pool).await.unwrap();
+    let timeout = Duration::from_secs(4);
+    let app = TestApp::spawn_on(TestDb { url, pool }, |c| {
+        c.server.request_timeout = timeout;
+        c.database.acquire_timeout = Duration::from_secs(1);
+    })
+    .await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let burst = tokio::spawn(sustained(
+        app.addr,
+        "pgrestart",
+        16,
+        100_000,
+        stop.clone(),
+        Duration::from_secs(30),
+    ));
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    pg.stop().await.unwrap();
+    let down = Instant::now();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let ready_while_down = app
+        .http
+        .get(app.url("/readyz"))
+        .send()
+        .await
+        .unwrap()
+        .status();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    pg.resume().await.unwrap();
+    let outage = down.elapsed();
+    // Keep the burst going until deliveries succeed again, then stop it.
+    let resumed_at = app.db.count("SELECT count(*) FROM webhook_events").await;
+    for _ in 0..200 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if app.db.count("SELECT count(*) FROM webhook_events").await > resumed_at + 50 {
+            break;
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let answers = burst.await.unwrap();
+    let tally = Tally::of(&answers);
+    let checked = load::assert_acknowledged_are_stored(&app.db.pool, &answers).await;
+    app.settle().await;
+    let committed = app.db.count("SELECT count(*) FROM webhook_events").await;
+    report("postgres restart", &tally, committed, 0);
+    println!("[postgres restart] outage={outage:?}");
+
+    assert_eq!(ready_while_down, 503, "/readyz follows the database");
+    assert_eq!(
+        app.http
+            .get(app.url("/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(checked, tally.ok);
+    assert!(tally.unavailable > 0, "the outage was visible as 503s");
+    assert_eq!(
+        tally.other_status + tally.no_answer,
+        0,
+        "every answer was 200 or 503"
+    );
+    for a in answers.iter().filter(|a| a.status == Some(503)) {
+        assert!(a.retry_after, "503 without Retry-After");
+    }
+    let slowest = answers.iter().map(|a| a.elapsed).max().unwrap();
+    assert!(
+        slowest < timeout + Duration::from_secs(3),
+        "a request hung for {slowest:?}"
+    );
+    assert!(
+        answers.iter().rev().take(5).all(|a| a.status == Some(200)),
+        "ingest resumed by itself"
+    );
+    app.stop().await;
+    pg.stop().await.unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn a_stalled_database_gets_503s_and_a_bounded_queue() {
+    let capacity = 32;
+    let app = TestApp::spawn_with(|c| {
+        c.server.request_timeout = Duration::from_secs(2);
+        c.webhooks.queue_capacity = capacity;
+        c.webhooks.batch_size = 8;
+    })
+    .await;
+    // Another session holds a lock that blocks every insert into the delivery log.
+    let mut locker = app.db.pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE webhook_events IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *locker)
+        .await
+        .unwrap();
+
+    let bodies: Vec<String> = (0..300).map(|n| load::delivery("stall", n)).collect();
+    let addr = app.addr;
+    let load = tokio::spawn(load::run(
+        addr,
+        bodies,
+        150,
+        0.0,
+        3,
+        Duration::from_secs(20),
+    ));
+    let mut deepest = 0;
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let metrics = app
+            .http
+            .get(app.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let depth: i64 = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("psync_ingest_queue_depth "))
+            .and_then(|v| v.trim().parse().ok())
+            .expect("queue depth metric");
+        deepest = deepest.max(depth);
+    }
+    let answers = load.await.unwrap();
+    locker.rollback().await.unwrap();
+    let tally = Tally::of(&answers);
+    report(
+        "stalled database",
+        &tally,
+        app.db.count("SELECT count(*) FROM webhook_events").await,
+        0,
+    );
+    println!("[stalled database] deepest queue={deepest} capacity={capacity}");
+
+    assert_eq!(
+        tally.ok, 0,
+        "nothing can be acknowledged while the log is locked"
+    );
+    assert_eq!(
+        tally.unavailable, tally.sent,
+        "every request timed out with 503"
+    );
+    assert!(answers.iter().all(|a| a.retry_after));
+    assert!(
+        deepest as usize <= capacity,
+        "the queue grew past its bound: {deepest}"
+    );
+    assert!(
+        deepest > 0,
+        "the queue filled up while the database stalled"
+    );
+
+    // Once the lock is gone, ingest works again.
+    let mut status = 0;
+    for _ in 0..50 {
+        status = app
+            .deliver(load::delivery("stall", 100_000))
+            .await
+            .status()
+            .as_u16();
+        if status == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(status, 200);
+    app.settle().await;
+    assert_eq!(idle_in_transaction(&app.db.pool).await, 0);
+    app.stop().await;
+}
+
+/// One malformed input class per row: the answer, and whether a delivery is stored.
+#[tokio::test]
+async fn malformed_input_gets_the_documented_answer_and_never_corrupts_data() {
+    let app = TestApp::spawn_with(|c| c.webhooks.body_limit = 64 * 1024).await;
+    let deep = format!("{}{}", "{\"a\":".repeat(200), "}".repeat(200));
+    let long_key = format!(
+        r#"{{"event":"customer.created","key":"{}"}}"#,
+        "k".repeat(10_000)
+    );
+    // Passes every check in Rust but is too large for Postgres' index on customer_key:
+    // the database refuses it, and only this delivery may be marked.
+    let unindexable = format!(
+        r#"{{"event":"customer.created","key":"c_big","customer_key":"{}"}}"#,
+        (0..2_000)
+            .map(|i: u64| format!("{:x}", i.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40))
+            .collect::<String>()
+    );
+    let long_event = format!(r#"{{"event":"{}","key":"c"}}"#, "e".repeat(5_000));
+    let wrong_types = [
+        r#"{"event":"customer.created","key":"c1","email":{"a":1}}"#,
+        r#"{"event":"customer.created","key":"c2","test":"perhaps"}"#,
+        r#"{"event":"transaction.created","key":"t1","amount":12.5}"#,
+        r#"{"event":"transaction.created","key":"t2","approved":[true]}"#,
+        r#"{"event":"reward.created","key":"r1","partnership":[1,2]}"#,
+        r#"{"event":"deal.created","key":"d1","close_date":"tomorrow"}"#,
+        r#"{"event":"partnership.created","key":"p1","joined_at":"never"}"#,
+        r#"{"event":"group.created","key":["g"]}"#,
+    ];
+    // (body bytes, content type, expected status, stored?, expected outcome when stored)
+    let mut cases: Vec<(Vec<u8>, &str, u16, Option<&str>)> = vec![
+        (br#"{"event":"customer.created","key":"c"#.to_vec(), "application/json", 400, None),
+        (b"".to_vec(), "application/json", 400, None),
+        (b"\xff\xfe{}".to_vec(), "application/json", 400, None),
+        (b"{\"event\":\"customer.created\",\"name\":\"caf\xe9\"}".to_vec(), "application/json", 400, None),
+        (deep.into_bytes(), "application/json", 400, None),
+        (vec![b' '; 70 * 1024], "application/json", 413, None),
+        (br#"{"event":"customer.created","key":"ct","created_at":1700000000}"#.to_vec(), "text/plain", 200, Some("applied")),
+        (br#"{"event":"customer.created","key":"big","amount":1e400}"#.to_vec(), "application/json", 200, Some("error")),
+        (br#"{"event":"transaction.created","key":"huge","amount":123456789012345678901234567890}"#.to_vec(), "application/json", 200, Some("error")),
+        (br#"{"event":"customer.created","key":"neg","created_at":-1700000000000}"#.to_vec(), "application/json", 200, Some("error")),
+        (br#"{"event":"customer.created","key":"far","updated_at":99999999999999999}"#.to_vec(), "application/json", 200, Some("error")),
+        (long_key.into_bytes(), "application/json", 200, Some("error")),
+        (long_event.into_bytes(), "application/json", 200, Some("unknown_type")),
+        (unindexable.into_bytes(), "application/json", 200, Some("error")),
+    ];
+    for body in wrong_types {
+        cases.push((
+            body.as_bytes().to_vec(),
+            "application/json",
+            200,
+            Some("error"),
+        ));
+    }
+
+    let mut expected_stored = 0;
+    for (body, content_type, status, outcome) in &cases {
+        let r = app
+            .http
+            .post(app.webhook_url())
+            .header("content-type", *content_type)
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        let label = String::from_utf8_lossy(&body[..body.len().min(60)]).to_string();
+        assert_eq!(r.status().as_u16(), *status, "{label}");
+        let answer: Value = r.json().await.unwrap();
+        if let Some(outcome) = outcome {
+            expected_stored += 1;
+            app.settle().await;
+            let (stored_body, got): (String, String) =
+                sqlx::query_as("SELECT body, outcome FROM webhook_events WHERE id = $1")
+                    .bind(answer["id"].as_i64().unwrap())
+                    .fetch_one(&app.db.pool)
+                    .await
+                    .unwrap();
+            assert_eq!(
+                stored_body.as_bytes(),
+                body.as_slice(),
+                "raw body kept: {label}"
+            );
+            assert_eq!(&got, outcome, "{label}");
+        } else {
+            assert!(
+                answer["message"].as_str().is_some_and(|m| !m.is_empty()),
+                "{label}: {answer}"
+            );
+        }
+    }
+    assert_eq!(
+        app.db.count("SELECT count(*) FROM webhook_events").await,
+        expected_stored
+    );
+    // Only the well-formed customer reached the entity tables.
+    assert_eq!(app.db.count("SELECT count(*) FROM customers").await, 1);
+    assert_eq!(app.db.count("SELECT count(*) FROM transactions").await, 0);
+    assert_eq!(app.db.count("SELECT count(*) FROM partners").await, 0);
+    app.stop().await;
+}
