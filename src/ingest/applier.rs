@@ -10,7 +10,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::{Map, Value};
 use sqlx::PgPool;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -149,32 +148,18 @@ async fn apply_events(
 
 /// Reads a stored delivery as an observation, or says why it cannot be applied.
 fn interpret(event: &PendingEvent) -> Result<Observation, Outcome> {
-    let outcome = |outcome: &'static str, reason: String, entity: Option<&'static str>| Outcome {
+    let (outcome, entity, reason) = match webhook::read(&event.body) {
+        webhook::Reading::Object(o) => return Ok(o),
+        webhook::Reading::UnknownType(reason) => ("unknown_type", None, reason),
+        webhook::Reading::Invalid { entity, reason } => ("error", entity, reason),
+    };
+    Err(Outcome {
         id: event.id,
         outcome,
         reason: Some(reason),
-        entity,
+        entity: entity.map(|e| e.table()),
         entity_key: None,
-    };
-    let body: Map<String, Value> = serde_json::from_str(&event.body)
-        .map_err(|e| outcome("error", format!("the body is not a JSON object: {e}"), None))?;
-    let delivery = webhook::split(body);
-    let Some(name) = delivery.event else {
-        return Err(outcome(
-            "unknown_type",
-            "the delivery names no event (no `event` or `type` field)".into(),
-            None,
-        ));
-    };
-    let Some(kind) = webhook::interpret(&name) else {
-        return Err(outcome(
-            "unknown_type",
-            format!("event type `{name}` is not one the service applies"),
-            None,
-        ));
-    };
-    Observation::parse(kind.entity, delivery.object, kind.deleted)
-        .map_err(|reason| outcome("error", reason, Some(kind.entity.table())))
+    })
 }
 
 async fn mark_error(

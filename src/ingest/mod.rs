@@ -95,11 +95,10 @@ async fn accept(
         }
     }
 
-    let event_type = webhook::peek_event(&bytes)
+    let body = String::from_utf8(bytes.into())
+        .map_err(|_| ApiError::bad_request("the body is not valid UTF-8 JSON"))?;
+    let event_type = webhook::peek_event(&body)
         .map_err(|e| ApiError::bad_request(format!("the body must be one JSON object: {e}")))?;
-    // A body that parsed as JSON is valid UTF-8; this only moves the bytes.
-    let body = String::from_utf8(bytes.to_vec())
-        .map_err(|_| ApiError::bad_request("the body is not valid UTF-8"))?;
     let event = NewEvent {
         idempotency_key: sha256(body.as_bytes()),
         event_type,

@@ -525,3 +525,103 @@ async fn malformed_input_gets_the_documented_answer_and_never_corrupts_data() {
     assert_eq!(app.db.count("SELECT count(*) FROM partners").await, 0);
     app.stop().await;
 }
+
+/// Runs the binary with every secret in use and the most verbose logs, and fails if any
+/// secret (or its Basic-auth encoding) shows up in what it printed.
+#[tokio::test]
+async fn secrets_never_reach_the_logs() {
+    use base64::Engine as _;
+    let db = TestDb::new().await;
+    let signing = "signing-secret-for-log-test-0123";
+    let api = "api-token-for-log-test-0123456789";
+    let (public, secret) = ("pk_live_logtest_0123456789", "sk_live_logtest_0123456789");
+    let db_password = db
+        .url
+        .split("://")
+        .nth(1)
+        .and_then(|rest| rest.split('@').next())
+        .and_then(|creds| creds.split(':').nth(1))
+        .expect("the test database URL has a password")
+        .to_string();
+    let port = free_port();
+    let child = Command::new(env!("CARGO_BIN_EXE_partnerstack-sync"))
+        .arg("serve")
+        .env("DATABASE_URL", &db.url)
+        .env("PSYNC_LISTEN", format!("127.0.0.1:{port}"))
+        .env("PSYNC_WEBHOOK_TOKENS", WEBHOOK_TOKEN)
+        .env("PSYNC_WEBHOOK_SIGNING_SECRETS", signing)
+        .env("PSYNC_API_TOKENS", api)
+        .env("PARTNERSTACK_PUBLIC_KEY", public)
+        .env("PARTNERSTACK_SECRET_KEY", secret)
+        // Nothing listens there: the reconciler's attempts fail and are logged.
+        .env(
+            "PARTNERSTACK_BASE_URL",
+            format!("http://127.0.0.1:{}/api/v2", free_port()),
+        )
+        .env("PSYNC_RECONCILE_INTERVAL", "1s")
+        .env("PSYNC_LOG_FORMAT", "json")
+        .env("RUST_LOG", "debug")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_ready(port).await;
+
+    let http = partnerstack_sync::http_client::builder().build().unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let body = r#"{"event":"customer.created","key":"cust_log"}"#;
+    let signature =
+        partnerstack_sync::auth::sign(&secrecy::SecretString::from(signing), body.as_bytes());
+    let hook = format!("{base}/webhooks/partnerstack/{WEBHOOK_TOKEN}");
+    for (url, sig) in [
+        (hook.clone(), Some(signature)),
+        (hook.clone(), Some("sha256=00".into())),
+        (hook, None),
+    ] {
+        let mut req = http.post(url).body(body);
+        if let Some(sig) = sig {
+            req = req.header("x-psync-signature", sig);
+        }
+        req.send().await.unwrap();
+    }
+    for token in [api, "wrong-api-token-0123456789"] {
+        http.get(format!("{base}/v1/partners"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
+    let output = child.wait_with_output().unwrap();
+    let logs = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        logs.lines().count() > 10,
+        "expected verbose logs, got:\n{logs}"
+    );
+
+    let basic = base64::engine::general_purpose::STANDARD.encode(format!("{public}:{secret}"));
+    for (what, value) in [
+        ("webhook token", WEBHOOK_TOKEN),
+        ("signing secret", signing),
+        ("API token", api),
+        ("PartnerStack public key", public),
+        ("PartnerStack secret key", secret),
+        ("PartnerStack Basic credentials", basic.as_str()),
+        ("database password", db_password.as_str()),
+    ] {
+        assert!(!logs.contains(value), "the {what} appears in the logs");
+    }
+    assert!(
+        logs.contains("/webhooks/partnerstack/{token}"),
+        "access logs name the route template"
+    );
+    println!(
+        "[secrets] {} log lines checked for 7 secrets",
+        logs.lines().count()
+    );
+}
