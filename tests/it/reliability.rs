@@ -625,3 +625,64 @@ async fn secrets_never_reach_the_logs() {
         logs.lines().count()
     );
 }
+
+#[tokio::test]
+async fn graceful_shutdown_finishes_in_flight_deliveries_then_applies_them() {
+    use sqlx::Connection as _;
+    let app = TestApp::spawn().await;
+    // Hold back the writer so deliveries are in flight when shutdown begins.
+    let mut locker = sqlx::PgConnection::connect(&app.db.url).await.unwrap();
+    sqlx::query("BEGIN").execute(&mut locker).await.unwrap();
+    sqlx::query("LOCK TABLE webhook_events IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut locker)
+        .await
+        .unwrap();
+    let bodies: Vec<String> = (0..50).map(|n| load::delivery("drain", n)).collect();
+    let load = tokio::spawn(load::run(
+        app.addr,
+        bodies,
+        50,
+        0.0,
+        5,
+        Duration::from_secs(20),
+    ));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let addr = app.addr;
+    let stopping = tokio::spawn(app.stop());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let late = load::send(
+        addr,
+        load::delivery("drain", 999),
+        Client::Patient,
+        Duration::ZERO,
+        Duration::from_secs(2),
+    )
+    .await;
+    assert_eq!(
+        late.status, None,
+        "a server that is shutting down accepts no new requests"
+    );
+
+    sqlx::query("ROLLBACK").execute(&mut locker).await.unwrap();
+    let answers = load.await.unwrap();
+    let db = stopping.await.unwrap();
+    let tally = Tally::of(&answers);
+    let committed = db.count("SELECT count(*) FROM webhook_events").await;
+    report("graceful shutdown", &tally, committed, 0);
+    assert_eq!(
+        tally.ok, 50,
+        "every in-flight delivery was committed and answered"
+    );
+    load::assert_acknowledged_are_stored(&db.pool, &answers).await;
+    assert_eq!(
+        db.count("SELECT count(*) FROM webhook_events WHERE outcome = 'pending'")
+            .await,
+        0
+    );
+    assert_eq!(
+        db.count("SELECT count(*) FROM customers").await,
+        50,
+        "applied before exit"
+    );
+}
