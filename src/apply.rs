@@ -298,8 +298,23 @@ async fn upsert(
     Ok(rows.into_iter().collect())
 }
 
+/// The upsert statement [`apply`] runs for `entity` (benchmarks replay it with pgbench).
+pub fn upsert_sql_for(entity: Entity) -> String {
+    let columns = match entity {
+        Entity::Partner => Partnership::default().columns(),
+        Entity::Customer => Customer::default().columns(),
+        Entity::Transaction => Transaction::default().columns(),
+        Entity::Reward => Reward::default().columns(),
+        Entity::Group => Group::default().columns(),
+        Entity::Deal => Deal::default().columns(),
+        Entity::Lead => Lead::default().columns(),
+    };
+    upsert_sql(entity.table(), &columns)
+}
+
 /// The upsert statement for a table with the given typed columns. `$1` is the source,
-/// `$2..$7` the bookkeeping arrays, then one array per typed column.
+/// `$2..$7` the bookkeeping arrays (key, created_at, updated_at, observed_at, deleted,
+/// raw), then one array per typed column in order.
 fn upsert_sql(table: &str, columns: &[(&'static str, Col)]) -> String {
     let names: Vec<&str> = columns.iter().map(|(n, _)| *n).collect();
     let mut params = vec![

@@ -310,8 +310,9 @@ impl Drop for EmbeddedPostgres {
     }
 }
 
-/// Finds the directory holding `initdb` and `postgres`.
-fn find_bin_dir() -> Option<PathBuf> {
+/// Finds the directory holding `initdb` and `postgres` (and, in the usual packaging,
+/// the other server tools such as `pgbench`).
+pub fn find_bin_dir() -> Option<PathBuf> {
     let has_both = |dir: &Path| dir.join("initdb").is_file() && dir.join("postgres").is_file();
     if let Some(path) = std::env::var_os("PATH") {
         for dir in std::env::split_paths(&path) {

@@ -23,6 +23,12 @@ pub struct Stored {
     pub duplicate: bool,
 }
 
+/// The writer's statement: `$1` keys, `$2` event types, `$3` bodies, as arrays.
+pub const INSERT_EVENTS_SQL: &str = "INSERT INTO webhook_events (idempotency_key, event_type, body)
+     SELECT * FROM UNNEST($1::bytea[], $2::text[], $3::text[])
+     ON CONFLICT (idempotency_key) DO NOTHING
+     RETURNING id, idempotency_key";
+
 /// Stores a batch of deliveries in one statement (committed on return) and says where
 /// each went. Byte-identical deliveries are stored once.
 pub async fn insert_batch(pool: &PgPool, events: &[NewEvent]) -> Result<Vec<Stored>, sqlx::Error> {
@@ -38,17 +44,12 @@ pub async fn insert_batch(pool: &PgPool, events: &[NewEvent]) -> Result<Vec<Stor
             bodies.push(e.body.as_str());
         }
     }
-    let inserted: Vec<(i64, Vec<u8>)> = sqlx::query_as(
-        "INSERT INTO webhook_events (idempotency_key, event_type, body)
-         SELECT * FROM UNNEST($1::bytea[], $2::text[], $3::text[])
-         ON CONFLICT (idempotency_key) DO NOTHING
-         RETURNING id, idempotency_key",
-    )
-    .bind(&keys)
-    .bind(&types)
-    .bind(&bodies)
-    .fetch_all(pool)
-    .await?;
+    let inserted: Vec<(i64, Vec<u8>)> = sqlx::query_as(INSERT_EVENTS_SQL)
+        .bind(&keys)
+        .bind(&types)
+        .bind(&bodies)
+        .fetch_all(pool)
+        .await?;
     let mut ids: HashMap<Vec<u8>, (i64, bool)> = inserted
         .into_iter()
         .map(|(id, key)| (key, (id, false)))

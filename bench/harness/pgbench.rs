@@ -1,0 +1,200 @@
+//! The baseline: this machine's Postgres running the service's own SQL under pgbench.
+//!
+//! The statements are the service's (taken from the library, not copied): only their
+//! array parameters are replaced by SQL expressions that build the same arrays, because
+//! pgbench cannot bind arrays.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use partnerstack_sync::apply::upsert_sql_for;
+use partnerstack_sync::db::events::INSERT_EVENTS_SQL;
+use partnerstack_sync::partnerstack::models::Entity;
+
+/// pgbench's results.
+#[derive(Debug, Default)]
+pub struct Run {
+    pub tps: f64,
+    /// Per-transaction latencies (including schedule lag under `--rate`), µs, sorted.
+    pub latencies_us: Vec<u64>,
+}
+
+impl Run {
+    pub fn quantile_ms(&self, q: f64) -> f64 {
+        if self.latencies_us.is_empty() {
+            return f64::NAN;
+        }
+        let i = ((self.latencies_us.len() - 1) as f64 * q).round() as usize;
+        self.latencies_us[i] as f64 / 1000.0
+    }
+}
+
+pub fn pgbench_path() -> anyhow::Result<PathBuf> {
+    let dir = partnerstack_sync::db::embedded::find_bin_dir().context("no PostgreSQL binaries")?;
+    let path = dir.join("pgbench");
+    if path.is_file() {
+        return Ok(path);
+    }
+    Ok(PathBuf::from("pgbench"))
+}
+
+/// Runs `script` with pgbench against `url`.
+pub fn run(
+    url: &str,
+    script: &str,
+    clients: usize,
+    duration: Duration,
+    rate: Option<f64>,
+    workdir: &Path,
+    label: &str,
+) -> anyhow::Result<Run> {
+    let script_path = workdir.join(format!("{label}.sql"));
+    std::fs::write(&script_path, script)?;
+    let log_dir = workdir.join(format!("{label}-log"));
+    let _ = std::fs::remove_dir_all(&log_dir);
+    std::fs::create_dir_all(&log_dir)?;
+    let mut cmd = Command::new(pgbench_path()?);
+    cmd.arg("--no-vacuum")
+        .arg("--protocol=prepared")
+        .arg(format!("--client={clients}"))
+        .arg(format!("--jobs={}", clients.min(2)))
+        .arg(format!("--time={}", duration.as_secs().max(1)))
+        .arg(format!("--file={}", script_path.display()))
+        .arg("--log")
+        .arg(format!("--log-prefix={}", log_dir.join("tx").display()))
+        .arg(url)
+        .current_dir(workdir);
+    if let Some(rate) = rate {
+        cmd.arg(format!("--rate={rate}"));
+    }
+    let out = cmd.output().context("running pgbench")?;
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    if !out.status.success() {
+        bail!(
+            "pgbench failed: {}{}",
+            text,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let tps = text
+        .lines()
+        .find_map(|l| l.strip_prefix("tps = "))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .with_context(|| format!("no tps in pgbench output:\n{text}"))?;
+    let mut latencies_us = Vec::new();
+    for entry in std::fs::read_dir(&log_dir)? {
+        let text = std::fs::read_to_string(entry?.path())?;
+        for line in text.lines() {
+            // client_id transaction_no time script_no time_epoch time_us [schedule_lag]
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() >= 6 {
+                let time: u64 = f[2].parse().unwrap_or(0);
+                let lag: u64 = f.get(6).and_then(|v| v.parse().ok()).unwrap_or(0);
+                latencies_us.push(time + lag);
+            }
+        }
+    }
+    latencies_us.sort_unstable();
+    Ok(Run { tps, latencies_us })
+}
+
+/// Replaces `$n::type[]` placeholders with the given SQL expressions (`exprs[n-1]`).
+fn bind(sql: &str, exprs: &[String]) -> String {
+    let mut out = sql.to_string();
+    // Highest first, so `$1` does not match the start of `$12`.
+    for (i, expr) in exprs.iter().enumerate().rev() {
+        let n = i + 1;
+        let start = out
+            .find(&format!("${n}::"))
+            .or_else(|| out.find(&format!("${n}")))
+            .unwrap_or(usize::MAX);
+        if start == usize::MAX {
+            continue;
+        }
+        let rest = &out[start..];
+        let len = rest
+            .find(|c: char| c == ',' || c == ')' || c.is_whitespace())
+            .unwrap_or(rest.len());
+        out.replace_range(start..start + len, expr);
+    }
+    // pgbench reads one statement per line unless it ends with a semicolon; keep it on one.
+    out.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// Array expressions for `entity`'s upsert: `rows` rows per statement, keys derived from
+/// pgbench variables so every statement touches new rows.
+fn upsert_exprs(entity: Entity, rows: usize, key: &str) -> Vec<String> {
+    let series = |expr: &str, ty: &str| {
+        if rows == 1 {
+            format!("ARRAY[{expr}]::{ty}[]", expr = expr.replace("g.i", "1"))
+        } else {
+            format!("ARRAY(SELECT {expr} FROM generate_series(1, {rows}) AS g(i))::{ty}[]")
+        }
+    };
+    let mut exprs = vec![
+        "'webhook'".to_string(),
+        series(&format!("{key} || '_' || g.i"), "text"),
+        series("now()", "timestamptz"),
+        series("now()", "timestamptz"),
+        series("now()", "timestamptz"),
+        series("false", "boolean"),
+        series(
+            &format!(
+                "('{{\"key\":\"' || {key} || '\",\"pad\":\"' || repeat('x', 1200) || '\"}}')::jsonb"
+            ),
+            "jsonb",
+        ),
+    ];
+    let sql = upsert_sql_for(entity);
+    // The typed columns follow, each `$n::type[]`: give each a plausible non-null value.
+    let mut n = 8;
+    while let Some(pos) = sql.find(&format!("${n}::")) {
+        let ty: String = sql[pos + format!("${n}::").len()..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric())
+            .collect();
+        let value = match ty.as_str() {
+            "text" => format!("'v' || {key}"),
+            "bigint" => "4999".to_string(),
+            "boolean" => "true".to_string(),
+            "timestamptz" => "now()".to_string(),
+            "date" => "current_date".to_string(),
+            _ => "'[\"tag\"]'::jsonb".to_string(),
+        };
+        exprs.push(series(&value, &ty));
+        n += 1;
+    }
+    exprs
+}
+
+/// One delivery per transaction: the writer's event insert plus the applier's customer
+/// upsert, as the service would do them without batching.
+pub fn per_delivery_script() -> String {
+    let key = "('cus_' || :client_id::text || '_' || :n::text)";
+    let events = bind(
+        INSERT_EVENTS_SQL,
+        &[
+            format!("ARRAY[sha256(convert_to({key} || clock_timestamp()::text, 'UTF8'))]"),
+            "ARRAY['customer_created']".to_string(),
+            format!(
+                "ARRAY['{{\"event\":\"customer.created\",\"key\":\"' || {key} || '\",\"pad\":\"' || repeat('x', 1400) || '\"}}']"
+            ),
+        ],
+    );
+    let upsert = bind(
+        &upsert_sql_for(Entity::Customer),
+        &upsert_exprs(Entity::Customer, 1, key),
+    );
+    format!("\\set n random(1, 2000000000)\nBEGIN;\n{events};\n{upsert};\nEND;\n")
+}
+
+/// One reconciler page per transaction: `rows` rows upserted in one statement.
+#[allow(dead_code)] // used by the reconcile scenario
+pub fn page_upsert_script(entity: Entity, rows: usize) -> String {
+    let key = "('obj_' || :client_id::text || '_' || :n::text)";
+    let upsert = bind(&upsert_sql_for(entity), &upsert_exprs(entity, rows, key));
+    format!("\\set n random(1, 2000000000)\nBEGIN;\n{upsert};\nEND;\n")
+}
