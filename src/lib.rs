@@ -14,4 +14,5 @@ pub mod error;
 pub mod http_client;
 pub mod ingest;
 pub mod partnerstack;
+pub mod simulate;
 pub mod telemetry;
