@@ -1,5 +1,8 @@
 //! Integration tests: the real service against a real Postgres (see `common`).
 
+mod brief;
+mod client;
 mod common;
 mod embedded;
 mod ingest;
+mod simulate;
