@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -69,7 +69,13 @@ async fn state(State(sim): State<Simulator>, Query(q): Query<StateQuery>) -> Res
         Ok(o) => o,
         Err(message) => return error(StatusCode::NOT_FOUND, message),
     };
-    Json(sim.state(only)).into_response()
+    match sim.state_json(only) {
+        Ok(body) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("state dump: {e}"),
+        ),
+    }
 }
 
 async fn stats(State(sim): State<Simulator>) -> Response {

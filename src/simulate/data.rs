@@ -193,7 +193,7 @@ pub struct SimLead {
 }
 
 macro_rules! record {
-    ($ty:ty, $entity:expr) => {
+    ($entity:expr) => {
         const ENTITY: Entity = $entity;
         fn key(&self) -> &str {
             &self.key
@@ -211,11 +211,11 @@ macro_rules! record {
 }
 
 impl SimRecord for SimGroup {
-    record!(SimGroup, Entity::Group);
+    record!(Entity::Group);
 }
 
 impl SimRecord for SimPartnership {
-    record!(SimPartnership, Entity::Partner);
+    record!(Entity::Partner);
     fn alt_key(&self) -> Option<&str> {
         Some(&self.partner_key)
     }
@@ -225,7 +225,7 @@ impl SimRecord for SimPartnership {
 }
 
 impl SimRecord for SimCustomer {
-    record!(SimCustomer, Entity::Customer);
+    record!(Entity::Customer);
     fn alt_key(&self) -> Option<&str> {
         self.customer_key.as_deref()
     }
@@ -238,7 +238,7 @@ impl SimRecord for SimCustomer {
 }
 
 impl SimRecord for SimTransaction {
-    record!(SimTransaction, Entity::Transaction);
+    record!(Entity::Transaction);
     fn partner_key(&self) -> Option<&str> {
         Some(&self.partner_key)
     }
@@ -248,7 +248,7 @@ impl SimRecord for SimTransaction {
 }
 
 impl SimRecord for SimReward {
-    record!(SimReward, Entity::Reward);
+    record!(Entity::Reward);
     fn partner_key(&self) -> Option<&str> {
         Some(&self.partnership.partner_key)
     }
@@ -258,7 +258,7 @@ impl SimRecord for SimReward {
 }
 
 impl SimRecord for SimDeal {
-    record!(SimDeal, Entity::Deal);
+    record!(Entity::Deal);
     fn partner_key(&self) -> Option<&str> {
         Some(&self.partner_key)
     }
@@ -268,7 +268,7 @@ impl SimRecord for SimDeal {
 }
 
 impl SimRecord for SimLead {
-    record!(SimLead, Entity::Lead);
+    record!(Entity::Lead);
     fn partner_key(&self) -> Option<&str> {
         Some(&self.partner_key)
     }

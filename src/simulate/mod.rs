@@ -443,14 +443,31 @@ impl Simulator {
     /// Every object, as the API renders it, per stream; archived customers included (with
     /// `"archived": true`).
     pub fn state(&self, only: Option<Entity>) -> Value {
+        self.state_json(only)
+            .and_then(|bytes| serde_json::from_slice(&bytes))
+            .unwrap_or(Value::Null)
+    }
+
+    /// [`Simulator::state`] as JSON text, written without building a JSON tree (for large
+    /// programs).
+    pub fn state_json(&self, only: Option<Entity>) -> serde_json::Result<Vec<u8>> {
         let world = self.read();
-        let mut streams = Map::new();
+        let mut out = Vec::with_capacity(1 << 16);
+        out.extend_from_slice(format!("{{\"now\":{},\"streams\":{{", world.now_ms()).as_bytes());
+        let mut first = true;
         for entity in Entity::ALL {
-            if only.is_none_or(|o| o == entity) {
-                streams.insert(entity.stream().into(), Value::Array(world.dump(entity)));
+            if only.is_some_and(|o| o != entity) {
+                continue;
             }
+            if !first {
+                out.push(b',');
+            }
+            first = false;
+            out.extend_from_slice(format!("\"{}\":", entity.stream()).as_bytes());
+            world.write_dump(entity, &mut out)?;
         }
-        serde_json::json!({"now": world.now_ms(), "streams": streams})
+        out.extend_from_slice(b"}}");
+        Ok(out)
     }
 
     /// Objects of `entity` (archived included).

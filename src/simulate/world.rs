@@ -749,6 +749,13 @@ impl World {
         with_table!(self, entity, |t| t.items().iter().map(render).collect())
     }
 
+    /// Appends every object of `entity` (archived included, oldest first) to `out` as a
+    /// JSON array, straight from the records: no JSON tree, so a dump of a million
+    /// objects costs its text and no more.
+    pub fn write_dump(&self, entity: Entity, out: &mut Vec<u8>) -> serde_json::Result<()> {
+        with_table!(self, entity, |t| serde_json::to_writer(out, t.items()))
+    }
+
     /// The partner keys of the group whose name (spaces removed) or slug is `group`.
     pub fn group_partners(&self, group: &str) -> HashSet<String> {
         let wanted = group.replace(' ', "").to_ascii_lowercase();

@@ -636,7 +636,16 @@ async fn the_simulate_command_serves_standalone() {
         .local_addr()
         .unwrap()
         .port();
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_partnerstack-sync"))
+    let binary = env!("CARGO_BIN_EXE_partnerstack-sync");
+    let help = std::process::Command::new(binary)
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&help.stdout).contains("simulate"),
+        "{binary} has no simulate command: another checkout sharing CARGO_TARGET_DIR replaced it"
+    );
+    let mut child = tokio::process::Command::new(binary)
         .args([
             "simulate",
             "--listen",
