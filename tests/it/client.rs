@@ -155,6 +155,29 @@ async fn a_scan_resumes_from_a_saved_cursor() {
     running.stop().await.unwrap();
 }
 
+#[tokio::test]
+async fn items_stream_one_by_one() {
+    use futures_util::TryStreamExt as _;
+    let running = stand_in(program()).await;
+    let client = client(&running);
+    let query = ListQuery {
+        limit: Some(9),
+        ..ListQuery::default()
+    };
+    let items: Vec<Value> = client
+        .pages(Entity::Lead, query)
+        .into_items()
+        .try_collect()
+        .await
+        .unwrap();
+    let keys: Vec<String> = items
+        .iter()
+        .map(|i| i["key"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(keys, expected(&running, Entity::Lead));
+    running.stop().await.unwrap();
+}
+
 fn ms(t: i64) -> Option<chrono::DateTime<chrono::Utc>> {
     chrono::DateTime::from_timestamp_millis(t)
 }

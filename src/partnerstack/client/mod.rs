@@ -356,9 +356,10 @@ impl Client {
                         )
                 });
                 // The duplicate answer is undocumented: any 4xx plus an existing
-                // customer under that key means it was one.
+                // customer under that key means it was one. If the look-up itself fails,
+                // the create's own error is the more useful one.
                 if let (Some(status), Some(key)) = (client_error, &customer.customer_key)
-                    && self.get_customer(key).await?.is_some()
+                    && matches!(self.get_customer(key).await, Ok(Some(_)))
                 {
                     let message = match e {
                         Error::Http { message, .. } => message,
