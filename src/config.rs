@@ -14,6 +14,8 @@ use axum::http::HeaderName;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Deserializer};
 
+use crate::partnerstack::models::Entity;
+
 /// The compiled-in defaults; `config/default.toml` in the repository.
 pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
 
@@ -127,6 +129,52 @@ pub struct PartnerStackConfig {
     pub max_attempts: u32,
     #[serde(with = "humantime_serde")]
     pub max_backoff: Duration,
+    pub paths: StreamPaths,
+}
+
+/// The list path of each stream under `base_url`. The brief's dialect serves partners at
+/// `/partners`; the real API at `/partnerships`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamPaths {
+    pub partnerships: String,
+    pub customers: String,
+    pub transactions: String,
+    pub rewards: String,
+    pub groups: String,
+    pub deals: String,
+    pub leads: String,
+}
+
+impl StreamPaths {
+    /// The list path of `entity`'s stream.
+    pub fn get(&self, entity: Entity) -> &str {
+        match entity {
+            Entity::Partner => &self.partnerships,
+            Entity::Customer => &self.customers,
+            Entity::Transaction => &self.transactions,
+            Entity::Reward => &self.rewards,
+            Entity::Group => &self.groups,
+            Entity::Deal => &self.deals,
+            Entity::Lead => &self.leads,
+        }
+    }
+}
+
+impl Default for StreamPaths {
+    /// The real API's paths: `/` and the stream name.
+    fn default() -> Self {
+        let path = |e: Entity| format!("/{}", e.stream());
+        StreamPaths {
+            partnerships: path(Entity::Partner),
+            customers: path(Entity::Customer),
+            transactions: path(Entity::Transaction),
+            rewards: path(Entity::Reward),
+            groups: path(Entity::Group),
+            deals: path(Entity::Deal),
+            leads: path(Entity::Lead),
+        }
+    }
 }
 
 impl PartnerStackConfig {
@@ -248,6 +296,15 @@ impl Config {
         }
         if self.partnerstack.max_attempts == 0 {
             return fail("partnerstack.max_attempts", "must be at least 1".into());
+        }
+        for entity in Entity::ALL {
+            let path = self.partnerstack.paths.get(entity);
+            if !path.starts_with('/') || path.contains(['?', '#']) {
+                return fail(
+                    &format!("partnerstack.paths.{}", entity.stream()),
+                    format!("{path:?} must be a path starting with /"),
+                );
+            }
         }
         let base = &self.partnerstack.base_url;
         if !(base.starts_with("http://") || base.starts_with("https://")) {

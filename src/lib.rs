@@ -3,7 +3,9 @@
 //!
 //! Webhooks arrive at [`ingest`], are committed raw to `webhook_events` by the ingest
 //! writer, and are applied by the applier through [`apply`], the one door into the entity
-//! tables. See `ARCHITECTURE.md` for the map.
+//! tables. [`partnerstack::client`] is the client for PartnerStack's v2 API;
+//! [`simulate`] is a local PartnerStack stand-in for demos and tests. See
+//! `ARCHITECTURE.md` for the map.
 
 pub mod app;
 pub mod apply;
@@ -14,4 +16,5 @@ pub mod error;
 pub mod http_client;
 pub mod ingest;
 pub mod partnerstack;
+pub mod simulate;
 pub mod telemetry;

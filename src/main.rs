@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use partnerstack_sync::{app, config::Config, db, telemetry};
+use partnerstack_sync::{app, config::Config, db, simulate, telemetry};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
@@ -28,6 +28,8 @@ enum Command {
     Migrate,
     /// Exit 0 when the local server answers /readyz (for container health checks).
     Healthcheck,
+    /// Serve a local PartnerStack v2 stand-in (seeded data, faults, webhooks) under /api/v2.
+    Simulate(Box<simulate::Options>),
 }
 
 fn main() -> ExitCode {
@@ -52,6 +54,7 @@ fn main() -> ExitCode {
             Command::Serve => serve(config).await,
             Command::Migrate => migrate(config).await,
             Command::Healthcheck => healthcheck(config).await,
+            Command::Simulate(options) => run_simulate(*options, config).await,
         }
     });
     match result {
@@ -81,6 +84,20 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         trigger.cancel();
     });
     app::run(config, listener, shutdown).await
+}
+
+async fn run_simulate(options: simulate::Options, config: Config) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(options.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {} (--listen): {e}", options.listen))?;
+    let shutdown = CancellationToken::new();
+    let trigger = shutdown.clone();
+    tokio::spawn(async move {
+        app::shutdown_signal().await;
+        tracing::info!("shutdown requested");
+        trigger.cancel();
+    });
+    simulate::run(options, &config, listener, shutdown).await
 }
 
 async fn migrate(config: Config) -> anyhow::Result<()> {

@@ -62,6 +62,28 @@ impl Entity {
         }
     }
 
+    /// The name of this kind's v2 list stream (`/partnerships`, `/customers`, ...), as
+    /// used in settings and on the command line.
+    pub fn stream(self) -> &'static str {
+        match self {
+            Entity::Partner => "partnerships",
+            Entity::Customer => "customers",
+            Entity::Transaction => "transactions",
+            Entity::Reward => "rewards",
+            Entity::Group => "groups",
+            Entity::Deal => "deals",
+            Entity::Lead => "leads",
+        }
+    }
+
+    /// The entity of a stream name; the brief's `partners` is `partnerships`.
+    pub fn from_stream(name: &str) -> Option<Entity> {
+        match name.trim().to_ascii_lowercase().as_str() {
+            "partners" => Some(Entity::Partner),
+            other => Entity::ALL.into_iter().find(|e| e.stream() == other),
+        }
+    }
+
     /// The entity an event-name prefix refers to (`partner` and `partnership` are one).
     pub fn from_event_prefix(prefix: &str) -> Option<Entity> {
         Some(match prefix {

@@ -1,7 +1,10 @@
 //! Integration tests: the real service against a real Postgres (see `common`).
 
+mod brief;
+mod client;
 mod common;
 mod embedded;
 mod ingest;
 mod load;
 mod reliability;
+mod simulate;

@@ -1,0 +1,299 @@
+//! Fault injection for the stand-in's API: rate limiting, 5xx answers, slow answers and
+//! a stalled cursor. Random faults come from a seeded generator; scripted ones ("the next
+//! N requests") make tests deterministic.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use rand::rngs::Xoshiro256PlusPlus;
+use rand::{RngExt as _, SeedableRng as _};
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+
+use crate::partnerstack::models::Entity;
+
+/// The fault settings in force. Every field can be changed at run time through
+/// `POST /admin/faults` (see [`FaultUpdate`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FaultSettings {
+    /// Requests per second the API accepts (token bucket, burst of one second's worth);
+    /// beyond it, 429 with `Retry-After`. `None`: unlimited.
+    pub rate_limit: Option<f64>,
+    /// Seconds sent in `Retry-After` with every 429.
+    pub retry_after: u64,
+    /// Fraction of requests answered with a random 500/502/503.
+    pub error_rate: f64,
+    /// Delay before every API answer, in milliseconds.
+    pub slow_ms: u64,
+    /// The next N API requests are answered `fail_status`.
+    pub fail_next: u32,
+    pub fail_status: u16,
+    /// The next N API requests are answered 429 with `Retry-After`.
+    pub throttle_next: u32,
+    /// Streams whose lists ignore `starting_after` and serve the first page again: the
+    /// cursor never advances.
+    pub stall: Vec<String>,
+}
+
+impl Default for FaultSettings {
+    fn default() -> Self {
+        FaultSettings {
+            rate_limit: None,
+            retry_after: 1,
+            error_rate: 0.0,
+            slow_ms: 0,
+            fail_next: 0,
+            fail_status: 503,
+            throttle_next: 0,
+            stall: Vec::new(),
+        }
+    }
+}
+
+/// A partial change of [`FaultSettings`]; absent fields stay as they are. `rate_limit: 0`
+/// removes the limit.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FaultUpdate {
+    pub rate_limit: Option<f64>,
+    pub retry_after: Option<u64>,
+    pub error_rate: Option<f64>,
+    pub slow_ms: Option<u64>,
+    pub fail_next: Option<u32>,
+    pub fail_status: Option<u16>,
+    pub throttle_next: Option<u32>,
+    pub stall: Option<Vec<String>>,
+}
+
+/// What to do with one API request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Serve,
+    /// 429 with this `Retry-After` (seconds).
+    Throttle(u64),
+    /// This 5xx status.
+    Fail(u16),
+}
+
+/// The stand-in's faults and request counters.
+#[derive(Debug)]
+pub struct Faults {
+    state: Mutex<State>,
+}
+
+#[derive(Debug)]
+struct State {
+    settings: FaultSettings,
+    tokens: f64,
+    refilled: Instant,
+    rng: Xoshiro256PlusPlus,
+    /// Answers by HTTP status, API routes only.
+    answers: BTreeMap<u16, u64>,
+}
+
+impl Faults {
+    pub fn new(settings: FaultSettings, seed: u64) -> Faults {
+        Faults {
+            state: Mutex::new(State {
+                tokens: settings.rate_limit.unwrap_or(1.0).max(1.0),
+                settings,
+                refilled: Instant::now(),
+                rng: Xoshiro256PlusPlus::seed_from_u64(seed ^ 0xfa17_5eed),
+                answers: BTreeMap::new(),
+            }),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // A poisoned lock only means a panic elsewhere; the numbers are still usable.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn settings(&self) -> FaultSettings {
+        self.lock().settings.clone()
+    }
+
+    /// Applies `update`; refuses values out of range.
+    pub fn update(&self, update: FaultUpdate) -> Result<FaultSettings, String> {
+        if let Some(r) = update.error_rate
+            && !(0.0..=1.0).contains(&r)
+        {
+            return Err("error_rate must be within 0..=1".into());
+        }
+        if let Some(r) = update.rate_limit
+            && !(r.is_finite() && r >= 0.0)
+        {
+            return Err("rate_limit must be a positive number (0 removes the limit)".into());
+        }
+        if let Some(s) = update.fail_status
+            && !(400..=599).contains(&s)
+        {
+            return Err("fail_status must be an HTTP error status".into());
+        }
+        if let Some(stall) = &update.stall
+            && let Some(bad) = stall.iter().find(|s| Entity::from_stream(s).is_none())
+        {
+            return Err(format!("stall: unknown stream {bad:?}"));
+        }
+        let mut state = self.lock();
+        let s = &mut state.settings;
+        if let Some(r) = update.rate_limit {
+            s.rate_limit = (r > 0.0).then_some(r);
+        }
+        if let Some(v) = update.retry_after {
+            s.retry_after = v;
+        }
+        if let Some(v) = update.error_rate {
+            s.error_rate = v;
+        }
+        if let Some(v) = update.slow_ms {
+            s.slow_ms = v;
+        }
+        if let Some(v) = update.fail_next {
+            s.fail_next = v;
+        }
+        if let Some(v) = update.fail_status {
+            s.fail_status = v;
+        }
+        if let Some(v) = update.throttle_next {
+            s.throttle_next = v;
+        }
+        if let Some(v) = update.stall {
+            s.stall = v;
+        }
+        let settings = state.settings.clone();
+        state.tokens = settings.rate_limit.unwrap_or(1.0).max(1.0);
+        state.refilled = Instant::now();
+        Ok(settings)
+    }
+
+    /// How long to delay the answer.
+    pub fn delay(&self) -> Duration {
+        Duration::from_millis(self.lock().settings.slow_ms)
+    }
+
+    /// Decides the fate of one API request: scripted faults first, then the rate limit,
+    /// then the random error rate.
+    pub fn verdict(&self) -> Verdict {
+        let mut state = self.lock();
+        let retry_after = state.settings.retry_after;
+        if state.settings.throttle_next > 0 {
+            state.settings.throttle_next -= 1;
+            return Verdict::Throttle(retry_after);
+        }
+        if state.settings.fail_next > 0 {
+            state.settings.fail_next -= 1;
+            return Verdict::Fail(state.settings.fail_status);
+        }
+        if let Some(rate) = state.settings.rate_limit {
+            let now = Instant::now();
+            let elapsed = now.duration_since(state.refilled).as_secs_f64();
+            state.tokens = (state.tokens + elapsed * rate).min(rate.max(1.0));
+            state.refilled = now;
+            if state.tokens < 1.0 {
+                return Verdict::Throttle(retry_after);
+            }
+            state.tokens -= 1.0;
+        }
+        let error_rate = state.settings.error_rate;
+        if error_rate > 0.0 && state.rng.random_bool(error_rate) {
+            let status = [500, 502, 503][state.rng.random_range(0..3)];
+            return Verdict::Fail(status);
+        }
+        Verdict::Serve
+    }
+
+    /// True when `entity`'s list should ignore its cursor.
+    pub fn stalled(&self, entity: Entity) -> bool {
+        self.lock()
+            .settings
+            .stall
+            .iter()
+            .any(|s| Entity::from_stream(s) == Some(entity))
+    }
+
+    /// Counts one API answer.
+    pub fn count(&self, status: u16) {
+        *self.lock().answers.entry(status).or_default() += 1;
+    }
+
+    /// API answers so far, by status.
+    pub fn answers(&self) -> BTreeMap<u16, u64> {
+        self.lock().answers.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scripted_faults_come_first_and_run_out() {
+        let f = Faults::new(FaultSettings::default(), 1);
+        f.update(FaultUpdate {
+            throttle_next: Some(2),
+            fail_next: Some(1),
+            fail_status: Some(502),
+            retry_after: Some(3),
+            ..FaultUpdate::default()
+        })
+        .unwrap();
+        let verdicts: Vec<Verdict> = (0..5).map(|_| f.verdict()).collect();
+        assert_eq!(
+            verdicts,
+            [
+                Verdict::Throttle(3),
+                Verdict::Throttle(3),
+                Verdict::Fail(502),
+                Verdict::Serve,
+                Verdict::Serve
+            ]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_rate_limit_refills_with_time() {
+        let f = Faults::new(
+            FaultSettings {
+                rate_limit: Some(2.0),
+                ..FaultSettings::default()
+            },
+            1,
+        );
+        assert_eq!(f.verdict(), Verdict::Serve);
+        assert_eq!(f.verdict(), Verdict::Serve);
+        assert_eq!(f.verdict(), Verdict::Throttle(1));
+        tokio::time::advance(Duration::from_millis(500)).await;
+        assert_eq!(f.verdict(), Verdict::Serve);
+        assert_eq!(f.verdict(), Verdict::Throttle(1));
+    }
+
+    #[test]
+    fn out_of_range_updates_are_refused() {
+        let f = Faults::new(FaultSettings::default(), 1);
+        for bad in [
+            FaultUpdate {
+                error_rate: Some(1.5),
+                ..FaultUpdate::default()
+            },
+            FaultUpdate {
+                fail_status: Some(200),
+                ..FaultUpdate::default()
+            },
+            FaultUpdate {
+                stall: Some(vec!["widgets".into()]),
+                ..FaultUpdate::default()
+            },
+        ] {
+            assert!(f.update(bad).is_err());
+        }
+        assert!(!f.stalled(Entity::Customer));
+        f.update(FaultUpdate {
+            stall: Some(vec!["customers".into()]),
+            ..FaultUpdate::default()
+        })
+        .unwrap();
+        assert!(f.stalled(Entity::Customer));
+    }
+}

@@ -1,0 +1,210 @@
+//! The client against wiremock speaking the integration brief's dialect: `/partners`,
+//! `ending_cursor`, second timestamps, `"status": "2xx"`; and the error paths.
+
+use chrono::{TimeZone, Utc};
+use partnerstack_sync::apply::Observation;
+use partnerstack_sync::partnerstack::client::{Client, Error, ListQuery};
+use partnerstack_sync::partnerstack::models::Entity;
+use serde_json::{Value, json};
+use wiremock::matchers::{basic_auth, method, path, query_param, query_param_is_missing};
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+use crate::client::{PUBLIC_KEY, SECRET_KEY, client_config};
+
+async fn brief_client(server: &MockServer) -> Client {
+    let mut config = client_config(&format!("{}/api/v2", server.uri()));
+    config.paths.partnerships = "/partners".into();
+    config.page_size = 2;
+    Client::new(&config).unwrap()
+}
+
+fn partner(key: &str, created_s: i64) -> Value {
+    json!({"key": key, "partner_key": format!("pk-{key}"), "name": "Partner", "status": "active",
+           "group_key": "grp_gold", "created_at": created_s, "updated_at": created_s + 60,
+           "metadata": {"source": "brief"}})
+}
+
+fn page(items: Vec<Value>, has_more: bool, cursor: Option<&str>) -> ResponseTemplate {
+    ResponseTemplate::new(200).set_body_json(json!({
+        "data": {"items": items, "has_more": has_more, "ending_cursor": cursor},
+        "message": "Success",
+        "status": "2xx",
+    }))
+}
+
+async fn keys(client: &Client, entity: Entity) -> Result<Vec<String>, Error> {
+    let mut pager = client.pages(entity, ListQuery::default());
+    let mut keys = Vec::new();
+    while let Some(page) = pager.next_page().await? {
+        for item in page.items {
+            keys.push(Observation::parse(entity, item, false).unwrap().key);
+        }
+    }
+    Ok(keys)
+}
+
+#[tokio::test]
+async fn the_briefs_dialect_pages_by_ending_cursor_with_second_timestamps() {
+    let server = MockServer::start().await;
+    // The cursor is opaque: it is not the last item's key, so using the key would miss.
+    Mock::given(method("GET"))
+        .and(path("/api/v2/partners"))
+        .and(basic_auth(PUBLIC_KEY, SECRET_KEY))
+        .and(query_param("limit", "2"))
+        .and(query_param_is_missing("starting_after"))
+        .respond_with(page(
+            vec![partner("p3", 1_700_000_300), partner("p2", 1_700_000_200)],
+            true,
+            Some("cursor-after-p2"),
+        ))
+        .expect(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/api/v2/partners"))
+        .and(query_param("starting_after", "cursor-after-p2"))
+        .respond_with(page(vec![partner("p1", 1_700_000_100)], false, None))
+        .expect(1)
+        .mount(&server)
+        .await;
+
+    let client = brief_client(&server).await;
+    let mut pager = client.pages(Entity::Partner, ListQuery::default());
+    let first = pager.next_page().await.unwrap().unwrap();
+    assert_eq!(first.next_cursor.as_deref(), Some("cursor-after-p2"));
+    let typed = first.typed::<partnerstack_sync::partnerstack::models::Partnership>();
+    let p3 = typed[0].as_ref().unwrap();
+    assert_eq!(
+        p3.typed.meta.created_at,
+        Some(Utc.timestamp_opt(1_700_000_300, 0).unwrap()),
+        "seconds read as seconds"
+    );
+    assert_eq!(
+        p3.raw["metadata"]["source"], "brief",
+        "unknown fields kept raw"
+    );
+    let second = pager.next_page().await.unwrap().unwrap();
+    assert_eq!(second.items.len(), 1);
+    assert!(!second.has_more);
+    assert!(pager.next_page().await.unwrap().is_none());
+    assert_eq!((pager.pages(), pager.items()), (2, 3));
+}
+
+#[tokio::test]
+async fn an_empty_page_ends_the_walk_even_when_has_more_says_otherwise() {
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path("/api/v2/customers"))
+        .respond_with(page(vec![], true, None))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let client = brief_client(&server).await;
+    assert!(keys(&client, Entity::Customer).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_cursor_that_comes_back_is_an_error() {
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path("/api/v2/partners"))
+        .respond_with(page(
+            vec![partner("p2", 1_700_000_200), partner("p1", 1_700_000_100)],
+            true,
+            Some("same-cursor"),
+        ))
+        .expect(2)
+        .mount(&server)
+        .await;
+    let client = brief_client(&server).await;
+    let err = keys(&client, Entity::Partner).await.unwrap_err();
+    assert!(
+        matches!(&err, Error::StalledCursor { cursor, pages: 2, .. } if cursor == "same-cursor"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn client_errors_keep_partnerstacks_status_and_message_and_are_not_retried() {
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path("/api/v2/customers"))
+        .respond_with(ResponseTemplate::new(400).set_body_json(
+            json!({"message": "'limit' must be less than or equal to 100", "status": 400}),
+        ))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let client = brief_client(&server).await;
+    let err = keys(&client, Entity::Customer).await.unwrap_err();
+    match &err {
+        Error::Http { status, message } => {
+            assert_eq!(status.as_u16(), 400);
+            assert_eq!(message, "'limit' must be less than or equal to 100");
+        }
+        other => panic!("expected an HTTP error, got {other}"),
+    }
+}
+
+#[tokio::test]
+async fn retry_after_as_an_http_date_and_5xx_are_retried_then_given_up() {
+    let server = MockServer::start().await;
+    // A date in the past: retry at once.
+    Mock::given(method("GET"))
+        .and(path("/api/v2/groups"))
+        .respond_with(
+            ResponseTemplate::new(429)
+                .insert_header("retry-after", "Wed, 21 Oct 2015 07:28:00 GMT")
+                .insert_header("x-ratelimit-remaining", "0"),
+        )
+        .up_to_n_times(1)
+        .expect(1)
+        .with_priority(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/api/v2/groups"))
+        .respond_with(page(
+            vec![json!({"key": "grup_1", "name": "Gold", "created_at": 1_700_000_000})],
+            false,
+            None,
+        ))
+        .expect(1)
+        .with_priority(2)
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/api/v2/leads"))
+        .respond_with(ResponseTemplate::new(500).set_body_string("upstream exploded"))
+        .expect(3)
+        .mount(&server)
+        .await;
+
+    let mut config = client_config(&format!("{}/api/v2", server.uri()));
+    config.max_attempts = 3;
+    let client = Client::new(&config).unwrap();
+    assert_eq!(keys(&client, Entity::Group).await.unwrap(), ["grup_1"]);
+    let err = keys(&client, Entity::Lead).await.unwrap_err();
+    assert!(matches!(&err, Error::GaveUp { attempts: 3, .. }), "{err}");
+    assert!(err.to_string().contains("upstream exploded"), "{err}");
+}
+
+#[tokio::test]
+async fn an_unreachable_api_is_a_transport_error_after_bounded_attempts() {
+    // A port nothing listens on (bound, then released).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut config = client_config(&format!("http://127.0.0.1:{port}/api/v2"));
+    config.max_attempts = 2;
+    let client = Client::new(&config).unwrap();
+    let err = keys(&client, Entity::Deal).await.unwrap_err();
+    match err {
+        Error::GaveUp { attempts: 2, last } => {
+            assert!(matches!(*last, Error::Transport { .. }), "{last}")
+        }
+        other => panic!("{other}"),
+    }
+}
