@@ -5,6 +5,7 @@
 //! writer, and are applied by the applier through [`apply`], the one door into the entity
 //! tables. See `ARCHITECTURE.md` for the map.
 
+pub mod api;
 pub mod app;
 pub mod apply;
 pub mod auth;
