@@ -62,6 +62,7 @@ pub fn router(state: AppState) -> Router {
         .split_for_parts();
     open.merge(v1)
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), observe))
         .layer(
             TraceLayer::new_for_http()
@@ -241,6 +242,14 @@ async fn openapi_json() -> Response {
 
 async fn not_found() -> ApiError {
     ApiError::not_found("no such route")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this route does not take that method",
+    )
 }
 
 /// Opens the database (starting the embedded one if configured), migrates it, serves on

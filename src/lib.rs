@@ -3,7 +3,8 @@
 //!
 //! Webhooks arrive at [`ingest`], are committed raw to `webhook_events` by the ingest
 //! writer, and are applied by the applier through [`apply`], the one door into the entity
-//! tables. See `ARCHITECTURE.md` for the map.
+//! tables. Other services read the copy through [`api`], the `/v1` query API. See
+//! `ARCHITECTURE.md` for the map.
 
 pub mod api;
 pub mod app;

@@ -47,11 +47,14 @@ pub trait Collection {
     const UPDATED: &'static str;
     /// Whether the table has `deleted_at` (and so `include_deleted`).
     const SOFT_DELETE: bool;
+    /// The list order, which is also what a cursor records.
     const ORDER: Order;
     /// Whether single-object reads always carry the body (events: the payload is the point).
     const ITEM_HAS_BODY: bool = false;
 
+    /// The JSON shape of one object, read from the select list.
     type Item: for<'r> FromRow<'r, PgRow> + Serialize + Send + Unpin;
+    /// The resource's own query parameters (all text; checked in [`Collection::filter`]).
     type Filters: DeserializeOwned + IntoParams;
 
     /// Adds the resource's filters, each as `AND (...)`.
@@ -81,12 +84,14 @@ pub struct Page<T> {
 /// `{"data": {"items": [...], "has_more": ..., "ending_cursor": ...}}`.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct List<T> {
+    /// The page.
     pub data: Page<T>,
 }
 
 /// `{"data": {...}}`.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Item<T> {
+    /// The object.
     pub data: T,
 }
 

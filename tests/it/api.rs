@@ -247,12 +247,14 @@ async fn program_audit_pages_one_group_exactly_once_while_partners_arrive() {
         );
         assert_eq!(unique, expected, "limit {limit}: not exactly the group");
         assert!(items.iter().all(|p| p["group_key"] == "grup_b"));
-        // Newest first, ties broken by key, descending.
-        let order: Vec<(String, String)> = items
+        // Newest first, ties broken by key, descending. (Compared as times: RFC 3339 text
+        // leaves out a zero fraction, so it does not sort as text.)
+        let order: Vec<(chrono::DateTime<chrono::FixedOffset>, String)> = items
             .iter()
             .map(|p| {
                 (
-                    p["created_at"].as_str().unwrap().to_string(),
+                    chrono::DateTime::parse_from_rfc3339(p["created_at"].as_str().unwrap())
+                        .unwrap(),
                     p["key"].as_str().unwrap().to_string(),
                 )
             })
@@ -913,6 +915,15 @@ async fn auth_cursor_limit_and_parameter_errors_are_documented_4xx() {
         assert!(message.contains(name), "{path}: {message}");
     }
     refused(&app, "/v1/nothing", 404, "not_found").await;
+    let response = app
+        .http
+        .delete(app.url("/v1/partners/part_1"))
+        .bearer_auth(API_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 405);
+    assert_error_body(&response.json().await.unwrap(), 405, "method_not_allowed");
     app.stop().await;
 }
 
