@@ -20,12 +20,14 @@ pub struct ApiError {
 }
 
 /// The JSON body of every error answer.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ErrorBody {
     /// The HTTP status, repeated.
+    #[schema(example = 404)]
     pub status: u16,
     /// A stable, machine-readable code: bad_request, unauthorized, not_found,
-    /// payload_too_large, unavailable, internal.
+    /// method_not_allowed, payload_too_large, unavailable, internal.
+    #[schema(value_type = String, example = "not_found")]
     pub code: &'static str,
     /// What went wrong, for people.
     pub message: String,

@@ -3,10 +3,12 @@
 //!
 //! Webhooks arrive at [`ingest`], are committed raw to `webhook_events` by the ingest
 //! writer, and are applied by the applier through [`apply`], the one door into the entity
-//! tables. [`partnerstack::client`] is the client for PartnerStack's v2 API;
-//! [`simulate`] is a local PartnerStack stand-in for demos and tests. See
+//! tables. Other services read the copy through [`api`], the `/v1` query API.
+//! [`partnerstack::client`] is the client for PartnerStack's v2 API; [`simulate`] is a
+//! local PartnerStack stand-in for demos and tests. See
 //! `ARCHITECTURE.md` for the map.
 
+pub mod api;
 pub mod app;
 pub mod apply;
 pub mod auth;

@@ -18,11 +18,11 @@ use serde::Serialize;
 use crate::app::AppState;
 use crate::auth::sha256;
 use crate::db::events::NewEvent;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
 use crate::partnerstack::webhook;
 
 /// The answer to an accepted delivery.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Accepted {
     /// Always "accepted".
     pub status: &'static str,
@@ -32,6 +32,23 @@ pub struct Accepted {
     pub duplicate: bool,
 }
 
+/// Receives a PartnerStack webhook delivery. It is answered 200 only once it is stored.
+#[utoipa::path(
+    post, path = "/webhooks/partnerstack/{token}", tag = "webhooks",
+    description = "The body is stored exactly as received, then applied. Both payload shapes \
+        (flat with `event`, or `{\"event\"|\"type\": ..., \"data\": {...}}`) and both event \
+        naming styles are accepted; unknown event types are stored too.",
+    params(("token" = String, Path, description = "One of the configured webhook tokens")),
+    request_body(content = serde_json::Value, content_type = "application/json", description = "A JSON object"),
+    responses(
+        (status = 200, description = "Stored (or a byte-identical repeat of a stored delivery)", body = Accepted),
+        (status = 400, description = "The body is not a JSON object", body = ErrorBody),
+        (status = 401, description = "Unknown token, or a missing or wrong signature when signing is on", body = ErrorBody),
+        (status = 413, description = "The body is larger than the limit", body = ErrorBody),
+        (status = 503, description = "Not stored; retry later", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
+    ),
+)]
 pub async fn receive(
     State(state): State<AppState>,
     Path(token): Path<String>,
@@ -48,9 +65,22 @@ pub async fn receive(
 }
 
 /// A delivery to the webhook URL without its token.
+#[utoipa::path(
+    post, path = "/webhooks/partnerstack", tag = "webhooks",
+    responses((status = 401, description = "The URL lacks its token", body = ErrorBody)),
+)]
 pub async fn missing_token(State(state): State<AppState>) -> ApiError {
     state.metrics.delivery("unauthorized");
     ApiError::unauthorized("the webhook URL needs its token: /webhooks/partnerstack/{token}")
+}
+
+/// The same, with a trailing slash.
+#[utoipa::path(
+    post, path = "/webhooks/partnerstack/", tag = "webhooks",
+    responses((status = 401, description = "The URL lacks its token", body = ErrorBody)),
+)]
+pub async fn missing_token_slash(state: State<AppState>) -> ApiError {
+    missing_token(state).await
 }
 
 async fn accept(

@@ -1,5 +1,6 @@
 //! Integration tests: the real service against a real Postgres (see `common`).
 
+mod api;
 mod brief;
 mod client;
 mod common;

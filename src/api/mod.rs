@@ -1,0 +1,293 @@
+//! The internal query API under `/v1`: other services read the program from here instead
+//! of calling PartnerStack.
+//!
+//! It speaks PartnerStack's own list dialect (`?limit=1..250&starting_after=<cursor>`,
+//! `{"data": {"items", "has_more", "ending_cursor"}}`, items as `{"data": {...}}`) and
+//! answers errors with [`ErrorBody`]. Every route needs `Authorization: Bearer <token>`
+//! ([`require_bearer`], applied by [`crate::app::router`] to all of [`routes`]).
+//!
+//! Each handler here is a thin, documented shell: the `#[utoipa::path]` attribute is the
+//! OpenAPI description, and [`routes`] registers the handler and its description together,
+//! so a route cannot exist without being described. The work is done once, generically,
+//! in [`collection`] for the seven PartnerStack object types and the event log, and in
+//! [`summary`] for the partner summary.
+
+mod attribution;
+pub mod collection;
+pub mod cursor;
+pub mod params;
+pub mod resources;
+pub mod summary;
+
+use axum::Json;
+use axum::extract::{FromRequestParts, Path, RawQuery, Request, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderValue, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use utoipa::IntoResponses;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::app::AppState;
+use crate::error::{ApiError, ErrorBody};
+use collection::{Item, List};
+use params::{Deleted, Include, Paging};
+use resources::{
+    Customer, CustomerFilters, Customers, Deal, DealFilters, Deals, Event, EventFilters, Events,
+    Group, Groups, Lead, LeadFilters, Leads, NoFilters, Partner, PartnerFilters, Partners, Reward,
+    RewardFilters, Rewards, Transaction, TransactionFilters, Transactions,
+};
+use summary::PartnerSummary;
+
+/// The OpenAPI security scheme name of the bearer token (the `security(...)` attributes
+/// below spell it out: they take only literals).
+pub const BEARER: &str = "bearer";
+
+/// Refuses a request without a valid `Authorization: Bearer <token>` (401, with
+/// `WWW-Authenticate`). Tokens are compared in constant time against every configured one.
+pub async fn require_bearer(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim());
+    let refusal = match presented {
+        Some(token) if state.api_tokens.verify(token) => return next.run(req).await,
+        Some(_) => "the bearer token is not valid",
+        None => "this route needs an Authorization: Bearer <token> header",
+    };
+    let mut response = ApiError::unauthorized(refusal).into_response();
+    response
+        .headers_mut()
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    response
+}
+
+/// A key from the path; a path that does not decode is a 400 in the API's error shape
+/// rather than axum's plain-text rejection.
+pub struct KeyPath(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for KeyPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        Path::<String>::from_request_parts(parts, state)
+            .await
+            .map(|Path(key)| KeyPath(key))
+            .map_err(|e| ApiError::bad_request(format!("the path does not decode: {e}")))
+    }
+}
+
+/// The errors every `/v1` route can answer, besides its own.
+#[derive(IntoResponses)]
+#[allow(dead_code)] // Exists for its OpenAPI description only.
+pub enum CommonErrors {
+    /// A query parameter is unknown, repeated, empty or invalid (the message names it),
+    /// or the cursor was not issued by this collection.
+    #[response(status = 400)]
+    BadRequest(ErrorBody),
+    /// No bearer token, or not a valid one.
+    #[response(status = 401, headers(("WWW-Authenticate" = String, description = "`Bearer`")))]
+    Unauthorized(ErrorBody),
+    /// An unexpected failure; the cause is logged, not answered.
+    #[response(status = 500)]
+    Internal(ErrorBody),
+    /// The database is unreachable or the request timed out; retry later.
+    #[response(status = 503, headers(("Retry-After" = u64, description = "Seconds to wait before retrying")))]
+    Unavailable(ErrorBody),
+}
+
+/// Absent objects.
+#[derive(IntoResponses)]
+#[allow(dead_code)] // Exists for its OpenAPI description only.
+pub enum NotFound {
+    /// No such object.
+    #[response(status = 404)]
+    NotFound(ErrorBody),
+}
+
+/// Defines the list and item handlers of one collection.
+macro_rules! collection_routes {
+    (
+        $collection:ident, item: $item:ident, tag: $tag:tt,
+        list: $list:ident, $path:tt, params($($param:ident),*), $list_summary:tt, $list_doc:tt;
+        get: $get:ident, $item_path:tt, $key_name:tt: $key_ty:ty, $key_doc:tt,
+            $get_summary:tt, $get_doc:tt;
+    ) => {
+        #[utoipa::path(
+            get, path = $path, tag = $tag,
+            summary = $list_summary, description = $list_doc,
+            params($($param),*),
+            responses(
+                (status = 200, description = "A page, newest first", body = List<$item>),
+                CommonErrors,
+            ),
+            security(("bearer" = [])),
+        )]
+        pub async fn $list(
+            State(state): State<AppState>,
+            RawQuery(query): RawQuery,
+        ) -> Result<Json<List<$item>>, ApiError> {
+            collection::list::<$collection>(&state.pool, query.as_deref())
+                .await
+                .map(Json)
+        }
+
+        #[utoipa::path(
+            get, path = $item_path, tag = $tag,
+            summary = $get_summary, description = $get_doc,
+            params(($key_name = $key_ty, Path, description = $key_doc), Include),
+            responses(
+                (status = 200, description = "The object", body = Item<$item>),
+                NotFound,
+                CommonErrors,
+            ),
+            security(("bearer" = [])),
+        )]
+        pub async fn $get(
+            State(state): State<AppState>,
+            KeyPath(key): KeyPath,
+            RawQuery(query): RawQuery,
+        ) -> Result<Json<Item<$item>>, ApiError> {
+            collection::get::<$collection>(&state.pool, &key, query.as_deref())
+                .await
+                .map(Json)
+        }
+    };
+}
+
+collection_routes! {
+    Partners, item: Partner, tag: "partners",
+    list: list_partners, "/v1/partners", params(Paging, Deleted, PartnerFilters),
+        "List partners",
+        "Partners (PartnerStack's partnerships), newest first.";
+    get: get_partner, "/v1/partners/{key}", "key": String, "The partnership key (`part_...`) or the `partner_key`",
+        "Get a partner",
+        "A partner by its partnership key or its `partner_key`. Deleted partners are found \
+         too; their `deleted_at` is set.";
+}
+
+collection_routes! {
+    Customers, item: Customer, tag: "customers",
+    list: list_customers, "/v1/customers", params(Paging, Deleted, CustomerFilters),
+        "List customers",
+        "Customers referred by partners, newest first.";
+    get: get_customer, "/v1/customers/{key}", "key": String, "PartnerStack's customer key or your `customer_key`",
+        "Get a customer (attribution lookup)",
+        "A customer by PartnerStack's key or by your own `customer_key`, with the partner \
+         that referred it (`partner_key`, `partnership_key`). When several customers share \
+         your key, the live, newest one is given.";
+}
+
+collection_routes! {
+    Transactions, item: Transaction, tag: "transactions",
+    list: list_transactions, "/v1/transactions", params(Paging, Deleted, TransactionFilters),
+        "List transactions",
+        "Transactions, newest first. `partner_key` on each is the partner credited: the \
+         transaction's own, else its customer's.";
+    get: get_transaction, "/v1/transactions/{key}", "key": String, "The transaction key",
+        "Get a transaction",
+        "A transaction by its key.";
+}
+
+collection_routes! {
+    Rewards, item: Reward, tag: "rewards",
+    list: list_rewards, "/v1/rewards", params(Paging, Deleted, RewardFilters),
+        "List rewards",
+        "Rewards (commissions), newest first.";
+    get: get_reward, "/v1/rewards/{key}", "key": String, "The reward key",
+        "Get a reward",
+        "A reward by its key.";
+}
+
+collection_routes! {
+    Groups, item: Group, tag: "groups",
+    list: list_groups, "/v1/groups", params(Paging, Deleted, NoFilters),
+        "List groups",
+        "Partner groups, newest first.";
+    get: get_group, "/v1/groups/{key}", "key": String, "The group key",
+        "Get a group",
+        "A group by its key.";
+}
+
+collection_routes! {
+    Deals, item: Deal, tag: "deals",
+    list: list_deals, "/v1/deals", params(Paging, Deleted, DealFilters),
+        "List deals",
+        "Deals registered by partners, newest first.";
+    get: get_deal, "/v1/deals/{key}", "key": String, "The deal key",
+        "Get a deal",
+        "A deal by its key.";
+}
+
+collection_routes! {
+    Leads, item: Lead, tag: "leads",
+    list: list_leads, "/v1/leads", params(Paging, Deleted, LeadFilters),
+        "List leads",
+        "Leads submitted by partners, newest first.";
+    get: get_lead, "/v1/leads/{key}", "key": String, "The lead key",
+        "Get a lead",
+        "A lead by its key.";
+}
+
+collection_routes! {
+    Events, item: Event, tag: "events",
+    list: list_events, "/v1/events", params(Paging, EventFilters),
+        "List webhook deliveries",
+        "The raw webhook log, newest first (highest id first): every delivery stored, with \
+         its outcome. Bodies only with `include=payload`.";
+    get: get_event, "/v1/events/{id}", "id": i64, "The delivery id (the webhook answer's `id`)",
+        "Get a webhook delivery",
+        "One stored delivery with its body (`payload`) and outcome.";
+}
+
+/// `GET /v1/partners/{key}/summary`.
+#[utoipa::path(
+    get, path = "/v1/partners/{key}/summary", tag = "partners",
+    summary = "Summarise a partner's commission",
+    description = "Counts and sums for one partner, in one consistent read: customers \
+        (not deleted), transactions per currency split into approved and not (deleted and \
+        archived ones left out; refunds count with their negative amounts), and rewards \
+        per status and currency (deleted ones left out). Money is integer cents.",
+    params(("key" = String, Path, description = "The partnership key (`part_...`) or the `partner_key`")),
+    responses(
+        (status = 200, description = "The partner's totals", body = Item<PartnerSummary>),
+        NotFound,
+        CommonErrors,
+    ),
+    security(("bearer" = [])),
+)]
+pub async fn partner_summary(
+    State(state): State<AppState>,
+    KeyPath(key): KeyPath,
+    RawQuery(query): RawQuery,
+) -> Result<Json<Item<PartnerSummary>>, ApiError> {
+    summary::partner_summary(&state.pool, &key, query.as_deref())
+        .await
+        .map(|data| Json(Item { data }))
+}
+
+/// Every `/v1` route with its OpenAPI description (without the bearer layer).
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_partners))
+        .routes(routes!(get_partner))
+        .routes(routes!(partner_summary))
+        .routes(routes!(list_customers))
+        .routes(routes!(get_customer))
+        .routes(routes!(list_transactions))
+        .routes(routes!(get_transaction))
+        .routes(routes!(list_rewards))
+        .routes(routes!(get_reward))
+        .routes(routes!(list_groups))
+        .routes(routes!(get_group))
+        .routes(routes!(list_deals))
+        .routes(routes!(get_deal))
+        .routes(routes!(list_leads))
+        .routes(routes!(get_lead))
+        .routes(routes!(list_events))
+        .routes(routes!(get_event))
+}

@@ -1,0 +1,259 @@
+//! Query-string handling shared by every `/v1` route.
+//!
+//! Parameters are declared once, as `IntoParams` structs: the same declaration documents
+//! them in the OpenAPI description and decides which names a route accepts. Every value
+//! arrives as text and is checked here, so a bad value gets a message naming the
+//! parameter instead of a generic deserialisation error. Unknown and repeated parameters
+//! are refused, so a typo (`?grup_key=`) never silently widens a query.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use utoipa::IntoParams;
+use utoipa::openapi::path::ParameterIn;
+
+use crate::error::ApiError;
+use crate::partnerstack::wire;
+
+/// Items per page when `limit` is absent.
+pub const DEFAULT_LIMIT: i64 = 25;
+/// Largest page, as in PartnerStack's own API.
+pub const MAX_LIMIT: i64 = 250;
+
+/// A route's query string, split into checked `name=value` pairs.
+#[derive(Debug, Default)]
+pub struct QueryParams(BTreeMap<String, String>);
+
+impl QueryParams {
+    /// Parses `raw` and refuses names outside `accepted`, repeated names and empty values.
+    pub fn parse(raw: Option<&str>, accepted: &[String]) -> Result<QueryParams, ApiError> {
+        let pairs: Vec<(String, String)> = serde_urlencoded::from_str(raw.unwrap_or(""))
+            .map_err(|e| ApiError::bad_request(format!("the query string does not parse: {e}")))?;
+        let mut unknown: Vec<String> = pairs
+            .iter()
+            .filter(|(name, _)| !accepted.contains(name))
+            .map(|(name, _)| name.clone())
+            .collect();
+        if !unknown.is_empty() {
+            unknown.sort();
+            unknown.dedup();
+            let accepted = if accepted.is_empty() {
+                "none".to_string()
+            } else {
+                accepted.join(", ")
+            };
+            return Err(ApiError::bad_request(format!(
+                "unknown query parameter{}: {}; this route accepts: {accepted}",
+                if unknown.len() == 1 { "" } else { "s" },
+                unknown.join(", ")
+            )));
+        }
+        let mut map = BTreeMap::new();
+        for (name, value) in pairs {
+            if value.is_empty() {
+                return Err(ApiError::bad_request(format!(
+                    "query parameter {name} is empty; leave it out instead"
+                )));
+            }
+            if map.insert(name.clone(), value).is_some() {
+                return Err(ApiError::bad_request(format!(
+                    "query parameter {name} is given more than once"
+                )));
+            }
+        }
+        Ok(QueryParams(map))
+    }
+
+    /// The parameters as one of the declaring structs (whose fields are all text).
+    pub fn read<T: DeserializeOwned>(&self) -> Result<T, ApiError> {
+        let object: serde_json::Map<String, Value> = self
+            .0
+            .iter()
+            .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+            .collect();
+        serde_json::from_value(Value::Object(object))
+            .map_err(|e| ApiError::bad_request(format!("query parameters: {e}")))
+    }
+}
+
+/// The query parameter names a parameter struct declares.
+pub fn names<T: IntoParams>() -> Vec<String> {
+    T::into_params(|| Some(ParameterIn::Query))
+        .into_iter()
+        .map(|p| p.name)
+        .collect()
+}
+
+/// Paging and the parameters every collection shares.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct Paging {
+    /// Items per page, 1 to 250. Default 25.
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 250, default = 25)]
+    pub limit: Option<String>,
+    /// The `ending_cursor` of the previous page. Cursors are opaque; one that was not
+    /// issued by this collection is refused with 400.
+    pub starting_after: Option<String>,
+    /// Only objects updated at or after this time: RFC 3339 (`2024-05-01T00:00:00Z`) or
+    /// epoch milliseconds (`1714521600000`). An object without `updated_at` counts as
+    /// updated at its `created_at`; an event, when it was applied (else received).
+    pub updated_since: Option<String>,
+    /// `raw` adds each object's PartnerStack body as last applied (`raw`); on `/v1/events`,
+    /// `payload` adds each delivery's body.
+    pub include: Option<String>,
+}
+
+/// Soft-deletion, for collections of PartnerStack objects.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct Deleted {
+    /// `true` also lists objects PartnerStack deleted or archived (their `deleted_at` is
+    /// set). Default `false`.
+    #[param(value_type = Option<bool>, default = false)]
+    pub include_deleted: Option<String>,
+}
+
+/// The parameter of single-object routes.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct Include {
+    /// `raw` adds the object's PartnerStack body as last applied (`raw`). Webhook
+    /// deliveries always carry their `payload`.
+    pub include: Option<String>,
+}
+
+/// `limit`, checked: 1..=250, default 25.
+pub fn limit(value: Option<&str>) -> Result<i64, ApiError> {
+    let Some(value) = value else {
+        return Ok(DEFAULT_LIMIT);
+    };
+    match value.trim().parse::<i64>() {
+        Ok(n) if (1..=MAX_LIMIT).contains(&n) => Ok(n),
+        _ => Err(ApiError::bad_request(format!(
+            "limit must be an integer from 1 to {MAX_LIMIT}, got {value:?}"
+        ))),
+    }
+}
+
+/// A `true`/`false` parameter.
+pub fn boolean(name: &str, value: Option<&str>) -> Result<Option<bool>, ApiError> {
+    match value.map(|v| v.trim().to_ascii_lowercase()).as_deref() {
+        None => Ok(None),
+        Some("true") => Ok(Some(true)),
+        Some("false") => Ok(Some(false)),
+        Some(_) => Err(ApiError::bad_request(format!(
+            "{name} must be true or false, got {:?}",
+            value.unwrap_or_default()
+        ))),
+    }
+}
+
+/// A time parameter: RFC 3339 or epoch milliseconds (a number below 10^11 is read as
+/// seconds, as PartnerStack's own timestamps are).
+pub fn timestamp(name: &str, value: Option<&str>) -> Result<Option<DateTime<Utc>>, ApiError> {
+    let Some(value) = value else {
+        return Ok(None);
+    };
+    wire::parse_timestamp(&Value::String(value.to_string()))
+        .map_err(|e| {
+            ApiError::bad_request(format!(
+                "{name} must be RFC 3339 or epoch milliseconds: {e}"
+            ))
+        })?
+        .map(Some)
+        .ok_or_else(|| ApiError::bad_request(format!("{name} is empty")))
+}
+
+/// Checks `include` against what a route offers; true when `what` was asked for.
+pub fn include(value: Option<&str>, what: &str) -> Result<bool, ApiError> {
+    let Some(value) = value else {
+        return Ok(false);
+    };
+    let mut asked = false;
+    for part in value.split(',').map(str::trim) {
+        if part == what {
+            asked = true;
+        } else {
+            return Err(ApiError::bad_request(format!(
+                "include accepts only {what:?} here, got {part:?}"
+            )));
+        }
+    }
+    Ok(asked)
+}
+
+/// A text filter, trimmed; an empty or NUL-carrying value is a 400 (Postgres text cannot
+/// hold NUL, and it would otherwise be a database error).
+pub fn text<'a>(name: &str, value: Option<&'a str>) -> Result<Option<&'a str>, ApiError> {
+    match value.map(str::trim) {
+        None => Ok(None),
+        Some("") => Err(ApiError::bad_request(format!("{name} is empty"))),
+        Some(v) if v.contains('\0') || v.len() > 1024 => Err(ApiError::bad_request(format!(
+            "{name} is not a valid value"
+        ))),
+        Some(v) => Ok(Some(v)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn accepted() -> Vec<String> {
+        let mut n = names::<Paging>();
+        n.extend(names::<Deleted>());
+        n
+    }
+
+    #[test]
+    fn declared_names_are_what_routes_accept() {
+        assert_eq!(
+            accepted(),
+            [
+                "limit",
+                "starting_after",
+                "updated_since",
+                "include",
+                "include_deleted"
+            ]
+        );
+    }
+
+    #[test]
+    fn unknown_repeated_and_empty_parameters_are_refused() {
+        let err = QueryParams::parse(Some("limit=5&grup_key=x&zzz=1&grup_key=y"), &accepted())
+            .unwrap_err();
+        assert_eq!(err.status(), 400);
+        let err = QueryParams::parse(Some("limit=5&limit=6"), &accepted()).unwrap_err();
+        assert_eq!(err.status(), 400);
+        let err = QueryParams::parse(Some("limit="), &accepted()).unwrap_err();
+        assert_eq!(err.status(), 400);
+        let q = QueryParams::parse(Some("limit=5&starting_after=a%2Bb"), &accepted()).unwrap();
+        let paging: Paging = q.read().unwrap();
+        assert_eq!(paging.limit.as_deref(), Some("5"));
+        assert_eq!(paging.starting_after.as_deref(), Some("a+b"));
+    }
+
+    #[test]
+    fn values_are_checked() {
+        assert_eq!(limit(None).unwrap(), 25);
+        assert_eq!(limit(Some("250")).unwrap(), 250);
+        for bad in ["0", "251", "-1", "abc", "2.5"] {
+            assert!(limit(Some(bad)).is_err(), "{bad}");
+        }
+        assert_eq!(boolean("x", Some("TRUE")).unwrap(), Some(true));
+        assert!(boolean("x", Some("yes")).is_err());
+        let ms = timestamp("t", Some("1714521600000")).unwrap().unwrap();
+        let rfc = timestamp("t", Some("2024-05-01T00:00:00Z"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(ms, rfc);
+        assert!(timestamp("t", Some("yesterday")).is_err());
+        assert!(include(Some("raw"), "raw").unwrap());
+        assert!(include(Some("payload"), "raw").is_err());
+        assert!(text("email", Some("a\0b")).is_err());
+    }
+}
