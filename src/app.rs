@@ -33,6 +33,8 @@ use crate::config::Config;
 use crate::db::{self, Database};
 use crate::error::ApiError;
 use crate::ingest::{self, applier, writer::Writer};
+use crate::partnerstack::client::Client;
+use crate::reconcile::Reconciler;
 use crate::telemetry::{Metrics, RouteLabels};
 
 /// Everything a request handler may need; cheap to clone.
@@ -45,6 +47,8 @@ pub struct AppState {
     pub webhook_tokens: Arc<TokenSet>,
     pub signing_keys: Arc<SigningKeys>,
     pub api_tokens: Arc<TokenSet>,
+    /// `None` when the reconciler is off (no credentials, or `PSYNC_RECONCILE_INTERVAL=off`).
+    pub reconciler: Option<Reconciler>,
 }
 
 /// The HTTP surface. Routes see the matched route template, never the raw path, in logs
@@ -160,6 +164,7 @@ pub fn openapi() -> OpenApi {
         tag("deals", "Deals registered by partners"),
         tag("leads", "Leads submitted by partners"),
         tag("events", "The raw webhook log"),
+        tag("sync", "The reconciler: status and passes on demand"),
         tag("webhooks", "PartnerStack's webhook deliveries"),
         tag(
             "operations",
@@ -304,7 +309,14 @@ async fn serve(
         metrics.clone(),
     ));
 
+    let reconciler = reconciler(&config, database, &metrics)?;
+    let reconcile_stop = shutdown.child_token();
+    let reconcile_task = reconciler
+        .clone()
+        .map(|r| tokio::spawn(r.run(reconcile_stop.clone())));
+
     let state = AppState {
+        reconciler,
         webhook_tokens: Arc::new(TokenSet::new(&config.webhooks.tokens)),
         signing_keys: Arc::new(SigningKeys::new(&config.webhooks.signing_secrets)),
         api_tokens: Arc::new(TokenSet::new(&config.api.tokens)),
@@ -332,9 +344,40 @@ async fn serve(
     let _ = writer_task.await;
     applier_stop.cancel();
     let _ = applier_task.await;
+    // The reconciler was told to stop with the server; it finishes its page.
+    if let Some(task) = reconcile_task {
+        let _ = task.await;
+    }
     pool.close().await;
     tracing::info!("shutdown complete");
     served
+}
+
+/// The reconciler, when it can and should run, and a log line saying why not otherwise.
+fn reconciler(
+    config: &Config,
+    database: &Database,
+    metrics: &Arc<Metrics>,
+) -> anyhow::Result<Option<Reconciler>> {
+    if config.reconcile.interval.is_none() {
+        tracing::info!("the reconciler is off (PSYNC_RECONCILE_INTERVAL=off)");
+        return Ok(None);
+    }
+    if config.partnerstack.credentials().is_none() {
+        tracing::warn!(
+            "the reconciler is off: set PARTNERSTACK_PUBLIC_KEY and PARTNERSTACK_SECRET_KEY to \
+             repair what webhooks miss"
+        );
+        return Ok(None);
+    }
+    let client = Client::new(&config.partnerstack)?;
+    let connect = db::session_options(database.connect_options(), &config.database);
+    Ok(Some(Reconciler::new(
+        client,
+        config.reconcile.clone(),
+        connect,
+        metrics.clone(),
+    )))
 }
 
 fn warn_about_open_doors(config: &Config) {

@@ -42,6 +42,7 @@ const ENV_OVERRIDES: &[(&str, &str)] = &[
         "partnerstack.requests_per_second",
     ),
     ("PSYNC_RECONCILE_INTERVAL", "reconcile.interval"),
+    ("PSYNC_RECONCILE_STREAMS", "reconcile.streams"),
     ("PSYNC_LOG_FORMAT", "log.format"),
 ];
 
@@ -190,6 +191,27 @@ pub struct ReconcileConfig {
     /// `None` when set to "off".
     #[serde(deserialize_with = "interval_or_off")]
     pub interval: Option<Duration>,
+    /// Stream names (see [`Entity::stream`](crate::partnerstack::models::Entity::stream)).
+    pub streams: Vec<String>,
+    #[serde(with = "humantime_serde")]
+    pub overlap: Duration,
+    #[serde(with = "humantime_serde")]
+    pub window: Duration,
+    #[serde(with = "humantime_serde")]
+    pub full_interval: Duration,
+    pub max_delete_fraction: f64,
+    #[serde(with = "humantime_serde")]
+    pub max_retry_delay: Duration,
+}
+
+impl ReconcileConfig {
+    /// The enabled streams' entities, in configuration order.
+    pub fn entities(&self) -> Vec<crate::partnerstack::models::Entity> {
+        self.streams
+            .iter()
+            .filter_map(|s| crate::partnerstack::models::Entity::from_stream(s))
+            .collect()
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -18,5 +18,6 @@ pub mod error;
 pub mod http_client;
 pub mod ingest;
 pub mod partnerstack;
+pub mod reconcile;
 pub mod simulate;
 pub mod telemetry;

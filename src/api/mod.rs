@@ -18,6 +18,7 @@ pub mod cursor;
 pub mod params;
 pub mod resources;
 pub mod summary;
+pub mod sync;
 
 use axum::Json;
 use axum::extract::{FromRequestParts, Path, RawQuery, Request, State};
@@ -290,4 +291,6 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(get_lead))
         .routes(routes!(list_events))
         .routes(routes!(get_event))
+        .routes(routes!(sync::sync_status))
+        .routes(routes!(sync::request_sync))
 }

@@ -2,6 +2,7 @@
 
 pub mod embedded;
 pub mod events;
+pub mod sync;
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -69,18 +70,23 @@ pub fn describe(options: &PgConnectOptions) -> String {
     )
 }
 
-/// Builds the pool. Connections are opened lazily, so a database that is down at start-up
-/// or later is retried on use; every session gets server-side timeouts as a backstop
-/// against a transaction left open.
-pub fn pool(options: PgConnectOptions, config: &DatabaseConfig) -> PgPool {
+/// Session settings every connection of the service gets: its name, and server-side
+/// timeouts as a backstop against a transaction left open or a runaway statement.
+pub fn session_options(options: PgConnectOptions, config: &DatabaseConfig) -> PgConnectOptions {
     let ms = |d: Duration| d.as_millis().to_string();
-    let options = options.application_name("partnerstack-sync").options([
+    options.application_name("partnerstack-sync").options([
         (
             "idle_in_transaction_session_timeout",
             ms(config.idle_in_transaction_timeout),
         ),
         ("statement_timeout", ms(config.statement_timeout)),
-    ]);
+    ])
+}
+
+/// Builds the pool. Connections are opened lazily, so a database that is down at start-up
+/// or later is retried on use.
+pub fn pool(options: PgConnectOptions, config: &DatabaseConfig) -> PgPool {
+    let options = session_options(options, config);
     PgPoolOptions::new()
         .max_connections(config.max_connections)
         .min_connections(0)

@@ -283,3 +283,110 @@ pub fn shared_temp_dir(label: &str) -> PathBuf {
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
     dir
 }
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The real `partnerstack-sync serve` binary in a child process.
+pub struct Process {
+    pub child: std::process::Child,
+    pub port: u16,
+}
+
+impl Process {
+    /// A `serve` command on a free port with the test tokens, the reconciler off and quiet
+    /// logs. `env` adds or overrides variables (`None` removes one, e.g. `DATABASE_URL`).
+    pub fn command(env: &[(&str, Option<&str>)]) -> (std::process::Command, u16) {
+        let port = free_port();
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_partnerstack-sync"));
+        cmd.arg("serve")
+            .env("PSYNC_LISTEN", format!("127.0.0.1:{port}"))
+            .env("PSYNC_WEBHOOK_TOKENS", WEBHOOK_TOKEN)
+            .env("PSYNC_API_TOKENS", API_TOKEN)
+            .env("PSYNC_RECONCILE_INTERVAL", "off")
+            .env("RUST_LOG", "error")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::inherit());
+        for (k, v) in env {
+            match v {
+                Some(v) => cmd.env(k, v),
+                None => cmd.env_remove(k),
+            };
+        }
+        (cmd, port)
+    }
+
+    /// Starts `serve` (see [`Process::command`]) and waits until it is ready.
+    pub async fn serve(env: &[(&str, Option<&str>)]) -> Process {
+        let (mut cmd, port) = Self::command(env);
+        let child = cmd.spawn().expect("start partnerstack-sync");
+        let mut process = Process { child, port };
+        process.wait_ready().await;
+        process
+    }
+
+    /// Waits (at most 60 s) for `/readyz`; fails if the process exits meanwhile.
+    pub async fn wait_ready(&mut self) {
+        let http = partnerstack_sync::http_client::builder().build().unwrap();
+        for _ in 0..600 {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!("partnerstack-sync exited during start-up: {status}");
+            }
+            if let Ok(r) = http.get(self.url("/readyz")).send().await
+                && r.status() == 200
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("partnerstack-sync did not become ready within 60 s");
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    fn signal(&self, signal: nix::sys::signal::Signal) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, signal);
+    }
+
+    /// SIGTERM, then waits (at most 30 s) for a clean exit.
+    pub async fn terminate(mut self) {
+        self.signal(nix::sys::signal::Signal::SIGTERM);
+        for _ in 0..300 {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                assert!(status.success(), "serve exited with {status} after SIGTERM");
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let _ = self.child.kill();
+        panic!("serve did not stop within 30 s of SIGTERM");
+    }
+
+    /// SIGKILL: no shutdown of any kind.
+    pub fn kill(mut self) {
+        self.signal(nix::sys::signal::Signal::SIGKILL);
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}

@@ -1,68 +1,16 @@
 //! The embedded default and database outages.
 
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
 use partnerstack_sync::db::embedded::EmbeddedPostgres;
 use secrecy::ExposeSecret;
 use serde_json::{Value, json};
 
-use crate::common::{TestApp, TestDb, WEBHOOK_TOKEN, shared_temp_dir};
+use crate::common::{Process, TestApp, TestDb, WEBHOOK_TOKEN, shared_temp_dir};
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn start_binary(data_dir: &std::path::Path, port: u16) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_partnerstack-sync"))
-        .arg("serve")
-        .env_remove("DATABASE_URL")
-        .env("PSYNC_DATA_DIR", data_dir)
-        .env("PSYNC_LISTEN", format!("127.0.0.1:{port}"))
-        .env("PSYNC_WEBHOOK_TOKENS", WEBHOOK_TOKEN)
-        .env("PSYNC_RECONCILE_INTERVAL", "off")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start partnerstack-sync")
-}
-
-async fn wait_ready(http: &reqwest::Client, port: u16, child: &mut Child) {
-    for _ in 0..600 {
-        if let Some(status) = child.try_wait().unwrap() {
-            panic!("partnerstack-sync exited during start-up: {status}");
-        }
-        if let Ok(r) = http
-            .get(format!("http://127.0.0.1:{port}/readyz"))
-            .send()
-            .await
-            && r.status() == 200
-        {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("partnerstack-sync did not become ready within 60 s");
-}
-
-async fn terminate(mut child: Child) {
-    kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
-    for _ in 0..300 {
-        if let Some(status) = child.try_wait().unwrap() {
-            assert!(status.success(), "serve exited with {status} after SIGTERM");
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let _ = child.kill();
-    panic!("serve did not stop within 30 s of SIGTERM");
+async fn serve_embedded(data_dir: &std::path::Path) -> Process {
+    let data_dir = data_dir.to_str().unwrap();
+    Process::serve(&[("DATABASE_URL", None), ("PSYNC_DATA_DIR", Some(data_dir))]).await
 }
 
 #[tokio::test]
@@ -72,10 +20,8 @@ async fn serve_without_database_url_runs_its_own_postgres_and_keeps_data_across_
     let body = json!({"event": "customer.created", "key": "cust_embedded", "created_at": 1_700_000_000_000_i64})
         .to_string();
 
-    let port = free_port();
-    let mut child = start_binary(&data_dir, port);
-    wait_ready(&http, port, &mut child).await;
-    let url = format!("http://127.0.0.1:{port}/webhooks/partnerstack/{WEBHOOK_TOKEN}");
+    let service = serve_embedded(&data_dir).await;
+    let url = service.url(&format!("/webhooks/partnerstack/{WEBHOOK_TOKEN}"));
     let first: Value = http
         .post(&url)
         .body(body.clone())
@@ -86,16 +32,14 @@ async fn serve_without_database_url_runs_its_own_postgres_and_keeps_data_across_
         .await
         .unwrap();
     assert_eq!(first["duplicate"], false, "{first}");
-    terminate(child).await;
+    service.terminate().await;
     assert!(
         !data_dir.join("pg/postmaster.pid").exists(),
         "the embedded Postgres was not stopped on shutdown"
     );
 
-    let port = free_port();
-    let mut child = start_binary(&data_dir, port);
-    wait_ready(&http, port, &mut child).await;
-    let url = format!("http://127.0.0.1:{port}/webhooks/partnerstack/{WEBHOOK_TOKEN}");
+    let service = serve_embedded(&data_dir).await;
+    let url = service.url(&format!("/webhooks/partnerstack/{WEBHOOK_TOKEN}"));
     let again: Value = http
         .post(&url)
         .body(body)
@@ -110,7 +54,7 @@ async fn serve_without_database_url_runs_its_own_postgres_and_keeps_data_across_
         "the delivery stored before the restart is still there: {again}"
     );
     assert_eq!(again["id"], first["id"]);
-    terminate(child).await;
+    service.terminate().await;
     let _ = std::fs::remove_dir_all(&data_dir);
 }
 

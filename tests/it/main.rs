@@ -7,5 +7,6 @@ mod common;
 mod embedded;
 mod ingest;
 mod load;
+mod reconcile;
 mod reliability;
 mod simulate;

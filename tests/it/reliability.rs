@@ -1,18 +1,16 @@
 //! Reliability: every delivery answered 2xx is committed, whatever fails, and stored data
 //! is never corrupted. Each scenario prints its figures (run with `--nocapture`).
 
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
 use partnerstack_sync::db::embedded::EmbeddedPostgres;
 use secrecy::ExposeSecret;
 use serde_json::Value;
 
-use crate::common::{TestApp, TestDb, WEBHOOK_TOKEN, shared_temp_dir};
+use crate::common::{Process, TestApp, TestDb, WEBHOOK_TOKEN, free_port, shared_temp_dir};
 use crate::load::{self, Answer, Client, Tally};
 
 fn report(scenario: &str, tally: &Tally, committed: i64, lost: usize) {
@@ -78,44 +76,6 @@ async fn clients_hanging_up_mid_request_lose_nothing_acknowledged() {
     app.stop().await;
 }
 
-fn start_binary(db_url: &str, port: u16) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_partnerstack-sync"))
-        .arg("serve")
-        .env("DATABASE_URL", db_url)
-        .env("PSYNC_LISTEN", format!("127.0.0.1:{port}"))
-        .env("PSYNC_WEBHOOK_TOKENS", WEBHOOK_TOKEN)
-        .env("PSYNC_RECONCILE_INTERVAL", "off")
-        .env("RUST_LOG", "error")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start partnerstack-sync")
-}
-
-async fn wait_ready(port: u16) {
-    let http = partnerstack_sync::http_client::builder().build().unwrap();
-    for _ in 0..300 {
-        if let Ok(r) = http
-            .get(format!("http://127.0.0.1:{port}/readyz"))
-            .send()
-            .await
-            && r.status() == 200
-        {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("service not ready within 30 s");
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Patient senders posting unique deliveries until `stop`, at most `limit` in all.
 async fn sustained(
     addr: std::net::SocketAddr,
@@ -153,10 +113,8 @@ async fn sustained(
 #[tokio::test]
 async fn killing_the_process_mid_burst_loses_nothing_acknowledged_and_applies_nothing_twice() {
     let db = TestDb::new().await;
-    let port = free_port();
-    let mut child = start_binary(&db.url, port);
-    wait_ready(port).await;
-    let addr = format!("127.0.0.1:{port}").parse().unwrap();
+    let service = Process::serve(&[("DATABASE_URL", Some(&db.url))]).await;
+    let addr = service.addr();
 
     let stop = Arc::new(AtomicBool::new(false));
     let burst = tokio::spawn(sustained(
@@ -174,8 +132,7 @@ async fn killing_the_process_mid_burst_loses_nothing_acknowledged_and_applies_no
             break;
         }
     }
-    kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL).unwrap();
-    let _ = child.wait();
+    service.kill();
     stop.store(true, Ordering::Relaxed);
     let answers = burst.await.unwrap();
     let tally = Tally::of(&answers);
@@ -193,9 +150,7 @@ async fn killing_the_process_mid_burst_loses_nothing_acknowledged_and_applies_no
         .count("SELECT count(*) FROM webhook_events WHERE outcome = 'pending'")
         .await;
 
-    let port = free_port();
-    let mut child = start_binary(&db.url, port);
-    wait_ready(port).await;
+    let service = Process::serve(&[("DATABASE_URL", Some(&db.url))]).await;
     for _ in 0..300 {
         if db
             .count("SELECT count(*) FROM webhook_events WHERE outcome = 'pending'")
@@ -206,8 +161,7 @@ async fn killing_the_process_mid_burst_loses_nothing_acknowledged_and_applies_no
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
-    let _ = child.wait();
+    service.terminate().await;
 
     let committed = db.count("SELECT count(*) FROM webhook_events").await;
     report("kill -9", &tally, committed, 0);
@@ -543,29 +497,37 @@ async fn secrets_never_reach_the_logs() {
         .and_then(|creds| creds.split(':').nth(1))
         .expect("the test database URL has a password")
         .to_string();
-    let port = free_port();
-    let child = Command::new(env!("CARGO_BIN_EXE_partnerstack-sync"))
-        .arg("serve")
-        .env("DATABASE_URL", &db.url)
-        .env("PSYNC_LISTEN", format!("127.0.0.1:{port}"))
-        .env("PSYNC_WEBHOOK_TOKENS", WEBHOOK_TOKEN)
-        .env("PSYNC_WEBHOOK_SIGNING_SECRETS", signing)
-        .env("PSYNC_API_TOKENS", api)
-        .env("PARTNERSTACK_PUBLIC_KEY", public)
-        .env("PARTNERSTACK_SECRET_KEY", secret)
-        // Nothing listens there: the reconciler's attempts fail and are logged.
-        .env(
-            "PARTNERSTACK_BASE_URL",
-            format!("http://127.0.0.1:{}/api/v2", free_port()),
-        )
-        .env("PSYNC_RECONCILE_INTERVAL", "1s")
-        .env("PSYNC_LOG_FORMAT", "json")
-        .env("RUST_LOG", "debug")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    wait_ready(port).await;
+    // Nothing listens at this base URL: the reconciler's attempts fail and are logged.
+    let nowhere = format!("http://127.0.0.1:{}/api/v2", free_port());
+    let (mut cmd, port) = Process::command(&[
+        ("DATABASE_URL", Some(&db.url)),
+        ("PSYNC_WEBHOOK_SIGNING_SECRETS", Some(signing)),
+        ("PSYNC_API_TOKENS", Some(api)),
+        ("PARTNERSTACK_PUBLIC_KEY", Some(public)),
+        ("PARTNERSTACK_SECRET_KEY", Some(secret)),
+        ("PARTNERSTACK_BASE_URL", Some(&nowhere)),
+        ("PSYNC_RECONCILE_INTERVAL", Some("1s")),
+        ("PSYNC_LOG_FORMAT", Some("json")),
+        ("RUST_LOG", Some("debug")),
+    ]);
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut service = Process {
+        child: cmd.spawn().unwrap(),
+        port,
+    };
+    // Drain both pipes while the service runs, so verbose logs never block it.
+    let drain = |pipe: Option<Box<dyn std::io::Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_string(&mut text);
+            }
+            text
+        })
+    };
+    let out = drain(service.child.stdout.take().map(|p| Box::new(p) as _));
+    let err = drain(service.child.stderr.take().map(|p| Box::new(p) as _));
+    service.wait_ready().await;
 
     let http = partnerstack_sync::http_client::builder().build().unwrap();
     let base = format!("http://127.0.0.1:{port}");
@@ -592,13 +554,8 @@ async fn secrets_never_reach_the_logs() {
             .unwrap();
     }
     tokio::time::sleep(Duration::from_secs(3)).await;
-    kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
-    let output = child.wait_with_output().unwrap();
-    let logs = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
+    service.terminate().await;
+    let logs = format!("{}{}", out.join().unwrap(), err.join().unwrap());
     assert!(
         logs.lines().count() > 10,
         "expected verbose logs, got:\n{logs}"

@@ -222,8 +222,8 @@ enum Repeat {
     Unsafe,
 }
 
-/// The PartnerStack v2 client. Cheap to clone; clones share the connection pool and the
-/// request budget.
+/// The PartnerStack v2 client. Cheap to clone; clones share the connection pool. Every
+/// client of the same account in the process shares one request budget.
 #[derive(Clone)]
 pub struct Client {
     inner: Arc<Inner>,
@@ -236,7 +236,7 @@ struct Inner {
     secret_key: SecretString,
     page_size: u32,
     policy: RetryPolicy,
-    budget: RequestBudget,
+    budget: Arc<RequestBudget>,
     paths: StreamPaths,
 }
 
@@ -263,6 +263,10 @@ impl Client {
             .connect_timeout(config.request_timeout.min(Duration::from_secs(10)))
             .build()
             .map_err(Error::transport)?;
+        // Keyed by a digest, so the registry holds no credential.
+        let account = hex::encode(crate::auth::sha256(
+            format!("{base_url}\n{}", public_key.expose_secret()).as_bytes(),
+        ));
         Ok(Client {
             inner: Arc::new(Inner {
                 http,
@@ -275,7 +279,7 @@ impl Client {
                     base: BASE_BACKOFF.min(config.max_backoff),
                     max_backoff: config.max_backoff,
                 },
-                budget: RequestBudget::new(config.requests_per_second),
+                budget: RequestBudget::shared(&account, config.requests_per_second),
                 paths: config.paths.clone(),
             }),
         })

@@ -4,7 +4,7 @@
 //! instead of sleeping.
 
 use std::future::Future;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -134,6 +134,25 @@ struct Bucket {
 }
 
 impl RequestBudget {
+    /// The budget of one API account (`key`: e.g. base URL and public key), shared by
+    /// every client built for it in this process; created at `rate` by the first caller.
+    pub fn shared(key: &str, rate: f64) -> Arc<RequestBudget> {
+        use std::collections::HashMap;
+        use std::sync::{OnceLock, Weak};
+        static BUDGETS: OnceLock<Mutex<HashMap<String, Weak<RequestBudget>>>> = OnceLock::new();
+        let mut budgets = BUDGETS
+            .get_or_init(Default::default)
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        budgets.retain(|_, b| b.strong_count() > 0);
+        if let Some(budget) = budgets.get(key).and_then(Weak::upgrade) {
+            return budget;
+        }
+        let budget = Arc::new(RequestBudget::new(rate));
+        budgets.insert(key.to_string(), Arc::downgrade(&budget));
+        budget
+    }
+
     /// `rate` requests per second on average, up to `max(1, rate)` at once.
     pub fn new(rate: f64) -> Self {
         let rate = if rate.is_finite() && rate > 0.0 {
@@ -316,6 +335,18 @@ mod tests {
         .await;
         assert_eq!(result.unwrap_err().status(), Some(StatusCode::BAD_REQUEST));
         assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn clients_of_one_account_share_a_budget() {
+        let a = RequestBudget::shared("account-a", 4.0);
+        let b = RequestBudget::shared("account-a", 99.0);
+        let c = RequestBudget::shared("account-c", 4.0);
+        assert!(
+            Arc::ptr_eq(&a, &b),
+            "one budget per account, whatever the later rate"
+        );
+        assert!(!Arc::ptr_eq(&a, &c));
     }
 
     /// The budget lets a burst through, then spaces requests at the rate.

@@ -1,0 +1,228 @@
+//! `GET /v1/sync` and `POST /v1/sync/{stream}`: the reconciler's state, and a pass on
+//! demand.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use super::collection::Item;
+use super::{CommonErrors, KeyPath, NotFound};
+use crate::app::AppState;
+use crate::db::sync::{self, StreamState};
+use crate::error::ApiError;
+use crate::partnerstack::models::Entity;
+
+/// The reconciler as this replica sees it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SyncStatus {
+    /// False when the reconciler is off (no PartnerStack credentials, or
+    /// `PSYNC_RECONCILE_INTERVAL=off`).
+    pub enabled: bool,
+    /// True when this replica is the one reconciling (one replica at a time is).
+    pub leader: bool,
+    /// This replica's reconciler identity (host:pid:id), when enabled.
+    pub runner: Option<String>,
+    pub streams: Vec<StreamStatus>,
+}
+
+/// One stream's schedule, progress and results.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct StreamStatus {
+    /// partnerships, customers, transactions, rewards, groups, deals or leads.
+    pub stream: String,
+    /// Whether this replica's configuration reconciles it.
+    pub enabled: bool,
+    /// Incremental passes read what changed since this (minus the overlap margin).
+    pub watermark: Option<DateTime<Utc>>,
+    /// When the last completed full scan began.
+    pub last_full_at: Option<DateTime<Utc>>,
+    /// The pass under way (or paused, to be resumed from its checkpoint).
+    pub in_progress: Option<PassStatus>,
+    /// The last pass that ended.
+    pub last: Option<PassStatus>,
+    /// Rows repaired since the first completed pass: objects whose state no webhook had
+    /// delivered (the measured webhook loss).
+    pub total_repairs: i64,
+    /// Consecutive failed attempts.
+    pub failures: i32,
+    /// When a failing stream is tried again.
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    /// A pass asked for with `POST /v1/sync/{stream}` and not started yet.
+    pub requested_at: Option<DateTime<Utc>>,
+    /// The replica that ran the current or last pass.
+    pub runner: Option<String>,
+}
+
+/// A pass's figures.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PassStatus {
+    /// full, incremental or window.
+    pub kind: Option<String>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    /// ok or error (ended passes only).
+    pub status: Option<String>,
+    pub error: Option<String>,
+    pub pages: i64,
+    /// Objects read from PartnerStack.
+    pub seen: i64,
+    /// Rows created or changed (deletions included).
+    pub changed: i64,
+    /// Changed rows no webhook had delivered (zero during a stream's first, backfilling pass).
+    pub repairs: i64,
+    /// Rows marked deleted because a full scan no longer found them.
+    pub deleted: i64,
+    /// Objects PartnerStack sent that could not be read.
+    pub invalid: i64,
+}
+
+fn status(state: StreamState, enabled: bool) -> StreamStatus {
+    let in_progress = state.pass_id.map(|_| PassStatus {
+        kind: state.pass_kind.clone(),
+        started_at: state.pass_started_at,
+        finished_at: None,
+        status: None,
+        error: None,
+        pages: state.pass_pages,
+        seen: state.pass_seen,
+        changed: state.pass_changed,
+        repairs: state.pass_repairs,
+        deleted: 0,
+        invalid: state.pass_invalid,
+    });
+    let last = state.last_finished_at.map(|finished| PassStatus {
+        kind: state.last_kind.clone(),
+        started_at: state.last_started_at,
+        finished_at: Some(finished),
+        status: state.last_status.clone(),
+        error: state.last_error.clone(),
+        pages: state.last_pages,
+        seen: state.last_seen,
+        changed: state.last_changed,
+        repairs: state.last_repairs,
+        deleted: state.last_deleted,
+        invalid: state.last_invalid,
+    });
+    StreamStatus {
+        stream: state.stream,
+        enabled,
+        watermark: state.watermark,
+        last_full_at: state.last_full_at,
+        in_progress,
+        last,
+        total_repairs: state.total_repairs,
+        failures: state.failures,
+        next_attempt_at: state.next_attempt_at,
+        requested_at: state.requested_at,
+        runner: state.runner,
+    }
+}
+
+#[utoipa::path(
+    get, path = "/v1/sync", tag = "sync",
+    summary = "Reconciler status",
+    description = "Per stream: the schedule (watermark, last full scan, back-off), the pass \
+        under way and the last one (pages, objects seen, rows changed, repairs, deletions), \
+        and the total of repairs, i.e. objects whose state no webhook had delivered.",
+    responses(
+        (status = 200, description = "The reconciler's state", body = Item<SyncStatus>),
+        CommonErrors,
+    ),
+    security(("bearer" = [])),
+)]
+pub async fn sync_status(
+    State(state): State<AppState>,
+) -> Result<Json<Item<SyncStatus>>, ApiError> {
+    let enabled_streams: Vec<Entity> = match &state.reconciler {
+        Some(r) => r.config().entities(),
+        None => Vec::new(),
+    };
+    let rows = sync::load_all(&state.pool).await?;
+    let streams = rows
+        .into_iter()
+        .map(|row| {
+            let enabled =
+                Entity::from_stream(&row.stream).is_some_and(|e| enabled_streams.contains(&e));
+            status(row, enabled)
+        })
+        .collect();
+    Ok(Json(Item {
+        data: SyncStatus {
+            enabled: state.reconciler.is_some(),
+            leader: state.reconciler.as_ref().is_some_and(|r| r.is_leader()),
+            runner: state.reconciler.as_ref().map(|r| r.runner().to_string()),
+            streams,
+        },
+    }))
+}
+
+/// The answer to `POST /v1/sync/{stream}`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SyncRequested {
+    /// Always "accepted": the leader starts the pass within seconds.
+    pub status: &'static str,
+    pub stream: String,
+    /// A full scan was asked for.
+    pub full: bool,
+}
+
+#[utoipa::path(
+    post, path = "/v1/sync/{stream}", tag = "sync",
+    summary = "Start a reconcile pass now",
+    description = "Asks the reconciler (whichever replica leads) to run a pass of this \
+        stream as soon as it can, usually within seconds. With `full=true` the pass scans \
+        everything and marks vanished objects deleted.",
+    params(
+        ("stream" = String, Path, description = "partnerships, customers, transactions, rewards, groups, deals or leads"),
+        ("full" = Option<bool>, Query, description = "Scan everything (default false)"),
+    ),
+    responses(
+        (status = 202, description = "The pass is requested", body = SyncRequested),
+        (status = 409, description = "The reconciler is off on this deployment", body = crate::error::ErrorBody),
+        NotFound,
+        CommonErrors,
+    ),
+    security(("bearer" = [])),
+)]
+pub async fn request_sync(
+    State(state): State<AppState>,
+    KeyPath(stream): KeyPath,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+) -> Result<(StatusCode, Json<SyncRequested>), ApiError> {
+    let full = match query.as_deref().unwrap_or("") {
+        "" | "full=false" => false,
+        "full=true" => true,
+        other => {
+            return Err(ApiError::bad_request(format!(
+                "unknown parameters {other:?}: only full=true|false"
+            )));
+        }
+    };
+    let Some(reconciler) = &state.reconciler else {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            "the reconciler is off here (no PartnerStack credentials, or PSYNC_RECONCILE_INTERVAL=off)",
+        ));
+    };
+    let entity = Entity::from_stream(&stream)
+        .filter(|e| reconciler.config().entities().contains(e))
+        .ok_or_else(|| ApiError::not_found(format!("no enabled stream named {stream:?}")))?;
+    if !sync::request(&state.pool, entity.stream(), full).await? {
+        // The leader creates stream rows when it starts; until then, nothing to flag.
+        return Err(ApiError::unavailable(
+            "the reconciler has not started yet; retry later",
+        ));
+    }
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(SyncRequested {
+            status: "accepted",
+            stream: entity.stream().to_string(),
+            full,
+        }),
+    ))
+}

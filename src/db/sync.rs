@@ -1,0 +1,327 @@
+//! Queries on the reconciler's state: `sync_streams` (per-stream schedule, checkpoint and
+//! results) and `sync_seen` (keys a full scan has read, for deletion detection).
+//!
+//! Every write that belongs to a pass is conditioned on its `pass_id`, so a writer whose
+//! pass was superseded changes nothing.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::{AssertSqlSafe, PgConnection, PgPool};
+
+use crate::partnerstack::models::Entity;
+
+/// One stream's row.
+#[derive(Debug, Clone, sqlx::FromRow, Serialize)]
+pub struct StreamState {
+    pub stream: String,
+    pub watermark: Option<DateTime<Utc>>,
+    pub last_full_at: Option<DateTime<Utc>>,
+    pub pass_id: Option<i64>,
+    pub pass_kind: Option<String>,
+    pub pass_started_at: Option<DateTime<Utc>>,
+    pub pass_min_updated: Option<DateTime<Utc>>,
+    pub pass_min_created: Option<DateTime<Utc>>,
+    pub pass_cursor: Option<String>,
+    pub pass_pages: i64,
+    pub pass_seen: i64,
+    pub pass_changed: i64,
+    pub pass_repairs: i64,
+    pub pass_invalid: i64,
+    pub last_kind: Option<String>,
+    pub last_started_at: Option<DateTime<Utc>>,
+    pub last_finished_at: Option<DateTime<Utc>>,
+    pub last_status: Option<String>,
+    pub last_error: Option<String>,
+    pub last_pages: i64,
+    pub last_seen: i64,
+    pub last_changed: i64,
+    pub last_repairs: i64,
+    pub last_deleted: i64,
+    pub last_invalid: i64,
+    pub total_repairs: i64,
+    pub failures: i32,
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    pub requested_at: Option<DateTime<Utc>>,
+    pub requested_full: bool,
+    pub runner: Option<String>,
+}
+
+/// Creates the rows of streams that have none yet.
+pub async fn ensure_streams(conn: &mut PgConnection, streams: &[&str]) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO sync_streams (stream) SELECT unnest($1::text[]) ON CONFLICT DO NOTHING",
+    )
+    .bind(streams)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+pub async fn load(conn: &mut PgConnection, stream: &str) -> Result<StreamState, sqlx::Error> {
+    sqlx::query_as("SELECT * FROM sync_streams WHERE stream = $1")
+        .bind(stream)
+        .fetch_one(conn)
+        .await
+}
+
+/// Every stream's row, by name.
+pub async fn load_all(pool: &PgPool) -> Result<Vec<StreamState>, sqlx::Error> {
+    sqlx::query_as("SELECT * FROM sync_streams ORDER BY stream")
+        .fetch_all(pool)
+        .await
+}
+
+/// The filter a new pass reads with.
+#[derive(Debug, Clone, Copy)]
+pub struct PassPlan<'a> {
+    pub kind: &'a str,
+    pub min_updated: Option<DateTime<Utc>>,
+    pub min_created: Option<DateTime<Utc>>,
+}
+
+/// Starts a new pass (dropping any checkpoint of an earlier one) and returns its id.
+pub async fn begin_pass(
+    conn: &mut PgConnection,
+    stream: &str,
+    plan: PassPlan<'_>,
+    runner: &str,
+) -> Result<(i64, DateTime<Utc>), sqlx::Error> {
+    sqlx::query_as(
+        "UPDATE sync_streams SET
+             pass_id = nextval('sync_pass_ids'), pass_kind = $2, pass_started_at = now(),
+             pass_min_updated = $3, pass_min_created = $4, pass_cursor = NULL,
+             pass_pages = 0, pass_seen = 0, pass_changed = 0, pass_repairs = 0, pass_invalid = 0,
+             requested_at = NULL, requested_full = false, runner = $5
+         WHERE stream = $1
+         RETURNING pass_id, pass_started_at",
+    )
+    .bind(stream)
+    .bind(plan.kind)
+    .bind(plan.min_updated)
+    .bind(plan.min_created)
+    .bind(runner)
+    .fetch_one(conn)
+    .await
+}
+
+/// What one page added to a pass.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PageTotals {
+    pub seen: i64,
+    pub changed: i64,
+    pub repairs: i64,
+    pub invalid: i64,
+}
+
+/// Moves a pass's checkpoint past a page. False when the pass is no longer current.
+pub async fn record_page(
+    conn: &mut PgConnection,
+    stream: &str,
+    pass_id: i64,
+    next_cursor: Option<&str>,
+    page: PageTotals,
+) -> Result<bool, sqlx::Error> {
+    let updated = sqlx::query(
+        "UPDATE sync_streams SET
+             pass_cursor = $3, pass_pages = pass_pages + 1, pass_seen = pass_seen + $4,
+             pass_changed = pass_changed + $5, pass_repairs = pass_repairs + $6,
+             pass_invalid = pass_invalid + $7
+         WHERE stream = $1 AND pass_id = $2",
+    )
+    .bind(stream)
+    .bind(pass_id)
+    .bind(next_cursor)
+    .bind(page.seen)
+    .bind(page.changed)
+    .bind(page.repairs)
+    .bind(page.invalid)
+    .execute(conn)
+    .await?;
+    Ok(updated.rows_affected() == 1)
+}
+
+/// Remembers keys a full scan has read.
+pub async fn mark_seen(
+    conn: &mut PgConnection,
+    stream: &str,
+    pass_id: i64,
+    keys: &[&str],
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO sync_seen (stream, key, pass_id)
+         SELECT $1, k, $2 FROM unnest($3::text[]) AS k
+         ON CONFLICT (stream, key) DO UPDATE SET pass_id = EXCLUDED.pass_id",
+    )
+    .bind(stream)
+    .bind(pass_id)
+    .bind(keys)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// What deletion detection found after a full scan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Vanished {
+    /// Live rows the scan did not see (and that nothing touched since it began).
+    pub candidates: i64,
+    /// Live rows in the table.
+    pub live: i64,
+    /// Whether they were marked deleted (false when over the guard).
+    pub marked: bool,
+}
+
+/// Marks rows a completed full scan did not see as deleted, unless that would be more
+/// than `max_fraction` of the live rows. Rows applied after the scan began are spared:
+/// they may have been created behind the scan's cursor.
+pub async fn mark_vanished(
+    conn: &mut PgConnection,
+    entity: Entity,
+    pass_id: i64,
+    scan_started_at: DateTime<Utc>,
+    max_fraction: f64,
+) -> Result<Vanished, sqlx::Error> {
+    let table = entity.table();
+    let unseen = format!(
+        "FROM {table} t WHERE t.deleted_at IS NULL AND t.synced_at < $3
+           AND NOT EXISTS (SELECT 1 FROM sync_seen s
+                           WHERE s.stream = $1 AND s.pass_id = $2 AND s.key = t.key)"
+    );
+    let (candidates, live): (i64, i64) = sqlx::query_as(AssertSqlSafe(format!(
+        "SELECT (SELECT count(*) {unseen}), (SELECT count(*) FROM {table} WHERE deleted_at IS NULL)"
+    )))
+    .bind(entity.stream())
+    .bind(pass_id)
+    .bind(scan_started_at)
+    .fetch_one(&mut *conn)
+    .await?;
+    if candidates == 0 {
+        return Ok(Vanished {
+            candidates,
+            live,
+            marked: true,
+        });
+    }
+    if candidates as f64 > max_fraction * live as f64 {
+        return Ok(Vanished {
+            candidates,
+            live,
+            marked: false,
+        });
+    }
+    sqlx::query(AssertSqlSafe(format!(
+        "UPDATE {table} AS u SET deleted_at = now(), source = 'reconcile', synced_at = now()
+         WHERE u.key IN (SELECT t.key {unseen})"
+    )))
+    .bind(entity.stream())
+    .bind(pass_id)
+    .bind(scan_started_at)
+    .execute(&mut *conn)
+    .await?;
+    Ok(Vanished {
+        candidates,
+        live,
+        marked: true,
+    })
+}
+
+/// How a pass ended.
+#[derive(Debug, Clone)]
+pub struct Finish<'a> {
+    pub full: bool,
+    pub deleted: i64,
+    /// Repairs found at the end (deletions), added to the pass's own.
+    pub extra_repairs: i64,
+    /// A completed pass can still carry a problem to report (e.g. the deletion guard).
+    pub warning: Option<&'a str>,
+}
+
+/// Closes a completed pass: the watermark moves to the pass's start, results move to
+/// `last_*`, the checkpoint is cleared. False when the pass is no longer current.
+pub async fn finish_pass(
+    conn: &mut PgConnection,
+    stream: &str,
+    pass_id: i64,
+    finish: Finish<'_>,
+) -> Result<bool, sqlx::Error> {
+    sqlx::query("DELETE FROM sync_seen WHERE stream = $1")
+        .bind(stream)
+        .execute(&mut *conn)
+        .await?;
+    let updated = sqlx::query(
+        "UPDATE sync_streams SET
+             watermark = pass_started_at,
+             last_full_at = CASE WHEN $3 THEN pass_started_at ELSE last_full_at END,
+             last_kind = pass_kind, last_started_at = pass_started_at, last_finished_at = now(),
+             last_status = CASE WHEN $6::text IS NULL THEN 'ok' ELSE 'error' END,
+             last_error = $6,
+             last_pages = pass_pages, last_seen = pass_seen, last_changed = pass_changed + $4,
+             last_repairs = pass_repairs + $5, last_deleted = $4, last_invalid = pass_invalid,
+             total_repairs = total_repairs + pass_repairs + $5,
+             failures = 0, next_attempt_at = NULL,
+             pass_id = NULL, pass_kind = NULL, pass_started_at = NULL, pass_min_updated = NULL,
+             pass_min_created = NULL, pass_cursor = NULL, pass_pages = 0, pass_seen = 0,
+             pass_changed = 0, pass_repairs = 0, pass_invalid = 0
+         WHERE stream = $1 AND pass_id = $2",
+    )
+    .bind(stream)
+    .bind(pass_id)
+    .bind(finish.full)
+    .bind(finish.deleted)
+    .bind(finish.extra_repairs)
+    .bind(finish.warning)
+    .execute(&mut *conn)
+    .await?;
+    Ok(updated.rows_affected() == 1)
+}
+
+/// Records a failed attempt and when to try again. With `abandon`, the pass's checkpoint
+/// is dropped (the next attempt starts afresh); otherwise it is kept for a resume.
+pub async fn fail_pass(
+    conn: &mut PgConnection,
+    stream: &str,
+    error: &str,
+    abandon: bool,
+    retry_at: DateTime<Utc>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE sync_streams SET
+             last_kind = COALESCE(pass_kind, last_kind),
+             last_started_at = COALESCE(pass_started_at, last_started_at),
+             last_finished_at = now(), last_status = 'error', last_error = $2,
+             last_pages = pass_pages, last_seen = pass_seen, last_changed = pass_changed,
+             last_repairs = pass_repairs, last_deleted = 0, last_invalid = pass_invalid,
+             total_repairs = total_repairs + CASE WHEN $3 THEN pass_repairs ELSE 0 END,
+             failures = failures + 1, next_attempt_at = $4,
+             pass_id = CASE WHEN $3 THEN NULL ELSE pass_id END,
+             pass_kind = CASE WHEN $3 THEN NULL ELSE pass_kind END,
+             pass_started_at = CASE WHEN $3 THEN NULL ELSE pass_started_at END,
+             pass_cursor = CASE WHEN $3 THEN NULL ELSE pass_cursor END,
+             pass_pages = CASE WHEN $3 THEN 0 ELSE pass_pages END,
+             pass_seen = CASE WHEN $3 THEN 0 ELSE pass_seen END,
+             pass_changed = CASE WHEN $3 THEN 0 ELSE pass_changed END,
+             pass_repairs = CASE WHEN $3 THEN 0 ELSE pass_repairs END,
+             pass_invalid = CASE WHEN $3 THEN 0 ELSE pass_invalid END
+         WHERE stream = $1",
+    )
+    .bind(stream)
+    .bind(error)
+    .bind(abandon)
+    .bind(retry_at)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Asks the leader to run a stream now. False when the stream has no row (not enabled).
+pub async fn request(pool: &PgPool, stream: &str, full: bool) -> Result<bool, sqlx::Error> {
+    let updated = sqlx::query(
+        "UPDATE sync_streams SET requested_at = now(), requested_full = requested_full OR $2
+         WHERE stream = $1",
+    )
+    .bind(stream)
+    .bind(full)
+    .execute(pool)
+    .await?;
+    Ok(updated.rows_affected() == 1)
+}

@@ -1,0 +1,304 @@
+//! The reconciler: makes the copy converge on PartnerStack's truth, whatever the webhooks
+//! did.
+//!
+//! Passes read PartnerStack's list endpoints through the [client](crate::partnerstack::client)
+//! and apply every object through the one door ([`crate::apply`]); see [`pass`] for one
+//! pass. Here: leadership and scheduling.
+//!
+//! **One reconciler across replicas.** Leadership is a session-level Postgres advisory
+//! lock held on a dedicated connection, and every reconciler write goes through that same
+//! connection. If the leader dies, Postgres drops its session and the lock with it; a
+//! follower, polling every few seconds, takes over and resumes from the checkpoints. A
+//! leader that lost its session cannot write anything at all, so it cannot move a
+//! checkpoint backwards (and each checkpoint write is also conditioned on its pass id).
+//!
+//! **Scheduling.** Each stream is due `interval` (jittered) after its last pass began, at
+//! once when a pass is unfinished or `POST /v1/sync/{stream}` asked for one, and later
+//! when it has been failing (doubling back-off up to `max_retry_delay`). The kind of pass
+//! is chosen in [`pass::plan`].
+
+pub mod pass;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use chrono::Utc;
+use rand::RngExt;
+use sqlx::postgres::PgConnectOptions;
+use sqlx::{Connection, PgConnection};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::ReconcileConfig;
+use crate::db::{self, sync};
+use crate::partnerstack::client::Client;
+use crate::partnerstack::models::Entity;
+use crate::telemetry::{Metrics, StreamLabel};
+use pass::{PassError, Progress, Report};
+
+/// The advisory lock key that elects the leader ("psync" in ASCII).
+const LEADER_LOCK: i64 = 0x0070_7379_6e63;
+/// How often followers try for leadership, and the leader looks for requests.
+const POLL: Duration = Duration::from_secs(2);
+/// First retry delay of a failing stream (doubles per failure).
+const FIRST_RETRY: Duration = Duration::from_secs(15);
+
+/// A reconciler; cheap to share.
+#[derive(Clone)]
+pub struct Reconciler {
+    client: Client,
+    config: ReconcileConfig,
+    connect: PgConnectOptions,
+    metrics: Arc<Metrics>,
+    /// Who this process is, in `sync_streams.runner` and logs.
+    runner: String,
+    leader: Arc<AtomicBool>,
+}
+
+impl Reconciler {
+    /// `connect` opens the leader's own session (not a pooled connection: the lock lives
+    /// as long as that session).
+    pub fn new(
+        client: Client,
+        config: ReconcileConfig,
+        connect: PgConnectOptions,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        let runner = format!(
+            "{}:{}:{}",
+            host.trim(),
+            std::process::id(),
+            &uuid::Uuid::new_v4().to_string()[..8]
+        );
+        Reconciler {
+            client,
+            config,
+            connect,
+            metrics,
+            runner,
+            leader: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// True while this process holds leadership.
+    pub fn is_leader(&self) -> bool {
+        self.leader.load(Ordering::Relaxed)
+    }
+
+    pub fn runner(&self) -> &str {
+        &self.runner
+    }
+
+    pub fn config(&self) -> &ReconcileConfig {
+        &self.config
+    }
+
+    /// The background task of `serve`: competes for leadership and, while leader, runs
+    /// due passes until `stop` is cancelled (a running pass stops after its page).
+    pub async fn run(self, stop: CancellationToken) {
+        let Some(interval) = self.config.interval else {
+            return;
+        };
+        let mut failures = 0u32;
+        while !stop.is_cancelled() {
+            match self.try_lead().await {
+                Ok(Some(mut conn)) => {
+                    failures = 0;
+                    self.leader.store(true, Ordering::Relaxed);
+                    tracing::info!(runner = %self.runner, "this replica is now the reconciler");
+                    let result = self.lead(&mut conn, interval, &stop).await;
+                    self.leader.store(false, Ordering::Relaxed);
+                    let _ = conn.close().await;
+                    match result {
+                        Ok(()) => break,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "lost the reconciler's database session; standing down")
+                        }
+                    }
+                }
+                Ok(None) => failures = 0,
+                Err(e) => {
+                    failures = failures.saturating_add(1);
+                    if failures == 1 || failures.is_multiple_of(30) {
+                        tracing::warn!(error = %e, "cannot reach the database to elect a reconciler; retrying");
+                    }
+                }
+            }
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = tokio::time::sleep(jitter(POLL, 0.25)) => {}
+            }
+        }
+    }
+
+    /// Opens a session and takes the leadership lock if it is free.
+    async fn try_lead(&self) -> Result<Option<PgConnection>, sqlx::Error> {
+        let mut conn = PgConnection::connect_with(&self.connect).await?;
+        let won: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+            .bind(LEADER_LOCK)
+            .fetch_one(&mut conn)
+            .await?;
+        if won {
+            let streams: Vec<&str> = self.config.entities().iter().map(|e| e.stream()).collect();
+            sync::ensure_streams(&mut conn, &streams).await?;
+            Ok(Some(conn))
+        } else {
+            let _ = conn.close().await;
+            Ok(None)
+        }
+    }
+
+    /// Runs due passes until stopped. Errors only when the session is lost.
+    async fn lead(
+        &self,
+        conn: &mut PgConnection,
+        interval: Duration,
+        stop: &CancellationToken,
+    ) -> Result<(), sqlx::Error> {
+        while !stop.is_cancelled() {
+            for entity in self.config.entities() {
+                if stop.is_cancelled() {
+                    break;
+                }
+                let state = sync::load(conn, entity.stream()).await?;
+                if !is_due(&state, interval) {
+                    continue;
+                }
+                match self.pass(conn, entity, false, stop, &|_| {}).await {
+                    Err(PassError::Database(e)) if db::is_connection_error(&e) => return Err(e),
+                    _ => {}
+                }
+            }
+            tokio::select! {
+                _ = stop.cancelled() => {}
+                _ = tokio::time::sleep(POLL) => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs one pass and records how it ended (metrics, logs, back-off on failure).
+    async fn pass(
+        &self,
+        conn: &mut PgConnection,
+        entity: Entity,
+        force_full: bool,
+        stop: &CancellationToken,
+        progress: &(dyn Fn(Progress) + Send + Sync),
+    ) -> Result<Report, PassError> {
+        let ctx = pass::Context {
+            client: &self.client,
+            config: &self.config,
+            metrics: &self.metrics,
+            runner: &self.runner,
+            stop,
+        };
+        let stream = entity.stream();
+        let result = pass::run(&ctx, conn, entity, force_full, progress).await;
+        match &result {
+            Ok(r) => tracing::info!(
+                stream,
+                kind = r.kind.as_str(),
+                resumed = r.resumed,
+                pages = r.pages,
+                seen = r.seen,
+                changed = r.changed,
+                repairs = r.repairs,
+                deleted = r.deleted,
+                took_ms = r.took.as_millis() as u64,
+                "reconcile pass completed"
+            ),
+            Err(PassError::Interrupted) => {
+                tracing::info!(stream, "reconcile pass paused for shutdown")
+            }
+            Err(PassError::Superseded) => tracing::warn!(stream, "reconcile pass superseded"),
+            Err(PassError::Database(e)) if db::is_connection_error(e) => {}
+            Err(e) => {
+                self.metrics
+                    .reconcile_errors
+                    .get_or_create(&StreamLabel { stream })
+                    .inc();
+                let state = sync::load(conn, stream)
+                    .await
+                    .map_err(PassError::Database)?;
+                let delay = retry_delay(state.failures, self.config.max_retry_delay);
+                let retry_at = Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default();
+                tracing::warn!(stream, error = %e, retry_in_s = delay.as_secs(), "reconcile pass failed");
+                sync::fail_pass(
+                    conn,
+                    stream,
+                    &e.to_string(),
+                    e.abandons_checkpoint(),
+                    retry_at,
+                )
+                .await
+                .map_err(PassError::Database)?;
+            }
+        }
+        result
+    }
+
+    /// One pass over each of `entities`, in the foreground (the `reconcile` command).
+    /// Waits up to `patience` for leadership, since a `serve` replica may hold it.
+    pub async fn run_once(
+        &self,
+        entities: &[Entity],
+        full: bool,
+        patience: Duration,
+        stop: &CancellationToken,
+        progress: &(dyn Fn(Progress) + Send + Sync),
+    ) -> anyhow::Result<Vec<Result<Report, PassError>>> {
+        let deadline = tokio::time::Instant::now() + patience;
+        let mut conn = loop {
+            if let Some(conn) = self.try_lead().await? {
+                break conn;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                anyhow::bail!(
+                    "another process holds the reconciler lock (a running `serve`?); waited {patience:?}"
+                );
+            }
+            tokio::time::sleep(POLL).await;
+        };
+        let streams: Vec<&str> = entities.iter().map(|e| e.stream()).collect();
+        sync::ensure_streams(&mut conn, &streams).await?;
+        let mut reports = Vec::new();
+        for &entity in entities {
+            if stop.is_cancelled() {
+                break;
+            }
+            reports.push(self.pass(&mut conn, entity, full, stop, progress).await);
+        }
+        let _ = conn.close().await;
+        Ok(reports)
+    }
+}
+
+/// Whether a stream should run now.
+fn is_due(state: &sync::StreamState, interval: Duration) -> bool {
+    let now = Utc::now();
+    if state.pass_id.is_some() && state.next_attempt_at.is_none_or(|at| at <= now) {
+        return true; // an unfinished pass resumes
+    }
+    if state.requested_at.is_some() {
+        return true;
+    }
+    if state.next_attempt_at.is_some_and(|at| at > now) {
+        return false;
+    }
+    let every = chrono::Duration::from_std(jitter(interval, 0.1)).unwrap_or(chrono::Duration::MAX);
+    state.last_started_at.is_none_or(|at| now - at >= every)
+}
+
+fn retry_delay(failures: i32, max: Duration) -> Duration {
+    let exp = failures.clamp(0, 16) as u32;
+    FIRST_RETRY
+        .saturating_mul(2u32.saturating_pow(exp))
+        .min(max)
+}
+
+/// `d` scaled by a random factor in `1 ± spread`.
+fn jitter(d: Duration, spread: f64) -> Duration {
+    d.mul_f64(1.0 + rand::rng().random_range(-spread..=spread))
+}

@@ -1,0 +1,388 @@
+//! One pass over one stream: plan (or resume) it, page through PartnerStack, apply each
+//! page through the one door with its checkpoint in the same transaction, and close it.
+
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use sqlx::{Connection, PgConnection};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::apply::{self, Observation, Source};
+use crate::config::ReconcileConfig;
+use crate::db::sync::{self, Finish, PageTotals, PassPlan, StreamState};
+use crate::partnerstack::client::{self, Client, ListQuery, Page};
+use crate::partnerstack::models::Entity;
+use crate::telemetry::{Metrics, StreamLabel};
+
+/// The kinds of pass (see `config/default.toml`, `[reconcile]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Everything, no filter; afterwards, rows not seen are marked deleted.
+    Full,
+    /// Objects updated since the watermark minus the overlap.
+    Incremental,
+    /// Objects created within the window (streams without an update filter).
+    Window,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Full => "full",
+            Kind::Incremental => "incremental",
+            Kind::Window => "window",
+        }
+    }
+
+    fn parse(s: &str) -> Kind {
+        match s {
+            "incremental" => Kind::Incremental,
+            "window" => Kind::Window,
+            _ => Kind::Full,
+        }
+    }
+}
+
+/// Streams whose list has an "updated since" filter.
+fn has_update_filter(entity: Entity) -> bool {
+    client::supported_filters(entity).contains(&client::Filter::MinUpdated)
+}
+
+/// The kind of pass a stream is due for.
+pub fn plan(
+    state: &StreamState,
+    entity: Entity,
+    config: &ReconcileConfig,
+    force_full: bool,
+    now: DateTime<Utc>,
+) -> Kind {
+    let full_due = state.last_full_at.is_none_or(|at| {
+        now - at
+            >= chrono::Duration::from_std(config.full_interval).unwrap_or(chrono::Duration::MAX)
+    });
+    if force_full || state.requested_full || state.watermark.is_none() || full_due {
+        Kind::Full
+    } else if has_update_filter(entity) {
+        Kind::Incremental
+    } else {
+        Kind::Window
+    }
+}
+
+/// What a pass did.
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub entity: Entity,
+    pub kind: Kind,
+    pub resumed: bool,
+    pub pages: i64,
+    pub seen: i64,
+    pub changed: i64,
+    pub repairs: i64,
+    pub deleted: i64,
+    pub invalid: i64,
+    /// A problem the completed pass still reports (e.g. the deletion guard held).
+    pub warning: Option<String>,
+    pub took: Duration,
+}
+
+/// Why a pass stopped early.
+#[derive(Debug, thiserror::Error)]
+pub enum PassError {
+    #[error("PartnerStack: {0}")]
+    Fetch(#[from] client::Error),
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("the pass was superseded by another one")]
+    Superseded,
+    #[error("interrupted by shutdown (resumes from its checkpoint)")]
+    Interrupted,
+}
+
+impl PassError {
+    /// The next attempt should start afresh rather than resume (its cursor cannot work).
+    pub fn abandons_checkpoint(&self) -> bool {
+        matches!(self, PassError::Fetch(client::Error::StalledCursor { .. }))
+    }
+}
+
+/// Progress of a running pass, for the command line.
+#[derive(Debug, Clone, Copy)]
+pub struct Progress {
+    pub entity: Entity,
+    pub kind: Kind,
+    pub pages: i64,
+    pub seen: i64,
+    pub changed: i64,
+}
+
+/// Everything a pass needs besides the leader's connection.
+pub struct Context<'a> {
+    pub client: &'a Client,
+    pub config: &'a ReconcileConfig,
+    pub metrics: &'a Metrics,
+    pub runner: &'a str,
+    pub stop: &'a CancellationToken,
+}
+
+/// Runs (or resumes) one pass of `entity`'s stream on the leader's connection.
+pub async fn run(
+    ctx: &Context<'_>,
+    conn: &mut PgConnection,
+    entity: Entity,
+    force_full: bool,
+    progress: &(dyn Fn(Progress) + Send + Sync),
+) -> Result<Report, PassError> {
+    let started = Instant::now();
+    let stream = entity.stream();
+    let state = sync::load(conn, stream).await?;
+    // A backfill (no pass ever completed) is an import, not a repair of lost webhooks.
+    let backfill = state.watermark.is_none();
+    let resumable = state.pass_id.is_some()
+        && !(force_full && state.pass_kind.as_deref() != Some("full"))
+        && !(state.requested_full && state.pass_kind.as_deref() != Some("full"));
+
+    let (pass_id, kind, query, pass_started, mut totals) = if resumable {
+        let kind = Kind::parse(state.pass_kind.as_deref().unwrap_or("full"));
+        let query = ListQuery {
+            min_updated: state.pass_min_updated,
+            min_created: state.pass_min_created,
+            starting_after: state.pass_cursor.clone(),
+            ..ListQuery::default()
+        };
+        let totals = PageTotals {
+            seen: state.pass_seen,
+            changed: state.pass_changed,
+            repairs: state.pass_repairs,
+            invalid: state.pass_invalid,
+        };
+        let pages = state.pass_pages;
+        tracing::info!(
+            stream,
+            kind = kind.as_str(),
+            pages,
+            "resuming a reconcile pass from its checkpoint"
+        );
+        (
+            state.pass_id.unwrap_or_default(),
+            kind,
+            query,
+            state.pass_started_at.unwrap_or_else(Utc::now),
+            (pages, totals),
+        )
+    } else {
+        let now = Utc::now();
+        let kind = plan(&state, entity, ctx.config, force_full, now);
+        let overlap = chrono::Duration::from_std(ctx.config.overlap).unwrap_or_default();
+        let window = chrono::Duration::from_std(ctx.config.window).unwrap_or_default();
+        let (min_updated, min_created) = match kind {
+            Kind::Full => (None, None),
+            Kind::Incremental => (state.watermark.map(|w| w - overlap), None),
+            Kind::Window => (None, Some(now - window)),
+        };
+        let plan = PassPlan {
+            kind: kind.as_str(),
+            min_updated,
+            min_created,
+        };
+        let (pass_id, pass_started) = sync::begin_pass(conn, stream, plan, ctx.runner).await?;
+        let query = ListQuery {
+            min_updated,
+            min_created,
+            ..ListQuery::default()
+        };
+        (
+            pass_id,
+            kind,
+            query,
+            pass_started,
+            (0, PageTotals::default()),
+        )
+    };
+    let resumed = resumable;
+
+    // Fetch one page ahead while the previous one is applied; the channel holds one page,
+    // so memory stays a couple of pages whatever the stream's size.
+    let (pages_tx, mut pages_rx) = mpsc::channel::<Result<Page, client::Error>>(1);
+    let mut pager = ctx.client.pages(entity, query);
+    let fetcher = tokio::spawn(async move {
+        loop {
+            match pager.next_page().await {
+                Ok(Some(page)) => {
+                    if pages_tx.send(Ok(page)).await.is_err() {
+                        break;
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    let _ = pages_tx.send(Err(e)).await;
+                    break;
+                }
+            }
+        }
+    });
+    let result = apply_pages(
+        ctx,
+        conn,
+        entity,
+        kind,
+        pass_id,
+        backfill,
+        &mut pages_rx,
+        &mut totals,
+        progress,
+    )
+    .await;
+    drop(pages_rx);
+    fetcher.abort();
+    result?;
+
+    // The scan completed: close the pass, and after a full scan mark what vanished.
+    let mut tx = conn.begin().await?;
+    let (mut deleted, mut warning) = (0, None);
+    if kind == Kind::Full {
+        let vanished = sync::mark_vanished(
+            &mut tx,
+            entity,
+            pass_id,
+            pass_started,
+            ctx.config.max_delete_fraction,
+        )
+        .await?;
+        if vanished.marked {
+            deleted = vanished.candidates;
+        } else {
+            warning = Some(format!(
+                "the full scan did not see {} of {} live {}; above the max_delete_fraction guard \
+                 ({}), so none were marked deleted",
+                vanished.candidates, vanished.live, stream, ctx.config.max_delete_fraction
+            ));
+        }
+    }
+    let extra_repairs = if backfill { 0 } else { deleted };
+    let finish = Finish {
+        full: kind == Kind::Full,
+        deleted,
+        extra_repairs,
+        warning: warning.as_deref(),
+    };
+    if !sync::finish_pass(&mut tx, stream, pass_id, finish).await? {
+        tx.rollback().await?;
+        return Err(PassError::Superseded);
+    }
+    tx.commit().await?;
+
+    let label = StreamLabel { stream };
+    ctx.metrics.reconcile_passes.get_or_create(&label).inc();
+    ctx.metrics
+        .reconcile_deletions
+        .get_or_create(&label)
+        .inc_by(deleted as u64);
+    ctx.metrics
+        .reconcile_repairs
+        .get_or_create(&label)
+        .inc_by(extra_repairs as u64);
+    if let Some(w) = &warning {
+        tracing::warn!(stream, "{w}");
+    }
+    let (pages, t) = totals;
+    Ok(Report {
+        entity,
+        kind,
+        resumed,
+        pages,
+        seen: t.seen,
+        changed: t.changed + deleted,
+        repairs: t.repairs + extra_repairs,
+        deleted,
+        invalid: t.invalid,
+        warning,
+        took: started.elapsed(),
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn apply_pages(
+    ctx: &Context<'_>,
+    conn: &mut PgConnection,
+    entity: Entity,
+    kind: Kind,
+    pass_id: i64,
+    backfill: bool,
+    pages: &mut mpsc::Receiver<Result<Page, client::Error>>,
+    totals: &mut (i64, PageTotals),
+    progress: &(dyn Fn(Progress) + Send + Sync),
+) -> Result<(), PassError> {
+    let stream = entity.stream();
+    let label = StreamLabel { stream };
+    while let Some(page) = pages.recv().await {
+        let page = page?;
+        let mut observations = Vec::with_capacity(page.items.len());
+        let mut invalid = 0;
+        for item in page.items {
+            match Observation::parse(entity, item, false) {
+                Ok(o) => observations.push(o),
+                Err(reason) => {
+                    invalid += 1;
+                    tracing::warn!(stream, %reason, "PartnerStack sent an object the service cannot read; skipped");
+                }
+            }
+        }
+        let mut tx = conn.begin().await?;
+        let results = apply::apply(&mut tx, Source::Reconcile, &observations).await?;
+        if kind == Kind::Full {
+            let keys: Vec<&str> = observations.iter().map(|o| o.key.as_str()).collect();
+            sync::mark_seen(&mut tx, stream, pass_id, &keys).await?;
+        }
+        let changed = results.iter().filter(|r| r.changed()).count() as i64;
+        let page_totals = PageTotals {
+            seen: observations.len() as i64 + invalid,
+            changed,
+            repairs: if backfill { 0 } else { changed },
+            invalid,
+        };
+        if !sync::record_page(
+            &mut tx,
+            stream,
+            pass_id,
+            page.next_cursor.as_deref(),
+            page_totals,
+        )
+        .await?
+        {
+            tx.rollback().await?;
+            return Err(PassError::Superseded);
+        }
+        tx.commit().await?;
+
+        ctx.metrics
+            .reconcile_objects_seen
+            .get_or_create(&label)
+            .inc_by(page_totals.seen as u64);
+        ctx.metrics
+            .reconcile_objects_changed
+            .get_or_create(&label)
+            .inc_by(changed as u64);
+        ctx.metrics
+            .reconcile_repairs
+            .get_or_create(&label)
+            .inc_by(page_totals.repairs as u64);
+        totals.0 += 1;
+        totals.1.seen += page_totals.seen;
+        totals.1.changed += page_totals.changed;
+        totals.1.repairs += page_totals.repairs;
+        totals.1.invalid += page_totals.invalid;
+        progress(Progress {
+            entity,
+            kind,
+            pages: totals.0,
+            seen: totals.1.seen,
+            changed: totals.1.changed,
+        });
+        if ctx.stop.is_cancelled() && page.next_cursor.is_some() {
+            return Err(PassError::Interrupted);
+        }
+    }
+    Ok(())
+}

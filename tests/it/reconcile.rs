@@ -1,0 +1,940 @@
+//! The reconciler against the stand-in and a real Postgres.
+
+use std::collections::HashSet;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
+
+use chrono::{DateTime, NaiveDate, Utc};
+use partnerstack_sync::apply::{Col, Observation};
+use partnerstack_sync::config::ReconcileConfig;
+use partnerstack_sync::partnerstack::client::Client;
+use partnerstack_sync::partnerstack::models::Entity;
+use partnerstack_sync::reconcile::Reconciler;
+use partnerstack_sync::reconcile::pass::{Kind, PassError, Progress, Report};
+use partnerstack_sync::simulate::{FaultUpdate, MutationKind, Notify, Options, Running};
+use partnerstack_sync::telemetry::Metrics;
+use serde_json::{Map, Value, json};
+use sqlx::postgres::PgConnectOptions;
+use tokio_util::sync::CancellationToken;
+
+use crate::client::{client_config, program, stand_in};
+use crate::common::{Process, TestApp, TestDb, test_config};
+
+fn reconcile_config(db: &TestDb, tweak: impl FnOnce(&mut ReconcileConfig)) -> ReconcileConfig {
+    let mut c = test_config(&db.url).reconcile;
+    c.interval = Some(Duration::from_secs(1));
+    c.max_retry_delay = Duration::from_millis(10);
+    tweak(&mut c);
+    c
+}
+
+/// Small pages, so every pass walks several of them.
+const PAGE_SIZE: u32 = 10;
+
+fn reconciler(db: &TestDb, sim: &Running, tweak: impl FnOnce(&mut ReconcileConfig)) -> Reconciler {
+    let mut config = client_config(&sim.base_url());
+    config.page_size = PAGE_SIZE;
+    let client = Client::new(&config).unwrap();
+    Reconciler::new(
+        client,
+        reconcile_config(db, tweak),
+        PgConnectOptions::from_str(&db.url).unwrap(),
+        Arc::new(Metrics::new()),
+    )
+}
+
+/// One pass over every stream; panics on a failed stream.
+async fn pass(r: &Reconciler, full: bool) -> Vec<Report> {
+    let stop = CancellationToken::new();
+    r.run_once(&Entity::ALL, full, Duration::from_secs(10), &stop, &|_| {})
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.unwrap_or_else(|e| panic!("a stream failed: {e}")))
+        .collect()
+}
+
+fn total(reports: &[Report], f: impl Fn(&Report) -> i64) -> i64 {
+    reports.iter().map(f).sum()
+}
+
+/// Every object of the stand-in, as the API renders it (archived customers included).
+fn truth(sim: &Running, entity: Entity) -> Vec<Value> {
+    sim.simulator.state(Some(entity))["streams"][entity.stream()]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// Asserts the service's tables equal the stand-in's state: same keys, same typed fields,
+/// archived customers marked deleted, nothing else live.
+async fn assert_converged(db: &TestDb, sim: &Running) {
+    for entity in Entity::ALL {
+        let objects = truth(sim, entity);
+        let mut live = 0;
+        for object in &objects {
+            let expected = Observation::parse(entity, object.clone(), false).unwrap();
+            let archived = object["archived"] == json!(true) && entity == Entity::Customer;
+            let row: Option<Value> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                "SELECT to_jsonb(t) - 'raw' FROM {} t WHERE key = $1",
+                entity.table()
+            )))
+            .bind(&expected.key)
+            .fetch_optional(&db.pool)
+            .await
+            .unwrap();
+            let Some(row) = row else {
+                assert!(archived, "{entity:?} {} is missing", expected.key);
+                continue;
+            };
+            assert_eq!(
+                row["deleted_at"].is_null(),
+                !archived,
+                "{entity:?} {} deletion mark",
+                expected.key
+            );
+            if !archived {
+                live += 1;
+            }
+            for (name, col) in &expected.columns {
+                assert!(
+                    same(&row[*name], col),
+                    "{entity:?} {}: {name} is {} in the copy, {col:?} upstream",
+                    expected.key,
+                    row[*name]
+                );
+            }
+        }
+        let stored_live: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT count(*) FROM {} WHERE deleted_at IS NULL",
+            entity.table()
+        )))
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+        assert_eq!(stored_live, live, "{entity:?}: live rows in the copy");
+    }
+}
+
+fn same(stored: &Value, col: &Col) -> bool {
+    match col {
+        Col::Text(v) => stored == &json!(v),
+        Col::Int(v) => stored == &json!(v),
+        Col::Bool(v) => stored == &json!(v),
+        Col::Json(v) => stored == v.as_ref().unwrap_or(&Value::Null),
+        Col::Ts(v) => {
+            let s = stored
+                .as_str()
+                .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
+                .map(|d| d.with_timezone(&Utc));
+            s == *v
+        }
+        Col::Date(v) => stored.as_str().and_then(|s| NaiveDate::from_str(s).ok()) == *v,
+    }
+}
+
+async fn stream_row(db: &TestDb, stream: &str) -> Value {
+    sqlx::query_scalar("SELECT to_jsonb(s) FROM sync_streams s WHERE stream = $1")
+        .bind(stream)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn the_copy_converges_on_the_stand_in_whatever_the_webhooks_did() {
+    let app = TestApp::spawn().await;
+    let sim = stand_in(Options {
+        webhook_url: Some(app.webhook_url()),
+        drop: 0.3,
+        duplicate: 0.3,
+        reorder: 0.6,
+        ..Options::small(30)
+    })
+    .await;
+    let r = reconciler(&app.db, &sim, |_| {});
+
+    // The first pass is a backfill: everything is new, and nothing counts as a repair.
+    let backfill = pass(&r, false).await;
+    assert!(backfill.iter().all(|r| r.kind == Kind::Full));
+    assert_eq!(total(&backfill, |r| r.repairs), 0);
+    assert_eq!(
+        total(&backfill, |r| r.changed),
+        total(&backfill, |r| r.seen)
+    );
+    assert_converged(&app.db, &sim).await;
+
+    // Changes arrive by webhook, 30% dropped, 30% repeated, reordered.
+    sim.simulator.mutate(150, None, Notify::Deliver);
+    assert!(sim.simulator.flush(Duration::from_secs(30)).await);
+    app.settle().await;
+    let undelivered = sim.simulator.undelivered();
+    let summary = sim.simulator.delivery_summary();
+    println!(
+        "[convergence] deliveries: {summary:?}; objects whose latest state was lost: {}",
+        undelivered.len()
+    );
+    assert!(!undelivered.is_empty(), "the test needs lost webhooks");
+
+    // One full pass repairs exactly what the webhooks lost.
+    let repair = pass(&r, true).await;
+    assert_converged(&app.db, &sim).await;
+    let repairs = total(&repair, |r| r.repairs);
+    println!(
+        "[convergence] repairs={repairs} (expected {})",
+        undelivered.len()
+    );
+    assert_eq!(
+        repairs as usize,
+        undelivered.len(),
+        "repairs = objects whose latest state no webhook carried"
+    );
+
+    // The metric and the status route say the same.
+    let metrics = app
+        .http
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("psync_webhook_deliveries_total"));
+    let total_repairs: i64 =
+        sqlx::query_scalar("SELECT sum(total_repairs)::bigint FROM sync_streams")
+            .fetch_one(&app.db.pool)
+            .await
+            .unwrap();
+    assert_eq!(total_repairs, repairs);
+
+    // Nothing left to do: a second pass changes nothing.
+    let again = pass(&r, true).await;
+    assert_eq!(total(&again, |r| r.changed), 0);
+    sim.stop().await.unwrap();
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn incremental_passes_catch_updates_and_windows_catch_recent_objects() {
+    let db = TestDb::new().await;
+    let sim = stand_in(Options {
+        history_days: 10,
+        ..Options::small(20)
+    })
+    .await;
+    let r = reconciler(&db, &sim, |_| {});
+    pass(&r, false).await;
+
+    // Changes no webhook announced at all.
+    sim.simulator.mutate(60, None, Notify::None);
+    let reports = pass(&r, false).await;
+    for report in &reports {
+        let expected = match report.entity {
+            Entity::Transaction | Entity::Reward => Kind::Window,
+            _ => Kind::Incremental,
+        };
+        assert_eq!(report.kind, expected, "{:?}", report.entity);
+    }
+    // Incremental passes read only what changed since the watermark (plus the overlap).
+    let customers = reports
+        .iter()
+        .find(|r| r.entity == Entity::Customer)
+        .unwrap();
+    assert!(customers.seen < sim.simulator.listed_keys(Entity::Customer).len() as i64);
+    assert!(total(&reports, |r| r.repairs) > 0);
+    // Archived customers vanish from the list; only a full scan can tell.
+    let full = pass(&r, true).await;
+    assert_converged(&db, &sim).await;
+    println!(
+        "[incremental] repairs: incremental={} full={}",
+        total(&reports, |r| r.repairs),
+        total(&full, |r| r.repairs)
+    );
+    sim.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn late_changes_to_old_objects_are_caught_by_the_full_rescan() {
+    let db = TestDb::new().await;
+    let sim = stand_in(Options {
+        history_days: 120,
+        ..Options::small(20)
+    })
+    .await;
+    let r = reconciler(&db, &sim, |c| c.full_interval = Duration::from_secs(3600));
+    let sixty_days_ago = sim.simulator.now_ms() - 60 * 86_400_000;
+    // Pick an unapproved transaction and a pending reward, and make them 60 days old.
+    let old_tx = truth(&sim, Entity::Transaction)
+        .into_iter()
+        .find(|t| t["approved"] == json!(false))
+        .expect("an unapproved transaction");
+    let old_reward = truth(&sim, Entity::Reward)
+        .into_iter()
+        .find(|r| r["reward_status"] != json!("paid"))
+        .expect("an unpaid reward");
+    let (tx_key, reward_key) = (
+        old_tx["key"].as_str().unwrap().to_string(),
+        old_reward["key"].as_str().unwrap().to_string(),
+    );
+    let backdate: Map<String, Value> = json!({"created_at": sixty_days_ago})
+        .as_object()
+        .unwrap()
+        .clone();
+    sim.simulator
+        .patch(Entity::Transaction, &tx_key, &backdate, Notify::None)
+        .unwrap();
+    sim.simulator
+        .patch(Entity::Reward, &reward_key, &backdate, Notify::None)
+        .unwrap();
+    pass(&r, false).await; // backfill
+
+    // Sixty days on, the transaction is approved and the reward paid; the webhooks are lost.
+    let approve: Map<String, Value> = json!({"approved": true}).as_object().unwrap().clone();
+    let paid: Map<String, Value> = json!({"reward_status": "paid"})
+        .as_object()
+        .unwrap()
+        .clone();
+    sim.simulator
+        .patch(Entity::Transaction, &tx_key, &approve, Notify::Drop)
+        .unwrap();
+    sim.simulator
+        .patch(Entity::Reward, &reward_key, &paid, Notify::Drop)
+        .unwrap();
+
+    let approved = |db: &TestDb, key: String| {
+        let pool = db.pool.clone();
+        async move {
+            sqlx::query_scalar::<_, Option<bool>>(
+                "SELECT approved FROM transactions WHERE key = $1",
+            )
+            .bind(key)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+        }
+    };
+    let status = |db: &TestDb, key: String| {
+        let pool = db.pool.clone();
+        async move {
+            sqlx::query_scalar::<_, Option<String>>(
+                "SELECT reward_status FROM rewards WHERE key = $1",
+            )
+            .bind(key)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+        }
+    };
+    // The 30-day creation window does not reach them...
+    pass(&r, false).await;
+    assert_eq!(approved(&db, tx_key.clone()).await, Some(false));
+    assert_ne!(
+        status(&db, reward_key.clone()).await.as_deref(),
+        Some("paid")
+    );
+    // ...the full re-scan, once due, does.
+    sqlx::query("UPDATE sync_streams SET last_full_at = now() - interval '2 hours'")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let reports = pass(&r, false).await;
+    assert!(reports.iter().all(|r| r.kind == Kind::Full));
+    assert_eq!(approved(&db, tx_key).await, Some(true));
+    assert_eq!(status(&db, reward_key).await.as_deref(), Some("paid"));
+    assert_eq!(total(&reports, |r| r.repairs), 2);
+    sim.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_pass_killed_mid_stream_resumes_from_its_checkpoint_and_misses_nothing() {
+    let db = TestDb::new().await;
+    let sim = stand_in(Options {
+        customers: 500,
+        ..Options::small(5)
+    })
+    .await;
+    let r = reconciler(&db, &sim, |_| {});
+    let customers = sim.simulator.listed_keys(Entity::Customer).len() as i64;
+
+    // Stopped after 3 pages (as at shutdown): the checkpoint stays.
+    let stop = CancellationToken::new();
+    let trigger = stop.clone();
+    let progress = move |p: Progress| {
+        if p.pages >= 3 {
+            trigger.cancel();
+        }
+    };
+    let reports = r
+        .run_once(
+            &[Entity::Customer],
+            false,
+            Duration::from_secs(10),
+            &stop,
+            &progress,
+        )
+        .await
+        .unwrap();
+    assert!(matches!(reports[0], Err(PassError::Interrupted)));
+    let row = stream_row(&db, "customers").await;
+    assert_eq!(row["pass_pages"], 3);
+    assert_eq!(row["pass_seen"], 3 * PAGE_SIZE);
+    assert!(row["pass_cursor"].is_string());
+
+    // Killed outright mid-page (its connection dies with it): nothing of that page stays.
+    sim.simulator
+        .faults()
+        .update(FaultUpdate {
+            slow_ms: Some(30),
+            ..FaultUpdate::default()
+        })
+        .unwrap();
+    let stop = CancellationToken::new();
+    let killed = tokio::time::timeout(
+        Duration::from_millis(500),
+        r.run_once(
+            &[Entity::Customer],
+            false,
+            Duration::from_secs(10),
+            &stop,
+            &|_| {},
+        ),
+    )
+    .await;
+    assert!(killed.is_err(), "the pass should still have been running");
+    let pages_at_kill = stream_row(&db, "customers").await["pass_pages"]
+        .as_i64()
+        .unwrap();
+    assert!(pages_at_kill >= 3);
+    sim.simulator
+        .faults()
+        .update(FaultUpdate {
+            slow_ms: Some(0),
+            ..FaultUpdate::default()
+        })
+        .unwrap();
+
+    // The next attempt resumes and completes; every object was read exactly once.
+    let reports = r
+        .run_once(
+            &[Entity::Customer],
+            false,
+            Duration::from_secs(30),
+            &stop,
+            &|_| {},
+        )
+        .await
+        .unwrap();
+    let report = reports.into_iter().next().unwrap().unwrap();
+    assert!(report.resumed);
+    assert_eq!(
+        report.seen, customers,
+        "every customer read once across the interrupted pass"
+    );
+    assert_eq!(report.changed, customers, "and applied once");
+    assert_eq!(db.count("SELECT count(*) FROM customers").await, customers);
+    println!(
+        "[crash] {customers} customers, pages before kill={pages_at_kill}, total pages={}",
+        report.pages
+    );
+    sim.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn rate_limits_errors_and_slow_pages_are_survived_and_a_stalled_cursor_fails_only_its_stream()
+{
+    let db = TestDb::new().await;
+    let sim = stand_in(program()).await;
+    let r = reconciler(&db, &sim, |_| {});
+    let faults = sim.simulator.faults();
+    faults
+        .update(FaultUpdate {
+            throttle_next: Some(5),
+            retry_after: Some(0),
+            ..FaultUpdate::default()
+        })
+        .unwrap();
+    let reports = pass(&r, false).await;
+    assert!(total(&reports, |r| r.seen) > 0);
+    faults
+        .update(FaultUpdate {
+            fail_next: Some(4),
+            fail_status: Some(502),
+            slow_ms: Some(20),
+            ..FaultUpdate::default()
+        })
+        .unwrap();
+    pass(&r, true).await;
+    faults
+        .update(FaultUpdate {
+            slow_ms: Some(0),
+            ..FaultUpdate::default()
+        })
+        .unwrap();
+    assert_converged(&db, &sim).await;
+    assert!(faults.answers().get(&429).copied().unwrap_or(0) >= 5);
+    assert!(faults.answers().get(&502).copied().unwrap_or(0) >= 4);
+
+    // A stalled cursor ends that stream's pass with a recorded error; the others complete.
+    faults
+        .update(FaultUpdate {
+            stall: Some(vec!["customers".into()]),
+            ..FaultUpdate::default()
+        })
+        .unwrap();
+    let stop = CancellationToken::new();
+    let reports = r
+        .run_once(&Entity::ALL, true, Duration::from_secs(10), &stop, &|_| {})
+        .await
+        .unwrap();
+    for (entity, result) in Entity::ALL.iter().zip(&reports) {
+        match (entity, result) {
+            (Entity::Customer, Err(e)) => assert!(e.to_string().contains("cursor"), "{e}"),
+            (Entity::Customer, Ok(_)) => panic!("a stalled cursor must fail the pass"),
+            (other, r) => assert!(r.is_ok(), "{other:?}: {r:?}"),
+        }
+    }
+    let row = stream_row(&db, "customers").await;
+    assert_eq!(row["last_status"], "error");
+    assert!(row["last_error"].as_str().unwrap().contains("cursor"));
+    assert!(
+        row["pass_id"].is_null(),
+        "a stalled pass is abandoned, not resumed"
+    );
+    assert_eq!(row["failures"], 1);
+    sim.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn archived_customers_are_marked_deleted_only_after_a_complete_full_scan() {
+    let db = TestDb::new().await;
+    let sim = stand_in(Options {
+        customers: 60,
+        ..Options::small(5)
+    })
+    .await;
+    let r = reconciler(&db, &sim, |c| c.max_delete_fraction = 0.2);
+    pass(&r, false).await;
+    let changes = sim
+        .simulator
+        .mutate(2, Some(MutationKind::ArchiveCustomer), Notify::Drop);
+    let archived: HashSet<String> = changes
+        .iter()
+        .filter(|c| c.entity == Entity::Customer)
+        .map(|c| c.key.clone())
+        .collect();
+    assert_eq!(archived.len(), 2);
+    let deleted = || async {
+        db.count("SELECT count(*) FROM customers WHERE deleted_at IS NOT NULL")
+            .await
+    };
+
+    // A full scan that fails half-way marks nothing.
+    let faults = sim.simulator.faults();
+    faults
+        .update(FaultUpdate {
+            stall: Some(vec!["customers".into()]),
+            ..FaultUpdate::default()
+        })
+        .unwrap();
+    let stop = CancellationToken::new();
+    let failed = r
+        .run_once(
+            &[Entity::Customer],
+            true,
+            Duration::from_secs(10),
+            &stop,
+            &|_| {},
+        )
+        .await
+        .unwrap();
+    assert!(failed[0].is_err());
+    assert_eq!(deleted().await, 0);
+
+    // A complete one marks exactly the archived customers.
+    faults
+        .update(FaultUpdate {
+            stall: Some(vec![]),
+            ..FaultUpdate::default()
+        })
+        .unwrap();
+    let done = r
+        .run_once(
+            &[Entity::Customer],
+            true,
+            Duration::from_secs(10),
+            &stop,
+            &|_| {},
+        )
+        .await
+        .unwrap();
+    let report = done.into_iter().next().unwrap().unwrap();
+    assert_eq!(report.deleted, 2);
+    assert_eq!(report.repairs, 2, "a lost deletion is a repair");
+    let marked: Vec<String> =
+        sqlx::query_scalar("SELECT key FROM customers WHERE deleted_at IS NOT NULL")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(marked.into_iter().collect::<HashSet<_>>(), archived);
+
+    // The guard: a listing that lost most customers marks none of them.
+    sim.simulator
+        .mutate(30, Some(MutationKind::ArchiveCustomer), Notify::Drop);
+    let guarded = r
+        .run_once(
+            &[Entity::Customer],
+            true,
+            Duration::from_secs(10),
+            &stop,
+            &|_| {},
+        )
+        .await
+        .unwrap();
+    let report = guarded.into_iter().next().unwrap().unwrap();
+    assert_eq!(report.deleted, 0);
+    assert!(
+        report
+            .warning
+            .as_deref()
+            .unwrap_or("")
+            .contains("max_delete_fraction")
+    );
+    assert_eq!(deleted().await, 2);
+    assert_eq!(stream_row(&db, "customers").await["last_status"], "error");
+    sim.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_superseded_pass_cannot_move_the_checkpoint() {
+    use partnerstack_sync::db::sync::{self, PageTotals, PassPlan};
+    use sqlx::Connection as _;
+    let db = TestDb::new().await;
+    let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    sync::ensure_streams(&mut conn, &["customers"])
+        .await
+        .unwrap();
+    let plan = PassPlan {
+        kind: "full",
+        min_updated: None,
+        min_created: None,
+    };
+    let (old, _) = sync::begin_pass(&mut conn, "customers", plan, "a")
+        .await
+        .unwrap();
+    assert!(
+        sync::record_page(
+            &mut conn,
+            "customers",
+            old,
+            Some("cus_9"),
+            PageTotals::default()
+        )
+        .await
+        .unwrap()
+    );
+    let (new, _) = sync::begin_pass(&mut conn, "customers", plan, "b")
+        .await
+        .unwrap();
+    assert!(
+        sync::record_page(
+            &mut conn,
+            "customers",
+            new,
+            Some("cus_5"),
+            PageTotals::default()
+        )
+        .await
+        .unwrap()
+    );
+    // The old pass's writer comes back: its page is refused, the new checkpoint stands.
+    assert!(
+        !sync::record_page(
+            &mut conn,
+            "customers",
+            old,
+            Some("cus_1"),
+            PageTotals::default()
+        )
+        .await
+        .unwrap()
+    );
+    let finish = sync::Finish {
+        full: true,
+        deleted: 0,
+        extra_repairs: 0,
+        warning: None,
+    };
+    assert!(
+        !sync::finish_pass(&mut conn, "customers", old, finish)
+            .await
+            .unwrap()
+    );
+    let row = stream_row(&db, "customers").await;
+    assert_eq!(row["pass_cursor"], "cus_5");
+    assert_eq!(row["pass_id"], new);
+    assert_eq!(row["runner"], "b");
+}
+
+#[tokio::test]
+async fn sync_status_and_on_demand_passes() {
+    let sim = stand_in(program()).await;
+    let base_url = sim.base_url();
+    let app = TestApp::spawn_with(|c| {
+        c.partnerstack = client_config(&base_url);
+        c.reconcile.interval = Some(Duration::from_secs(3600));
+    })
+    .await;
+    // The leader backfills every stream at start.
+    let status = wait_for(&app, |s| {
+        s["streams"]
+            .as_array()
+            .is_some_and(|a| a.len() == 7 && a.iter().all(|x| x["last"]["status"] == "ok"))
+    })
+    .await;
+    assert_eq!(status["enabled"], true);
+    assert_eq!(status["leader"], true);
+    for s in status["streams"].as_array().unwrap() {
+        assert_eq!(s["last"]["kind"], "full", "{s}");
+        assert!(s["last"]["seen"].as_i64().unwrap() > 0, "{s}");
+        assert!(s["watermark"].is_string());
+    }
+
+    // Ask for a pass; the leader runs it within seconds.
+    sim.simulator
+        .mutate(5, Some(MutationKind::NewCustomer), Notify::Drop);
+    let before = app.db.count("SELECT count(*) FROM customers").await;
+    let r = app
+        .http
+        .post(app.url("/v1/sync/customers"))
+        .bearer_auth(crate::common::API_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let finished = AtomicI64::new(0);
+    wait_for(&app, |s| {
+        let c = s["streams"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["stream"] == "customers")
+            .unwrap();
+        finished.store(c["total_repairs"].as_i64().unwrap_or(0), Ordering::Relaxed);
+        c["total_repairs"].as_i64() == Some(5)
+    })
+    .await;
+    assert_eq!(
+        app.db.count("SELECT count(*) FROM customers").await,
+        before + 5
+    );
+    let metrics = app
+        .http
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("psync_reconcile_repairs_total{stream=\"customers\"} 5"),
+        "{metrics}"
+    );
+
+    let unknown = app
+        .http
+        .post(app.url("/v1/sync/nonsense"))
+        .bearer_auth(crate::common::API_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unknown.status(), 404);
+    sim.stop().await.unwrap();
+    app.stop().await;
+}
+
+/// Polls GET /v1/sync until `ok` holds (at most 30 s); returns the last status.
+async fn wait_for(app: &TestApp, ok: impl Fn(&Value) -> bool) -> Value {
+    let mut last = Value::Null;
+    for _ in 0..300 {
+        let r = app.api_get("/v1/sync").await;
+        last = r.json::<Value>().await.unwrap()["data"].clone();
+        if ok(&last) {
+            return last;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("condition not reached in 30 s; last status: {last}");
+}
+
+/// `GET /v1/sync` of a service process.
+async fn sync_of(service: &Process) -> Value {
+    let http = partnerstack_sync::http_client::builder().build().unwrap();
+    let r = http
+        .get(service.url("/v1/sync"))
+        .bearer_auth(crate::common::API_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    r.json::<Value>().await.unwrap()["data"].clone()
+}
+
+#[tokio::test]
+async fn one_replica_reconciles_and_another_takes_over_when_it_dies() {
+    let db = TestDb::new().await;
+    let sim = stand_in(program()).await;
+    let base = sim.base_url();
+    let env = [
+        ("DATABASE_URL", Some(db.url.as_str())),
+        ("PARTNERSTACK_BASE_URL", Some(base.as_str())),
+        ("PARTNERSTACK_PUBLIC_KEY", Some(crate::client::PUBLIC_KEY)),
+        ("PARTNERSTACK_SECRET_KEY", Some(crate::client::SECRET_KEY)),
+        ("PARTNERSTACK_REQUESTS_PER_SECOND", Some("1000")),
+        ("PSYNC_RECONCILE_INTERVAL", Some("1s")),
+    ];
+    let a = Process::serve(&env).await;
+    let b = Process::serve(&env).await;
+    let leaders = |(x, y): (&Value, &Value)| [x, y].iter().filter(|s| s["leader"] == true).count();
+
+    // Exactly one leads, and it is the one running passes.
+    let mut status = (Value::Null, Value::Null);
+    for _ in 0..300 {
+        status = (sync_of(&a).await, sync_of(&b).await);
+        if leaders((&status.0, &status.1)) == 1
+            && status.0["streams"].as_array().is_some_and(|s| s.len() == 7)
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(leaders((&status.0, &status.1)), 1, "{status:?}");
+    let (leader, follower) = if status.0["leader"] == true {
+        (a, b)
+    } else {
+        (b, a)
+    };
+    let leader_id = sync_of(&leader).await["runner"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let follower_id = sync_of(&follower).await["runner"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for _ in 0..50 {
+        // Both observe the same, single reconciler at work.
+        let runners: HashSet<String> = sync_of(&follower).await["streams"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|s| s["runner"].as_str().map(String::from))
+            .collect();
+        assert!(runners.iter().all(|r| r == &leader_id), "{runners:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // The leader dies without a word; the follower takes over within seconds.
+    leader.kill();
+    let killed = std::time::Instant::now();
+    let mut took_over = false;
+    while killed.elapsed() < Duration::from_secs(30) {
+        if sync_of(&follower).await["leader"] == true {
+            took_over = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(took_over, "the follower did not take over within 30 s");
+    println!(
+        "[leadership] took over {:?} after the kill",
+        killed.elapsed()
+    );
+    // And it runs the passes now.
+    sim.simulator
+        .mutate(3, Some(MutationKind::NewCustomer), Notify::Drop);
+    let mut ran = false;
+    for _ in 0..200 {
+        let s = sync_of(&follower).await;
+        let customers = s["streams"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["stream"] == "customers")
+            .cloned()
+            .unwrap();
+        if customers["runner"] == json!(follower_id) && customers["last"]["status"] == "ok" {
+            ran = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(ran, "the new leader did not run a pass");
+    follower.terminate().await;
+    sim.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_reconcile_command_completes_a_full_pass_of_100k_objects_with_progress() {
+    let db = TestDb::new().await;
+    let sim = stand_in(Options {
+        groups: 10,
+        partners: 5_000,
+        customers: 30_000,
+        transactions: 40_000,
+        rewards: 15_000,
+        deals: 5_000,
+        leads: 4_990,
+        ..Options::default()
+    })
+    .await;
+    let objects: usize = Entity::ALL
+        .iter()
+        .map(|e| sim.simulator.listed_keys(*e).len())
+        .sum();
+    assert!(objects >= 99_000, "{objects}");
+    let started = std::time::Instant::now();
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_partnerstack-sync"))
+        .args(["reconcile", "--full"])
+        .env("DATABASE_URL", &db.url)
+        .env("PARTNERSTACK_BASE_URL", sim.base_url())
+        .env("PARTNERSTACK_PUBLIC_KEY", crate::client::PUBLIC_KEY)
+        .env("PARTNERSTACK_SECRET_KEY", crate::client::SECRET_KEY)
+        .env("PARTNERSTACK_REQUESTS_PER_SECOND", "10000")
+        .env("PARTNERSTACK_PAGE_SIZE", "250")
+        .env("RUST_LOG", "warn")
+        .output()
+        .await
+        .unwrap();
+    let took = started.elapsed();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "reconcile failed:\n{stderr}");
+    let done: Vec<&str> = stderr.lines().filter(|l| l.contains(" done: ")).collect();
+    assert_eq!(done.len(), 7, "one summary per stream:\n{stderr}");
+    assert!(
+        stderr.lines().any(|l| l.contains(" page ")),
+        "progress lines:\n{stderr}"
+    );
+    let mut stored = 0;
+    for entity in Entity::ALL {
+        let n = db
+            .count(&format!(
+                "SELECT count(*) FROM {} WHERE deleted_at IS NULL",
+                entity.table()
+            ))
+            .await;
+        assert_eq!(
+            n as usize,
+            sim.simulator.listed_keys(entity).len(),
+            "{entity:?}"
+        );
+        stored += n;
+    }
+    println!(
+        "[reconcile --full] {stored} objects in {took:?} ({:.0}/s, debug build)",
+        stored as f64 / took.as_secs_f64()
+    );
+    sim.stop().await.unwrap();
+}
