@@ -10,7 +10,7 @@ use partnerstack_sync::db::embedded::EmbeddedPostgres;
 use secrecy::ExposeSecret;
 use serde_json::Value;
 
-use crate::common::{Process, TestApp, TestDb, WEBHOOK_TOKEN, free_port, shared_temp_dir};
+use crate::common::{Process, TestApp, TestDb, WEBHOOK_TOKEN, shared_temp_dir};
 use crate::load::{self, Answer, Client, Tally};
 
 fn report(scenario: &str, tally: &Tally, committed: i64, lost: usize) {
@@ -497,15 +497,22 @@ async fn secrets_never_reach_the_logs() {
         .and_then(|creds| creds.split(':').nth(1))
         .expect("the test database URL has a password")
         .to_string();
-    // Nothing listens at this base URL: the reconciler's attempts fail and are logged.
-    let nowhere = format!("http://127.0.0.1:{}/api/v2", free_port());
+    // A stand-in that accepts these keys: the reconciler authenticates and runs passes.
+    let sim = partnerstack_sync::simulate::start(
+        &partnerstack_sync::simulate::Options::small(5),
+        public,
+        secret,
+    )
+    .await
+    .unwrap();
+    let base_url = sim.base_url();
     let (mut cmd, port) = Process::command(&[
         ("DATABASE_URL", Some(&db.url)),
         ("PSYNC_WEBHOOK_SIGNING_SECRETS", Some(signing)),
         ("PSYNC_API_TOKENS", Some(api)),
         ("PARTNERSTACK_PUBLIC_KEY", Some(public)),
         ("PARTNERSTACK_SECRET_KEY", Some(secret)),
-        ("PARTNERSTACK_BASE_URL", Some(&nowhere)),
+        ("PARTNERSTACK_BASE_URL", Some(&base_url)),
         ("PSYNC_RECONCILE_INTERVAL", Some("1s")),
         ("PSYNC_LOG_FORMAT", Some("json")),
         ("RUST_LOG", Some("debug")),
@@ -555,6 +562,9 @@ async fn secrets_never_reach_the_logs() {
     }
     tokio::time::sleep(Duration::from_secs(3)).await;
     service.terminate().await;
+    let served = sim.simulator.faults().answers().get(&200).copied().unwrap_or(0);
+    assert!(served > 0, "the reconciler used the PartnerStack keys");
+    sim.stop().await.unwrap();
     let logs = format!("{}{}", out.join().unwrap(), err.join().unwrap());
     assert!(
         logs.lines().count() > 10,
