@@ -42,7 +42,6 @@ impl Workload for Deliveries {
 }
 
 /// GETs with a bearer token; `paths` are cycled through.
-#[allow(dead_code)] // used by the query scenario
 pub struct Gets {
     pub paths: Vec<String>,
     pub token: String,

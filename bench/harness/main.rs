@@ -10,6 +10,7 @@
 
 mod load;
 mod pgbench;
+mod scenarios;
 mod service;
 
 use std::fmt::Write as _;
@@ -128,6 +129,8 @@ async fn run(quick: bool) -> anyhow::Result<()> {
 
     let result = async {
         ingest(&mut bench).await.context("ingest scenario")?;
+        scenarios::reconcile(&mut bench, quick).await.context("reconcile scenario")?;
+        scenarios::query(&mut bench, quick).await.context("query scenario")?;
         footprint(&mut bench).await.context("footprint scenario")?;
         anyhow::Ok(())
     }

@@ -192,7 +192,6 @@ pub fn per_delivery_script() -> String {
 }
 
 /// One reconciler page per transaction: `rows` rows upserted in one statement.
-#[allow(dead_code)] // used by the reconcile scenario
 pub fn page_upsert_script(entity: Entity, rows: usize) -> String {
     let key = "('obj_' || :client_id::text || '_' || :n::text)";
     let upsert = bind(&upsert_sql_for(entity), &upsert_exprs(entity, rows, key));

@@ -110,6 +110,29 @@ pub async fn list<C: Collection>(
     pool: &PgPool,
     query: Option<&str>,
 ) -> Result<List<C::Item>, ApiError> {
+    let (mut q, limit) = list_query::<C>(query)?;
+    let mut items: Vec<C::Item> = q.build_query_as().fetch_all(pool).await?;
+    let has_more = items.len() as i64 > limit;
+    items.truncate(limit as usize);
+    items.iter_mut().for_each(C::finish);
+    let ending_cursor = match items.last() {
+        Some(last) if has_more => Some(cursor::encode(C::NAME, &C::position(last))),
+        _ => None,
+    };
+    Ok(List {
+        data: Page {
+            items,
+            has_more,
+            ending_cursor,
+        },
+    })
+}
+
+/// The statement `GET /v1/{collection}?{query}` runs (it fetches one row more than the
+/// page, to tell whether another follows), and the page size. Benchmarks replay it.
+pub fn list_query<C: Collection>(
+    query: Option<&str>,
+) -> Result<(QueryBuilder<Postgres>, i64), ApiError> {
     let query = QueryParams::parse(query, &accepted::<C>())?;
     let paging: Paging = query.read()?;
     let deleted: Deleted = query.read()?;
@@ -164,22 +187,7 @@ pub async fn list<C: Collection>(
     });
     // One extra row says whether another page follows.
     q.push(" LIMIT ").push_bind(limit + 1);
-
-    let mut items: Vec<C::Item> = q.build_query_as().fetch_all(pool).await?;
-    let has_more = items.len() as i64 > limit;
-    items.truncate(limit as usize);
-    items.iter_mut().for_each(C::finish);
-    let ending_cursor = match items.last() {
-        Some(last) if has_more => Some(cursor::encode(C::NAME, &C::position(last))),
-        _ => None,
-    };
-    Ok(List {
-        data: Page {
-            items,
-            has_more,
-            ending_cursor,
-        },
-    })
+    Ok((q, limit))
 }
 
 /// `GET /v1/{collection}/{key}`: soft-deleted objects are found too (their `deleted_at`

@@ -93,6 +93,30 @@ pub async fn partner_summary(
     if key.is_empty() || key.contains('\0') {
         return Err(not_found());
     }
+    let row: Row = summary_query(key)
+        .build_query_as()
+        .fetch_optional(pool)
+        .await?
+        .ok_or_else(not_found)?;
+    Ok(PartnerSummary {
+        key: row.key,
+        partner_key: row.partner_key,
+        customers: CustomerTotals {
+            count: row.customers,
+        },
+        transactions: TransactionTotals {
+            count: row.transaction_count,
+            by_currency: row.transactions.0,
+        },
+        rewards: RewardTotals {
+            count: row.reward_count,
+            by_status: row.rewards.0,
+        },
+    })
+}
+
+/// The one statement behind [`partner_summary`]; every bind is `key`. Benchmarks replay it.
+pub fn summary_query(key: &str) -> QueryBuilder<Postgres> {
     let mut q = QueryBuilder::<Postgres>::new(
         "WITH p AS (SELECT t.key, t.partner_key FROM partners t WHERE t.key = ",
     );
@@ -130,24 +154,5 @@ pub async fn partner_summary(
                 FROM rw GROUP BY reward_status, currency) x) AS rewards
         FROM p",
     );
-    let row: Row = q
-        .build_query_as()
-        .fetch_optional(pool)
-        .await?
-        .ok_or_else(not_found)?;
-    Ok(PartnerSummary {
-        key: row.key,
-        partner_key: row.partner_key,
-        customers: CustomerTotals {
-            count: row.customers,
-        },
-        transactions: TransactionTotals {
-            count: row.transaction_count,
-            by_currency: row.transactions.0,
-        },
-        rewards: RewardTotals {
-            count: row.reward_count,
-            by_status: row.rewards.0,
-        },
-    })
+    q
 }

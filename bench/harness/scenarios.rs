@@ -1,0 +1,283 @@
+//! Scenarios 2 and 3: reconcile and query, each against its pgbench baseline.
+
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use partnerstack_sync::api::collection::list_query;
+use partnerstack_sync::api::resources::Customers;
+use partnerstack_sync::api::summary::summary_query;
+use partnerstack_sync::partnerstack::models::Entity;
+use sqlx::{Connection, PgConnection};
+
+use crate::service::{self, API_TOKEN, Service};
+use crate::{Bench, Row, count, load, pgbench};
+
+const PUBLIC_KEY: &str = "pk_bench_0123456789";
+const SECRET_KEY: &str = "sk_bench_0123456789";
+
+/// A `simulate` process with `scale` times (5k partners, 30k customers, 40k transactions,
+/// 15k rewards, 5k deals, 5k leads) objects.
+struct Simulator {
+    child: std::process::Child,
+    base_url: String,
+}
+
+impl Simulator {
+    async fn start(scale: usize) -> anyhow::Result<Simulator> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let n = |base: usize| (base * scale / 100_000).max(1).to_string();
+        let child = std::process::Command::new(service::binary())
+            .args(["simulate", "--listen", &format!("127.0.0.1:{port}"), "--seed", "42"])
+            .args(["--groups", "10", "--partners", &n(5_000), "--customers", &n(30_000)])
+            .args(["--transactions", &n(40_000), "--rewards", &n(15_000)])
+            .args(["--deals", &n(5_000), "--leads", &n(5_000)])
+            .env("PARTNERSTACK_PUBLIC_KEY", PUBLIC_KEY)
+            .env("PARTNERSTACK_SECRET_KEY", SECRET_KEY)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()?;
+        let mut sim = Simulator { child, base_url: format!("http://127.0.0.1:{port}/api/v2") };
+        let http = partnerstack_sync::http_client::builder().build()?;
+        let started = Instant::now();
+        loop {
+            if let Some(status) = sim.child.try_wait()? {
+                anyhow::bail!("simulate exited: {status}");
+            }
+            if let Ok(r) = http.get(format!("http://127.0.0.1:{port}/admin/stats")).send().await
+                && r.status().is_success()
+            {
+                return Ok(sim);
+            }
+            anyhow::ensure!(started.elapsed() < Duration::from_secs(300), "simulate did not start");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for Simulator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `reconcile --full` of a fresh database against a stand-in of `scale` objects: objects
+/// per second and the process's peak RSS.
+async fn reconcile_run(bench: &Bench, scale: usize) -> anyhow::Result<(i64, f64, f64)> {
+    let sim = Simulator::start(scale).await?;
+    let url = bench.database("bench_reconcile").await?;
+    let started = Instant::now();
+    let child = tokio::process::Command::new(service::binary())
+        .args(["reconcile", "--full"])
+        .env("DATABASE_URL", &url)
+        .env("PARTNERSTACK_BASE_URL", &sim.base_url)
+        .env("PARTNERSTACK_PUBLIC_KEY", PUBLIC_KEY)
+        .env("PARTNERSTACK_SECRET_KEY", SECRET_KEY)
+        .env("PARTNERSTACK_REQUESTS_PER_SECOND", "100000")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let pid = child.id().unwrap_or(0);
+    let (sampler, stop) = service::sample_peak_rss(pid);
+    let output = child.wait_with_output().await?;
+    let took = started.elapsed();
+    let _ = stop.send(());
+    let peak = sampler.await?;
+    anyhow::ensure!(output.status.success(), "reconcile --full failed");
+    let mut objects = 0;
+    for entity in Entity::ALL {
+        objects += count(&url, &format!("SELECT count(*) FROM {}", entity.table())).await?;
+    }
+    Ok((objects, objects as f64 / took.as_secs_f64(), peak))
+}
+
+/// Scenario 2: reconcile from empty against `simulate`.
+pub async fn reconcile(bench: &mut Bench, quick: bool) -> anyhow::Result<()> {
+    println!("bench: reconcile");
+    let base_url = bench.database("bench_pages").await?;
+    let duration = if quick { Duration::from_secs(5) } else { Duration::from_secs(20) };
+    let script = pgbench::page_upsert_script(Entity::Customer, 100);
+    let base = pgbench::run(&base_url, &script, 1, duration, None, &bench.work, "page-upsert")?;
+    let base_rows = base.tps * 100.0;
+
+    let (small, large) = if quick { (20_000, 50_000) } else { (100_000, 1_000_000) };
+    let (objects, rate, peak_small) = reconcile_run(bench, small).await?;
+    let ratio = rate / base_rows;
+    bench.row(Row::new(
+        "reconcile",
+        format!("reconcile --full of {objects} objects, objects/s"),
+        format!("{rate:.0}"),
+        format!("{base_rows:.0}"),
+        Some(ratio),
+        ">= 0.8x baseline",
+        Some(ratio >= 0.8),
+    ));
+    let (objects_large, rate_large, peak_large) = reconcile_run(bench, large).await?;
+    let growth = peak_large / peak_small;
+    bench.row(Row::new(
+        "reconcile",
+        format!("peak RSS, {objects} vs {objects_large} objects, MiB"),
+        format!("{peak_small:.1} / {peak_large:.1}"),
+        "-".into(),
+        Some(growth),
+        "within 10% (ratio <= 1.10)",
+        Some(growth <= 1.10),
+    ));
+    bench.notes.push(format!(
+        "Reconcile: one `reconcile --full` process, page size 100 (the default), one page \
+         fetched ahead while the previous is applied; {objects_large} objects ran at \
+         {rate_large:.0}/s. Baseline: pgbench, 1 client (the reconciler applies one page at a \
+         time), 100-row pages of the service's customer upsert ({:.0} pages/s).",
+        base.tps
+    ));
+    Ok(())
+}
+
+/// Loads 1,000 partners, 1,000,000 customers, 1,000,000 transactions and 200,000
+/// rewards into `url` with SQL (the query scenario is about reading).
+async fn load_program(url: &str, customers: i64) -> anyhow::Result<()> {
+    let mut conn = PgConnection::connect(url).await?;
+    let statements = [
+        "INSERT INTO partners (key, partner_key, email, group_key, created_at, updated_at, observed_at, raw, source, synced_at)
+         SELECT 'part_' || i, 'partner_' || i, 'p' || i || '@example.com', 'grup_' || (i % 3),
+                timestamptz '2024-01-01' + i * interval '1 minute', now(), now(), '{}', 'reconcile', now()
+         FROM generate_series(0, 999) i",
+        "INSERT INTO customers (key, customer_key, email, name, partner_key, partnership_key, test, created_at, updated_at, observed_at, raw, source, synced_at)
+         SELECT 'cus_' || i, 'acct_' || i, 'c' || i || '@example.com', 'Customer ' || i,
+                'partner_' || (i % 1000), 'part_' || (i % 1000), false,
+                timestamptz '2024-01-01' + i * interval '1 second', now(), now(),
+                jsonb_build_object('key', 'cus_' || i, 'email', 'c' || i || '@example.com'), 'webhook', now()
+         FROM generate_series(1, $1) i",
+        "INSERT INTO transactions (key, amount, amount_usd, currency, approved, archived, status, customer_key, customer_external_key, created_at, updated_at, observed_at, raw, source, synced_at)
+         SELECT 'txn_' || i, CASE WHEN i % 50 = 0 THEN -1500 ELSE 4999 END, 4999,
+                CASE WHEN i % 4 = 0 THEN 'EUR' ELSE 'USD' END, i % 3 = 0, false,
+                CASE WHEN i % 3 = 0 THEN 'approved' ELSE 'pending' END,
+                'cus_' || i, 'acct_' || i,
+                timestamptz '2024-01-01' + i * interval '1 second', now(), now(),
+                jsonb_build_object('key', 'txn_' || i), 'webhook', now()
+         FROM generate_series(1, $1) i",
+        "INSERT INTO rewards (key, amount, currency, reward_status, partnership_key, customer_key, transaction_key, created_at, updated_at, observed_at, raw, source, synced_at)
+         SELECT 'rew_' || i, 500, 'USD', (ARRAY['pending','approved','paid'])[1 + i % 3],
+                'part_' || (i % 1000), 'cus_' || i, 'txn_' || i,
+                timestamptz '2024-01-01' + i * interval '1 second', now(), now(),
+                jsonb_build_object('key', 'rew_' || i), 'webhook', now()
+         FROM generate_series(1, $1 / 5) i",
+        "ANALYZE",
+    ];
+    for sql in statements {
+        let mut q = sqlx::query(sql);
+        if sql.contains("$1") {
+            q = q.bind(customers);
+        }
+        q.execute(&mut conn).await?;
+    }
+    conn.close().await?;
+    Ok(())
+}
+
+/// Replaces every `$n` of `sql` by `value(n)`, highest first, and puts it on one line.
+fn substitute(sql: &str, binds: usize, value: impl Fn(usize) -> String) -> String {
+    let mut out = sql.to_string();
+    for n in (1..=binds).rev() {
+        let placeholder = format!("${n}");
+        let mut from = 0;
+        while let Some(at) = out[from..].find(&placeholder).map(|i| i + from) {
+            let end = at + placeholder.len();
+            if out[end..].starts_with(|c: char| c.is_ascii_digit()) {
+                from = end;
+                continue;
+            }
+            let v = value(n);
+            out.replace_range(at..end, &v);
+            from = at + v.len();
+        }
+    }
+    out.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// Scenario 3: reads on a large program: a partner's customers, 100 per page, and the
+/// partner summary, at concurrency 8.
+pub async fn query(bench: &mut Bench, quick: bool) -> anyhow::Result<()> {
+    println!("bench: query");
+    let customers: i64 = if quick { 100_000 } else { 1_000_000 };
+    let url = bench.database("bench_query").await?;
+    let loading = Instant::now();
+    load_program(&url, customers).await?;
+    println!("  loaded {customers} customers and transactions in {:.0} s", loading.elapsed().as_secs_f64());
+    let d = &bench.durations;
+    let (warmup, duration) = (d.warmup, d.latency.max(Duration::from_secs(4)) * 2);
+
+    let svc = Service::start(&url, &[]).await?;
+    let lists = Arc::new(load::Gets {
+        paths: (0..1000).map(|i| format!("/v1/customers?partner_key=partner_{}&limit=100", (i * 7919) % 1000)).collect(),
+        token: API_TOKEN.into(),
+    });
+    let summaries = Arc::new(load::Gets {
+        paths: (0..1000).map(|i| format!("/v1/partners/part_{}/summary", (i * 7919) % 1000)).collect(),
+        token: API_TOKEN.into(),
+    });
+    let list_stats = load::closed(svc.addr, lists, 8, warmup, duration).await?;
+    let summary_stats = load::closed(svc.addr, summaries, 8, warmup, duration).await?;
+    svc.stop().await?;
+
+    // The same statements, from the same code, under pgbench.
+    let (list_sql, _) = list_query::<Customers>(Some("partner_key=x&limit=100"))
+        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    let list_sql = list_sql.into_string();
+    let list_binds = list_sql.matches('$').count();
+    let list_script = format!(
+        "\\set p random(0, 999)\n{};\n",
+        substitute(&list_sql, list_binds, |n| if n == list_binds {
+            "101".into()
+        } else {
+            "('partner_' || :p::text)".into()
+        })
+    );
+    let summary_sql = summary_query("x").into_string();
+    let summary_binds = summary_sql.matches('$').count();
+    let summary_script = format!(
+        "\\set p random(0, 999)\n{};\n",
+        substitute(&summary_sql, summary_binds, |_| "('part_' || :p::text)".into())
+    );
+    let list_base = pgbench::run(&url, &list_script, 8, duration, None, &bench.work, "query-list")?;
+    let summary_base = pgbench::run(&url, &summary_script, 8, duration, None, &bench.work, "query-summary")?;
+
+    for (what, stats, base) in [
+        ("a partner's customers, 100 per page", &list_stats, &list_base),
+        ("partner summary", &summary_stats, &summary_base),
+    ] {
+        let ratio = stats.rate() / base.tps;
+        let p99 = stats.quantile_ms(0.99);
+        bench.row(Row::new(
+            "query",
+            format!("{what}: req/s (c=8)"),
+            format!("{:.0}", stats.rate()),
+            format!("{:.0}", base.tps),
+            Some(ratio),
+            ">= 0.5x baseline",
+            Some(ratio >= 0.5 && stats.failed == 0),
+        ));
+        bench.row(Row::new(
+            "query",
+            format!("{what}: p99 ms"),
+            format!("{p99:.2}"),
+            format!("{:.2}", base.quantile_ms(0.99)),
+            Some(p99 / base.quantile_ms(0.99)),
+            "< 10 ms",
+            Some(p99 < 10.0),
+        ));
+    }
+    bench.notes.push(format!(
+        "Query: {customers} customers and transactions and {} rewards across 1,000 partners \
+         (about {} customers each), loaded with SQL; each request picks one of 1,000 partners. \
+         The list is the first 100-item keyset page of the partner's customers. Baselines: \
+         pgbench running the statements the API builds (`collection::list_query`, \
+         `summary::summary_query`), 8 clients.",
+        customers / 5,
+        customers / 1000
+    ));
+    Ok(())
+}
