@@ -13,6 +13,8 @@ use chrono::{DateTime, NaiveDate, Utc};
 use serde_json::Value;
 use sqlx::{AssertSqlSafe, PgConnection};
 
+use crate::db::attribution;
+
 use crate::partnerstack::models::{
     Customer, Deal, Entity, Group, Lead, Object, Partnership, Reward, Transaction,
 };
@@ -82,6 +84,14 @@ impl Observation {
             Entity::Deal => build::<Deal>(object, deleted),
             Entity::Lead => build::<Lead>(object, deleted),
         }
+    }
+
+    /// A typed column's value, by name.
+    pub fn column(&self, name: &str) -> Option<&Col> {
+        self.columns
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, c)| c)
     }
 
     /// The source time that orders observations of one object.
@@ -174,6 +184,26 @@ pub async fn apply(
             }
         }
     }
+    // Keep partner attribution current: changed transactions, and the transactions of
+    // changed customers, are credited again in the same transaction.
+    let changed = |entity: Entity| {
+        observations
+            .iter()
+            .zip(&results)
+            .filter(move |(o, r)| o.entity == entity && r.changed())
+            .map(|(o, _)| o)
+    };
+    let transactions: Vec<&str> = changed(Entity::Transaction)
+        .map(|o| o.key.as_str())
+        .collect();
+    let customers: Vec<&str> = changed(Entity::Customer).map(|o| o.key.as_str()).collect();
+    let customer_keys: Vec<&str> = changed(Entity::Customer)
+        .filter_map(|o| match o.column("customer_key") {
+            Some(Col::Text(Some(k))) => Some(k.as_str()),
+            _ => None,
+        })
+        .collect();
+    attribution::credit(conn, &transactions, &customers, &customer_keys).await?;
     Ok(results)
 }
 

@@ -129,8 +129,12 @@ async fn run(quick: bool) -> anyhow::Result<()> {
 
     let result = async {
         ingest(&mut bench).await.context("ingest scenario")?;
-        scenarios::reconcile(&mut bench, quick).await.context("reconcile scenario")?;
-        scenarios::query(&mut bench, quick).await.context("query scenario")?;
+        scenarios::reconcile(&mut bench, quick)
+            .await
+            .context("reconcile scenario")?;
+        scenarios::query(&mut bench, quick)
+            .await
+            .context("query scenario")?;
         footprint(&mut bench).await.context("footprint scenario")?;
         anyhow::Ok(())
     }

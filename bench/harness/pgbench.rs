@@ -50,8 +50,27 @@ pub fn run(
     workdir: &Path,
     label: &str,
 ) -> anyhow::Result<Run> {
-    let script_path = workdir.join(format!("{label}.sql"));
-    std::fs::write(&script_path, script)?;
+    run_scripts(
+        url,
+        &[script.to_string()],
+        clients,
+        duration,
+        rate,
+        workdir,
+        label,
+    )
+}
+
+/// Runs pgbench with several scripts, each transaction picking one at random.
+pub fn run_scripts(
+    url: &str,
+    scripts: &[String],
+    clients: usize,
+    duration: Duration,
+    rate: Option<f64>,
+    workdir: &Path,
+    label: &str,
+) -> anyhow::Result<Run> {
     let log_dir = workdir.join(format!("{label}-log"));
     let _ = std::fs::remove_dir_all(&log_dir);
     std::fs::create_dir_all(&log_dir)?;
@@ -60,9 +79,13 @@ pub fn run(
         .arg("--protocol=prepared")
         .arg(format!("--client={clients}"))
         .arg(format!("--jobs={}", clients.min(2)))
-        .arg(format!("--time={}", duration.as_secs().max(1)))
-        .arg(format!("--file={}", script_path.display()))
-        .arg("--log")
+        .arg(format!("--time={}", duration.as_secs().max(1)));
+    for (i, script) in scripts.iter().enumerate() {
+        let path = workdir.join(format!("{label}-{i}.sql"));
+        std::fs::write(&path, script)?;
+        cmd.arg(format!("--file={}@1", path.display()));
+    }
+    cmd.arg("--log")
         .arg(format!("--log-prefix={}", log_dir.join("tx").display()))
         .arg(url)
         .current_dir(workdir);

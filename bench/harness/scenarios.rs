@@ -4,10 +4,8 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use partnerstack_sync::api::collection::list_query;
-use partnerstack_sync::api::resources::Customers;
-use partnerstack_sync::api::summary::summary_query;
 use partnerstack_sync::partnerstack::models::Entity;
+use secrecy::ExposeSecret;
 use sqlx::{Connection, PgConnection};
 
 use crate::service::{self, API_TOKEN, Service};
@@ -25,11 +23,26 @@ struct Simulator {
 
 impl Simulator {
     async fn start(scale: usize) -> anyhow::Result<Simulator> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
         let n = |base: usize| (base * scale / 100_000).max(1).to_string();
         let child = std::process::Command::new(service::binary())
-            .args(["simulate", "--listen", &format!("127.0.0.1:{port}"), "--seed", "42"])
-            .args(["--groups", "10", "--partners", &n(5_000), "--customers", &n(30_000)])
+            .args([
+                "simulate",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--seed",
+                "42",
+            ])
+            .args([
+                "--groups",
+                "10",
+                "--partners",
+                &n(5_000),
+                "--customers",
+                &n(30_000),
+            ])
             .args(["--transactions", &n(40_000), "--rewards", &n(15_000)])
             .args(["--deals", &n(5_000), "--leads", &n(5_000)])
             .env("PARTNERSTACK_PUBLIC_KEY", PUBLIC_KEY)
@@ -38,19 +51,28 @@ impl Simulator {
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()?;
-        let mut sim = Simulator { child, base_url: format!("http://127.0.0.1:{port}/api/v2") };
+        let mut sim = Simulator {
+            child,
+            base_url: format!("http://127.0.0.1:{port}/api/v2"),
+        };
         let http = partnerstack_sync::http_client::builder().build()?;
         let started = Instant::now();
         loop {
             if let Some(status) = sim.child.try_wait()? {
                 anyhow::bail!("simulate exited: {status}");
             }
-            if let Ok(r) = http.get(format!("http://127.0.0.1:{port}/admin/stats")).send().await
+            if let Ok(r) = http
+                .get(format!("http://127.0.0.1:{port}/admin/stats"))
+                .send()
+                .await
                 && r.status().is_success()
             {
                 return Ok(sim);
             }
-            anyhow::ensure!(started.elapsed() < Duration::from_secs(300), "simulate did not start");
+            anyhow::ensure!(
+                started.elapsed() < Duration::from_secs(300),
+                "simulate did not start"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -98,12 +120,28 @@ async fn reconcile_run(bench: &Bench, scale: usize) -> anyhow::Result<(i64, f64,
 pub async fn reconcile(bench: &mut Bench, quick: bool) -> anyhow::Result<()> {
     println!("bench: reconcile");
     let base_url = bench.database("bench_pages").await?;
-    let duration = if quick { Duration::from_secs(5) } else { Duration::from_secs(20) };
+    let duration = if quick {
+        Duration::from_secs(5)
+    } else {
+        Duration::from_secs(20)
+    };
     let script = pgbench::page_upsert_script(Entity::Customer, 100);
-    let base = pgbench::run(&base_url, &script, 1, duration, None, &bench.work, "page-upsert")?;
+    let base = pgbench::run(
+        &base_url,
+        &script,
+        1,
+        duration,
+        None,
+        &bench.work,
+        "page-upsert",
+    )?;
     let base_rows = base.tps * 100.0;
 
-    let (small, large) = if quick { (20_000, 50_000) } else { (100_000, 1_000_000) };
+    let (small, large) = if quick {
+        (20_000, 50_000)
+    } else {
+        (100_000, 1_000_000)
+    };
     let (objects, rate, peak_small) = reconcile_run(bench, small).await?;
     let ratio = rate / base_rows;
     bench.row(Row::new(
@@ -178,6 +216,83 @@ async fn load_program(url: &str, customers: i64) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// One statement as Postgres logged it, with its parameters substituted.
+#[derive(Debug)]
+struct Logged {
+    pid: String,
+    sql: String,
+}
+
+/// Reads the statements Postgres logged (with `log_min_duration_statement = 0`) from
+/// `text`, parameters substituted as the literals Postgres printed.
+fn logged_statements(text: &str) -> Vec<Logged> {
+    let mut out: Vec<Logged> = Vec::new();
+    let mut current: Option<(String, String)> = None;
+    let mut lines = text.lines().peekable();
+    while let Some(line) = lines.next() {
+        if let Some((pid, sql)) = line
+            .split_once("] LOG:  duration: ")
+            .and_then(|(head, rest)| Some((head.rsplit_once('[')?.1, rest.split_once(": ")?.1)))
+            .filter(|(_, _)| line.contains(" execute "))
+        {
+            let mut sql = sql.to_string();
+            while let Some(next) = lines.peek() {
+                if let Some(cont) = next.strip_prefix('\t') {
+                    sql.push(' ');
+                    sql.push_str(cont);
+                    lines.next();
+                } else {
+                    break;
+                }
+            }
+            if let Some((pid, sql)) = current.take() {
+                out.push(Logged { pid, sql });
+            }
+            current = Some((pid.to_string(), sql));
+        } else if let Some(params) = line.split_once("DETAIL:  parameters: ").map(|(_, p)| p)
+            && let Some((pid, sql)) = current.take()
+        {
+            let values = parse_parameters(params);
+            let sql = substitute(&sql, values.len(), |n| values[n - 1].clone());
+            out.push(Logged { pid, sql });
+        }
+    }
+    if let Some((pid, sql)) = current {
+        out.push(Logged { pid, sql });
+    }
+    out
+}
+
+/// `$1 = 'a', $2 = NULL, $3 = 'it''s'` as SQL literals, in order.
+fn parse_parameters(text: &str) -> Vec<String> {
+    let mut values = Vec::new();
+    let mut rest = text;
+    while let Some(eq) = rest.find(" = ") {
+        rest = &rest[eq + 3..];
+        if let Some(after) = rest.strip_prefix("NULL") {
+            values.push("NULL".to_string());
+            rest = after;
+            continue;
+        }
+        // A quoted literal: '' inside is an escaped quote.
+        let bytes = rest.as_bytes();
+        let mut i = 1;
+        while i < bytes.len() {
+            if bytes[i] == b'\'' {
+                if bytes.get(i + 1) == Some(&b'\'') {
+                    i += 2;
+                    continue;
+                }
+                break;
+            }
+            i += 1;
+        }
+        values.push(rest[..(i + 1).min(rest.len())].to_string());
+        rest = &rest[(i + 1).min(rest.len())..];
+    }
+    values
+}
+
 /// Replaces every `$n` of `sql` by `value(n)`, highest first, and puts it on one line.
 fn substitute(sql: &str, binds: usize, value: impl Fn(usize) -> String) -> String {
     let mut out = sql.to_string();
@@ -198,6 +313,79 @@ fn substitute(sql: &str, binds: usize, value: impl Fn(usize) -> String) -> Strin
     out.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
+/// Runs `requests` (one after another, one connection) while Postgres logs every
+/// statement, and returns the statements each request ran, as literal SQL.
+async fn capture(bench: &Bench, url: &str, paths: &[String]) -> anyhow::Result<Vec<Vec<String>>> {
+    let log_path = bench.work.join("pg/postgres.log");
+    let admin_url = bench.pg.url().expose_secret().to_string();
+    let mut admin = PgConnection::connect(&admin_url).await?;
+    sqlx::query("ALTER SYSTEM SET log_min_duration_statement = 0")
+        .execute(&mut admin)
+        .await?;
+    sqlx::query("SELECT pg_reload_conf()")
+        .execute(&mut admin)
+        .await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let from = std::fs::metadata(&log_path)?.len();
+    let http = partnerstack_sync::http_client::builder().build()?;
+    for path in paths {
+        let r = http
+            .get(format!("{url}{path}"))
+            .bearer_auth(API_TOKEN)
+            .send()
+            .await?;
+        anyhow::ensure!(r.status().is_success(), "{path}: {}", r.status());
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    sqlx::query("ALTER SYSTEM RESET log_min_duration_statement")
+        .execute(&mut admin)
+        .await?;
+    sqlx::query("SELECT pg_reload_conf()")
+        .execute(&mut admin)
+        .await?;
+    admin.close().await?;
+    let text = std::fs::read(&log_path)?;
+    let text = String::from_utf8_lossy(&text[from as usize..]);
+    // A request's statements: the partner look-up, then the read it serves.
+    let reads: Vec<Logged> = logged_statements(&text)
+        .into_iter()
+        .filter(|l| l.sql.contains("FROM partners") || l.sql.contains("FROM customers"))
+        .collect();
+    let mut requests: Vec<Vec<String>> = Vec::new();
+    let mut open: std::collections::HashMap<String, Vec<String>> = Default::default();
+    for l in reads {
+        let entry = open.entry(l.pid.clone()).or_default();
+        let lookup = l.sql.starts_with("SELECT key, partner_key FROM partners");
+        entry.push(l.sql);
+        if !lookup {
+            requests.push(std::mem::take(entry));
+        }
+    }
+    anyhow::ensure!(
+        requests.len() == paths.len(),
+        "captured {} requests of {}",
+        requests.len(),
+        paths.len()
+    );
+    Ok(requests)
+}
+
+/// pgbench over captured requests: one script per request, chosen at random.
+fn replay(
+    bench: &Bench,
+    url: &str,
+    requests: &[Vec<String>],
+    label: &str,
+    duration: Duration,
+) -> anyhow::Result<pgbench::Run> {
+    let scripts: Vec<String> = requests
+        .iter()
+        .take(100)
+        .map(|statements| statements.iter().map(|s| format!("{s};\n")).collect())
+        .collect();
+    pgbench::run_scripts(url, &scripts, 8, duration, None, &bench.work, label)
+}
+
 /// Scenario 3: reads on a large program: a partner's customers, 100 per page, and the
 /// partner summary, at concurrency 8.
 pub async fn query(bench: &mut Bench, quick: bool) -> anyhow::Result<()> {
@@ -206,47 +394,51 @@ pub async fn query(bench: &mut Bench, quick: bool) -> anyhow::Result<()> {
     let url = bench.database("bench_query").await?;
     let loading = Instant::now();
     load_program(&url, customers).await?;
-    println!("  loaded {customers} customers and transactions in {:.0} s", loading.elapsed().as_secs_f64());
+    println!(
+        "  loaded {customers} customers and transactions in {:.0} s",
+        loading.elapsed().as_secs_f64()
+    );
     let d = &bench.durations;
     let (warmup, duration) = (d.warmup, d.latency.max(Duration::from_secs(4)) * 2);
 
+    let list_paths: Vec<String> = (0..1000)
+        .map(|i| {
+            format!(
+                "/v1/customers?partner_key=partner_{}&limit=100",
+                (i * 7919) % 1000
+            )
+        })
+        .collect();
+    let summary_paths: Vec<String> = (0..1000)
+        .map(|i| format!("/v1/partners/part_{}/summary", (i * 7919) % 1000))
+        .collect();
+
     let svc = Service::start(&url, &[]).await?;
+    // What the service sends to Postgres for these requests, for pgbench to replay.
+    let base = format!("http://{}", svc.addr);
+    let list_sql = capture(bench, &base, &list_paths[..100]).await?;
+    let summary_sql = capture(bench, &base, &summary_paths[..100]).await?;
     let lists = Arc::new(load::Gets {
-        paths: (0..1000).map(|i| format!("/v1/customers?partner_key=partner_{}&limit=100", (i * 7919) % 1000)).collect(),
+        paths: list_paths,
         token: API_TOKEN.into(),
     });
     let summaries = Arc::new(load::Gets {
-        paths: (0..1000).map(|i| format!("/v1/partners/part_{}/summary", (i * 7919) % 1000)).collect(),
+        paths: summary_paths,
         token: API_TOKEN.into(),
     });
     let list_stats = load::closed(svc.addr, lists, 8, warmup, duration).await?;
     let summary_stats = load::closed(svc.addr, summaries, 8, warmup, duration).await?;
     svc.stop().await?;
 
-    // The same statements, from the same code, under pgbench.
-    let (list_sql, _) = list_query::<Customers>(Some("partner_key=x&limit=100"))
-        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
-    let list_sql = list_sql.into_string();
-    let list_binds = list_sql.matches('$').count();
-    let list_script = format!(
-        "\\set p random(0, 999)\n{};\n",
-        substitute(&list_sql, list_binds, |n| if n == list_binds {
-            "101".into()
-        } else {
-            "('partner_' || :p::text)".into()
-        })
-    );
-    let summary_sql = summary_query("x").into_string();
-    let summary_binds = summary_sql.matches('$').count();
-    let summary_script = format!(
-        "\\set p random(0, 999)\n{};\n",
-        substitute(&summary_sql, summary_binds, |_| "('part_' || :p::text)".into())
-    );
-    let list_base = pgbench::run(&url, &list_script, 8, duration, None, &bench.work, "query-list")?;
-    let summary_base = pgbench::run(&url, &summary_script, 8, duration, None, &bench.work, "query-summary")?;
+    let list_base = replay(bench, &url, &list_sql, "query-list", duration)?;
+    let summary_base = replay(bench, &url, &summary_sql, "query-summary", duration)?;
 
     for (what, stats, base) in [
-        ("a partner's customers, 100 per page", &list_stats, &list_base),
+        (
+            "a partner's customers, 100 per page",
+            &list_stats,
+            &list_base,
+        ),
         ("partner summary", &summary_stats, &summary_base),
     ] {
         let ratio = stats.rate() / base.tps;
@@ -274,8 +466,9 @@ pub async fn query(bench: &mut Bench, quick: bool) -> anyhow::Result<()> {
         "Query: {customers} customers and transactions and {} rewards across 1,000 partners \
          (about {} customers each), loaded with SQL; each request picks one of 1,000 partners. \
          The list is the first 100-item keyset page of the partner's customers. Baselines: \
-         pgbench running the statements the API builds (`collection::list_query`, \
-         `summary::summary_query`), 8 clients.",
+         pgbench replaying, with 8 clients, the statements the service sent to Postgres for \
+         100 of these requests (captured from Postgres' statement log, parameters included): \
+         the partner look-up and the read, per request.",
         customers / 5,
         customers / 1000
     ));

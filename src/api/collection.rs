@@ -14,6 +14,7 @@ use sqlx::postgres::PgRow;
 use sqlx::{FromRow, PgPool, Postgres, QueryBuilder};
 use utoipa::{IntoParams, ToSchema};
 
+use super::attribution::partner_ids;
 use super::cursor::{self, Position};
 use super::params::{self, Deleted, Include, Paging, QueryParams};
 use crate::error::ApiError;
@@ -49,6 +50,9 @@ pub trait Collection {
     const SOFT_DELETE: bool;
     /// The list order, which is also what a cursor records.
     const ORDER: Order;
+    /// Columns holding a partner identifier (`partner_key=` matches any of them against
+    /// every identifier of the partner); each has a `(column, created_at, key)` index.
+    const PARTNER_COLUMNS: &'static [&'static str] = &[];
     /// Whether single-object reads always carry the body (events: the payload is the point).
     const ITEM_HAS_BODY: bool = false;
 
@@ -57,7 +61,12 @@ pub trait Collection {
     /// The resource's own query parameters (all text; checked in [`Collection::filter`]).
     type Filters: DeserializeOwned + IntoParams;
 
-    /// Adds the resource's filters, each as `AND (...)`.
+    /// The value of the resource's `partner_key` filter, if it has one and it is set.
+    fn partner(_filters: &Self::Filters) -> Result<Option<&str>, ApiError> {
+        Ok(None)
+    }
+
+    /// Adds the resource's filters, each as `AND (...)` (the partner filter aside).
     fn filter(filters: &Self::Filters, q: &mut QueryBuilder<Postgres>) -> Result<(), ApiError>;
 
     /// The item's place in the sort order.
@@ -110,8 +119,16 @@ pub async fn list<C: Collection>(
     pool: &PgPool,
     query: Option<&str>,
 ) -> Result<List<C::Item>, ApiError> {
-    let (mut q, limit) = list_query::<C>(query)?;
-    let mut items: Vec<C::Item> = q.build_query_as().fetch_all(pool).await?;
+    let request = ListRequest::<C>::parse(query)?;
+    let partner = match C::partner(&request.filters)? {
+        Some(value) => Some(partner_ids(pool, value).await?.ids),
+        None => None,
+    };
+    let mut q = list_query(&request, partner.as_deref())?;
+    // Unnamed, so Postgres plans with the actual values (a partner's share of a table
+    // decides between plans).
+    let mut items: Vec<C::Item> = q.build_query_as().persistent(false).fetch_all(pool).await?;
+    let limit = request.limit;
     let has_more = items.len() as i64 > limit;
     items.truncate(limit as usize);
     items.iter_mut().for_each(C::finish);
@@ -128,51 +145,114 @@ pub async fn list<C: Collection>(
     })
 }
 
-/// The statement `GET /v1/{collection}?{query}` runs (it fetches one row more than the
-/// page, to tell whether another follows), and the page size. Benchmarks replay it.
-pub fn list_query<C: Collection>(
-    query: Option<&str>,
-) -> Result<(QueryBuilder<Postgres>, i64), ApiError> {
-    let query = QueryParams::parse(query, &accepted::<C>())?;
-    let paging: Paging = query.read()?;
-    let deleted: Deleted = query.read()?;
-    let filters: C::Filters = query.read()?;
+/// A checked `GET /v1/{collection}` request.
+struct ListRequest<C: Collection> {
+    limit: i64,
+    after: Option<Position>,
+    updated_since: Option<chrono::DateTime<chrono::Utc>>,
+    with_body: bool,
+    include_deleted: bool,
+    filters: C::Filters,
+}
 
-    let limit = params::limit(paging.limit.as_deref())?;
-    let after = paging
-        .starting_after
-        .as_deref()
-        .map(|c| cursor::decode(C::NAME, c))
-        .transpose()?;
-    let updated_since = params::timestamp("updated_since", paging.updated_since.as_deref())?;
-    let with_body = params::include(paging.include.as_deref(), C::INCLUDE)?;
-    let include_deleted = C::SOFT_DELETE
-        && params::boolean("include_deleted", deleted.include_deleted.as_deref())?.unwrap_or(false);
+impl<C: Collection> ListRequest<C> {
+    fn parse(query: Option<&str>) -> Result<Self, ApiError> {
+        let query = QueryParams::parse(query, &accepted::<C>())?;
+        let paging: Paging = query.read()?;
+        let deleted: Deleted = query.read()?;
+        let filters: C::Filters = query.read()?;
+        let request = ListRequest {
+            limit: params::limit(paging.limit.as_deref())?,
+            after: paging
+                .starting_after
+                .as_deref()
+                .map(|c| cursor::decode(C::NAME, c))
+                .transpose()?,
+            updated_since: params::timestamp("updated_since", paging.updated_since.as_deref())?,
+            with_body: params::include(paging.include.as_deref(), C::INCLUDE)?,
+            include_deleted: C::SOFT_DELETE
+                && params::boolean("include_deleted", deleted.include_deleted.as_deref())?
+                    .unwrap_or(false),
+            filters,
+        };
+        // Check the resource's filters once here, so building the query cannot fail on them.
+        C::filter(&request.filters, &mut QueryBuilder::new(""))?;
+        Ok(request)
+    }
+}
 
-    let mut q = select::<C>(with_body);
+/// The statement of a list request: one more row than the page, to tell whether another
+/// follows.
+///
+/// With a partner filter (`partner`: the partner's identifiers), it is a `UNION ALL` of
+/// one branch per partner column and identifier, each an ordered range scan of that
+/// column's `(column, created_at, key)` index stopping after a page, merged and
+/// de-duplicated: a page costs the same whatever the partner's or the table's size.
+fn list_query<C: Collection>(
+    request: &ListRequest<C>,
+    partner: Option<&[String]>,
+) -> Result<QueryBuilder<Postgres>, ApiError> {
+    let order = match C::ORDER {
+        Order::CreatedKey => " ORDER BY t.created_at DESC, t.key DESC",
+        Order::Id => " ORDER BY t.id DESC",
+    };
+    let Some(ids) = partner.filter(|_| !C::PARTNER_COLUMNS.is_empty()) else {
+        let mut q = select::<C>(request.with_body);
+        push_conditions(request, &mut q)?;
+        q.push(order).push(" LIMIT ").push_bind(request.limit + 1);
+        return Ok(q);
+    };
+    let mut q = QueryBuilder::new("SELECT DISTINCT ON (b.created_at, b.key) b.* FROM (");
+    let mut first = true;
+    for column in C::PARTNER_COLUMNS {
+        for id in ids {
+            if !first {
+                q.push(" UNION ALL ");
+            }
+            first = false;
+            q.push("(");
+            push_select::<C>(&mut q, request.with_body);
+            push_conditions(request, &mut q)?;
+            q.push(format!(" AND {column} = ")).push_bind(id.clone());
+            q.push(order)
+                .push(" LIMIT ")
+                .push_bind(request.limit + 1)
+                .push(")");
+        }
+    }
+    q.push(") b ORDER BY b.created_at DESC, b.key DESC LIMIT ")
+        .push_bind(request.limit + 1);
+    Ok(q)
+}
+
+/// `WHERE` and the request's conditions (not the partner's).
+fn push_conditions<C: Collection>(
+    request: &ListRequest<C>,
+    q: &mut QueryBuilder<Postgres>,
+) -> Result<(), ApiError> {
     q.push(" WHERE TRUE");
-    if C::SOFT_DELETE && !include_deleted {
+    if C::SOFT_DELETE && !request.include_deleted {
         q.push(" AND t.deleted_at IS NULL");
     }
-    if let Some(since) = updated_since {
+    if let Some(since) = request.updated_since {
         q.push(" AND ")
             .push(C::UPDATED)
             .push(" >= ")
             .push_bind(since);
     }
-    C::filter(&filters, &mut q)?;
-    match (C::ORDER, after) {
+    C::filter(&request.filters, q)?;
+    match (C::ORDER, &request.after) {
         (_, None) => {}
         (Order::CreatedKey, Some(Position::Created(at, key))) => {
             // A row comparison, so the (created_at, key) index serves it as a range.
             q.push(" AND (t.created_at, t.key) < (")
-                .push_bind(at)
+                .push_bind(*at)
                 .push(", ")
-                .push_bind(key)
+                .push_bind(key.clone())
                 .push(")");
         }
         (Order::Id, Some(Position::Id(id))) => {
-            q.push(" AND t.id < ").push_bind(id);
+            q.push(" AND t.id < ").push_bind(*id);
         }
         // decode() checks the collection, and each collection has one kind of position.
         (_, Some(_)) => {
@@ -181,13 +261,7 @@ pub fn list_query<C: Collection>(
             ));
         }
     }
-    q.push(match C::ORDER {
-        Order::CreatedKey => " ORDER BY t.created_at DESC, t.key DESC",
-        Order::Id => " ORDER BY t.id DESC",
-    });
-    // One extra row says whether another page follows.
-    q.push(" LIMIT ").push_bind(limit + 1);
-    Ok((q, limit))
+    Ok(())
 }
 
 /// `GET /v1/{collection}/{key}`: soft-deleted objects are found too (their `deleted_at`
@@ -217,11 +291,16 @@ pub async fn get<C: Collection>(
 }
 
 fn select<C: Collection>(with_body: bool) -> QueryBuilder<Postgres> {
-    let mut q = QueryBuilder::new("SELECT ");
-    q.push(C::COLUMNS)
+    let mut q = QueryBuilder::new("");
+    push_select::<C>(&mut q, with_body);
+    q
+}
+
+fn push_select<C: Collection>(q: &mut QueryBuilder<Postgres>, with_body: bool) {
+    q.push("SELECT ")
+        .push(C::COLUMNS)
         .push(", ")
         .push(if with_body { C::BODY } else { C::NO_BODY })
         .push(" FROM ")
         .push(C::FROM);
-    q
 }

@@ -11,9 +11,6 @@ use serde_json::Value;
 use sqlx::{FromRow, Postgres, QueryBuilder};
 use utoipa::{IntoParams, ToSchema};
 
-use super::attribution::{
-    push_customer_of, push_reward_of, push_transaction_of, transaction_customer_join,
-};
 use super::collection::{Collection, Order};
 use super::cursor::Position;
 use super::params::{boolean, text};
@@ -226,13 +223,15 @@ impl Collection for Customers {
     const UPDATED: &'static str = "COALESCE(t.updated_at, t.created_at)";
     const SOFT_DELETE: bool = true;
     const ORDER: Order = Order::CreatedKey;
+    const PARTNER_COLUMNS: &'static [&'static str] = &["t.partner_key", "t.partnership_key"];
     type Item = Customer;
     type Filters = CustomerFilters;
 
+    fn partner(f: &CustomerFilters) -> Result<Option<&str>, ApiError> {
+        text("partner_key", f.partner_key.as_deref())
+    }
+
     fn filter(f: &CustomerFilters, q: &mut QueryBuilder<Postgres>) -> Result<(), ApiError> {
-        if let Some(v) = text("partner_key", f.partner_key.as_deref())? {
-            push_customer_of(q, "t", v);
-        }
         if let Some(v) = text("email", f.email.as_deref())? {
             eq_lower(q, "t.email", v);
         }
@@ -308,12 +307,12 @@ pub struct Transactions;
 impl Collection for Transactions {
     const NAME: &'static str = "transactions";
     const NOUN: &'static str = "transaction";
-    const FROM: &'static str = concat!("transactions t ", transaction_customer_join!());
+    const FROM: &'static str = "transactions t";
     const COLUMNS: &'static str = concat!(
         "t.key, t.amount, t.amount_usd, t.currency, t.approved, t.archived, t.status, ",
         "t.customer_key, t.customer_external_key, ",
-        "COALESCE(t.partner_key, tc.partner_key, ",
-        "(SELECT p.partner_key FROM partners p WHERE p.key = tc.partnership_key)) AS partner_key, ",
+        "COALESCE(t.credited_partner_key, ",
+        "(SELECT p.partner_key FROM partners p WHERE p.key = t.credited_partnership_key)) AS partner_key, ",
         "t.category_key, t.product_key, t.test, ",
         record_columns!()
     );
@@ -323,8 +322,14 @@ impl Collection for Transactions {
     const UPDATED: &'static str = "COALESCE(t.updated_at, t.created_at)";
     const SOFT_DELETE: bool = true;
     const ORDER: Order = Order::CreatedKey;
+    const PARTNER_COLUMNS: &'static [&'static str] =
+        &["t.credited_partner_key", "t.credited_partnership_key"];
     type Item = Transaction;
     type Filters = TransactionFilters;
+
+    fn partner(f: &TransactionFilters) -> Result<Option<&str>, ApiError> {
+        text("partner_key", f.partner_key.as_deref())
+    }
 
     fn filter(f: &TransactionFilters, q: &mut QueryBuilder<Postgres>) -> Result<(), ApiError> {
         if let Some(v) = text("customer_key", f.customer_key.as_deref())? {
@@ -333,9 +338,6 @@ impl Collection for Transactions {
                 .push(" OR t.customer_external_key = ")
                 .push_bind(v.to_string())
                 .push(")");
-        }
-        if let Some(v) = text("partner_key", f.partner_key.as_deref())? {
-            push_transaction_of(q, v);
         }
         if let Some(v) = boolean("approved", f.approved.as_deref())? {
             q.push(" AND t.approved = ").push_bind(v);
@@ -418,13 +420,15 @@ impl Collection for Rewards {
     const UPDATED: &'static str = "COALESCE(t.updated_at, t.created_at)";
     const SOFT_DELETE: bool = true;
     const ORDER: Order = Order::CreatedKey;
+    const PARTNER_COLUMNS: &'static [&'static str] = &["t.partner_key", "t.partnership_key"];
     type Item = Reward;
     type Filters = RewardFilters;
 
+    fn partner(f: &RewardFilters) -> Result<Option<&str>, ApiError> {
+        text("partner_key", f.partner_key.as_deref())
+    }
+
     fn filter(f: &RewardFilters, q: &mut QueryBuilder<Postgres>) -> Result<(), ApiError> {
-        if let Some(v) = text("partner_key", f.partner_key.as_deref())? {
-            push_reward_of(q, v);
-        }
         if let Some(v) = text("customer_key", f.customer_key.as_deref())? {
             q.push(" AND (t.customer_key = ")
                 .push_bind(v.to_string())
@@ -552,13 +556,15 @@ impl Collection for Deals {
     const UPDATED: &'static str = "COALESCE(t.updated_at, t.created_at)";
     const SOFT_DELETE: bool = true;
     const ORDER: Order = Order::CreatedKey;
+    const PARTNER_COLUMNS: &'static [&'static str] = &["t.partner_key"];
     type Item = Deal;
     type Filters = DealFilters;
 
+    fn partner(f: &DealFilters) -> Result<Option<&str>, ApiError> {
+        text("partner_key", f.partner_key.as_deref())
+    }
+
     fn filter(f: &DealFilters, q: &mut QueryBuilder<Postgres>) -> Result<(), ApiError> {
-        if let Some(v) = text("partner_key", f.partner_key.as_deref())? {
-            partner_key_in(q, v);
-        }
         if let Some(v) = text("group_key", f.group_key.as_deref())? {
             eq(q, "t.group_key", v);
         }
@@ -573,13 +579,6 @@ impl Collection for Deals {
         by_key(key, q);
         Ok(())
     }
-}
-
-/// `AND t.partner_key` is one of the identifiers of partner `value`.
-fn partner_key_in(q: &mut QueryBuilder<Postgres>, value: &str) {
-    q.push(" AND t.partner_key = ANY(");
-    super::attribution::push_partner_ids(q, value);
-    q.push(")");
 }
 
 // ---------------------------------------------------------------------------------------
@@ -630,13 +629,15 @@ impl Collection for Leads {
     const UPDATED: &'static str = "COALESCE(t.updated_at, t.created_at)";
     const SOFT_DELETE: bool = true;
     const ORDER: Order = Order::CreatedKey;
+    const PARTNER_COLUMNS: &'static [&'static str] = &["t.partner_key"];
     type Item = Lead;
     type Filters = LeadFilters;
 
+    fn partner(f: &LeadFilters) -> Result<Option<&str>, ApiError> {
+        text("partner_key", f.partner_key.as_deref())
+    }
+
     fn filter(f: &LeadFilters, q: &mut QueryBuilder<Postgres>) -> Result<(), ApiError> {
-        if let Some(v) = text("partner_key", f.partner_key.as_deref())? {
-            partner_key_in(q, v);
-        }
         if let Some(v) = text("group_key", f.group_key.as_deref())? {
             eq(q, "t.group_key", v);
         }

@@ -1,5 +1,6 @@
 //! `GET /v1/partners/{key}/summary`: a partner's customers, transactions and rewards in
-//! numbers, computed by one SQL statement (one snapshot, no transaction).
+//! numbers: the partner's identifiers are resolved, then one SQL statement (one snapshot,
+//! no transaction) counts and sums over the partner columns' indexes.
 //!
 //! Attribution follows [`super::attribution`], the same rules the list filters use.
 //! Deleted objects and archived transactions are left out. Sums are per currency (and per
@@ -7,12 +8,10 @@
 
 use serde::{Deserialize, Serialize};
 use sqlx::types::Json;
-use sqlx::{FromRow, PgPool, Postgres, QueryBuilder};
+use sqlx::{FromRow, PgPool};
 use utoipa::ToSchema;
 
-use super::attribution::{
-    push_customer_of, push_reward_of, push_transaction_of, transaction_customer_join,
-};
+use super::attribution::partner_ids;
 use super::params::QueryParams;
 use crate::error::ApiError;
 
@@ -73,8 +72,6 @@ pub struct StatusTotals {
 
 #[derive(FromRow)]
 struct Row {
-    key: String,
-    partner_key: Option<String>,
     customers: i64,
     transaction_count: i64,
     transactions: Json<Vec<CurrencyTotals>>,
@@ -93,14 +90,19 @@ pub async fn partner_summary(
     if key.is_empty() || key.contains('\0') {
         return Err(not_found());
     }
-    let row: Row = summary_query(key)
-        .build_query_as()
-        .fetch_optional(pool)
-        .await?
-        .ok_or_else(not_found)?;
+    let partner = partner_ids(pool, key).await?;
+    let Some((partnership_key, partner_key)) = partner.partner else {
+        return Err(not_found());
+    };
+    // Unnamed, so Postgres plans with the actual identifiers.
+    let row: Row = sqlx::query_as(SUMMARY_SQL)
+        .bind(&partner.ids)
+        .persistent(false)
+        .fetch_one(pool)
+        .await?;
     Ok(PartnerSummary {
-        key: row.key,
-        partner_key: row.partner_key,
+        key: partnership_key,
+        partner_key,
         customers: CustomerTotals {
             count: row.customers,
         },
@@ -115,44 +117,37 @@ pub async fn partner_summary(
     })
 }
 
-/// The one statement behind [`partner_summary`]; every bind is `key`. Benchmarks replay it.
-pub fn summary_query(key: &str) -> QueryBuilder<Postgres> {
-    let mut q = QueryBuilder::<Postgres>::new(
-        "WITH p AS (SELECT t.key, t.partner_key FROM partners t WHERE t.key = ",
-    );
-    q.push_bind(key.to_string())
-        .push(" OR t.partner_key = ")
-        .push_bind(key.to_string())
-        .push(" ORDER BY (t.key = ")
-        .push_bind(key.to_string())
-        .push(") DESC, (t.deleted_at IS NULL) DESC, t.created_at DESC, t.key DESC LIMIT 1)");
-    q.push(", cust AS (SELECT t.key FROM customers t WHERE t.deleted_at IS NULL");
-    push_customer_of(&mut q, "t", key);
-    q.push("), tx AS (SELECT t.currency, t.approved, t.amount FROM transactions t ")
-        .push(transaction_customer_join!())
-        .push(" WHERE t.deleted_at IS NULL AND t.archived IS NOT TRUE");
-    push_transaction_of(&mut q, key);
-    q.push("), rw AS (SELECT t.reward_status, t.currency, t.amount FROM rewards t WHERE t.deleted_at IS NULL");
-    push_reward_of(&mut q, key);
-    q.push(
-        ") SELECT p.key, p.partner_key,
-            (SELECT count(*) FROM cust) AS customers,
-            (SELECT count(*) FROM tx) AS transaction_count,
-            (SELECT COALESCE(jsonb_agg(to_jsonb(x) ORDER BY x.currency NULLS LAST), '[]'::jsonb) FROM (
-                SELECT currency,
-                       count(*) AS count,
-                       COALESCE(sum(amount), 0)::bigint AS amount,
-                       count(*) FILTER (WHERE approved IS TRUE) AS approved_count,
-                       COALESCE(sum(amount) FILTER (WHERE approved IS TRUE), 0)::bigint AS approved_amount,
-                       count(*) FILTER (WHERE approved IS NOT TRUE) AS unapproved_count,
-                       COALESCE(sum(amount) FILTER (WHERE approved IS NOT TRUE), 0)::bigint AS unapproved_amount
-                FROM tx GROUP BY currency) x) AS transactions,
-            (SELECT count(*) FROM rw) AS reward_count,
-            (SELECT COALESCE(jsonb_agg(to_jsonb(x) ORDER BY x.reward_status NULLS LAST, x.currency NULLS LAST), '[]'::jsonb) FROM (
-                SELECT reward_status, currency, count(*) AS count,
-                       COALESCE(sum(amount), 0)::bigint AS amount
-                FROM rw GROUP BY reward_status, currency) x) AS rewards
-        FROM p",
-    );
-    q
-}
+/// The totals of the partner whose identifiers are `$1` (see [`partner_ids`]): the same
+/// partner columns the list filters match. Each side of a `UNION` is an index-only scan of
+/// one partner column's index (migrations/0004), and the `UNION` drops rows matched twice.
+const SUMMARY_SQL: &str = "WITH
+    cust AS (SELECT t.key FROM customers t WHERE t.deleted_at IS NULL AND t.partner_key = ANY($1)
+             UNION
+             SELECT t.key FROM customers t WHERE t.deleted_at IS NULL AND t.partnership_key = ANY($1)),
+    tx AS (SELECT t.key, t.currency, t.approved, t.amount FROM transactions t
+           WHERE t.deleted_at IS NULL AND t.archived IS NOT TRUE AND t.credited_partner_key = ANY($1)
+           UNION
+           SELECT t.key, t.currency, t.approved, t.amount FROM transactions t
+           WHERE t.deleted_at IS NULL AND t.archived IS NOT TRUE AND t.credited_partnership_key = ANY($1)),
+    rw AS (SELECT t.key, t.reward_status, t.currency, t.amount FROM rewards t
+           WHERE t.deleted_at IS NULL AND t.partner_key = ANY($1)
+           UNION
+           SELECT t.key, t.reward_status, t.currency, t.amount FROM rewards t
+           WHERE t.deleted_at IS NULL AND t.partnership_key = ANY($1))
+    SELECT
+        (SELECT count(*) FROM cust) AS customers,
+        (SELECT count(*) FROM tx) AS transaction_count,
+        (SELECT COALESCE(jsonb_agg(to_jsonb(x) ORDER BY x.currency NULLS LAST), '[]'::jsonb) FROM (
+            SELECT currency,
+                   count(*) AS count,
+                   COALESCE(sum(amount), 0)::bigint AS amount,
+                   count(*) FILTER (WHERE approved IS TRUE) AS approved_count,
+                   COALESCE(sum(amount) FILTER (WHERE approved IS TRUE), 0)::bigint AS approved_amount,
+                   count(*) FILTER (WHERE approved IS NOT TRUE) AS unapproved_count,
+                   COALESCE(sum(amount) FILTER (WHERE approved IS NOT TRUE), 0)::bigint AS unapproved_amount
+            FROM tx GROUP BY currency) x) AS transactions,
+        (SELECT count(*) FROM rw) AS reward_count,
+        (SELECT COALESCE(jsonb_agg(to_jsonb(x) ORDER BY x.reward_status NULLS LAST, x.currency NULLS LAST), '[]'::jsonb) FROM (
+            SELECT reward_status, currency, count(*) AS count,
+                   COALESCE(sum(amount), 0)::bigint AS amount
+            FROM rw GROUP BY reward_status, currency) x) AS rewards";

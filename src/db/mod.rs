@@ -1,5 +1,6 @@
 //! Postgres: the pool, migrations, the embedded default and the queries per table.
 
+pub mod attribution;
 pub mod embedded;
 pub mod events;
 pub mod sync;

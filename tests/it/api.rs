@@ -77,6 +77,11 @@ async fn seed(app: &TestApp, table: &str, row: Value) {
     row.entry("source").or_insert(json!("reconcile"));
     row.entry("synced_at")
         .or_insert(json!("2024-06-01T00:00:00Z"));
+    let key = row["key"].as_str().unwrap().to_string();
+    let customer_key = row
+        .get("customer_key")
+        .and_then(Value::as_str)
+        .map(String::from);
     sqlx::query(sqlx::AssertSqlSafe(format!(
         "INSERT INTO {table} SELECT * FROM jsonb_populate_record(NULL::{table}, $1)"
     )))
@@ -84,6 +89,25 @@ async fn seed(app: &TestApp, table: &str, row: Value) {
     .execute(&app.db.pool)
     .await
     .unwrap_or_else(|e| panic!("seed {table}: {e}"));
+    // What apply() does after writing these rows: keep partner attribution current.
+    let mut conn = app.db.pool.acquire().await.unwrap();
+    let (transactions, customers, customer_keys): (Vec<&str>, Vec<&str>, Vec<&str>) = match table {
+        "transactions" => (vec![&key], vec![], vec![]),
+        "customers" => (
+            vec![],
+            vec![&key],
+            customer_key.as_deref().into_iter().collect(),
+        ),
+        _ => (vec![], vec![], vec![]),
+    };
+    partnerstack_sync::db::attribution::credit(
+        &mut conn,
+        &transactions,
+        &customers,
+        &customer_keys,
+    )
+    .await
+    .unwrap();
 }
 
 async fn deliver_all(app: &TestApp, bodies: &[Value]) -> Vec<i64> {
@@ -1092,5 +1116,132 @@ async fn openapi_is_valid_and_lists_every_route() {
         doc["components"]["securitySchemes"]["bearer"],
         json!({"type": "http", "scheme": "bearer"})
     );
+    app.stop().await;
+}
+
+/// A transaction is credited to its customer's partner even when the customer arrives
+/// after it, and follows the customer when it moves to another partner.
+#[tokio::test]
+async fn transactions_are_credited_to_their_customers_partner_whatever_the_order() {
+    let app = TestApp::spawn().await;
+    let t0 = 1_700_000_000_000_i64;
+    deliver_all(
+        &app,
+        &[
+            json!({"event": "partnership.created", "key": "part_a", "partner_key": "alice", "created_at": t0}),
+            json!({"event": "partnership.created", "key": "part_b", "partner_key": "bob", "created_at": t0}),
+            // The transaction first, naming its customer by your key only.
+            json!({"event": "transaction.created", "key": "txn_1", "amount": 1200, "currency": "USD",
+                   "customer": {"external_key": "acct-9"}, "created_at": t0, "updated_at": t0}),
+        ],
+    )
+    .await;
+    assert_eq!(
+        keys(&app, "/v1/transactions?partner_key=alice").await,
+        strings(&[])
+    );
+
+    deliver_all(
+        &app,
+        &[json!({"event": "customer.created", "key": "cus_9", "customer_key": "acct-9",
+                 "partner_key": "alice", "partnership_key": "part_a", "created_at": t0, "updated_at": t0})],
+    )
+    .await;
+    assert_eq!(
+        keys(&app, "/v1/transactions?partner_key=alice").await,
+        strings(&["txn_1"])
+    );
+    assert_eq!(
+        keys(&app, "/v1/transactions?partner_key=part_a").await,
+        strings(&["txn_1"])
+    );
+    let summary = ok(&app, "/v1/partners/alice/summary").await;
+    assert_eq!(summary["data"]["transactions"]["count"], 1);
+    assert_eq!(
+        summary["data"]["transactions"]["by_currency"][0]["amount"],
+        1200
+    );
+    let item = ok(&app, "/v1/transactions/txn_1").await;
+    assert_eq!(item["data"]["partner_key"], "alice");
+
+    // The customer moves to bob: so does its transaction.
+    deliver_all(
+        &app,
+        &[json!({"event": "customer.updated", "key": "cus_9", "customer_key": "acct-9",
+                 "partner_key": "bob", "partnership_key": "part_b", "created_at": t0, "updated_at": t0 + 1})],
+    )
+    .await;
+    assert_eq!(
+        keys(&app, "/v1/transactions?partner_key=alice").await,
+        strings(&[])
+    );
+    assert_eq!(
+        keys(&app, "/v1/transactions?partner_key=bob").await,
+        strings(&["txn_1"])
+    );
+    assert_eq!(
+        ok(&app, "/v1/partners/part_a/summary").await["data"]["transactions"]["count"],
+        0
+    );
+    assert_eq!(
+        ok(&app, "/v1/partners/part_b/summary").await["data"]["transactions"]["count"],
+        1
+    );
+    app.stop().await;
+}
+
+/// A partner's customers carry both of its identifiers; every page of the partner filter
+/// lists each customer once, in order, across pages of any size.
+#[tokio::test]
+async fn a_partners_customers_page_exactly_once_by_either_identifier() {
+    let app = TestApp::spawn().await;
+    seed(
+        &app,
+        "partners",
+        json!({"key": "part_a", "partner_key": "alice"}),
+    )
+    .await;
+    for i in 0..60 {
+        // Some name the partner both ways, some one way only; ties in created_at too.
+        let (pk, pp) = match i % 3 {
+            0 => (Some("alice"), Some("part_a")),
+            1 => (Some("alice"), None),
+            _ => (None, Some("part_a")),
+        };
+        seed(
+            &app,
+            "customers",
+            json!({"key": format!("cus_{i:02}"), "partner_key": pk, "partnership_key": pp,
+                   "created_at": format!("2024-01-01T00:00:{:02}Z", i / 2)}),
+        )
+        .await;
+        seed(
+            &app,
+            "customers",
+            json!({"key": format!("other_{i:02}"), "partner_key": "bob"}),
+        )
+        .await;
+    }
+    let mut expected: Vec<String> = (0..60).map(|i| format!("cus_{i:02}")).collect();
+    expected.sort();
+    for by in ["alice", "part_a"] {
+        for limit in [1, 7, 250] {
+            let items = walk(
+                &app,
+                &format!("/v1/customers?partner_key={by}"),
+                limit,
+                async |_| {},
+            )
+            .await;
+            let got: Vec<String> = items
+                .iter()
+                .map(|i| i["key"].as_str().unwrap().to_string())
+                .collect();
+            // Newest first, created_at ties broken by key descending: here, keys descending.
+            let mut newest_first = expected.clone();
+            newest_first.reverse();
+            assert_eq!(got, newest_first, "by {by}, limit {limit}");
+        }
+    }
     app.stop().await;
 }

@@ -562,7 +562,13 @@ async fn secrets_never_reach_the_logs() {
     }
     tokio::time::sleep(Duration::from_secs(3)).await;
     service.terminate().await;
-    let served = sim.simulator.faults().answers().get(&200).copied().unwrap_or(0);
+    let served = sim
+        .simulator
+        .faults()
+        .answers()
+        .get(&200)
+        .copied()
+        .unwrap_or(0);
     assert!(served > 0, "the reconciler used the PartnerStack keys");
     sim.stop().await.unwrap();
     let logs = format!("{}{}", out.join().unwrap(), err.join().unwrap());
