@@ -51,3 +51,13 @@ DROP INDEX rewards_partnership_key;
 DROP INDEX deals_partner_key;
 DROP INDEX leads_partner_key;
 DROP INDEX transactions_partner_key;
+
+-- Filters on a handful of values (approved, status, currency) select a large share of a
+-- table: a page walks the created_at order index and stops after n matches, so ordered
+-- indexes per value only cost every write.
+DROP INDEX transactions_approved_order;
+DROP INDEX transactions_status_order;
+DROP INDEX transactions_currency_order;
+DROP INDEX rewards_status_order;
+DROP INDEX partners_status_order;
+DROP INDEX leads_status_order;

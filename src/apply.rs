@@ -184,26 +184,24 @@ pub async fn apply(
             }
         }
     }
-    // Keep partner attribution current: changed transactions, and the transactions of
-    // changed customers, are credited again in the same transaction.
-    let changed = |entity: Entity| {
+    // Keep partner attribution current: transactions are credited as they are written
+    // (see upsert_sql); the transactions of changed customers are credited again here, in
+    // the same transaction.
+    let changed_customers = || {
         observations
             .iter()
             .zip(&results)
-            .filter(move |(o, r)| o.entity == entity && r.changed())
+            .filter(|(o, r)| o.entity == Entity::Customer && r.changed())
             .map(|(o, _)| o)
     };
-    let transactions: Vec<&str> = changed(Entity::Transaction)
-        .map(|o| o.key.as_str())
-        .collect();
-    let customers: Vec<&str> = changed(Entity::Customer).map(|o| o.key.as_str()).collect();
-    let customer_keys: Vec<&str> = changed(Entity::Customer)
+    let customers: Vec<&str> = changed_customers().map(|o| o.key.as_str()).collect();
+    let customer_keys: Vec<&str> = changed_customers()
         .filter_map(|o| match o.column("customer_key") {
             Some(Col::Text(Some(k))) => Some(k.as_str()),
             _ => None,
         })
         .collect();
-    attribution::credit(conn, &transactions, &customers, &customer_keys).await?;
+    attribution::credit(conn, &[], &customers, &customer_keys).await?;
     Ok(results)
 }
 
@@ -239,18 +237,19 @@ fn rounds(observations: &[Observation]) -> Vec<Vec<usize>> {
     rounds.into_iter().map(|(_, _, members)| members).collect()
 }
 
-/// Column values gathered across a batch, ready to bind as one array each.
-enum Array {
-    Text(Vec<Option<String>>),
+/// Column values gathered across a batch, ready to bind as one array each (borrowed
+/// from the observations: nothing is copied before encoding).
+enum Array<'a> {
+    Text(Vec<Option<&'a str>>),
     Int(Vec<Option<i64>>),
     Bool(Vec<Option<bool>>),
     Ts(Vec<Option<DateTime<Utc>>>),
     Date(Vec<Option<NaiveDate>>),
-    Json(Vec<Option<Value>>),
+    Json(Vec<Option<&'a Value>>),
 }
 
-impl Array {
-    fn for_col(col: &Col, capacity: usize) -> Array {
+impl<'a> Array<'a> {
+    fn for_col(col: &Col, capacity: usize) -> Array<'a> {
         match col {
             Col::Text(_) => Array::Text(Vec::with_capacity(capacity)),
             Col::Int(_) => Array::Int(Vec::with_capacity(capacity)),
@@ -261,14 +260,14 @@ impl Array {
         }
     }
 
-    fn push(&mut self, col: &Col) {
+    fn push(&mut self, col: &'a Col) {
         match (self, col) {
-            (Array::Text(v), Col::Text(x)) => v.push(x.clone()),
+            (Array::Text(v), Col::Text(x)) => v.push(x.as_deref()),
             (Array::Int(v), Col::Int(x)) => v.push(*x),
             (Array::Bool(v), Col::Bool(x)) => v.push(*x),
             (Array::Ts(v), Col::Ts(x)) => v.push(*x),
             (Array::Date(v), Col::Date(x)) => v.push(*x),
-            (Array::Json(v), Col::Json(x)) => v.push(x.clone()),
+            (Array::Json(v), Col::Json(x)) => v.push(x.as_ref()),
             // Every object of one entity yields the same columns in the same order.
             _ => unreachable!("column types differ between observations of one entity"),
         }
@@ -295,12 +294,12 @@ async fn upsert(
     let mut raw = Vec::with_capacity(n);
     let mut arrays: Vec<Array> = columns.iter().map(|(_, c)| Array::for_col(c, n)).collect();
     for o in batch {
-        keys.push(o.key.clone());
+        keys.push(o.key.as_str());
         created.push(o.created_at);
         updated.push(o.updated_at);
         observed.push(o.observed_at());
         deleted.push(o.deleted);
-        raw.push(o.raw.clone());
+        raw.push(&o.raw);
         for (array, (_, col)) in arrays.iter_mut().zip(&o.columns) {
             array.push(col);
         }
@@ -359,6 +358,24 @@ fn upsert_sql(table: &str, columns: &[(&'static str, Col)]) -> String {
         params.push(format!("${}::{}[]", i + 8, col.sql_type()));
     }
     let list = names.join(", ");
+    // Columns the service derives while writing (partner attribution of transactions).
+    let derived = attribution::derived_columns(table, "i");
+    let join = derived.as_ref().map_or(String::new(), |d| d.join.clone());
+    let derived_select: String = derived
+        .iter()
+        .flat_map(|d| &d.columns)
+        .map(|(name, expr)| format!(", {expr} AS {name}"))
+        .collect();
+    let derived_names: String = derived
+        .iter()
+        .flat_map(|d| &d.columns)
+        .map(|(name, _)| format!(", {name}"))
+        .collect();
+    let derived_sets: String = derived
+        .iter()
+        .flat_map(|d| &d.columns)
+        .map(|(name, _)| format!(", {name} = EXCLUDED.{name}"))
+        .collect();
     let excluded = |prefix: &str| {
         names
             .iter()
@@ -375,13 +392,13 @@ fn upsert_sql(table: &str, columns: &[(&'static str, Col)]) -> String {
             SELECT * FROM UNNEST({params})
                 AS i(key, created_at, updated_at, observed_at, deleted, raw, {list})
         ), rows AS (
-            SELECT i.*, COALESCE(i.created_at, t.created_at, now()) AS created_final
-            FROM input i LEFT JOIN {table} t ON t.key = i.key
+            SELECT i.*, COALESCE(i.created_at, t.created_at, now()) AS created_final{derived_select}
+            FROM input i LEFT JOIN {table} t ON t.key = i.key {join}
         )
         INSERT INTO {table} AS t
-            (key, created_at, updated_at, observed_at, deleted_at, raw, source, synced_at, {list})
+            (key, created_at, updated_at, observed_at, deleted_at, raw, source, synced_at, {list}{derived_names})
         SELECT key, created_final, updated_at, observed_at,
-               CASE WHEN deleted THEN now() END, raw, $1, now(), {list}
+               CASE WHEN deleted THEN now() END, raw, $1, now(), {list}{derived_names}
         FROM rows
         ON CONFLICT (key) DO UPDATE SET
             created_at = EXCLUDED.created_at,
@@ -391,7 +408,7 @@ fn upsert_sql(table: &str, columns: &[(&'static str, Col)]) -> String {
                               ELSE COALESCE(t.deleted_at, EXCLUDED.deleted_at) END,
             raw = EXCLUDED.raw,
             source = EXCLUDED.source,
-            synced_at = EXCLUDED.synced_at{sets}
+            synced_at = EXCLUDED.synced_at{sets}{derived_sets}
         WHERE EXCLUDED.observed_at > t.observed_at
            OR (t.observed_at IS NULL AND EXCLUDED.observed_at IS NOT NULL)
            OR (EXCLUDED.observed_at IS NOT DISTINCT FROM t.observed_at

@@ -75,6 +75,8 @@ pub fn run_scripts(
     let _ = std::fs::remove_dir_all(&log_dir);
     std::fs::create_dir_all(&log_dir)?;
     let mut cmd = Command::new(pgbench_path()?);
+    // The service's own session settings (db::session_options): no JIT.
+    cmd.env("PGOPTIONS", "-c jit=off");
     cmd.arg("--no-vacuum")
         .arg("--protocol=prepared")
         .arg(format!("--client={clients}"))

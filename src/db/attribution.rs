@@ -4,15 +4,62 @@
 //! customer's (`partner_key`, `partnership_key`). Its customer is the one whose key is the
 //! transaction's `customer_key`, else one whose own `customer_key` (the company's key)
 //! equals the transaction's `customer_external_key` or `customer_key` (the brief's dialect
-//! puts the company's key there); ties go to a live customer, then the newest.
-//! [`crate::apply::apply`] calls [`credit`] for the transactions it changed and for those
-//! of the customers it changed, in the same transaction, so the `credited_*` columns the
-//! query API reads are always current. (Marking a customer deleted does not re-credit:
-//! who referred a transaction does not change when the customer leaves.)
+//! puts the company's key there), a live one before a deleted one, then the newest.
+//!
+//! [`crate::apply`] writes the credit with every transaction it writes
+//! ([`derived_columns`]), and calls [`credit`] for the customers it changes, in
+//! the same transaction; the `credited_*` columns the query API reads are therefore always
+//! current. (Marking a customer deleted does not re-credit: who referred a transaction
+//! does not change when the customer leaves.)
 
-use sqlx::PgConnection;
+use sqlx::{AssertSqlSafe, PgConnection};
 
-/// Re-credits the given transactions and every transaction of the given customers
+/// Columns computed while writing a table's rows: a join adding what they need to the
+/// input rows, and the columns as expressions over it.
+#[derive(Debug, Clone)]
+pub struct Derived {
+    pub join: String,
+    pub columns: Vec<(&'static str, String)>,
+}
+
+/// The derived columns of `table`, for input rows aliased `row` (they carry the typed
+/// columns of the table).
+pub fn derived_columns(table: &str, row: &str) -> Option<Derived> {
+    (table == "transactions").then(|| Derived {
+        join: customer_of(row),
+        columns: vec![
+            (
+                "credited_partner_key",
+                format!("COALESCE({row}.partner_key, tc.partner_key)"),
+            ),
+            (
+                "credited_partnership_key",
+                format!("CASE WHEN {row}.partner_key IS NULL THEN tc.partnership_key END"),
+            ),
+        ],
+    })
+}
+
+/// `LEFT JOIN LATERAL (...) tc`: the partner columns of the customer a transaction row
+/// `row` belongs to. Two index probes: by PartnerStack's key, then by the company's key.
+fn customer_of(row: &str) -> String {
+    format!(
+        "LEFT JOIN LATERAL (
+            SELECT x.partner_key, x.partnership_key FROM (
+                (SELECT c.partner_key, c.partnership_key, 0 AS rank
+                 FROM customers c WHERE c.key = {row}.customer_key)
+                UNION ALL
+                (SELECT c.partner_key, c.partnership_key, 1 AS rank
+                 FROM customers c
+                 WHERE c.customer_key = ANY(ARRAY[{row}.customer_key, {row}.customer_external_key])
+                 ORDER BY (c.deleted_at IS NULL) DESC, c.created_at DESC, c.key DESC
+                 LIMIT 1)
+            ) x ORDER BY x.rank LIMIT 1
+        ) tc ON TRUE"
+    )
+}
+
+/// Credits again the given transactions and every transaction of the given customers
 /// (PartnerStack keys and company keys). Returns how many rows changed.
 pub async fn credit(
     conn: &mut PgConnection,
@@ -23,41 +70,54 @@ pub async fn credit(
     if transactions.is_empty() && customers.is_empty() && customer_keys.is_empty() {
         return Ok(0);
     }
-    let done = sqlx::query(
+    let Some(derived) = derived_columns("transactions", "s") else {
+        return Ok(0);
+    };
+    let sets: Vec<String> = derived
+        .columns
+        .iter()
+        .map(|(name, _)| format!("{name} = credit.{name}"))
+        .collect();
+    let values: Vec<String> = derived
+        .columns
+        .iter()
+        .map(|(name, expr)| format!("{expr} AS {name}"))
+        .collect();
+    let names: Vec<String> = derived
+        .columns
+        .iter()
+        .map(|(name, _)| format!("t.{name}"))
+        .collect();
+    let new: Vec<String> = derived
+        .columns
+        .iter()
+        .map(|(name, _)| format!("credit.{name}"))
+        .collect();
+    // One index scan per branch (an OR across columns could end in a table scan).
+    let sql = format!(
         "WITH affected AS (
              SELECT unnest($1::text[]) AS key
-             UNION
-             SELECT x.key FROM transactions x
-             WHERE x.customer_key = ANY($2) OR x.customer_key = ANY($3)
-                OR x.customer_external_key = ANY($3)
+             UNION SELECT x.key FROM transactions x WHERE x.customer_key = ANY($2)
+             UNION SELECT x.key FROM transactions x WHERE x.customer_key = ANY($3)
+             UNION SELECT x.key FROM transactions x WHERE x.customer_external_key = ANY($3)
          ), credit AS (
-             SELECT s.key,
-                    COALESCE(s.partner_key, tc.partner_key) AS partner_key,
-                    CASE WHEN s.partner_key IS NULL THEN tc.partnership_key END AS partnership_key
-             FROM affected a
-             JOIN transactions s ON s.key = a.key
-             LEFT JOIN LATERAL (
-                 SELECT c.partner_key, c.partnership_key FROM customers c
-                 WHERE c.key = s.customer_key
-                    OR c.customer_key = s.customer_key
-                    OR c.customer_key = s.customer_external_key
-                 ORDER BY (c.key = s.customer_key) IS TRUE DESC, (c.deleted_at IS NULL) DESC,
-                          c.created_at DESC, c.key DESC
-                 LIMIT 1
-             ) tc ON TRUE
+             SELECT s.key, {values}
+             FROM affected a JOIN transactions s ON s.key = a.key {join}
          )
-         UPDATE transactions t
-         SET credited_partner_key = credit.partner_key,
-             credited_partnership_key = credit.partnership_key
+         UPDATE transactions t SET {sets}
          FROM credit
-         WHERE t.key = credit.key
-           AND (t.credited_partner_key, t.credited_partnership_key)
-               IS DISTINCT FROM (credit.partner_key, credit.partnership_key)",
-    )
-    .bind(transactions)
-    .bind(customers)
-    .bind(customer_keys)
-    .execute(conn)
-    .await?;
+         WHERE t.key = credit.key AND ({names}) IS DISTINCT FROM ({new})",
+        values = values.join(", "),
+        join = derived.join,
+        sets = sets.join(", "),
+        names = names.join(", "),
+        new = new.join(", "),
+    );
+    let done = sqlx::query(AssertSqlSafe(sql))
+        .bind(transactions)
+        .bind(customers)
+        .bind(customer_keys)
+        .execute(conn)
+        .await?;
     Ok(done.rows_affected())
 }

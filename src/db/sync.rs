@@ -113,17 +113,18 @@ pub struct PageTotals {
     pub invalid: i64,
 }
 
-/// Moves a pass's checkpoint past a page. False when the pass is no longer current.
+/// Moves a pass's checkpoint past `pages` pages. False when the pass is no longer current.
 pub async fn record_page(
     conn: &mut PgConnection,
     stream: &str,
     pass_id: i64,
     next_cursor: Option<&str>,
+    pages: i64,
     page: PageTotals,
 ) -> Result<bool, sqlx::Error> {
     let updated = sqlx::query(
         "UPDATE sync_streams SET
-             pass_cursor = $3, pass_pages = pass_pages + 1, pass_seen = pass_seen + $4,
+             pass_cursor = $3, pass_pages = pass_pages + $8, pass_seen = pass_seen + $4,
              pass_changed = pass_changed + $5, pass_repairs = pass_repairs + $6,
              pass_invalid = pass_invalid + $7
          WHERE stream = $1 AND pass_id = $2",
@@ -135,6 +136,7 @@ pub async fn record_page(
     .bind(page.changed)
     .bind(page.repairs)
     .bind(page.invalid)
+    .bind(pages)
     .execute(conn)
     .await?;
     Ok(updated.rows_affected() == 1)

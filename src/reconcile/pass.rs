@@ -15,6 +15,10 @@ use crate::partnerstack::client::{self, Client, ListQuery, Page};
 use crate::partnerstack::models::Entity;
 use crate::telemetry::{Metrics, StreamLabel};
 
+/// Pages applied together, when they are already fetched: fewer commits and statements,
+/// the same checkpoint rule (the checkpoint moves past the last page of the commit).
+const PAGES_PER_COMMIT: usize = 4;
+
 /// The kinds of pass (see `config/default.toml`, `[reconcile]`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -202,9 +206,9 @@ pub async fn run(
     };
     let resumed = resumable;
 
-    // Fetch one page ahead while the previous one is applied; the channel holds one page,
-    // so memory stays a couple of pages whatever the stream's size.
-    let (pages_tx, mut pages_rx) = mpsc::channel::<Result<Page, client::Error>>(1);
+    // Fetch ahead while earlier pages are applied; the channel holds a few pages, so
+    // memory stays bounded whatever the stream's size.
+    let (pages_tx, mut pages_rx) = mpsc::channel::<Result<Page, client::Error>>(PAGES_PER_COMMIT);
     let mut pager = ctx.client.pages(entity, query);
     let fetcher = tokio::spawn(async move {
         loop {
@@ -316,11 +320,20 @@ async fn apply_pages(
 ) -> Result<(), PassError> {
     let stream = entity.stream();
     let label = StreamLabel { stream };
-    while let Some(page) = pages.recv().await {
-        let page = page?;
-        let mut observations = Vec::with_capacity(page.items.len());
+    while let Some(first) = pages.recv().await {
+        // This page, and any others already fetched (up to PAGES_PER_COMMIT).
+        let mut batch = vec![first?];
+        while batch.len() < PAGES_PER_COMMIT {
+            match pages.try_recv() {
+                Ok(page) => batch.push(page?),
+                Err(_) => break,
+            }
+        }
+        let page_count = batch.len() as i64;
+        let next_cursor = batch.last().and_then(|p| p.next_cursor.clone());
+        let mut observations = Vec::with_capacity(batch.iter().map(|p| p.items.len()).sum());
         let mut invalid = 0;
-        for item in page.items {
+        for item in batch.into_iter().flat_map(|p| p.items) {
             match Observation::parse(entity, item, false) {
                 Ok(o) => observations.push(o),
                 Err(reason) => {
@@ -346,7 +359,8 @@ async fn apply_pages(
             &mut tx,
             stream,
             pass_id,
-            page.next_cursor.as_deref(),
+            next_cursor.as_deref(),
+            page_count,
             page_totals,
         )
         .await?
@@ -368,7 +382,7 @@ async fn apply_pages(
             .reconcile_repairs
             .get_or_create(&label)
             .inc_by(page_totals.repairs as u64);
-        totals.0 += 1;
+        totals.0 += page_count;
         totals.1.seen += page_totals.seen;
         totals.1.changed += page_totals.changed;
         totals.1.repairs += page_totals.repairs;
@@ -380,7 +394,7 @@ async fn apply_pages(
             seen: totals.1.seen,
             changed: totals.1.changed,
         });
-        if ctx.stop.is_cancelled() && page.next_cursor.is_some() {
+        if ctx.stop.is_cancelled() && next_cursor.is_some() {
             return Err(PassError::Interrupted);
         }
     }
