@@ -125,9 +125,16 @@ pub async fn list<C: Collection>(
         None => None,
     };
     let mut q = list_query(&request, partner.as_deref())?;
-    // Unnamed, so Postgres plans with the actual values (a partner's share of a table
-    // decides between plans).
-    let mut items: Vec<C::Item> = q.build_query_as().persistent(false).fetch_all(pool).await?;
+    // Prepared statements are cached per connection and their plans reused, which suits
+    // equality filters. A time range is different: how many rows it selects decides
+    // between walking the list order and sorting the range's rows, so it is planned
+    // with its value every time.
+    let persistent = request.updated_since.is_none();
+    let mut items: Vec<C::Item> = q
+        .build_query_as()
+        .persistent(persistent)
+        .fetch_all(pool)
+        .await?;
     let limit = request.limit;
     let has_more = items.len() as i64 > limit;
     items.truncate(limit as usize);

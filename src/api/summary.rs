@@ -94,10 +94,8 @@ pub async fn partner_summary(
     let Some((partnership_key, partner_key)) = partner.partner else {
         return Err(not_found());
     };
-    // Unnamed, so Postgres plans with the actual identifiers.
     let row: Row = sqlx::query_as(SUMMARY_SQL)
         .bind(&partner.ids)
-        .persistent(false)
         .fetch_one(pool)
         .await?;
     Ok(PartnerSummary {

@@ -96,7 +96,9 @@ pub fn pool(options: PgConnectOptions, config: &DatabaseConfig) -> PgPool {
         .min_connections(0)
         .acquire_timeout(config.acquire_timeout)
         .idle_timeout(Duration::from_secs(300))
-        .test_before_acquire(true)
+        // No ping per checkout (a round trip per query): a connection broken by a database
+        // restart fails its next statement, is discarded, and the caller answers 503.
+        .test_before_acquire(false)
         .connect_lazy_with(options)
 }
 
