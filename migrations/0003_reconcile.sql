@@ -25,6 +25,9 @@ CREATE TABLE sync_streams (
     pass_changed      BIGINT NOT NULL DEFAULT 0,
     pass_repairs      BIGINT NOT NULL DEFAULT 0,
     pass_invalid      BIGINT NOT NULL DEFAULT 0,
+    -- Keys recorded in sync_seen by this pass (a full scan); checked before deletion
+    -- detection, since sync_seen does not survive a database crash.
+    pass_marked       BIGINT NOT NULL DEFAULT 0,
     -- The last pass that ended, well or not.
     last_kind         TEXT,
     last_started_at   TIMESTAMPTZ,
@@ -48,7 +51,9 @@ CREATE TABLE sync_streams (
     runner            TEXT
 );
 
-CREATE TABLE sync_seen (
+-- UNLOGGED: no WAL for a million keys a day. A database crash empties it; the pass then
+-- finds fewer keys than pass_marked says it recorded, and marks nothing deleted.
+CREATE UNLOGGED TABLE sync_seen (
     stream  TEXT NOT NULL,
     key     TEXT NOT NULL,
     pass_id BIGINT NOT NULL,

@@ -111,8 +111,12 @@ fn build<T: Object>(object: Value, deleted: bool) -> Result<Observation, String>
         // Postgres text and jsonb cannot hold U+0000.
         return Err("the object contains a NUL (\\u0000) character".into());
     }
-    let typed: T = serde_path_to_error::deserialize(&object)
-        .map_err(|e| format!("field `{}`: {}", e.path(), e.inner()))?;
+    // The plain read first; only a failure pays for tracking where in the object it was.
+    let typed: T = match T::deserialize(&object) {
+        Ok(typed) => typed,
+        Err(_) => serde_path_to_error::deserialize(&object)
+            .map_err(|e| format!("field `{}`: {}", e.path(), e.inner()))?,
+    };
     let meta = typed.meta();
     let key = meta
         .identity()

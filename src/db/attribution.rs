@@ -25,37 +25,41 @@ pub struct Derived {
 /// The derived columns of `table`, for input rows aliased `row` (they carry the typed
 /// columns of the table).
 pub fn derived_columns(table: &str, row: &str) -> Option<Derived> {
+    // The customer found by PartnerStack's key (tck), else by the company's key (tcx).
+    let pick = |column: &str| {
+        format!("CASE WHEN tck.key IS NOT NULL THEN tck.{column} ELSE tcx.{column} END")
+    };
     (table == "transactions").then(|| Derived {
         join: customer_of(row),
         columns: vec![
             (
                 "credited_partner_key",
-                format!("COALESCE({row}.partner_key, tc.partner_key)"),
+                format!("COALESCE({row}.partner_key, {})", pick("partner_key")),
             ),
             (
                 "credited_partnership_key",
-                format!("CASE WHEN {row}.partner_key IS NULL THEN tc.partnership_key END"),
+                format!(
+                    "CASE WHEN {row}.partner_key IS NULL THEN {} END",
+                    pick("partnership_key")
+                ),
             ),
         ],
     })
 }
 
-/// `LEFT JOIN LATERAL (...) tc`: the partner columns of the customer a transaction row
-/// `row` belongs to. Two index probes: by PartnerStack's key, then by the company's key.
+/// Joins `tck`, the customer whose key is the transaction row's `customer_key`, and, only
+/// when there is none, `tcx`, the customer found by the company's key: one index probe for
+/// the usual case, a second only when it misses.
 fn customer_of(row: &str) -> String {
     format!(
-        "LEFT JOIN LATERAL (
-            SELECT x.partner_key, x.partnership_key FROM (
-                (SELECT c.partner_key, c.partnership_key, 0 AS rank
-                 FROM customers c WHERE c.key = {row}.customer_key)
-                UNION ALL
-                (SELECT c.partner_key, c.partnership_key, 1 AS rank
-                 FROM customers c
-                 WHERE c.customer_key = ANY(ARRAY[{row}.customer_key, {row}.customer_external_key])
-                 ORDER BY (c.deleted_at IS NULL) DESC, c.created_at DESC, c.key DESC
-                 LIMIT 1)
-            ) x ORDER BY x.rank LIMIT 1
-        ) tc ON TRUE"
+        "LEFT JOIN customers tck ON tck.key = {row}.customer_key
+         LEFT JOIN LATERAL (
+            SELECT c.partner_key, c.partnership_key FROM customers c
+            WHERE tck.key IS NULL
+              AND c.customer_key = ANY(ARRAY[{row}.customer_key, {row}.customer_external_key])
+            ORDER BY (c.deleted_at IS NULL) DESC, c.created_at DESC, c.key DESC
+            LIMIT 1
+         ) tcx ON TRUE"
     )
 }
 

@@ -27,6 +27,7 @@ pub struct StreamState {
     pub pass_changed: i64,
     pub pass_repairs: i64,
     pub pass_invalid: i64,
+    pub pass_marked: i64,
     pub last_kind: Option<String>,
     pub last_started_at: Option<DateTime<Utc>>,
     pub last_finished_at: Option<DateTime<Utc>>,
@@ -79,19 +80,24 @@ pub struct PassPlan<'a> {
     pub min_created: Option<DateTime<Utc>>,
 }
 
-/// Starts a new pass (dropping any checkpoint of an earlier one) and returns its id.
+/// Starts a new pass (dropping any checkpoint and seen keys of an earlier one) and
+/// returns its id.
 pub async fn begin_pass(
     conn: &mut PgConnection,
     stream: &str,
     plan: PassPlan<'_>,
     runner: &str,
 ) -> Result<(i64, DateTime<Utc>), sqlx::Error> {
+    sqlx::query("DELETE FROM sync_seen WHERE stream = $1")
+        .bind(stream)
+        .execute(&mut *conn)
+        .await?;
     sqlx::query_as(
         "UPDATE sync_streams SET
              pass_id = nextval('sync_pass_ids'), pass_kind = $2, pass_started_at = now(),
              pass_min_updated = $3, pass_min_created = $4, pass_cursor = NULL,
              pass_pages = 0, pass_seen = 0, pass_changed = 0, pass_repairs = 0, pass_invalid = 0,
-             requested_at = NULL, requested_full = false, runner = $5
+             pass_marked = 0, requested_at = NULL, requested_full = false, runner = $5
          WHERE stream = $1
          RETURNING pass_id, pass_started_at",
     )
@@ -111,6 +117,8 @@ pub struct PageTotals {
     pub changed: i64,
     pub repairs: i64,
     pub invalid: i64,
+    /// Keys newly recorded in `sync_seen`.
+    pub marked: i64,
 }
 
 /// Moves a pass's checkpoint past `pages` pages. False when the pass is no longer current.
@@ -126,7 +134,7 @@ pub async fn record_page(
         "UPDATE sync_streams SET
              pass_cursor = $3, pass_pages = pass_pages + $8, pass_seen = pass_seen + $4,
              pass_changed = pass_changed + $5, pass_repairs = pass_repairs + $6,
-             pass_invalid = pass_invalid + $7
+             pass_invalid = pass_invalid + $7, pass_marked = pass_marked + $9
          WHERE stream = $1 AND pass_id = $2",
     )
     .bind(stream)
@@ -137,29 +145,30 @@ pub async fn record_page(
     .bind(page.repairs)
     .bind(page.invalid)
     .bind(pages)
+    .bind(page.marked)
     .execute(conn)
     .await?;
     Ok(updated.rows_affected() == 1)
 }
 
-/// Remembers keys a full scan has read.
+/// Remembers keys a full scan has read; returns how many were new to this pass.
 pub async fn mark_seen(
     conn: &mut PgConnection,
     stream: &str,
     pass_id: i64,
     keys: &[&str],
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
+) -> Result<i64, sqlx::Error> {
+    let done = sqlx::query(
         "INSERT INTO sync_seen (stream, key, pass_id)
          SELECT $1, k, $2 FROM unnest($3::text[]) AS k
-         ON CONFLICT (stream, key) DO UPDATE SET pass_id = EXCLUDED.pass_id",
+         ON CONFLICT (stream, key) DO NOTHING",
     )
     .bind(stream)
     .bind(pass_id)
     .bind(keys)
     .execute(conn)
     .await?;
-    Ok(())
+    Ok(done.rows_affected() as i64)
 }
 
 /// What deletion detection found after a full scan.
@@ -169,13 +178,17 @@ pub struct Vanished {
     pub candidates: i64,
     /// Live rows in the table.
     pub live: i64,
-    /// Whether they were marked deleted (false when over the guard).
+    /// Whether they were marked deleted (false when over the guard, or when the record of
+    /// seen keys is incomplete).
     pub marked: bool,
+    /// The record of seen keys was lost (a database crash empties `sync_seen`).
+    pub lost: bool,
 }
 
 /// Marks rows a completed full scan did not see as deleted, unless that would be more
-/// than `max_fraction` of the live rows. Rows applied after the scan began are spared:
-/// they may have been created behind the scan's cursor.
+/// than `max_fraction` of the live rows, or the record of what the scan saw is not whole.
+/// Rows applied after the scan began are spared: they may have been created behind the
+/// scan's cursor.
 pub async fn mark_vanished(
     conn: &mut PgConnection,
     entity: Entity,
@@ -183,6 +196,22 @@ pub async fn mark_vanished(
     scan_started_at: DateTime<Utc>,
     max_fraction: f64,
 ) -> Result<Vanished, sqlx::Error> {
+    let (recorded, marked): (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM sync_seen WHERE stream = $1 AND pass_id = $2),
+                (SELECT pass_marked FROM sync_streams WHERE stream = $1)",
+    )
+    .bind(entity.stream())
+    .bind(pass_id)
+    .fetch_one(&mut *conn)
+    .await?;
+    if recorded != marked {
+        return Ok(Vanished {
+            candidates: 0,
+            live: 0,
+            marked: false,
+            lost: true,
+        });
+    }
     let table = entity.table();
     let unseen = format!(
         "FROM {table} t WHERE t.deleted_at IS NULL AND t.synced_at < $3
@@ -202,6 +231,7 @@ pub async fn mark_vanished(
             candidates,
             live,
             marked: true,
+            lost: false,
         });
     }
     if candidates as f64 > max_fraction * live as f64 {
@@ -209,6 +239,7 @@ pub async fn mark_vanished(
             candidates,
             live,
             marked: false,
+            lost: false,
         });
     }
     sqlx::query(AssertSqlSafe(format!(
@@ -224,6 +255,7 @@ pub async fn mark_vanished(
         candidates,
         live,
         marked: true,
+        lost: false,
     })
 }
 
@@ -263,7 +295,7 @@ pub async fn finish_pass(
              failures = 0, next_attempt_at = NULL,
              pass_id = NULL, pass_kind = NULL, pass_started_at = NULL, pass_min_updated = NULL,
              pass_min_created = NULL, pass_cursor = NULL, pass_pages = 0, pass_seen = 0,
-             pass_changed = 0, pass_repairs = 0, pass_invalid = 0
+             pass_changed = 0, pass_repairs = 0, pass_invalid = 0, pass_marked = 0
          WHERE stream = $1 AND pass_id = $2",
     )
     .bind(stream)
@@ -303,7 +335,8 @@ pub async fn fail_pass(
              pass_seen = CASE WHEN $3 THEN 0 ELSE pass_seen END,
              pass_changed = CASE WHEN $3 THEN 0 ELSE pass_changed END,
              pass_repairs = CASE WHEN $3 THEN 0 ELSE pass_repairs END,
-             pass_invalid = CASE WHEN $3 THEN 0 ELSE pass_invalid END
+             pass_invalid = CASE WHEN $3 THEN 0 ELSE pass_invalid END,
+             pass_marked = CASE WHEN $3 THEN 0 ELSE pass_marked END
          WHERE stream = $1",
     )
     .bind(stream)

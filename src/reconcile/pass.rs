@@ -160,6 +160,7 @@ pub async fn run(
             changed: state.pass_changed,
             repairs: state.pass_repairs,
             invalid: state.pass_invalid,
+            marked: state.pass_marked,
         };
         let pages = state.pass_pages;
         tracing::info!(
@@ -256,6 +257,11 @@ pub async fn run(
         .await?;
         if vanished.marked {
             deleted = vanished.candidates;
+        } else if vanished.lost {
+            warning = Some(format!(
+                "the record of the {stream} keys this full scan saw was lost (a database \
+                 crash empties it), so none were marked deleted; the next full scan will"
+            ));
         } else {
             warning = Some(format!(
                 "the full scan did not see {} of {} live {}; above the max_delete_fraction guard \
@@ -344,9 +350,10 @@ async fn apply_pages(
         }
         let mut tx = conn.begin().await?;
         let results = apply::apply(&mut tx, Source::Reconcile, &observations).await?;
+        let mut marked = 0;
         if kind == Kind::Full {
             let keys: Vec<&str> = observations.iter().map(|o| o.key.as_str()).collect();
-            sync::mark_seen(&mut tx, stream, pass_id, &keys).await?;
+            marked = sync::mark_seen(&mut tx, stream, pass_id, &keys).await?;
         }
         let changed = results.iter().filter(|r| r.changed()).count() as i64;
         let page_totals = PageTotals {
@@ -354,6 +361,7 @@ async fn apply_pages(
             changed,
             repairs: if backfill { 0 } else { changed },
             invalid,
+            marked,
         };
         if !sync::record_page(
             &mut tx,
