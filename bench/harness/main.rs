@@ -455,5 +455,8 @@ fn render(bench: &Bench, quick: bool, took: Duration) -> String {
          baselines include pgbench's schedule lag, as the service's are measured from each \
          request's scheduled time."
     );
+    // The analysis of missed targets comes from profiling sessions, kept beside the harness.
+    let analysis = include_str!("../analysis.md");
+    let _ = writeln!(out, "\n{analysis}");
     out
 }

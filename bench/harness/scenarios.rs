@@ -189,11 +189,12 @@ async fn load_program(url: &str, customers: i64) -> anyhow::Result<()> {
                 timestamptz '2024-01-01' + i * interval '1 second', now(), now(),
                 jsonb_build_object('key', 'cus_' || i, 'email', 'c' || i || '@example.com'), 'webhook', now()
          FROM generate_series(1, $1) i",
-        "INSERT INTO transactions (key, amount, amount_usd, currency, approved, archived, status, customer_key, customer_external_key, created_at, updated_at, observed_at, raw, source, synced_at)
+        // Credited as apply() would: to the partner of their customer cus_i (checked below).
+        "INSERT INTO transactions (key, amount, amount_usd, currency, approved, archived, status, customer_key, customer_external_key, credited_partner_key, credited_partnership_key, created_at, updated_at, observed_at, raw, source, synced_at)
          SELECT 'txn_' || i, CASE WHEN i % 50 = 0 THEN -1500 ELSE 4999 END, 4999,
                 CASE WHEN i % 4 = 0 THEN 'EUR' ELSE 'USD' END, i % 3 = 0, false,
                 CASE WHEN i % 3 = 0 THEN 'approved' ELSE 'pending' END,
-                'cus_' || i, 'acct_' || i,
+                'cus_' || i, 'acct_' || i, 'partner_' || (i % 1000), 'part_' || (i % 1000),
                 timestamptz '2024-01-01' + i * interval '1 second', now(), now(),
                 jsonb_build_object('key', 'txn_' || i), 'webhook', now()
          FROM generate_series(1, $1) i",
@@ -214,6 +215,12 @@ async fn load_program(url: &str, customers: i64) -> anyhow::Result<()> {
         }
         q.execute(&mut conn).await?;
     }
+    // The loaded credits are the ones the service's own rule gives: re-crediting a sample
+    // through the library changes nothing.
+    let sample: Vec<String> = (1..=customers).step_by(997).map(|i| format!("txn_{i}")).collect();
+    let sample: Vec<&str> = sample.iter().map(String::as_str).collect();
+    let changed = partnerstack_sync::db::attribution::credit(&mut conn, &sample, &[], &[]).await?;
+    anyhow::ensure!(changed == 0, "{changed} loaded transactions were credited differently from the service's rule");
     conn.close().await?;
     Ok(())
 }
