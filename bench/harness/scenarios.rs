@@ -217,10 +217,16 @@ async fn load_program(url: &str, customers: i64) -> anyhow::Result<()> {
     }
     // The loaded credits are the ones the service's own rule gives: re-crediting a sample
     // through the library changes nothing.
-    let sample: Vec<String> = (1..=customers).step_by(997).map(|i| format!("txn_{i}")).collect();
+    let sample: Vec<String> = (1..=customers)
+        .step_by(997)
+        .map(|i| format!("txn_{i}"))
+        .collect();
     let sample: Vec<&str> = sample.iter().map(String::as_str).collect();
     let changed = partnerstack_sync::db::attribution::credit(&mut conn, &sample, &[], &[]).await?;
-    anyhow::ensure!(changed == 0, "{changed} loaded transactions were credited differently from the service's rule");
+    anyhow::ensure!(
+        changed == 0,
+        "{changed} loaded transactions were credited differently from the service's rule"
+    );
     conn.close().await?;
     Ok(())
 }
