@@ -87,13 +87,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
                 config.server.listen
             )
         })?;
-    let shutdown = CancellationToken::new();
-    let trigger = shutdown.clone();
-    tokio::spawn(async move {
-        app::shutdown_signal().await;
-        tracing::info!("shutdown requested");
-        trigger.cancel();
-    });
+    let shutdown = cancel_on_signal("shutdown requested");
     app::run(config, listener, shutdown).await
 }
 
@@ -101,13 +95,7 @@ async fn run_simulate(options: simulate::Options, config: Config) -> anyhow::Res
     let listener = tokio::net::TcpListener::bind(options.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {} (--listen): {e}", options.listen))?;
-    let shutdown = CancellationToken::new();
-    let trigger = shutdown.clone();
-    tokio::spawn(async move {
-        app::shutdown_signal().await;
-        tracing::info!("shutdown requested");
-        trigger.cancel();
-    });
+    let shutdown = cancel_on_signal("shutdown requested");
     simulate::run(options, &config, listener, shutdown).await
 }
 
@@ -167,13 +155,8 @@ async fn reconcile(config: Config, streams: Vec<String>, full: bool) -> anyhow::
     let metrics = std::sync::Arc::new(telemetry::Metrics::new());
     let reconciler = Reconciler::new(client, config.reconcile.clone(), connect, metrics);
 
-    let stop = CancellationToken::new();
-    let trigger = stop.clone();
-    tokio::spawn(async move {
-        app::shutdown_signal().await;
-        eprintln!("stopping after the current page (the pass resumes from its checkpoint)");
-        trigger.cancel();
-    });
+    let stop =
+        cancel_on_signal("stopping after the current page (the pass resumes from its checkpoint)");
     let last = std::sync::Mutex::new(std::time::Instant::now());
     let progress = |p: Progress| {
         let mut last = last.lock().unwrap_or_else(|e| e.into_inner());
@@ -225,4 +208,16 @@ async fn reconcile(config: Config, streams: Vec<String>, full: bool) -> anyhow::
     }
     anyhow::ensure!(failed == 0, "{failed} stream(s) failed; see above");
     Ok(())
+}
+
+/// A token cancelled, with `message` logged, when the process is asked to stop.
+fn cancel_on_signal(message: &'static str) -> CancellationToken {
+    let token = CancellationToken::new();
+    let trigger = token.clone();
+    tokio::spawn(async move {
+        app::shutdown_signal().await;
+        tracing::info!("{message}");
+        trigger.cancel();
+    });
+    token
 }

@@ -132,6 +132,19 @@ impl TestDb {
         TestDb { url, pool }
     }
 
+    /// A database on a Postgres server of its own, for tests that stop and start the
+    /// server; returns the server and its directory (to remove afterwards).
+    pub async fn private(label: &str) -> (EmbeddedPostgres, TestDb, PathBuf) {
+        let dir = shared_temp_dir(label);
+        let pg = EmbeddedPostgres::start(&dir, &[("fsync", "off")])
+            .await
+            .expect("start a private Postgres");
+        let url = pg.url().expose_secret().to_string();
+        let pool = sqlx::PgPool::connect(&url).await.unwrap();
+        partnerstack_sync::db::MIGRATOR.run(&pool).await.unwrap();
+        (pg, TestDb { url, pool }, dir)
+    }
+
     pub async fn count(&self, sql: &str) -> i64 {
         sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_string()))
             .fetch_one(&self.pool)
@@ -229,6 +242,12 @@ impl TestApp {
             .send()
             .await
             .expect("webhook request")
+    }
+
+    /// The service's `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        let response = self.http.get(self.url("/metrics")).send().await.unwrap();
+        response.text().await.unwrap()
     }
 
     /// GET with the test API token.

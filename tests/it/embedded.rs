@@ -2,8 +2,6 @@
 
 use std::time::Duration;
 
-use partnerstack_sync::db::embedded::EmbeddedPostgres;
-use secrecy::ExposeSecret;
 use serde_json::{Value, json};
 
 use crate::common::{Process, TestApp, TestDb, WEBHOOK_TOKEN, shared_temp_dir};
@@ -60,14 +58,8 @@ async fn serve_without_database_url_runs_its_own_postgres_and_keeps_data_across_
 
 #[tokio::test]
 async fn a_database_outage_answers_503_and_ingest_resumes_by_itself() {
-    let dir = shared_temp_dir("outage");
-    let pg = EmbeddedPostgres::start(&dir, &[("fsync", "off")])
-        .await
-        .unwrap();
-    let url = pg.url().expose_secret().to_string();
-    let pool = sqlx::PgPool::connect(&url).await.unwrap();
-    partnerstack_sync::db::MIGRATOR.run(&pool).await.unwrap();
-    let app = TestApp::spawn_on(TestDb { url, pool }, |c| {
+    let (pg, db, dir) = TestDb::private("outage").await;
+    let app = TestApp::spawn_on(db, |c| {
         c.database.acquire_timeout = Duration::from_secs(1);
         c.server.request_timeout = Duration::from_secs(5);
     })

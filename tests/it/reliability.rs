@@ -6,11 +6,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use partnerstack_sync::db::embedded::EmbeddedPostgres;
-use secrecy::ExposeSecret;
 use serde_json::Value;
 
-use crate::common::{Process, TestApp, TestDb, WEBHOOK_TOKEN, shared_temp_dir};
+use crate::common::{Process, TestApp, TestDb, WEBHOOK_TOKEN};
 use crate::load::{self, Answer, Client, Tally};
 
 fn report(scenario: &str, tally: &Tally, committed: i64, lost: usize) {
@@ -199,15 +197,9 @@ async fn killing_the_process_mid_burst_loses_nothing_acknowledged_and_applies_no
 
 #[tokio::test]
 async fn a_postgres_restart_mid_burst_answers_503_never_a_false_200_and_recovers() {
-    let dir = shared_temp_dir("pg-restart");
-    let pg = EmbeddedPostgres::start(&dir, &[("fsync", "off")])
-        .await
-        .unwrap();
-    let url = pg.url().expose_secret().to_string();
-    let pool = sqlx::PgPool::connect(&url).await.unwrap();
-    partnerstack_sync::db::MIGRATOR.run(&pool).await.unwrap();
+    let (pg, db, dir) = TestDb::private("pg-restart").await;
     let timeout = Duration::from_secs(4);
-    let app = TestApp::spawn_on(TestDb { url, pool }, |c| {
+    let app = TestApp::spawn_on(db, |c| {
         c.server.request_timeout = timeout;
         c.database.acquire_timeout = Duration::from_secs(1);
     })
@@ -316,15 +308,7 @@ async fn a_stalled_database_gets_503s_and_a_bounded_queue() {
     let mut deepest = 0;
     for _ in 0..20 {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        let metrics = app
-            .http
-            .get(app.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let metrics = app.metrics().await;
         let depth: i64 = metrics
             .lines()
             .find_map(|l| l.strip_prefix("psync_ingest_queue_depth "))
