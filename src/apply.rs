@@ -3,7 +3,10 @@
 //! Webhook payloads and reconciler pages both become [`Observation`]s (one object as seen
 //! at one source time) and reach the tables only through [`apply`]. A row is replaced only
 //! by a newer observation: newer `updated_at` (else `created_at`), or the same source time
-//! with different typed content. Repeats and reorderings therefore cannot regress data,
+//! with different typed content, except that a webhook at the same source time does not
+//! undo a deletion (a reconcile page, which lists what exists, does). A deletion without
+//! any source time marks the stored row deleted and keeps its content. Repeats and
+//! reorderings therefore cannot regress data,
 //! and the same call serves a single delivery or a 250-object page: one statement per
 //! table, rows bound as arrays and expanded with `UNNEST`.
 
@@ -173,6 +176,9 @@ pub async fn apply(
     source: Source,
     observations: &[Observation],
 ) -> Result<Vec<Applied>, sqlx::Error> {
+    // A customer whose own key changes takes its credit away from the transactions that
+    // named the old key: remember the stored keys before they are overwritten.
+    let previous_keys = stored_customer_keys(conn, observations).await?;
     let mut results = vec![Applied::Stale; observations.len()];
     for round in rounds(observations) {
         let entity = observations[round[0]].entity;
@@ -199,14 +205,42 @@ pub async fn apply(
             .map(|(o, _)| o)
     };
     let customers: Vec<&str> = changed_customers().map(|o| o.key.as_str()).collect();
-    let customer_keys: Vec<&str> = changed_customers()
+    let mut customer_keys: Vec<&str> = changed_customers()
         .filter_map(|o| match o.column("customer_key") {
             Some(Col::Text(Some(k))) => Some(k.as_str()),
             _ => None,
         })
         .collect();
+    customer_keys.extend(
+        changed_customers()
+            .filter_map(|o| previous_keys.get(o.key.as_str()))
+            .map(String::as_str),
+    );
     attribution::credit(conn, &[], &customers, &customer_keys).await?;
     Ok(results)
+}
+
+/// The company keys (`customer_key`) stored for the customers among `observations`, by
+/// PartnerStack key; one index probe per customer, none when there are no customers.
+async fn stored_customer_keys(
+    conn: &mut PgConnection,
+    observations: &[Observation],
+) -> Result<HashMap<String, String>, sqlx::Error> {
+    let keys: Vec<&str> = observations
+        .iter()
+        .filter(|o| o.entity == Entity::Customer)
+        .map(|o| o.key.as_str())
+        .collect();
+    if keys.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let rows: Vec<(String, String)> = sqlx::query_as(
+        "SELECT key, customer_key FROM customers WHERE key = ANY($1) AND customer_key IS NOT NULL",
+    )
+    .bind(keys)
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(rows.into_iter().collect())
 }
 
 /// Groups observation indices into statements: one entity each, each key at most once
@@ -289,6 +323,29 @@ async fn upsert(
     let columns = &batch[0].columns;
     let sql = upsert_sql(entity.table(), columns);
 
+    // A deletion without a source time cannot be ordered against other observations:
+    // it marks a live stored row deleted and leaves its content alone (the upsert below
+    // only inserts such an object when no row exists).
+    let mut changed = HashMap::new();
+    let bare: Vec<&str> = batch
+        .iter()
+        .filter(|o| o.deleted && o.observed_at().is_none())
+        .map(|o| o.key.as_str())
+        .collect();
+    if !bare.is_empty() {
+        let sql = format!(
+            "UPDATE {} SET deleted_at = now(), source = $1, synced_at = now()
+             WHERE key = ANY($2) AND deleted_at IS NULL RETURNING key",
+            entity.table()
+        );
+        let marked: Vec<String> = sqlx::query_scalar(AssertSqlSafe(sql))
+            .bind(source.as_str())
+            .bind(bare)
+            .fetch_all(&mut *conn)
+            .await?;
+        changed.extend(marked.into_iter().map(|key| (key, false)));
+    }
+
     let n = batch.len();
     let mut keys = Vec::with_capacity(n);
     let mut created = Vec::with_capacity(n);
@@ -328,7 +385,8 @@ async fn upsert(
         };
     }
     let rows = query.fetch_all(&mut *conn).await?;
-    Ok(rows.into_iter().collect())
+    changed.extend(rows);
+    Ok(changed)
 }
 
 /// The upsert statement [`apply`] runs for `entity` (benchmarks replay it with pgbench).
@@ -413,11 +471,14 @@ fn upsert_sql(table: &str, columns: &[(&'static str, Col)]) -> String {
             raw = EXCLUDED.raw,
             source = EXCLUDED.source,
             synced_at = EXCLUDED.synced_at{sets}{derived_sets}
-        WHERE EXCLUDED.observed_at > t.observed_at
+        WHERE (EXCLUDED.observed_at > t.observed_at
            OR (t.observed_at IS NULL AND EXCLUDED.observed_at IS NOT NULL)
            OR (EXCLUDED.observed_at IS NOT DISTINCT FROM t.observed_at
                AND ROW({excl}, EXCLUDED.deleted_at IS NULL)
-                   IS DISTINCT FROM ROW({cur}, t.deleted_at IS NULL))
+                   IS DISTINCT FROM ROW({cur}, t.deleted_at IS NULL)
+               AND NOT ($1::text = 'webhook' AND t.deleted_at IS NOT NULL
+                        AND EXCLUDED.deleted_at IS NULL)))
+          AND NOT (EXCLUDED.observed_at IS NULL AND EXCLUDED.deleted_at IS NOT NULL)
         RETURNING t.key, (t.xmax = 0) AS inserted",
         params = params.join(", "),
         excl = excluded("EXCLUDED"),

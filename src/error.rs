@@ -88,7 +88,7 @@ impl ApiError {
 
 impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> Self {
-        if crate::db::is_connection_error(&e) {
+        if crate::db::is_transient_error(&e) {
             tracing::warn!(error = %e, "database unavailable");
             ApiError::unavailable("the database is unavailable; retry later")
         } else {

@@ -38,6 +38,13 @@ enum Command {
         #[arg(long)]
         full: bool,
     },
+    /// Apply stored deliveries again: those that failed (`error`) or named an event the
+    /// service did not apply (`unknown_type`), e.g. after an upgrade. Then exit.
+    Reapply {
+        /// Which outcomes to re-apply: error, unknown_type; repeat for both.
+        #[arg(long = "outcome", value_name = "OUTCOME", default_value = "error")]
+        outcomes: Vec<String>,
+    },
     /// Serve a local PartnerStack v2 stand-in (seeded data, faults, webhooks) under /api/v2.
     Simulate(Box<simulate::Options>),
 }
@@ -66,6 +73,7 @@ fn main() -> ExitCode {
             Command::Healthcheck => healthcheck(config).await,
             Command::Simulate(options) => run_simulate(*options, config).await,
             Command::Reconcile { streams, full } => reconcile(config, streams, full).await,
+            Command::Reapply { outcomes } => reapply(config, outcomes).await,
         }
     });
     match result {
@@ -107,6 +115,48 @@ async fn migrate(config: Config) -> anyhow::Result<()> {
     database.shutdown().await?;
     result?;
     tracing::info!("migrations applied");
+    Ok(())
+}
+
+async fn reapply(config: Config, outcomes: Vec<String>) -> anyhow::Result<()> {
+    use partnerstack_sync::db::events;
+
+    let mut chosen: Vec<&str> = Vec::new();
+    for outcome in &outcomes {
+        let known = events::REAPPLICABLE
+            .iter()
+            .find(|&&o| o == outcome.as_str());
+        let Some(&known) = known else {
+            anyhow::bail!(
+                "cannot re-apply outcome {outcome:?} (--outcome takes {})",
+                events::REAPPLICABLE.join(", ")
+            );
+        };
+        chosen.push(known);
+    }
+    let database = db::Database::open(&config.database).await?;
+    let pool = db::pool(database.connect_options(), &config.database);
+    let result = async {
+        db::migrate(&pool, std::time::Duration::from_secs(30)).await?;
+        let ids = events::requeue(&pool, &chosen).await?;
+        let metrics = telemetry::Metrics::new();
+        partnerstack_sync::ingest::applier::drain(&pool, &metrics).await?;
+        let counts = events::count_outcomes(&pool, &ids).await?;
+        anyhow::Ok((ids.len(), counts))
+    }
+    .await;
+    pool.close().await;
+    database.shutdown().await?;
+    let (requeued, counts) = result?;
+    let counts: Vec<String> = counts.iter().map(|(o, n)| format!("{n} {o}")).collect();
+    eprintln!(
+        "re-applied {requeued} stored deliveries{}",
+        if counts.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", counts.join(", "))
+        }
+    );
     Ok(())
 }
 

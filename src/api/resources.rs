@@ -292,7 +292,8 @@ pub struct TransactionFilters {
     /// Only transactions credited to this partner (its `partner_key` or partnership key),
     /// directly or through their customer.
     pub partner_key: Option<String>,
-    /// Only approved (`true`) or unapproved (`false`) transactions.
+    /// Only approved (`true`) or unapproved (`false`, which includes transactions
+    /// PartnerStack did not say were approved) transactions.
     #[param(value_type = Option<bool>)]
     pub approved: Option<String>,
     /// Only transactions with this status (`approved`, `pending`).
@@ -340,7 +341,12 @@ impl Collection for Transactions {
                 .push(")");
         }
         if let Some(v) = boolean("approved", f.approved.as_deref())? {
-            q.push(" AND t.approved = ").push_bind(v);
+            // Not approved includes "not said", as in the partner summary.
+            q.push(if v {
+                " AND t.approved IS TRUE"
+            } else {
+                " AND t.approved IS NOT TRUE"
+            });
         }
         if let Some(v) = text("status", f.status.as_deref())? {
             eq(q, "t.status", &v.to_ascii_lowercase());

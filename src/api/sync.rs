@@ -211,7 +211,11 @@ pub async fn request_sync(
     let entity = Entity::from_stream(&stream)
         .filter(|e| reconciler.config().entities().contains(e))
         .ok_or_else(|| ApiError::not_found(format!("no enabled stream named {stream:?}")))?;
-    if !sync::request(&state.pool, entity.stream(), full).await? {
+    // A write: run it off the request future, so a client hanging up cannot cancel it
+    // halfway (see design.md, "Cancellation is the trap").
+    let pool = state.pool.clone();
+    let write = tokio::spawn(async move { sync::request(&pool, entity.stream(), full).await });
+    if !write.await.map_err(ApiError::internal)?? {
         // The leader creates stream rows when it starts; until then, nothing to flag.
         return Err(ApiError::unavailable(
             "the reconciler has not started yet; retry later",

@@ -107,6 +107,34 @@ pub async fn lock_pending(
     .await
 }
 
+/// Outcomes a stored delivery can be re-applied from (see `partnerstack-sync reapply`).
+pub const REAPPLICABLE: [&str; 2] = ["error", "unknown_type"];
+
+/// Marks the deliveries whose outcome is one of `outcomes` pending again, so the applier
+/// applies them anew (after an upgrade taught the service a new event, or once the cause
+/// of an error is gone). Returns their ids.
+pub async fn requeue(pool: &PgPool, outcomes: &[&str]) -> Result<Vec<i64>, sqlx::Error> {
+    sqlx::query_scalar(
+        "UPDATE webhook_events SET outcome = 'pending'
+         WHERE outcome = ANY($1) AND outcome <> 'pending'
+         RETURNING id",
+    )
+    .bind(outcomes)
+    .fetch_all(pool)
+    .await
+}
+
+/// How many of the given deliveries ended with each outcome.
+pub async fn count_outcomes(pool: &PgPool, ids: &[i64]) -> Result<Vec<(String, i64)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT outcome, count(*) FROM webhook_events WHERE id = ANY($1)
+         GROUP BY outcome ORDER BY outcome",
+    )
+    .bind(ids)
+    .fetch_all(pool)
+    .await
+}
+
 /// How applying a delivery ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Outcome {

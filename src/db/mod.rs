@@ -131,6 +131,16 @@ pub async fn is_ready(pool: &PgPool) -> bool {
     matches!(applied, Ok(Some(v)) if v >= latest)
 }
 
+/// Errors worth retrying as they are: the database could not be reached, or refused the
+/// statement for a passing reason (deadlock, serialization failure, lock or statement
+/// timeout), as opposed to refusing the data.
+pub fn is_transient_error(e: &sqlx::Error) -> bool {
+    is_connection_error(e)
+        || matches!(e, sqlx::Error::Database(db) if db.code().is_some_and(|c| {
+            matches!(c.as_ref(), "40001" | "40P01" | "55P03" | "57014")
+        }))
+}
+
 /// Errors that mean "the database could not be reached", as opposed to a rejected statement.
 pub fn is_connection_error(e: &sqlx::Error) -> bool {
     matches!(

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::apply::{self, Applied, Observation, Source};
 use crate::db::events::{self, Outcome, PendingEvent};
-use crate::db::is_connection_error;
+use crate::db::is_transient_error;
 use crate::partnerstack::webhook;
 use crate::telemetry::{Metrics, OutcomeLabel};
 
@@ -122,7 +122,7 @@ async fn apply_events(
     }
     let results = match apply::apply(&mut tx, Source::Webhook, &observations).await {
         Ok(r) => r,
-        Err(e) if is_connection_error(&e) => return Err(e),
+        Err(e) if is_transient_error(&e) => return Err(e),
         Err(error) => {
             tx.rollback().await?;
             let ids = pending.iter().map(|e| e.id).collect();

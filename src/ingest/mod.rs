@@ -11,6 +11,7 @@ pub mod writer;
 
 use axum::Json;
 use axum::body::Body;
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, header};
 use serde::Serialize;
@@ -51,11 +52,15 @@ pub struct Accepted {
 )]
 pub async fn receive(
     State(state): State<AppState>,
-    Path(token): Path<String>,
+    token: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<Accepted>, ApiError> {
-    let result = accept(&state, &token, &headers, body).await;
+    let result = match token {
+        Ok(Path(token)) => accept(&state, &token, &headers, body).await,
+        // A token that does not even decode (e.g. `%FF`) is not a configured one.
+        Err(_) => Err(ApiError::unauthorized("unknown webhook token")),
+    };
     state.metrics.delivery(match &result {
         Ok(a) if a.duplicate => "duplicate",
         Ok(_) => "accepted",

@@ -16,7 +16,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::db::events::{self, NewEvent, Stored};
-use crate::db::is_connection_error;
+use crate::db::is_transient_error;
 use crate::telemetry::Metrics;
 
 /// The writer could not store a delivery; the sender should retry.
@@ -119,7 +119,7 @@ async fn write_batch(pool: &PgPool, jobs: &mut Vec<Job>, metrics: &Metrics) {
         Ok(stored) => stored.into_iter().map(Ok).collect(),
         // The database refused the data rather than being unreachable: store the batch
         // one by one so a single unstorable delivery cannot fail its neighbours.
-        Err(e) if events.len() > 1 && !is_connection_error(&e) => {
+        Err(e) if events.len() > 1 && !is_transient_error(&e) => {
             tracing::warn!(error = %e, "a batch was refused; storing its deliveries one by one");
             let mut answers = Vec::with_capacity(events.len());
             for event in &events {

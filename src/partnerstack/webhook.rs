@@ -162,9 +162,15 @@ impl<'de> serde::Deserialize<'de> for MaybeString {
 /// Splits a body into its event name and the domain object, whichever shape it has.
 pub fn split(mut body: Map<String, Value>) -> Delivery {
     let event = event_name(&body);
-    let is_envelope = matches!(body.get("data"), Some(Value::Object(_)))
-        && !body.contains_key("key")
-        && !body.contains_key("id");
+    // A flat object may carry a numeric `id` instead of `key` (a documented quirk); an
+    // envelope may carry its own event `id` (relays add one) around an object with a key.
+    let is_envelope = match body.get("data") {
+        Some(Value::Object(data)) => {
+            !body.contains_key("key")
+                && (!body.contains_key("id") || data.contains_key("key") || data.contains_key("id"))
+        }
+        _ => false,
+    };
     let object = if is_envelope {
         body.remove("data").unwrap_or(Value::Null)
     } else {
@@ -351,5 +357,16 @@ mod tests {
         // A flat object that happens to have a `data` field stays flat.
         let flat_with_data = split(obj(json!({"event": "x_y", "key": "k", "data": {"a": 1}})));
         assert_eq!(flat_with_data.object, json!({"key": "k", "data": {"a": 1}}));
+
+        // A relay's envelope with its own event id still wraps the object.
+        let relayed = split(obj(json!({
+            "id": "evt_1", "type": "customer.updated", "data": {"key": "cus_1", "email": "a@b.c"}
+        })));
+        assert_eq!(relayed.event.as_deref(), Some("customer_updated"));
+        assert_eq!(relayed.object, json!({"key": "cus_1", "email": "a@b.c"}));
+
+        // A flat object identified by a numeric `id`, with a `data` field of its own.
+        let flat_with_id = split(obj(json!({"event": "x_y", "id": 7, "data": {"a": 1}})));
+        assert_eq!(flat_with_id.object, json!({"id": 7, "data": {"a": 1}}));
     }
 }

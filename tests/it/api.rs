@@ -558,8 +558,18 @@ async fn every_filter_narrows_the_list() {
         )
         .await;
     }
+    // PartnerStack said nothing about its approval: it counts as not approved.
+    seed(
+        &app,
+        "transactions",
+        json!({"key": "t_5", "currency": "GBP", "amount": 100}),
+    )
+    .await;
     let tx = "/v1/transactions";
-    assert_eq!(keys(&app, tx).await, strings(&["t_1", "t_2", "t_3", "t_4"]));
+    assert_eq!(
+        keys(&app, tx).await,
+        strings(&["t_1", "t_2", "t_3", "t_4", "t_5"])
+    );
     assert_eq!(
         keys(&app, &format!("{tx}?customer_key=c_a")).await,
         strings(&["t_1"])
@@ -582,7 +592,7 @@ async fn every_filter_narrows_the_list() {
     );
     assert_eq!(
         keys(&app, &format!("{tx}?approved=false")).await,
-        strings(&["t_2", "t_4"])
+        strings(&["t_2", "t_4", "t_5"])
     );
     assert_eq!(
         keys(&app, &format!("{tx}?status=Pending")).await,
@@ -1187,6 +1197,20 @@ async fn transactions_are_credited_to_their_customers_partner_whatever_the_order
         ok(&app, "/v1/partners/part_b/summary").await["data"]["transactions"]["count"],
         1
     );
+
+    // The customer's own key changes: the transaction named the old key, so it is no
+    // longer this customer's, and no partner is credited with it.
+    deliver_all(
+        &app,
+        &[json!({"event": "customer.updated", "key": "cus_9", "customer_key": "acct-10",
+                 "partner_key": "bob", "partnership_key": "part_b", "created_at": t0, "updated_at": t0 + 2})],
+    )
+    .await;
+    assert_eq!(
+        keys(&app, "/v1/transactions?partner_key=bob").await,
+        strings(&[])
+    );
+    assert!(ok(&app, "/v1/transactions/txn_1").await["data"]["partner_key"].is_null());
     app.stop().await;
 }
 

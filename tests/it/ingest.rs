@@ -522,3 +522,183 @@ async fn reordered_deliveries_in_one_batch_converge_on_the_newest() {
     );
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_late_update_at_the_deletions_source_time_does_not_undo_it() {
+    let app = TestApp::spawn().await;
+    let at = |event: &str| {
+        json!({"event": event, "key": "cust_tie", "email": "a@example.com",
+               "created_at": T0, "updated_at": T0 + 1000})
+        .to_string()
+    };
+    accepted(app.deliver(at("customer.created")).await).await;
+    app.settle().await;
+    accepted(app.deliver(at("customer.deleted")).await).await;
+    app.settle().await;
+    // PartnerStack promises no order: the update that preceded the deletion, late.
+    let late = accepted(app.deliver(at("customer.updated")).await).await;
+    app.settle().await;
+    assert!(!row(&app, "customers", "cust_tie").await["deleted_at"].is_null());
+    assert_eq!(outcome(&app, late["id"].as_i64().unwrap()).await.0, "stale");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_deletion_without_a_source_time_marks_the_row_and_keeps_its_content() {
+    let app = TestApp::spawn().await;
+    let created = json!({"event": "partnership_created", "key": "part_bare",
+        "email": "p@example.com", "partner_key": "pk_bare", "created_at": T0, "updated_at": T0});
+    accepted(app.deliver(created.to_string()).await).await;
+    app.settle().await;
+    let deletion = accepted(
+        app.deliver(r#"{"event":"partnership_deleted","key":"part_bare"}"#)
+            .await,
+    )
+    .await;
+    app.settle().await;
+    let stored = row(&app, "partners", "part_bare").await;
+    assert!(!stored["deleted_at"].is_null(), "{stored}");
+    assert_eq!(stored["email"], "p@example.com");
+    assert_eq!(stored["partner_key"], "pk_bare");
+    assert_eq!(
+        outcome(&app, deletion["id"].as_i64().unwrap()).await.0,
+        "applied"
+    );
+
+    // Of an object never seen, it leaves a deleted row (the delivery is the only record).
+    accepted(
+        app.deliver(r#"{"event":"partnership_deleted","key":"part_unseen"}"#)
+            .await,
+    )
+    .await;
+    app.settle().await;
+    assert!(!row(&app, "partners", "part_unseen").await["deleted_at"].is_null());
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_relays_envelope_with_its_own_event_id_is_unwrapped() {
+    let app = TestApp::spawn().await;
+    let body = json!({"id": "evt_1", "type": "customer.updated",
+        "data": {"key": "cust_relay", "email": "r@example.com", "updated_at": T0}});
+    accepted(app.deliver(body.to_string()).await).await;
+    app.settle().await;
+    assert_eq!(
+        row(&app, "customers", "cust_relay").await["email"],
+        "r@example.com"
+    );
+    assert_eq!(
+        app.db
+            .count("SELECT count(*) FROM customers WHERE key = 'evt_1'")
+            .await,
+        0
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_token_that_does_not_decode_gets_the_401_error_body() {
+    let app = TestApp::spawn().await;
+    let r = app
+        .http
+        .post(app.url("/webhooks/partnerstack/%FF%FE"))
+        .body(r#"{"event":"customer.created","key":"c"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let err: Value = r.json().await.unwrap();
+    assert_eq!(err["code"], "unauthorized");
+    assert_eq!(app.db.count("SELECT count(*) FROM webhook_events").await, 0);
+    app.stop().await;
+}
+
+/// `partnerstack-sync reapply`: stored deliveries that failed are applied again.
+#[tokio::test]
+async fn reapply_applies_failed_deliveries_again() {
+    let app = TestApp::spawn().await;
+    let body = json!({"event": "customer.created", "key": "cust_again",
+                      "email": "again@example.com", "created_at": T0});
+    accepted(app.deliver(body.to_string()).await).await;
+    accepted(
+        app.deliver(r#"{"event":"agreement.accepted","key":"x"}"#)
+            .await,
+    )
+    .await;
+    app.settle().await;
+    let db = app.stop().await;
+    // As if applying had failed: the delivery is marked `error` and its row is missing.
+    sqlx::query(
+        "UPDATE webhook_events SET outcome = 'error', outcome_reason = 'test'
+         WHERE body LIKE '%cust_again%'",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    sqlx::query("DELETE FROM customers")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+
+    let run = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_partnerstack-sync"))
+            .arg("reapply")
+            .args(args)
+            .env("DATABASE_URL", &db.url)
+            .env("RUST_LOG", "error")
+            .output()
+            .unwrap()
+    };
+    let refused = run(&["--outcome", "applied"]);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--outcome"));
+    assert_eq!(
+        db.count("SELECT count(*) FROM webhook_events WHERE outcome = 'error'")
+            .await,
+        1,
+        "a refused command changes nothing"
+    );
+
+    let done = run(&[]);
+    let stderr = String::from_utf8_lossy(&done.stderr);
+    assert!(done.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("re-applied 1 stored deliveries: 1 applied"),
+        "{stderr}"
+    );
+    assert_eq!(
+        db.count("SELECT count(*) FROM customers WHERE key = 'cust_again' AND email = 'again@example.com'")
+            .await,
+        1
+    );
+    assert_eq!(
+        db.count("SELECT count(*) FROM webhook_events WHERE outcome = 'unknown_type'")
+            .await,
+        1,
+        "only the chosen outcomes are re-applied"
+    );
+}
+
+/// A statement refused for a passing reason is retried (the delivery stays pending);
+/// one refused for its data is not.
+#[tokio::test]
+async fn passing_database_refusals_are_told_apart_from_refused_data() {
+    use partnerstack_sync::db::is_transient_error;
+    let db = crate::common::TestDb::new().await;
+    let mut tx = db.pool.begin().await.unwrap();
+    sqlx::query("SET LOCAL statement_timeout = '10ms'")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let timeout = sqlx::query("SELECT pg_sleep(5)")
+        .execute(&mut *tx)
+        .await
+        .unwrap_err();
+    assert!(is_transient_error(&timeout), "{timeout}");
+    drop(tx);
+    let refused = sqlx::query("SELECT 1 / 0")
+        .execute(&db.pool)
+        .await
+        .unwrap_err();
+    assert!(!is_transient_error(&refused), "{refused}");
+}
