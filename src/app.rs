@@ -344,8 +344,18 @@ async fn serve(
     let _ = writer_task.await;
     applier_stop.cancel();
     let _ = applier_task.await;
-    // The reconciler was told to stop with the server; it finishes its page.
-    if let Some(task) = reconcile_task {
+    // The reconciler was told to stop with the server; it finishes the page it is applying
+    // (the pass resumes from its checkpoint). A statement stuck in the database must not
+    // hold shutdown: past the grace period the task is dropped, and with it the leader's
+    // own session (not a pooled connection), which Postgres rolls back.
+    if let Some(mut task) = reconcile_task
+        && tokio::time::timeout(grace, &mut task).await.is_err()
+    {
+        tracing::warn!(
+            ?grace,
+            "the reconciler did not stop in time; abandoning its current page"
+        );
+        task.abort();
         let _ = task.await;
     }
     pool.close().await;

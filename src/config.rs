@@ -50,6 +50,10 @@ const ENV_OVERRIDES: &[(&str, &str)] = &[
 /// webhook delivery, so it must not be guessable.
 const MIN_SECRET_LEN: usize = 16;
 
+/// Longest reconciler duration accepted (10 years): anything longer is a mistake, and
+/// time arithmetic on it could overflow.
+const MAX_RECONCILE_DURATION: Duration = Duration::from_secs(10 * 366 * 86_400);
+
 /// A configuration problem, worded for the person starting the service.
 #[derive(Debug, thiserror::Error)]
 #[error("invalid configuration: {0}")]
@@ -191,7 +195,7 @@ pub struct ReconcileConfig {
     /// `None` when set to "off".
     #[serde(deserialize_with = "interval_or_off")]
     pub interval: Option<Duration>,
-    /// Stream names (see [`Entity::stream`](crate::partnerstack::models::Entity::stream)).
+    /// Stream names (see [`Entity::stream`]).
     pub streams: Vec<String>,
     #[serde(with = "humantime_serde")]
     pub overlap: Duration,
@@ -205,11 +209,12 @@ pub struct ReconcileConfig {
 }
 
 impl ReconcileConfig {
-    /// The enabled streams' entities, in configuration order.
-    pub fn entities(&self) -> Vec<crate::partnerstack::models::Entity> {
+    /// The enabled streams' entities, in configuration order (names are checked at
+    /// start-up).
+    pub fn entities(&self) -> Vec<Entity> {
         self.streams
             .iter()
-            .filter_map(|s| crate::partnerstack::models::Entity::from_stream(s))
+            .filter_map(|s| Entity::from_stream(s))
             .collect()
     }
 }
@@ -353,8 +358,8 @@ impl Config {
                 return fail(setting, "must be longer than zero".into());
             }
         }
-        if self
-            .reconcile
+        let reconcile = &self.reconcile;
+        if reconcile
             .interval
             .is_some_and(|d| d < Duration::from_secs(1))
         {
@@ -362,6 +367,38 @@ impl Config {
                 "reconcile.interval",
                 "must be at least 1s, or \"off\"".into(),
             );
+        }
+        if let Some(unknown) = reconcile
+            .streams
+            .iter()
+            .find(|s| Entity::from_stream(s).is_none())
+        {
+            let valid: Vec<&str> = Entity::ALL.iter().map(|e| e.stream()).collect();
+            return fail(
+                "reconcile.streams",
+                format!(
+                    "unknown stream {unknown:?}; valid streams: {}",
+                    valid.join(", ")
+                ),
+            );
+        }
+        let fraction = reconcile.max_delete_fraction;
+        if !(fraction.is_finite() && (0.0..=1.0).contains(&fraction)) {
+            return fail(
+                "reconcile.max_delete_fraction",
+                "must be a number from 0 to 1".into(),
+            );
+        }
+        for (setting, d) in [
+            ("reconcile.interval", reconcile.interval.unwrap_or_default()),
+            ("reconcile.overlap", reconcile.overlap),
+            ("reconcile.window", reconcile.window),
+            ("reconcile.full_interval", reconcile.full_interval),
+            ("reconcile.max_retry_delay", reconcile.max_retry_delay),
+        ] {
+            if d > MAX_RECONCILE_DURATION {
+                return fail(setting, "must be at most 10 years".into());
+            }
         }
         Ok(())
     }
@@ -545,6 +582,64 @@ mod tests {
                 .unwrap_err()
                 .to_string();
             assert!(err.contains(expected), "{var}={value}: {err}");
+        }
+    }
+
+    #[test]
+    fn reconcile_settings_are_checked() {
+        let err = Config::load_with_env(
+            None,
+            &env(&[("PSYNC_RECONCILE_STREAMS", "customers, custommers")]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("reconcile.streams (env PSYNC_RECONCILE_STREAMS)")
+                && err.contains("\"custommers\"")
+                && err.contains(
+                    "partnerships, customers, transactions, rewards, groups, deals, leads"
+                ),
+            "{err}"
+        );
+        let c = Config::load_with_env(
+            None,
+            &env(&[("PSYNC_RECONCILE_STREAMS", "Customers,partners")]),
+        )
+        .unwrap();
+        assert_eq!(c.reconcile.entities(), [Entity::Customer, Entity::Partner]);
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        for (line, setting) in [
+            ("max_delete_fraction = nan", "reconcile.max_delete_fraction"),
+            ("max_delete_fraction = inf", "reconcile.max_delete_fraction"),
+            ("max_delete_fraction = 1.5", "reconcile.max_delete_fraction"),
+            (
+                "max_delete_fraction = -0.1",
+                "reconcile.max_delete_fraction",
+            ),
+            ("overlap = \"11years\"", "reconcile.overlap"),
+            ("window = \"500000000years\"", "reconcile.window"),
+            ("full_interval = \"20years\"", "reconcile.full_interval"),
+            ("max_retry_delay = \"11years\"", "reconcile.max_retry_delay"),
+            ("interval = \"11years\"", "reconcile.interval"),
+        ] {
+            std::fs::write(&path, format!("[reconcile]\n{line}\n")).unwrap();
+            let err = Config::load_with_env(Some(&path), &env(&[]))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(setting), "{line}: {err}");
+        }
+        for line in [
+            "max_delete_fraction = 0.0",
+            "max_delete_fraction = 1.0",
+            "window = \"10years\"",
+        ] {
+            std::fs::write(&path, format!("[reconcile]\n{line}\n")).unwrap();
+            assert!(
+                Config::load_with_env(Some(&path), &env(&[])).is_ok(),
+                "{line}"
+            );
         }
     }
 

@@ -28,6 +28,8 @@ pub struct StreamState {
     pub pass_repairs: i64,
     pub pass_invalid: i64,
     pub pass_marked: i64,
+    /// Objects this pass could not read whose key could not be read either.
+    pub pass_unkeyed: i64,
     pub last_kind: Option<String>,
     pub last_started_at: Option<DateTime<Utc>>,
     pub last_finished_at: Option<DateTime<Utc>>,
@@ -97,7 +99,8 @@ pub async fn begin_pass(
              pass_id = nextval('sync_pass_ids'), pass_kind = $2, pass_started_at = now(),
              pass_min_updated = $3, pass_min_created = $4, pass_cursor = NULL,
              pass_pages = 0, pass_seen = 0, pass_changed = 0, pass_repairs = 0, pass_invalid = 0,
-             pass_marked = 0, requested_at = NULL, requested_full = false, runner = $5
+             pass_marked = 0, pass_unkeyed = 0, requested_at = NULL, requested_full = false,
+             runner = $5
          WHERE stream = $1
          RETURNING pass_id, pass_started_at",
     )
@@ -110,6 +113,27 @@ pub async fn begin_pass(
     .await
 }
 
+/// Takes up an unfinished pass: it answers any pending request (a resumed full scan
+/// answers a request for one; a request for a full scan never resumes another kind), and
+/// `runner` now runs it. False when the pass is no longer current.
+pub async fn resume_pass(
+    conn: &mut PgConnection,
+    stream: &str,
+    pass_id: i64,
+    runner: &str,
+) -> Result<bool, sqlx::Error> {
+    let updated = sqlx::query(
+        "UPDATE sync_streams SET requested_at = NULL, requested_full = false, runner = $3
+         WHERE stream = $1 AND pass_id = $2",
+    )
+    .bind(stream)
+    .bind(pass_id)
+    .bind(runner)
+    .execute(conn)
+    .await?;
+    Ok(updated.rows_affected() == 1)
+}
+
 /// What one page added to a pass.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct PageTotals {
@@ -119,9 +143,13 @@ pub struct PageTotals {
     pub invalid: i64,
     /// Keys newly recorded in `sync_seen`.
     pub marked: i64,
+    /// Objects (among `invalid`) without a readable key.
+    pub unkeyed: i64,
 }
 
 /// Moves a pass's checkpoint past `pages` pages. False when the pass is no longer current.
+/// `next_cursor` is `None` only after the last page, so a pass with pages and no cursor
+/// has read everything.
 pub async fn record_page(
     conn: &mut PgConnection,
     stream: &str,
@@ -134,7 +162,8 @@ pub async fn record_page(
         "UPDATE sync_streams SET
              pass_cursor = $3, pass_pages = pass_pages + $8, pass_seen = pass_seen + $4,
              pass_changed = pass_changed + $5, pass_repairs = pass_repairs + $6,
-             pass_invalid = pass_invalid + $7, pass_marked = pass_marked + $9
+             pass_invalid = pass_invalid + $7, pass_marked = pass_marked + $9,
+             pass_unkeyed = pass_unkeyed + $10
          WHERE stream = $1 AND pass_id = $2",
     )
     .bind(stream)
@@ -146,6 +175,7 @@ pub async fn record_page(
     .bind(page.invalid)
     .bind(pages)
     .bind(page.marked)
+    .bind(page.unkeyed)
     .execute(conn)
     .await?;
     Ok(updated.rows_affected() == 1)
@@ -295,7 +325,8 @@ pub async fn finish_pass(
              failures = 0, next_attempt_at = NULL,
              pass_id = NULL, pass_kind = NULL, pass_started_at = NULL, pass_min_updated = NULL,
              pass_min_created = NULL, pass_cursor = NULL, pass_pages = 0, pass_seen = 0,
-             pass_changed = 0, pass_repairs = 0, pass_invalid = 0, pass_marked = 0
+             pass_changed = 0, pass_repairs = 0, pass_invalid = 0, pass_marked = 0,
+             pass_unkeyed = 0
          WHERE stream = $1 AND pass_id = $2",
     )
     .bind(stream)
@@ -336,7 +367,8 @@ pub async fn fail_pass(
              pass_changed = CASE WHEN $3 THEN 0 ELSE pass_changed END,
              pass_repairs = CASE WHEN $3 THEN 0 ELSE pass_repairs END,
              pass_invalid = CASE WHEN $3 THEN 0 ELSE pass_invalid END,
-             pass_marked = CASE WHEN $3 THEN 0 ELSE pass_marked END
+             pass_marked = CASE WHEN $3 THEN 0 ELSE pass_marked END,
+             pass_unkeyed = CASE WHEN $3 THEN 0 ELSE pass_unkeyed END
          WHERE stream = $1",
     )
     .bind(stream)

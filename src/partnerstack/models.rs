@@ -121,6 +121,18 @@ impl Meta {
             .or(self.id.as_deref())
             .filter(|k| !k.trim().is_empty())
     }
+
+    /// The key of a raw object, read as [`Meta::identity`] reads it, even when the rest
+    /// of the object does not read. `None` when there is none or it cannot be read.
+    pub fn identity_of(object: &Value) -> Option<String> {
+        let read = |field: &str| object.get(field).map_or(Ok(None), wire::parse_string);
+        let meta = Meta {
+            key: read("key").ok()?,
+            id: read("id").ok()?,
+            ..Meta::default()
+        };
+        meta.identity().map(str::to_string)
+    }
 }
 
 /// A reference to another object, nested in this one: `{"key": ..., "name": ...}`, or
@@ -555,5 +567,29 @@ impl Object for Lead {
             ("partner_key", Col::Text(self.partner_key.clone())),
             ("status", Col::Text(self.status.clone())),
         ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn the_key_of_an_object_that_does_not_read() {
+        let key = |v: Value| Meta::identity_of(&v);
+        // The rest of the object is unreadable; the key is not.
+        assert_eq!(
+            key(json!({"key": "cus_1", "created_at": "yesterday"})),
+            Some("cus_1".into())
+        );
+        assert_eq!(
+            key(json!({"id": 1234, "amount": "lots"})),
+            Some("1234".into())
+        );
+        assert_eq!(key(json!({"key": " ", "id": "c"})), None);
+        assert_eq!(key(json!({"key": ["cus_1"]})), None);
+        assert_eq!(key(json!({"name": "no key"})), None);
+        assert_eq!(key(json!("cus_1")), None);
     }
 }

@@ -7,15 +7,18 @@
 //!
 //! **One reconciler across replicas.** Leadership is a session-level Postgres advisory
 //! lock held on a dedicated connection, and every reconciler write goes through that same
-//! connection. If the leader dies, Postgres drops its session and the lock with it; a
-//! follower, polling every few seconds, takes over and resumes from the checkpoints. A
-//! leader that lost its session cannot write anything at all, so it cannot move a
-//! checkpoint backwards (and each checkpoint write is also conditioned on its pass id).
+//! connection. If the leader's process dies, its socket closes and Postgres drops the
+//! session and the lock with it at once; if its host dies or is cut off, the session's
+//! TCP keepalives (see [`db::session_options`]) end it within about 25 s. A follower,
+//! polling every few seconds, then takes over and resumes from the checkpoints. A leader
+//! that lost its session cannot write anything at all, so it cannot move a checkpoint
+//! backwards (and each checkpoint write is also conditioned on its pass id).
 //!
 //! **Scheduling.** Each stream is due `interval` (jittered) after its last pass began, at
 //! once when a pass is unfinished or `POST /v1/sync/{stream}` asked for one, and later
-//! when it has been failing (doubling back-off up to `max_retry_delay`). The kind of pass
-//! is chosen in [`pass::plan`].
+//! when it has been failing (doubling back-off up to `max_retry_delay`). A request is
+//! answered by the pass that starts or resumes next, so a failing stream backs off again
+//! after it. The kind of pass is chosen in [`pass::plan`].
 
 pub mod pass;
 
@@ -95,7 +98,8 @@ impl Reconciler {
     }
 
     /// The background task of `serve`: competes for leadership and, while leader, runs
-    /// due passes until `stop` is cancelled (a running pass stops after its page).
+    /// due passes until `stop` is cancelled (a running pass stops after the page it is
+    /// applying, or at once while it waits for one).
     pub async fn run(self, stop: CancellationToken) {
         let Some(interval) = self.config.interval else {
             return;

@@ -12,7 +12,7 @@ use crate::apply::{self, Observation, Source};
 use crate::config::ReconcileConfig;
 use crate::db::sync::{self, Finish, PageTotals, PassPlan, StreamState};
 use crate::partnerstack::client::{self, Client, ListQuery, Page};
-use crate::partnerstack::models::Entity;
+use crate::partnerstack::models::{Entity, Meta};
 use crate::telemetry::{Metrics, StreamLabel};
 
 /// Pages applied together, when they are already fetched: fewer commits and statements,
@@ -71,6 +71,26 @@ pub fn plan(
         Kind::Incremental
     } else {
         Kind::Window
+    }
+}
+
+/// The filter of a new pass of `kind`: `(min_updated, min_created)`. A bound that cannot
+/// be represented is left out, which reads more, never less.
+fn bounds(
+    kind: Kind,
+    watermark: Option<DateTime<Utc>>,
+    config: &ReconcileConfig,
+    now: DateTime<Utc>,
+) -> (Option<DateTime<Utc>>, Option<DateTime<Utc>>) {
+    let before = |t: DateTime<Utc>, d: Duration| {
+        chrono::Duration::from_std(d)
+            .ok()
+            .and_then(|d| t.checked_sub_signed(d))
+    };
+    match kind {
+        Kind::Full => (None, None),
+        Kind::Incremental => (watermark.and_then(|w| before(w, config.overlap)), None),
+        Kind::Window => (None, before(now, config.window)),
     }
 }
 
@@ -148,6 +168,11 @@ pub async fn run(
         && !(state.requested_full && state.pass_kind.as_deref() != Some("full"));
 
     let (pass_id, kind, query, pass_started, mut totals) = if resumable {
+        let pass_id = state.pass_id.unwrap_or_default();
+        // Taking the pass up answers any request for one (so a failure backs off as usual).
+        if !sync::resume_pass(conn, stream, pass_id, ctx.runner).await? {
+            return Err(PassError::Superseded);
+        }
         let kind = Kind::parse(state.pass_kind.as_deref().unwrap_or("full"));
         let query = ListQuery {
             min_updated: state.pass_min_updated,
@@ -161,6 +186,7 @@ pub async fn run(
             repairs: state.pass_repairs,
             invalid: state.pass_invalid,
             marked: state.pass_marked,
+            unkeyed: state.pass_unkeyed,
         };
         let pages = state.pass_pages;
         tracing::info!(
@@ -170,7 +196,7 @@ pub async fn run(
             "resuming a reconcile pass from its checkpoint"
         );
         (
-            state.pass_id.unwrap_or_default(),
+            pass_id,
             kind,
             query,
             state.pass_started_at.unwrap_or_else(Utc::now),
@@ -179,13 +205,7 @@ pub async fn run(
     } else {
         let now = Utc::now();
         let kind = plan(&state, entity, ctx.config, force_full, now);
-        let overlap = chrono::Duration::from_std(ctx.config.overlap).unwrap_or_default();
-        let window = chrono::Duration::from_std(ctx.config.window).unwrap_or_default();
-        let (min_updated, min_created) = match kind {
-            Kind::Full => (None, None),
-            Kind::Incremental => (state.watermark.map(|w| w - overlap), None),
-            Kind::Window => (None, Some(now - window)),
-        };
+        let (min_updated, min_created) = bounds(kind, state.watermark, ctx.config, now);
         let plan = PassPlan {
             kind: kind.as_str(),
             min_updated,
@@ -206,47 +226,59 @@ pub async fn run(
         )
     };
     let resumed = resumable;
+    // Only the last page leaves no cursor: a pass that failed after it has read everything
+    // and only needs closing.
+    let read_all = resumed && state.pass_pages > 0 && state.pass_cursor.is_none();
 
-    // Fetch ahead while earlier pages are applied; the channel holds a few pages, so
-    // memory stays bounded whatever the stream's size.
-    let (pages_tx, mut pages_rx) = mpsc::channel::<Result<Page, client::Error>>(PAGES_PER_COMMIT);
-    let mut pager = ctx.client.pages(entity, query);
-    let fetcher = tokio::spawn(async move {
-        loop {
-            match pager.next_page().await {
-                Ok(Some(page)) => {
-                    if pages_tx.send(Ok(page)).await.is_err() {
+    if !read_all {
+        // Fetch ahead while earlier pages are applied; the channel holds a few pages, so
+        // memory stays bounded whatever the stream's size.
+        let (pages_tx, mut pages_rx) =
+            mpsc::channel::<Result<Page, client::Error>>(PAGES_PER_COMMIT);
+        let mut pager = ctx.client.pages(entity, query);
+        let fetcher = tokio::spawn(async move {
+            loop {
+                match pager.next_page().await {
+                    Ok(Some(page)) => {
+                        if pages_tx.send(Ok(page)).await.is_err() {
+                            break;
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        let _ = pages_tx.send(Err(e)).await;
                         break;
                     }
                 }
-                Ok(None) => break,
-                Err(e) => {
-                    let _ = pages_tx.send(Err(e)).await;
-                    break;
-                }
             }
-        }
-    });
-    let result = apply_pages(
-        ctx,
-        conn,
-        entity,
-        kind,
-        pass_id,
-        backfill,
-        &mut pages_rx,
-        &mut totals,
-        progress,
-    )
-    .await;
-    drop(pages_rx);
-    fetcher.abort();
-    result?;
+        });
+        let result = apply_pages(
+            ctx,
+            conn,
+            entity,
+            kind,
+            pass_id,
+            backfill,
+            &mut pages_rx,
+            &mut totals,
+            progress,
+        )
+        .await;
+        drop(pages_rx);
+        fetcher.abort();
+        result?;
+    }
 
     // The scan completed: close the pass, and after a full scan mark what vanished.
     let mut tx = conn.begin().await?;
     let (mut deleted, mut warning) = (0, None);
-    if kind == Kind::Full {
+    if kind == Kind::Full && totals.1.unkeyed > 0 {
+        warning = Some(format!(
+            "the full scan read {} {stream} objects whose key could not be read, so none were \
+             marked deleted (any stored row could be one of them)",
+            totals.1.unkeyed
+        ));
+    } else if kind == Kind::Full {
         let vanished = sync::mark_vanished(
             &mut tx,
             entity,
@@ -326,7 +358,16 @@ async fn apply_pages(
 ) -> Result<(), PassError> {
     let stream = entity.stream();
     let label = StreamLabel { stream };
-    while let Some(first) = pages.recv().await {
+    loop {
+        // Shutdown does not wait for a slow page; the pass resumes from its checkpoint.
+        let first = tokio::select! {
+            biased;
+            () = ctx.stop.cancelled() => return Err(PassError::Interrupted),
+            page = pages.recv() => match page {
+                Some(page) => page,
+                None => return Ok(()),
+            },
+        };
         // This page, and any others already fetched (up to PAGES_PER_COMMIT).
         let mut batch = vec![first?];
         while batch.len() < PAGES_PER_COMMIT {
@@ -338,12 +379,21 @@ async fn apply_pages(
         let page_count = batch.len() as i64;
         let next_cursor = batch.last().and_then(|p| p.next_cursor.clone());
         let mut observations = Vec::with_capacity(batch.iter().map(|p| p.items.len()).sum());
-        let mut invalid = 0;
+        // Keys of objects that do not read: still seen, so a full scan does not take their
+        // rows for vanished.
+        let mut unread_keys = Vec::new();
+        let (mut invalid, mut unkeyed) = (0, 0);
         for item in batch.into_iter().flat_map(|p| p.items) {
+            let key = Meta::identity_of(&item);
             match Observation::parse(entity, item, false) {
                 Ok(o) => observations.push(o),
                 Err(reason) => {
                     invalid += 1;
+                    // Postgres text cannot hold U+0000: such a key is not recordable.
+                    match key.filter(|k| !k.contains('\0')) {
+                        Some(key) => unread_keys.push(key),
+                        None => unkeyed += 1,
+                    }
                     tracing::warn!(stream, %reason, "PartnerStack sent an object the service cannot read; skipped");
                 }
             }
@@ -352,7 +402,11 @@ async fn apply_pages(
         let results = apply::apply(&mut tx, Source::Reconcile, &observations).await?;
         let mut marked = 0;
         if kind == Kind::Full {
-            let keys: Vec<&str> = observations.iter().map(|o| o.key.as_str()).collect();
+            let keys: Vec<&str> = observations
+                .iter()
+                .map(|o| o.key.as_str())
+                .chain(unread_keys.iter().map(String::as_str))
+                .collect();
             marked = sync::mark_seen(&mut tx, stream, pass_id, &keys).await?;
         }
         let changed = results.iter().filter(|r| r.changed()).count() as i64;
@@ -362,6 +416,7 @@ async fn apply_pages(
             repairs: if backfill { 0 } else { changed },
             invalid,
             marked,
+            unkeyed,
         };
         if !sync::record_page(
             &mut tx,
@@ -395,6 +450,7 @@ async fn apply_pages(
         totals.1.changed += page_totals.changed;
         totals.1.repairs += page_totals.repairs;
         totals.1.invalid += page_totals.invalid;
+        totals.1.unkeyed += page_totals.unkeyed;
         progress(Progress {
             entity,
             kind,
@@ -402,9 +458,55 @@ async fn apply_pages(
             seen: totals.1.seen,
             changed: totals.1.changed,
         });
-        if ctx.stop.is_cancelled() && next_cursor.is_some() {
+        if next_cursor.is_none() {
+            return Ok(()); // the last page
+        }
+        if ctx.stop.is_cancelled() {
             return Err(PassError::Interrupted);
         }
     }
-    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    #[test]
+    fn pass_bounds_never_overflow() {
+        let mut config = Config::load_with_env(None, &Default::default())
+            .unwrap()
+            .reconcile;
+        let now = Utc::now();
+        let watermark = now - chrono::Duration::hours(1);
+        let minutes = |m| Some(now - chrono::Duration::minutes(m));
+        config.overlap = Duration::from_secs(600);
+        config.window = Duration::from_secs(1800);
+        assert_eq!(
+            bounds(Kind::Incremental, Some(watermark), &config, now),
+            (minutes(70), None)
+        );
+        assert_eq!(
+            bounds(Kind::Window, Some(watermark), &config, now),
+            (None, minutes(30))
+        );
+        assert_eq!(
+            bounds(Kind::Full, Some(watermark), &config, now),
+            (None, None)
+        );
+        // Durations no clock can subtract read everything instead of panicking.
+        for huge in [
+            Duration::MAX,
+            Duration::from_secs(u64::MAX / 2),
+            Duration::from_secs(i64::MAX as u64 / 1000),
+        ] {
+            config.overlap = huge;
+            config.window = huge;
+            assert_eq!(
+                bounds(Kind::Incremental, Some(watermark), &config, now),
+                (None, None)
+            );
+            assert_eq!(bounds(Kind::Window, None, &config, now), (None, None));
+        }
+    }
 }

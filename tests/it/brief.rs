@@ -104,6 +104,36 @@ async fn an_empty_page_ends_the_walk_even_when_has_more_says_otherwise() {
 }
 
 #[tokio::test]
+async fn a_list_answer_without_items_is_an_error_not_the_last_page() {
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path("/api/v2/partners"))
+        .and(query_param_is_missing("starting_after"))
+        .respond_with(page(
+            vec![partner("p3", 1_700_000_300), partner("p2", 1_700_000_200)],
+            true,
+            Some("cursor-after-p2"),
+        ))
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/api/v2/partners"))
+        .and(query_param("starting_after", "cursor-after-p2"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "data": {"has_more": true, "items": null},
+            "status": "2xx",
+        })))
+        .mount(&server)
+        .await;
+    let client = brief_client(&server).await;
+    let err = keys(&client, Entity::Partner).await.unwrap_err();
+    assert!(
+        matches!(&err, Error::InvalidResponse { detail, .. } if detail.contains("items")),
+        "{err}"
+    );
+}
+
+#[tokio::test]
 async fn a_cursor_that_comes_back_is_an_error() {
     let server = MockServer::start().await;
     Mock::given(method("GET"))

@@ -18,6 +18,8 @@ use partnerstack_sync::telemetry::Metrics;
 use serde_json::{Map, Value, json};
 use sqlx::postgres::PgConnectOptions;
 use tokio_util::sync::CancellationToken;
+use wiremock::matchers::{method, path};
+use wiremock::{Mock, MockServer, ResponseTemplate};
 
 use crate::client::{client_config, program, stand_in};
 use crate::common::{Process, TestApp, TestDb, test_config};
@@ -34,7 +36,16 @@ fn reconcile_config(db: &TestDb, tweak: impl FnOnce(&mut ReconcileConfig)) -> Re
 const PAGE_SIZE: u32 = 10;
 
 fn reconciler(db: &TestDb, sim: &Running, tweak: impl FnOnce(&mut ReconcileConfig)) -> Reconciler {
-    let mut config = client_config(&sim.base_url());
+    reconciler_at(db, &sim.base_url(), tweak)
+}
+
+/// A reconciler reading PartnerStack at `base_url` (e.g. a wiremock server's `/api/v2`).
+fn reconciler_at(
+    db: &TestDb,
+    base_url: &str,
+    tweak: impl FnOnce(&mut ReconcileConfig),
+) -> Reconciler {
+    let mut config = client_config(base_url);
     config.page_size = PAGE_SIZE;
     let client = Client::new(&config).unwrap();
     Reconciler::new(
@@ -141,6 +152,43 @@ async fn stream_row(db: &TestDb, stream: &str) -> Value {
         .fetch_one(&db.pool)
         .await
         .unwrap()
+}
+
+/// One pass over one stream, with its error if it failed.
+async fn pass_of(r: &Reconciler, entity: Entity, full: bool) -> Result<Report, PassError> {
+    let stop = CancellationToken::new();
+    let mut reports = r
+        .run_once(&[entity], full, Duration::from_secs(10), &stop, &|_| {})
+        .await
+        .unwrap();
+    reports.remove(0)
+}
+
+/// Stops `r`'s pass of `entity` (a full scan) after `pages` pages, as at shutdown.
+async fn interrupt_after(r: &Reconciler, entity: Entity, pages: i64) {
+    let stop = CancellationToken::new();
+    let trigger = stop.clone();
+    let progress = move |p: Progress| {
+        if p.pages >= pages {
+            trigger.cancel();
+        }
+    };
+    let reports = r
+        .run_once(&[entity], true, Duration::from_secs(10), &stop, &progress)
+        .await
+        .unwrap();
+    assert!(matches!(reports[0], Err(PassError::Interrupted)));
+}
+
+/// Polls `sql` (a count) until it is at least 1 (at most 30 s).
+async fn wait_for_row(db: &TestDb, sql: &str) {
+    for _ in 0..1500 {
+        if db.count(sql).await > 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("no row for {sql} within 30 s");
 }
 
 #[tokio::test]
@@ -941,24 +989,7 @@ async fn a_full_scan_that_lost_its_record_of_seen_keys_marks_nothing_deleted() {
     sim.simulator
         .mutate(1, Some(MutationKind::ArchiveCustomer), Notify::Drop);
 
-    let stop = CancellationToken::new();
-    let trigger = stop.clone();
-    let progress = move |p: Progress| {
-        if p.pages >= 2 {
-            trigger.cancel();
-        }
-    };
-    let interrupted = r
-        .run_once(
-            &[Entity::Customer],
-            true,
-            Duration::from_secs(10),
-            &stop,
-            &progress,
-        )
-        .await
-        .unwrap();
-    assert!(matches!(interrupted[0], Err(PassError::Interrupted)));
+    interrupt_after(&r, Entity::Customer, 2).await;
     // What a crash does to the unlogged table.
     sqlx::query("DELETE FROM sync_seen")
         .execute(&db.pool)
@@ -1006,4 +1037,327 @@ async fn a_full_scan_that_lost_its_record_of_seen_keys_marks_nothing_deleted() {
         .unwrap();
     assert_eq!(next.into_iter().next().unwrap().unwrap().deleted, 1);
     sim.stop().await.unwrap();
+}
+
+/// An object the service cannot read is still seen by a full scan, when its key can be read.
+#[tokio::test]
+async fn a_full_scan_does_not_take_an_unreadable_object_for_a_vanished_one() {
+    let db = TestDb::new().await;
+    let sim = stand_in(Options {
+        customers: 60,
+        ..Options::small(5)
+    })
+    .await;
+    let r = reconciler(&db, &sim, |c| c.max_delete_fraction = 0.2);
+    pass_of(&r, Entity::Customer, false).await.unwrap();
+    let archived = sim
+        .simulator
+        .mutate(1, Some(MutationKind::ArchiveCustomer), Notify::Drop)[0]
+        .key
+        .clone();
+    // A NUL inside: Postgres cannot store it, so the object does not read.
+    let nul: Map<String, Value> = json!({"meta": {"note": "a\u{0}b"}})
+        .as_object()
+        .unwrap()
+        .clone();
+    let unreadable = truth(&sim, Entity::Customer)
+        .into_iter()
+        .find(|c| c["archived"] == json!(false))
+        .unwrap()["key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    sim.simulator
+        .patch(Entity::Customer, &unreadable, &nul, Notify::None)
+        .unwrap();
+
+    let report = pass_of(&r, Entity::Customer, true).await.unwrap();
+    assert_eq!(report.invalid, 1);
+    assert_eq!(report.deleted, 1, "{:?}", report.warning);
+    let marked: Vec<String> =
+        sqlx::query_scalar("SELECT key FROM customers WHERE deleted_at IS NOT NULL")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(marked, [archived]);
+    sim.stop().await.unwrap();
+}
+
+/// An unreadable object without a readable key could be any stored row: the full scan
+/// marks nothing deleted and says why.
+#[tokio::test]
+async fn a_full_scan_that_met_an_object_without_a_key_marks_nothing_deleted() {
+    let db = TestDb::new().await;
+    let server = MockServer::start().await;
+    let list = |items: Value| {
+        ResponseTemplate::new(200).set_body_json(json!({
+            "data": {"items": items, "has_more": false}, "message": "ok", "status": 200
+        }))
+    };
+    Mock::given(method("GET"))
+        .and(path("/api/v2/customers"))
+        .respond_with(list(
+            json!([{"key": "cus_3"}, {"key": "cus_2"}, {"key": "cus_1"}]),
+        ))
+        .up_to_n_times(1)
+        .mount(&server)
+        .await;
+    let r = reconciler_at(&db, &format!("{}/api/v2", server.uri()), |c| {
+        c.max_delete_fraction = 1.0
+    });
+    assert_eq!(pass_of(&r, Entity::Customer, true).await.unwrap().seen, 3);
+
+    // cus_1 and cus_2 are missing, and one object has no key: it could be either of them.
+    Mock::given(method("GET"))
+        .and(path("/api/v2/customers"))
+        .respond_with(list(
+            json!([{"key": "cus_3"}, {"email": "who@example.com"}]),
+        ))
+        .mount(&server)
+        .await;
+    let report = pass_of(&r, Entity::Customer, true).await.unwrap();
+    assert_eq!((report.seen, report.invalid, report.deleted), (2, 1, 0));
+    assert!(
+        report.warning.as_deref().unwrap_or("").contains("key"),
+        "{:?}",
+        report.warning
+    );
+    assert_eq!(
+        db.count("SELECT count(*) FROM customers WHERE deleted_at IS NOT NULL")
+            .await,
+        0
+    );
+    assert_eq!(stream_row(&db, "customers").await["last_status"], "error");
+
+    // The record does not carry over: the next clean scan marks what vanished.
+    server.reset().await;
+    Mock::given(method("GET"))
+        .and(path("/api/v2/customers"))
+        .respond_with(list(json!([{"key": "cus_3"}])))
+        .mount(&server)
+        .await;
+    assert_eq!(
+        pass_of(&r, Entity::Customer, true).await.unwrap().deleted,
+        2
+    );
+}
+
+/// A pass asked for by hand that fails backs off like any other: taking up the
+/// unfinished pass answers the request.
+#[tokio::test]
+async fn a_requested_pass_that_fails_backs_off_like_any_other() {
+    use partnerstack_sync::db::sync;
+    let db = TestDb::new().await;
+    let sim = stand_in(Options {
+        customers: 80,
+        ..Options::small(5)
+    })
+    .await;
+    let r = reconciler(&db, &sim, |c| c.max_retry_delay = Duration::from_secs(3600));
+    interrupt_after(&r, Entity::Customer, 2).await;
+    assert!(sync::request(&db.pool, "customers", false).await.unwrap());
+
+    // PartnerStack fails every attempt of the resumed pass.
+    sim.simulator
+        .faults()
+        .update(FaultUpdate {
+            fail_next: Some(1000),
+            fail_status: Some(503),
+            ..FaultUpdate::default()
+        })
+        .unwrap();
+    let failed = pass_of(&r, Entity::Customer, false).await;
+    assert!(matches!(failed, Err(PassError::Fetch(_))), "{failed:?}");
+    let row = stream_row(&db, "customers").await;
+    assert!(
+        row["requested_at"].is_null(),
+        "the request was answered: {row}"
+    );
+    assert!(
+        row["pass_id"].is_number(),
+        "the checkpoint stays for a resume"
+    );
+    assert_eq!(row["failures"], 1);
+    assert_eq!(row["runner"], r.runner());
+    assert_eq!(
+        db.count(
+            "SELECT count(*) FROM sync_streams
+             WHERE stream = 'customers' AND next_attempt_at > last_finished_at"
+        )
+        .await,
+        1,
+        "the next attempt waits for the back-off: {row}"
+    );
+    sim.stop().await.unwrap();
+}
+
+/// Shutdown does not wait for a page PartnerStack is slow to send; the pass resumes later.
+#[tokio::test]
+async fn a_pass_waiting_for_a_page_stops_at_once_for_shutdown() {
+    let db = TestDb::new().await;
+    let sim = stand_in(Options::small(5)).await;
+    let r = reconciler(&db, &sim, |_| {});
+    sim.simulator
+        .faults()
+        .update(FaultUpdate {
+            slow_ms: Some(600_000),
+            ..FaultUpdate::default()
+        })
+        .unwrap();
+    let stop = CancellationToken::new();
+    let running = tokio::spawn({
+        let (r, stop) = (r.clone(), stop.clone());
+        async move {
+            r.run_once(
+                &[Entity::Customer],
+                false,
+                Duration::from_secs(10),
+                &stop,
+                &|_| {},
+            )
+            .await
+        }
+    });
+    // The pass has begun: it is waiting for its first page.
+    wait_for_row(
+        &db,
+        "SELECT count(*) FROM sync_streams WHERE stream = 'customers' AND pass_id IS NOT NULL",
+    )
+    .await;
+    stop.cancel();
+    let reports = tokio::time::timeout(Duration::from_secs(60), running)
+        .await
+        .expect("the pass kept waiting for its page after the stop")
+        .unwrap()
+        .unwrap();
+    assert!(
+        matches!(reports[0], Err(PassError::Interrupted)),
+        "{:?}",
+        reports[0]
+    );
+    let row = stream_row(&db, "customers").await;
+    assert_eq!(row["pass_pages"], 0);
+    assert!(row["pass_id"].is_number(), "the pass resumes later");
+    // The stand-in is still sleeping on the abandoned request; it is dropped, not stopped.
+}
+
+/// A reconciler stuck in the database does not hold the service's shutdown.
+#[tokio::test]
+async fn shutdown_does_not_wait_for_a_stuck_reconciler() {
+    use sqlx::Connection as _;
+    let sim = stand_in(program()).await;
+    let db = TestDb::new().await;
+    // Until the service has stopped, the reconciler cannot write its first row.
+    let mut blocker = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    let mut lock = blocker.begin().await.unwrap();
+    sqlx::query("LOCK TABLE sync_streams IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *lock)
+        .await
+        .unwrap();
+    let base_url = sim.base_url();
+    let app = TestApp::spawn_on(db, |c| {
+        c.partnerstack = client_config(&base_url);
+        c.reconcile.interval = Some(Duration::from_secs(3600));
+        c.server.shutdown_timeout = Duration::from_secs(1);
+        c.database.statement_timeout = Duration::from_secs(3600);
+    })
+    .await;
+    wait_for_row(
+        &app.db,
+        "SELECT count(*) FROM pg_stat_activity
+         WHERE datname = current_database() AND application_name = 'partnerstack-sync'
+           AND wait_event_type = 'Lock'",
+    )
+    .await;
+    tokio::time::timeout(Duration::from_secs(60), app.stop())
+        .await
+        .expect("shutdown waited for the stuck reconciler");
+    lock.rollback().await.unwrap();
+    sim.stop().await.unwrap();
+}
+
+/// A full scan that failed after its last page is closed on the next attempt, without
+/// reading the stream again.
+#[tokio::test]
+async fn a_full_scan_that_failed_after_its_last_page_is_closed_without_reading_again() {
+    let db = TestDb::new().await;
+    let sim = stand_in(Options {
+        customers: 45,
+        ..Options::small(5)
+    })
+    .await;
+    let r = reconciler(&db, &sim, |c| c.max_delete_fraction = 0.2);
+    pass_of(&r, Entity::Customer, false).await.unwrap();
+    sim.simulator
+        .mutate(1, Some(MutationKind::ArchiveCustomer), Notify::Drop);
+    let listed = sim.simulator.listed_keys(Entity::Customer).len() as i64;
+
+    // The database refuses to close the pass once every page is in.
+    for sql in [
+        "CREATE FUNCTION refuse_close() RETURNS trigger LANGUAGE plpgsql
+         AS $$ BEGIN RAISE EXCEPTION 'closing refused'; END $$",
+        "CREATE TRIGGER refuse_close BEFORE UPDATE ON sync_streams FOR EACH ROW
+         WHEN (NEW.watermark IS DISTINCT FROM OLD.watermark) EXECUTE FUNCTION refuse_close()",
+    ] {
+        sqlx::query(sql).execute(&db.pool).await.unwrap();
+    }
+    let failed = pass_of(&r, Entity::Customer, true).await;
+    assert!(matches!(failed, Err(PassError::Database(_))), "{failed:?}");
+    let row = stream_row(&db, "customers").await;
+    let pages = row["pass_pages"].as_i64().unwrap();
+    let per_page = i64::from(PAGE_SIZE);
+    assert_eq!(
+        pages,
+        (listed + per_page - 1) / per_page,
+        "every page is in: {row}"
+    );
+    assert!(
+        row["pass_cursor"].is_null() && row["pass_id"].is_number(),
+        "{row}"
+    );
+    sqlx::query("DROP TRIGGER refuse_close ON sync_streams")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+
+    let pages_served = |sim: &Running| sim.simulator.faults().answers().get(&200).copied();
+    let served = pages_served(&sim);
+    let report = pass_of(&r, Entity::Customer, true).await.unwrap();
+    assert!(report.resumed);
+    assert_eq!(pages_served(&sim), served, "no page was read again");
+    assert_eq!((report.pages, report.seen), (pages, listed));
+    assert_eq!(report.deleted, 1);
+    sim.stop().await.unwrap();
+}
+
+/// Postgres ends a session whose client's host died (not only its process) within
+/// seconds, so the leadership lock it holds is released.
+#[tokio::test]
+async fn service_sessions_carry_server_side_keepalives() {
+    use sqlx::Connection as _;
+    let db = TestDb::new().await;
+    let config = test_config(&db.url);
+    let options = partnerstack_sync::db::session_options(
+        PgConnectOptions::from_str(&db.url).unwrap(),
+        &config.database,
+    );
+    let mut conn = sqlx::PgConnection::connect_with(&options).await.unwrap();
+    let over_tcp: bool = sqlx::query_scalar("SELECT inet_client_addr() IS NOT NULL")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    for (setting, expected) in [
+        ("tcp_keepalives_idle", "10"),
+        ("tcp_keepalives_interval", "5"),
+        ("tcp_keepalives_count", "3"),
+        ("tcp_user_timeout", "30000"),
+    ] {
+        let value: String = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SHOW {setting}")))
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+        // Unix-domain sockets have no keepalives (Postgres shows 0).
+        let expected = if over_tcp { expected } else { "0" };
+        assert_eq!(value, expected, "{setting}");
+    }
 }

@@ -158,7 +158,9 @@ impl Page {
 }
 
 /// A list body in either dialect: `data.items`, `data.has_more`, `data.total`,
-/// `data.ending_cursor`. A bare array under `data` is accepted as a last page.
+/// `data.ending_cursor`. A bare array under `data` is accepted as a last page. Missing or
+/// null `items` is an error, not an empty page: taken for the end of the list, it would
+/// end a scan early (and a full scan would then mark the unread rest deleted).
 pub(super) fn read_list(body: Value) -> Result<ListBody, String> {
     let Value::Object(mut body) = body else {
         return Err("the body is not a JSON object".into());
@@ -178,7 +180,7 @@ pub(super) fn read_list(body: Value) -> Result<ListBody, String> {
     };
     let items = match data.remove("items") {
         Some(Value::Array(items)) => items,
-        Some(Value::Null) | None => Vec::new(),
+        Some(Value::Null) | None => return Err("`data` has no `items`".into()),
         Some(_) => return Err("`data.items` is not an array".into()),
     };
     let has_more = match data.get("has_more") {
@@ -381,6 +383,16 @@ mod tests {
 
         assert!(read_list(json!({"message": "x"})).is_err());
         assert!(read_list(json!({"data": {"items": {}}})).is_err());
+        // Without items, even "no more" is not a page.
+        for data in [
+            json!({"has_more": true}),
+            json!({"items": null, "has_more": true}),
+            json!({"has_more": false}),
+            json!({}),
+        ] {
+            let err = read_list(json!({"data": data})).err();
+            assert_eq!(err.as_deref(), Some("`data` has no `items`"), "{data}");
+        }
         assert!(read_list(json!([1])).is_err());
     }
 
