@@ -126,24 +126,20 @@ pub fn run_scripts(
     Ok(Run { tps, latencies_us })
 }
 
-/// Replaces `$n::type[]` placeholders with the given SQL expressions (`exprs[n-1]`).
+/// Replaces every `$n` placeholder (with its `::type[]` cast, if any) with the given SQL
+/// expression (`exprs[n-1]`).
 fn bind(sql: &str, exprs: &[String]) -> String {
     let mut out = sql.to_string();
     // Highest first, so `$1` does not match the start of `$12`.
     for (i, expr) in exprs.iter().enumerate().rev() {
-        let n = i + 1;
-        let start = out
-            .find(&format!("${n}::"))
-            .or_else(|| out.find(&format!("${n}")))
-            .unwrap_or(usize::MAX);
-        if start == usize::MAX {
-            continue;
+        let placeholder = format!("${}", i + 1);
+        while let Some(start) = out.find(&placeholder) {
+            let rest = &out[start..];
+            let len = rest
+                .find(|c: char| c == ',' || c == ')' || c.is_whitespace())
+                .unwrap_or(rest.len());
+            out.replace_range(start..start + len, expr);
         }
-        let rest = &out[start..];
-        let len = rest
-            .find(|c: char| c == ',' || c == ')' || c.is_whitespace())
-            .unwrap_or(rest.len());
-        out.replace_range(start..start + len, expr);
     }
     // pgbench reads one statement per line unless it ends with a semicolon; keep it on one.
     out.split_whitespace().collect::<Vec<_>>().join(" ")
