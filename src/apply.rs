@@ -11,6 +11,7 @@
 //! table, rows bound as arrays and expanded with `UNNEST`.
 
 use std::collections::HashMap;
+use std::sync::LazyLock;
 
 use chrono::{DateTime, NaiveDate, Utc};
 use serde_json::Value;
@@ -321,7 +322,6 @@ async fn upsert(
     batch: &[&Observation],
 ) -> Result<HashMap<String, bool>, sqlx::Error> {
     let columns = &batch[0].columns;
-    let sql = upsert_sql(entity.table(), columns);
 
     // A deletion without a source time cannot be ordered against other observations:
     // it marks a live stored row deleted and leaves its content alone (the upsert below
@@ -366,7 +366,7 @@ async fn upsert(
         }
     }
 
-    let mut query = sqlx::query_as::<_, (String, bool)>(AssertSqlSafe(sql))
+    let mut query = sqlx::query_as::<_, (String, bool)>(AssertSqlSafe(upsert_sql_for(entity)))
         .bind(source.as_str())
         .bind(keys)
         .bind(created)
@@ -389,18 +389,27 @@ async fn upsert(
     Ok(changed)
 }
 
-/// The upsert statement [`apply`] runs for `entity` (benchmarks replay it with pgbench).
-pub fn upsert_sql_for(entity: Entity) -> String {
-    let columns = match entity {
-        Entity::Partner => Partnership::default().columns(),
-        Entity::Customer => Customer::default().columns(),
-        Entity::Transaction => Transaction::default().columns(),
-        Entity::Reward => Reward::default().columns(),
-        Entity::Group => Group::default().columns(),
-        Entity::Deal => Deal::default().columns(),
-        Entity::Lead => Lead::default().columns(),
-    };
-    upsert_sql(entity.table(), &columns)
+/// The upsert statement [`apply`] runs for `entity`, built once (benchmarks replay it with
+/// pgbench).
+pub fn upsert_sql_for(entity: Entity) -> &'static str {
+    static SQL: LazyLock<HashMap<Entity, String>> = LazyLock::new(|| {
+        Entity::ALL
+            .into_iter()
+            .map(|entity| {
+                let columns = match entity {
+                    Entity::Partner => Partnership::default().columns(),
+                    Entity::Customer => Customer::default().columns(),
+                    Entity::Transaction => Transaction::default().columns(),
+                    Entity::Reward => Reward::default().columns(),
+                    Entity::Group => Group::default().columns(),
+                    Entity::Deal => Deal::default().columns(),
+                    Entity::Lead => Lead::default().columns(),
+                };
+                (entity, upsert_sql(entity.table(), &columns))
+            })
+            .collect()
+    });
+    SQL.get(&entity).map_or("", String::as_str)
 }
 
 /// The upsert statement for a table with the given typed columns. `$1` is the source,
@@ -557,6 +566,8 @@ mod tests {
             assert!(!o.columns.is_empty(), "{entity:?}");
             let sql = upsert_sql(entity.table(), &o.columns);
             assert!(sql.contains(&format!("INSERT INTO {} AS t", entity.table())));
+            // The statement built once from the defaults fits every observation.
+            assert_eq!(sql, upsert_sql_for(entity), "{entity:?}");
         }
     }
 }

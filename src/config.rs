@@ -166,22 +166,6 @@ impl StreamPaths {
     }
 }
 
-impl Default for StreamPaths {
-    /// The real API's paths: `/` and the stream name.
-    fn default() -> Self {
-        let path = |e: Entity| format!("/{}", e.stream());
-        StreamPaths {
-            partnerships: path(Entity::Partner),
-            customers: path(Entity::Customer),
-            transactions: path(Entity::Transaction),
-            rewards: path(Entity::Reward),
-            groups: path(Entity::Group),
-            deals: path(Entity::Deal),
-            leads: path(Entity::Lead),
-        }
-    }
-}
-
 impl PartnerStackConfig {
     /// Both API keys, when both are set.
     pub fn credentials(&self) -> Option<(&SecretString, &SecretString)> {
@@ -368,19 +352,13 @@ impl Config {
                 "must be at least 1s, or \"off\"".into(),
             );
         }
-        if let Some(unknown) = reconcile
+        if let Some(Err(message)) = reconcile
             .streams
             .iter()
-            .find(|s| Entity::from_stream(s).is_none())
+            .map(|s| Entity::parse_stream(s))
+            .find(Result::is_err)
         {
-            let valid: Vec<&str> = Entity::ALL.iter().map(|e| e.stream()).collect();
-            return fail(
-                "reconcile.streams",
-                format!(
-                    "unknown stream {unknown:?}; valid streams: {}",
-                    valid.join(", ")
-                ),
-            );
+            return fail("reconcile.streams", message);
         }
         let fraction = reconcile.max_delete_fraction;
         if !(fraction.is_finite() && (0.0..=1.0).contains(&fraction)) {

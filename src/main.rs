@@ -107,13 +107,26 @@ async fn run_simulate(options: simulate::Options, config: Config) -> anyhow::Res
     simulate::run(options, &config, listener, shutdown).await
 }
 
-async fn migrate(config: Config) -> anyhow::Result<()> {
+/// For the one-shot commands: opens the database (starting the embedded one when
+/// configured), applies migrations, runs `work`, and, whatever happened, closes the pool
+/// and stops the embedded server.
+async fn with_database<T>(
+    config: &Config,
+    work: impl AsyncFnOnce(&db::Database, &sqlx::PgPool) -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
     let database = db::Database::open(&config.database).await?;
     let pool = db::pool(database.connect_options(), &config.database);
-    let result = db::migrate(&pool, std::time::Duration::from_secs(30)).await;
+    let result = match db::migrate(&pool, std::time::Duration::from_secs(30)).await {
+        Ok(()) => work(&database, &pool).await,
+        Err(e) => Err(e),
+    };
     pool.close().await;
     database.shutdown().await?;
-    result?;
+    result
+}
+
+async fn migrate(config: Config) -> anyhow::Result<()> {
+    with_database(&config, async |_, _| Ok(())).await?;
     tracing::info!("migrations applied");
     Ok(())
 }
@@ -134,20 +147,14 @@ async fn reapply(config: Config, outcomes: Vec<String>) -> anyhow::Result<()> {
         };
         chosen.push(known);
     }
-    let database = db::Database::open(&config.database).await?;
-    let pool = db::pool(database.connect_options(), &config.database);
-    let result = async {
-        db::migrate(&pool, std::time::Duration::from_secs(30)).await?;
-        let ids = events::requeue(&pool, &chosen).await?;
+    let (requeued, counts) = with_database(&config, async |_, pool| {
+        let ids = events::requeue(pool, &chosen).await?;
         let metrics = telemetry::Metrics::new();
-        partnerstack_sync::ingest::applier::drain(&pool, &metrics).await?;
-        let counts = events::count_outcomes(&pool, &ids).await?;
-        anyhow::Ok((ids.len(), counts))
-    }
-    .await;
-    pool.close().await;
-    database.shutdown().await?;
-    let (requeued, counts) = result?;
+        partnerstack_sync::ingest::applier::drain(pool, &metrics).await?;
+        let counts = events::count_outcomes(pool, &ids).await?;
+        Ok((ids.len(), counts))
+    })
+    .await?;
     let counts: Vec<String> = counts.iter().map(|(o, n)| format!("{n} {o}")).collect();
     eprintln!(
         "re-applied {requeued} stored deliveries{}",
@@ -186,25 +193,10 @@ async fn reconcile(config: Config, streams: Vec<String>, full: bool) -> anyhow::
     } else {
         streams
             .iter()
-            .map(|s| {
-                Entity::from_stream(s).ok_or_else(|| {
-                    anyhow::anyhow!(
-                        "unknown stream {s:?} (known: partnerships, customers, transactions, \
-                         rewards, groups, deals, leads)"
-                    )
-                })
-            })
+            .map(|s| Entity::parse_stream(s).map_err(|e| anyhow::anyhow!("--stream: {e}")))
             .collect::<anyhow::Result<_>>()?
     };
     let client = partnerstack_sync::partnerstack::client::Client::new(&config.partnerstack)?;
-    let database = db::Database::open(&config.database).await?;
-    let pool = db::pool(database.connect_options(), &config.database);
-    db::migrate(&pool, std::time::Duration::from_secs(30)).await?;
-    pool.close().await;
-    let connect = db::session_options(database.connect_options(), &config.database);
-    let metrics = std::sync::Arc::new(telemetry::Metrics::new());
-    let reconciler = Reconciler::new(client, config.reconcile.clone(), connect, metrics);
-
     let stop =
         cancel_on_signal("stopping after the current page (the pass resumes from its checkpoint)");
     let last = std::sync::Mutex::new(std::time::Instant::now());
@@ -223,12 +215,18 @@ async fn reconcile(config: Config, streams: Vec<String>, full: bool) -> anyhow::
         }
     };
     let patience = std::time::Duration::from_secs(60);
-    let reports = reconciler
-        .run_once(&entities, full, patience, &stop, &progress)
-        .await;
-    database.shutdown().await?;
+    let reports = with_database(&config, async |database, _| {
+        // The reconciler writes through its own session, not the pool.
+        let connect = db::session_options(database.connect_options(), &config.database);
+        let metrics = std::sync::Arc::new(telemetry::Metrics::new());
+        let reconciler = Reconciler::new(client, config.reconcile.clone(), connect, metrics);
+        reconciler
+            .run_once(&entities, full, patience, &stop, &progress)
+            .await
+    })
+    .await?;
     let mut failed = 0;
-    for report in reports? {
+    for report in reports {
         match report {
             Ok(r) => {
                 let rate = r.seen as f64 / r.took.as_secs_f64().max(0.001);

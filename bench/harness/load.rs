@@ -105,11 +105,7 @@ impl Stats {
 
     /// The `q` quantile (0..=1) in milliseconds.
     pub fn quantile_ms(&self, q: f64) -> f64 {
-        if self.latencies_us.is_empty() {
-            return f64::NAN;
-        }
-        let i = ((self.latencies_us.len() - 1) as f64 * q).round() as usize;
-        self.latencies_us[i] as f64 / 1000.0
+        quantile_ms(&self.latencies_us, q)
     }
 
     fn merge(parts: Vec<Stats>, elapsed: Duration) -> Stats {
@@ -126,6 +122,16 @@ impl Stats {
         s.latencies_us.sort_unstable();
         s
     }
+}
+
+/// The `q` quantile (0..=1) of `sorted_us` (microseconds, sorted), in milliseconds; NaN
+/// when there are none.
+pub fn quantile_ms(sorted_us: &[u64], q: f64) -> f64 {
+    if sorted_us.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted_us.len() - 1) as f64 * q).round() as usize;
+    sorted_us[i] as f64 / 1000.0
 }
 
 type Sender = http1::SendRequest<Full<Bytes>>;

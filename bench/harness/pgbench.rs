@@ -22,12 +22,9 @@ pub struct Run {
 }
 
 impl Run {
+    /// The `q` quantile (0..=1) in milliseconds.
     pub fn quantile_ms(&self, q: f64) -> f64 {
-        if self.latencies_us.is_empty() {
-            return f64::NAN;
-        }
-        let i = ((self.latencies_us.len() - 1) as f64 * q).round() as usize;
-        self.latencies_us[i] as f64 / 1000.0
+        crate::load::quantile_ms(&self.latencies_us, q)
     }
 }
 
@@ -206,7 +203,7 @@ pub fn per_delivery_script() -> String {
         ],
     );
     let upsert = bind(
-        &upsert_sql_for(Entity::Customer),
+        upsert_sql_for(Entity::Customer),
         &upsert_exprs(Entity::Customer, 1, key),
     );
     format!("\\set n random(1, 2000000000)\nBEGIN;\n{events};\n{upsert};\nEND;\n")
@@ -215,6 +212,6 @@ pub fn per_delivery_script() -> String {
 /// One reconciler page per transaction: `rows` rows upserted in one statement.
 pub fn page_upsert_script(entity: Entity, rows: usize) -> String {
     let key = "('obj_' || :client_id::text || '_' || :n::text)";
-    let upsert = bind(&upsert_sql_for(entity), &upsert_exprs(entity, rows, key));
+    let upsert = bind(upsert_sql_for(entity), &upsert_exprs(entity, rows, key));
     format!("\\set n random(1, 2000000000)\nBEGIN;\n{upsert};\nEND;\n")
 }

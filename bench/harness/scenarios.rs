@@ -331,6 +331,8 @@ fn substitute(sql: &str, binds: usize, value: impl Fn(usize) -> String) -> Strin
 /// Runs `requests` (one after another, one connection) while Postgres logs every
 /// statement, and returns the statements each request ran, as literal SQL.
 async fn capture(bench: &Bench, url: &str, paths: &[String]) -> anyhow::Result<Vec<Vec<String>>> {
+    // Generous bounds on waiting for Postgres; neither decides anything but a hang.
+    const PATIENCE: Duration = Duration::from_secs(30);
     let log_path = bench.work.join("pg/postgres.log");
     let admin_url = bench.pg.url().expose_secret().to_string();
     let mut admin = PgConnection::connect(&admin_url).await?;
@@ -340,7 +342,23 @@ async fn capture(bench: &Bench, url: &str, paths: &[String]) -> anyhow::Result<V
     sqlx::query("SELECT pg_reload_conf()")
         .execute(&mut admin)
         .await?;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The reload is asynchronous. The postmaster signals every backend at once, so when
+    // this one has the new setting, the service's have it too (applied before their next
+    // statement).
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let setting: String = sqlx::query_scalar("SHOW log_min_duration_statement")
+            .fetch_one(&mut admin)
+            .await?;
+        if setting == "0" {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "log_min_duration_statement still {setting} {PATIENCE:?} after the reload"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let from = std::fs::metadata(&log_path)?.len();
     let http = partnerstack_sync::http_client::builder().build()?;
     for path in paths {
@@ -351,7 +369,16 @@ async fn capture(bench: &Bench, url: &str, paths: &[String]) -> anyhow::Result<V
             .await?;
         anyhow::ensure!(r.status().is_success(), "{path}: {}", r.status());
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Read the log until every request's statements are in it.
+    let deadline = Instant::now() + PATIENCE;
+    let requests = loop {
+        let text = std::fs::read(&log_path)?;
+        let requests = logged_requests(&String::from_utf8_lossy(&text[from as usize..]));
+        if requests.len() >= paths.len() || Instant::now() >= deadline {
+            break requests;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     sqlx::query("ALTER SYSTEM RESET log_min_duration_statement")
         .execute(&mut admin)
         .await?;
@@ -359,10 +386,19 @@ async fn capture(bench: &Bench, url: &str, paths: &[String]) -> anyhow::Result<V
         .execute(&mut admin)
         .await?;
     admin.close().await?;
-    let text = std::fs::read(&log_path)?;
-    let text = String::from_utf8_lossy(&text[from as usize..]);
-    // A request's statements: the partner look-up, then the read it serves.
-    let reads: Vec<Logged> = logged_statements(&text)
+    anyhow::ensure!(
+        requests.len() == paths.len(),
+        "captured {} requests of {}",
+        requests.len(),
+        paths.len()
+    );
+    Ok(requests)
+}
+
+/// The statements of each request in a stretch of the statement log: the partner
+/// look-up, then the read it serves.
+fn logged_requests(text: &str) -> Vec<Vec<String>> {
+    let reads: Vec<Logged> = logged_statements(text)
         .into_iter()
         .filter(|l| l.sql.contains("FROM partners") || l.sql.contains("FROM customers"))
         .collect();
@@ -376,13 +412,7 @@ async fn capture(bench: &Bench, url: &str, paths: &[String]) -> anyhow::Result<V
             requests.push(std::mem::take(entry));
         }
     }
-    anyhow::ensure!(
-        requests.len() == paths.len(),
-        "captured {} requests of {}",
-        requests.len(),
-        paths.len()
-    );
-    Ok(requests)
+    requests
 }
 
 /// pgbench over captured requests: one script per request, chosen at random.

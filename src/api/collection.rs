@@ -38,18 +38,20 @@ pub trait Collection {
     const FROM: &'static str;
     /// The select list, without the optional body column.
     const COLUMNS: &'static str;
+    // The defaults describe the entity tables (raw JSON body, soft deletes, newest first).
+
     /// The optional body column with its alias, selected when asked for with `include`.
-    const BODY: &'static str;
+    const BODY: &'static str = "t.raw AS raw";
     /// What is selected in its place otherwise (a typed NULL with the same alias).
-    const NO_BODY: &'static str;
+    const NO_BODY: &'static str = "NULL::jsonb AS raw";
     /// The `include` value that asks for the body.
-    const INCLUDE: &'static str;
+    const INCLUDE: &'static str = "raw";
     /// The time `updated_since` compares with.
-    const UPDATED: &'static str;
+    const UPDATED: &'static str = "COALESCE(t.updated_at, t.created_at)";
     /// Whether the table has `deleted_at` (and so `include_deleted`).
-    const SOFT_DELETE: bool;
+    const SOFT_DELETE: bool = true;
     /// The list order, which is also what a cursor records.
-    const ORDER: Order;
+    const ORDER: Order = Order::CreatedKey;
     /// Columns holding a partner identifier (`partner_key=` matches any of them against
     /// every identifier of the partner); each has a `(column, created_at, key)` index.
     const PARTNER_COLUMNS: &'static [&'static str] = &[];
@@ -67,13 +69,19 @@ pub trait Collection {
     }
 
     /// Adds the resource's filters, each as `AND (...)` (the partner filter aside).
-    fn filter(filters: &Self::Filters, q: &mut QueryBuilder<Postgres>) -> Result<(), ApiError>;
+    fn filter(_filters: &Self::Filters, _q: &mut QueryBuilder<Postgres>) -> Result<(), ApiError> {
+        Ok(())
+    }
 
     /// The item's place in the sort order.
     fn position(item: &Self::Item) -> Position;
 
-    /// Adds `WHERE ... ORDER BY ...` selecting the item a path key names, best match first.
-    fn lookup(key: &str, q: &mut QueryBuilder<Postgres>) -> Result<(), ApiError>;
+    /// Adds `WHERE ... ORDER BY ...` selecting the item a path key names, best match first
+    /// (by default, the row whose `key` it is).
+    fn lookup(key: &str, q: &mut QueryBuilder<Postgres>) -> Result<(), ApiError> {
+        q.push(" WHERE t.key = ").push_bind(key.to_string());
+        Ok(())
+    }
 
     /// Last touches on a fetched item (e.g. parsing a stored body).
     fn finish(_item: &mut Self::Item) {}

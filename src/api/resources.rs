@@ -56,11 +56,6 @@ fn created_position(key: &str, record: &Record) -> Position {
     Position::Created(record.created_at, key.to_string())
 }
 
-/// `WHERE t.key = $key`.
-fn by_key(key: &str, q: &mut QueryBuilder<Postgres>) {
-    q.push(" WHERE t.key = ").push_bind(key.to_string());
-}
-
 /// `WHERE t.key = $key OR t.{alt} = $key`, the exact key first, live objects before
 /// deleted ones, then newest.
 fn by_key_or(alt: &str, key: &str, q: &mut QueryBuilder<Postgres>) {
@@ -135,12 +130,6 @@ impl Collection for Partners {
         "t.group_key, t.group_name, t.team_key, t.tags, t.joined_at, ",
         record_columns!()
     );
-    const BODY: &'static str = "t.raw AS raw";
-    const NO_BODY: &'static str = "NULL::jsonb AS raw";
-    const INCLUDE: &'static str = "raw";
-    const UPDATED: &'static str = "COALESCE(t.updated_at, t.created_at)";
-    const SOFT_DELETE: bool = true;
-    const ORDER: Order = Order::CreatedKey;
     type Item = Partner;
     type Filters = PartnerFilters;
 
@@ -217,12 +206,6 @@ impl Collection for Customers {
         "t.provider_key, t.source_key, t.source_type, t.test, ",
         record_columns!()
     );
-    const BODY: &'static str = "t.raw AS raw";
-    const NO_BODY: &'static str = "NULL::jsonb AS raw";
-    const INCLUDE: &'static str = "raw";
-    const UPDATED: &'static str = "COALESCE(t.updated_at, t.created_at)";
-    const SOFT_DELETE: bool = true;
-    const ORDER: Order = Order::CreatedKey;
     const PARTNER_COLUMNS: &'static [&'static str] = &["t.partner_key", "t.partnership_key"];
     type Item = Customer;
     type Filters = CustomerFilters;
@@ -317,12 +300,6 @@ impl Collection for Transactions {
         "t.category_key, t.product_key, t.test, ",
         record_columns!()
     );
-    const BODY: &'static str = "t.raw AS raw";
-    const NO_BODY: &'static str = "NULL::jsonb AS raw";
-    const INCLUDE: &'static str = "raw";
-    const UPDATED: &'static str = "COALESCE(t.updated_at, t.created_at)";
-    const SOFT_DELETE: bool = true;
-    const ORDER: Order = Order::CreatedKey;
     const PARTNER_COLUMNS: &'static [&'static str] =
         &["t.credited_partner_key", "t.credited_partnership_key"];
     type Item = Transaction;
@@ -359,11 +336,6 @@ impl Collection for Transactions {
 
     fn position(item: &Transaction) -> Position {
         created_position(&item.key, &item.record)
-    }
-
-    fn lookup(key: &str, q: &mut QueryBuilder<Postgres>) -> Result<(), ApiError> {
-        by_key(key, q);
-        Ok(())
     }
 }
 
@@ -420,12 +392,6 @@ impl Collection for Rewards {
         "t.customer_key, t.customer_external_key, t.transaction_key, ",
         record_columns!()
     );
-    const BODY: &'static str = "t.raw AS raw";
-    const NO_BODY: &'static str = "NULL::jsonb AS raw";
-    const INCLUDE: &'static str = "raw";
-    const UPDATED: &'static str = "COALESCE(t.updated_at, t.created_at)";
-    const SOFT_DELETE: bool = true;
-    const ORDER: Order = Order::CreatedKey;
     const PARTNER_COLUMNS: &'static [&'static str] = &["t.partner_key", "t.partnership_key"];
     type Item = Reward;
     type Filters = RewardFilters;
@@ -450,11 +416,6 @@ impl Collection for Rewards {
 
     fn position(item: &Reward) -> Position {
         created_position(&item.key, &item.record)
-    }
-
-    fn lookup(key: &str, q: &mut QueryBuilder<Postgres>) -> Result<(), ApiError> {
-        by_key(key, q);
-        Ok(())
     }
 }
 
@@ -487,26 +448,11 @@ impl Collection for Groups {
         "t.key, t.name, t.slug, t.is_default, t.archived, ",
         record_columns!()
     );
-    const BODY: &'static str = "t.raw AS raw";
-    const NO_BODY: &'static str = "NULL::jsonb AS raw";
-    const INCLUDE: &'static str = "raw";
-    const UPDATED: &'static str = "COALESCE(t.updated_at, t.created_at)";
-    const SOFT_DELETE: bool = true;
-    const ORDER: Order = Order::CreatedKey;
     type Item = Group;
     type Filters = NoFilters;
 
-    fn filter(_: &NoFilters, _: &mut QueryBuilder<Postgres>) -> Result<(), ApiError> {
-        Ok(())
-    }
-
     fn position(item: &Group) -> Position {
         created_position(&item.key, &item.record)
-    }
-
-    fn lookup(key: &str, q: &mut QueryBuilder<Postgres>) -> Result<(), ApiError> {
-        by_key(key, q);
-        Ok(())
     }
 }
 
@@ -556,12 +502,6 @@ impl Collection for Deals {
         "t.partner_key, t.customer_key, t.stage, t.deal_source, t.lost_reason, ",
         record_columns!()
     );
-    const BODY: &'static str = "t.raw AS raw";
-    const NO_BODY: &'static str = "NULL::jsonb AS raw";
-    const INCLUDE: &'static str = "raw";
-    const UPDATED: &'static str = "COALESCE(t.updated_at, t.created_at)";
-    const SOFT_DELETE: bool = true;
-    const ORDER: Order = Order::CreatedKey;
     const PARTNER_COLUMNS: &'static [&'static str] = &["t.partner_key"];
     type Item = Deal;
     type Filters = DealFilters;
@@ -579,11 +519,6 @@ impl Collection for Deals {
 
     fn position(item: &Deal) -> Position {
         created_position(&item.key, &item.record)
-    }
-
-    fn lookup(key: &str, q: &mut QueryBuilder<Postgres>) -> Result<(), ApiError> {
-        by_key(key, q);
-        Ok(())
     }
 }
 
@@ -629,12 +564,6 @@ impl Collection for Leads {
         "t.key, t.amount, t.approved, t.external_key, t.group_key, t.partner_key, t.status, ",
         record_columns!()
     );
-    const BODY: &'static str = "t.raw AS raw";
-    const NO_BODY: &'static str = "NULL::jsonb AS raw";
-    const INCLUDE: &'static str = "raw";
-    const UPDATED: &'static str = "COALESCE(t.updated_at, t.created_at)";
-    const SOFT_DELETE: bool = true;
-    const ORDER: Order = Order::CreatedKey;
     const PARTNER_COLUMNS: &'static [&'static str] = &["t.partner_key"];
     type Item = Lead;
     type Filters = LeadFilters;
@@ -655,11 +584,6 @@ impl Collection for Leads {
 
     fn position(item: &Lead) -> Position {
         created_position(&item.key, &item.record)
-    }
-
-    fn lookup(key: &str, q: &mut QueryBuilder<Postgres>) -> Result<(), ApiError> {
-        by_key(key, q);
-        Ok(())
     }
 }
 

@@ -5,10 +5,11 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
-use serde::Serialize;
-use utoipa::ToSchema;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
 use super::collection::Item;
+use super::params::{QueryParams, boolean, names};
 use super::{CommonErrors, KeyPath, NotFound};
 use crate::app::AppState;
 use crate::db::sync::{self, StreamState};
@@ -169,6 +170,15 @@ pub struct SyncRequested {
     pub full: bool,
 }
 
+/// Query parameters of `POST /v1/sync/{stream}`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct SyncParams {
+    /// Scan everything and mark vanished objects deleted: `true` or `false` (default).
+    #[param(value_type = Option<bool>)]
+    pub full: Option<String>,
+}
+
 #[utoipa::path(
     post, path = "/v1/sync/{stream}", tag = "sync",
     summary = "Start a reconcile pass now",
@@ -177,7 +187,7 @@ pub struct SyncRequested {
         everything and marks vanished objects deleted.",
     params(
         ("stream" = String, Path, description = "partnerships, customers, transactions, rewards, groups, deals or leads"),
-        ("full" = Option<bool>, Query, description = "Scan everything (default false)"),
+        SyncParams,
     ),
     responses(
         (status = 202, description = "The pass is requested", body = SyncRequested),
@@ -192,15 +202,8 @@ pub async fn request_sync(
     KeyPath(stream): KeyPath,
     axum::extract::RawQuery(query): axum::extract::RawQuery,
 ) -> Result<(StatusCode, Json<SyncRequested>), ApiError> {
-    let full = match query.as_deref().unwrap_or("") {
-        "" | "full=false" => false,
-        "full=true" => true,
-        other => {
-            return Err(ApiError::bad_request(format!(
-                "unknown parameters {other:?}: only full=true|false"
-            )));
-        }
-    };
+    let params = QueryParams::parse(query.as_deref(), &names::<SyncParams>())?;
+    let full = boolean("full", params.read::<SyncParams>()?.full.as_deref())?.unwrap_or(false);
     let Some(reconciler) = &state.reconciler else {
         return Err(ApiError::new(
             StatusCode::CONFLICT,

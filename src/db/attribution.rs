@@ -12,6 +12,8 @@
 //! current. (Marking a customer deleted does not re-credit: who referred a transaction
 //! does not change when the customer leaves.)
 
+use std::sync::LazyLock;
+
 use sqlx::{AssertSqlSafe, PgConnection};
 
 /// Columns computed while writing a table's rows: a join adding what they need to the
@@ -25,11 +27,16 @@ pub struct Derived {
 /// The derived columns of `table`, for input rows aliased `row` (they carry the typed
 /// columns of the table).
 pub fn derived_columns(table: &str, row: &str) -> Option<Derived> {
+    (table == "transactions").then(|| transaction_credit(row))
+}
+
+/// A transaction's credit, for input rows aliased `row`.
+fn transaction_credit(row: &str) -> Derived {
     // The customer found by PartnerStack's key (tck), else by the company's key (tcx).
     let pick = |column: &str| {
         format!("CASE WHEN tck.key IS NOT NULL THEN tck.{column} ELSE tcx.{column} END")
     };
-    (table == "transactions").then(|| Derived {
+    Derived {
         join: customer_of(row),
         columns: vec![
             (
@@ -44,7 +51,7 @@ pub fn derived_columns(table: &str, row: &str) -> Option<Derived> {
                 ),
             ),
         ],
-    })
+    }
 }
 
 /// Joins `tck`, the customer whose key is the transaction row's `customer_key`, and, only
@@ -74,31 +81,29 @@ pub async fn credit(
     if transactions.is_empty() && customers.is_empty() && customer_keys.is_empty() {
         return Ok(0);
     }
-    let Some(derived) = derived_columns("transactions", "s") else {
-        return Ok(0);
+    static SQL: LazyLock<String> = LazyLock::new(credit_sql);
+    let done = sqlx::query(AssertSqlSafe(SQL.as_str()))
+        .bind(transactions)
+        .bind(customers)
+        .bind(customer_keys)
+        .execute(conn)
+        .await?;
+    Ok(done.rows_affected())
+}
+
+/// The statement [`credit`] runs (built once).
+fn credit_sql() -> String {
+    let derived = transaction_credit("s");
+    let list = |item: &dyn Fn(&str, &str) -> String| {
+        derived
+            .columns
+            .iter()
+            .map(|(name, expr)| item(name, expr))
+            .collect::<Vec<_>>()
+            .join(", ")
     };
-    let sets: Vec<String> = derived
-        .columns
-        .iter()
-        .map(|(name, _)| format!("{name} = credit.{name}"))
-        .collect();
-    let values: Vec<String> = derived
-        .columns
-        .iter()
-        .map(|(name, expr)| format!("{expr} AS {name}"))
-        .collect();
-    let names: Vec<String> = derived
-        .columns
-        .iter()
-        .map(|(name, _)| format!("t.{name}"))
-        .collect();
-    let new: Vec<String> = derived
-        .columns
-        .iter()
-        .map(|(name, _)| format!("credit.{name}"))
-        .collect();
     // One index scan per branch (an OR across columns could end in a table scan).
-    let sql = format!(
+    format!(
         "WITH affected AS (
              SELECT unnest($1::text[]) AS key
              UNION SELECT x.key FROM transactions x WHERE x.customer_key = ANY($2)
@@ -111,17 +116,10 @@ pub async fn credit(
          UPDATE transactions t SET {sets}
          FROM credit
          WHERE t.key = credit.key AND ({names}) IS DISTINCT FROM ({new})",
-        values = values.join(", "),
+        values = list(&|name, expr| format!("{expr} AS {name}")),
         join = derived.join,
-        sets = sets.join(", "),
-        names = names.join(", "),
-        new = new.join(", "),
-    );
-    let done = sqlx::query(AssertSqlSafe(sql))
-        .bind(transactions)
-        .bind(customers)
-        .bind(customer_keys)
-        .execute(conn)
-        .await?;
-    Ok(done.rows_affected())
+        sets = list(&|name, _| format!("{name} = credit.{name}")),
+        names = list(&|name, _| format!("t.{name}")),
+        new = list(&|name, _| format!("credit.{name}")),
+    )
 }

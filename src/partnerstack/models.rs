@@ -84,6 +84,17 @@ impl Entity {
         }
     }
 
+    /// [`Entity::from_stream`], or the error naming the valid streams.
+    pub fn parse_stream(name: &str) -> Result<Entity, String> {
+        Entity::from_stream(name).ok_or_else(|| {
+            let valid: Vec<&str> = Entity::ALL.iter().map(|e| e.stream()).collect();
+            format!(
+                "unknown stream {name:?}; valid streams: {}",
+                valid.join(", ")
+            )
+        })
+    }
+
     /// The entity an event-name prefix refers to (`partner` and `partnership` are one).
     pub fn from_event_prefix(prefix: &str) -> Option<Entity> {
         Some(match prefix {

@@ -174,7 +174,7 @@ pub fn split(mut body: Map<String, Value>) -> Delivery {
     let object = if is_envelope {
         body.remove("data").unwrap_or(Value::Null)
     } else {
-        for field in ["event", "type", "event_type"] {
+        for field in EVENT_FIELDS {
             body.remove(field);
         }
         Value::Object(body)

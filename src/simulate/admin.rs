@@ -159,8 +159,7 @@ async fn patch(
     };
     match sim.patch(entity, &key, &fields, q.notify.unwrap_or(Notify::Deliver)) {
         Ok(change) => Json(json!({"data": change.object, "change": change})).into_response(),
-        Err(message) if message.starts_with("no ") => error(StatusCode::NOT_FOUND, message),
-        Err(message) => error(StatusCode::BAD_REQUEST, message),
+        Err((status, message)) => error(status, message),
     }
 }
 

@@ -35,7 +35,7 @@ use crate::auth::TokenSet;
 use crate::partnerstack::models::Entity;
 pub use faults::{FaultSettings, FaultUpdate, Faults, Verdict};
 pub use webhooks::{DeliveryRecord, DeliverySummary, Naming, Notify, Outcome, Shape, Undelivered};
-pub use world::{Action, Change, Counts, MutationKind, World};
+pub use world::{Action, Change, Counts, MutationKind, Refusal, World};
 
 /// The most mutations one call may ask for (keeps an admin request bounded).
 pub const MAX_MUTATIONS_PER_CALL: usize = 1_000_000;
@@ -433,7 +433,7 @@ impl Simulator {
         key: &str,
         patch: &Map<String, Value>,
         notify: Notify,
-    ) -> Result<Change, String> {
+    ) -> Result<Change, Refusal> {
         let mut world = self.write();
         let change = world.patch(entity, key, patch)?;
         self.publish(&world, std::slice::from_ref(&change), notify);
@@ -477,13 +477,7 @@ impl Simulator {
 
     /// The keys a full scan of `entity`'s list must return: listed objects only.
     pub fn listed_keys(&self, entity: Entity) -> Vec<String> {
-        let world = self.read();
-        world
-            .dump(entity)
-            .into_iter()
-            .filter(|o| o["archived"] != Value::Bool(true) || entity != Entity::Customer)
-            .filter_map(|o| o["key"].as_str().map(String::from))
-            .collect()
+        self.read().listed_keys(entity)
     }
 
     /// The current time as the stand-in sees it (epoch ms).

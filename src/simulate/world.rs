@@ -749,6 +749,16 @@ impl World {
         with_table!(self, entity, |t| t.items().iter().map(render).collect())
     }
 
+    /// The keys of the objects of `entity` its list returns (archived customers are not).
+    pub fn listed_keys(&self, entity: Entity) -> Vec<String> {
+        with_table!(self, entity, |t| t
+            .items()
+            .iter()
+            .filter(|x| x.listed())
+            .map(|x| x.key().to_owned())
+            .collect())
+    }
+
     /// Appends every object of `entity` (archived included, oldest first) to `out` as a
     /// JSON array, straight from the records: no JSON tree, so a dump of a million
     /// objects costs its text and no more.
@@ -778,13 +788,16 @@ impl World {
         entity: Entity,
         key: &str,
         patch: &Map<String, Value>,
-    ) -> Result<Change, String> {
+    ) -> Result<Change, Refusal> {
         let now = self.tick();
         let object = with_table_mut!(self, entity, |t| {
-            let current = t
-                .get(key)
-                .ok_or_else(|| format!("no {} with key {key:?}", entity.name()))?;
-            let mut merged = merge(current, patch)?;
+            let current = t.get(key).ok_or_else(|| {
+                (
+                    StatusCode::NOT_FOUND,
+                    format!("no {} with key {key:?}", entity.name()),
+                )
+            })?;
+            let mut merged = merge(current, patch).map_err(bad)?;
             if !patch.contains_key("updated_at") {
                 merged.set_updated_at(now);
             }
@@ -792,10 +805,10 @@ impl World {
                 && current.alt_key() != Some(alt)
                 && t.alt_taken(alt)
             {
-                return Err(format!(
+                return Err(bad(format!(
                     "another {} already has the key {alt:?}",
                     entity.name()
-                ));
+                )));
             }
             t.update(key, |x| *x = merged.clone());
             render(&merged)
@@ -1065,14 +1078,9 @@ impl World {
         Ok(self.change(Entity::Customer, &key, Action::Created, object))
     }
 
-    /// `PATCH /customers/{customer_key}`.
-    pub fn update_customer(
-        &mut self,
-        customer_key: &str,
-        body: &Map<String, Value>,
-    ) -> Result<Change, Refusal> {
-        let key = self
-            .customers
+    /// The key of the listed (not archived) customer with this `customer_key`, or 404.
+    fn listed_customer(&self, customer_key: &str) -> Result<String, Refusal> {
+        self.customers
             .find(customer_key)
             .filter(|c| c.listed())
             .map(|c| c.key.clone())
@@ -1081,7 +1089,16 @@ impl World {
                     StatusCode::NOT_FOUND,
                     format!("Customer '{customer_key}' not found"),
                 )
-            })?;
+            })
+    }
+
+    /// `PATCH /customers/{customer_key}`.
+    pub fn update_customer(
+        &mut self,
+        customer_key: &str,
+        body: &Map<String, Value>,
+    ) -> Result<Change, Refusal> {
+        let key = self.listed_customer(customer_key)?;
         if body.contains_key("partner_key") {
             return Err(bad("'partner_key' cannot be updated"));
         }
@@ -1104,25 +1121,15 @@ impl World {
         {
             return Err(bad("'email' must be 4 to 255 characters long"));
         }
-        self.patch(Entity::Customer, &key, &patch).map_err(bad)
+        self.patch(Entity::Customer, &key, &patch)
     }
 
     /// `DELETE /customers/{customer_key}`: archives.
     pub fn archive_customer(&mut self, customer_key: &str) -> Result<Change, Refusal> {
-        let key = self
-            .customers
-            .find(customer_key)
-            .filter(|c| c.listed())
-            .map(|c| c.key.clone())
-            .ok_or_else(|| {
-                (
-                    StatusCode::NOT_FOUND,
-                    format!("Customer '{customer_key}' not found"),
-                )
-            })?;
+        let key = self.listed_customer(customer_key)?;
         let mut patch = Map::new();
         patch.insert("archived".into(), Value::Bool(true));
-        self.patch(Entity::Customer, &key, &patch).map_err(bad)
+        self.patch(Entity::Customer, &key, &patch)
     }
 
     /// `POST /transactions`. A repeated `key` returns the existing transaction and changes
