@@ -2,14 +2,14 @@
 //! `ending_cursor`, second timestamps, `"status": "2xx"`; and the error paths.
 
 use chrono::{TimeZone, Utc};
-use partnerstack_sync::apply::Observation;
 use partnerstack_sync::partnerstack::client::{Client, Error, ListQuery};
 use partnerstack_sync::partnerstack::models::Entity;
 use serde_json::{Value, json};
 use wiremock::matchers::{basic_auth, method, path, query_param, query_param_is_missing};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
-use crate::client::{PUBLIC_KEY, SECRET_KEY, client_config};
+use crate::client::{PUBLIC_KEY, SECRET_KEY, client_config, scan};
+use crate::common::free_port;
 
 async fn brief_client(server: &MockServer) -> Client {
     let mut config = client_config(&format!("{}/api/v2", server.uri()));
@@ -30,17 +30,6 @@ fn page(items: Vec<Value>, has_more: bool, cursor: Option<&str>) -> ResponseTemp
         "message": "Success",
         "status": "2xx",
     }))
-}
-
-async fn keys(client: &Client, entity: Entity) -> Result<Vec<String>, Error> {
-    let mut pager = client.pages(entity, ListQuery::default());
-    let mut keys = Vec::new();
-    while let Some(page) = pager.next_page().await? {
-        for item in page.items {
-            keys.push(Observation::parse(entity, item, false).unwrap().key);
-        }
-    }
-    Ok(keys)
 }
 
 #[tokio::test]
@@ -100,7 +89,12 @@ async fn an_empty_page_ends_the_walk_even_when_has_more_says_otherwise() {
         .mount(&server)
         .await;
     let client = brief_client(&server).await;
-    assert!(keys(&client, Entity::Customer).await.unwrap().is_empty());
+    assert!(
+        scan(&client, Entity::Customer, ListQuery::default())
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 #[tokio::test]
@@ -126,7 +120,9 @@ async fn a_list_answer_without_items_is_an_error_not_the_last_page() {
         .mount(&server)
         .await;
     let client = brief_client(&server).await;
-    let err = keys(&client, Entity::Partner).await.unwrap_err();
+    let err = scan(&client, Entity::Partner, ListQuery::default())
+        .await
+        .unwrap_err();
     assert!(
         matches!(&err, Error::InvalidResponse { detail, .. } if detail.contains("items")),
         "{err}"
@@ -147,7 +143,9 @@ async fn a_cursor_that_comes_back_is_an_error() {
         .mount(&server)
         .await;
     let client = brief_client(&server).await;
-    let err = keys(&client, Entity::Partner).await.unwrap_err();
+    let err = scan(&client, Entity::Partner, ListQuery::default())
+        .await
+        .unwrap_err();
     assert!(
         matches!(&err, Error::StalledCursor { cursor, pages: 2, .. } if cursor == "same-cursor"),
         "{err}"
@@ -166,7 +164,9 @@ async fn client_errors_keep_partnerstacks_status_and_message_and_are_not_retried
         .mount(&server)
         .await;
     let client = brief_client(&server).await;
-    let err = keys(&client, Entity::Customer).await.unwrap_err();
+    let err = scan(&client, Entity::Customer, ListQuery::default())
+        .await
+        .unwrap_err();
     match &err {
         Error::Http { status, message } => {
             assert_eq!(status.as_u16(), 400);
@@ -213,8 +213,15 @@ async fn retry_after_as_an_http_date_and_5xx_are_retried_then_given_up() {
     let mut config = client_config(&format!("{}/api/v2", server.uri()));
     config.max_attempts = 3;
     let client = Client::new(&config).unwrap();
-    assert_eq!(keys(&client, Entity::Group).await.unwrap(), ["grup_1"]);
-    let err = keys(&client, Entity::Lead).await.unwrap_err();
+    assert_eq!(
+        scan(&client, Entity::Group, ListQuery::default())
+            .await
+            .unwrap(),
+        ["grup_1"]
+    );
+    let err = scan(&client, Entity::Lead, ListQuery::default())
+        .await
+        .unwrap_err();
     assert!(matches!(&err, Error::GaveUp { attempts: 3, .. }), "{err}");
     assert!(err.to_string().contains("upstream exploded"), "{err}");
 }
@@ -222,15 +229,13 @@ async fn retry_after_as_an_http_date_and_5xx_are_retried_then_given_up() {
 #[tokio::test]
 async fn an_unreachable_api_is_a_transport_error_after_bounded_attempts() {
     // A port nothing listens on (bound, then released).
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let mut config = client_config(&format!("http://127.0.0.1:{port}/api/v2"));
     config.max_attempts = 2;
     let client = Client::new(&config).unwrap();
-    let err = keys(&client, Entity::Deal).await.unwrap_err();
+    let err = scan(&client, Entity::Deal, ListQuery::default())
+        .await
+        .unwrap_err();
     match err {
         Error::GaveUp { attempts: 2, last } => {
             assert!(matches!(*last, Error::Transport { .. }), "{last}")

@@ -250,6 +250,16 @@ impl TestApp {
         response.text().await.unwrap()
     }
 
+    /// The value of one unlabelled sample of `/metrics` (e.g. `psync_ingest_queue_depth`,
+    /// `psync_ingest_batch_size_sum`); panics if the service does not export it.
+    pub async fn metric(&self, name: &str) -> f64 {
+        let text = self.metrics().await;
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no sample {name} in /metrics:\n{text}"))
+    }
+
     /// GET with the test API token.
     pub async fn api_get(&self, path: &str) -> reqwest::Response {
         self.http

@@ -3,7 +3,6 @@
 use std::collections::HashSet;
 use std::str::FromStr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, NaiveDate, Utc};
@@ -154,18 +153,20 @@ async fn stream_row(db: &TestDb, stream: &str) -> Value {
         .unwrap()
 }
 
-/// One pass over one stream, with its error if it failed.
+/// One pass over one stream, with its error if it failed. Waits up to 30 s for the
+/// reconciler lock (a killed pass's session may still hold it for a moment).
 async fn pass_of(r: &Reconciler, entity: Entity, full: bool) -> Result<Report, PassError> {
     let stop = CancellationToken::new();
     let mut reports = r
-        .run_once(&[entity], full, Duration::from_secs(10), &stop, &|_| {})
+        .run_once(&[entity], full, Duration::from_secs(30), &stop, &|_| {})
         .await
         .unwrap();
     reports.remove(0)
 }
 
-/// Stops `r`'s pass of `entity` (a full scan) after `pages` pages, as at shutdown.
-async fn interrupt_after(r: &Reconciler, entity: Entity, pages: i64) {
+/// Stops `r`'s pass of `entity` (a full scan when `full`) after `pages` pages, as at
+/// shutdown.
+async fn interrupt_after(r: &Reconciler, entity: Entity, full: bool, pages: i64) {
     let stop = CancellationToken::new();
     let trigger = stop.clone();
     let progress = move |p: Progress| {
@@ -174,10 +175,14 @@ async fn interrupt_after(r: &Reconciler, entity: Entity, pages: i64) {
         }
     };
     let reports = r
-        .run_once(&[entity], true, Duration::from_secs(10), &stop, &progress)
+        .run_once(&[entity], full, Duration::from_secs(10), &stop, &progress)
         .await
         .unwrap();
-    assert!(matches!(reports[0], Err(PassError::Interrupted)));
+    assert!(
+        matches!(reports[0], Err(PassError::Interrupted)),
+        "{:?}",
+        reports[0]
+    );
 }
 
 /// Polls `sql` (a count) until it is at least 1 (at most 30 s).
@@ -398,24 +403,7 @@ async fn a_pass_killed_mid_stream_resumes_from_its_checkpoint_and_misses_nothing
     let customers = sim.simulator.listed_keys(Entity::Customer).len() as i64;
 
     // Stopped after 3 pages (as at shutdown): the checkpoint stays.
-    let stop = CancellationToken::new();
-    let trigger = stop.clone();
-    let progress = move |p: Progress| {
-        if p.pages >= 3 {
-            trigger.cancel();
-        }
-    };
-    let reports = r
-        .run_once(
-            &[Entity::Customer],
-            false,
-            Duration::from_secs(10),
-            &stop,
-            &progress,
-        )
-        .await
-        .unwrap();
-    assert!(matches!(reports[0], Err(PassError::Interrupted)));
+    interrupt_after(&r, Entity::Customer, false, 3).await;
     let row = stream_row(&db, "customers").await;
     // Stopped at the first commit after page 3 (pages already fetched commit together).
     let pages = row["pass_pages"].as_i64().unwrap();
@@ -444,10 +432,17 @@ async fn a_pass_killed_mid_stream_resumes_from_its_checkpoint_and_misses_nothing
     )
     .await;
     assert!(killed.is_err(), "the pass should still have been running");
-    let pages_at_kill = stream_row(&db, "customers").await["pass_pages"]
-        .as_i64()
-        .unwrap();
-    assert!(pages_at_kill >= 3);
+    // The killed attempt carried on the same pass, and what it left is whole pages only:
+    // the page being applied at the kill is not in the checkpoint, not even in part.
+    let at_kill = stream_row(&db, "customers").await;
+    let pages_at_kill = at_kill["pass_pages"].as_i64().unwrap();
+    assert_eq!(at_kill["pass_id"], row["pass_id"], "{at_kill}");
+    assert_eq!(
+        at_kill["pass_seen"].as_i64().unwrap(),
+        pages_at_kill * PAGE_SIZE as i64,
+        "{at_kill}"
+    );
+    assert!(at_kill["pass_cursor"].is_string(), "{at_kill}");
     sim.simulator
         .faults()
         .update(FaultUpdate {
@@ -457,17 +452,7 @@ async fn a_pass_killed_mid_stream_resumes_from_its_checkpoint_and_misses_nothing
         .unwrap();
 
     // The next attempt resumes and completes; every object was read exactly once.
-    let reports = r
-        .run_once(
-            &[Entity::Customer],
-            false,
-            Duration::from_secs(30),
-            &stop,
-            &|_| {},
-        )
-        .await
-        .unwrap();
-    let report = reports.into_iter().next().unwrap().unwrap();
+    let report = pass_of(&r, Entity::Customer, false).await.unwrap();
     assert!(report.resumed);
     assert_eq!(
         report.seen, customers,
@@ -579,18 +564,13 @@ async fn archived_customers_are_marked_deleted_only_after_a_complete_full_scan()
             ..FaultUpdate::default()
         })
         .unwrap();
-    let stop = CancellationToken::new();
-    let failed = r
-        .run_once(
-            &[Entity::Customer],
-            true,
-            Duration::from_secs(10),
-            &stop,
-            &|_| {},
-        )
-        .await
-        .unwrap();
-    assert!(failed[0].is_err());
+    let failed = pass_of(&r, Entity::Customer, true).await;
+    assert!(
+        failed
+            .as_ref()
+            .is_err_and(|e| e.to_string().contains("cursor")),
+        "{failed:?}"
+    );
     assert_eq!(deleted().await, 0);
 
     // A complete one marks exactly the archived customers.
@@ -600,17 +580,7 @@ async fn archived_customers_are_marked_deleted_only_after_a_complete_full_scan()
             ..FaultUpdate::default()
         })
         .unwrap();
-    let done = r
-        .run_once(
-            &[Entity::Customer],
-            true,
-            Duration::from_secs(10),
-            &stop,
-            &|_| {},
-        )
-        .await
-        .unwrap();
-    let report = done.into_iter().next().unwrap().unwrap();
+    let report = pass_of(&r, Entity::Customer, true).await.unwrap();
     assert_eq!(report.deleted, 2);
     assert_eq!(report.repairs, 2, "a lost deletion is a repair");
     let marked: Vec<String> =
@@ -623,17 +593,7 @@ async fn archived_customers_are_marked_deleted_only_after_a_complete_full_scan()
     // The guard: a listing that lost most customers marks none of them.
     sim.simulator
         .mutate(30, Some(MutationKind::ArchiveCustomer), Notify::Drop);
-    let guarded = r
-        .run_once(
-            &[Entity::Customer],
-            true,
-            Duration::from_secs(10),
-            &stop,
-            &|_| {},
-        )
-        .await
-        .unwrap();
-    let report = guarded.into_iter().next().unwrap().unwrap();
+    let report = pass_of(&r, Entity::Customer, true).await.unwrap();
     assert_eq!(report.deleted, 0);
     assert!(
         report
@@ -757,7 +717,6 @@ async fn sync_status_and_on_demand_passes() {
         .await
         .unwrap();
     assert_eq!(r.status(), 202);
-    let finished = AtomicI64::new(0);
     wait_for(&app, |s| {
         let c = s["streams"]
             .as_array()
@@ -765,7 +724,6 @@ async fn sync_status_and_on_demand_passes() {
             .iter()
             .find(|x| x["stream"] == "customers")
             .unwrap();
-        finished.store(c["total_repairs"].as_i64().unwrap_or(0), Ordering::Relaxed);
         c["total_repairs"].as_i64() == Some(5)
     })
     .await;
@@ -989,25 +947,14 @@ async fn a_full_scan_that_lost_its_record_of_seen_keys_marks_nothing_deleted() {
     sim.simulator
         .mutate(1, Some(MutationKind::ArchiveCustomer), Notify::Drop);
 
-    interrupt_after(&r, Entity::Customer, 2).await;
+    interrupt_after(&r, Entity::Customer, true, 2).await;
     // What a crash does to the unlogged table.
     sqlx::query("DELETE FROM sync_seen")
         .execute(&db.pool)
         .await
         .unwrap();
 
-    let stop = CancellationToken::new();
-    let resumed = r
-        .run_once(
-            &[Entity::Customer],
-            true,
-            Duration::from_secs(10),
-            &stop,
-            &|_| {},
-        )
-        .await
-        .unwrap();
-    let report = resumed.into_iter().next().unwrap().unwrap();
+    let report = pass_of(&r, Entity::Customer, true).await.unwrap();
     assert!(report.resumed);
     assert_eq!(
         report.deleted, 0,
@@ -1025,17 +972,10 @@ async fn a_full_scan_that_lost_its_record_of_seen_keys_marks_nothing_deleted() {
     );
 
     // The next full scan has a whole record again.
-    let next = r
-        .run_once(
-            &[Entity::Customer],
-            true,
-            Duration::from_secs(10),
-            &stop,
-            &|_| {},
-        )
-        .await
-        .unwrap();
-    assert_eq!(next.into_iter().next().unwrap().unwrap().deleted, 1);
+    assert_eq!(
+        pass_of(&r, Entity::Customer, true).await.unwrap().deleted,
+        1
+    );
     sim.stop().await.unwrap();
 }
 
@@ -1154,7 +1094,7 @@ async fn a_requested_pass_that_fails_backs_off_like_any_other() {
     })
     .await;
     let r = reconciler(&db, &sim, |c| c.max_retry_delay = Duration::from_secs(3600));
-    interrupt_after(&r, Entity::Customer, 2).await;
+    interrupt_after(&r, Entity::Customer, true, 2).await;
     assert!(sync::request(&db.pool, "customers", false).await.unwrap());
 
     // PartnerStack fails every attempt of the resumed pass.
@@ -1346,6 +1286,12 @@ async fn service_sessions_carry_server_side_keepalives() {
         .fetch_one(&mut conn)
         .await
         .unwrap();
+    // Unix-domain sockets have no keepalives (Postgres shows 0 for all of them), so only a
+    // TCP session can show the settings; the test servers are TCP.
+    assert!(
+        over_tcp,
+        "the test database is reached over a Unix socket; keepalives need TCP"
+    );
     for (setting, expected) in [
         ("tcp_keepalives_idle", "10"),
         ("tcp_keepalives_interval", "5"),
@@ -1356,8 +1302,6 @@ async fn service_sessions_carry_server_side_keepalives() {
             .fetch_one(&mut conn)
             .await
             .unwrap();
-        // Unix-domain sockets have no keepalives (Postgres shows 0).
-        let expected = if over_tcp { expected } else { "0" };
         assert_eq!(value, expected, "{setting}");
     }
 }

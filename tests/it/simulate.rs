@@ -1,7 +1,7 @@
 //! The stand-in's HTTP contract: auth, limits, ordering, filters, faults, writes, the
 //! state dump, webhook deliveries into the real service, and the CLI.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use partnerstack_sync::partnerstack::models::Entity;
@@ -10,7 +10,7 @@ use secrecy::SecretString;
 use serde_json::{Value, json};
 
 use crate::client::{PUBLIC_KEY, SECRET_KEY, program, stand_in};
-use crate::common::TestApp;
+use crate::common::{TestApp, free_port};
 
 fn http() -> reqwest::Client {
     partnerstack_sync::http_client::builder()
@@ -177,18 +177,31 @@ async fn time_filters_accept_milliseconds_and_seconds() {
     let group = &state["streams"]["groups"][1];
     let name = group["name"].as_str().unwrap();
     let (_, by_group) = api(&running, &format!("/customers?limit=250&group={name}")).await;
-    let partners: Vec<String> = state["streams"]["partnerships"]
+    let partners: HashSet<&str> = state["streams"]["partnerships"]
         .as_array()
         .unwrap()
         .iter()
         .filter(|p| p["group"]["key"] == group["key"])
-        .map(|p| p["partner_key"].as_str().unwrap().to_string())
+        .map(|p| p["partner_key"].as_str().unwrap())
         .collect();
-    let got = by_group["data"]["items"].as_array().unwrap();
-    assert!(
-        got.iter()
-            .all(|c| partners.contains(&c["partner_key"].as_str().unwrap().to_string()))
-    );
+    // Exactly the listed (not archived) customers of the group's partners.
+    let want: HashSet<String> = state["streams"]["customers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["archived"] != true)
+        .filter(|c| {
+            c["partner_key"]
+                .as_str()
+                .is_some_and(|k| partners.contains(k))
+        })
+        .map(|c| c["key"].as_str().unwrap().to_string())
+        .collect();
+    assert!(!want.is_empty(), "group {name} has customers");
+    let got = keys(&by_group["data"]["items"]);
+    assert_eq!(by_group["data"]["has_more"], false);
+    assert_eq!(got.len(), want.len(), "no customer listed twice");
+    assert_eq!(got.into_iter().collect::<HashSet<_>>(), want);
     running.stop().await.unwrap();
 }
 
@@ -598,29 +611,44 @@ async fn webhooks_reach_the_service_with_loss_repeats_and_reordering() {
     app.stop().await;
 }
 
-#[tokio::test]
+/// On tokio's paused clock, so "the loop stopped" is decided by ticks, not by how fast the
+/// machine is: the clock advances whenever every task waits.
+#[tokio::test(start_paused = true)]
 async fn the_mutation_loop_changes_data_at_its_rate_and_stops_by_itself() {
-    let running = stand_in(Options {
+    let options = Options {
         webhook_rate: 500.0,
         max_mutations: Some(25),
+        now_ms: Some(1_750_000_000_000),
         ..program()
-    })
-    .await;
+    };
+    // The same seeded program, changed 25 times by hand: the events 25 changes make.
+    let twin = simulate::Simulator::new(
+        &options,
+        &SecretString::from(PUBLIC_KEY),
+        &SecretString::from(SECRET_KEY),
+    )
+    .unwrap();
+    let expected = twin.mutate(25, None, simulate::Notify::None).len() as u64;
+    assert!(expected >= 25, "{expected}");
+
+    let running = stand_in(options).await;
     let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let summary = running.simulator.delivery_summary();
-        if summary.events >= 25 {
-            break;
-        }
+    while running.simulator.delivery_summary().events < expected {
         assert!(
             Instant::now() < deadline,
-            "the loop made {} events",
-            summary.events
+            "the loop made {} of {expected} events",
+            running.simulator.delivery_summary().events
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    // Without a target every event is logged as such.
+    // Ten seconds on (5,000 more changes at its rate), the loop has made no more.
+    tokio::time::sleep(Duration::from_secs(10)).await;
     let summary = running.simulator.delivery_summary();
+    assert_eq!(
+        summary.events, expected,
+        "no change after the 25th ({expected} events)"
+    );
+    // Without a target every event is logged as such.
     assert_eq!(
         summary.outcomes.get("no_target").copied(),
         Some(summary.events)
@@ -631,11 +659,7 @@ async fn the_mutation_loop_changes_data_at_its_rate_and_stops_by_itself() {
 /// The README's command, as a process: it serves, then stops on SIGTERM.
 #[tokio::test]
 async fn the_simulate_command_serves_standalone() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let binary = env!("CARGO_BIN_EXE_partnerstack-sync");
     let help = std::process::Command::new(binary)
         .arg("--help")
