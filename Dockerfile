@@ -6,14 +6,17 @@
 FROM rust:1-slim-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
+COPY crates ./crates
 COPY src ./src
 COPY migrations ./migrations
 COPY config ./config
 # Declared in Cargo.toml (the benchmark harness); copied so the manifest resolves.
 COPY bench ./bench
+# Without the default `sim` feature: the image carries no PartnerStack stand-in (no
+# `simulate` or `demo` command, no /admin routes).
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked \
+    cargo build --release --locked --no-default-features -p partnerstack-sync \
  && cp target/release/partnerstack-sync /usr/local/bin/partnerstack-sync \
  && strip /usr/local/bin/partnerstack-sync
 

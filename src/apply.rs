@@ -14,52 +14,24 @@ use std::collections::HashMap;
 use std::sync::LazyLock;
 
 use chrono::{DateTime, NaiveDate, Utc};
+use partnerstack::Entity;
+use partnerstack::models::{
+    self, Customer, Deal, Group, Lead, Meta, Object, Partnership, Ref, Reward, Transaction,
+};
 use serde_json::Value;
 use sqlx::{AssertSqlSafe, PgConnection};
 
+use crate::columns::{
+    self, Col, Column, CustomerColumns, DealColumns, GroupColumns, LeadColumns, PartnerColumns,
+    RewardColumns, SqlType, TransactionColumns,
+};
 use crate::db::attribution;
 
-use crate::partnerstack::models::{
-    Customer, Deal, Entity, Group, Lead, Object, Partnership, Reward, Transaction,
-};
-
-/// Where an observation came from; stored as the row's provenance.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Source {
-    Webhook,
-    Reconcile,
-}
-
-impl Source {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Source::Webhook => "webhook",
-            Source::Reconcile => "reconcile",
-        }
-    }
-}
-
-/// One typed column value.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Col {
-    Text(Option<String>),
-    Int(Option<i64>),
-    Bool(Option<bool>),
-    Ts(Option<DateTime<Utc>>),
-    Date(Option<NaiveDate>),
-    Json(Option<Value>),
-}
-
-impl Col {
-    fn sql_type(&self) -> &'static str {
-        match self {
-            Col::Text(_) => "text",
-            Col::Int(_) => "bigint",
-            Col::Bool(_) => "boolean",
-            Col::Ts(_) => "timestamptz",
-            Col::Date(_) => "date",
-            Col::Json(_) => "jsonb",
-        }
+crate::text_enum! {
+    /// Where an observation came from; stored as the row's provenance (`source`).
+    pub enum Source {
+        Webhook = "webhook",
+        Reconcile = "reconcile",
     }
 }
 
@@ -72,7 +44,8 @@ pub struct Observation {
     pub updated_at: Option<DateTime<Utc>>,
     /// The observation carries a deletion (a `*_deleted` event).
     pub deleted: bool,
-    pub columns: Vec<(&'static str, Col)>,
+    /// The entity's typed columns, in [`columns::of`] order.
+    pub columns: Vec<Col>,
     pub raw: Value,
 }
 
@@ -80,22 +53,22 @@ impl Observation {
     /// Reads `object` as an `entity`. Errors say which field was wrong and why.
     pub fn parse(entity: Entity, object: Value, deleted: bool) -> Result<Observation, String> {
         match entity {
-            Entity::Partner => build::<Partnership>(object, deleted),
-            Entity::Customer => build::<Customer>(object, deleted),
-            Entity::Transaction => build::<Transaction>(object, deleted),
-            Entity::Reward => build::<Reward>(object, deleted),
-            Entity::Group => build::<Group>(object, deleted),
-            Entity::Deal => build::<Deal>(object, deleted),
-            Entity::Lead => build::<Lead>(object, deleted),
+            Entity::Partner => build::<Partnership>(object, deleted, partner_columns),
+            Entity::Customer => build::<Customer>(object, deleted, customer_columns),
+            Entity::Transaction => build::<Transaction>(object, deleted, transaction_columns),
+            Entity::Reward => build::<Reward>(object, deleted, reward_columns),
+            Entity::Group => build::<Group>(object, deleted, group_columns),
+            Entity::Deal => build::<Deal>(object, deleted, deal_columns),
+            Entity::Lead => build::<Lead>(object, deleted, lead_columns),
         }
     }
 
     /// A typed column's value, by name.
     pub fn column(&self, name: &str) -> Option<&Col> {
-        self.columns
+        let at = columns::of(self.entity)
             .iter()
-            .find(|(n, _)| *n == name)
-            .map(|(_, c)| c)
+            .position(|c| c.name == name)?;
+        self.columns.get(at)
     }
 
     /// The source time that orders observations of one object.
@@ -107,21 +80,17 @@ impl Observation {
 /// PartnerStack keys are short; a longer one is not a key.
 const MAX_KEY_LEN: usize = 255;
 
-fn build<T: Object>(object: Value, deleted: bool) -> Result<Observation, String> {
-    if !object.is_object() {
-        return Err("the object is not a JSON object".into());
-    }
+fn build<T: Object>(
+    object: Value,
+    deleted: bool,
+    columns: fn(&T) -> Vec<Col>,
+) -> Result<Observation, String> {
     if contains_nul(&object) {
         // Postgres text and jsonb cannot hold U+0000.
         return Err("the object contains a NUL (\\u0000) character".into());
     }
-    // The plain read first; only a failure pays for tracking where in the object it was.
-    let typed: T = match T::deserialize(&object) {
-        Ok(typed) => typed,
-        Err(_) => serde_path_to_error::deserialize(&object)
-            .map_err(|e| format!("field `{}`: {}", e.path(), e.inner()))?,
-    };
-    let meta = typed.meta();
+    let typed: T = models::read(&object)?;
+    let meta: &Meta = typed.meta();
     let key = meta
         .identity()
         .ok_or_else(|| format!("the {} has no `key` (or `id`)", T::ENTITY.name()))?
@@ -135,7 +104,7 @@ fn build<T: Object>(object: Value, deleted: bool) -> Result<Observation, String>
         created_at: meta.created_at,
         updated_at: meta.updated_at,
         deleted,
-        columns: typed.columns(),
+        columns: columns(&typed),
         raw: object,
     })
 }
@@ -147,6 +116,122 @@ fn contains_nul(value: &Value) -> bool {
         Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || contains_nul(v)),
         _ => false,
     }
+}
+
+// How each wire model fills its table's columns. Struct literals: a column declared in
+// `columns` but not filled here does not compile.
+
+fn partner_columns(p: &Partnership) -> Vec<Col> {
+    PartnerColumns {
+        partner_key: p.partner_key.clone(),
+        email: p.email.clone(),
+        first_name: p.first_name.clone(),
+        last_name: p.last_name.clone(),
+        name: p.name.clone(),
+        status: p.status.clone().or_else(|| p.approved_status.clone()),
+        group_key: Ref::key_of(&p.group).or_else(|| p.group_key.clone()),
+        group_name: p.group.as_ref().and_then(|g| g.name.clone()),
+        team_key: Ref::key_of(&p.team),
+        tags: p.tags.clone().filter(|t| !t.is_null()),
+        joined_at: p.joined_at,
+    }
+    .into_values()
+}
+
+fn customer_columns(c: &Customer) -> Vec<Col> {
+    CustomerColumns {
+        customer_key: c.customer_key.clone(),
+        email: c.email.clone(),
+        name: c.name.clone(),
+        partner_key: c.partner_key.clone(),
+        partnership_key: c.partnership_key.clone(),
+        provider_key: c.provider_key.clone(),
+        source_key: c.source_key.clone(),
+        source_type: c.source_type.clone(),
+        test: c.test,
+    }
+    .into_values()
+}
+
+fn transaction_columns(t: &Transaction) -> Vec<Col> {
+    let approved = t.is_approved();
+    let status = t
+        .status
+        .clone()
+        .map(|s| s.to_ascii_lowercase())
+        .or_else(|| approved.map(|a| if a { "approved" } else { "pending" }.to_string()));
+    TransactionColumns {
+        amount: t.amount,
+        amount_usd: t.amount_usd,
+        currency: t.currency.as_ref().map(|c| c.to_ascii_uppercase()),
+        approved,
+        archived: t.archived,
+        status,
+        customer_key: t.customer_key.clone().or_else(|| Ref::key_of(&t.customer)),
+        customer_external_key: t.customer.as_ref().and_then(|c| c.external_key.clone()),
+        partner_key: t.partner_key.clone(),
+        category_key: t.category_key.clone(),
+        product_key: t.product_key.clone(),
+        test: t.test,
+    }
+    .into_values()
+}
+
+fn reward_columns(r: &Reward) -> Vec<Col> {
+    let status = r.reward_status.clone().or_else(|| r.status.clone());
+    RewardColumns {
+        amount: r.amount,
+        currency: r.currency.as_ref().map(|c| c.to_ascii_uppercase()),
+        description: r.description.clone(),
+        reward_status: status.map(|s| s.to_ascii_lowercase()),
+        partnership_key: Ref::key_of(&r.partnership).or_else(|| r.partnership_key.clone()),
+        partner_key: r
+            .partner_key
+            .clone()
+            .or_else(|| r.partnership.as_ref().and_then(|p| p.partner_key.clone())),
+        customer_key: Ref::key_of(&r.customer),
+        customer_external_key: r.customer.as_ref().and_then(|c| c.external_key.clone()),
+        transaction_key: Ref::key_of(&r.transaction),
+    }
+    .into_values()
+}
+
+fn group_columns(g: &Group) -> Vec<Col> {
+    GroupColumns {
+        name: g.name.clone(),
+        slug: g.slug.clone(),
+        is_default: g.default,
+        archived: g.archived,
+    }
+    .into_values()
+}
+
+fn deal_columns(d: &Deal) -> Vec<Col> {
+    DealColumns {
+        account_name: d.account_name.clone(),
+        amount: d.amount,
+        close_date: d.close_date,
+        external_key: d.external_key.clone(),
+        group_key: d.group_key.clone(),
+        partner_key: d.partner_key.clone(),
+        customer_key: d.customer_key.clone(),
+        stage: d.stage.clone(),
+        deal_source: d.source.clone(),
+        lost_reason: d.lost_reason.clone(),
+    }
+    .into_values()
+}
+
+fn lead_columns(l: &Lead) -> Vec<Col> {
+    LeadColumns {
+        amount: l.amount,
+        approved: l.approved,
+        external_key: l.external_key.clone(),
+        group_key: l.group_key.clone(),
+        partner_key: l.partner_key.clone(),
+        status: l.status.clone(),
+    }
+    .into_values()
 }
 
 /// What [`apply`] did with one observation.
@@ -288,14 +373,14 @@ enum Array<'a> {
 }
 
 impl<'a> Array<'a> {
-    fn for_col(col: &Col, capacity: usize) -> Array<'a> {
-        match col {
-            Col::Text(_) => Array::Text(Vec::with_capacity(capacity)),
-            Col::Int(_) => Array::Int(Vec::with_capacity(capacity)),
-            Col::Bool(_) => Array::Bool(Vec::with_capacity(capacity)),
-            Col::Ts(_) => Array::Ts(Vec::with_capacity(capacity)),
-            Col::Date(_) => Array::Date(Vec::with_capacity(capacity)),
-            Col::Json(_) => Array::Json(Vec::with_capacity(capacity)),
+    fn for_type(ty: SqlType, capacity: usize) -> Array<'a> {
+        match ty {
+            SqlType::Text => Array::Text(Vec::with_capacity(capacity)),
+            SqlType::Int => Array::Int(Vec::with_capacity(capacity)),
+            SqlType::Bool => Array::Bool(Vec::with_capacity(capacity)),
+            SqlType::Ts => Array::Ts(Vec::with_capacity(capacity)),
+            SqlType::Date => Array::Date(Vec::with_capacity(capacity)),
+            SqlType::Json => Array::Json(Vec::with_capacity(capacity)),
         }
     }
 
@@ -307,8 +392,8 @@ impl<'a> Array<'a> {
             (Array::Ts(v), Col::Ts(x)) => v.push(*x),
             (Array::Date(v), Col::Date(x)) => v.push(*x),
             (Array::Json(v), Col::Json(x)) => v.push(x.as_ref()),
-            // Every object of one entity yields the same columns in the same order.
-            _ => unreachable!("column types differ between observations of one entity"),
+            // Values are generated from the same declaration as the column types.
+            _ => unreachable!("a column's value does not have its declared type"),
         }
     }
 }
@@ -321,8 +406,6 @@ async fn upsert(
     source: Source,
     batch: &[&Observation],
 ) -> Result<HashMap<String, bool>, sqlx::Error> {
-    let columns = &batch[0].columns;
-
     // A deletion without a source time cannot be ordered against other observations:
     // it marks a live stored row deleted and leaves its content alone (the upsert below
     // only inserts such an object when no row exists).
@@ -336,7 +419,7 @@ async fn upsert(
         let sql = format!(
             "UPDATE {} SET deleted_at = now(), source = $1, synced_at = now()
              WHERE key = ANY($2) AND deleted_at IS NULL RETURNING key",
-            entity.table()
+            columns::table(entity)
         );
         let marked: Vec<String> = sqlx::query_scalar(AssertSqlSafe(sql))
             .bind(source.as_str())
@@ -353,7 +436,10 @@ async fn upsert(
     let mut observed = Vec::with_capacity(n);
     let mut deleted = Vec::with_capacity(n);
     let mut raw = Vec::with_capacity(n);
-    let mut arrays: Vec<Array> = columns.iter().map(|(_, c)| Array::for_col(c, n)).collect();
+    let mut arrays: Vec<Array> = columns::of(entity)
+        .iter()
+        .map(|c| Array::for_type(c.ty, n))
+        .collect();
     for o in batch {
         keys.push(o.key.as_str());
         created.push(o.created_at);
@@ -361,7 +447,7 @@ async fn upsert(
         observed.push(o.observed_at());
         deleted.push(o.deleted);
         raw.push(&o.raw);
-        for (array, (_, col)) in arrays.iter_mut().zip(&o.columns) {
+        for (array, col) in arrays.iter_mut().zip(&o.columns) {
             array.push(col);
         }
     }
@@ -396,16 +482,8 @@ pub fn upsert_sql_for(entity: Entity) -> &'static str {
         Entity::ALL
             .into_iter()
             .map(|entity| {
-                let columns = match entity {
-                    Entity::Partner => Partnership::default().columns(),
-                    Entity::Customer => Customer::default().columns(),
-                    Entity::Transaction => Transaction::default().columns(),
-                    Entity::Reward => Reward::default().columns(),
-                    Entity::Group => Group::default().columns(),
-                    Entity::Deal => Deal::default().columns(),
-                    Entity::Lead => Lead::default().columns(),
-                };
-                (entity, upsert_sql(entity.table(), &columns))
+                let sql = upsert_sql(columns::table(entity), columns::of(entity));
+                (entity, sql)
             })
             .collect()
     });
@@ -415,8 +493,8 @@ pub fn upsert_sql_for(entity: Entity) -> &'static str {
 /// The upsert statement for a table with the given typed columns. `$1` is the source,
 /// `$2..$7` the bookkeeping arrays (key, created_at, updated_at, observed_at, deleted,
 /// raw), then one array per typed column in order.
-fn upsert_sql(table: &str, columns: &[(&'static str, Col)]) -> String {
-    let names: Vec<&str> = columns.iter().map(|(n, _)| *n).collect();
+fn upsert_sql(table: &str, columns: &[Column]) -> String {
+    let names: Vec<&str> = columns.iter().map(|c| c.name).collect();
     let mut params = vec![
         "$2::text[]".to_string(),
         "$3::timestamptz[]".to_string(),
@@ -425,8 +503,8 @@ fn upsert_sql(table: &str, columns: &[(&'static str, Col)]) -> String {
         "$6::boolean[]".to_string(),
         "$7::jsonb[]".to_string(),
     ];
-    for (i, (_, col)) in columns.iter().enumerate() {
-        params.push(format!("${}::{}[]", i + 8, col.sql_type()));
+    for (i, column) in columns.iter().enumerate() {
+        params.push(format!("${}::{}[]", i + 8, column.ty.cast()));
     }
     let list = names.join(", ");
     // Columns the service derives while writing (partner attribution of transactions).
@@ -560,14 +638,24 @@ mod tests {
     }
 
     #[test]
-    fn every_entity_has_columns_of_fixed_types() {
+    fn every_observation_fills_its_declared_columns_with_their_types() {
         for entity in Entity::ALL {
             let o = Observation::parse(entity, json!({"key": "k"}), false).unwrap();
-            assert!(!o.columns.is_empty(), "{entity:?}");
-            let sql = upsert_sql(entity.table(), &o.columns);
-            assert!(sql.contains(&format!("INSERT INTO {} AS t", entity.table())));
-            // The statement built once from the defaults fits every observation.
-            assert_eq!(sql, upsert_sql_for(entity), "{entity:?}");
+            let declared = columns::of(entity);
+            assert_eq!(o.columns.len(), declared.len(), "{entity:?}");
+            for (value, column) in o.columns.iter().zip(declared) {
+                let ty = match value {
+                    Col::Text(_) => SqlType::Text,
+                    Col::Int(_) => SqlType::Int,
+                    Col::Bool(_) => SqlType::Bool,
+                    Col::Ts(_) => SqlType::Ts,
+                    Col::Date(_) => SqlType::Date,
+                    Col::Json(_) => SqlType::Json,
+                };
+                assert_eq!(ty, column.ty, "{entity:?}.{}", column.name);
+            }
+            let table = columns::table(entity);
+            assert!(upsert_sql_for(entity).contains(&format!("INSERT INTO {table} AS t")));
         }
     }
 }

@@ -87,14 +87,6 @@ impl SigningKeys {
     }
 }
 
-/// The signature header value for `body` under `key` (hex, `sha256=` prefixed); used by
-/// `simulate` and tests to sign deliveries.
-pub fn sign(key: &SecretString, body: &[u8]) -> String {
-    let mut mac = hmac(key);
-    mac.update(body);
-    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
-}
-
 fn hmac(key: &SecretString) -> Hmac<Sha256> {
     // HMAC accepts keys of any length, so this cannot fail.
     <Hmac<Sha256> as KeyInit>::new_from_slice(key.expose_secret().as_bytes())
@@ -122,6 +114,13 @@ pub fn sha256(bytes: &[u8]) -> [u8; 32] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The signature header value for `body` under `key` (hex, `sha256=` prefixed).
+    fn sign(key: &SecretString, body: &[u8]) -> String {
+        let mut mac = hmac(key);
+        mac.update(body);
+        format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+    }
 
     fn secrets(list: &[&str]) -> Vec<SecretString> {
         list.iter()

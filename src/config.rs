@@ -11,10 +11,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use axum::http::HeaderName;
+use partnerstack::Entity;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Deserializer};
-
-use crate::partnerstack::models::Entity;
 
 /// The compiled-in defaults; `config/default.toml` in the repository.
 pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
@@ -119,59 +118,8 @@ pub struct ApiConfig {
     pub tokens: Vec<SecretString>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PartnerStackConfig {
-    pub base_url: String,
-    #[serde(deserialize_with = "optional_secret")]
-    pub public_key: Option<SecretString>,
-    #[serde(deserialize_with = "optional_secret")]
-    pub secret_key: Option<SecretString>,
-    pub page_size: u32,
-    pub requests_per_second: f64,
-    #[serde(with = "humantime_serde")]
-    pub request_timeout: Duration,
-    pub max_attempts: u32,
-    #[serde(with = "humantime_serde")]
-    pub max_backoff: Duration,
-    pub paths: StreamPaths,
-}
-
-/// The list path of each stream under `base_url`. The brief's dialect serves partners at
-/// `/partners`; the real API at `/partnerships`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct StreamPaths {
-    pub partnerships: String,
-    pub customers: String,
-    pub transactions: String,
-    pub rewards: String,
-    pub groups: String,
-    pub deals: String,
-    pub leads: String,
-}
-
-impl StreamPaths {
-    /// The list path of `entity`'s stream.
-    pub fn get(&self, entity: Entity) -> &str {
-        match entity {
-            Entity::Partner => &self.partnerships,
-            Entity::Customer => &self.customers,
-            Entity::Transaction => &self.transactions,
-            Entity::Reward => &self.rewards,
-            Entity::Group => &self.groups,
-            Entity::Deal => &self.deals,
-            Entity::Lead => &self.leads,
-        }
-    }
-}
-
-impl PartnerStackConfig {
-    /// Both API keys, when both are set.
-    pub fn credentials(&self) -> Option<(&SecretString, &SecretString)> {
-        Some((self.public_key.as_ref()?, self.secret_key.as_ref()?))
-    }
-}
+/// The PartnerStack client's settings (`[partnerstack]`).
+pub type PartnerStackConfig = partnerstack::client::Settings;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -179,8 +127,9 @@ pub struct ReconcileConfig {
     /// `None` when set to "off".
     #[serde(deserialize_with = "interval_or_off")]
     pub interval: Option<Duration>,
-    /// Stream names (see [`Entity::stream`]).
-    pub streams: Vec<String>,
+    /// The streams to reconcile, in order (named as [`Entity::stream`]; an unknown name
+    /// is refused when the settings load).
+    pub streams: Vec<Entity>,
     #[serde(with = "humantime_serde")]
     pub overlap: Duration,
     #[serde(with = "humantime_serde")]
@@ -190,17 +139,6 @@ pub struct ReconcileConfig {
     pub max_delete_fraction: f64,
     #[serde(with = "humantime_serde")]
     pub max_retry_delay: Duration,
-}
-
-impl ReconcileConfig {
-    /// The enabled streams' entities, in configuration order (names are checked at
-    /// start-up).
-    pub fn entities(&self) -> Vec<Entity> {
-        self.streams
-            .iter()
-            .filter_map(|s| Entity::from_stream(s))
-            .collect()
-    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -295,48 +233,12 @@ impl Config {
                 );
             }
         }
-        if !(1..=250).contains(&self.partnerstack.page_size) {
-            return fail("partnerstack.page_size", "must be within 1..=250".into());
-        }
-        let rps = self.partnerstack.requests_per_second;
-        if !(rps.is_finite() && rps > 0.0) {
-            return fail(
-                "partnerstack.requests_per_second",
-                "must be a positive number".into(),
-            );
-        }
-        if self.partnerstack.max_attempts == 0 {
-            return fail("partnerstack.max_attempts", "must be at least 1".into());
-        }
-        for entity in Entity::ALL {
-            let path = self.partnerstack.paths.get(entity);
-            if !path.starts_with('/') || path.contains(['?', '#']) {
-                return fail(
-                    &format!("partnerstack.paths.{}", entity.stream()),
-                    format!("{path:?} must be a path starting with /"),
-                );
-            }
-        }
-        let base = &self.partnerstack.base_url;
-        if !(base.starts_with("http://") || base.starts_with("https://")) {
-            return fail(
-                "partnerstack.base_url",
-                "must be an http:// or https:// URL".into(),
-            );
-        }
-        if self.partnerstack.public_key.is_some() != self.partnerstack.secret_key.is_some() {
-            return fail(
-                "partnerstack.public_key",
-                "set both PARTNERSTACK_PUBLIC_KEY and PARTNERSTACK_SECRET_KEY, or neither".into(),
-            );
+        if let Err((setting, why)) = self.partnerstack.validate() {
+            return fail(&format!("partnerstack.{setting}"), why);
         }
         for (setting, d) in [
             ("server.request_timeout", self.server.request_timeout),
             ("database.acquire_timeout", self.database.acquire_timeout),
-            (
-                "partnerstack.request_timeout",
-                self.partnerstack.request_timeout,
-            ),
         ] {
             if d.is_zero() {
                 return fail(setting, "must be longer than zero".into());
@@ -351,14 +253,6 @@ impl Config {
                 "reconcile.interval",
                 "must be at least 1s, or \"off\"".into(),
             );
-        }
-        if let Some(Err(message)) = reconcile
-            .streams
-            .iter()
-            .map(|s| Entity::parse_stream(s))
-            .find(Result::is_err)
-        {
-            return fail("reconcile.streams", message);
         }
         let fraction = reconcile.max_delete_fraction;
         if !(fraction.is_finite() && (0.0..=1.0).contains(&fraction)) {
@@ -382,11 +276,23 @@ impl Config {
     }
 }
 
-/// "webhooks.tokens (env PSYNC_WEBHOOK_TOKENS)", or just the setting when no variable maps to it.
+/// "webhooks.tokens (env PSYNC_WEBHOOK_TOKENS)", or just the setting when no variable maps
+/// to it; a list element's path (`reconcile.streams[1]`) is named as "entry 2" of it.
 fn describe(setting: &str) -> String {
-    match ENV_OVERRIDES.iter().find(|(_, s)| *s == setting) {
-        Some((var, _)) => format!("{setting} (env {var})"),
-        None => setting.to_string(),
+    let (base, entry) = match setting.split_once('[') {
+        Some((base, rest)) => (
+            base,
+            rest.trim_end_matches(']')
+                .parse::<usize>()
+                .ok()
+                .map(|i| format!(", entry {}", i + 1)),
+        ),
+        None => (setting, None),
+    };
+    let entry = entry.unwrap_or_default();
+    match ENV_OVERRIDES.iter().find(|(_, s)| *s == base) {
+        Some((var, _)) => format!("{base} (env {var}){entry}"),
+        None => format!("{base}{entry}"),
     }
 }
 
@@ -552,7 +458,7 @@ mod tests {
             ),
             (
                 ("PARTNERSTACK_PUBLIC_KEY", "pk_only"),
-                "partnerstack.public_key",
+                "partnerstack.public_key (env PARTNERSTACK_PUBLIC_KEY): set both API keys",
             ),
         ];
         for ((var, value), expected) in cases {
@@ -584,7 +490,7 @@ mod tests {
             &env(&[("PSYNC_RECONCILE_STREAMS", "Customers,partners")]),
         )
         .unwrap();
-        assert_eq!(c.reconcile.entities(), [Entity::Customer, Entity::Partner]);
+        assert_eq!(c.reconcile.streams, [Entity::Customer, Entity::Partner]);
 
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.toml");

@@ -12,10 +12,24 @@ use serde::Serialize;
 /// Seconds a sender is asked to wait before retrying a 503.
 pub const RETRY_AFTER_SECS: u64 = 5;
 
+crate::text_enum! {
+    /// The stable, machine-readable code of an error answer.
+    pub enum ErrorCode {
+        BadRequest = "bad_request",
+        Unauthorized = "unauthorized",
+        NotFound = "not_found",
+        MethodNotAllowed = "method_not_allowed",
+        Conflict = "conflict",
+        PayloadTooLarge = "payload_too_large",
+        Unavailable = "unavailable",
+        Internal = "internal",
+    }
+}
+
 #[derive(Debug)]
 pub struct ApiError {
     status: StatusCode,
-    code: &'static str,
+    code: ErrorCode,
     message: String,
 }
 
@@ -25,16 +39,15 @@ pub struct ErrorBody {
     /// The HTTP status, repeated.
     #[schema(example = 404)]
     pub status: u16,
-    /// A stable, machine-readable code: bad_request, unauthorized, not_found,
-    /// method_not_allowed, payload_too_large, unavailable, internal.
-    #[schema(value_type = String, example = "not_found")]
-    pub code: &'static str,
+    /// A stable, machine-readable code.
+    #[schema(example = "not_found")]
+    pub code: ErrorCode,
     /// What went wrong, for people.
     pub message: String,
 }
 
 impl ApiError {
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    pub fn new(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Self {
         Self {
             status,
             code,
@@ -43,28 +56,37 @@ impl ApiError {
     }
 
     pub fn bad_request(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
+        Self::new(StatusCode::BAD_REQUEST, ErrorCode::BadRequest, message)
     }
 
     pub fn unauthorized(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
+        Self::new(StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized, message)
     }
 
     pub fn not_found(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::NOT_FOUND, "not_found", message)
+        Self::new(StatusCode::NOT_FOUND, ErrorCode::NotFound, message)
     }
 
     pub fn payload_too_large(limit: usize) -> Self {
         Self::new(
             StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
+            ErrorCode::PayloadTooLarge,
             format!("the body is larger than the limit of {limit} bytes"),
         )
     }
 
+    /// 409: the request conflicts with the state of things.
+    pub fn conflict(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, ErrorCode::Conflict, message)
+    }
+
     /// 503 with `Retry-After`: the request may succeed if repeated later.
     pub fn unavailable(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Unavailable,
+            message,
+        )
     }
 
     /// 500: logs `cause` and answers without it.
@@ -72,7 +94,7 @@ impl ApiError {
         tracing::error!(error = %cause, "internal error");
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
+            ErrorCode::Internal,
             "internal error",
         )
     }
@@ -81,7 +103,7 @@ impl ApiError {
         self.status
     }
 
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> ErrorCode {
         self.code
     }
 }

@@ -4,7 +4,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use partnerstack_sync::{app, config::Config, db, simulate, telemetry};
+use partnerstack::Entity;
+use partnerstack_sync::db::events::{self, Outcome};
+use partnerstack_sync::{app, config::Config, db, telemetry};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
@@ -32,8 +34,8 @@ enum Command {
     Reconcile {
         /// Only this stream (partnerships, customers, transactions, rewards, groups, deals,
         /// leads); repeat for several. Default: every configured stream.
-        #[arg(long = "stream", value_name = "NAME")]
-        streams: Vec<String>,
+        #[arg(long = "stream", value_name = "NAME", value_parser = Entity::parse_stream)]
+        streams: Vec<Entity>,
         /// Scan everything (no time filter) and mark rows that vanished upstream as deleted.
         #[arg(long)]
         full: bool,
@@ -42,11 +44,25 @@ enum Command {
     /// service did not apply (`unknown_type`), e.g. after an upgrade. Then exit.
     Reapply {
         /// Which outcomes to re-apply: error, unknown_type; repeat for both.
-        #[arg(long = "outcome", value_name = "OUTCOME", default_value = "error")]
-        outcomes: Vec<String>,
+        #[arg(long = "outcome", value_name = "OUTCOME", default_value = "error", value_parser = reapplicable)]
+        outcomes: Vec<Outcome>,
     },
     /// Serve a local PartnerStack v2 stand-in (seeded data, faults, webhooks) under /api/v2.
-    Simulate(Box<simulate::Options>),
+    #[cfg(feature = "sim")]
+    Simulate(Box<partnerstack_sim::Options>),
+}
+
+/// An outcome `reapply` can re-apply from.
+fn reapplicable(word: &str) -> Result<Outcome, String> {
+    Outcome::parse(word)
+        .filter(|o| events::REAPPLICABLE.contains(o))
+        .ok_or_else(|| {
+            let valid: Vec<&str> = events::REAPPLICABLE.iter().map(|o| o.as_str()).collect();
+            format!(
+                "cannot re-apply outcome {word:?} (valid: {})",
+                valid.join(", ")
+            )
+        })
 }
 
 fn main() -> ExitCode {
@@ -71,6 +87,7 @@ fn main() -> ExitCode {
             Command::Serve => serve(config).await,
             Command::Migrate => migrate(config).await,
             Command::Healthcheck => healthcheck(config).await,
+            #[cfg(feature = "sim")]
             Command::Simulate(options) => run_simulate(*options, config).await,
             Command::Reconcile { streams, full } => reconcile(config, streams, full).await,
             Command::Reapply { outcomes } => reapply(config, outcomes).await,
@@ -99,12 +116,26 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     app::run(config, listener, shutdown).await
 }
 
-async fn run_simulate(options: simulate::Options, config: Config) -> anyhow::Result<()> {
+/// `simulate`: the stand-in, accepting the configured API keys, signing (when asked) in
+/// the header the service checks.
+#[cfg(feature = "sim")]
+async fn run_simulate(
+    mut options: partnerstack_sim::Options,
+    config: Config,
+) -> anyhow::Result<()> {
+    let (public_key, secret_key) = config.partnerstack.credentials().ok_or_else(|| {
+        anyhow::anyhow!(
+            "simulate needs PARTNERSTACK_PUBLIC_KEY and PARTNERSTACK_SECRET_KEY: the credentials it will accept"
+        )
+    })?;
+    if options.signature_header.is_none() {
+        options.signature_header = Some(config.webhooks.signature_header.as_str().to_string());
+    }
     let listener = tokio::net::TcpListener::bind(options.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {} (--listen): {e}", options.listen))?;
     let shutdown = cancel_on_signal("shutdown requested");
-    simulate::run(options, &config, listener, shutdown).await
+    partnerstack_sim::run(options, public_key, secret_key, listener, shutdown).await
 }
 
 /// For the one-shot commands: opens the database (starting the embedded one when
@@ -131,24 +162,9 @@ async fn migrate(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn reapply(config: Config, outcomes: Vec<String>) -> anyhow::Result<()> {
-    use partnerstack_sync::db::events;
-
-    let mut chosen: Vec<&str> = Vec::new();
-    for outcome in &outcomes {
-        let known = events::REAPPLICABLE
-            .iter()
-            .find(|&&o| o == outcome.as_str());
-        let Some(&known) = known else {
-            anyhow::bail!(
-                "cannot re-apply outcome {outcome:?} (--outcome takes {})",
-                events::REAPPLICABLE.join(", ")
-            );
-        };
-        chosen.push(known);
-    }
+async fn reapply(config: Config, outcomes: Vec<Outcome>) -> anyhow::Result<()> {
     let (requeued, counts) = with_database(&config, async |_, pool| {
-        let ids = events::requeue(pool, &chosen).await?;
+        let ids = events::requeue(pool, &outcomes).await?;
         let metrics = telemetry::Metrics::new();
         partnerstack_sync::ingest::applier::drain(pool, &metrics).await?;
         let counts = events::count_outcomes(pool, &ids).await?;
@@ -172,7 +188,7 @@ async fn healthcheck(config: Config) -> anyhow::Result<()> {
     if addr.ip().is_unspecified() {
         addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
     }
-    let client = partnerstack_sync::http_client::builder()
+    let client = partnerstack::http::builder()
         .timeout(std::time::Duration::from_secs(3))
         .build()?;
     let status = client
@@ -184,19 +200,15 @@ async fn healthcheck(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn reconcile(config: Config, streams: Vec<String>, full: bool) -> anyhow::Result<()> {
-    use partnerstack_sync::partnerstack::models::Entity;
+async fn reconcile(config: Config, streams: Vec<Entity>, full: bool) -> anyhow::Result<()> {
     use partnerstack_sync::reconcile::{Reconciler, pass::Progress};
 
-    let entities: Vec<Entity> = if streams.is_empty() {
-        config.reconcile.entities()
+    let entities = if streams.is_empty() {
+        config.reconcile.streams.clone()
     } else {
         streams
-            .iter()
-            .map(|s| Entity::parse_stream(s).map_err(|e| anyhow::anyhow!("--stream: {e}")))
-            .collect::<anyhow::Result<_>>()?
     };
-    let client = partnerstack_sync::partnerstack::client::Client::new(&config.partnerstack)?;
+    let client = partnerstack::client::Client::new(&config.partnerstack)?;
     let stop =
         cancel_on_signal("stopping after the current page (the pass resumes from its checkpoint)");
     let last = std::sync::Mutex::new(std::time::Instant::now());
@@ -208,9 +220,9 @@ async fn reconcile(config: Config, streams: Vec<String>, full: bool) -> anyhow::
                 "{:<12} {:<11} page {:>6}  {:>9} seen  {:>8} changed",
                 p.entity.stream(),
                 p.kind.as_str(),
-                p.pages,
-                p.seen,
-                p.changed
+                p.counts.pages,
+                p.counts.seen,
+                p.counts.changed
             );
         }
     };
@@ -229,18 +241,19 @@ async fn reconcile(config: Config, streams: Vec<String>, full: bool) -> anyhow::
     for report in reports {
         match report {
             Ok(r) => {
-                let rate = r.seen as f64 / r.took.as_secs_f64().max(0.001);
+                let c = r.counts;
+                let rate = c.seen as f64 / r.took.as_secs_f64().max(0.001);
                 eprintln!(
                     "{:<12} {:<11} done: {} pages, {} seen, {} changed, {} repaired, {} deleted, \
                      {} unreadable in {:.1}s ({rate:.0} objects/s){}{}",
                     r.entity.stream(),
                     r.kind.as_str(),
-                    r.pages,
-                    r.seen,
-                    r.changed,
-                    r.repairs,
-                    r.deleted,
-                    r.invalid,
+                    c.pages,
+                    c.seen,
+                    c.changed,
+                    c.repairs,
+                    c.deleted,
+                    c.invalid,
                     r.took.as_secs_f64(),
                     if r.resumed { ", resumed" } else { "" },
                     r.warning

@@ -14,6 +14,8 @@ use prometheus_client::registry::Registry;
 use tracing_subscriber::EnvFilter;
 
 use crate::config::LogFormat;
+use crate::db::events::Outcome;
+use crate::error::ErrorCode;
 
 /// Installs the global log subscriber. Safe to call more than once (later calls no-op).
 pub fn init_logging(format: LogFormat) {
@@ -34,14 +36,44 @@ pub fn init_logging(format: LogFormat) {
     };
 }
 
+/// How the webhook route answered a delivery.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum DeliveryResult {
+    /// Stored.
+    Accepted,
+    /// A byte-identical delivery was already stored.
+    Duplicate,
+    /// Refused, with the error code it was answered with.
+    Refused(ErrorCode),
+}
+
+impl DeliveryResult {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryResult::Accepted => "accepted",
+            DeliveryResult::Duplicate => "duplicate",
+            DeliveryResult::Refused(code) => code.as_str(),
+        }
+    }
+}
+
+impl prometheus_client::encoding::EncodeLabelValue for DeliveryResult {
+    fn encode(
+        &self,
+        encoder: &mut prometheus_client::encoding::LabelValueEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        std::fmt::Write::write_str(encoder, self.as_str())
+    }
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabel {
-    pub result: &'static str,
+    pub result: DeliveryResult,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabel {
-    pub outcome: &'static str,
+    pub outcome: Outcome,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -58,10 +90,9 @@ pub struct StreamLabel {
 /// Every metric the service exports.
 pub struct Metrics {
     registry: Registry,
-    /// Webhook answers by result: accepted, duplicate, unauthorized, bad_request,
-    /// too_large, unavailable.
+    /// Webhook answers by result: accepted, duplicate, or the error code answered.
     pub webhook_deliveries: Family<ResultLabel, Counter>,
-    /// Stored deliveries applied, by outcome: applied, stale, unknown_type, error.
+    /// Stored deliveries applied, by outcome.
     pub webhook_events_applied: Family<OutcomeLabel, Counter>,
     /// Deliveries committed per writer statement.
     pub ingest_batch_size: Histogram,
@@ -109,12 +140,18 @@ impl Metrics {
         };
         registry.register(
             "webhook_deliveries",
-            "Webhook deliveries answered, by result",
+            format!(
+                "Webhook deliveries answered, by result: accepted, duplicate, or the error code ({})",
+                ErrorCode::words()
+            ),
             m.webhook_deliveries.clone(),
         );
         registry.register(
             "webhook_events_applied",
-            "Stored webhook deliveries applied, by outcome",
+            format!(
+                "Stored webhook deliveries applied, by outcome ({})",
+                Outcome::words()
+            ),
             m.webhook_events_applied.clone(),
         );
         registry.register(
@@ -173,7 +210,7 @@ impl Metrics {
         out
     }
 
-    pub fn delivery(&self, result: &'static str) {
+    pub fn delivery(&self, result: DeliveryResult) {
         self.webhook_deliveries
             .get_or_create(&ResultLabel { result })
             .inc();

@@ -9,9 +9,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use partnerstack::Entity;
 use partnerstack_sync::apply::upsert_sql_for;
 use partnerstack_sync::db::events::INSERT_EVENTS_SQL;
-use partnerstack_sync::partnerstack::models::Entity;
 
 /// pgbench's results.
 #[derive(Debug, Default)]

@@ -4,7 +4,7 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use partnerstack_sync::partnerstack::models::Entity;
+use partnerstack::Entity;
 use secrecy::ExposeSecret;
 use sqlx::{Connection, PgConnection};
 
@@ -55,7 +55,7 @@ impl Simulator {
             child,
             base_url: format!("http://127.0.0.1:{port}/api/v2"),
         };
-        let http = partnerstack_sync::http_client::builder().build()?;
+        let http = partnerstack::http::builder().build()?;
         let started = Instant::now();
         loop {
             if let Some(status) = sim.child.try_wait()? {
@@ -111,7 +111,14 @@ async fn reconcile_run(bench: &Bench, scale: usize) -> anyhow::Result<(i64, f64,
     anyhow::ensure!(output.status.success(), "reconcile --full failed");
     let mut objects = 0;
     for entity in Entity::ALL {
-        objects += count(&url, &format!("SELECT count(*) FROM {}", entity.table())).await?;
+        objects += count(
+            &url,
+            &format!(
+                "SELECT count(*) FROM {}",
+                partnerstack_sync::columns::table(entity)
+            ),
+        )
+        .await?;
     }
     Ok((objects, objects as f64 / took.as_secs_f64(), peak))
 }
@@ -360,7 +367,7 @@ async fn capture(bench: &Bench, url: &str, paths: &[String]) -> anyhow::Result<V
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let from = std::fs::metadata(&log_path)?.len();
-    let http = partnerstack_sync::http_client::builder().build()?;
+    let http = partnerstack::http::builder().build()?;
     for path in paths {
         let r = http
             .get(format!("{url}{path}"))

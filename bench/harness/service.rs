@@ -54,7 +54,7 @@ impl Service {
     }
 
     async fn wait_ready(&mut self, started: Instant) -> anyhow::Result<Duration> {
-        let http = partnerstack_sync::http_client::builder().build()?;
+        let http = partnerstack::http::builder().build()?;
         let url = format!("http://{}/readyz", self.addr);
         while started.elapsed() < Duration::from_secs(60) {
             if let Some(status) = self.child.try_wait()? {

@@ -36,8 +36,6 @@ pub trait Collection {
     const NOUN: &'static str;
     /// `FROM` clause: the table aliased `t`, plus any joins the columns need.
     const FROM: &'static str;
-    /// The select list, without the optional body column.
-    const COLUMNS: &'static str;
     // The defaults describe the entity tables (raw JSON body, soft deletes, newest first).
 
     /// The optional body column with its alias, selected when asked for with `include`.
@@ -62,6 +60,9 @@ pub trait Collection {
     type Item: for<'r> FromRow<'r, PgRow> + Serialize + Send + Unpin;
     /// The resource's own query parameters (all text; checked in [`Collection::filter`]).
     type Filters: DeserializeOwned + IntoParams;
+
+    /// The select list, without the optional body column.
+    fn columns() -> &'static str;
 
     /// The value of the resource's `partner_key` filter, if it has one and it is set.
     fn partner(_filters: &Self::Filters) -> Result<Option<&str>, ApiError> {
@@ -313,7 +314,7 @@ fn select<C: Collection>(with_body: bool) -> QueryBuilder<Postgres> {
 
 fn push_select<C: Collection>(q: &mut QueryBuilder<Postgres>, with_body: bool) {
     q.push("SELECT ")
-        .push(C::COLUMNS)
+        .push(C::columns())
         .push(", ")
         .push(if with_body { C::BODY } else { C::NO_BODY })
         .push(" FROM ")

@@ -4,7 +4,7 @@
 //! It speaks PartnerStack's own list dialect (`?limit=1..250&starting_after=<cursor>`,
 //! `{"data": {"items", "has_more", "ending_cursor"}}`, items as `{"data": {...}}`) and
 //! answers errors with [`ErrorBody`]. Every route needs `Authorization: Bearer <token>`
-//! ([`require_bearer`], applied by [`crate::app::router`] to all of [`routes`]).
+//! ([`require_bearer`], applied by [`crate::routes::router`] to all of [`routes`]).
 //!
 //! Each handler here is a thin, documented shell: the `#[utoipa::path]` attribute is the
 //! OpenAPI description, and [`routes`] registers the handler and its description together,
@@ -30,8 +30,8 @@ use utoipa::IntoResponses;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::app::AppState;
 use crate::error::{ApiError, ErrorBody};
+use crate::state::AppState;
 use collection::{Item, List};
 use params::{Deleted, Include, Paging};
 use resources::{

@@ -16,7 +16,7 @@ use utoipa::IntoParams;
 use utoipa::openapi::path::ParameterIn;
 
 use crate::error::ApiError;
-use crate::partnerstack::wire;
+use partnerstack::wire;
 
 /// Items per page when `limit` is absent.
 pub const DEFAULT_LIMIT: i64 = 25;

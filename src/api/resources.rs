@@ -5,7 +5,11 @@
 //! deal's own `source` (partner or vendor) is served as `deal_source`, because `source` on
 //! every object is its provenance here (`webhook` or `reconcile`).
 
-use chrono::{DateTime, NaiveDate, Utc};
+use std::sync::LazyLock;
+
+use chrono::{DateTime, Utc};
+use partnerstack::Entity;
+use partnerstack::webhook::normalise_event;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sqlx::{FromRow, Postgres, QueryBuilder};
@@ -14,36 +18,39 @@ use utoipa::{IntoParams, ToSchema};
 use super::collection::{Collection, Order};
 use super::cursor::Position;
 use super::params::{boolean, text};
+use crate::columns;
+pub use crate::columns::{Customer, Deal, Group, Lead, Partner, Record, Reward, Transaction};
+use crate::db::events::Outcome;
 use crate::error::ApiError;
-use crate::partnerstack::webhook::normalise_event;
 
-/// What every stored PartnerStack object carries besides its own fields.
-#[derive(Debug, Serialize, FromRow, ToSchema)]
-pub struct Record {
-    /// When PartnerStack created the object (when it was first stored here, if it had no
-    /// `created_at`).
-    pub created_at: DateTime<Utc>,
-    /// PartnerStack's `updated_at`, when the object carries one.
-    pub updated_at: Option<DateTime<Utc>>,
-    /// Set when PartnerStack deleted or archived the object; such objects are listed only
-    /// with `include_deleted=true`.
-    pub deleted_at: Option<DateTime<Utc>>,
-    /// Where the stored version came from: `webhook` or `reconcile`.
-    #[schema(example = "webhook")]
-    pub source: String,
-    /// When the stored version was applied here.
-    pub synced_at: DateTime<Utc>,
-    /// The object as PartnerStack last sent it, unknown fields included; only with
-    /// `include=raw`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Object>)]
-    pub raw: Option<Value>,
+/// The bookkeeping columns served with every object, in [`Record`]'s order (`raw` is
+/// chosen by the caller).
+const RECORD_COLUMNS: &str = "t.created_at, t.updated_at, t.deleted_at, t.source, t.synced_at";
+
+/// The select list of an entity collection: `t.key`, the entity's declared columns (each
+/// `t.<name>`, unless `computed` gives an expression for it) and the record's columns.
+fn entity_select(entity: Entity, computed: &[(&str, &str)]) -> String {
+    let mut list = vec!["t.key".to_string()];
+    for column in columns::of(entity) {
+        list.push(
+            match computed.iter().find(|(name, _)| *name == column.name) {
+                Some((name, expr)) => format!("{expr} AS {name}"),
+                None => format!("t.{}", column.name),
+            },
+        );
+    }
+    list.push(RECORD_COLUMNS.to_string());
+    list.join(", ")
 }
 
-/// The bookkeeping columns, in [`Record`]'s order (`raw` is chosen by the caller).
-macro_rules! record_columns {
-    () => {
-        "t.created_at, t.updated_at, t.deleted_at, t.source, t.synced_at"
+/// Implements [`Collection::columns`] with [`entity_select`], built once.
+macro_rules! entity_columns {
+    ($entity:expr $(, $name:literal => $expr:expr)* $(,)?) => {
+        fn columns() -> &'static str {
+            static SELECT: LazyLock<String> =
+                LazyLock::new(|| entity_select($entity, &[$(($name, $expr)),*]));
+            SELECT.as_str()
+        }
     };
 }
 
@@ -82,30 +89,6 @@ fn eq_lower(q: &mut QueryBuilder<Postgres>, column: &str, value: &str) {
 // ---------------------------------------------------------------------------------------
 // Partners
 
-/// A partner's membership of the program (PartnerStack's partnership).
-#[derive(Debug, Serialize, FromRow, ToSchema)]
-pub struct Partner {
-    /// The partnership key (`part_...`).
-    pub key: String,
-    /// The partner's readable key, unique in the program.
-    pub partner_key: Option<String>,
-    pub email: Option<String>,
-    pub first_name: Option<String>,
-    pub last_name: Option<String>,
-    pub name: Option<String>,
-    /// e.g. `active`, `inactive`, `approved`.
-    pub status: Option<String>,
-    pub group_key: Option<String>,
-    pub group_name: Option<String>,
-    pub team_key: Option<String>,
-    #[schema(value_type = Option<Vec<String>>)]
-    pub tags: Option<Value>,
-    pub joined_at: Option<DateTime<Utc>>,
-    #[serde(flatten)]
-    #[sqlx(flatten)]
-    pub record: Record,
-}
-
 /// Filters of `GET /v1/partners`.
 #[derive(Debug, Default, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -125,13 +108,10 @@ impl Collection for Partners {
     const NAME: &'static str = "partners";
     const NOUN: &'static str = "partner";
     const FROM: &'static str = "partners t";
-    const COLUMNS: &'static str = concat!(
-        "t.key, t.partner_key, t.email, t.first_name, t.last_name, t.name, t.status, ",
-        "t.group_key, t.group_name, t.team_key, t.tags, t.joined_at, ",
-        record_columns!()
-    );
     type Item = Partner;
     type Filters = PartnerFilters;
+
+    entity_columns!(Entity::Partner);
 
     fn filter(f: &PartnerFilters, q: &mut QueryBuilder<Postgres>) -> Result<(), ApiError> {
         if let Some(v) = text("group_key", f.group_key.as_deref())? {
@@ -159,29 +139,6 @@ impl Collection for Partners {
 // ---------------------------------------------------------------------------------------
 // Customers
 
-/// A customer referred by a partner.
-#[derive(Debug, Serialize, FromRow, ToSchema)]
-pub struct Customer {
-    /// PartnerStack's key for the customer.
-    pub key: String,
-    /// Your own key for the customer (not guaranteed unique).
-    pub customer_key: Option<String>,
-    pub email: Option<String>,
-    pub name: Option<String>,
-    /// The referring partner's readable key.
-    pub partner_key: Option<String>,
-    /// The referring partnership's key.
-    pub partnership_key: Option<String>,
-    /// e.g. the Stripe customer id.
-    pub provider_key: Option<String>,
-    pub source_key: Option<String>,
-    pub source_type: Option<String>,
-    pub test: Option<bool>,
-    #[serde(flatten)]
-    #[sqlx(flatten)]
-    pub record: Record,
-}
-
 /// Filters of `GET /v1/customers`.
 #[derive(Debug, Default, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -201,14 +158,11 @@ impl Collection for Customers {
     const NAME: &'static str = "customers";
     const NOUN: &'static str = "customer";
     const FROM: &'static str = "customers t";
-    const COLUMNS: &'static str = concat!(
-        "t.key, t.customer_key, t.email, t.name, t.partner_key, t.partnership_key, ",
-        "t.provider_key, t.source_key, t.source_type, t.test, ",
-        record_columns!()
-    );
     const PARTNER_COLUMNS: &'static [&'static str] = &["t.partner_key", "t.partnership_key"];
     type Item = Customer;
     type Filters = CustomerFilters;
+
+    entity_columns!(Entity::Customer);
 
     fn partner(f: &CustomerFilters) -> Result<Option<&str>, ApiError> {
         text("partner_key", f.partner_key.as_deref())
@@ -237,35 +191,6 @@ impl Collection for Customers {
 // ---------------------------------------------------------------------------------------
 // Transactions
 
-/// A billing event that can earn a partner a reward. Money is in integer cents.
-#[derive(Debug, Serialize, FromRow, ToSchema)]
-pub struct Transaction {
-    /// The transaction's key (yours, when you gave one).
-    pub key: String,
-    /// Cents in `currency`; negative for refunds.
-    pub amount: Option<i64>,
-    /// The amount in US cents, as PartnerStack converted it.
-    pub amount_usd: Option<i64>,
-    /// ISO 4217, upper case.
-    pub currency: Option<String>,
-    pub approved: Option<bool>,
-    pub archived: Option<bool>,
-    /// `approved` or `pending` (derived from `approved` when PartnerStack sent no status).
-    pub status: Option<String>,
-    /// PartnerStack's key for the customer.
-    pub customer_key: Option<String>,
-    /// Your key for the customer (`customer.external_key`).
-    pub customer_external_key: Option<String>,
-    /// The partner credited: the transaction's own `partner_key`, else its customer's.
-    pub partner_key: Option<String>,
-    pub category_key: Option<String>,
-    pub product_key: Option<String>,
-    pub test: Option<bool>,
-    #[serde(flatten)]
-    #[sqlx(flatten)]
-    pub record: Record,
-}
-
 /// Filters of `GET /v1/transactions`.
 #[derive(Debug, Default, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -292,18 +217,16 @@ impl Collection for Transactions {
     const NAME: &'static str = "transactions";
     const NOUN: &'static str = "transaction";
     const FROM: &'static str = "transactions t";
-    const COLUMNS: &'static str = concat!(
-        "t.key, t.amount, t.amount_usd, t.currency, t.approved, t.archived, t.status, ",
-        "t.customer_key, t.customer_external_key, ",
-        "COALESCE(t.credited_partner_key, ",
-        "(SELECT p.partner_key FROM partners p WHERE p.key = t.credited_partnership_key)) AS partner_key, ",
-        "t.category_key, t.product_key, t.test, ",
-        record_columns!()
-    );
     const PARTNER_COLUMNS: &'static [&'static str] =
         &["t.credited_partner_key", "t.credited_partnership_key"];
     type Item = Transaction;
     type Filters = TransactionFilters;
+
+    entity_columns!(
+        Entity::Transaction,
+        "partner_key" => "COALESCE(t.credited_partner_key, \
+            (SELECT p.partner_key FROM partners p WHERE p.key = t.credited_partnership_key))",
+    );
 
     fn partner(f: &TransactionFilters) -> Result<Option<&str>, ApiError> {
         text("partner_key", f.partner_key.as_deref())
@@ -342,30 +265,6 @@ impl Collection for Transactions {
 // ---------------------------------------------------------------------------------------
 // Rewards
 
-/// A commission earned by a partner. Money is in integer cents.
-#[derive(Debug, Serialize, FromRow, ToSchema)]
-pub struct Reward {
-    pub key: String,
-    /// Cents in `currency`; negative for clawbacks.
-    pub amount: Option<i64>,
-    pub currency: Option<String>,
-    pub description: Option<String>,
-    /// hold, pending, approved, declined, paid, scheduled, or a value PartnerStack adds
-    /// later.
-    pub reward_status: Option<String>,
-    pub partnership_key: Option<String>,
-    /// The partner's readable key (from the partnership when the reward has none).
-    pub partner_key: Option<String>,
-    /// PartnerStack's key for the customer.
-    pub customer_key: Option<String>,
-    /// Your key for the customer.
-    pub customer_external_key: Option<String>,
-    pub transaction_key: Option<String>,
-    #[serde(flatten)]
-    #[sqlx(flatten)]
-    pub record: Record,
-}
-
 /// Filters of `GET /v1/rewards`.
 #[derive(Debug, Default, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -385,16 +284,15 @@ impl Collection for Rewards {
     const NAME: &'static str = "rewards";
     const NOUN: &'static str = "reward";
     const FROM: &'static str = "rewards t";
-    const COLUMNS: &'static str = concat!(
-        "t.key, t.amount, t.currency, t.description, t.reward_status, t.partnership_key, ",
-        "COALESCE(t.partner_key, ",
-        "(SELECT p.partner_key FROM partners p WHERE p.key = t.partnership_key)) AS partner_key, ",
-        "t.customer_key, t.customer_external_key, t.transaction_key, ",
-        record_columns!()
-    );
     const PARTNER_COLUMNS: &'static [&'static str] = &["t.partner_key", "t.partnership_key"];
     type Item = Reward;
     type Filters = RewardFilters;
+
+    entity_columns!(
+        Entity::Reward,
+        "partner_key" => "COALESCE(t.partner_key, \
+            (SELECT p.partner_key FROM partners p WHERE p.key = t.partnership_key))",
+    );
 
     fn partner(f: &RewardFilters) -> Result<Option<&str>, ApiError> {
         text("partner_key", f.partner_key.as_deref())
@@ -422,21 +320,6 @@ impl Collection for Rewards {
 // ---------------------------------------------------------------------------------------
 // Groups
 
-/// A partner group (commission plan).
-#[derive(Debug, Serialize, FromRow, ToSchema)]
-pub struct Group {
-    pub key: String,
-    pub name: Option<String>,
-    pub slug: Option<String>,
-    /// Whether new partners join this group by default.
-    #[serde(rename = "default")]
-    pub is_default: Option<bool>,
-    pub archived: Option<bool>,
-    #[serde(flatten)]
-    #[sqlx(flatten)]
-    pub record: Record,
-}
-
 /// `/v1/groups`.
 pub struct Groups;
 
@@ -444,12 +327,10 @@ impl Collection for Groups {
     const NAME: &'static str = "groups";
     const NOUN: &'static str = "group";
     const FROM: &'static str = "groups t";
-    const COLUMNS: &'static str = concat!(
-        "t.key, t.name, t.slug, t.is_default, t.archived, ",
-        record_columns!()
-    );
     type Item = Group;
     type Filters = NoFilters;
+
+    entity_columns!(Entity::Group);
 
     fn position(item: &Group) -> Position {
         created_position(&item.key, &item.record)
@@ -458,27 +339,6 @@ impl Collection for Groups {
 
 // ---------------------------------------------------------------------------------------
 // Deals
-
-/// A deal registered by a partner. Money is in integer cents.
-#[derive(Debug, Serialize, FromRow, ToSchema)]
-pub struct Deal {
-    pub key: String,
-    pub account_name: Option<String>,
-    pub amount: Option<i64>,
-    /// `YYYY-MM-DD`.
-    pub close_date: Option<NaiveDate>,
-    pub external_key: Option<String>,
-    pub group_key: Option<String>,
-    pub partner_key: Option<String>,
-    pub customer_key: Option<String>,
-    pub stage: Option<String>,
-    /// PartnerStack's deal `source`: `partner` or `vendor`.
-    pub deal_source: Option<String>,
-    pub lost_reason: Option<String>,
-    #[serde(flatten)]
-    #[sqlx(flatten)]
-    pub record: Record,
-}
 
 /// Filters of `GET /v1/deals`.
 #[derive(Debug, Default, Deserialize, IntoParams)]
@@ -497,14 +357,11 @@ impl Collection for Deals {
     const NAME: &'static str = "deals";
     const NOUN: &'static str = "deal";
     const FROM: &'static str = "deals t";
-    const COLUMNS: &'static str = concat!(
-        "t.key, t.account_name, t.amount, t.close_date, t.external_key, t.group_key, ",
-        "t.partner_key, t.customer_key, t.stage, t.deal_source, t.lost_reason, ",
-        record_columns!()
-    );
     const PARTNER_COLUMNS: &'static [&'static str] = &["t.partner_key"];
     type Item = Deal;
     type Filters = DealFilters;
+
+    entity_columns!(Entity::Deal);
 
     fn partner(f: &DealFilters) -> Result<Option<&str>, ApiError> {
         text("partner_key", f.partner_key.as_deref())
@@ -525,22 +382,6 @@ impl Collection for Deals {
 // ---------------------------------------------------------------------------------------
 // Leads
 
-/// A lead submitted by a partner. Money is in integer cents.
-#[derive(Debug, Serialize, FromRow, ToSchema)]
-pub struct Lead {
-    pub key: String,
-    pub amount: Option<i64>,
-    pub approved: Option<bool>,
-    pub external_key: Option<String>,
-    pub group_key: Option<String>,
-    pub partner_key: Option<String>,
-    /// open, closed, dead, closed won, closed lost, or a value PartnerStack adds later.
-    pub status: Option<String>,
-    #[serde(flatten)]
-    #[sqlx(flatten)]
-    pub record: Record,
-}
-
 /// Filters of `GET /v1/leads`.
 #[derive(Debug, Default, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -560,13 +401,11 @@ impl Collection for Leads {
     const NAME: &'static str = "leads";
     const NOUN: &'static str = "lead";
     const FROM: &'static str = "leads t";
-    const COLUMNS: &'static str = concat!(
-        "t.key, t.amount, t.approved, t.external_key, t.group_key, t.partner_key, t.status, ",
-        record_columns!()
-    );
     const PARTNER_COLUMNS: &'static [&'static str] = &["t.partner_key"];
     type Item = Lead;
     type Filters = LeadFilters;
+
+    entity_columns!(Entity::Lead);
 
     fn partner(f: &LeadFilters) -> Result<Option<&str>, ApiError> {
         text("partner_key", f.partner_key.as_deref())
@@ -598,8 +437,7 @@ pub struct Event {
     /// The event name, normalised: lower case, `_` separated, `partner_*` as
     /// `partnership_*` (e.g. `customer_created`).
     pub event_type: Option<String>,
-    /// pending, applied, stale, unknown_type or error.
-    pub outcome: String,
+    pub outcome: Outcome,
     /// Why the outcome is what it is (stale, unknown_type, error).
     pub reason: Option<String>,
     pub received_at: DateTime<Utc>,
@@ -633,8 +471,6 @@ pub struct EventFilters {
     pub entity_key: Option<String>,
 }
 
-const OUTCOMES: [&str; 5] = ["pending", "applied", "stale", "unknown_type", "error"];
-
 /// `/v1/events`: the raw webhook log.
 pub struct Events;
 
@@ -642,8 +478,6 @@ impl Collection for Events {
     const NAME: &'static str = "events";
     const NOUN: &'static str = "event";
     const FROM: &'static str = "webhook_events t";
-    const COLUMNS: &'static str = "t.id, t.event_type, t.outcome, t.outcome_reason AS reason, \
-        t.received_at, t.applied_at, t.entity, t.entity_key";
     const BODY: &'static str = "t.body AS body";
     const NO_BODY: &'static str = "NULL::text AS body";
     const INCLUDE: &'static str = "payload";
@@ -654,19 +488,23 @@ impl Collection for Events {
     type Item = Event;
     type Filters = EventFilters;
 
+    fn columns() -> &'static str {
+        "t.id, t.event_type, t.outcome, t.outcome_reason AS reason, t.received_at, \
+         t.applied_at, t.entity, t.entity_key"
+    }
+
     fn filter(f: &EventFilters, q: &mut QueryBuilder<Postgres>) -> Result<(), ApiError> {
         if let Some(v) = text("type", f.event_type.as_deref())? {
             eq(q, "t.event_type", &normalise_event(v));
         }
         if let Some(v) = text("outcome", f.outcome.as_deref())? {
-            let v = v.to_ascii_lowercase();
-            if !OUTCOMES.contains(&v.as_str()) {
-                return Err(ApiError::bad_request(format!(
+            let outcome = Outcome::parse(&v.to_ascii_lowercase()).ok_or_else(|| {
+                ApiError::bad_request(format!(
                     "outcome must be one of {}, got {v:?}",
-                    OUTCOMES.join(", ")
-                )));
-            }
-            eq(q, "t.outcome", &v);
+                    Outcome::words()
+                ))
+            })?;
+            q.push(" AND t.outcome = ").push_bind(outcome);
         }
         if let Some(v) = text("entity_key", f.entity_key.as_deref())? {
             eq(q, "t.entity_key", v);

@@ -8,13 +8,14 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
+use partnerstack::Entity;
+
 use super::collection::Item;
 use super::params::{QueryParams, boolean, names};
 use super::{CommonErrors, KeyPath, NotFound};
-use crate::app::AppState;
-use crate::db::sync::{self, StreamState};
+use crate::db::sync::{self, PassCounts, PassKind, StreamState};
 use crate::error::ApiError;
-use crate::partnerstack::models::Entity;
+use crate::state::AppState;
 
 /// The reconciler as this replica sees it.
 #[derive(Debug, Serialize, ToSchema)]
@@ -60,52 +61,32 @@ pub struct StreamStatus {
 /// A pass's figures.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct PassStatus {
-    /// full, incremental or window.
-    pub kind: Option<String>,
+    pub kind: Option<PassKind>,
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
-    /// ok or error (ended passes only).
-    pub status: Option<String>,
+    /// Ended passes only.
+    pub status: Option<sync::PassStatus>,
     pub error: Option<String>,
-    pub pages: i64,
-    /// Objects read from PartnerStack.
-    pub seen: i64,
-    /// Rows created or changed (deletions included).
-    pub changed: i64,
-    /// Changed rows no webhook had delivered (zero during a stream's first, backfilling pass).
-    pub repairs: i64,
-    /// Rows marked deleted because a full scan no longer found them.
-    pub deleted: i64,
-    /// Objects PartnerStack sent that could not be read.
-    pub invalid: i64,
+    #[serde(flatten)]
+    pub counts: PassCounts,
 }
 
 fn status(state: StreamState, enabled: bool) -> StreamStatus {
     let in_progress = state.pass_id.map(|_| PassStatus {
-        kind: state.pass_kind.clone(),
+        kind: state.pass_kind,
         started_at: state.pass_started_at,
         finished_at: None,
         status: None,
         error: None,
-        pages: state.pass_pages,
-        seen: state.pass_seen,
-        changed: state.pass_changed,
-        repairs: state.pass_repairs,
-        deleted: 0,
-        invalid: state.pass_invalid,
+        counts: state.pass,
     });
     let last = state.last_finished_at.map(|finished| PassStatus {
-        kind: state.last_kind.clone(),
+        kind: state.last_kind,
         started_at: state.last_started_at,
         finished_at: Some(finished),
-        status: state.last_status.clone(),
+        status: state.last_status,
         error: state.last_error.clone(),
-        pages: state.last_pages,
-        seen: state.last_seen,
-        changed: state.last_changed,
-        repairs: state.last_repairs,
-        deleted: state.last_deleted,
-        invalid: state.last_invalid,
+        counts: state.last,
     });
     StreamStatus {
         stream: state.stream,
@@ -137,9 +118,9 @@ fn status(state: StreamState, enabled: bool) -> StreamStatus {
 pub async fn sync_status(
     State(state): State<AppState>,
 ) -> Result<Json<Item<SyncStatus>>, ApiError> {
-    let enabled_streams: Vec<Entity> = match &state.reconciler {
-        Some(r) => r.config().entities(),
-        None => Vec::new(),
+    let enabled_streams: &[Entity] = match &state.reconciler {
+        Some(r) => &r.config().streams,
+        None => &[],
     };
     let rows = sync::load_all(&state.pool).await?;
     let streams = rows
@@ -205,17 +186,15 @@ pub async fn request_sync(
     let params = QueryParams::parse(query.as_deref(), &names::<SyncParams>())?;
     let full = boolean("full", params.read::<SyncParams>()?.full.as_deref())?.unwrap_or(false);
     let Some(reconciler) = &state.reconciler else {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "conflict",
+        return Err(ApiError::conflict(
             "the reconciler is off here (no PartnerStack credentials, or PSYNC_RECONCILE_INTERVAL=off)",
         ));
     };
     let entity = Entity::from_stream(&stream)
-        .filter(|e| reconciler.config().entities().contains(e))
+        .filter(|e| reconciler.config().streams.contains(e))
         .ok_or_else(|| ApiError::not_found(format!("no enabled stream named {stream:?}")))?;
     // A write: run it off the request future, so a client hanging up cannot cancel it
-    // halfway (see design.md, "Cancellation is the trap").
+    // halfway (ARCHITECTURE.md, rule 2).
     let pool = state.pool.clone();
     let write = tokio::spawn(async move { sync::request(&pool, entity.stream(), full).await });
     if !write.await.map_err(ApiError::internal)?? {

@@ -3,7 +3,7 @@
 //! A transaction is credited to the partner it names (`partner_key`), else to its
 //! customer's (`partner_key`, `partnership_key`). Its customer is the one whose key is the
 //! transaction's `customer_key`, else one whose own `customer_key` (the company's key)
-//! equals the transaction's `customer_external_key` or `customer_key` (the brief's dialect
+//! equals the transaction's `customer_external_key` or `customer_key` (the legacy dialect
 //! puts the company's key there), a live one before a deleted one, then the newest.
 //!
 //! [`crate::apply`] writes the credit with every transaction it writes

@@ -222,6 +222,7 @@ impl EmbeddedPostgres {
         }
         // SAFETY: prctl is async-signal-safe; this closure runs in the child between fork
         // and exec, after the uid change (which would otherwise reset the death signal).
+        #[allow(unsafe_code)]
         unsafe {
             cmd.pre_exec(|| {
                 nix::sys::prctl::set_pdeathsig(Signal::SIGINT).map_err(std::io::Error::from)

@@ -4,6 +4,23 @@ use std::collections::HashMap;
 
 use sqlx::{PgConnection, PgPool};
 
+crate::text_enum! {
+    /// What became of a stored delivery (`webhook_events.outcome`, whose `CHECK` lists
+    /// the same words).
+    pub enum Outcome {
+        /// Stored, not applied yet (or to be applied again).
+        Pending = "pending",
+        /// Applied: the row was created or changed.
+        Applied = "applied",
+        /// The stored row was as new or newer.
+        Stale = "stale",
+        /// An event the service does not apply; kept as is.
+        UnknownType = "unknown_type",
+        /// The object could not be applied; the reason says why.
+        Error = "error",
+    }
+}
+
 /// A delivery to store.
 #[derive(Debug, Clone)]
 pub struct NewEvent {
@@ -108,12 +125,12 @@ pub async fn lock_pending(
 }
 
 /// Outcomes a stored delivery can be re-applied from (see `partnerstack-sync reapply`).
-pub const REAPPLICABLE: [&str; 2] = ["error", "unknown_type"];
+pub const REAPPLICABLE: [Outcome; 2] = [Outcome::Error, Outcome::UnknownType];
 
 /// Marks the deliveries whose outcome is one of `outcomes` pending again, so the applier
 /// applies them anew (after an upgrade taught the service a new event, or once the cause
 /// of an error is gone). Returns their ids.
-pub async fn requeue(pool: &PgPool, outcomes: &[&str]) -> Result<Vec<i64>, sqlx::Error> {
+pub async fn requeue(pool: &PgPool, outcomes: &[Outcome]) -> Result<Vec<i64>, sqlx::Error> {
     sqlx::query_scalar(
         "UPDATE webhook_events SET outcome = 'pending'
          WHERE outcome = ANY($1) AND outcome <> 'pending'
@@ -125,7 +142,10 @@ pub async fn requeue(pool: &PgPool, outcomes: &[&str]) -> Result<Vec<i64>, sqlx:
 }
 
 /// How many of the given deliveries ended with each outcome.
-pub async fn count_outcomes(pool: &PgPool, ids: &[i64]) -> Result<Vec<(String, i64)>, sqlx::Error> {
+pub async fn count_outcomes(
+    pool: &PgPool,
+    ids: &[i64],
+) -> Result<Vec<(Outcome, i64)>, sqlx::Error> {
     sqlx::query_as(
         "SELECT outcome, count(*) FROM webhook_events WHERE id = ANY($1)
          GROUP BY outcome ORDER BY outcome",
@@ -135,13 +155,13 @@ pub async fn count_outcomes(pool: &PgPool, ids: &[i64]) -> Result<Vec<(String, i
     .await
 }
 
-/// How applying a delivery ended.
+/// How applying one delivery ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Outcome {
+pub struct OutcomeRecord {
     pub id: i64,
-    /// applied, stale, unknown_type or error.
-    pub outcome: &'static str,
+    pub outcome: Outcome,
     pub reason: Option<String>,
+    /// The table the delivery's object belongs to.
     pub entity: Option<&'static str>,
     pub entity_key: Option<String>,
 }
@@ -149,10 +169,10 @@ pub struct Outcome {
 /// Records outcomes (one statement).
 pub async fn record_outcomes(
     conn: &mut PgConnection,
-    outcomes: &[Outcome],
+    outcomes: &[OutcomeRecord],
 ) -> Result<(), sqlx::Error> {
     let ids: Vec<i64> = outcomes.iter().map(|o| o.id).collect();
-    let names: Vec<&str> = outcomes.iter().map(|o| o.outcome).collect();
+    let names: Vec<Outcome> = outcomes.iter().map(|o| o.outcome).collect();
     let reasons: Vec<Option<String>> = outcomes.iter().map(|o| o.reason.clone()).collect();
     let entities: Vec<Option<&str>> = outcomes.iter().map(|o| o.entity).collect();
     let keys: Vec<Option<String>> = outcomes.iter().map(|o| o.entity_key.clone()).collect();

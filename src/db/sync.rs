@@ -5,48 +5,146 @@
 //! pass was superseded changes nothing.
 
 use chrono::{DateTime, Utc};
+use partnerstack::Entity;
 use serde::Serialize;
-use sqlx::{AssertSqlSafe, PgConnection, PgPool};
+use sqlx::postgres::PgRow;
+use sqlx::{AssertSqlSafe, FromRow, PgConnection, PgPool, Row};
+use utoipa::ToSchema;
 
-use crate::partnerstack::models::Entity;
+use crate::columns;
+
+crate::text_enum! {
+    /// The kinds of pass (see `config/default.toml`, `[reconcile]`).
+    pub enum PassKind {
+        /// Everything, no filter; afterwards, rows not seen are marked deleted.
+        Full = "full",
+        /// Objects updated since the watermark minus the overlap.
+        Incremental = "incremental",
+        /// Objects created within the window (streams without an update filter).
+        Window = "window",
+    }
+}
+
+crate::text_enum! {
+    /// How a pass ended.
+    pub enum PassStatus {
+        Ok = "ok",
+        Error = "error",
+    }
+}
+
+/// What a pass did (or has done so far), in numbers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, ToSchema)]
+pub struct PassCounts {
+    pub pages: i64,
+    /// Objects read from PartnerStack.
+    pub seen: i64,
+    /// Rows created or changed (deletions included).
+    pub changed: i64,
+    /// Changed rows no webhook had delivered (zero during a stream's first, backfilling
+    /// pass).
+    pub repairs: i64,
+    /// Rows marked deleted because a full scan no longer found them.
+    pub deleted: i64,
+    /// Objects PartnerStack sent that could not be read.
+    pub invalid: i64,
+    /// Keys a full scan recorded in `sync_seen` (checked before marking deletions).
+    #[serde(skip)]
+    pub marked: i64,
+    /// Objects (among `invalid`) whose key could not be read either.
+    #[serde(skip)]
+    pub unkeyed: i64,
+}
+
+impl PassCounts {
+    /// Adds `other`'s numbers to these.
+    pub fn add(&mut self, other: &PassCounts) {
+        self.pages += other.pages;
+        self.seen += other.seen;
+        self.changed += other.changed;
+        self.repairs += other.repairs;
+        self.deleted += other.deleted;
+        self.invalid += other.invalid;
+        self.marked += other.marked;
+        self.unkeyed += other.unkeyed;
+    }
+}
 
 /// One stream's row.
-#[derive(Debug, Clone, sqlx::FromRow, Serialize)]
+#[derive(Debug, Clone)]
 pub struct StreamState {
     pub stream: String,
     pub watermark: Option<DateTime<Utc>>,
     pub last_full_at: Option<DateTime<Utc>>,
     pub pass_id: Option<i64>,
-    pub pass_kind: Option<String>,
+    pub pass_kind: Option<PassKind>,
     pub pass_started_at: Option<DateTime<Utc>>,
     pub pass_min_updated: Option<DateTime<Utc>>,
     pub pass_min_created: Option<DateTime<Utc>>,
     pub pass_cursor: Option<String>,
-    pub pass_pages: i64,
-    pub pass_seen: i64,
-    pub pass_changed: i64,
-    pub pass_repairs: i64,
-    pub pass_invalid: i64,
-    pub pass_marked: i64,
-    /// Objects this pass could not read whose key could not be read either.
-    pub pass_unkeyed: i64,
-    pub last_kind: Option<String>,
+    /// The pass under way, so far (`deleted` is known only when it ends).
+    pub pass: PassCounts,
+    pub last_kind: Option<PassKind>,
     pub last_started_at: Option<DateTime<Utc>>,
     pub last_finished_at: Option<DateTime<Utc>>,
-    pub last_status: Option<String>,
+    pub last_status: Option<PassStatus>,
     pub last_error: Option<String>,
-    pub last_pages: i64,
-    pub last_seen: i64,
-    pub last_changed: i64,
-    pub last_repairs: i64,
-    pub last_deleted: i64,
-    pub last_invalid: i64,
+    /// The last pass that ended (`marked` and `unkeyed` are not kept).
+    pub last: PassCounts,
     pub total_repairs: i64,
     pub failures: i32,
     pub next_attempt_at: Option<DateTime<Utc>>,
     pub requested_at: Option<DateTime<Utc>>,
     pub requested_full: bool,
     pub runner: Option<String>,
+}
+
+impl<'r> FromRow<'r, PgRow> for StreamState {
+    fn from_row(row: &'r PgRow) -> Result<Self, sqlx::Error> {
+        let n = |name: &str| row.try_get::<i64, _>(name);
+        Ok(StreamState {
+            stream: row.try_get("stream")?,
+            watermark: row.try_get("watermark")?,
+            last_full_at: row.try_get("last_full_at")?,
+            pass_id: row.try_get("pass_id")?,
+            pass_kind: row.try_get("pass_kind")?,
+            pass_started_at: row.try_get("pass_started_at")?,
+            pass_min_updated: row.try_get("pass_min_updated")?,
+            pass_min_created: row.try_get("pass_min_created")?,
+            pass_cursor: row.try_get("pass_cursor")?,
+            pass: PassCounts {
+                pages: n("pass_pages")?,
+                seen: n("pass_seen")?,
+                changed: n("pass_changed")?,
+                repairs: n("pass_repairs")?,
+                deleted: 0,
+                invalid: n("pass_invalid")?,
+                marked: n("pass_marked")?,
+                unkeyed: n("pass_unkeyed")?,
+            },
+            last_kind: row.try_get("last_kind")?,
+            last_started_at: row.try_get("last_started_at")?,
+            last_finished_at: row.try_get("last_finished_at")?,
+            last_status: row.try_get("last_status")?,
+            last_error: row.try_get("last_error")?,
+            last: PassCounts {
+                pages: n("last_pages")?,
+                seen: n("last_seen")?,
+                changed: n("last_changed")?,
+                repairs: n("last_repairs")?,
+                deleted: n("last_deleted")?,
+                invalid: n("last_invalid")?,
+                marked: 0,
+                unkeyed: 0,
+            },
+            total_repairs: row.try_get("total_repairs")?,
+            failures: row.try_get("failures")?,
+            next_attempt_at: row.try_get("next_attempt_at")?,
+            requested_at: row.try_get("requested_at")?,
+            requested_full: row.try_get("requested_full")?,
+            runner: row.try_get("runner")?,
+        })
+    }
 }
 
 /// Creates the rows of streams that have none yet.
@@ -76,8 +174,8 @@ pub async fn load_all(pool: &PgPool) -> Result<Vec<StreamState>, sqlx::Error> {
 
 /// The filter a new pass reads with.
 #[derive(Debug, Clone, Copy)]
-pub struct PassPlan<'a> {
-    pub kind: &'a str,
+pub struct PassPlan {
+    pub kind: PassKind,
     pub min_updated: Option<DateTime<Utc>>,
     pub min_created: Option<DateTime<Utc>>,
 }
@@ -87,7 +185,7 @@ pub struct PassPlan<'a> {
 pub async fn begin_pass(
     conn: &mut PgConnection,
     stream: &str,
-    plan: PassPlan<'_>,
+    plan: PassPlan,
     runner: &str,
 ) -> Result<(i64, DateTime<Utc>), sqlx::Error> {
     sqlx::query("DELETE FROM sync_seen WHERE stream = $1")
@@ -134,29 +232,15 @@ pub async fn resume_pass(
     Ok(updated.rows_affected() == 1)
 }
 
-/// What one page added to a pass.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct PageTotals {
-    pub seen: i64,
-    pub changed: i64,
-    pub repairs: i64,
-    pub invalid: i64,
-    /// Keys newly recorded in `sync_seen`.
-    pub marked: i64,
-    /// Objects (among `invalid`) without a readable key.
-    pub unkeyed: i64,
-}
-
-/// Moves a pass's checkpoint past `pages` pages. False when the pass is no longer current.
-/// `next_cursor` is `None` only after the last page, so a pass with pages and no cursor
-/// has read everything.
+/// Moves a pass's checkpoint past the pages `page` counts (what they added to the pass).
+/// False when the pass is no longer current. `next_cursor` is `None` only after the last
+/// page, so a pass with pages and no cursor has read everything.
 pub async fn record_page(
     conn: &mut PgConnection,
     stream: &str,
     pass_id: i64,
     next_cursor: Option<&str>,
-    pages: i64,
-    page: PageTotals,
+    page: &PassCounts,
 ) -> Result<bool, sqlx::Error> {
     let updated = sqlx::query(
         "UPDATE sync_streams SET
@@ -173,7 +257,7 @@ pub async fn record_page(
     .bind(page.changed)
     .bind(page.repairs)
     .bind(page.invalid)
-    .bind(pages)
+    .bind(page.pages)
     .bind(page.marked)
     .bind(page.unkeyed)
     .execute(conn)
@@ -242,7 +326,7 @@ pub async fn mark_vanished(
             lost: true,
         });
     }
-    let table = entity.table();
+    let table = columns::table(entity);
     let unseen = format!(
         "FROM {table} t WHERE t.deleted_at IS NULL AND t.synced_at < $3
            AND NOT EXISTS (SELECT 1 FROM sync_seen s
@@ -289,12 +373,14 @@ pub async fn mark_vanished(
     })
 }
 
-/// How a pass ended.
+/// How a completed pass ended.
 #[derive(Debug, Clone)]
 pub struct Finish<'a> {
     pub full: bool,
+    /// Rows marked deleted at the end.
     pub deleted: i64,
-    /// Repairs found at the end (deletions), added to the pass's own.
+    /// Repairs found at the end (those deletions, unless backfilling), added to the
+    /// pass's own.
     pub extra_repairs: i64,
     /// A completed pass can still carry a problem to report (e.g. the deletion guard).
     pub warning: Option<&'a str>,

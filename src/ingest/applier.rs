@@ -14,10 +14,12 @@ use sqlx::PgPool;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use partnerstack::webhook;
+
 use crate::apply::{self, Applied, Observation, Source};
-use crate::db::events::{self, Outcome, PendingEvent};
+use crate::columns;
+use crate::db::events::{self, Outcome, OutcomeRecord, PendingEvent};
 use crate::db::is_transient_error;
-use crate::partnerstack::webhook;
 use crate::telemetry::{Metrics, OutcomeLabel};
 
 /// Deliveries applied per transaction.
@@ -89,6 +91,7 @@ enum Step {
     },
 }
 
+#[tracing::instrument(name = "apply_batch", skip_all, fields(limit = limit, only = ?only))]
 async fn apply_events(
     pool: &PgPool,
     only: Option<i64>,
@@ -108,11 +111,11 @@ async fn apply_events(
         match interpret(event) {
             Ok(o) => {
                 observed_at.push(outcomes.len());
-                outcomes.push(Outcome {
+                outcomes.push(OutcomeRecord {
                     id: event.id,
-                    outcome: "applied",
+                    outcome: Outcome::Applied,
                     reason: None,
-                    entity: Some(o.entity.table()),
+                    entity: Some(columns::table(o.entity)),
                     entity_key: Some(o.key.clone()),
                 });
                 observations.push(o);
@@ -131,7 +134,7 @@ async fn apply_events(
     };
     for (&slot, result) in observed_at.iter().zip(results) {
         if result == Applied::Stale {
-            outcomes[slot].outcome = "stale";
+            outcomes[slot].outcome = Outcome::Stale;
             outcomes[slot].reason = Some("the stored row is as new or newer".into());
         }
     }
@@ -147,17 +150,22 @@ async fn apply_events(
 }
 
 /// Reads a stored delivery as an observation, or says why it cannot be applied.
-fn interpret(event: &PendingEvent) -> Result<Observation, Outcome> {
+fn interpret(event: &PendingEvent) -> Result<Observation, OutcomeRecord> {
     let (outcome, entity, reason) = match webhook::read(&event.body) {
-        webhook::Reading::Object(o) => return Ok(o),
-        webhook::Reading::UnknownType(reason) => ("unknown_type", None, reason),
-        webhook::Reading::Invalid { entity, reason } => ("error", entity, reason),
+        webhook::Reading::Object { kind, object } => {
+            match Observation::parse(kind.entity, object, kind.deleted) {
+                Ok(o) => return Ok(o),
+                Err(reason) => (Outcome::Error, Some(kind.entity), reason),
+            }
+        }
+        webhook::Reading::UnknownType(reason) => (Outcome::UnknownType, None, reason),
+        webhook::Reading::Invalid(reason) => (Outcome::Error, None, reason),
     };
-    Err(Outcome {
+    Err(OutcomeRecord {
         id: event.id,
         outcome,
         reason: Some(reason),
-        entity: entity.map(|e| e.table()),
+        entity: entity.map(columns::table),
         entity_key: None,
     })
 }
@@ -170,9 +178,9 @@ async fn mark_error(
 ) -> Result<(), sqlx::Error> {
     tracing::warn!(event_id = id, error = %error, "the database rejected a delivery's object");
     let mut conn = pool.acquire().await?;
-    let outcome = Outcome {
+    let outcome = OutcomeRecord {
         id,
-        outcome: "error",
+        outcome: Outcome::Error,
         reason: Some(format!("the database rejected the object: {error}")),
         entity: None,
         entity_key: None,
@@ -180,7 +188,9 @@ async fn mark_error(
     events::record_outcomes(&mut conn, std::slice::from_ref(&outcome)).await?;
     metrics
         .webhook_events_applied
-        .get_or_create(&OutcomeLabel { outcome: "error" })
+        .get_or_create(&OutcomeLabel {
+            outcome: Outcome::Error,
+        })
         .inc();
     Ok(())
 }

@@ -4,7 +4,7 @@
 //! queued (up to `batch_size`), commits it in one statement, then answers each request.
 //! A handler whose client hung up only drops its end of the answer: the write itself is
 //! never interrupted, so a pooled connection is never left inside a half-done transaction
-//! (design.md, "Cancellation is the trap"). Concurrent deliveries share commits, which
+//! (ARCHITECTURE.md, rule 2). Concurrent deliveries share commits, which
 //! is where ingest throughput comes from. The queue is bounded: when it is full, handlers
 //! wait for room until the request timeout, and memory stays flat under any burst.
 
@@ -102,6 +102,7 @@ async fn run(
     tracing::debug!("ingest writer drained and stopped");
 }
 
+#[tracing::instrument(name = "write_batch", skip_all, fields(queued = jobs.len()))]
 async fn write_batch(pool: &PgPool, jobs: &mut Vec<Job>, metrics: &Metrics) {
     // A request that already gave up (timed out, or its client hung up) was never
     // acknowledged, and its sender will retry: skipping it sheds load after a stall

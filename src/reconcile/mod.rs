@@ -32,10 +32,11 @@ use sqlx::postgres::PgConnectOptions;
 use sqlx::{Connection, PgConnection};
 use tokio_util::sync::CancellationToken;
 
+use partnerstack::Entity;
+use partnerstack::client::Client;
+
 use crate::config::ReconcileConfig;
 use crate::db::{self, sync};
-use crate::partnerstack::client::Client;
-use crate::partnerstack::models::Entity;
 use crate::telemetry::{Metrics, StreamLabel};
 use pass::{PassError, Progress, Report};
 
@@ -144,7 +145,7 @@ impl Reconciler {
             .fetch_one(&mut conn)
             .await?;
         if won {
-            let streams: Vec<&str> = self.config.entities().iter().map(|e| e.stream()).collect();
+            let streams: Vec<&str> = self.config.streams.iter().map(|e| e.stream()).collect();
             sync::ensure_streams(&mut conn, &streams).await?;
             Ok(Some(conn))
         } else {
@@ -161,7 +162,7 @@ impl Reconciler {
         stop: &CancellationToken,
     ) -> Result<(), sqlx::Error> {
         while !stop.is_cancelled() {
-            for entity in self.config.entities() {
+            for &entity in &self.config.streams {
                 if stop.is_cancelled() {
                     break;
                 }
@@ -205,11 +206,11 @@ impl Reconciler {
                 stream,
                 kind = r.kind.as_str(),
                 resumed = r.resumed,
-                pages = r.pages,
-                seen = r.seen,
-                changed = r.changed,
-                repairs = r.repairs,
-                deleted = r.deleted,
+                pages = r.counts.pages,
+                seen = r.counts.seen,
+                changed = r.counts.changed,
+                repairs = r.counts.repairs,
+                deleted = r.counts.deleted,
                 took_ms = r.took.as_millis() as u64,
                 "reconcile pass completed"
             ),

@@ -3,13 +3,13 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use partnerstack_sync::apply::Observation;
-use partnerstack_sync::config::{Config, PartnerStackConfig};
-use partnerstack_sync::partnerstack::client::{
+use partnerstack::Entity;
+use partnerstack::client::{
     Client, CustomerUpdate, Error, ListQuery, NewCustomer, NewTransaction, TransactionCustomer,
 };
-use partnerstack_sync::partnerstack::models::Entity;
-use partnerstack_sync::simulate::{self, FaultUpdate, Options, Running};
+use partnerstack_sim::{self as simulate, FaultUpdate, Options, Running};
+use partnerstack_sync::apply::Observation;
+use partnerstack_sync::config::{Config, PartnerStackConfig};
 use secrecy::SecretString;
 use serde_json::Value;
 

@@ -202,7 +202,7 @@ impl TestApp {
         let app = TestApp {
             addr,
             db,
-            http: partnerstack_sync::http_client::builder()
+            http: partnerstack::http::builder()
                 .timeout(Duration::from_secs(60))
                 .build()
                 .unwrap(),
@@ -362,7 +362,7 @@ impl Process {
 
     /// Waits (at most 60 s) for `/readyz`; fails if the process exits meanwhile.
     pub async fn wait_ready(&mut self) {
-        let http = partnerstack_sync::http_client::builder().build().unwrap();
+        let http = partnerstack::http::builder().build().unwrap();
         for _ in 0..600 {
             if let Some(status) = self.child.try_wait().unwrap() {
                 panic!("partnerstack-sync exited during start-up: {status}");

@@ -14,7 +14,7 @@ async fn serve_embedded(data_dir: &std::path::Path) -> Process {
 #[tokio::test]
 async fn serve_without_database_url_runs_its_own_postgres_and_keeps_data_across_restarts() {
     let data_dir = shared_temp_dir("embedded");
-    let http = partnerstack_sync::http_client::builder().build().unwrap();
+    let http = partnerstack::http::builder().build().unwrap();
     let body = json!({"event": "customer.created", "key": "cust_embedded", "created_at": 1_700_000_000_000_i64})
         .to_string();
 

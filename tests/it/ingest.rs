@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use partnerstack_sync::auth::sign;
+use partnerstack_sim::webhooks::sign;
 use secrecy::SecretString;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -39,7 +39,7 @@ async fn accepted(response: reqwest::Response) -> Value {
     body
 }
 
-/// The four ways a delivery can arrive: flat or enveloped, dotted (brief) or underscored
+/// The four ways a delivery can arrive: flat or enveloped, dotted or underscored
 /// (real) event name. Each variant gets its own key suffix.
 fn variants(dotted: &str, underscored: &str, object: &Value) -> Vec<(String, String)> {
     let mut out = Vec::new();

@@ -1,12 +1,16 @@
 //! Integration tests: the real service against a real Postgres (see `common`).
 
+// Test helpers panic on what the test did not expect; that is their job.
+#![allow(clippy::unwrap_used)]
+
 mod api;
-mod brief;
 mod client;
 mod common;
 mod embedded;
 mod ingest;
+mod legacy_dialect;
 mod load;
 mod reconcile;
 mod reliability;
+mod schema;
 mod simulate;

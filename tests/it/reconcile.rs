@@ -6,13 +6,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, NaiveDate, Utc};
-use partnerstack_sync::apply::{Col, Observation};
+use partnerstack::Entity;
+use partnerstack::client::Client;
+use partnerstack_sim::{FaultUpdate, MutationKind, Notify, Options, Running};
+use partnerstack_sync::apply::Observation;
+use partnerstack_sync::columns::{self, Col};
 use partnerstack_sync::config::ReconcileConfig;
-use partnerstack_sync::partnerstack::client::Client;
-use partnerstack_sync::partnerstack::models::Entity;
+use partnerstack_sync::db::sync::PassKind as Kind;
 use partnerstack_sync::reconcile::Reconciler;
-use partnerstack_sync::reconcile::pass::{Kind, PassError, Progress, Report};
-use partnerstack_sync::simulate::{FaultUpdate, MutationKind, Notify, Options, Running};
+use partnerstack_sync::reconcile::pass::{PassError, Progress, Report};
 use partnerstack_sync::telemetry::Metrics;
 use serde_json::{Map, Value, json};
 use sqlx::postgres::PgConnectOptions;
@@ -89,7 +91,7 @@ async fn assert_converged(db: &TestDb, sim: &Running) {
             let archived = object["archived"] == json!(true) && entity == Entity::Customer;
             let row: Option<Value> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
                 "SELECT to_jsonb(t) - 'raw' FROM {} t WHERE key = $1",
-                entity.table()
+                columns::table(entity)
             )))
             .bind(&expected.key)
             .fetch_optional(&db.pool)
@@ -108,18 +110,19 @@ async fn assert_converged(db: &TestDb, sim: &Running) {
             if !archived {
                 live += 1;
             }
-            for (name, col) in &expected.columns {
+            for (column, col) in columns::of(entity).iter().zip(&expected.columns) {
+                let name = column.name;
                 assert!(
-                    same(&row[*name], col),
+                    same(&row[name], col),
                     "{entity:?} {}: {name} is {} in the copy, {col:?} upstream",
                     expected.key,
-                    row[*name]
+                    row[name]
                 );
             }
         }
         let stored_live: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
             "SELECT count(*) FROM {} WHERE deleted_at IS NULL",
-            entity.table()
+            columns::table(entity)
         )))
         .fetch_one(&db.pool)
         .await
@@ -170,7 +173,7 @@ async fn interrupt_after(r: &Reconciler, entity: Entity, full: bool, pages: i64)
     let stop = CancellationToken::new();
     let trigger = stop.clone();
     let progress = move |p: Progress| {
-        if p.pages >= pages {
+        if p.counts.pages >= pages {
             trigger.cancel();
         }
     };
@@ -212,10 +215,10 @@ async fn the_copy_converges_on_the_stand_in_whatever_the_webhooks_did() {
     // The first pass is a backfill: everything is new, and nothing counts as a repair.
     let backfill = pass(&r, false).await;
     assert!(backfill.iter().all(|r| r.kind == Kind::Full));
-    assert_eq!(total(&backfill, |r| r.repairs), 0);
+    assert_eq!(total(&backfill, |r| r.counts.repairs), 0);
     assert_eq!(
-        total(&backfill, |r| r.changed),
-        total(&backfill, |r| r.seen)
+        total(&backfill, |r| r.counts.changed),
+        total(&backfill, |r| r.counts.seen)
     );
     assert_converged(&app.db, &sim).await;
 
@@ -234,7 +237,7 @@ async fn the_copy_converges_on_the_stand_in_whatever_the_webhooks_did() {
     // One full pass repairs exactly what the webhooks lost.
     let repair = pass(&r, true).await;
     assert_converged(&app.db, &sim).await;
-    let repairs = total(&repair, |r| r.repairs);
+    let repairs = total(&repair, |r| r.counts.repairs);
     println!(
         "[convergence] repairs={repairs} (expected {})",
         undelivered.len()
@@ -255,7 +258,7 @@ async fn the_copy_converges_on_the_stand_in_whatever_the_webhooks_did() {
 
     // Nothing left to do: a second pass changes nothing.
     let again = pass(&r, true).await;
-    assert_eq!(total(&again, |r| r.changed), 0);
+    assert_eq!(total(&again, |r| r.counts.changed), 0);
     sim.stop().await.unwrap();
     app.stop().await;
 }
@@ -286,15 +289,15 @@ async fn incremental_passes_catch_updates_and_windows_catch_recent_objects() {
         .iter()
         .find(|r| r.entity == Entity::Customer)
         .unwrap();
-    assert!(customers.seen < sim.simulator.listed_keys(Entity::Customer).len() as i64);
-    assert!(total(&reports, |r| r.repairs) > 0);
+    assert!(customers.counts.seen < sim.simulator.listed_keys(Entity::Customer).len() as i64);
+    assert!(total(&reports, |r| r.counts.repairs) > 0);
     // Archived customers vanish from the list; only a full scan can tell.
     let full = pass(&r, true).await;
     assert_converged(&db, &sim).await;
     println!(
         "[incremental] repairs: incremental={} full={}",
-        total(&reports, |r| r.repairs),
-        total(&full, |r| r.repairs)
+        total(&reports, |r| r.counts.repairs),
+        total(&full, |r| r.counts.repairs)
     );
     sim.stop().await.unwrap();
 }
@@ -387,7 +390,7 @@ async fn late_changes_to_old_objects_are_caught_by_the_full_rescan() {
     assert!(reports.iter().all(|r| r.kind == Kind::Full));
     assert_eq!(approved(&db, tx_key).await, Some(true));
     assert_eq!(status(&db, reward_key).await.as_deref(), Some("paid"));
-    assert_eq!(total(&reports, |r| r.repairs), 2);
+    assert_eq!(total(&reports, |r| r.counts.repairs), 2);
     sim.stop().await.unwrap();
 }
 
@@ -455,14 +458,14 @@ async fn a_pass_killed_mid_stream_resumes_from_its_checkpoint_and_misses_nothing
     let report = pass_of(&r, Entity::Customer, false).await.unwrap();
     assert!(report.resumed);
     assert_eq!(
-        report.seen, customers,
+        report.counts.seen, customers,
         "every customer read once across the interrupted pass"
     );
-    assert_eq!(report.changed, customers, "and applied once");
+    assert_eq!(report.counts.changed, customers, "and applied once");
     assert_eq!(db.count("SELECT count(*) FROM customers").await, customers);
     println!(
         "[crash] {customers} customers, pages before kill={pages_at_kill}, total pages={}",
-        report.pages
+        report.counts.pages
     );
     sim.stop().await.unwrap();
 }
@@ -482,7 +485,7 @@ async fn rate_limits_errors_and_slow_pages_are_survived_and_a_stalled_cursor_fai
         })
         .unwrap();
     let reports = pass(&r, false).await;
-    assert!(total(&reports, |r| r.seen) > 0);
+    assert!(total(&reports, |r| r.counts.seen) > 0);
     faults
         .update(FaultUpdate {
             fail_next: Some(4),
@@ -581,8 +584,8 @@ async fn archived_customers_are_marked_deleted_only_after_a_complete_full_scan()
         })
         .unwrap();
     let report = pass_of(&r, Entity::Customer, true).await.unwrap();
-    assert_eq!(report.deleted, 2);
-    assert_eq!(report.repairs, 2, "a lost deletion is a repair");
+    assert_eq!(report.counts.deleted, 2);
+    assert_eq!(report.counts.repairs, 2, "a lost deletion is a repair");
     let marked: Vec<String> =
         sqlx::query_scalar("SELECT key FROM customers WHERE deleted_at IS NOT NULL")
             .fetch_all(&db.pool)
@@ -594,7 +597,7 @@ async fn archived_customers_are_marked_deleted_only_after_a_complete_full_scan()
     sim.simulator
         .mutate(30, Some(MutationKind::ArchiveCustomer), Notify::Drop);
     let report = pass_of(&r, Entity::Customer, true).await.unwrap();
-    assert_eq!(report.deleted, 0);
+    assert_eq!(report.counts.deleted, 0);
     assert!(
         report
             .warning
@@ -609,7 +612,7 @@ async fn archived_customers_are_marked_deleted_only_after_a_complete_full_scan()
 
 #[tokio::test]
 async fn a_superseded_pass_cannot_move_the_checkpoint() {
-    use partnerstack_sync::db::sync::{self, PageTotals, PassPlan};
+    use partnerstack_sync::db::sync::{self, PassCounts, PassKind, PassPlan};
     use sqlx::Connection as _;
     let db = TestDb::new().await;
     let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
@@ -617,7 +620,7 @@ async fn a_superseded_pass_cannot_move_the_checkpoint() {
         .await
         .unwrap();
     let plan = PassPlan {
-        kind: "full",
+        kind: PassKind::Full,
         min_updated: None,
         min_created: None,
     };
@@ -630,8 +633,10 @@ async fn a_superseded_pass_cannot_move_the_checkpoint() {
             "customers",
             old,
             Some("cus_9"),
-            1,
-            PageTotals::default()
+            &PassCounts {
+                pages: 1,
+                ..PassCounts::default()
+            }
         )
         .await
         .unwrap()
@@ -645,8 +650,10 @@ async fn a_superseded_pass_cannot_move_the_checkpoint() {
             "customers",
             new,
             Some("cus_5"),
-            1,
-            PageTotals::default()
+            &PassCounts {
+                pages: 1,
+                ..PassCounts::default()
+            }
         )
         .await
         .unwrap()
@@ -658,8 +665,10 @@ async fn a_superseded_pass_cannot_move_the_checkpoint() {
             "customers",
             old,
             Some("cus_1"),
-            1,
-            PageTotals::default()
+            &PassCounts {
+                pages: 1,
+                ..PassCounts::default()
+            }
         )
         .await
         .unwrap()
@@ -765,7 +774,7 @@ async fn wait_for(app: &TestApp, ok: impl Fn(&Value) -> bool) -> Value {
 
 /// `GET /v1/sync` of a service process.
 async fn sync_of(service: &Process) -> Value {
-    let http = partnerstack_sync::http_client::builder().build().unwrap();
+    let http = partnerstack::http::builder().build().unwrap();
     let r = http
         .get(service.url("/v1/sync"))
         .bearer_auth(crate::common::API_TOKEN)
@@ -915,7 +924,7 @@ async fn the_reconcile_command_completes_a_full_pass_of_100k_objects_with_progre
         let n = db
             .count(&format!(
                 "SELECT count(*) FROM {} WHERE deleted_at IS NULL",
-                entity.table()
+                columns::table(entity)
             ))
             .await;
         assert_eq!(
@@ -957,7 +966,7 @@ async fn a_full_scan_that_lost_its_record_of_seen_keys_marks_nothing_deleted() {
     let report = pass_of(&r, Entity::Customer, true).await.unwrap();
     assert!(report.resumed);
     assert_eq!(
-        report.deleted, 0,
+        report.counts.deleted, 0,
         "nothing may be marked from an incomplete record"
     );
     assert!(
@@ -973,7 +982,11 @@ async fn a_full_scan_that_lost_its_record_of_seen_keys_marks_nothing_deleted() {
 
     // The next full scan has a whole record again.
     assert_eq!(
-        pass_of(&r, Entity::Customer, true).await.unwrap().deleted,
+        pass_of(&r, Entity::Customer, true)
+            .await
+            .unwrap()
+            .counts
+            .deleted,
         1
     );
     sim.stop().await.unwrap();
@@ -1012,8 +1025,8 @@ async fn a_full_scan_does_not_take_an_unreadable_object_for_a_vanished_one() {
         .unwrap();
 
     let report = pass_of(&r, Entity::Customer, true).await.unwrap();
-    assert_eq!(report.invalid, 1);
-    assert_eq!(report.deleted, 1, "{:?}", report.warning);
+    assert_eq!(report.counts.invalid, 1);
+    assert_eq!(report.counts.deleted, 1, "{:?}", report.warning);
     let marked: Vec<String> =
         sqlx::query_scalar("SELECT key FROM customers WHERE deleted_at IS NOT NULL")
             .fetch_all(&db.pool)
@@ -1045,7 +1058,14 @@ async fn a_full_scan_that_met_an_object_without_a_key_marks_nothing_deleted() {
     let r = reconciler_at(&db, &format!("{}/api/v2", server.uri()), |c| {
         c.max_delete_fraction = 1.0
     });
-    assert_eq!(pass_of(&r, Entity::Customer, true).await.unwrap().seen, 3);
+    assert_eq!(
+        pass_of(&r, Entity::Customer, true)
+            .await
+            .unwrap()
+            .counts
+            .seen,
+        3
+    );
 
     // cus_1 and cus_2 are missing, and one object has no key: it could be either of them.
     Mock::given(method("GET"))
@@ -1056,7 +1076,14 @@ async fn a_full_scan_that_met_an_object_without_a_key_marks_nothing_deleted() {
         .mount(&server)
         .await;
     let report = pass_of(&r, Entity::Customer, true).await.unwrap();
-    assert_eq!((report.seen, report.invalid, report.deleted), (2, 1, 0));
+    assert_eq!(
+        (
+            report.counts.seen,
+            report.counts.invalid,
+            report.counts.deleted
+        ),
+        (2, 1, 0)
+    );
     assert!(
         report.warning.as_deref().unwrap_or("").contains("key"),
         "{:?}",
@@ -1077,7 +1104,11 @@ async fn a_full_scan_that_met_an_object_without_a_key_marks_nothing_deleted() {
         .mount(&server)
         .await;
     assert_eq!(
-        pass_of(&r, Entity::Customer, true).await.unwrap().deleted,
+        pass_of(&r, Entity::Customer, true)
+            .await
+            .unwrap()
+            .counts
+            .deleted,
         2
     );
 }
@@ -1265,8 +1296,8 @@ async fn a_full_scan_that_failed_after_its_last_page_is_closed_without_reading_a
     let report = pass_of(&r, Entity::Customer, true).await.unwrap();
     assert!(report.resumed);
     assert_eq!(pages_served(&sim), served, "no page was read again");
-    assert_eq!((report.pages, report.seen), (pages, listed));
-    assert_eq!(report.deleted, 1);
+    assert_eq!((report.counts.pages, report.counts.seen), (pages, listed));
+    assert_eq!(report.counts.deleted, 1);
     sim.stop().await.unwrap();
 }
 

@@ -479,13 +479,9 @@ async fn secrets_never_reach_the_logs() {
         .expect("the test database URL has a password")
         .to_string();
     // A stand-in that accepts these keys: the reconciler authenticates and runs passes.
-    let sim = partnerstack_sync::simulate::start(
-        &partnerstack_sync::simulate::Options::small(5),
-        public,
-        secret,
-    )
-    .await
-    .unwrap();
+    let sim = partnerstack_sim::start(&partnerstack_sim::Options::small(5), public, secret)
+        .await
+        .unwrap();
     let base_url = sim.base_url();
     let (mut cmd, port) = Process::command(&[
         ("DATABASE_URL", Some(&db.url)),
@@ -517,11 +513,11 @@ async fn secrets_never_reach_the_logs() {
     let err = drain(service.child.stderr.take().map(|p| Box::new(p) as _));
     service.wait_ready().await;
 
-    let http = partnerstack_sync::http_client::builder().build().unwrap();
+    let http = partnerstack::http::builder().build().unwrap();
     let base = format!("http://127.0.0.1:{port}");
     let body = r#"{"event":"customer.created","key":"cust_log"}"#;
     let signature =
-        partnerstack_sync::auth::sign(&secrecy::SecretString::from(signing), body.as_bytes());
+        partnerstack_sim::webhooks::sign(&secrecy::SecretString::from(signing), body.as_bytes());
     let hook = format!("{base}/webhooks/partnerstack/{WEBHOOK_TOKEN}");
     for (url, sig) in [
         (hook.clone(), Some(signature)),

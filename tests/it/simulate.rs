@@ -4,8 +4,8 @@
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use partnerstack_sync::partnerstack::models::Entity;
-use partnerstack_sync::simulate::{self, Dialect, Naming, Options, Running, Shape};
+use partnerstack::Entity;
+use partnerstack_sim::{self as simulate, Dialect, Naming, Options, Running, Shape};
 use secrecy::SecretString;
 use serde_json::{Value, json};
 
@@ -13,7 +13,7 @@ use crate::client::{PUBLIC_KEY, SECRET_KEY, program, stand_in};
 use crate::common::{TestApp, free_port};
 
 fn http() -> reqwest::Client {
-    partnerstack_sync::http_client::builder()
+    partnerstack::http::builder()
         .timeout(Duration::from_secs(30))
         .build()
         .unwrap()
@@ -470,9 +470,9 @@ fn count_archived(state: &Value) -> usize {
 }
 
 #[tokio::test]
-async fn the_briefs_dialect() {
+async fn the_legacy_dialect() {
     let running = stand_in(Options {
-        dialect: Dialect::Brief,
+        dialect: Dialect::Legacy,
         ..program()
     })
     .await;
@@ -487,7 +487,7 @@ async fn the_briefs_dialect() {
     assert_eq!(
         api(&running, "/partners?limit=101").await.0,
         400,
-        "the brief's max is 100"
+        "the legacy dialect's max is 100"
     );
     running.stop().await.unwrap();
 }
@@ -724,16 +724,14 @@ async fn the_simulate_command_serves_standalone() {
 
 #[tokio::test]
 async fn simulate_refuses_to_start_without_credentials() {
-    let config =
-        partnerstack_sync::config::Config::load_with_env(None, &Default::default()).unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let err = simulate::run(
-        Options::small(1),
-        &config,
-        listener,
-        tokio_util::sync::CancellationToken::new(),
-    )
-    .await
-    .unwrap_err();
-    assert!(err.to_string().contains("PARTNERSTACK_PUBLIC_KEY"), "{err}");
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_partnerstack-sync"))
+        .args(["simulate", "--listen", "127.0.0.1:0"])
+        .env_remove("PARTNERSTACK_PUBLIC_KEY")
+        .env_remove("PARTNERSTACK_SECRET_KEY")
+        .output()
+        .await
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("PARTNERSTACK_PUBLIC_KEY"), "{stderr}");
 }

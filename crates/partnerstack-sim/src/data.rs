@@ -12,8 +12,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::partnerstack::client::{Filter, supported_filters};
-use crate::partnerstack::models::Entity;
+use partnerstack::Entity;
 
 /// What every stand-in object provides to its table.
 pub trait SimRecord: Serialize + DeserializeOwned + Clone + Send + Sync + 'static {
@@ -277,6 +276,42 @@ impl SimRecord for SimLead {
     }
 }
 
+/// A list filter the stand-in can apply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Filter {
+    MinUpdated,
+    MaxUpdated,
+    MinCreated,
+    MaxCreated,
+    PartnerKey,
+    CustomerKey,
+    Group,
+    Status,
+}
+
+/// The filters each stream's list honours here; others are ignored, as an API ignores
+/// unknown parameters. This is the stand-in's own table, so a wrong table in a client is
+/// caught by tests instead of being copied.
+pub fn honoured(entity: Entity) -> &'static [Filter] {
+    use Filter::*;
+    match entity {
+        Entity::Partner | Entity::Group | Entity::Lead => &[MinUpdated, MaxUpdated],
+        Entity::Customer => &[
+            MinUpdated, MaxUpdated, MinCreated, MaxCreated, PartnerKey, Group,
+        ],
+        Entity::Transaction => &[MinCreated, MaxCreated],
+        Entity::Reward => &[MinCreated, MaxCreated, Status],
+        Entity::Deal => &[
+            MinUpdated,
+            MaxUpdated,
+            MinCreated,
+            MaxCreated,
+            PartnerKey,
+            CustomerKey,
+        ],
+    }
+}
+
 /// A list request, parsed and checked.
 #[derive(Debug, Clone, Default)]
 pub struct ListParams {
@@ -421,7 +456,7 @@ impl<T: SimRecord> Table<T> {
 
     /// The page of a list request, newest first, and whether more follow.
     pub fn list(&self, q: &ListParams) -> Result<(Vec<&T>, bool), BadRequest> {
-        let supported = supported_filters(T::ENTITY);
+        let supported = honoured(T::ENTITY);
         let has = |f: Filter| supported.contains(&f);
         let mut lo = 0;
         let mut hi = self.items.len();

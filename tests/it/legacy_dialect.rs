@@ -1,9 +1,9 @@
-//! The client against wiremock speaking the integration brief's dialect: `/partners`,
+//! The client against wiremock speaking the legacy dialect: `/partners`,
 //! `ending_cursor`, second timestamps, `"status": "2xx"`; and the error paths.
 
 use chrono::{TimeZone, Utc};
-use partnerstack_sync::partnerstack::client::{Client, Error, ListQuery};
-use partnerstack_sync::partnerstack::models::Entity;
+use partnerstack::Entity;
+use partnerstack::client::{Client, Error, ListQuery};
 use serde_json::{Value, json};
 use wiremock::matchers::{basic_auth, method, path, query_param, query_param_is_missing};
 use wiremock::{Mock, MockServer, ResponseTemplate};
@@ -11,7 +11,7 @@ use wiremock::{Mock, MockServer, ResponseTemplate};
 use crate::client::{PUBLIC_KEY, SECRET_KEY, client_config, scan};
 use crate::common::free_port;
 
-async fn brief_client(server: &MockServer) -> Client {
+async fn legacy_client(server: &MockServer) -> Client {
     let mut config = client_config(&format!("{}/api/v2", server.uri()));
     config.paths.partnerships = "/partners".into();
     config.page_size = 2;
@@ -21,7 +21,7 @@ async fn brief_client(server: &MockServer) -> Client {
 fn partner(key: &str, created_s: i64) -> Value {
     json!({"key": key, "partner_key": format!("pk-{key}"), "name": "Partner", "status": "active",
            "group_key": "grp_gold", "created_at": created_s, "updated_at": created_s + 60,
-           "metadata": {"source": "brief"}})
+           "metadata": {"source": "legacy"}})
 }
 
 fn page(items: Vec<Value>, has_more: bool, cursor: Option<&str>) -> ResponseTemplate {
@@ -33,7 +33,7 @@ fn page(items: Vec<Value>, has_more: bool, cursor: Option<&str>) -> ResponseTemp
 }
 
 #[tokio::test]
-async fn the_briefs_dialect_pages_by_ending_cursor_with_second_timestamps() {
+async fn the_legacy_dialect_pages_by_ending_cursor_with_second_timestamps() {
     let server = MockServer::start().await;
     // The cursor is opaque: it is not the last item's key, so using the key would miss.
     Mock::given(method("GET"))
@@ -57,11 +57,11 @@ async fn the_briefs_dialect_pages_by_ending_cursor_with_second_timestamps() {
         .mount(&server)
         .await;
 
-    let client = brief_client(&server).await;
+    let client = legacy_client(&server).await;
     let mut pager = client.pages(Entity::Partner, ListQuery::default());
     let first = pager.next_page().await.unwrap().unwrap();
     assert_eq!(first.next_cursor.as_deref(), Some("cursor-after-p2"));
-    let typed = first.typed::<partnerstack_sync::partnerstack::models::Partnership>();
+    let typed = first.typed::<partnerstack::models::Partnership>();
     let p3 = typed[0].as_ref().unwrap();
     assert_eq!(
         p3.typed.meta.created_at,
@@ -69,7 +69,7 @@ async fn the_briefs_dialect_pages_by_ending_cursor_with_second_timestamps() {
         "seconds read as seconds"
     );
     assert_eq!(
-        p3.raw["metadata"]["source"], "brief",
+        p3.raw["metadata"]["source"], "legacy",
         "unknown fields kept raw"
     );
     let second = pager.next_page().await.unwrap().unwrap();
@@ -88,7 +88,7 @@ async fn an_empty_page_ends_the_walk_even_when_has_more_says_otherwise() {
         .expect(1)
         .mount(&server)
         .await;
-    let client = brief_client(&server).await;
+    let client = legacy_client(&server).await;
     assert!(
         scan(&client, Entity::Customer, ListQuery::default())
             .await
@@ -119,7 +119,7 @@ async fn a_list_answer_without_items_is_an_error_not_the_last_page() {
         })))
         .mount(&server)
         .await;
-    let client = brief_client(&server).await;
+    let client = legacy_client(&server).await;
     let err = scan(&client, Entity::Partner, ListQuery::default())
         .await
         .unwrap_err();
@@ -142,7 +142,7 @@ async fn a_cursor_that_comes_back_is_an_error() {
         .expect(2)
         .mount(&server)
         .await;
-    let client = brief_client(&server).await;
+    let client = legacy_client(&server).await;
     let err = scan(&client, Entity::Partner, ListQuery::default())
         .await
         .unwrap_err();
@@ -163,7 +163,7 @@ async fn client_errors_keep_partnerstacks_status_and_message_and_are_not_retried
         .expect(1)
         .mount(&server)
         .await;
-    let client = brief_client(&server).await;
+    let client = legacy_client(&server).await;
     let err = scan(&client, Entity::Customer, ListQuery::default())
         .await
         .unwrap_err();

@@ -11,7 +11,7 @@ use rand::{RngExt as _, SeedableRng as _};
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
-use crate::partnerstack::models::Entity;
+use partnerstack::Entity;
 
 /// The fault settings in force. Every field can be changed at run time through
 /// `POST /admin/faults` (see [`FaultUpdate`]).

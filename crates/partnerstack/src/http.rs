@@ -1,4 +1,4 @@
-//! Outgoing HTTP: the one way this crate builds a client.
+//! Outgoing HTTP: the one way to build a client (the service and the stand-in use it too).
 
 /// A `reqwest` client builder with TLS ready: rustls with the `ring` provider (no system
 /// OpenSSL, no C toolchain beyond what `ring` needs), and a User-Agent naming the service.

@@ -1,5 +1,5 @@
-//! `simulate`: a local PartnerStack v2 stand-in for development, demos, tests and
-//! benchmarks.
+//! partnerstack-sim: a local PartnerStack v2 stand-in for development, demos, tests and
+//! benchmarks. It is a test double: nothing in the service's production build links it.
 //!
 //! It serves the v2 list, single-object and write endpoints under `/api/v2` with
 //! PartnerStack's Basic auth, envelope, newest-first cursor pagination and limits, over a
@@ -9,7 +9,8 @@
 //! drive it deterministically.
 //!
 //! Use it in-process with [`Simulator::new`] and [`Simulator::spawn`] (or [`start`]) on a
-//! port-0 listener; `partnerstack-sync simulate` calls [`run`].
+//! port-0 listener; the `partnerstack-sim` binary (and `partnerstack-sync simulate`, in
+//! builds with the `sim` feature) call [`run`].
 
 pub mod admin;
 pub mod api;
@@ -31,9 +32,8 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::auth::TokenSet;
-use crate::partnerstack::models::Entity;
 pub use faults::{FaultSettings, FaultUpdate, Faults, Verdict};
+use partnerstack::Entity;
 pub use webhooks::{DeliveryRecord, DeliverySummary, Naming, Notify, Outcome, Shape, Undelivered};
 pub use world::{Action, Change, Counts, MutationKind, Refusal, World};
 
@@ -46,9 +46,9 @@ pub enum Dialect {
     /// The real API: millisecond timestamps, no `ending_cursor`, limit up to 250,
     /// `/partnerships`.
     Real,
-    /// The integration brief's: second timestamps, `ending_cursor`, limit up to 100, and
-    /// `/partners` as well as `/partnerships`.
-    Brief,
+    /// A legacy dialect some integration guides describe: second timestamps,
+    /// `ending_cursor`, limit up to 100, and `/partners` as well as `/partnerships`.
+    Legacy,
 }
 
 /// `partnerstack-sync simulate` options. Every one has a default, so
@@ -117,7 +117,7 @@ pub struct Options {
     /// Sign deliveries with HMAC-SHA256 under this secret.
     #[arg(long, env = "PSYNC_SIMULATE_SIGNING_SECRET", hide_env_values = true, value_parser = secret)]
     pub signing_secret: Option<SecretString>,
-    /// Header carrying the signature; default: the service's `webhooks.signature_header`.
+    /// Header carrying the signature (default `x-psync-signature`, the service's default).
     #[arg(long)]
     pub signature_header: Option<String>,
 
@@ -226,7 +226,8 @@ struct Inner {
     world: RwLock<World>,
     faults: Faults,
     deliveries: webhooks::Deliveries,
-    credentials: TokenSet,
+    /// `public_key:secret_key`, as Basic auth carries it.
+    credentials: SecretString,
     dialect: Dialect,
     options: Options,
 }
@@ -291,7 +292,7 @@ impl Simulator {
                     signature_header,
                     seed: options.seed,
                 }),
-                credentials: TokenSet::new(&[pair]),
+                credentials: pair,
                 dialect: options.dialect,
                 options: options.clone(),
             }),
@@ -393,8 +394,9 @@ impl Simulator {
         self.inner.world.write().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub(crate) fn credentials(&self) -> &TokenSet {
-        &self.inner.credentials
+    /// Whether a Basic-auth `public_key:secret_key` pair is the one this stand-in accepts.
+    pub(crate) fn accepts(&self, pair: &str) -> bool {
+        self.inner.credentials.expose_secret() == pair
     }
 
     pub fn dialect(&self) -> Dialect {
@@ -551,20 +553,15 @@ pub async fn start(
     sim.spawn(listener)
 }
 
-/// `partnerstack-sync simulate`: serves on `listener` with the credentials in
-/// `PARTNERSTACK_PUBLIC_KEY`/`PARTNERSTACK_SECRET_KEY` until `shutdown`.
+/// Serves the stand-in on `listener`, accepting `public_key`/`secret_key`, until
+/// `shutdown` (the `partnerstack-sim` binary and `partnerstack-sync simulate`).
 pub async fn run(
-    mut options: Options,
-    config: &crate::config::Config,
+    options: Options,
+    public_key: &SecretString,
+    secret_key: &SecretString,
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let (public_key, secret_key) = config.partnerstack.credentials().context(
-        "simulate needs PARTNERSTACK_PUBLIC_KEY and PARTNERSTACK_SECRET_KEY: the credentials it will accept",
-    )?;
-    if options.signature_header.is_none() {
-        options.signature_header = Some(config.webhooks.signature_header.as_str().to_string());
-    }
     let started = std::time::Instant::now();
     let sim = Simulator::new(&options, public_key, secret_key)?;
     let addr = listener.local_addr()?;

@@ -1,114 +1,16 @@
 //! PartnerStack's objects, read tolerantly.
 //!
 //! Every field is optional and accepts every encoding seen in real data (see
-//! [`super::wire`]); unknown fields are ignored here and kept in the raw JSON stored next
-//! to the typed columns. Each object knows the typed columns it fills in its table
-//! ([`Object::columns`]); the names match `migrations/`.
+//! [`crate::wire`]); unknown fields are ignored here (a consumer keeps the raw JSON if it
+//! needs them). These are pure wire types: what to store, and how, is the consumer's.
 
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer};
 use serde_json::Value;
 
-use super::wire::{self, de};
-use crate::apply::Col;
-
-/// The kinds of object the service keeps, one table each.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Entity {
-    Partner,
-    Customer,
-    Transaction,
-    Reward,
-    Group,
-    Deal,
-    Lead,
-}
-
-impl Entity {
-    pub const ALL: [Entity; 7] = [
-        Entity::Partner,
-        Entity::Customer,
-        Entity::Transaction,
-        Entity::Reward,
-        Entity::Group,
-        Entity::Deal,
-        Entity::Lead,
-    ];
-
-    /// The table holding this kind of object.
-    pub fn table(self) -> &'static str {
-        match self {
-            Entity::Partner => "partners",
-            Entity::Customer => "customers",
-            Entity::Transaction => "transactions",
-            Entity::Reward => "rewards",
-            Entity::Group => "groups",
-            Entity::Deal => "deals",
-            Entity::Lead => "leads",
-        }
-    }
-
-    /// The singular name used in event names and logs.
-    pub fn name(self) -> &'static str {
-        match self {
-            Entity::Partner => "partnership",
-            Entity::Customer => "customer",
-            Entity::Transaction => "transaction",
-            Entity::Reward => "reward",
-            Entity::Group => "group",
-            Entity::Deal => "deal",
-            Entity::Lead => "lead",
-        }
-    }
-
-    /// The name of this kind's v2 list stream (`/partnerships`, `/customers`, ...), as
-    /// used in settings and on the command line.
-    pub fn stream(self) -> &'static str {
-        match self {
-            Entity::Partner => "partnerships",
-            Entity::Customer => "customers",
-            Entity::Transaction => "transactions",
-            Entity::Reward => "rewards",
-            Entity::Group => "groups",
-            Entity::Deal => "deals",
-            Entity::Lead => "leads",
-        }
-    }
-
-    /// The entity of a stream name; the brief's `partners` is `partnerships`.
-    pub fn from_stream(name: &str) -> Option<Entity> {
-        match name.trim().to_ascii_lowercase().as_str() {
-            "partners" => Some(Entity::Partner),
-            other => Entity::ALL.into_iter().find(|e| e.stream() == other),
-        }
-    }
-
-    /// [`Entity::from_stream`], or the error naming the valid streams.
-    pub fn parse_stream(name: &str) -> Result<Entity, String> {
-        Entity::from_stream(name).ok_or_else(|| {
-            let valid: Vec<&str> = Entity::ALL.iter().map(|e| e.stream()).collect();
-            format!(
-                "unknown stream {name:?}; valid streams: {}",
-                valid.join(", ")
-            )
-        })
-    }
-
-    /// The entity an event-name prefix refers to (`partner` and `partnership` are one).
-    pub fn from_event_prefix(prefix: &str) -> Option<Entity> {
-        Some(match prefix {
-            "partner" | "partnership" => Entity::Partner,
-            "customer" => Entity::Customer,
-            "transaction" => Entity::Transaction,
-            "reward" => Entity::Reward,
-            "group" => Entity::Group,
-            "deal" => Entity::Deal,
-            "lead" => Entity::Lead,
-            _ => return None,
-        })
-    }
-}
+use crate::entity::Entity;
+use crate::wire::{self, de};
 
 /// Identity and times every object carries.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -185,19 +87,46 @@ impl<'de> Deserialize<'de> for Ref {
     }
 }
 
-fn ref_key(r: &Option<Ref>) -> Option<String> {
-    r.as_ref().and_then(|r| r.key.clone())
+impl Ref {
+    /// The key of an optional reference.
+    pub fn key_of(r: &Option<Ref>) -> Option<String> {
+        r.as_ref().and_then(|r| r.key.clone())
+    }
 }
 
-/// What every object type provides to the one door ([`crate::apply`]).
+/// What every object type has: its kind, its identity and its times.
 pub trait Object: DeserializeOwned {
     const ENTITY: Entity;
     fn meta(&self) -> &Meta;
-    /// Typed columns, named as in the entity's table, always in the same order.
-    fn columns(&self) -> Vec<(&'static str, Col)>;
 }
 
-/// A partner's membership of the program (`/partnerships`; the brief's "partner").
+/// Reads `object` as `T`; a failure names the field and says why.
+pub fn read<T: Object>(object: &Value) -> Result<T, String> {
+    if !object.is_object() {
+        return Err("the object is not a JSON object".into());
+    }
+    // The plain read first; only a failure pays for tracking where in the object it was.
+    match T::deserialize(object) {
+        Ok(typed) => Ok(typed),
+        Err(_) => serde_path_to_error::deserialize(object)
+            .map_err(|e| format!("field `{}`: {}", e.path(), e.inner())),
+    }
+}
+
+/// Whether `object` reads as an object of `entity` ([`read`] with the entity's type).
+pub fn check(entity: Entity, object: &Value) -> Result<(), String> {
+    match entity {
+        Entity::Partner => read::<Partnership>(object).map(drop),
+        Entity::Customer => read::<Customer>(object).map(drop),
+        Entity::Transaction => read::<Transaction>(object).map(drop),
+        Entity::Reward => read::<Reward>(object).map(drop),
+        Entity::Group => read::<Group>(object).map(drop),
+        Entity::Deal => read::<Deal>(object).map(drop),
+        Entity::Lead => read::<Lead>(object).map(drop),
+    }
+}
+
+/// A partner's membership of the program (`/partnerships`; `/partners` in the legacy dialect).
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct Partnership {
     #[serde(flatten)]
@@ -210,17 +139,17 @@ pub struct Partnership {
     pub first_name: Option<String>,
     #[serde(default, deserialize_with = "de::string")]
     pub last_name: Option<String>,
-    /// The brief's partner name.
+    /// The legacy dialect's partner name.
     #[serde(default, deserialize_with = "de::string")]
     pub name: Option<String>,
-    /// The brief's `status` (active/inactive); the real API's `approved_status` otherwise.
+    /// The legacy dialect's `status` (active/inactive), else `approved_status` when sent.
     #[serde(default, deserialize_with = "de::string")]
     pub status: Option<String>,
     #[serde(default, deserialize_with = "de::string")]
     pub approved_status: Option<String>,
     #[serde(default)]
     pub group: Option<Ref>,
-    /// The brief's flat group key.
+    /// The legacy dialect's flat group key.
     #[serde(default, deserialize_with = "de::string")]
     pub group_key: Option<String>,
     #[serde(default)]
@@ -235,33 +164,6 @@ impl Object for Partnership {
     const ENTITY: Entity = Entity::Partner;
     fn meta(&self) -> &Meta {
         &self.meta
-    }
-    fn columns(&self) -> Vec<(&'static str, Col)> {
-        vec![
-            ("partner_key", Col::Text(self.partner_key.clone())),
-            ("email", Col::Text(self.email.clone())),
-            ("first_name", Col::Text(self.first_name.clone())),
-            ("last_name", Col::Text(self.last_name.clone())),
-            ("name", Col::Text(self.name.clone())),
-            (
-                "status",
-                Col::Text(self.status.clone().or_else(|| self.approved_status.clone())),
-            ),
-            (
-                "group_key",
-                Col::Text(ref_key(&self.group).or_else(|| self.group_key.clone())),
-            ),
-            (
-                "group_name",
-                Col::Text(self.group.as_ref().and_then(|g| g.name.clone())),
-            ),
-            ("team_key", Col::Text(ref_key(&self.team))),
-            (
-                "tags",
-                Col::Json(self.tags.clone().filter(|t| !t.is_null())),
-            ),
-            ("joined_at", Col::Ts(self.joined_at)),
-        ]
     }
 }
 
@@ -296,19 +198,6 @@ impl Object for Customer {
     fn meta(&self) -> &Meta {
         &self.meta
     }
-    fn columns(&self) -> Vec<(&'static str, Col)> {
-        vec![
-            ("customer_key", Col::Text(self.customer_key.clone())),
-            ("email", Col::Text(self.email.clone())),
-            ("name", Col::Text(self.name.clone())),
-            ("partner_key", Col::Text(self.partner_key.clone())),
-            ("partnership_key", Col::Text(self.partnership_key.clone())),
-            ("provider_key", Col::Text(self.provider_key.clone())),
-            ("source_key", Col::Text(self.source_key.clone())),
-            ("source_type", Col::Text(self.source_type.clone())),
-            ("test", Col::Bool(self.test)),
-        ]
-    }
 }
 
 /// A billing event that can earn a partner a reward.
@@ -326,10 +215,10 @@ pub struct Transaction {
     pub approved: Option<bool>,
     #[serde(default, deserialize_with = "de::boolean")]
     pub archived: Option<bool>,
-    /// The brief's status ("pending", "approved").
+    /// The legacy dialect's status ("pending", "approved").
     #[serde(default, deserialize_with = "de::string")]
     pub status: Option<String>,
-    /// PartnerStack's customer key (the brief uses it for your key).
+    /// PartnerStack's customer key (the legacy dialect puts your key here).
     #[serde(default, deserialize_with = "de::string")]
     pub customer_key: Option<String>,
     #[serde(default)]
@@ -345,7 +234,7 @@ pub struct Transaction {
 }
 
 impl Transaction {
-    /// `approved`, else derived from the brief's status.
+    /// `approved`, else derived from the legacy dialect's status.
     pub fn is_approved(&self) -> Option<bool> {
         self.approved.or_else(|| {
             self.status
@@ -359,41 +248,6 @@ impl Object for Transaction {
     const ENTITY: Entity = Entity::Transaction;
     fn meta(&self) -> &Meta {
         &self.meta
-    }
-    fn columns(&self) -> Vec<(&'static str, Col)> {
-        let approved = self.is_approved();
-        let status = self
-            .status
-            .clone()
-            .map(|s| s.to_ascii_lowercase())
-            .or_else(|| approved.map(|a| if a { "approved" } else { "pending" }.to_string()));
-        vec![
-            ("amount", Col::Int(self.amount)),
-            ("amount_usd", Col::Int(self.amount_usd)),
-            (
-                "currency",
-                Col::Text(self.currency.as_ref().map(|c| c.to_ascii_uppercase())),
-            ),
-            ("approved", Col::Bool(approved)),
-            ("archived", Col::Bool(self.archived)),
-            ("status", Col::Text(status)),
-            (
-                "customer_key",
-                Col::Text(
-                    self.customer_key
-                        .clone()
-                        .or_else(|| ref_key(&self.customer)),
-                ),
-            ),
-            (
-                "customer_external_key",
-                Col::Text(self.customer.as_ref().and_then(|c| c.external_key.clone())),
-            ),
-            ("partner_key", Col::Text(self.partner_key.clone())),
-            ("category_key", Col::Text(self.category_key.clone())),
-            ("product_key", Col::Text(self.product_key.clone())),
-            ("test", Col::Bool(self.test)),
-        ]
     }
 }
 
@@ -430,39 +284,6 @@ impl Object for Reward {
     fn meta(&self) -> &Meta {
         &self.meta
     }
-    fn columns(&self) -> Vec<(&'static str, Col)> {
-        let status = self.reward_status.clone().or_else(|| self.status.clone());
-        vec![
-            ("amount", Col::Int(self.amount)),
-            (
-                "currency",
-                Col::Text(self.currency.as_ref().map(|c| c.to_ascii_uppercase())),
-            ),
-            ("description", Col::Text(self.description.clone())),
-            (
-                "reward_status",
-                Col::Text(status.map(|s| s.to_ascii_lowercase())),
-            ),
-            (
-                "partnership_key",
-                Col::Text(ref_key(&self.partnership).or_else(|| self.partnership_key.clone())),
-            ),
-            (
-                "partner_key",
-                Col::Text(self.partner_key.clone().or_else(|| {
-                    self.partnership
-                        .as_ref()
-                        .and_then(|p| p.partner_key.clone())
-                })),
-            ),
-            ("customer_key", Col::Text(ref_key(&self.customer))),
-            (
-                "customer_external_key",
-                Col::Text(self.customer.as_ref().and_then(|c| c.external_key.clone())),
-            ),
-            ("transaction_key", Col::Text(ref_key(&self.transaction))),
-        ]
-    }
 }
 
 /// A partner group (commission plan).
@@ -484,14 +305,6 @@ impl Object for Group {
     const ENTITY: Entity = Entity::Group;
     fn meta(&self) -> &Meta {
         &self.meta
-    }
-    fn columns(&self) -> Vec<(&'static str, Col)> {
-        vec![
-            ("name", Col::Text(self.name.clone())),
-            ("slug", Col::Text(self.slug.clone())),
-            ("is_default", Col::Bool(self.default)),
-            ("archived", Col::Bool(self.archived)),
-        ]
     }
 }
 
@@ -528,20 +341,6 @@ impl Object for Deal {
     fn meta(&self) -> &Meta {
         &self.meta
     }
-    fn columns(&self) -> Vec<(&'static str, Col)> {
-        vec![
-            ("account_name", Col::Text(self.account_name.clone())),
-            ("amount", Col::Int(self.amount)),
-            ("close_date", Col::Date(self.close_date)),
-            ("external_key", Col::Text(self.external_key.clone())),
-            ("group_key", Col::Text(self.group_key.clone())),
-            ("partner_key", Col::Text(self.partner_key.clone())),
-            ("customer_key", Col::Text(self.customer_key.clone())),
-            ("stage", Col::Text(self.stage.clone())),
-            ("deal_source", Col::Text(self.source.clone())),
-            ("lost_reason", Col::Text(self.lost_reason.clone())),
-        ]
-    }
 }
 
 /// A lead submitted by a partner.
@@ -568,16 +367,6 @@ impl Object for Lead {
     const ENTITY: Entity = Entity::Lead;
     fn meta(&self) -> &Meta {
         &self.meta
-    }
-    fn columns(&self) -> Vec<(&'static str, Col)> {
-        vec![
-            ("amount", Col::Int(self.amount)),
-            ("approved", Col::Bool(self.approved)),
-            ("external_key", Col::Text(self.external_key.clone())),
-            ("group_key", Col::Text(self.group_key.clone())),
-            ("partner_key", Col::Text(self.partner_key.clone())),
-            ("status", Col::Text(self.status.clone())),
-        ]
     }
 }
 

@@ -17,8 +17,7 @@ use serde_json::{Map, Value, json};
 use super::data::ListParams;
 use super::webhooks::Notify;
 use super::{Dialect, Simulator, Verdict};
-use crate::partnerstack::models::Entity;
-use crate::partnerstack::wire;
+use partnerstack::{Entity, wire};
 
 /// The default page size of the real API.
 const DEFAULT_LIMIT: usize = 10;
@@ -107,22 +106,22 @@ fn authorized(sim: &Simulator, headers: &HeaderMap) -> bool {
         .decode(encoded.trim())
         .ok()
         .and_then(|b| String::from_utf8(b).ok())
-        .is_some_and(|pair| sim.credentials().verify(&pair))
+        .is_some_and(|pair| sim.accepts(&pair))
 }
 
 fn entity(sim: &Simulator, stream: &str) -> Result<Entity, Fail> {
-    let brief_only = stream == "partners" && sim.dialect() != Dialect::Brief;
+    let legacy_only = stream == "partners" && sim.dialect() != Dialect::Legacy;
     match Entity::from_stream(stream)
-        .filter(|_| !brief_only && stream == stream.to_ascii_lowercase())
+        .filter(|_| !legacy_only && stream == stream.to_ascii_lowercase())
     {
         Some(e) => Ok(e),
         None => Err(Fail(StatusCode::NOT_FOUND, format!("Not found: /{stream}"))),
     }
 }
 
-/// Timestamps in the brief's dialect are seconds.
+/// Timestamps in the legacy dialect are seconds.
 fn dialect(sim: &Simulator, mut object: Value) -> Value {
-    if sim.dialect() == Dialect::Brief
+    if sim.dialect() == Dialect::Legacy
         && let Value::Object(map) = &mut object
     {
         for field in ["created_at", "updated_at", "joined_at"] {
@@ -141,7 +140,7 @@ fn list_params(
 ) -> Result<ListParams, String> {
     let max = match sim.dialect() {
         Dialect::Real => 250,
-        Dialect::Brief => 100,
+        Dialect::Legacy => 100,
     };
     let mut q = ListParams {
         limit: DEFAULT_LIMIT,
@@ -194,7 +193,7 @@ async fn list(
         .map_err(|e| Fail(StatusCode::BAD_REQUEST, e.0))?;
     let items: Vec<Value> = items.into_iter().map(|o| dialect(&sim, o)).collect();
     let mut data = json!({"has_more": has_more});
-    if sim.dialect() == Dialect::Brief {
+    if sim.dialect() == Dialect::Legacy {
         data["ending_cursor"] = items.last().map_or(Value::Null, |o| o["key"].clone());
     }
     data["items"] = Value::Array(items);

@@ -29,7 +29,7 @@ use super::faults::FaultUpdate;
 use super::webhooks::Notify;
 use super::world::MutationKind;
 use super::{MAX_MUTATIONS_PER_CALL, Simulator};
-use crate::partnerstack::models::Entity;
+use partnerstack::Entity;
 
 /// Longest a flush may wait.
 const MAX_FLUSH: Duration = Duration::from_secs(120);

@@ -1,7 +1,7 @@
 //! List endpoints: filters, the list envelope in both dialects, and the pager.
 //!
 //! A [`Pager`] walks one list endpoint newest-first with `starting_after`, one page in
-//! memory at a time. The next cursor is the page's `ending_cursor` (the brief's dialect)
+//! memory at a time. The next cursor is the page's `ending_cursor` (the legacy dialect)
 //! or else its last item's `key` (the real API). It stops on `has_more == false` or an
 //! empty page, and a cursor seen before ends the walk with [`Error::StalledCursor`]
 //! instead of looping.
@@ -13,9 +13,10 @@ use futures_util::Stream;
 use serde_json::Value;
 
 use super::{Client, Error, Record};
-use crate::partnerstack::models::{Entity, Object};
+use crate::entity::Entity;
+use crate::models::Object;
 
-/// A list filter PartnerStack documents (see `partnerstack-api.md` §3).
+/// A list filter PartnerStack documents (see `docs/partnerstack.md`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Filter {
     MinUpdated,
@@ -44,8 +45,9 @@ impl Filter {
     }
 }
 
-/// The filters each stream's list endpoint honours. The stand-in honours exactly these,
-/// and the client refuses to send others (an ignored filter would silently widen a scan).
+/// The filters the client sends to each stream's list endpoint: those PartnerStack's
+/// documentation gives for it. The client refuses to send others (an ignored filter would
+/// silently widen a scan).
 /// Transactions have no update filter: their mutable fields change after creation.
 pub fn supported_filters(entity: Entity) -> &'static [Filter] {
     use Filter::*;
@@ -139,7 +141,7 @@ impl ListQuery {
 #[derive(Debug, Clone)]
 pub struct Page {
     /// The items, newest first, each the raw JSON object (feed it to
-    /// [`crate::apply::Observation::parse`]).
+    /// a consumer's reader).
     pub items: Vec<Value>,
     pub has_more: bool,
     /// The total count, when the API sends one.
@@ -185,14 +187,12 @@ pub(super) fn read_list(body: Value) -> Result<ListBody, String> {
     };
     let has_more = match data.get("has_more") {
         None | Some(Value::Null) => None,
-        Some(v) => {
-            crate::partnerstack::wire::parse_bool(v).map_err(|e| format!("`data.has_more`: {e}"))?
-        }
+        Some(v) => crate::wire::parse_bool(v).map_err(|e| format!("`data.has_more`: {e}"))?,
     };
     let total = data.get("total").and_then(Value::as_u64);
     let ending_cursor = data
         .get("ending_cursor")
-        .and_then(|v| crate::partnerstack::wire::parse_string(v).ok().flatten())
+        .and_then(|v| crate::wire::parse_string(v).ok().flatten())
         .filter(|c| !c.is_empty());
     Ok(ListBody {
         items,
@@ -351,7 +351,7 @@ impl Pager {
 
 fn last_key(items: &[Value]) -> Option<String> {
     let key = items.last()?.get("key")?;
-    crate::partnerstack::wire::parse_string(key)
+    crate::wire::parse_string(key)
         .ok()
         .flatten()
         .filter(|k| !k.is_empty())
@@ -371,12 +371,12 @@ mod tests {
         assert_eq!(real.has_more, Some(true));
         assert_eq!(real.ending_cursor, None);
 
-        let brief = read_list(
+        let legacy = read_list(
             json!({"data": {"items": [], "has_more": "false", "ending_cursor": "c1", "total": 3}, "status": "2xx"}))
         .unwrap();
-        assert_eq!(brief.has_more, Some(false));
-        assert_eq!(brief.ending_cursor.as_deref(), Some("c1"));
-        assert_eq!(brief.total, Some(3));
+        assert_eq!(legacy.has_more, Some(false));
+        assert_eq!(legacy.ending_cursor.as_deref(), Some("c1"));
+        assert_eq!(legacy.total, Some(3));
 
         let bare = read_list(json!({"data": [{"key": "a"}]})).unwrap();
         assert_eq!(bare.has_more, Some(false));

@@ -25,7 +25,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::world::{Action, Change};
-use crate::partnerstack::models::Entity;
+use partnerstack::Entity;
 
 /// Most log entries kept; older ones are forgotten first (the ledger is not affected).
 const LOG_CAPACITY: usize = 1_000_000;
@@ -48,7 +48,7 @@ pub enum Shape {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Naming {
-    /// The brief's: `customer.created`, `partner.updated`.
+    /// Dotted, legacy style: `customer.created`, `partner.updated`.
     Dotted,
     /// The real docs': `customer_created`, `partnership_updated`.
     Underscore,
@@ -339,7 +339,7 @@ impl Deliveries {
         let Some(mut queue) = lock(&self.receiver).take() else {
             return;
         };
-        let http = match crate::http_client::builder()
+        let http = match partnerstack::http::builder()
             .timeout(Duration::from_secs(5))
             .build()
         {
@@ -443,7 +443,7 @@ impl Deliveries {
             if let Some(secret) = &self.options.signing_secret {
                 request = request.header(
                     self.options.signature_header.clone(),
-                    crate::auth::sign(secret, &event.body),
+                    sign(secret, &event.body),
                 );
             }
             requests += 1;
@@ -484,7 +484,7 @@ impl Deliveries {
     }
 }
 
-/// `customer_created` or `customer.created`; partnerships are `partner.*` in the brief's
+/// `customer_created` or `customer.created`; partnerships are `partner.*` in the legacy
 /// dotted style.
 pub fn event_name(entity: Entity, action: Action, naming: Naming) -> String {
     match naming {
@@ -498,6 +498,19 @@ pub fn event_name(entity: Entity, action: Action, naming: Naming) -> String {
             format!("{prefix}.{}", action.as_str())
         }
     }
+}
+
+/// The signature header value for `body` under `secret`: `sha256=` and the hex of
+/// HMAC-SHA256(body), the form the service verifies.
+pub fn sign(secret: &SecretString, body: &[u8]) -> String {
+    use hmac::{Hmac, KeyInit, Mac as _};
+    use secrecy::ExposeSecret as _;
+    // HMAC takes keys of any length.
+    let mut mac =
+        <Hmac<sha2::Sha256> as KeyInit>::new_from_slice(secret.expose_secret().as_bytes())
+            .expect("HMAC takes keys of any length");
+    mac.update(body);
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
 }
 
 /// The delivery body in `shape`.

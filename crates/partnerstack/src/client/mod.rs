@@ -1,11 +1,11 @@
 //! The PartnerStack v2 client: Basic auth, a shared request budget, retries with
 //! backoff, paginated lists and the write calls.
 //!
-//! Reading is tolerant of both dialects described in `partnerstack-api.md` (the brief's
-//! and the real API's): `status` as number or string (the HTTP status is what counts),
-//! `ending_cursor` or the last item's `key`, seconds or milliseconds. Errors keep
-//! PartnerStack's HTTP status and message. Credentials are used only to sign requests;
-//! they never appear in errors, logs or `Debug` output.
+//! Reading is tolerant of both dialects seen (the real API's, and a legacy one with
+//! `ending_cursor`, second timestamps and `/partners`): `status` as number or string (the
+//! HTTP status is what counts), `ending_cursor` or the last item's `key`, seconds or
+//! milliseconds. Errors keep PartnerStack's HTTP status and message. Credentials are used
+//! only to sign requests; they never appear in errors, logs or `Debug` output.
 
 mod pages;
 mod retry;
@@ -17,14 +17,135 @@ use chrono::{DateTime, Utc};
 use reqwest::header::HeaderMap;
 use reqwest::{Method, StatusCode, Url};
 use secrecy::{ExposeSecret, SecretString};
-use serde::{Serialize, Serializer};
+use serde::{Deserialize, Serialize, Serializer};
 use serde_json::Value;
 
 pub use pages::{Filter, ListQuery, Page, Pager, supported_filters};
 pub use retry::{Attempt, RequestBudget, RetryPolicy, retry, retry_after};
 
-use crate::config::{PartnerStackConfig, StreamPaths};
-use crate::partnerstack::models::{Customer, Entity, Object, Transaction};
+use crate::entity::Entity;
+use crate::models::{self, Customer, Object, Transaction};
+
+/// The client's settings (a service embeds them in its configuration).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// The API root, e.g. `https://api.partnerstack.com/api/v2`.
+    pub base_url: String,
+    /// HTTP Basic credentials; blank or absent means none.
+    #[serde(default)]
+    pub public_key: Option<SecretString>,
+    #[serde(default)]
+    pub secret_key: Option<SecretString>,
+    /// Items per list page, 1..=250.
+    pub page_size: u32,
+    /// The request budget shared by every client of one account in the process.
+    pub requests_per_second: f64,
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Attempts per request, the first included.
+    pub max_attempts: u32,
+    /// The longest single back-off wait, `Retry-After` included.
+    #[serde(with = "humantime_serde")]
+    pub max_backoff: Duration,
+    pub paths: StreamPaths,
+}
+
+impl Settings {
+    /// Both API keys, when both are set (blank counts as unset).
+    pub fn credentials(&self) -> Option<(&SecretString, &SecretString)> {
+        Some((set(&self.public_key)?, set(&self.secret_key)?))
+    }
+
+    /// Checks the settings; an error names the setting (relative to this section) and
+    /// says what is wrong.
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        let fail = |setting: &str, why: &str| Err((setting.to_string(), why.to_string()));
+        if !(1..=250).contains(&self.page_size) {
+            return fail("page_size", "must be within 1..=250");
+        }
+        let rps = self.requests_per_second;
+        if !(rps.is_finite() && rps > 0.0) {
+            return fail("requests_per_second", "must be a positive number");
+        }
+        if self.max_attempts == 0 {
+            return fail("max_attempts", "must be at least 1");
+        }
+        if self.request_timeout.is_zero() {
+            return fail("request_timeout", "must be longer than zero");
+        }
+        for entity in Entity::ALL {
+            let path = self.paths.get(entity);
+            if !path.starts_with('/') || path.contains(['?', '#']) {
+                return Err((
+                    format!("paths.{}", entity.stream()),
+                    format!("{path:?} must be a path starting with /"),
+                ));
+            }
+        }
+        if !(self.base_url.starts_with("http://") || self.base_url.starts_with("https://")) {
+            return fail("base_url", "must be an http:// or https:// URL");
+        }
+        if set(&self.public_key).is_some() != set(&self.secret_key).is_some() {
+            return fail(
+                "public_key",
+                "set both API keys (public and secret), or neither",
+            );
+        }
+        Ok(())
+    }
+}
+
+/// A key that is set and not blank.
+fn set(key: &Option<SecretString>) -> Option<&SecretString> {
+    key.as_ref()
+        .filter(|k| !k.expose_secret().trim().is_empty())
+}
+
+/// The list path of each stream under `base_url`. The real API serves partners at
+/// `/partnerships`; the legacy dialect at `/partners`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamPaths {
+    pub partnerships: String,
+    pub customers: String,
+    pub transactions: String,
+    pub rewards: String,
+    pub groups: String,
+    pub deals: String,
+    pub leads: String,
+}
+
+impl StreamPaths {
+    /// The list path of `entity`'s stream.
+    pub fn get(&self, entity: Entity) -> &str {
+        match entity {
+            Entity::Partner => &self.partnerships,
+            Entity::Customer => &self.customers,
+            Entity::Transaction => &self.transactions,
+            Entity::Reward => &self.rewards,
+            Entity::Group => &self.groups,
+            Entity::Deal => &self.deals,
+            Entity::Lead => &self.leads,
+        }
+    }
+}
+
+impl Default for StreamPaths {
+    /// The real API's paths.
+    fn default() -> Self {
+        let path = |e: Entity| format!("/{}", e.stream());
+        StreamPaths {
+            partnerships: path(Entity::Partner),
+            customers: path(Entity::Customer),
+            transactions: path(Entity::Transaction),
+            rewards: path(Entity::Reward),
+            groups: path(Entity::Group),
+            deals: path(Entity::Deal),
+            leads: path(Entity::Lead),
+        }
+    }
+}
 
 /// The first backoff ceiling (it doubles per attempt, up to `max_backoff`).
 const BASE_BACKOFF: Duration = Duration::from_millis(250);
@@ -123,9 +244,9 @@ pub struct Record<T> {
 impl<T: Object> Record<T> {
     /// Reads `raw` as `T`, keeping `raw`.
     pub fn parse(raw: Value) -> Result<Record<T>, Error> {
-        let typed = serde_path_to_error::deserialize(&raw).map_err(|e| Error::InvalidResponse {
+        let typed = models::read(&raw).map_err(|detail| Error::InvalidResponse {
             path: format!("/{}", T::ENTITY.stream()),
-            detail: format!("field `{}`: {}", e.path(), e.inner()),
+            detail,
         })?;
         Ok(Record { typed, raw })
     }
@@ -252,19 +373,20 @@ impl std::fmt::Debug for Client {
 
 impl Client {
     /// A client for the configured API. Fails without credentials.
-    pub fn new(config: &PartnerStackConfig) -> Result<Client, Error> {
+    pub fn new(config: &Settings) -> Result<Client, Error> {
         let (public_key, secret_key) = config.credentials().ok_or(Error::NoCredentials)?;
         let base_url = config.base_url.trim_end_matches('/').to_string();
         Url::parse(&base_url).map_err(|e| {
             Error::InvalidRequest(format!("PARTNERSTACK_BASE_URL {base_url:?}: {e}"))
         })?;
-        let http = crate::http_client::builder()
+        let http = crate::http::builder()
             .timeout(config.request_timeout)
             .connect_timeout(config.request_timeout.min(Duration::from_secs(10)))
             .build()
             .map_err(Error::transport)?;
         // Keyed by a digest, so the registry holds no credential.
-        let account = hex::encode(crate::auth::sha256(
+        use sha2::Digest as _;
+        let account = hex::encode(sha2::Sha256::digest(
             format!("{base_url}\n{}", public_key.expose_secret()).as_bytes(),
         ));
         Ok(Client {
@@ -628,31 +750,42 @@ mod tests {
         assert_eq!(error_message(&long, status).len(), BODY_EXCERPT + 3);
     }
 
+    fn settings() -> Settings {
+        Settings {
+            base_url: "https://api.partnerstack.com/api/v2".into(),
+            public_key: None,
+            secret_key: None,
+            page_size: 250,
+            requests_per_second: 5.0,
+            request_timeout: Duration::from_secs(30),
+            max_attempts: 8,
+            max_backoff: Duration::from_secs(60),
+            paths: StreamPaths::default(),
+        }
+    }
+
     #[test]
     fn secrets_stay_out_of_debug_output() {
-        let mut config = crate::config::Config::load_with_env(None, &Default::default())
-            .unwrap()
-            .partnerstack;
+        let mut config = settings();
         config.public_key = Some(SecretString::from("pk_live_visible_nowhere".to_string()));
         config.secret_key = Some(SecretString::from("sk_live_visible_nowhere".to_string()));
         let client = Client::new(&config).unwrap();
         let debug = format!("{client:?}");
         assert!(!debug.contains("visible_nowhere"), "{debug}");
         assert!(matches!(
-            Client::new(
-                &crate::config::Config::load_with_env(None, &Default::default())
-                    .unwrap()
-                    .partnerstack
-            ),
+            Client::new(&settings()),
             Err(Error::NoCredentials)
         ));
+        let mut blank = settings();
+        blank.public_key = Some(SecretString::from(" ".to_string()));
+        blank.secret_key = Some(SecretString::from("sk".to_string()));
+        assert!(blank.credentials().is_none());
+        assert_eq!(blank.validate().unwrap_err().0, "public_key");
     }
 
     #[test]
     fn keys_are_one_encoded_path_segment() {
-        let mut config = crate::config::Config::load_with_env(None, &Default::default())
-            .unwrap()
-            .partnerstack;
+        let mut config = settings();
         config.base_url = "http://127.0.0.1:1/api/v2/".into();
         config.public_key = Some(SecretString::from("pk".to_string()));
         config.secret_key = Some(SecretString::from("sk".to_string()));

@@ -1,0 +1,163 @@
+//! The HTTP surface: every route, registered with its OpenAPI description, behind the
+//! shared layers (request ids, access logs, the request timeout, per-route metrics).
+//!
+//! [`router`] is what `serve` serves and what handler tests call `oneshot` on;
+//! [`openapi`] describes exactly the routes it serves.
+
+pub mod ops;
+pub mod webhook;
+
+use axum::Router;
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::StatusCode;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::{DefaultOnResponse, TraceLayer};
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::openapi::tag::Tag;
+use utoipa::openapi::{Info, OpenApi};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::api;
+use crate::error::{ApiError, ErrorCode};
+use crate::state::AppState;
+use crate::telemetry::{DeliveryResult, RouteLabels};
+
+/// The HTTP surface. Routes see the matched route template, never the raw path, in logs
+/// and metrics, so the webhook URL token is never written anywhere.
+///
+/// Every route is registered through an [`OpenApiRouter`] together with its OpenAPI
+/// description, so `/openapi.json` ([`openapi`]) lists exactly the routes served.
+pub fn router(state: AppState) -> Router {
+    let (open, _) = open_routes().split_for_parts();
+    let (v1, _) = api::routes()
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            api::require_bearer,
+        ))
+        .split_for_parts();
+    open.merge(v1)
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(state.clone(), observe))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(|req: &Request| {
+                    let route = req
+                        .extensions()
+                        .get::<MatchedPath>()
+                        .map_or("unmatched", |p| p.as_str());
+                    let request_id = req
+                        .headers()
+                        .get("x-request-id")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("");
+                    tracing::info_span!("request", method = %req.method(), route, request_id)
+                })
+                .on_request(())
+                .on_response(DefaultOnResponse::new().level(tracing::Level::INFO)),
+        )
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        .with_state(state)
+}
+
+/// Bounds every request by the request timeout (503 with Retry-After past it) and counts
+/// answers per route. Dropping a handler's future here is safe: no handler writes to the
+/// database inside its own future.
+async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
+    let response =
+        match tokio::time::timeout(state.config.server.request_timeout, next.run(req)).await {
+            Ok(response) => response,
+            Err(_) => {
+                if route.starts_with("/webhooks/") {
+                    state
+                        .metrics
+                        .delivery(DeliveryResult::Refused(ErrorCode::Unavailable));
+                }
+                ApiError::unavailable("the request timed out; retry later").into_response()
+            }
+        };
+    state
+        .metrics
+        .http_requests
+        .get_or_create(&RouteLabels {
+            route,
+            status: response.status().as_u16(),
+        })
+        .inc();
+    response
+}
+
+/// The routes without bearer auth: operations, the OpenAPI description, webhook ingest.
+fn open_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(ops::healthz))
+        .routes(routes!(ops::readyz))
+        .routes(routes!(ops::metrics))
+        .routes(routes!(ops::openapi_json))
+        .routes(routes!(webhook::receive))
+        .routes(routes!(webhook::missing_token))
+        .routes(routes!(webhook::missing_token_slash))
+}
+
+/// The OpenAPI 3.1 description of every route [`router`] serves.
+pub fn openapi() -> OpenApi {
+    let mut doc = open_routes().merge(api::routes()).into_openapi();
+    doc.info = Info::new("partnerstack-sync", env!("CARGO_PKG_VERSION"));
+    doc.info.description = Some(
+        "A copy of a PartnerStack partner program, kept by webhooks and reconciliation. \
+         `/v1` reads it in PartnerStack's list dialect (`limit` 1..250, default 25; \
+         `starting_after` with the previous page's `ending_cursor`) and needs \
+         `Authorization: Bearer <token>`. Errors are `{\"status\", \"code\", \"message\"}`. \
+         Money is integer cents with its currency; times are RFC 3339."
+            .to_string(),
+    );
+    doc.components.get_or_insert_default().add_security_scheme(
+        api::BEARER,
+        SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+    );
+    let tag = |name: &str, description: &str| {
+        let mut tag = Tag::new(name);
+        tag.description = Some(description.to_string());
+        tag
+    };
+    doc.tags = Some(vec![
+        tag(
+            "partners",
+            "Partners (partnerships) and their commission summary",
+        ),
+        tag("customers", "Customers referred by partners"),
+        tag("transactions", "Billing events of referred customers"),
+        tag("rewards", "Commissions earned by partners"),
+        tag("groups", "Partner groups"),
+        tag("deals", "Deals registered by partners"),
+        tag("leads", "Leads submitted by partners"),
+        tag("events", "The raw webhook log"),
+        tag("sync", "The reconciler: status and passes on demand"),
+        tag("webhooks", "PartnerStack's webhook deliveries"),
+        tag(
+            "operations",
+            "Health, readiness, metrics and this description",
+        ),
+    ]);
+    doc
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("no such route")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        ErrorCode::MethodNotAllowed,
+        "this route does not take that method",
+    )
+}

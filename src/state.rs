@@ -1,0 +1,26 @@
+//! What every request handler may need, held low in the module graph: handlers
+//! ([`crate::routes`], [`crate::api`]) import it, and it imports none of them.
+
+use std::sync::Arc;
+
+use sqlx::PgPool;
+
+use crate::auth::{SigningKeys, TokenSet};
+use crate::config::Config;
+use crate::ingest::writer::Writer;
+use crate::reconcile::Reconciler;
+use crate::telemetry::Metrics;
+
+/// Shared state of a running service; cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub pool: PgPool,
+    pub writer: Writer,
+    pub metrics: Arc<Metrics>,
+    pub webhook_tokens: Arc<TokenSet>,
+    pub signing_keys: Arc<SigningKeys>,
+    pub api_tokens: Arc<TokenSet>,
+    /// `None` when the reconciler is off (no credentials, or `PSYNC_RECONCILE_INTERVAL=off`).
+    pub reconciler: Option<Reconciler>,
+}
