@@ -17,7 +17,9 @@ use tokio_util::sync::CancellationToken;
 use crate::auth::{SigningKeys, TokenSet};
 use crate::config::Config;
 use crate::db::{self, Database};
-use crate::ingest::{applier, writer::Writer};
+use crate::ingest::applier::Applier;
+use crate::ingest::verify::Verifier;
+use crate::ingest::writer::Writer;
 use crate::reconcile::Reconciler;
 use crate::routes;
 use crate::state::AppState;
@@ -63,15 +65,16 @@ async fn serve(
         writer_stop.clone(),
         metrics.clone(),
     );
+    // One client (one request budget) for the reconciler and webhook verification.
+    let client = match config.partnerstack.credentials() {
+        Some(_) => Some(Client::new(&config.partnerstack)?),
+        None => None,
+    };
+    let applier = Applier::new(pool.clone(), metrics.clone(), verifier(&config, &client));
     let applier_stop = CancellationToken::new();
-    let applier_task = tokio::spawn(applier::run(
-        pool.clone(),
-        stored,
-        applier_stop.clone(),
-        metrics.clone(),
-    ));
+    let applier_task = tokio::spawn(applier.run(stored, applier_stop.clone()));
 
-    let reconciler = reconciler(&config, database, &metrics)?;
+    let reconciler = reconciler(&config, client, database, &metrics);
     let reconcile_stop = shutdown.child_token();
     let reconcile_task = reconciler
         .clone()
@@ -125,31 +128,55 @@ async fn serve(
     served
 }
 
+/// The webhook verifier in fetch mode (`webhooks.verification`), with a log line saying
+/// how deliveries are applied.
+fn verifier(config: &Config, client: &Option<Client>) -> Option<Verifier> {
+    match client {
+        Some(client) if config.webhooks.verifies(true) => {
+            tracing::info!(
+                "webhook deliveries are verified: the objects they name are fetched from \
+                 PartnerStack and its answers applied"
+            );
+            Some(Verifier::new(
+                client.clone(),
+                config.webhooks.confirm_within,
+            ))
+        }
+        _ => {
+            tracing::info!(
+                "webhook deliveries are applied from their bodies (no verification against \
+                 PartnerStack)"
+            );
+            None
+        }
+    }
+}
+
 /// The reconciler, when it can and should run, and a log line saying why not otherwise.
 fn reconciler(
     config: &Config,
+    client: Option<Client>,
     database: &Database,
     metrics: &Arc<Metrics>,
-) -> anyhow::Result<Option<Reconciler>> {
+) -> Option<Reconciler> {
     if config.reconcile.interval.is_none() {
         tracing::info!("the reconciler is off (PSYNC_RECONCILE_INTERVAL=off)");
-        return Ok(None);
+        return None;
     }
-    if config.partnerstack.credentials().is_none() {
+    let Some(client) = client else {
         tracing::warn!(
             "the reconciler is off: set PARTNERSTACK_PUBLIC_KEY and PARTNERSTACK_SECRET_KEY to \
              repair what webhooks miss"
         );
-        return Ok(None);
-    }
-    let client = Client::new(&config.partnerstack)?;
+        return None;
+    };
     let connect = db::session_options(database.connect_options(), &config.database);
-    Ok(Some(Reconciler::new(
+    Some(Reconciler::new(
         client,
         config.reconcile.clone(),
         connect,
         metrics.clone(),
-    )))
+    ))
 }
 
 fn warn_about_open_doors(config: &Config) {

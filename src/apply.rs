@@ -14,10 +14,10 @@ use std::collections::HashMap;
 use std::sync::LazyLock;
 
 use chrono::{DateTime, NaiveDate, Utc};
-use partnerstack::Entity;
 use partnerstack::models::{
     self, Customer, Deal, Group, Lead, Meta, Object, Partnership, Ref, Reward, Transaction,
 };
+use partnerstack::{Entity, wire};
 use serde_json::Value;
 use sqlx::{AssertSqlSafe, PgConnection};
 
@@ -54,7 +54,18 @@ impl Observation {
     pub fn parse(entity: Entity, object: Value, deleted: bool) -> Result<Observation, String> {
         match entity {
             Entity::Partner => build::<Partnership>(object, deleted, partner_columns),
-            Entity::Customer => build::<Customer>(object, deleted, customer_columns),
+            // PartnerStack archives customers (`customer_deleted`); an archived customer
+            // that a list or a fetch still shows is a deleted one.
+            Entity::Customer => {
+                build::<Customer>(object, deleted, customer_columns).map(|mut o| {
+                    o.deleted |= o
+                        .raw
+                        .get("archived")
+                        .and_then(|a| wire::parse_bool(a).ok().flatten())
+                        == Some(true);
+                    o
+                })
+            }
             Entity::Transaction => build::<Transaction>(object, deleted, transaction_columns),
             Entity::Reward => build::<Reward>(object, deleted, reward_columns),
             Entity::Group => build::<Group>(object, deleted, group_columns),
@@ -93,7 +104,7 @@ fn build<T: Object>(
     let meta: &Meta = typed.meta();
     let key = meta
         .identity()
-        .ok_or_else(|| format!("the {} has no `key` (or `id`)", T::ENTITY.name()))?
+        .ok_or_else(|| format!("the {} has no `key`", T::ENTITY.name()))?
         .to_string();
     if key.len() > MAX_KEY_LEN {
         return Err(format!("the key is longer than {MAX_KEY_LEN} bytes"));
@@ -627,14 +638,21 @@ mod tests {
     }
 
     #[test]
-    fn numeric_id_stands_in_for_key() {
-        let o = Observation::parse(
+    fn a_numeric_id_is_never_a_key_and_archived_customers_are_deletions() {
+        let err = Observation::parse(
             Entity::Customer,
             json!({"id": 1234, "archived": "false"}),
             false,
         )
-        .unwrap();
-        assert_eq!(o.key, "1234");
+        .unwrap_err();
+        assert!(err.contains("no `key`"), "{err}");
+        let archived = |v: Value| {
+            Observation::parse(Entity::Customer, json!({"key": "c", "archived": v}), false)
+                .unwrap()
+                .deleted
+        };
+        assert!(archived(json!(true)) && archived(json!("true")));
+        assert!(!archived(json!(false)) && !archived(json!("false")) && !archived(Value::Null));
     }
 
     #[test]

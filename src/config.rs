@@ -31,6 +31,7 @@ const ENV_OVERRIDES: &[(&str, &str)] = &[
         "webhooks.signature_header",
     ),
     ("PSYNC_WEBHOOK_BODY_LIMIT", "webhooks.body_limit"),
+    ("PSYNC_WEBHOOK_VERIFICATION", "webhooks.verification"),
     ("PSYNC_API_TOKENS", "api.tokens"),
     ("PARTNERSTACK_BASE_URL", "partnerstack.base_url"),
     ("PARTNERSTACK_PUBLIC_KEY", "partnerstack.public_key"),
@@ -42,6 +43,8 @@ const ENV_OVERRIDES: &[(&str, &str)] = &[
     ),
     ("PSYNC_RECONCILE_INTERVAL", "reconcile.interval"),
     ("PSYNC_RECONCILE_STREAMS", "reconcile.streams"),
+    ("PSYNC_WEBHOOK_STREAMS", "reconcile.webhook_streams"),
+    ("PSYNC_STALENESS_BOUND", "reconcile.staleness_bound"),
     ("PSYNC_LOG_FORMAT", "log.format"),
 ];
 
@@ -109,6 +112,38 @@ pub struct WebhookConfig {
     pub body_limit: usize,
     pub queue_capacity: usize,
     pub batch_size: usize,
+    /// Whether deliveries are verified against PartnerStack before they are applied.
+    pub verification: Verification,
+    /// How long a verified delivery whose object PartnerStack does not know yet is
+    /// retried before it is recorded `unconfirmed`.
+    #[serde(with = "humantime_serde")]
+    pub confirm_within: Duration,
+}
+
+/// How webhook deliveries are applied (`webhooks.verification`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verification {
+    /// `fetch` when PartnerStack API keys are set, else `body`.
+    Auto,
+    /// A delivery is a notification: the object it names is fetched from PartnerStack
+    /// (where a single GET exists, else looked up in a narrow list page) and PartnerStack's
+    /// answer is applied. Needs API keys.
+    Fetch,
+    /// The body is applied as it is (a body without a key updates the stored row its
+    /// `partner_key` or `customer_key` finds, and never creates one).
+    Body,
+}
+
+impl WebhookConfig {
+    /// Whether deliveries are fetched to be verified, given whether API keys are set.
+    pub fn verifies(&self, have_keys: bool) -> bool {
+        match self.verification {
+            Verification::Auto => have_keys,
+            Verification::Fetch => true,
+            Verification::Body => false,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -139,6 +174,23 @@ pub struct ReconcileConfig {
     pub max_delete_fraction: f64,
     #[serde(with = "humantime_serde")]
     pub max_retry_delay: Duration,
+    /// The streams PartnerStack sends webhooks for (webhook-covered); the others are
+    /// poll-only. Repairs are counted only for webhook-covered streams.
+    pub webhook_streams: Vec<Entity>,
+    /// The longest a change to any object of a poll-only stream may take to reach the
+    /// copy: such streams are scanned in full often enough to meet it.
+    #[serde(with = "humantime_serde")]
+    pub staleness_bound: Duration,
+    /// The share of the request budget full scans of poll-only streams may use, so
+    /// incremental passes and fetches keep the rest (0 < share <= 1).
+    pub scan_share: f64,
+}
+
+impl ReconcileConfig {
+    /// Whether PartnerStack sends webhooks for `entity`'s stream.
+    pub fn webhook_covered(&self, entity: Entity) -> bool {
+        self.webhook_streams.contains(&entity)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -254,6 +306,29 @@ impl Config {
                 "must be at least 1s, or \"off\"".into(),
             );
         }
+        if !(reconcile.scan_share.is_finite()
+            && reconcile.scan_share > 0.0
+            && reconcile.scan_share <= 1.0)
+        {
+            return fail(
+                "reconcile.scan_share",
+                "must be a number above 0 and at most 1".into(),
+            );
+        }
+        if reconcile.staleness_bound < Duration::from_secs(60) {
+            return fail("reconcile.staleness_bound", "must be at least 1m".into());
+        }
+        if self.webhooks.verification == Verification::Fetch
+            && self.partnerstack.credentials().is_none()
+        {
+            return fail(
+                "webhooks.verification",
+                "\"fetch\" needs PARTNERSTACK_PUBLIC_KEY and PARTNERSTACK_SECRET_KEY".into(),
+            );
+        }
+        if self.webhooks.confirm_within > MAX_RECONCILE_DURATION {
+            return fail("webhooks.confirm_within", "must be at most 10 years".into());
+        }
         let fraction = reconcile.max_delete_fraction;
         if !(fraction.is_finite() && (0.0..=1.0).contains(&fraction)) {
             return fail(
@@ -267,6 +342,7 @@ impl Config {
             ("reconcile.window", reconcile.window),
             ("reconcile.full_interval", reconcile.full_interval),
             ("reconcile.max_retry_delay", reconcile.max_retry_delay),
+            ("reconcile.staleness_bound", reconcile.staleness_bound),
         ] {
             if d > MAX_RECONCILE_DURATION {
                 return fail(setting, "must be at most 10 years".into());
@@ -390,7 +466,19 @@ mod tests {
         assert!(c.database.url.is_none());
         assert_eq!(c.database.data_dir, PathBuf::from("./data"));
         assert_eq!(c.webhooks.body_limit, 1024 * 1024);
-        assert_eq!(c.partnerstack.page_size, 100);
+        assert_eq!(c.partnerstack.page_size, 250);
+        assert_eq!(c.webhooks.verification, Verification::Auto);
+        assert!(!c.webhooks.verifies(false) && c.webhooks.verifies(true));
+        assert_eq!(c.reconcile.staleness_bound, Duration::from_secs(3600));
+        assert_eq!(
+            c.reconcile.webhook_streams,
+            [
+                Entity::Partner,
+                Entity::Customer,
+                Entity::Deal,
+                Entity::Lead
+            ]
+        );
         assert_eq!(c.reconcile.interval, Some(Duration::from_secs(300)));
         assert!(c.partnerstack.credentials().is_none());
         assert_eq!(c.log.format, LogFormat::Pretty);

@@ -6,6 +6,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use partnerstack::Entity;
 use partnerstack_sync::db::events::{self, Outcome};
+use partnerstack_sync::ingest::applier::Applier;
+use partnerstack_sync::ingest::verify::Verifier;
 use partnerstack_sync::{app, config::Config, db, telemetry};
 use tokio_util::sync::CancellationToken;
 
@@ -165,8 +167,18 @@ async fn migrate(config: Config) -> anyhow::Result<()> {
 async fn reapply(config: Config, outcomes: Vec<Outcome>) -> anyhow::Result<()> {
     let (requeued, counts) = with_database(&config, async |_, pool| {
         let ids = events::requeue(pool, &outcomes).await?;
-        let metrics = telemetry::Metrics::new();
-        partnerstack_sync::ingest::applier::drain(pool, &metrics).await?;
+        // Re-applied from their bodies, or verified as `serve` would.
+        let metrics = std::sync::Arc::new(telemetry::Metrics::new());
+        let verifier = match config.partnerstack.credentials() {
+            Some(_) if config.webhooks.verifies(true) => Some(Verifier::new(
+                partnerstack::client::Client::new(&config.partnerstack)?,
+                config.webhooks.confirm_within,
+            )),
+            _ => None,
+        };
+        Applier::new(pool.clone(), metrics, verifier)
+            .drain()
+            .await?;
         let counts = events::count_outcomes(pool, &ids).await?;
         Ok((ids.len(), counts))
     })

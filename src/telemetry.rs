@@ -76,6 +76,20 @@ pub struct OutcomeLabel {
     pub outcome: Outcome,
 }
 
+crate::text_enum! {
+    /// What a verification fetch found.
+    pub enum FetchResult {
+        Found = "found",
+        Missing = "missing",
+        Failed = "failed",
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FetchLabel {
+    pub result: FetchResult,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteLabels {
     pub route: String,
@@ -94,6 +108,8 @@ pub struct Metrics {
     pub webhook_deliveries: Family<ResultLabel, Counter>,
     /// Stored deliveries applied, by outcome.
     pub webhook_events_applied: Family<OutcomeLabel, Counter>,
+    /// Objects fetched from PartnerStack to verify deliveries, by result.
+    pub webhook_fetches: Family<FetchLabel, Counter>,
     /// Deliveries committed per writer statement.
     pub ingest_batch_size: Histogram,
     /// Deliveries waiting for the writer.
@@ -113,6 +129,8 @@ pub struct Metrics {
     pub reconcile_repairs: Family<StreamLabel, Counter>,
     /// Rows marked deleted because a full scan no longer found them.
     pub reconcile_deletions: Family<StreamLabel, Counter>,
+    /// Requests the reconciler sent to PartnerStack (retries included), by stream.
+    pub reconcile_requests: Family<StreamLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -127,6 +145,7 @@ impl Metrics {
         let m = Metrics {
             webhook_deliveries: Family::default(),
             webhook_events_applied: Family::default(),
+            webhook_fetches: Family::default(),
             ingest_batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 11)),
             ingest_queue_depth: Gauge::default(),
             http_requests: Family::default(),
@@ -136,6 +155,7 @@ impl Metrics {
             reconcile_objects_changed: Family::default(),
             reconcile_repairs: Family::default(),
             reconcile_deletions: Family::default(),
+            reconcile_requests: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -153,6 +173,11 @@ impl Metrics {
                 Outcome::words()
             ),
             m.webhook_events_applied.clone(),
+        );
+        registry.register(
+            "webhook_fetches",
+            "Objects fetched from PartnerStack to verify webhook deliveries, by result",
+            m.webhook_fetches.clone(),
         );
         registry.register(
             "ingest_batch_size",
@@ -199,6 +224,11 @@ impl Metrics {
             "Rows marked deleted after a full scan no longer found them, by stream",
             m.reconcile_deletions.clone(),
         );
+        registry.register(
+            "reconcile_requests",
+            "Requests the reconciler sent to PartnerStack, retries included, by stream",
+            m.reconcile_requests.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -208,6 +238,12 @@ impl Metrics {
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry);
         out
+    }
+
+    pub fn webhook_fetch(&self, result: FetchResult) {
+        self.webhook_fetches
+            .get_or_create(&FetchLabel { result })
+            .inc();
     }
 
     pub fn delivery(&self, result: DeliveryResult) {

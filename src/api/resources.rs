@@ -20,7 +20,7 @@ use super::cursor::Position;
 use super::params::{boolean, text};
 use crate::columns;
 pub use crate::columns::{Customer, Deal, Group, Lead, Partner, Record, Reward, Transaction};
-use crate::db::events::Outcome;
+use crate::db::events::{AppliedFrom, Outcome};
 use crate::error::ApiError;
 
 /// The bookkeeping columns served with every object, in [`Record`]'s order (`raw` is
@@ -437,8 +437,16 @@ pub struct Event {
     /// The event name, normalised: lower case, `_` separated, `partner_*` as
     /// `partnership_*` (e.g. `customer_created`).
     pub event_type: Option<String>,
+    /// What became of it: `applied`, `stale` (the copy was as new or newer), `pending`
+    /// (not applied yet, or waiting for PartnerStack), `unknown_type`, `error`,
+    /// `unresolved` (no key, and nothing stored its natural key finds) or `unconfirmed`
+    /// (verified mode: PartnerStack does not know the object).
     pub outcome: Outcome,
-    /// Why the outcome is what it is (stale, unknown_type, error).
+    /// Where the applied state came from: `body` (the delivery itself) or `fetch`
+    /// (PartnerStack's answer when the service looked the object up).
+    pub applied_from: Option<AppliedFrom>,
+    /// Why the outcome is what it is (stale, unknown_type, error, unresolved,
+    /// unconfirmed, or what a pending delivery waits for).
     pub reason: Option<String>,
     pub received_at: DateTime<Utc>,
     pub applied_at: Option<DateTime<Utc>>,
@@ -465,7 +473,8 @@ pub struct EventFilters {
     #[serde(rename = "type")]
     #[param(rename = "type")]
     pub event_type: Option<String>,
-    /// Only events with this outcome: pending, applied, stale, unknown_type or error.
+    /// Only events with this outcome: pending, applied, stale, unknown_type, error,
+    /// unresolved or unconfirmed.
     pub outcome: Option<String>,
     /// Only events that carried the object with this key.
     pub entity_key: Option<String>,
@@ -489,8 +498,8 @@ impl Collection for Events {
     type Filters = EventFilters;
 
     fn columns() -> &'static str {
-        "t.id, t.event_type, t.outcome, t.outcome_reason AS reason, t.received_at, \
-         t.applied_at, t.entity, t.entity_key"
+        "t.id, t.event_type, t.outcome, t.applied_from, t.outcome_reason AS reason, \
+         t.received_at, t.applied_at, t.entity, t.entity_key"
     }
 
     fn filter(f: &EventFilters, q: &mut QueryBuilder<Postgres>) -> Result<(), ApiError> {

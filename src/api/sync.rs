@@ -4,6 +4,8 @@
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
+use std::time::Duration;
+
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -15,6 +17,7 @@ use super::params::{QueryParams, boolean, names};
 use super::{CommonErrors, KeyPath, NotFound};
 use crate::db::sync::{self, PassCounts, PassKind, StreamState};
 use crate::error::ApiError;
+use crate::reconcile::{Coverage, Freshness, freshness};
 use crate::state::AppState;
 
 /// The reconciler as this replica sees it.
@@ -37,6 +40,19 @@ pub struct StreamStatus {
     pub stream: String,
     /// Whether this replica's configuration reconciles it.
     pub enabled: bool,
+    /// `webhooks`: PartnerStack sends webhooks for it and passes repair what they miss;
+    /// `poll`: only passes keep it fresh.
+    pub coverage: Coverage,
+    /// Worst-case staleness now, in seconds: a change PartnerStack made this long ago may
+    /// not be in the copy yet (passes alone guarantee this much; webhooks usually do far
+    /// better). Null before the first completed pass.
+    pub staleness_seconds: Option<u64>,
+    /// Streams kept fresh by full scans (poll-only, no "updated since" filter): the
+    /// configured staleness bound, in seconds.
+    pub staleness_bound_seconds: Option<u64>,
+    /// The staleness the passes can achieve with the request budget, as the last scan
+    /// went, in seconds. Above `staleness_bound_seconds`, the bound is not met.
+    pub achievable_staleness_seconds: u64,
     /// Incremental passes read what changed since this (minus the overlap margin).
     pub watermark: Option<DateTime<Utc>>,
     /// When the last completed full scan began.
@@ -71,7 +87,7 @@ pub struct PassStatus {
     pub counts: PassCounts,
 }
 
-fn status(state: StreamState, enabled: bool) -> StreamStatus {
+fn status(state: StreamState, enabled: bool, freshness: Option<Freshness>) -> StreamStatus {
     let in_progress = state.pass_id.map(|_| PassStatus {
         kind: state.pass_kind,
         started_at: state.pass_started_at,
@@ -88,9 +104,14 @@ fn status(state: StreamState, enabled: bool) -> StreamStatus {
         error: state.last_error.clone(),
         counts: state.last,
     });
+    let seconds = |d: Duration| d.as_secs();
     StreamStatus {
         stream: state.stream,
         enabled,
+        coverage: freshness.map_or(Coverage::Poll, |f| f.coverage),
+        staleness_seconds: freshness.and_then(|f| f.staleness).map(seconds),
+        staleness_bound_seconds: freshness.and_then(|f| f.bound).map(seconds),
+        achievable_staleness_seconds: freshness.map_or(0, |f| seconds(f.achievable)),
         watermark: state.watermark,
         last_full_at: state.last_full_at,
         in_progress,
@@ -123,12 +144,15 @@ pub async fn sync_status(
         None => &[],
     };
     let rows = sync::load_all(&state.pool).await?;
+    let now = Utc::now();
+    let rps = state.config.partnerstack.requests_per_second;
     let streams = rows
         .into_iter()
         .map(|row| {
-            let enabled =
-                Entity::from_stream(&row.stream).is_some_and(|e| enabled_streams.contains(&e));
-            status(row, enabled)
+            let entity = Entity::from_stream(&row.stream);
+            let enabled = entity.is_some_and(|e| enabled_streams.contains(&e));
+            let freshness = entity.map(|e| freshness(&row, e, &state.config.reconcile, rps, now));
+            status(row, enabled, freshness)
         })
         .collect();
     Ok(Json(Item {

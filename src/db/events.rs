@@ -2,7 +2,8 @@
 
 use std::collections::HashMap;
 
-use sqlx::{PgConnection, PgPool};
+use chrono::{DateTime, Utc};
+use sqlx::{AssertSqlSafe, PgConnection, PgPool};
 
 crate::text_enum! {
     /// What became of a stored delivery (`webhook_events.outcome`, whose `CHECK` lists
@@ -18,6 +19,23 @@ crate::text_enum! {
         UnknownType = "unknown_type",
         /// The object could not be applied; the reason says why.
         Error = "error",
+        /// The body names no key, and no stored row matches its natural key
+        /// (`partner_key`, `customer_key`): nothing was applied; the reconciler brings
+        /// the object.
+        Unresolved = "unresolved",
+        /// Verified mode: PartnerStack does not know the object the delivery names (a
+        /// forgery, or an object gone since), so nothing was applied.
+        Unconfirmed = "unconfirmed",
+    }
+}
+
+crate::text_enum! {
+    /// Where an applied delivery's state came from.
+    pub enum AppliedFrom {
+        /// The delivery's own body.
+        Body = "body",
+        /// PartnerStack's answer to a fetch of the object the delivery named.
+        Fetch = "fetch",
     }
 }
 
@@ -102,37 +120,93 @@ pub async fn insert_batch(pool: &PgPool, events: &[NewEvent]) -> Result<Vec<Stor
 pub struct PendingEvent {
     pub id: i64,
     pub body: String,
+    pub received_at: DateTime<Utc>,
+    /// Earlier attempts to apply it that were put off (waiting for PartnerStack).
+    pub attempts: i32,
 }
 
-/// Locks up to `limit` pending deliveries (oldest first) for the caller's transaction,
-/// skipping rows another replica is applying. With `only`, just that delivery.
+/// The pending deliveries due now: not waiting for a later attempt, not leased by a
+/// replica fetching for them. Oldest first, skipping rows another transaction holds.
+const DUE: &str = "outcome = 'pending'
+    AND (next_attempt_at IS NULL OR next_attempt_at <= now())
+    AND (leased_until IS NULL OR leased_until < now())";
+
+/// Locks up to `limit` due deliveries (see [`DUE`]) for the caller's transaction, or,
+/// with `only`, those of them among `only`.
 pub async fn lock_pending(
     conn: &mut PgConnection,
-    only: Option<i64>,
+    only: Option<&[i64]>,
     limit: i64,
 ) -> Result<Vec<PendingEvent>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT id, body FROM webhook_events
-         WHERE outcome = 'pending' AND ($1::bigint IS NULL OR id = $1)
+    sqlx::query_as(AssertSqlSafe(format!(
+        "SELECT id, body, received_at, attempts FROM webhook_events
+         WHERE {DUE} AND ($1::bigint[] IS NULL OR id = ANY($1))
          ORDER BY id
          LIMIT $2
-         FOR UPDATE SKIP LOCKED",
-    )
+         FOR UPDATE SKIP LOCKED"
+    )))
     .bind(only)
     .bind(limit)
     .fetch_all(conn)
     .await
 }
 
+/// Leases up to `limit` due deliveries for `lease` (one statement, committed on return):
+/// the caller fetches from PartnerStack for them outside any transaction, and no other
+/// replica takes them up meanwhile. A lease that runs out (its holder died) frees them.
+pub async fn lease_pending(
+    pool: &PgPool,
+    limit: i64,
+    lease: std::time::Duration,
+) -> Result<Vec<PendingEvent>, sqlx::Error> {
+    sqlx::query_as(AssertSqlSafe(format!(
+        "UPDATE webhook_events SET leased_until = now() + $2 * interval '1 millisecond'
+         WHERE id IN (SELECT id FROM webhook_events WHERE {DUE}
+                      ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED)
+         RETURNING id, body, received_at, attempts"
+    )))
+    .bind(limit)
+    .bind(i64::try_from(lease.as_millis()).unwrap_or(i64::MAX))
+    .fetch_all(pool)
+    .await
+}
+
+/// Puts deliveries off until `at`, with the reason (they stay pending; the lease ends).
+pub async fn defer(
+    conn: &mut PgConnection,
+    ids: &[i64],
+    at: DateTime<Utc>,
+    reason: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE webhook_events
+         SET next_attempt_at = $2, outcome_reason = $3, attempts = attempts + 1,
+             leased_until = NULL
+         WHERE id = ANY($1)",
+    )
+    .bind(ids)
+    .bind(at)
+    .bind(reason)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
 /// Outcomes a stored delivery can be re-applied from (see `partnerstack-sync reapply`).
-pub const REAPPLICABLE: [Outcome; 2] = [Outcome::Error, Outcome::UnknownType];
+pub const REAPPLICABLE: [Outcome; 4] = [
+    Outcome::Error,
+    Outcome::UnknownType,
+    Outcome::Unresolved,
+    Outcome::Unconfirmed,
+];
 
 /// Marks the deliveries whose outcome is one of `outcomes` pending again, so the applier
 /// applies them anew (after an upgrade taught the service a new event, or once the cause
 /// of an error is gone). Returns their ids.
 pub async fn requeue(pool: &PgPool, outcomes: &[Outcome]) -> Result<Vec<i64>, sqlx::Error> {
     sqlx::query_scalar(
-        "UPDATE webhook_events SET outcome = 'pending'
+        "UPDATE webhook_events
+         SET outcome = 'pending', next_attempt_at = NULL, leased_until = NULL, attempts = 0
          WHERE outcome = ANY($1) AND outcome <> 'pending'
          RETURNING id",
     )
@@ -160,6 +234,8 @@ pub async fn count_outcomes(
 pub struct OutcomeRecord {
     pub id: i64,
     pub outcome: Outcome,
+    /// Where the applied state came from (applied and stale deliveries).
+    pub applied_from: Option<AppliedFrom>,
     pub reason: Option<String>,
     /// The table the delivery's object belongs to.
     pub entity: Option<&'static str>,
@@ -173,15 +249,18 @@ pub async fn record_outcomes(
 ) -> Result<(), sqlx::Error> {
     let ids: Vec<i64> = outcomes.iter().map(|o| o.id).collect();
     let names: Vec<Outcome> = outcomes.iter().map(|o| o.outcome).collect();
+    let from: Vec<Option<AppliedFrom>> = outcomes.iter().map(|o| o.applied_from).collect();
     let reasons: Vec<Option<String>> = outcomes.iter().map(|o| o.reason.clone()).collect();
     let entities: Vec<Option<&str>> = outcomes.iter().map(|o| o.entity).collect();
     let keys: Vec<Option<String>> = outcomes.iter().map(|o| o.entity_key.clone()).collect();
     sqlx::query(
         "UPDATE webhook_events e
          SET outcome = u.outcome, outcome_reason = u.reason, entity = u.entity,
-             entity_key = u.entity_key, applied_at = now()
-         FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[])
-              AS u(id, outcome, reason, entity, entity_key)
+             entity_key = u.entity_key, applied_from = u.applied_from, applied_at = now(),
+             next_attempt_at = NULL, leased_until = NULL
+         FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[],
+                     $6::text[])
+              AS u(id, outcome, reason, entity, entity_key, applied_from)
          WHERE e.id = u.id",
     )
     .bind(ids)
@@ -189,6 +268,7 @@ pub async fn record_outcomes(
     .bind(reasons)
     .bind(entities)
     .bind(keys)
+    .bind(from)
     .execute(conn)
     .await?;
     Ok(())

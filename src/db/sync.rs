@@ -48,6 +48,8 @@ pub struct PassCounts {
     pub deleted: i64,
     /// Objects PartnerStack sent that could not be read.
     pub invalid: i64,
+    /// HTTP requests sent to PartnerStack, retries included.
+    pub requests: i64,
     /// Keys a full scan recorded in `sync_seen` (checked before marking deletions).
     #[serde(skip)]
     pub marked: i64,
@@ -65,6 +67,7 @@ impl PassCounts {
         self.repairs += other.repairs;
         self.deleted += other.deleted;
         self.invalid += other.invalid;
+        self.requests += other.requests;
         self.marked += other.marked;
         self.unkeyed += other.unkeyed;
     }
@@ -76,6 +79,9 @@ pub struct StreamState {
     pub stream: String,
     pub watermark: Option<DateTime<Utc>>,
     pub last_full_at: Option<DateTime<Utc>>,
+    /// When the last completed full scan finished, and its pages: they plan the next.
+    pub last_full_finished_at: Option<DateTime<Utc>>,
+    pub last_full_pages: i64,
     pub pass_id: Option<i64>,
     pub pass_kind: Option<PassKind>,
     pub pass_started_at: Option<DateTime<Utc>>,
@@ -106,6 +112,8 @@ impl<'r> FromRow<'r, PgRow> for StreamState {
             stream: row.try_get("stream")?,
             watermark: row.try_get("watermark")?,
             last_full_at: row.try_get("last_full_at")?,
+            last_full_finished_at: row.try_get("last_full_finished_at")?,
+            last_full_pages: n("last_full_pages")?,
             pass_id: row.try_get("pass_id")?,
             pass_kind: row.try_get("pass_kind")?,
             pass_started_at: row.try_get("pass_started_at")?,
@@ -119,6 +127,7 @@ impl<'r> FromRow<'r, PgRow> for StreamState {
                 repairs: n("pass_repairs")?,
                 deleted: 0,
                 invalid: n("pass_invalid")?,
+                requests: n("pass_requests")?,
                 marked: n("pass_marked")?,
                 unkeyed: n("pass_unkeyed")?,
             },
@@ -134,6 +143,7 @@ impl<'r> FromRow<'r, PgRow> for StreamState {
                 repairs: n("last_repairs")?,
                 deleted: n("last_deleted")?,
                 invalid: n("last_invalid")?,
+                requests: n("last_requests")?,
                 marked: 0,
                 unkeyed: 0,
             },
@@ -197,7 +207,8 @@ pub async fn begin_pass(
              pass_id = nextval('sync_pass_ids'), pass_kind = $2, pass_started_at = now(),
              pass_min_updated = $3, pass_min_created = $4, pass_cursor = NULL,
              pass_pages = 0, pass_seen = 0, pass_changed = 0, pass_repairs = 0, pass_invalid = 0,
-             pass_marked = 0, pass_unkeyed = 0, requested_at = NULL, requested_full = false,
+             pass_marked = 0, pass_unkeyed = 0, pass_requests = 0,
+             requested_at = NULL, requested_full = false,
              runner = $5
          WHERE stream = $1
          RETURNING pass_id, pass_started_at",
@@ -247,7 +258,7 @@ pub async fn record_page(
              pass_cursor = $3, pass_pages = pass_pages + $8, pass_seen = pass_seen + $4,
              pass_changed = pass_changed + $5, pass_repairs = pass_repairs + $6,
              pass_invalid = pass_invalid + $7, pass_marked = pass_marked + $9,
-             pass_unkeyed = pass_unkeyed + $10
+             pass_unkeyed = pass_unkeyed + $10, pass_requests = pass_requests + $11
          WHERE stream = $1 AND pass_id = $2",
     )
     .bind(stream)
@@ -260,6 +271,7 @@ pub async fn record_page(
     .bind(page.pages)
     .bind(page.marked)
     .bind(page.unkeyed)
+    .bind(page.requests)
     .execute(conn)
     .await?;
     Ok(updated.rows_affected() == 1)
@@ -402,6 +414,9 @@ pub async fn finish_pass(
         "UPDATE sync_streams SET
              watermark = pass_started_at,
              last_full_at = CASE WHEN $3 THEN pass_started_at ELSE last_full_at END,
+             last_full_finished_at = CASE WHEN $3 THEN now() ELSE last_full_finished_at END,
+             last_full_pages = CASE WHEN $3 THEN pass_pages ELSE last_full_pages END,
+             last_requests = pass_requests,
              last_kind = pass_kind, last_started_at = pass_started_at, last_finished_at = now(),
              last_status = CASE WHEN $6::text IS NULL THEN 'ok' ELSE 'error' END,
              last_error = $6,
@@ -412,7 +427,7 @@ pub async fn finish_pass(
              pass_id = NULL, pass_kind = NULL, pass_started_at = NULL, pass_min_updated = NULL,
              pass_min_created = NULL, pass_cursor = NULL, pass_pages = 0, pass_seen = 0,
              pass_changed = 0, pass_repairs = 0, pass_invalid = 0, pass_marked = 0,
-             pass_unkeyed = 0
+             pass_unkeyed = 0, pass_requests = 0
          WHERE stream = $1 AND pass_id = $2",
     )
     .bind(stream)
@@ -442,6 +457,7 @@ pub async fn fail_pass(
              last_finished_at = now(), last_status = 'error', last_error = $2,
              last_pages = pass_pages, last_seen = pass_seen, last_changed = pass_changed,
              last_repairs = pass_repairs, last_deleted = 0, last_invalid = pass_invalid,
+             last_requests = pass_requests,
              total_repairs = total_repairs + CASE WHEN $3 THEN pass_repairs ELSE 0 END,
              failures = failures + 1, next_attempt_at = $4,
              pass_id = CASE WHEN $3 THEN NULL ELSE pass_id END,
@@ -454,7 +470,8 @@ pub async fn fail_pass(
              pass_repairs = CASE WHEN $3 THEN 0 ELSE pass_repairs END,
              pass_invalid = CASE WHEN $3 THEN 0 ELSE pass_invalid END,
              pass_marked = CASE WHEN $3 THEN 0 ELSE pass_marked END,
-             pass_unkeyed = CASE WHEN $3 THEN 0 ELSE pass_unkeyed END
+             pass_unkeyed = CASE WHEN $3 THEN 0 ELSE pass_unkeyed END,
+             pass_requests = CASE WHEN $3 THEN 0 ELSE pass_requests END
          WHERE stream = $1",
     )
     .bind(stream)

@@ -1,196 +1,666 @@
 //! Applies stored deliveries to the entity tables, through the one door.
 //!
 //! Works from the database, not from memory: it takes `pending` deliveries (oldest first,
-//! `FOR UPDATE SKIP LOCKED`, so replicas share the work), applies them and records each
-//! outcome in the same transaction. Deliveries stored just before a crash are therefore
-//! applied after the restart, and re-applying is harmless (the newer-wins rule makes it
-//! `stale`). A delivery that cannot be applied (unknown event, unexpected shape) keeps
-//! its raw body and gets an outcome with the reason.
+//! `SKIP LOCKED`, so replicas share the work), applies them and records each outcome in
+//! the same transaction. Deliveries stored just before a crash are therefore applied after
+//! the restart, and re-applying is harmless (the newer-wins rule makes it `stale`).
+//!
+//! Two modes (`webhooks.verification`):
+//! - **body**: a delivery's body is applied as it is, in the transaction that locked it.
+//!   A body without a key (PartnerStack's documented partnership sample) updates the
+//!   stored row its `partner_key` or `customer_key` finds; none found, it is `unresolved`.
+//! - **fetch**: the deliveries are leased (one committed statement), the objects they
+//!   name are fetched from PartnerStack outside any transaction ([`super::verify`]), and
+//!   PartnerStack's answers are applied. An object PartnerStack does not know (yet: new
+//!   customers can take minutes to become readable) is looked for again with back-off,
+//!   until `webhooks.confirm_within` after the delivery arrived; then it is `unconfirmed`.
+//!
+//! A delivery that cannot be applied (unknown event, unexpected shape) keeps its raw body
+//! and gets an outcome with the reason. When the database refuses a batch for one bad
+//! object, the batch is split in halves until the culprit stands alone: one poison object
+//! costs a few statements, not a batch of single ones.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::PgPool;
+use chrono::{DateTime, Utc};
+use partnerstack::Entity;
+use partnerstack::models::Meta;
+use partnerstack::webhook::{self, EventKind};
+use partnerstack::wire;
+use serde_json::{Map, Value};
+use sqlx::{AssertSqlSafe, PgConnection, PgPool, Postgres, Transaction};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use partnerstack::webhook;
-
+use super::verify::{Fetched, Lookup, Verifier};
 use crate::apply::{self, Applied, Observation, Source};
 use crate::columns;
-use crate::db::events::{self, Outcome, OutcomeRecord, PendingEvent};
+use crate::db::events::{self, AppliedFrom, Outcome, OutcomeRecord, PendingEvent};
 use crate::db::is_transient_error;
 use crate::telemetry::{Metrics, OutcomeLabel};
 
 /// Deliveries applied per transaction.
 const BATCH: i64 = 256;
 /// How often pending deliveries are looked for without a nudge (deliveries stored by
-/// another replica that died, or left by an earlier error).
+/// another replica that died, deliveries put off until later, earlier errors).
 const POLL: Duration = Duration::from_secs(1);
+/// In fetch mode, how long the applier lets deliveries gather after a nudge, so a burst
+/// of deliveries about one object shares one fetch.
+const GATHER: Duration = Duration::from_millis(200);
+/// How long leased deliveries are reserved for the replica fetching for them; a lease
+/// that runs out (its holder died) frees them for another.
+const LEASE: Duration = Duration::from_secs(600);
+/// The first wait before a fetch that failed or found nothing is tried again; it doubles
+/// per attempt, up to [`MAX_RETRY`].
+const FIRST_RETRY: Duration = Duration::from_secs(5);
+const MAX_RETRY: Duration = Duration::from_secs(120);
 
-/// Runs until `stop` is cancelled, then applies what is left and returns.
-pub async fn run(
+/// The applier: a pool, the metrics, and a verifier in fetch mode.
+#[derive(Clone)]
+pub struct Applier {
     pool: PgPool,
-    stored: Arc<Notify>,
-    stop: CancellationToken,
     metrics: Arc<Metrics>,
-) {
-    let mut failures = 0u32;
-    loop {
-        match drain(&pool, &metrics).await {
-            Ok(()) => failures = 0,
-            Err(e) => {
-                failures = failures.saturating_add(1);
-                tracing::warn!(error = %e, "applying stored deliveries failed; will retry");
-            }
-        }
-        // Back off while the database is failing, up to 30 s.
-        let wait = POLL * 2u32.saturating_pow(failures.min(5)).min(30);
-        tokio::select! {
-            _ = stored.notified() => {}
-            _ = tokio::time::sleep(wait) => {}
-            _ = stop.cancelled() => break,
-        }
-    }
-    if let Err(e) = drain(&pool, &metrics).await {
-        tracing::warn!(error = %e, "stored deliveries left pending at shutdown; they are applied at the next start");
-    }
+    verifier: Option<Verifier>,
 }
 
-/// Applies pending deliveries until none are left.
-pub async fn drain(pool: &PgPool, metrics: &Metrics) -> Result<(), sqlx::Error> {
-    while apply_pending(pool, metrics).await? > 0 {}
-    Ok(())
-}
+impl Applier {
+    /// `verifier` is `Some` in fetch mode.
+    pub fn new(pool: PgPool, metrics: Arc<Metrics>, verifier: Option<Verifier>) -> Applier {
+        Applier {
+            pool,
+            metrics,
+            verifier,
+        }
+    }
 
-/// Applies one batch of pending deliveries; returns how many were handled.
-pub async fn apply_pending(pool: &PgPool, metrics: &Metrics) -> Result<usize, sqlx::Error> {
-    match apply_events(pool, None, BATCH, metrics).await? {
-        Step::Done(n) => Ok(n),
-        // One bad object made the database reject the batch: apply the deliveries one by
-        // one, so only the culprit is marked.
-        Step::Rejected { ids, .. } => {
-            for &id in &ids {
-                if let Step::Rejected { error, .. } =
-                    apply_events(pool, Some(id), 1, metrics).await?
-                {
-                    mark_error(pool, id, &error, metrics).await?;
+    /// Runs until `stop` is cancelled, then applies what is left and returns.
+    pub async fn run(self, stored: Arc<Notify>, stop: CancellationToken) {
+        let mut failures = 0u32;
+        loop {
+            match self.drain().await {
+                Ok(()) => failures = 0,
+                Err(e) => {
+                    failures = failures.saturating_add(1);
+                    tracing::warn!(error = %e, "applying stored deliveries failed; will retry");
                 }
             }
-            Ok(ids.len())
+            // Back off while the database is failing, up to 30 s.
+            let wait = POLL * 2u32.saturating_pow(failures.min(5)).min(30);
+            tokio::select! {
+                _ = stored.notified() => {
+                    if self.verifier.is_some() {
+                        tokio::time::sleep(GATHER).await;
+                    }
+                }
+                _ = tokio::time::sleep(wait) => {}
+                _ = stop.cancelled() => break,
+            }
+        }
+        if let Err(e) = self.drain().await {
+            tracing::warn!(error = %e, "stored deliveries left pending at shutdown; they are applied at the next start");
         }
     }
-}
 
-enum Step {
-    Done(usize),
-    /// The database refused the data (not a connection problem); nothing was committed.
-    Rejected {
-        ids: Vec<i64>,
-        error: sqlx::Error,
-    },
-}
+    /// Applies due deliveries until none are left.
+    pub async fn drain(&self) -> Result<(), sqlx::Error> {
+        while self.apply_batch().await? > 0 {}
+        Ok(())
+    }
 
-#[tracing::instrument(name = "apply_batch", skip_all, fields(limit = limit, only = ?only))]
-async fn apply_events(
-    pool: &PgPool,
-    only: Option<i64>,
-    limit: i64,
-    metrics: &Metrics,
-) -> Result<Step, sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    let pending = events::lock_pending(&mut tx, only, limit).await?;
-    if pending.is_empty() {
+    /// Applies one batch of due deliveries; returns how many were taken up.
+    #[tracing::instrument(name = "apply_batch", skip_all, fields(verified = self.verifier.is_some()))]
+    pub async fn apply_batch(&self) -> Result<usize, sqlx::Error> {
+        match &self.verifier {
+            None => self.apply_trusting().await,
+            Some(verifier) => self.apply_verifying(verifier).await,
+        }
+    }
+
+    /// Body mode: lock, apply and record in one transaction.
+    async fn apply_trusting(&self) -> Result<usize, sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        let pending = events::lock_pending(&mut tx, None, BATCH).await?;
+        if pending.is_empty() {
+            tx.commit().await?;
+            return Ok(0);
+        }
+        let plans: Vec<Planned> = pending.iter().map(|e| plan(e, false)).collect();
+        if let Rejected::Yes = self.commit(tx, &plans, &[]).await? {
+            self.isolate(plans, true).await?;
+        }
+        Ok(pending.len())
+    }
+
+    /// Fetch mode: lease, fetch outside any transaction, then apply and record.
+    async fn apply_verifying(&self, verifier: &Verifier) -> Result<usize, sqlx::Error> {
+        let pending = events::lease_pending(&self.pool, BATCH, LEASE).await?;
+        if pending.is_empty() {
+            return Ok(0);
+        }
+        let mut plans: Vec<Planned> = pending.iter().map(|e| plan(e, true)).collect();
+        let lookups = plans.iter().filter_map(|p| match &p.plan {
+            Plan::Fetch { lookup, .. } => Some(lookup.clone()),
+            _ => None,
+        });
+        let answers = verifier.fetch_all(lookups, &self.metrics).await;
+        for (planned, event) in plans.iter_mut().zip(&pending) {
+            if let Plan::Fetch { kind, lookup, body } = &planned.plan {
+                let answer = answers
+                    .by_lookup
+                    .get(lookup)
+                    .cloned()
+                    .unwrap_or_else(|| Fetched::Failed("no answer".into()));
+                planned.plan = settle(*kind, body, answer, event, verifier.confirm_within);
+            }
+        }
+        // The other objects lookup pages returned are PartnerStack's state too: applied
+        // with the batch (they have no delivery of their own to record).
+        let extra: Vec<Observation> = answers
+            .others
+            .into_iter()
+            .filter_map(|(entity, object)| Observation::parse(entity, object, false).ok())
+            .collect();
+        let tx = self.pool.begin().await?;
+        if let Rejected::Yes = self.commit(tx, &plans, &extra).await? {
+            // Isolating the culprit among the deliveries; the extra objects wait for a
+            // reconcile pass.
+            self.isolate(plans, false).await?;
+        }
+        Ok(pending.len())
+    }
+
+    /// Applies `plans` and records their outcomes in `tx`, then commits. `Rejected::Yes`
+    /// (rolled back) when the database refused the data; passing failures are errors.
+    async fn commit(
+        &self,
+        mut tx: Transaction<'_, Postgres>,
+        plans: &[Planned],
+        extra: &[Observation],
+    ) -> Result<Rejected, sqlx::Error> {
+        let mut outcomes = Vec::with_capacity(plans.len());
+        let mut observations = Vec::with_capacity(plans.len());
+        // For each observation, the index of its outcome and where its state came from.
+        let mut slots = Vec::with_capacity(plans.len());
+        let mut deferred: Vec<(DateTime<Utc>, String, i64)> = Vec::new();
+        for planned in plans {
+            let resolved = match &planned.plan {
+                Plan::Merge { kind, body, from } => merge(&mut tx, *kind, body, *from).await?,
+                other => other.clone(),
+            };
+            match resolved {
+                Plan::Apply(observation, from) => {
+                    slots.push((outcomes.len(), from));
+                    outcomes.push(OutcomeRecord {
+                        id: planned.id,
+                        outcome: Outcome::Applied,
+                        applied_from: Some(from),
+                        reason: None,
+                        entity: Some(columns::table(observation.entity)),
+                        entity_key: Some(observation.key.clone()),
+                    });
+                    observations.push(observation);
+                }
+                Plan::Done(outcome, entity, reason) => outcomes.push(OutcomeRecord {
+                    id: planned.id,
+                    outcome,
+                    applied_from: None,
+                    reason: Some(reason),
+                    entity: entity.map(columns::table),
+                    entity_key: None,
+                }),
+                Plan::Defer { at, reason } => deferred.push((at, reason, planned.id)),
+                Plan::Fetch { .. } | Plan::Merge { .. } => {
+                    // Settled before commit; a plan left unsettled waits for a retry.
+                    let at = Utc::now() + backoff(0);
+                    deferred.push((at, "not fetched yet".into(), planned.id));
+                }
+            }
+        }
+        let named = observations.len();
+        observations.extend_from_slice(extra);
+        let results = match apply::apply(&mut tx, Source::Webhook, &observations).await {
+            Ok(r) => r,
+            Err(e) if is_transient_error(&e) => return Err(e),
+            Err(e) => {
+                tracing::warn!(error = %e, deliveries = plans.len(), "the database refused a batch; isolating the culprit");
+                tx.rollback().await?;
+                return Ok(Rejected::Yes);
+            }
+        };
+        for (&(slot, _), result) in slots.iter().zip(results.into_iter().take(named)) {
+            if result == Applied::Stale {
+                outcomes[slot].outcome = Outcome::Stale;
+                outcomes[slot].reason = Some("the stored row is as new or newer".into());
+            }
+        }
+        events::record_outcomes(&mut tx, &outcomes).await?;
+        for (at, reason, id) in &deferred {
+            events::defer(&mut tx, &[*id], *at, reason).await?;
+        }
         tx.commit().await?;
-        return Ok(Step::Done(0));
-    }
-    let mut outcomes = Vec::with_capacity(pending.len());
-    let mut observations = Vec::with_capacity(pending.len());
-    let mut observed_at = Vec::with_capacity(pending.len());
-    for event in &pending {
-        match interpret(event) {
-            Ok(o) => {
-                observed_at.push(outcomes.len());
-                outcomes.push(OutcomeRecord {
-                    id: event.id,
-                    outcome: Outcome::Applied,
-                    reason: None,
-                    entity: Some(columns::table(o.entity)),
-                    entity_key: Some(o.key.clone()),
-                });
-                observations.push(o);
-            }
-            Err(outcome) => outcomes.push(outcome),
+        for o in &outcomes {
+            self.metrics
+                .webhook_events_applied
+                .get_or_create(&OutcomeLabel { outcome: o.outcome })
+                .inc();
         }
+        Ok(Rejected::No)
     }
-    let results = match apply::apply(&mut tx, Source::Webhook, &observations).await {
-        Ok(r) => r,
-        Err(e) if is_transient_error(&e) => return Err(e),
-        Err(error) => {
-            tx.rollback().await?;
-            let ids = pending.iter().map(|e| e.id).collect();
-            return Ok(Step::Rejected { ids, error });
-        }
-    };
-    for (&slot, result) in observed_at.iter().zip(results) {
-        if result == Applied::Stale {
-            outcomes[slot].outcome = Outcome::Stale;
-            outcomes[slot].reason = Some("the stored row is as new or newer".into());
-        }
-    }
-    events::record_outcomes(&mut tx, &outcomes).await?;
-    tx.commit().await?;
-    for o in &outcomes {
-        metrics
-            .webhook_events_applied
-            .get_or_create(&OutcomeLabel { outcome: o.outcome })
-            .inc();
-    }
-    Ok(Step::Done(pending.len()))
-}
 
-/// Reads a stored delivery as an observation, or says why it cannot be applied.
-fn interpret(event: &PendingEvent) -> Result<Observation, OutcomeRecord> {
-    let (outcome, entity, reason) = match webhook::read(&event.body) {
-        webhook::Reading::Object { kind, object } => {
-            match Observation::parse(kind.entity, object, kind.deleted) {
-                Ok(o) => return Ok(o),
-                Err(reason) => (Outcome::Error, Some(kind.entity), reason),
+    /// A refused batch, split in halves until each refused delivery stands alone and is
+    /// marked `error`. With `relock`, each part locks its deliveries again (body mode:
+    /// the refused transaction's locks are gone); leased deliveries need no lock.
+    async fn isolate(&self, plans: Vec<Planned>, relock: bool) -> Result<(), sqlx::Error> {
+        let mut parts = vec![plans];
+        while let Some(mut part) = parts.pop() {
+            let mut tx = self.pool.begin().await?;
+            if relock {
+                let ids: Vec<i64> = part.iter().map(|p| p.id).collect();
+                let locked: Vec<i64> = events::lock_pending(&mut tx, Some(&ids), BATCH)
+                    .await?
+                    .into_iter()
+                    .map(|e| e.id)
+                    .collect();
+                // Another replica may have taken some up meanwhile.
+                part.retain(|p| locked.contains(&p.id));
+                if part.is_empty() {
+                    tx.commit().await?;
+                    continue;
+                }
+            }
+            if let Rejected::No = self.commit(tx, &part, &[]).await? {
+                continue;
+            }
+            if part.len() == 1 {
+                self.mark_refused(part[0].id).await?;
+            } else {
+                let second = part.split_off(part.len() / 2);
+                parts.push(second);
+                parts.push(part);
             }
         }
-        webhook::Reading::UnknownType(reason) => (Outcome::UnknownType, None, reason),
-        webhook::Reading::Invalid(reason) => (Outcome::Error, None, reason),
-    };
-    Err(OutcomeRecord {
-        id: event.id,
-        outcome,
-        reason: Some(reason),
-        entity: entity.map(columns::table),
-        entity_key: None,
-    })
-}
+        Ok(())
+    }
 
-async fn mark_error(
-    pool: &PgPool,
-    id: i64,
-    error: &sqlx::Error,
-    metrics: &Metrics,
-) -> Result<(), sqlx::Error> {
-    tracing::warn!(event_id = id, error = %error, "the database rejected a delivery's object");
-    let mut conn = pool.acquire().await?;
-    let outcome = OutcomeRecord {
-        id,
-        outcome: Outcome::Error,
-        reason: Some(format!("the database rejected the object: {error}")),
-        entity: None,
-        entity_key: None,
-    };
-    events::record_outcomes(&mut conn, std::slice::from_ref(&outcome)).await?;
-    metrics
-        .webhook_events_applied
-        .get_or_create(&OutcomeLabel {
+    async fn mark_refused(&self, id: i64) -> Result<(), sqlx::Error> {
+        tracing::warn!(event_id = id, "the database refused a delivery's object");
+        let mut conn = self.pool.acquire().await?;
+        let outcome = OutcomeRecord {
+            id,
             outcome: Outcome::Error,
-        })
-        .inc();
-    Ok(())
+            applied_from: None,
+            reason: Some("the database refused the object (see the service log)".into()),
+            entity: None,
+            entity_key: None,
+        };
+        events::record_outcomes(&mut conn, std::slice::from_ref(&outcome)).await?;
+        self.metrics
+            .webhook_events_applied
+            .get_or_create(&OutcomeLabel {
+                outcome: Outcome::Error,
+            })
+            .inc();
+        Ok(())
+    }
+}
+
+/// Whether the database refused a batch's data (it was rolled back).
+enum Rejected {
+    Yes,
+    No,
+}
+
+/// A delivery and what to do with it.
+#[derive(Debug, Clone)]
+struct Planned {
+    id: i64,
+    plan: Plan,
+}
+
+#[derive(Debug, Clone)]
+enum Plan {
+    /// Apply this observation.
+    Apply(Observation, AppliedFrom),
+    /// Nothing to apply: record this outcome (with the entity, when known) and reason.
+    Done(Outcome, Option<Entity>, String),
+    /// A body without a key, applied onto the stored row its natural key finds (body
+    /// mode; or a deletion PartnerStack confirmed, in fetch mode).
+    Merge {
+        kind: EventKind,
+        body: Value,
+        from: AppliedFrom,
+    },
+    /// Fetch mode: ask PartnerStack.
+    Fetch {
+        kind: EventKind,
+        lookup: Lookup,
+        body: Value,
+    },
+    /// Try again at `at`.
+    Defer { at: DateTime<Utc>, reason: String },
+}
+
+/// What to do with a stored delivery, before anything is fetched.
+fn plan(event: &PendingEvent, verify: bool) -> Planned {
+    let plan = match webhook::read(&event.body) {
+        webhook::Reading::UnknownType(reason) => Plan::Done(Outcome::UnknownType, None, reason),
+        webhook::Reading::Invalid(reason) => Plan::Done(Outcome::Error, None, reason),
+        // A `key` that does not read (an array, a blank string) makes the object malformed,
+        // not keyless.
+        webhook::Reading::Object { kind, object }
+            if object.get("key").is_some_and(|k| !k.is_null())
+                && Meta::identity_of(&object).is_none() =>
+        {
+            let reason = Observation::parse(kind.entity, object, kind.deleted)
+                .err()
+                .unwrap_or_else(|| "the key does not read".into());
+            Plan::Done(Outcome::Error, Some(kind.entity), reason)
+        }
+        webhook::Reading::Object { kind, object } if verify => {
+            match Lookup::for_body(kind.entity, &object) {
+                Some(lookup) => Plan::Fetch {
+                    kind,
+                    lookup,
+                    body: object,
+                },
+                None => unresolved(kind.entity),
+            }
+        }
+        webhook::Reading::Object { kind, object } => {
+            if Meta::identity_of(&object).is_some() {
+                match Observation::parse(kind.entity, object, kind.deleted) {
+                    Ok(o) => Plan::Apply(o, AppliedFrom::Body),
+                    Err(reason) => Plan::Done(Outcome::Error, Some(kind.entity), reason),
+                }
+            } else if natural_key(kind.entity, &object).is_some() {
+                Plan::Merge {
+                    kind,
+                    body: object,
+                    from: AppliedFrom::Body,
+                }
+            } else {
+                unresolved(kind.entity)
+            }
+        }
+    };
+    Planned { id: event.id, plan }
+}
+
+fn unresolved(entity: Entity) -> Plan {
+    Plan::Done(
+        Outcome::Unresolved,
+        Some(entity),
+        format!(
+            "the {} names no key (and nothing else it can be found by); a reconcile pass \
+             brings it",
+            entity.name()
+        ),
+    )
+}
+
+/// What PartnerStack's answer means for one delivery (whose body was `body`).
+fn settle(
+    kind: EventKind,
+    body: &Value,
+    answer: Fetched,
+    event: &PendingEvent,
+    confirm_within: Duration,
+) -> Plan {
+    let entity = kind.entity;
+    match answer {
+        Fetched::Found(object) => {
+            // PartnerStack's current state, whatever the delivery said; an archived
+            // customer is a deletion.
+            match Observation::parse(entity, object, false) {
+                Ok(o) => Plan::Apply(o, AppliedFrom::Fetch),
+                Err(reason) => Plan::Done(
+                    Outcome::Error,
+                    Some(entity),
+                    format!("PartnerStack's answer could not be read: {reason}"),
+                ),
+            }
+        }
+        // The deletion is confirmed: mark the row the delivery named, by its key, or by
+        // its natural key when it carries none.
+        Fetched::Missing if kind.deleted => match Meta::identity_of(body) {
+            Some(key) => match Observation::parse(entity, serde_json::json!({"key": key}), true) {
+                Ok(o) => Plan::Apply(o, AppliedFrom::Fetch),
+                Err(reason) => Plan::Done(Outcome::Error, Some(entity), reason),
+            },
+            None => Plan::Merge {
+                kind,
+                body: body.clone(),
+                from: AppliedFrom::Fetch,
+            },
+        },
+        Fetched::Missing => {
+            let waited = (Utc::now() - event.received_at)
+                .to_std()
+                .unwrap_or_default();
+            if waited < confirm_within {
+                Plan::Defer {
+                    at: Utc::now() + backoff(event.attempts),
+                    reason: format!(
+                        "PartnerStack does not know this {} yet; looking again",
+                        entity.name()
+                    ),
+                }
+            } else {
+                Plan::Done(
+                    Outcome::Unconfirmed,
+                    Some(entity),
+                    format!(
+                        "PartnerStack did not know this {} within {}; nothing applied",
+                        entity.name(),
+                        humantime::format_duration(confirm_within)
+                    ),
+                )
+            }
+        }
+        Fetched::Failed(error) => Plan::Defer {
+            at: Utc::now() + backoff(event.attempts),
+            reason: format!("fetching from PartnerStack failed: {error}"),
+        },
+    }
+}
+
+fn backoff(attempts: i32) -> chrono::Duration {
+    let wait = FIRST_RETRY
+        .saturating_mul(2u32.saturating_pow(attempts.clamp(0, 16) as u32))
+        .min(MAX_RETRY);
+    chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::MAX)
+}
+
+/// The natural key a keyless body can be resolved by: (column, value).
+fn natural_key(entity: Entity, body: &Value) -> Option<(&'static str, String)> {
+    let column = match entity {
+        Entity::Partner => "partner_key",
+        Entity::Customer => "customer_key",
+        _ => return None,
+    };
+    let value = body
+        .get(column)
+        .and_then(|v| wire::parse_string(v).ok().flatten())
+        .filter(|v| !v.trim().is_empty())?;
+    Some((column, value))
+}
+
+/// A keyless body laid over the stored row its natural key finds, keeping the row's key
+/// and times (so the one door's rules decide as for any body), or `unresolved`.
+async fn merge(
+    conn: &mut PgConnection,
+    kind: EventKind,
+    body: &Value,
+    from: AppliedFrom,
+) -> Result<Plan, sqlx::Error> {
+    let entity = kind.entity;
+    let Some((column, value)) = natural_key(entity, body) else {
+        return Ok(unresolved(entity));
+    };
+    let table = columns::table(entity);
+    let stored: Option<Value> = sqlx::query_scalar(AssertSqlSafe(format!(
+        "SELECT raw FROM {table} WHERE {column} = $1
+         ORDER BY (deleted_at IS NULL) DESC, created_at DESC, key DESC LIMIT 1"
+    )))
+    .bind(&value)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some(Value::Object(mut merged)) = stored else {
+        return Ok(Plan::Done(
+            Outcome::Unresolved,
+            Some(entity),
+            format!(
+                "no stored {} has {column} {value:?}; a reconcile pass brings it",
+                entity.name()
+            ),
+        ));
+    };
+    let Value::Object(fields) = body else {
+        return Ok(unresolved(entity));
+    };
+    for (field, new) in fields {
+        match field.as_str() {
+            // Not the object's own: its internal id, and the key/times it does not carry.
+            "id" | "key" | "created_at" | "updated_at" => {}
+            "group" => {
+                if let Some(group) = resolve_group(conn, new, merged.get("group")).await? {
+                    merged.insert("group".into(), group);
+                }
+            }
+            _ => {
+                merged.insert(field.clone(), new.clone());
+            }
+        }
+    }
+    let deleted = kind.deleted
+        || body
+            .get("archived")
+            .is_some_and(|a| wire::parse_bool(a).ok().flatten() == Some(true));
+    Ok(
+        match Observation::parse(entity, Value::Object(merged), deleted) {
+            Ok(o) => Plan::Apply(o, from),
+            Err(reason) => Plan::Done(Outcome::Error, Some(entity), reason),
+        },
+    )
+}
+
+/// A body's group (which names no key, only an internal id, a name and a slug) as a
+/// stored group: the stored row's own when it is the same group, else the group the slug
+/// (or name) finds. `None` when it cannot be resolved: the stored group stays.
+async fn resolve_group(
+    conn: &mut PgConnection,
+    body_group: &Value,
+    stored_group: Option<&Value>,
+) -> Result<Option<Value>, sqlx::Error> {
+    let text = |v: &Value, field: &str| {
+        v.get(field)
+            .and_then(|x| wire::parse_string(x).ok().flatten())
+    };
+    if body_group.is_null() {
+        return Ok(Some(Value::Null));
+    }
+    let (slug, name) = (text(body_group, "slug"), text(body_group, "name"));
+    if let Some(stored) = stored_group
+        && (slug.is_some() && text(stored, "slug") == slug
+            || slug.is_none() && name.is_some() && text(stored, "name") == name)
+    {
+        return Ok(Some(stored.clone()));
+    }
+    let found: Option<(String, Option<String>, Option<String>)> = sqlx::query_as(
+        "SELECT key, name, slug FROM groups
+         WHERE deleted_at IS NULL AND (slug = $1 OR lower(name) = lower($2))
+         ORDER BY (slug = $1) DESC NULLS LAST LIMIT 1",
+    )
+    .bind(&slug)
+    .bind(&name)
+    .fetch_optional(&mut *conn)
+    .await?;
+    Ok(found.map(|(key, name, slug)| {
+        let mut group = Map::new();
+        group.insert("key".into(), Value::String(key));
+        group.insert("name".into(), name.map_or(Value::Null, Value::String));
+        group.insert("slug".into(), slug.map_or(Value::Null, Value::String));
+        Value::Object(group)
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(body: &str) -> PendingEvent {
+        PendingEvent {
+            id: 1,
+            body: body.to_string(),
+            received_at: Utc::now(),
+            attempts: 0,
+        }
+    }
+
+    #[test]
+    fn keyless_bodies_are_merged_or_unresolved_never_keyed_by_their_id() {
+        let sample = r#"{"id": 123, "partner_key": "JohnSmith", "event": "partnership_created", "archived": "false"}"#;
+        assert!(matches!(
+            plan(&event(sample), false).plan,
+            Plan::Merge { .. }
+        ));
+        let no_natural = r#"{"id": 123, "event": "partnership_updated"}"#;
+        assert!(matches!(
+            plan(&event(no_natural), false).plan,
+            Plan::Done(Outcome::Unresolved, Some(Entity::Partner), _)
+        ));
+        assert!(matches!(
+            plan(&event(sample), true).plan,
+            Plan::Fetch {
+                lookup: Lookup::Get { .. },
+                ..
+            }
+        ));
+        let team = r#"{"id": 5, "event": "partner_team.created", "partner_key": "x"}"#;
+        assert!(matches!(
+            plan(&event(team), false).plan,
+            Plan::Done(Outcome::UnknownType, None, _)
+        ));
+    }
+
+    #[test]
+    fn a_missing_object_is_looked_for_again_then_unconfirmed() {
+        let kind = EventKind {
+            entity: Entity::Customer,
+            deleted: false,
+        };
+        let body = serde_json::json!({"customer_key": "c-1"});
+        let fresh = event("{}");
+        let within = Duration::from_secs(900);
+        assert!(matches!(
+            settle(kind, &body, Fetched::Missing, &fresh, within),
+            Plan::Defer { .. }
+        ));
+        let old = PendingEvent {
+            received_at: Utc::now() - chrono::Duration::minutes(16),
+            ..event("{}")
+        };
+        assert!(matches!(
+            settle(kind, &body, Fetched::Missing, &old, within),
+            Plan::Done(Outcome::Unconfirmed, ..)
+        ));
+        // A failure is never taken for an answer.
+        assert!(matches!(
+            settle(kind, &body, Fetched::Failed("503".into()), &old, within),
+            Plan::Defer { .. }
+        ));
+        // A deletion PartnerStack confirms (the object is gone) marks the row.
+        let deleted = EventKind {
+            entity: Entity::Customer,
+            deleted: true,
+        };
+        let keyed = serde_json::json!({"key": "cust_1", "customer_key": "c-1"});
+        assert!(matches!(
+            settle(deleted, &keyed, Fetched::Missing, &fresh, within),
+            Plan::Apply(ref o, AppliedFrom::Fetch) if o.deleted && o.key == "cust_1"
+        ));
+        assert_eq!(backoff(0), chrono::Duration::seconds(5));
+        assert_eq!(backoff(30), chrono::Duration::seconds(120));
+    }
 }

@@ -98,6 +98,11 @@ impl Reconciler {
         &self.config
     }
 
+    /// The request budget's rate (requests per second).
+    pub fn requests_per_second(&self) -> f64 {
+        self.client.requests_per_second()
+    }
+
     /// The background task of `serve`: competes for leadership and, while leader, runs
     /// due passes until `stop` is cancelled (a running pass stops after the page it is
     /// applying, or at once while it waits for one).
@@ -167,10 +172,16 @@ impl Reconciler {
                     break;
                 }
                 let state = sync::load(conn, entity.stream()).await?;
-                if !is_due(&state, interval) {
+                let full_at = pass::next_full_at(
+                    &state,
+                    entity,
+                    &self.config,
+                    self.client.requests_per_second(),
+                );
+                if !is_due(&state, interval, full_at) {
                     continue;
                 }
-                match self.pass(conn, entity, false, stop, &|_| {}).await {
+                match self.pass(conn, entity, false, true, stop, &|_| {}).await {
                     Err(PassError::Database(e)) if db::is_connection_error(&e) => return Err(e),
                     _ => {}
                 }
@@ -189,6 +200,7 @@ impl Reconciler {
         conn: &mut PgConnection,
         entity: Entity,
         force_full: bool,
+        sliced: bool,
         stop: &CancellationToken,
         progress: &(dyn Fn(Progress) + Send + Sync),
     ) -> Result<Report, PassError> {
@@ -198,6 +210,7 @@ impl Reconciler {
             metrics: &self.metrics,
             runner: &self.runner,
             stop,
+            sliced,
         };
         let stream = entity.stream();
         let result = pass::run(&ctx, conn, entity, force_full, progress).await;
@@ -216,6 +229,9 @@ impl Reconciler {
             ),
             Err(PassError::Interrupted) => {
                 tracing::info!(stream, "reconcile pass paused for shutdown")
+            }
+            Err(PassError::Yielded) => {
+                tracing::debug!(stream, "full scan paused to let other streams go")
             }
             Err(PassError::Superseded) => tracing::warn!(stream, "reconcile pass superseded"),
             Err(PassError::Database(e)) if db::is_connection_error(e) => {}
@@ -273,15 +289,90 @@ impl Reconciler {
             if stop.is_cancelled() {
                 break;
             }
-            reports.push(self.pass(&mut conn, entity, full, stop, progress).await);
+            reports.push(
+                self.pass(&mut conn, entity, full, false, stop, progress)
+                    .await,
+            );
         }
         let _ = conn.close().await;
         Ok(reports)
     }
 }
 
-/// Whether a stream should run now.
-fn is_due(state: &sync::StreamState, interval: Duration) -> bool {
+crate::text_enum! {
+    /// How a stream is kept fresh.
+    pub enum Coverage {
+        /// PartnerStack sends webhooks for it; passes repair what they miss.
+        Webhooks = "webhooks",
+        /// Only passes keep it fresh.
+        Poll = "poll",
+    }
+}
+
+/// How fresh a stream's copy is, and can be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Freshness {
+    pub coverage: Coverage,
+    /// Worst case now: a change PartnerStack made this long ago may not be in the copy
+    /// yet (`None` before the first completed pass). Webhooks usually do far better; this
+    /// is what passes alone guarantee.
+    pub staleness: Option<Duration>,
+    /// The staleness bound, for streams that full scans keep fresh.
+    pub bound: Option<Duration>,
+    /// The staleness the passes can achieve with the request budget, as the last scan
+    /// went.
+    pub achievable: Duration,
+}
+
+/// How fresh `entity`'s copy is at `now`, given its state and the settings.
+pub fn freshness(
+    state: &sync::StreamState,
+    entity: Entity,
+    config: &ReconcileConfig,
+    rps: f64,
+    now: chrono::DateTime<Utc>,
+) -> Freshness {
+    let coverage = if config.webhook_covered(entity) {
+        Coverage::Webhooks
+    } else {
+        Coverage::Poll
+    };
+    let bound_by_scans = pass::bound_by_full_scans(entity, config);
+    // What a pass reads from: changes since the last completed pass began (incremental
+    // streams), or since the last completed full scan began.
+    let base = if pass::has_update_filter(entity) {
+        state.watermark
+    } else {
+        state.last_full_at
+    };
+    let staleness = base.map(|at| (now - at).to_std().unwrap_or_default());
+    let interval = config.interval.unwrap_or(config.full_interval);
+    let last_took = match (state.last_started_at, state.last_finished_at) {
+        (Some(start), Some(end)) => (end - start).to_std().unwrap_or_default(),
+        _ => Duration::ZERO,
+    };
+    let achievable = if bound_by_scans {
+        pass::scan_estimate(state, config, rps).mul_f64(1.2) + Duration::from_secs(10) + POLL
+    } else if pass::has_update_filter(entity) {
+        interval + last_took
+    } else {
+        config.full_interval + pass::scan_estimate(state, config, rps)
+    };
+    Freshness {
+        coverage,
+        staleness,
+        bound: bound_by_scans.then_some(config.staleness_bound),
+        achievable,
+    }
+}
+
+/// Whether a stream should run now: a pass to resume or asked for, its interval passed,
+/// or its next full scan due (`full_at`, see [`pass::next_full_at`]).
+fn is_due(
+    state: &sync::StreamState,
+    interval: Duration,
+    full_at: Option<chrono::DateTime<Utc>>,
+) -> bool {
     let now = Utc::now();
     if state.pass_id.is_some() && state.next_attempt_at.is_none_or(|at| at <= now) {
         return true; // an unfinished pass resumes
@@ -291,6 +382,9 @@ fn is_due(state: &sync::StreamState, interval: Duration) -> bool {
     }
     if state.next_attempt_at.is_some_and(|at| at > now) {
         return false;
+    }
+    if full_at.is_none_or(|at| at <= now) {
+        return true;
     }
     let every = chrono::Duration::from_std(jitter(interval, 0.1)).unwrap_or(chrono::Duration::MAX);
     state.last_started_at.is_none_or(|at| now - at >= every)

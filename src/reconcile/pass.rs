@@ -1,6 +1,7 @@
 //! One pass over one stream: plan (or resume) it, page through PartnerStack, apply each
 //! page through the one door with its checkpoint in the same transaction, and close it.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -21,9 +22,54 @@ use crate::telemetry::{Metrics, StreamLabel};
 /// the same checkpoint rule (the checkpoint moves past the last page of the commit).
 const PAGES_PER_COMMIT: usize = 4;
 
+/// How long a full scan runs before it lets other streams' passes go (it resumes from its
+/// checkpoint in the next round).
+const SLICE: Duration = Duration::from_secs(30);
+/// Restarts from the top a pass allows itself when a cursor stops working.
+const MAX_RESTARTS: u32 = 3;
+
 /// Streams whose list has an "updated since" filter.
-fn has_update_filter(entity: Entity) -> bool {
+pub fn has_update_filter(entity: Entity) -> bool {
     client::supported_filters(entity).contains(&client::Filter::MinUpdated)
+}
+
+/// Streams that only full scans keep fresh: no webhooks, no "updated since" filter
+/// (transactions and rewards). They are scanned often enough to meet the staleness bound.
+pub fn bound_by_full_scans(entity: Entity, config: &ReconcileConfig) -> bool {
+    !config.webhook_covered(entity) && !has_update_filter(entity)
+}
+
+/// How long the stream's next full scan is expected to take: its last one, or the time its
+/// pages take at the scans' share of the request budget (`rps`), whichever is longer.
+pub fn scan_estimate(state: &StreamState, config: &ReconcileConfig, rps: f64) -> Duration {
+    let took = match (state.last_full_at, state.last_full_finished_at) {
+        (Some(start), Some(end)) => (end - start).to_std().unwrap_or_default(),
+        _ => Duration::ZERO,
+    };
+    let paced = Duration::from_secs_f64(
+        (state.last_full_pages as f64 / (config.scan_share * rps).max(f64::MIN_POSITIVE)).min(1e9),
+    );
+    took.max(paced)
+}
+
+/// When the stream's next full scan is due; `None` when it is due now (never scanned).
+/// Streams bound by full scans start the next one early enough to finish within the
+/// staleness bound of the last one's start; others every `full_interval`.
+pub fn next_full_at(
+    state: &StreamState,
+    entity: Entity,
+    config: &ReconcileConfig,
+    rps: f64,
+) -> Option<DateTime<Utc>> {
+    let last = state.last_full_at?;
+    let every = if bound_by_full_scans(entity, config) {
+        // A margin for the scheduler's poll and a slower scan than the last.
+        let estimate = scan_estimate(state, config, rps).mul_f64(1.2) + Duration::from_secs(10);
+        config.staleness_bound.saturating_sub(estimate)
+    } else {
+        config.full_interval
+    };
+    last.checked_add_signed(chrono::Duration::from_std(every).unwrap_or(chrono::Duration::MAX))
 }
 
 /// The kind of pass a stream is due for.
@@ -33,11 +79,9 @@ pub fn plan(
     config: &ReconcileConfig,
     force_full: bool,
     now: DateTime<Utc>,
+    rps: f64,
 ) -> PassKind {
-    let full_due = state.last_full_at.is_none_or(|at| {
-        now - at
-            >= chrono::Duration::from_std(config.full_interval).unwrap_or(chrono::Duration::MAX)
-    });
+    let full_due = next_full_at(state, entity, config, rps).is_none_or(|at| now >= at);
     if force_full || state.requested_full || state.watermark.is_none() || full_due {
         PassKind::Full
     } else if has_update_filter(entity) {
@@ -90,12 +134,21 @@ pub enum PassError {
     Superseded,
     #[error("interrupted by shutdown (resumes from its checkpoint)")]
     Interrupted,
+    /// A full scan used its slice and lets other streams go; it resumes from its
+    /// checkpoint in the next round. Not a failure.
+    #[error("paused after its slice; resumes from its checkpoint")]
+    Yielded,
 }
 
 impl PassError {
     /// The next attempt should start afresh rather than resume (its cursor cannot work).
     pub fn abandons_checkpoint(&self) -> bool {
-        matches!(self, PassError::Fetch(client::Error::StalledCursor { .. }))
+        matches!(
+            self,
+            PassError::Fetch(
+                client::Error::StalledCursor { .. } | client::Error::CursorLost { .. }
+            )
+        )
     }
 }
 
@@ -114,6 +167,9 @@ pub struct Context<'a> {
     pub metrics: &'a Metrics,
     pub runner: &'a str,
     pub stop: &'a CancellationToken,
+    /// Whether a full scan may pause after [`SLICE`] to let other streams go (the
+    /// background reconciler; not the one-shot command).
+    pub sliced: bool,
 }
 
 /// Runs (or resumes) one pass of `entity`'s stream on the leader's connection.
@@ -137,7 +193,19 @@ pub async fn run(
         span.record("kind", pass.kind.as_str());
         span.record("pass_id", pass.id);
         if !pass.read_all {
-            pass.read(ctx, conn, progress).await?;
+            let mut restarts = 0;
+            loop {
+                match pass.read(ctx, conn, progress).await {
+                    Err(PassError::Fetch(e @ client::Error::CursorLost { .. }))
+                        if restarts < MAX_RESTARTS =>
+                    {
+                        restarts += 1;
+                        tracing::warn!(error = %e, restarts, "restarting the pass from the top");
+                        pass.restart(ctx, conn).await?;
+                    }
+                    result => break result?,
+                }
+            }
         }
         pass.close(ctx, conn, started).await
     }
@@ -206,7 +274,8 @@ impl Pass {
             });
         }
         let now = Utc::now();
-        let kind = plan(&state, entity, ctx.config, force_full, now);
+        let rps = ctx.client.requests_per_second();
+        let kind = plan(&state, entity, ctx.config, force_full, now, rps);
         let (min_updated, min_created) = bounds(kind, state.watermark, ctx.config, now);
         let plan = PassPlan {
             kind,
@@ -231,6 +300,27 @@ impl Pass {
         })
     }
 
+    /// Begins the pass again from the top (a cursor stopped working): a new pass of the
+    /// same kind and filter, its checkpoint and seen keys reset.
+    async fn restart(
+        &mut self,
+        ctx: &Context<'_>,
+        conn: &mut PgConnection,
+    ) -> Result<(), PassError> {
+        let plan = PassPlan {
+            kind: self.kind,
+            min_updated: self.query.min_updated,
+            min_created: self.query.min_created,
+        };
+        let (id, started_at) =
+            sync::begin_pass(conn, self.entity.stream(), plan, ctx.runner).await?;
+        self.id = id;
+        self.started_at = started_at;
+        self.query.starting_after = None;
+        self.counts = PassCounts::default();
+        Ok(())
+    }
+
     /// Reads the stream from the checkpoint to its end, applying pages as they come.
     async fn read(
         &mut self,
@@ -239,12 +329,21 @@ impl Pass {
         progress: &(dyn Fn(Progress) + Send + Sync),
     ) -> Result<(), PassError> {
         // Fetch ahead while earlier pages are applied; the channel holds a few pages, so
-        // memory stays bounded whatever the stream's size.
+        // memory stays bounded whatever the stream's size. Strict: a cursor that stops
+        // working is an error (the pass restarts from the top), never a quiet end.
         let (pages_tx, mut pages) = mpsc::channel::<Result<Page, client::Error>>(PAGES_PER_COMMIT);
-        let mut pager = ctx.client.pages(self.entity, self.query.clone());
+        let mut pager = ctx.client.pages(self.entity, self.query.clone()).strict();
+        let requests = pager.request_counter();
+        // Full scans use only their share of the request budget.
+        let pace = (self.kind == PassKind::Full).then(|| {
+            client::RequestBudget::new(ctx.config.scan_share * ctx.client.requests_per_second())
+        });
         let fetcher = tokio::spawn(
             async move {
                 loop {
+                    if let Some(pace) = &pace {
+                        pace.acquire().await;
+                    }
                     let next = pager.next_page().await.transpose();
                     let last = !matches!(next, Some(Ok(_)));
                     if let Some(page) = next
@@ -259,7 +358,9 @@ impl Pass {
             }
             .in_current_span(),
         );
-        let result = self.apply_pages(ctx, conn, &mut pages, progress).await;
+        let result = self
+            .apply_pages(ctx, conn, &mut pages, &requests, progress)
+            .await;
         drop(pages);
         fetcher.abort();
         result
@@ -270,8 +371,10 @@ impl Pass {
         ctx: &Context<'_>,
         conn: &mut PgConnection,
         pages: &mut mpsc::Receiver<Result<Page, client::Error>>,
+        requests: &AtomicU64,
         progress: &(dyn Fn(Progress) + Send + Sync),
     ) -> Result<(), PassError> {
+        let slice_ends = Instant::now() + SLICE;
         loop {
             // Shutdown does not wait for a slow page; the pass resumes from its checkpoint.
             let first = tokio::select! {
@@ -290,7 +393,10 @@ impl Pass {
                     Err(_) => break,
                 }
             }
-            let last = self.apply_batch(ctx, conn, batch).await?;
+            // The requests behind these pages (counted as they are sent, so a page still
+            // being fetched may already count: it is then counted with its own commit).
+            let sent = requests.swap(0, Ordering::Relaxed) as i64;
+            let last = self.apply_batch(ctx, conn, batch, sent).await?;
             progress(Progress {
                 entity: self.entity,
                 kind: self.kind,
@@ -302,6 +408,9 @@ impl Pass {
             if ctx.stop.is_cancelled() {
                 return Err(PassError::Interrupted);
             }
+            if ctx.sliced && self.kind == PassKind::Full && Instant::now() >= slice_ends {
+                return Err(PassError::Yielded);
+            }
         }
     }
 
@@ -312,10 +421,12 @@ impl Pass {
         ctx: &Context<'_>,
         conn: &mut PgConnection,
         batch: Vec<Page>,
+        requests: i64,
     ) -> Result<bool, PassError> {
         let stream = self.entity.stream();
         let mut page = PassCounts {
             pages: batch.len() as i64,
+            requests,
             ..PassCounts::default()
         };
         let next_cursor = batch.last().and_then(|p| p.next_cursor.clone());
@@ -350,7 +461,11 @@ impl Pass {
         }
         page.seen = observations.len() as i64 + page.invalid;
         page.changed = results.iter().filter(|r| r.changed()).count() as i64;
-        page.repairs = if self.backfill { 0 } else { page.changed };
+        page.repairs = if self.counts_repairs(ctx) {
+            page.changed
+        } else {
+            0
+        };
         if !sync::record_page(&mut tx, stream, self.id, next_cursor.as_deref(), &page).await? {
             tx.rollback().await?;
             return Err(PassError::Superseded);
@@ -371,6 +486,10 @@ impl Pass {
             .reconcile_repairs
             .get_or_create(&label)
             .inc_by(page.repairs as u64);
+        metrics
+            .reconcile_requests
+            .get_or_create(&label)
+            .inc_by(page.requests as u64);
         self.counts.add(&page);
         Ok(next_cursor.is_none())
     }
@@ -389,7 +508,7 @@ impl Pass {
         } else {
             (0, None)
         };
-        let extra_repairs = if self.backfill { 0 } else { deleted };
+        let extra_repairs = if self.counts_repairs(ctx) { deleted } else { 0 };
         let finish = Finish {
             full: self.kind == PassKind::Full,
             deleted,
@@ -415,6 +534,23 @@ impl Pass {
         if let Some(w) = &warning {
             tracing::warn!("{w}");
         }
+        if self.kind == PassKind::Full && bound_by_full_scans(self.entity, ctx.config) {
+            let took = (Utc::now() - self.started_at).to_std().unwrap_or_default();
+            let rps = ctx.config.scan_share * ctx.client.requests_per_second();
+            let paced =
+                Duration::from_secs_f64(self.counts.pages as f64 / rps.max(f64::MIN_POSITIVE));
+            let achievable = took.max(paced).mul_f64(1.2) + Duration::from_secs(12);
+            if achievable > ctx.config.staleness_bound {
+                tracing::warn!(
+                    achievable_s = achievable.as_secs(),
+                    bound_s = ctx.config.staleness_bound.as_secs(),
+                    pages = self.counts.pages,
+                    "the request budget cannot meet the staleness bound for this stream's size; \
+                     raise PARTNERSTACK_REQUESTS_PER_SECOND or reconcile.scan_share, or accept \
+                     the achievable bound"
+                );
+            }
+        }
         let mut counts = self.counts;
         counts.changed += deleted;
         counts.repairs += extra_repairs;
@@ -427,6 +563,12 @@ impl Pass {
             warning,
             took: started.elapsed(),
         })
+    }
+
+    /// Whether rows this pass changes are repairs (webhook loss): not while backfilling,
+    /// and only for streams PartnerStack sends webhooks for.
+    fn counts_repairs(&self, ctx: &Context<'_>) -> bool {
+        !self.backfill && ctx.config.webhook_covered(self.entity)
     }
 
     /// Marks the rows a completed full scan did not see as deleted, unless a guard holds;

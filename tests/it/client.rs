@@ -7,9 +7,14 @@ use partnerstack::Entity;
 use partnerstack::client::{
     Client, CustomerUpdate, Error, ListQuery, NewCustomer, NewTransaction, TransactionCustomer,
 };
-use partnerstack_sim::{self as simulate, FaultUpdate, Options, Running};
+use partnerstack_sim::{
+    self as simulate, Behaviours, DuplicateTransactionKey, FaultUpdate, Options, RetryAfterHeader,
+    Running,
+};
 use partnerstack_sync::apply::Observation;
-use partnerstack_sync::config::{Config, PartnerStackConfig};
+use partnerstack_sync::config::{Config, PartnerStackConfig, Verification};
+
+use crate::common::TestApp;
 use secrecy::SecretString;
 use serde_json::Value;
 
@@ -34,6 +39,32 @@ pub async fn stand_in(options: Options) -> Running {
     simulate::start(&options, PUBLIC_KEY, SECRET_KEY)
         .await
         .expect("start the stand-in")
+}
+
+/// The service in verified mode and a stand-in wired both ways: the stand-in's webhooks go
+/// to the service, the service's verification fetches to the stand-in. `tweak` adjusts the
+/// service's settings (its reconciler stays off; tests drive passes themselves).
+pub async fn wired(options: Options, tweak: impl FnOnce(&mut Config)) -> (TestApp, Running) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base_url = format!("http://{}/api/v2", listener.local_addr().unwrap());
+    let app = TestApp::spawn_with(|c| {
+        c.partnerstack = client_config(&base_url);
+        c.webhooks.verification = Verification::Fetch;
+        tweak(c);
+    })
+    .await;
+    let options = Options {
+        webhook_url: Some(app.webhook_url()),
+        ..options
+    };
+    let sim = simulate::Simulator::new(
+        &options,
+        &SecretString::from(PUBLIC_KEY.to_string()),
+        &SecretString::from(SECRET_KEY.to_string()),
+    )
+    .unwrap();
+    let running = sim.spawn(listener).unwrap();
+    (app, running)
 }
 
 /// Client settings for `base_url`: a budget that never binds and short backoff caps, so
@@ -304,7 +335,21 @@ async fn time_and_key_filters_return_the_right_subsets() {
 
 #[tokio::test]
 async fn a_429_storm_with_retry_after_is_waited_out_with_nothing_missed_or_repeated() {
-    let running = stand_in(program()).await;
+    // Whether a 429 carries Retry-After is a guess: run under each.
+    for header in [RetryAfterHeader::Sent, RetryAfterHeader::Omitted] {
+        storm(header).await;
+    }
+}
+
+async fn storm(header: RetryAfterHeader) {
+    let running = stand_in(Options {
+        behaviours: Behaviours {
+            retry_after_header: header,
+            ..Behaviours::default()
+        },
+        ..program()
+    })
+    .await;
     let client = client(&running);
     set_faults(
         &running,
@@ -475,7 +520,24 @@ async fn wrong_credentials_end_immediately_with_a_clear_error() {
 
 #[tokio::test]
 async fn customer_and_transaction_writes() {
-    let running = stand_in(program()).await;
+    // A repeated transaction key is a guess: run under each answer.
+    for duplicate in [
+        DuplicateTransactionKey::Idempotent,
+        DuplicateTransactionKey::Reject,
+    ] {
+        writes(duplicate).await;
+    }
+}
+
+async fn writes(duplicate: DuplicateTransactionKey) {
+    let running = stand_in(Options {
+        behaviours: Behaviours {
+            duplicate_transaction_key: duplicate,
+            ..Behaviours::default()
+        },
+        ..program()
+    })
+    .await;
     let client = client(&running);
     let partner =
         running.simulator.state(Some(Entity::Partner))["streams"]["partnerships"][0]["partner_key"]
@@ -534,9 +596,21 @@ async fn customer_and_transaction_writes() {
     assert_eq!(t.typed.currency.as_deref(), Some("USD"));
     assert_eq!(t.typed.meta.key.as_deref(), Some("invoice-0001"));
     assert_eq!(t.typed.customer_key, created.typed.meta.key);
-    // The same key again is idempotent: the same transaction, nothing new.
-    let again = client.create_transaction(&tx).await.unwrap();
-    assert_eq!(again.raw, t.raw);
+    // The same key again: PartnerStack's answer is undocumented. Either way the client
+    // says which transaction it is, and nothing new exists.
+    match (duplicate, client.create_transaction(&tx).await) {
+        (DuplicateTransactionKey::Idempotent, Ok(again)) => assert_eq!(again.raw, t.raw),
+        (
+            DuplicateTransactionKey::Reject,
+            Err(Error::DuplicateTransaction {
+                existing, status, ..
+            }),
+        ) => {
+            assert_eq!(existing.raw, t.raw);
+            assert_eq!(status, reqwest::StatusCode::BAD_REQUEST);
+        }
+        (d, other) => panic!("{d:?}: {other:?}"),
+    }
     let keys = scan(&client, Entity::Transaction, ListQuery::default())
         .await
         .unwrap();

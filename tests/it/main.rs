@@ -7,6 +7,7 @@ mod api;
 mod client;
 mod common;
 mod embedded;
+mod fidelity;
 mod ingest;
 mod legacy_dialect;
 mod load;

@@ -14,6 +14,7 @@ use axum::{Json, Router};
 use base64::Engine as _;
 use serde_json::{Map, Value, json};
 
+use super::behaviour::{ArchivedCustomers, LostCursor, RetryAfterHeader};
 use super::data::ListParams;
 use super::webhooks::Notify;
 use super::{Dialect, Simulator, Verdict};
@@ -67,7 +68,9 @@ async fn gate(State(sim): State<Simulator>, request: Request, next: Next) -> Res
         Verdict::Throttle(retry_after) => {
             let mut r = fail(StatusCode::TOO_MANY_REQUESTS, "Rate limit exceeded");
             let h = r.headers_mut();
-            h.insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+            if sim.behaviours().retry_after_header == RetryAfterHeader::Sent {
+                h.insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+            }
             h.insert("x-ratelimit-remaining", HeaderValue::from(0));
             r
         }
@@ -119,8 +122,9 @@ fn entity(sim: &Simulator, stream: &str) -> Result<Entity, Fail> {
     }
 }
 
-/// Timestamps in the legacy dialect are seconds.
-fn dialect(sim: &Simulator, mut object: Value) -> Value {
+/// An object as the API serves it: timestamps in seconds in the legacy dialect.
+fn dialect(sim: &Simulator, entity: Entity, object: Value) -> Value {
+    let mut object = super::behaviour::present(sim.behaviours(), entity, object);
     if sim.dialect() == Dialect::Legacy
         && let Value::Object(map) = &mut object
     {
@@ -177,6 +181,10 @@ fn list_params(
         }
     }
     q.ignore_cursor = sim.faults().stalled(entity);
+    let behaviours = sim.behaviours();
+    q.include_unlisted =
+        entity == Entity::Customer && behaviours.archived_customers == ArchivedCustomers::Listed;
+    q.lost_cursor_empty = behaviours.lost_cursor == LostCursor::EmptyPage;
     Ok(q)
 }
 
@@ -187,11 +195,26 @@ async fn list(
 ) -> Result<Response, Fail> {
     let entity = entity(&sim, &stream)?;
     let q = list_params(&sim, entity, &query).map_err(|m| Fail(StatusCode::BAD_REQUEST, m))?;
-    let (items, has_more) = sim
-        .read()
-        .list(entity, &q)
-        .map_err(|e| Fail(StatusCode::BAD_REQUEST, e.0))?;
-    let items: Vec<Value> = items.into_iter().map(|o| dialect(&sim, o)).collect();
+    // A list bounded in time on both sides is the service looking an object up to verify a
+    // delivery (a scan never bounds its end): the ledger counts what it returns as
+    // reaching the service. Recorded under the same read lock, so no change slips between.
+    let lookup = q.max_updated.is_some() || q.max_created.is_some();
+    let (items, has_more) = {
+        let world = sim.read();
+        let (items, has_more) = world
+            .list(entity, &q)
+            .map_err(|e| Fail(StatusCode::BAD_REQUEST, e.0))?;
+        if lookup {
+            for item in &items {
+                sim.reached_service(entity, item);
+            }
+        }
+        (items, has_more)
+    };
+    let items: Vec<Value> = items
+        .into_iter()
+        .map(|o| dialect(&sim, entity, o))
+        .collect();
     let mut data = json!({"has_more": has_more});
     if sim.dialect() == Dialect::Legacy {
         data["ending_cursor"] = items.last().map_or(Value::Null, |o| o["key"].clone());
@@ -205,20 +228,26 @@ async fn get_one(
     Path((stream, key)): Path<(String, String)>,
 ) -> Result<Response, Fail> {
     let entity = entity(&sim, &stream)?;
-    if matches!(entity, Entity::Transaction | Entity::Reward) {
-        // The real API has no single GET for these.
+    if matches!(entity, Entity::Transaction | Entity::Reward | Entity::Group) {
+        // The real API documents no single GET for these.
         return Err(Fail(
             StatusCode::NOT_FOUND,
             format!("Not found: /{stream}/{key}"),
         ));
     }
-    let object = sim.read().get(entity, &key).ok_or_else(|| {
-        Fail(
-            StatusCode::NOT_FOUND,
-            format!("{} '{key}' not found", capitalised(entity.name())),
-        )
-    })?;
-    Ok(ok(dialect(&sim, object), "Success"))
+    let object = {
+        let world = sim.read();
+        let object = world.get(entity, &key).ok_or_else(|| {
+            Fail(
+                StatusCode::NOT_FOUND,
+                format!("{} '{key}' not found", capitalised(entity.name())),
+            )
+        })?;
+        // A single GET is the service verifying a delivery: the state reached it.
+        sim.reached_service(entity, &object);
+        object
+    };
+    Ok(ok(dialect(&sim, entity, object), "Success"))
 }
 
 fn capitalised(s: &str) -> String {
@@ -254,13 +283,15 @@ async fn create(
         Entity::Customer => world
             .create_customer(&body)
             .map(|c| (c.object.clone(), vec![c])),
-        Entity::Transaction => world.create_transaction(&body),
+        Entity::Transaction => {
+            world.create_transaction(&body, sim.behaviours().duplicate_transaction_key)
+        }
         _ => return Err(not_allowed()),
     }
     .map_err(|(status, message)| Fail(status, message))?;
     sim.publish(&world, &changes, Notify::Deliver);
     drop(world);
-    Ok(ok(dialect(&sim, object), "Success"))
+    Ok(ok(dialect(&sim, entity, object), "Success"))
 }
 
 async fn update(
@@ -278,21 +309,25 @@ async fn update(
         .map_err(|(status, message)| Fail(status, message))?;
     sim.publish(&world, std::slice::from_ref(&change), Notify::Deliver);
     drop(world);
-    Ok(ok(dialect(&sim, change.object), "Success"))
+    Ok(ok(
+        dialect(&sim, Entity::Customer, change.object),
+        "Success",
+    ))
 }
 
 async fn delete(
     State(sim): State<Simulator>,
     Path((stream, key)): Path<(String, String)>,
 ) -> Result<Response, Fail> {
-    if entity(&sim, &stream)? != Entity::Customer {
-        return Err(not_allowed());
-    }
+    let entity = entity(&sim, &stream)?;
     let mut world = sim.write();
-    let change = world
-        .archive_customer(&key)
-        .map_err(|(status, message)| Fail(status, message))?;
+    let (change, message) = match entity {
+        Entity::Customer => (world.archive_customer(&key), "Customer archived"),
+        Entity::Transaction => (world.delete_transaction(&key), "Transaction deleted"),
+        _ => return Err(not_allowed()),
+    };
+    let change = change.map_err(|(status, message)| Fail(status, message))?;
     sim.publish(&world, std::slice::from_ref(&change), Notify::Deliver);
     drop(world);
-    Ok(ok(dialect(&sim, change.object), "Customer archived"))
+    Ok(ok(dialect(&sim, entity, change.object), message))
 }

@@ -94,7 +94,6 @@ pub struct SimPartnership {
     pub email: String,
     pub first_name: String,
     pub last_name: String,
-    pub approved_status: String,
     pub group: Option<GroupRef>,
     pub team: Option<Value>,
     pub tags: Vec<String>,
@@ -290,24 +289,24 @@ pub enum Filter {
 }
 
 /// The filters each stream's list honours here; others are ignored, as an API ignores
-/// unknown parameters. This is the stand-in's own table, so a wrong table in a client is
-/// caught by tests instead of being copied.
+/// unknown parameters. This is the stand-in's own table, written from the evidence (see
+/// [`crate::behaviour::PROVENANCE`], "list filters per stream"), so a wrong table in a
+/// client is caught by tests instead of being copied:
+/// - documented: customers' time, partner and group filters; transactions' creation
+///   window; deals' time, partner and group filters;
+/// - seen in production: `min_updated` on partnerships, groups and leads, `min_created`
+///   and `status` on rewards.
 pub fn honoured(entity: Entity) -> &'static [Filter] {
     use Filter::*;
     match entity {
-        Entity::Partner | Entity::Group | Entity::Lead => &[MinUpdated, MaxUpdated],
+        Entity::Partner | Entity::Group | Entity::Lead => &[MinUpdated],
         Entity::Customer => &[
             MinUpdated, MaxUpdated, MinCreated, MaxCreated, PartnerKey, Group,
         ],
         Entity::Transaction => &[MinCreated, MaxCreated],
-        Entity::Reward => &[MinCreated, MaxCreated, Status],
+        Entity::Reward => &[MinCreated, Status],
         Entity::Deal => &[
-            MinUpdated,
-            MaxUpdated,
-            MinCreated,
-            MaxCreated,
-            PartnerKey,
-            CustomerKey,
+            MinUpdated, MaxUpdated, MinCreated, MaxCreated, PartnerKey, Group,
         ],
     }
 }
@@ -325,10 +324,14 @@ pub struct ListParams {
     pub partner_key: Option<String>,
     pub customer_key: Option<String>,
     pub status: Option<String>,
-    /// Customers' `group` filter, resolved to the partner keys of that group.
+    /// The `group` filter (customers, deals), resolved to the partner keys of that group.
     pub group_partners: Option<HashSet<String>>,
     /// Fault injection: serve the first page whatever the cursor says.
     pub ignore_cursor: bool,
+    /// List objects that are normally hidden (archived customers, when they stay listed).
+    pub include_unlisted: bool,
+    /// A cursor naming no object gets an empty last page instead of a 400.
+    pub lost_cursor_empty: bool,
 }
 
 /// Why a list request was refused (answered 400).
@@ -437,6 +440,17 @@ impl<T: SimRecord> Table<T> {
         }
     }
 
+    /// Removes an object (a hard delete, as `DELETE /transactions/{key}` does); false when
+    /// there is none.
+    pub fn remove(&mut self, key: &str) -> bool {
+        let Some(i) = self.index.get(key).copied() else {
+            return false;
+        };
+        self.items.remove(i);
+        self.reindex();
+        true
+    }
+
     /// Changes one object in place. The key cannot change; a changed `created_at` or
     /// alternative key re-sorts and re-indexes.
     pub fn update<R>(&mut self, key: &str, change: impl FnOnce(&mut T) -> R) -> Option<R> {
@@ -476,8 +490,18 @@ impl<T: SimRecord> Table<T> {
                 .copied()
                 .ok_or_else(|| BadRequest(format!("{name}: no object with key {cursor:?}")))
         };
+        let lost = |cursor: &Option<String>| {
+            q.lost_cursor_empty
+                && !q.ignore_cursor
+                && cursor
+                    .as_deref()
+                    .is_some_and(|c| !self.index.contains_key(c))
+        };
+        if lost(&q.starting_after) || lost(&q.ending_before) {
+            return Ok((Vec::new(), false));
+        }
         let matches = |x: &T| {
-            x.listed()
+            (x.listed() || q.include_unlisted)
                 && (!has(Filter::MinUpdated) || q.min_updated.is_none_or(|m| x.updated_at() >= m))
                 && (!has(Filter::MaxUpdated) || q.max_updated.is_none_or(|m| x.updated_at() <= m))
                 && (!has(Filter::PartnerKey)

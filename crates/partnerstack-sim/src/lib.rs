@@ -14,6 +14,7 @@
 
 pub mod admin;
 pub mod api;
+pub mod behaviour;
 pub mod data;
 pub mod faults;
 pub mod webhooks;
@@ -32,6 +33,10 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+pub use behaviour::{
+    AccountName, ArchivedCustomers, Behaviours, CustomerBody, DuplicateTransactionKey, LostCursor,
+    RetryAfterHeader, WebhookEvents,
+};
 pub use faults::{FaultSettings, FaultUpdate, Faults, Verdict};
 use partnerstack::Entity;
 pub use webhooks::{DeliveryRecord, DeliverySummary, Naming, Notify, Outcome, Shape, Undelivered};
@@ -133,6 +138,11 @@ pub struct Options {
     /// Delay before every API answer, in milliseconds.
     #[arg(long, default_value_t = 0)]
     pub slow_ms: u64,
+
+    /// Behaviours, each documented, seen in production, or guessed with its alternative
+    /// (see `behaviour::PROVENANCE`).
+    #[command(flatten)]
+    pub behaviours: Behaviours,
 }
 
 fn probability(s: &str) -> Result<f64, String> {
@@ -257,12 +267,14 @@ impl Simulator {
         let signature_header = HeaderName::try_from(header.trim())
             .with_context(|| format!("--signature-header {header:?}"))?;
         let anchor = options.now_ms.unwrap_or_else(world::wall_ms);
-        let world = World::seed(
+        let mut world = World::seed(
             options.seed,
             &options.counts(),
             anchor,
             options.history_days,
         );
+        world.customer_readable_after_ms =
+            i64::try_from(options.behaviours.customer_readable_after_ms).unwrap_or(i64::MAX);
         let pair = SecretString::from(format!(
             "{}:{}",
             public_key.expose_secret(),
@@ -291,6 +303,7 @@ impl Simulator {
                     signing_secret: options.signing_secret.clone(),
                     signature_header,
                     seed: options.seed,
+                    behaviours: options.behaviours.clone(),
                 }),
                 credentials: pair,
                 dialect: options.dialect,
@@ -403,6 +416,11 @@ impl Simulator {
         self.inner.dialect
     }
 
+    /// The behaviours in force.
+    pub fn behaviours(&self) -> &Behaviours {
+        &self.inner.options.behaviours
+    }
+
     pub fn faults(&self) -> &Faults {
         &self.inner.faults
     }
@@ -412,6 +430,18 @@ impl Simulator {
     pub(crate) fn publish(&self, _world: &World, changes: &[Change], notify: Notify) {
         for change in changes {
             self.inner.deliveries.publish(change, notify);
+        }
+    }
+
+    /// Records in the ledger that `object`'s state reached the service outside a scan.
+    pub(crate) fn reached_service(&self, entity: Entity, object: &Value) {
+        if let (Some(key), Some(updated_at)) = (
+            object.get("key").and_then(Value::as_str),
+            object.get("updated_at").and_then(Value::as_i64),
+        ) {
+            self.inner
+                .deliveries
+                .reached_service(entity, key, updated_at);
         }
     }
 
@@ -425,6 +455,15 @@ impl Simulator {
             all.extend(changes);
         }
         all
+    }
+
+    /// Deletes a transaction, as `DELETE /transactions/{key}` does (no webhook: none is
+    /// documented for transactions).
+    pub fn delete_transaction(&self, key: &str) -> Result<Change, Refusal> {
+        let mut world = self.write();
+        let change = world.delete_transaction(key)?;
+        self.publish(&world, std::slice::from_ref(&change), Notify::Deliver);
+        Ok(change)
     }
 
     /// Replaces top-level fields of one object (e.g. `created_at` to back-date it,

@@ -7,9 +7,12 @@
 //! stand-in stops first.
 //!
 //! A ledger records, per changed object, the newest `updated_at` of its changes and the
-//! newest one a delivery actually carried (answered 2xx): objects where they differ are
-//! those "whose latest state no delivered webhook carried", which a reconciler must
-//! repair.
+//! newest state that reached the service other than through a reconcile scan: a delivered
+//! (2xx) webhook whose body carries the whole object, or the service reading the object
+//! itself to verify a delivery (a single GET, or a list bounded in time on both sides,
+//! which a scan never is). A documented partnership body carries no state (no key, no
+//! times), only the news. Objects where the two differ are those "whose latest state no
+//! webhook delivered", which a reconciler must repair.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Mutex;
@@ -24,6 +27,7 @@ use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use super::behaviour::{self, Behaviours, CustomerBody, WebhookEvents, numeric_id};
 use super::world::{Action, Change};
 use partnerstack::Entity;
 
@@ -78,6 +82,8 @@ pub struct DeliveryOptions {
     pub signing_secret: Option<SecretString>,
     pub signature_header: HeaderName,
     pub seed: u64,
+    /// Which kinds get webhooks, and the shapes of their bodies.
+    pub behaviours: Behaviours,
 }
 
 /// What became of one event.
@@ -142,6 +148,8 @@ struct Event {
     updated_at: i64,
     name: String,
     body: Vec<u8>,
+    /// The body carries the whole object (key and times), not just the news.
+    carries_state: bool,
 }
 
 enum Msg {
@@ -215,7 +223,7 @@ impl Deliveries {
                 .or_insert(change.updated_at);
             *latest = (*latest).max(change.updated_at);
         }
-        if notify == Notify::None {
+        if notify == Notify::None || !covered(&self.options.behaviours, change.entity) {
             return None;
         }
         let seq = {
@@ -224,7 +232,8 @@ impl Deliveries {
             *next += 1;
             seq
         };
-        let name = event_name(change.entity, change.action, self.options.naming);
+        let events = self.options.behaviours.webhook_events;
+        let name = event_name(change.entity, change.action, self.options.naming, events);
         let outcome = match (notify, &self.options.url) {
             (Notify::Drop, _) => Outcome::Dropped,
             (_, None) => Outcome::NoTarget,
@@ -253,7 +262,9 @@ impl Deliveries {
             }
         }
         if outcome == Outcome::Queued {
-            let body = payload(&name, &change.object, self.options.shape);
+            let object = body_object(&self.options.behaviours, change);
+            let carries_state = object.get("key").is_some() && object.get("updated_at").is_some();
+            let body = payload(&name, &object, self.options.shape);
             let event = Event {
                 seq,
                 entity: change.entity,
@@ -261,6 +272,7 @@ impl Deliveries {
                 updated_at: change.updated_at,
                 name,
                 body,
+                carries_state,
             };
             // Fails only once the sender task is gone (shutting down): nothing to deliver to.
             if self.queue.send(Msg::Event(event)).is_err()
@@ -385,6 +397,7 @@ impl Deliveries {
                         updated_at: event.updated_at,
                         name: event.name.clone(),
                         body: event.body.clone(),
+                        carries_state: event.carries_state,
                     });
                     let mut later = Vec::new();
                     if reorder {
@@ -473,30 +486,96 @@ impl Deliveries {
                 r.outcome = Outcome::Failed;
             }
         }
-        if ok {
-            let mut ledger = lock(&self.ledger);
-            let d = ledger
-                .delivered
-                .entry((event.entity, event.key.clone()))
-                .or_insert(event.updated_at);
-            *d = (*d).max(event.updated_at);
+        if ok && event.carries_state {
+            self.reached_service(event.entity, &event.key, event.updated_at);
         }
+    }
+
+    /// Records that the object's state as of `updated_at` reached the service outside a
+    /// reconcile scan (a webhook body, or a read to verify one).
+    pub fn reached_service(&self, entity: Entity, key: &str, updated_at: i64) {
+        let mut ledger = lock(&self.ledger);
+        let d = ledger
+            .delivered
+            .entry((entity, key.to_string()))
+            .or_insert(updated_at);
+        *d = (*d).max(updated_at);
     }
 }
 
-/// `customer_created` or `customer.created`; partnerships are `partner.*` in the legacy
-/// dotted style.
-pub fn event_name(entity: Entity, action: Action, naming: Naming) -> String {
+/// Whether changes of `entity` get webhooks: in documented mode, only the kinds
+/// PartnerStack documents webhooks for.
+pub fn covered(behaviours: &Behaviours, entity: Entity) -> bool {
+    match behaviours.webhook_events {
+        WebhookEvents::All => true,
+        WebhookEvents::Documented => matches!(
+            entity,
+            Entity::Partner | Entity::Customer | Entity::Deal | Entity::Lead
+        ),
+    }
+}
+
+/// `customer_created` or `customer.created`. In the legacy (`all`) mode's dotted style,
+/// partnerships are `partner.*`; the documentation's dotted names are `partnership.*`.
+pub fn event_name(entity: Entity, action: Action, naming: Naming, events: WebhookEvents) -> String {
     match naming {
         Naming::Underscore => format!("{}_{}", entity.name(), action.as_str()),
         Naming::Dotted => {
-            let prefix = if entity == Entity::Partner {
+            let prefix = if entity == Entity::Partner && events == WebhookEvents::All {
                 "partner"
             } else {
                 entity.name()
             };
             format!("{prefix}.{}", action.as_str())
         }
+    }
+}
+
+/// The object a webhook body carries for `change`: in documented mode a partnership as
+/// the webhook guide's sample has it (a numeric `id`, `partner_key`, names, email, the
+/// group with its numeric `id`, `"archived": "false"`; no key, no timestamps), and a
+/// customer in the shape `--customer-body` chooses; otherwise the object as the API
+/// renders it.
+pub fn body_object(behaviours: &Behaviours, change: &Change) -> Value {
+    let object = behaviour::present(behaviours, change.entity, change.object.clone());
+    if behaviours.webhook_events == WebhookEvents::All {
+        return object;
+    }
+    let field = |name: &str| object.get(name).cloned().unwrap_or(Value::Null);
+    let archived = if change.action == Action::Deleted || field("archived") == json!(true) {
+        "true"
+    } else {
+        "false"
+    };
+    match change.entity {
+        Entity::Partner => {
+            let group = match object.get("group") {
+                Some(Value::Object(g)) => json!({
+                    "id": g.get("key").and_then(Value::as_str).map(numeric_id),
+                    "name": g.get("name").cloned().unwrap_or(Value::Null),
+                    "slug": g.get("slug").cloned().unwrap_or(Value::Null),
+                }),
+                _ => Value::Null,
+            };
+            json!({
+                "id": numeric_id(&change.key),
+                "partner_key": field("partner_key"),
+                "first_name": field("first_name"),
+                "last_name": field("last_name"),
+                "email": field("email"),
+                "group": group,
+                "archived": archived,
+            })
+        }
+        Entity::Customer if behaviours.customer_body == CustomerBody::Keyless => json!({
+            "id": numeric_id(&change.key),
+            "customer_key": field("customer_key"),
+            "email": field("email"),
+            "name": field("name"),
+            "partner_key": field("partner_key"),
+            "archived": archived,
+        }),
+        _ => object,
     }
 }
 
@@ -530,14 +609,105 @@ pub fn payload(event: &str, object: &Value, shape: Shape) -> Vec<u8> {
 mod tests {
     use super::*;
 
+    fn behaviours(webhook_events: WebhookEvents, customer_body: CustomerBody) -> Behaviours {
+        Behaviours {
+            webhook_events,
+            customer_body,
+            ..Behaviours::default()
+        }
+    }
+
+    #[test]
+    fn documented_bodies_have_the_documented_shape() {
+        let partnership = Change {
+            entity: Entity::Partner,
+            key: "part_1".into(),
+            action: Action::Created,
+            updated_at: 5,
+            object: json!({"key": "part_1", "partner_key": "JohnSmith", "first_name": "John",
+                "last_name": "Smith", "email": "j@example.com", "tags": [],
+                "group": {"key": "grup_1", "name": "Gold", "slug": "gold"},
+                "created_at": 1, "updated_at": 5}),
+        };
+        let documented = behaviours(WebhookEvents::Documented, CustomerBody::Full);
+        let body = body_object(&documented, &partnership);
+        let mut fields: Vec<&str> = body
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        fields.sort();
+        assert_eq!(
+            fields,
+            [
+                "archived",
+                "email",
+                "first_name",
+                "group",
+                "id",
+                "last_name",
+                "partner_key"
+            ]
+        );
+        assert_eq!(body["archived"], "false");
+        assert!(body["id"].is_u64());
+        assert_eq!(body["group"]["name"], "Gold");
+        assert!(body["group"]["id"].is_u64() && body["group"].get("key").is_none());
+        let all = behaviours(WebhookEvents::All, CustomerBody::Full);
+        assert_eq!(body_object(&all, &partnership), partnership.object);
+
+        let customer = Change {
+            entity: Entity::Customer,
+            key: "cust_1".into(),
+            action: Action::Deleted,
+            updated_at: 5,
+            object: json!({"key": "cust_1", "customer_key": "c-1", "email": "b@example.com",
+                "partner_key": "JohnSmith", "created_at": 1, "updated_at": 5}),
+        };
+        assert_eq!(body_object(&documented, &customer), customer.object);
+        let keyless = body_object(
+            &behaviours(WebhookEvents::Documented, CustomerBody::Keyless),
+            &customer,
+        );
+        assert!(keyless.get("key").is_none() && keyless.get("updated_at").is_none());
+        assert_eq!(
+            (&keyless["customer_key"], &keyless["archived"]),
+            (&json!("c-1"), &json!("true"))
+        );
+        assert!(covered(&documented, Entity::Deal));
+        assert!(!covered(&documented, Entity::Transaction));
+        assert!(!covered(&documented, Entity::Group));
+        assert!(covered(&all, Entity::Reward));
+    }
+
     #[test]
     fn names_and_shapes() {
         assert_eq!(
-            event_name(Entity::Partner, Action::Created, Naming::Dotted),
+            event_name(
+                Entity::Partner,
+                Action::Created,
+                Naming::Dotted,
+                WebhookEvents::All
+            ),
             "partner.created"
         );
         assert_eq!(
-            event_name(Entity::Customer, Action::Deleted, Naming::Underscore),
+            event_name(
+                Entity::Partner,
+                Action::Created,
+                Naming::Dotted,
+                WebhookEvents::Documented
+            ),
+            "partnership.created"
+        );
+        assert_eq!(
+            event_name(
+                Entity::Customer,
+                Action::Deleted,
+                Naming::Underscore,
+                WebhookEvents::Documented
+            ),
             "customer_deleted"
         );
         let object = json!({"key": "cust_1"});

@@ -4,7 +4,7 @@
 //! platforms and versions), so the same seed and counts give the same keys and content.
 //! Times are anchored at start-up (or `--now-ms`), so timestamps repeat only when pinned.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use axum::http::StatusCode;
 use rand::rngs::Xoshiro256PlusPlus;
@@ -12,6 +12,7 @@ use rand::{RngExt as _, SeedableRng as _};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use super::behaviour::DuplicateTransactionKey;
 use super::data::*;
 use partnerstack::Entity;
 
@@ -162,6 +163,11 @@ pub struct World {
     /// change is strictly newer than the one before.
     last_ms: i64,
     serial: u64,
+    /// How long a new customer stays unknown to single GETs (PartnerStack can take
+    /// minutes to make one readable).
+    pub customer_readable_after_ms: i64,
+    /// When each customer created since start becomes readable by a single GET (wall ms).
+    readable_at: HashMap<String, i64>,
 }
 
 /// Runs `$body` with `$t` bound to `$world`'s table of `$entity`.
@@ -259,6 +265,8 @@ impl World {
             rng: Xoshiro256PlusPlus::seed_from_u64(seed),
             last_ms: anchor_ms,
             serial: 0,
+            customer_readable_after_ms: 0,
+            readable_at: HashMap::new(),
         };
         let start = anchor_ms - i64::from(history_days.max(1)) * DAY_MS;
 
@@ -518,7 +526,6 @@ impl World {
             ),
             first_name: first.into(),
             last_name: last.into(),
-            approved_status: "approved".into(),
             group,
             team: None,
             tags,
@@ -731,12 +738,28 @@ impl World {
     }
 
     /// A single GET: by key, or by `customer_key` / `partner_key`. Archived customers are
-    /// not found.
+    /// not found, nor new ones before they become readable.
     pub fn get(&self, entity: Entity, key: &str) -> Option<Value> {
+        if entity == Entity::Customer {
+            let customer = self.customers.find(key).filter(|c| c.listed())?;
+            let readable = self
+                .readable_at
+                .get(&customer.key)
+                .is_none_or(|&at| wall_ms() >= at);
+            return readable.then(|| render(customer));
+        }
         with_table!(self, entity, |t| t
             .find(key)
             .filter(|x| x.listed())
             .map(render))
+    }
+
+    /// Remembers when a customer created now becomes readable.
+    fn created_customer(&mut self, key: &str) {
+        if self.customer_readable_after_ms > 0 {
+            self.readable_at
+                .insert(key.to_string(), wall_ms() + self.customer_readable_after_ms);
+        }
     }
 
     /// Any object by key, listed or not.
@@ -898,6 +921,7 @@ impl World {
         let object = render(&customer);
         let key = customer.key.clone();
         self.customers.insert(customer);
+        self.created_customer(&key);
         Some(vec![self.change(
             Entity::Customer,
             &key,
@@ -1075,6 +1099,7 @@ impl World {
         let object = render(&c);
         let key = c.key.clone();
         self.customers.insert(c);
+        self.created_customer(&key);
         Ok(self.change(Entity::Customer, &key, Action::Created, object))
     }
 
@@ -1124,6 +1149,25 @@ impl World {
         self.patch(Entity::Customer, &key, &patch)
     }
 
+    /// `DELETE /transactions/{key}`: removes the transaction.
+    pub fn delete_transaction(&mut self, key: &str) -> Result<Change, Refusal> {
+        let object = self.render(Entity::Transaction, key).ok_or_else(|| {
+            (
+                StatusCode::NOT_FOUND,
+                format!("Transaction '{key}' not found"),
+            )
+        })?;
+        self.transactions.remove(key);
+        let now = self.tick();
+        Ok(Change {
+            entity: Entity::Transaction,
+            key: key.to_string(),
+            action: Action::Deleted,
+            updated_at: now,
+            object,
+        })
+    }
+
     /// `DELETE /customers/{customer_key}`: archives.
     pub fn archive_customer(&mut self, customer_key: &str) -> Result<Change, Refusal> {
         let key = self.listed_customer(customer_key)?;
@@ -1132,11 +1176,12 @@ impl World {
         self.patch(Entity::Customer, &key, &patch)
     }
 
-    /// `POST /transactions`. A repeated `key` returns the existing transaction and changes
-    /// nothing (the idempotency the real API promises); the bool says whether it was new.
+    /// `POST /transactions`. A repeated `key` gets what `duplicate` says (undocumented):
+    /// the existing transaction, changing nothing, or a 400.
     pub fn create_transaction(
         &mut self,
         body: &Map<String, Value>,
+        duplicate: DuplicateTransactionKey,
     ) -> Result<(Value, Vec<Change>), Refusal> {
         let given: Vec<&str> = ["customer_key", "customer_external_key", "customer_email"]
             .into_iter()
@@ -1191,7 +1236,12 @@ impl World {
         if let Some(k) = &key
             && let Some(existing) = self.transactions.get(k)
         {
-            return Ok((render(existing), Vec::new()));
+            return match duplicate {
+                DuplicateTransactionKey::Idempotent => Ok((render(existing), Vec::new())),
+                DuplicateTransactionKey::Reject => {
+                    Err(bad(format!("A transaction with key '{k}' already exists")))
+                }
+            };
         }
         let mut changes = self.add_transaction(&customer, key);
         let tx_key = changes[0].key.clone();

@@ -15,9 +15,11 @@ use crate::wire::{self, de};
 /// Identity and times every object carries.
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct Meta {
+    /// PartnerStack's key (`part_...`, `cust_...`): the object's identity.
     #[serde(default, deserialize_with = "de::string")]
     pub key: Option<String>,
-    /// Some webhook samples carry a numeric `id` instead of `key`.
+    /// A numeric internal id some webhook bodies carry instead of `key` (the documented
+    /// partnership sample does). It is not a key: nothing is ever identified by it.
     #[serde(default, deserialize_with = "de::string")]
     pub id: Option<String>,
     #[serde(default, deserialize_with = "de::timestamp")]
@@ -27,24 +29,24 @@ pub struct Meta {
 }
 
 impl Meta {
-    /// The object's key: `key`, else `id`.
+    /// The object's key, when it carries a non-blank one.
     pub fn identity(&self) -> Option<&str> {
-        self.key
-            .as_deref()
-            .or(self.id.as_deref())
-            .filter(|k| !k.trim().is_empty())
+        self.key.as_deref().filter(|k| !k.trim().is_empty())
     }
 
     /// The key of a raw object, read as [`Meta::identity`] reads it, even when the rest
     /// of the object does not read. `None` when there is none or it cannot be read.
     pub fn identity_of(object: &Value) -> Option<String> {
-        let read = |field: &str| object.get(field).map_or(Ok(None), wire::parse_string);
-        let meta = Meta {
-            key: read("key").ok()?,
-            id: read("id").ok()?,
+        let key = object
+            .get("key")
+            .map_or(Ok(None), wire::parse_string)
+            .ok()?;
+        Meta {
+            key,
             ..Meta::default()
-        };
-        meta.identity().map(str::to_string)
+        }
+        .identity()
+        .map(str::to_string)
     }
 }
 
@@ -53,7 +55,10 @@ impl Meta {
 #[derive(Debug, Clone, Default)]
 pub struct Ref {
     pub key: Option<String>,
+    /// A numeric internal id (webhook samples nest groups with `id` and no `key`).
+    pub id: Option<String>,
     pub name: Option<String>,
+    pub slug: Option<String>,
     pub email: Option<String>,
     pub external_key: Option<String>,
     pub partner_key: Option<String>,
@@ -74,7 +79,9 @@ impl<'de> Deserialize<'de> for Ref {
             Value::Null => Ok(Ref::default()),
             Value::Object(_) => Ok(Ref {
                 key: field("key")?,
+                id: field("id")?,
                 name: field("name")?,
+                slug: field("slug")?,
                 email: field("email")?,
                 external_key: field("external_key")?,
                 partner_key: field("partner_key")?,
@@ -313,7 +320,9 @@ impl Object for Group {
 pub struct Deal {
     #[serde(flatten)]
     pub meta: Meta,
-    #[serde(default, deserialize_with = "de::string")]
+    /// A string in generated clients, an object in a production connector's schema: both
+    /// are read (an object's `name`).
+    #[serde(default, deserialize_with = "de::name_or_object")]
     pub account_name: Option<String>,
     #[serde(default, deserialize_with = "de::cents")]
     pub amount: Option<i64>,
@@ -383,10 +392,8 @@ mod tests {
             key(json!({"key": "cus_1", "created_at": "yesterday"})),
             Some("cus_1".into())
         );
-        assert_eq!(
-            key(json!({"id": 1234, "amount": "lots"})),
-            Some("1234".into())
-        );
+        // A numeric `id` is never a key.
+        assert_eq!(key(json!({"id": 1234, "amount": "lots"})), None);
         assert_eq!(key(json!({"key": " ", "id": "c"})), None);
         assert_eq!(key(json!({"key": ["cus_1"]})), None);
         assert_eq!(key(json!({"name": "no key"})), None);

@@ -1,8 +1,13 @@
 //! Reading webhook deliveries: both payload shapes and both event-naming styles.
 //!
-//! Shapes: a flat object (the domain object's fields at the top level plus `"event"`), or
-//! an envelope `{"event" | "type": ..., "data": {...}}`. Names: `customer.created`,
-//! `customer_created`, `partner.updated` (= `partnership_updated`), any case.
+//! Shapes: a flat object (the domain object's fields at the top level plus `"event"`; the
+//! documented samples), or an envelope `{"event" | "type": ..., "data": {...}}` (relays).
+//! Names: dotted (`partnership.created`, current documentation) or underscored
+//! (`partnership_created`, older documentation and every sample body), any case. The
+//! legacy dialect's exact `partner.created|updated|deleted` mean `partnership_*`; other
+//! `partner_*` names are kept as they are, because partner-team events exist and are not
+//! partnerships. Documented bodies may carry a numeric `id` and no `key`: an `id` is never
+//! taken for a key (see `docs/partnerstack.md`).
 
 use serde_json::{Map, Value};
 
@@ -23,20 +28,21 @@ pub struct Delivery {
     pub object: Value,
 }
 
-/// Lower case, `_` separated, `partner_*` read as `partnership_*`.
+/// Lower case, `_` separated; the legacy dialect's exact `partner.created`,
+/// `partner.updated` and `partner.deleted` read as `partnership_*`.
 pub fn normalise_event(name: &str) -> String {
-    let name: String = name
-        .trim()
-        .chars()
+    let name = name.trim();
+    if let Some(action) = name.to_ascii_lowercase().strip_prefix("partner.")
+        && matches!(action, "created" | "updated" | "deleted")
+    {
+        return format!("partnership_{action}");
+    }
+    name.chars()
         .map(|c| match c {
             '.' | '-' | ' ' | '/' | ':' => '_',
             c => c.to_ascii_lowercase(),
         })
-        .collect();
-    match name.strip_prefix("partner_") {
-        Some(rest) => format!("partnership_{rest}"),
-        None => name,
-    }
+        .collect()
 }
 
 /// Fields that name the event, in order of preference.
@@ -193,10 +199,11 @@ pub fn interpret(event: &str) -> Option<EventKind> {
     Some(EventKind { entity, deleted })
 }
 
-/// The entity an event-name prefix refers to (`partner` and `partnership` are one).
+/// The entity an event-name prefix refers to (a bare `partner` is not a partnership:
+/// `partner_team_*` events exist).
 fn entity_of_prefix(prefix: &str) -> Option<Entity> {
     Some(match prefix {
-        "partner" | "partnership" => Entity::Partner,
+        "partnership" => Entity::Partner,
         "customer" => Entity::Customer,
         "transaction" => Entity::Transaction,
         "reward" => Entity::Reward,
@@ -263,7 +270,12 @@ mod tests {
             ("customer_created", "customer_created"),
             ("Customer.Updated", "customer_updated"),
             ("partner.created", "partnership_created"),
+            ("Partner.Deleted", "partnership_deleted"),
             ("partnership.tags_updated", "partnership_tags_updated"),
+            // Only the legacy dialect's exact names are partnerships.
+            ("partner_created", "partner_created"),
+            ("partner.team_created", "partner_team_created"),
+            ("partner_team.updated", "partner_team_updated"),
             (" reward.created ", "reward_created"),
         ] {
             assert_eq!(normalise_event(raw), expected);
@@ -287,6 +299,8 @@ mod tests {
             })
         );
         assert_eq!(interpret("agreement_accepted"), None);
+        assert_eq!(interpret("partner_team_created"), None);
+        assert_eq!(interpret("partner_created"), None);
         assert_eq!(interpret("application_created"), None);
         assert_eq!(interpret("customer"), None);
     }

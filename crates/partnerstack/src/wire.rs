@@ -144,6 +144,22 @@ pub fn parse_key_or_object(value: &Value) -> Result<Option<String>, String> {
     }
 }
 
+/// A name that may come as a string or as an object: the object's `name` (else its
+/// `account_name` or `key`), else the object as compact JSON text, so nothing is lost.
+pub fn parse_name_or_object(value: &Value) -> Result<Option<String>, String> {
+    match value {
+        Value::Object(map) => {
+            for field in ["name", "account_name", "key"] {
+                if let Some(name) = map.get(field).map(parse_string).transpose()?.flatten() {
+                    return Ok(Some(name));
+                }
+            }
+            Ok(Some(value.to_string()))
+        }
+        other => parse_string(other),
+    }
+}
+
 fn kind(value: &Value) -> &'static str {
     match value {
         Value::Null => "null",
@@ -174,6 +190,7 @@ pub mod de {
     serde_reader!(cents, parse_cents, Option<i64>);
     serde_reader!(date, parse_date, Option<NaiveDate>);
     serde_reader!(key_or_object, parse_key_or_object, Option<String>);
+    serde_reader!(name_or_object, parse_name_or_object, Option<String>);
 }
 
 #[cfg(test)]
@@ -256,6 +273,28 @@ mod tests {
             Some("42")
         );
         assert!(parse_string(&json!({"a": 1})).is_err());
+    }
+
+    #[test]
+    fn names_as_strings_or_objects() {
+        assert_eq!(
+            parse_name_or_object(&json!("Acme")).unwrap().as_deref(),
+            Some("Acme")
+        );
+        assert_eq!(
+            parse_name_or_object(&json!({"name": "Acme", "id": 7}))
+                .unwrap()
+                .as_deref(),
+            Some("Acme")
+        );
+        assert_eq!(
+            parse_name_or_object(&json!({"domain": "acme.io"}))
+                .unwrap()
+                .as_deref(),
+            Some(r#"{"domain":"acme.io"}"#)
+        );
+        assert_eq!(parse_name_or_object(&json!(null)).unwrap(), None);
+        assert!(parse_name_or_object(&json!({"name": ["x"]})).is_err());
     }
 
     #[test]

@@ -11,6 +11,7 @@ mod pages;
 mod retry;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -147,6 +148,9 @@ impl Default for StreamPaths {
     }
 }
 
+/// Most list pages a look-up for one object reads.
+pub const FIND_PAGES: u64 = 4;
+
 /// The first backoff ceiling (it doubles per attempt, up to `max_backoff`).
 const BASE_BACKOFF: Duration = Duration::from_millis(250);
 
@@ -170,6 +174,19 @@ pub enum Error {
     /// An answer that is not what the endpoint documents.
     #[error("PartnerStack sent an unexpected answer to {path}: {detail}")]
     InvalidResponse { path: String, detail: String },
+    /// A page asked for with a cursor came back empty, or was refused (4xx), when the
+    /// previous page said more would follow: the object the cursor names may have been
+    /// deleted meanwhile (what PartnerStack does then is undocumented). Only a
+    /// [strict](Pager::strict) pager reports it; a caller that must read everything starts
+    /// again from the top.
+    #[error(
+        "the cursor {cursor:?} of {path} no longer works ({detail}); the list must be read again from the top"
+    )]
+    CursorLost {
+        path: String,
+        cursor: String,
+        detail: String,
+    },
     /// A list returned a cursor it had returned before: following it would loop.
     #[error(
         "the cursor of {path} did not advance ({cursor:?} came back after {pages} pages); stopped instead of looping"
@@ -183,6 +200,16 @@ pub enum Error {
     #[error("a customer with customer_key {customer_key:?} already exists ({status}: {message})")]
     DuplicateCustomer {
         customer_key: String,
+        status: StatusCode,
+        message: String,
+    },
+    /// `POST /transactions` was refused and a transaction with that `key` exists (what
+    /// PartnerStack answers for a repeated key is undocumented: either the existing
+    /// transaction, or a 4xx; this is the second).
+    #[error("a transaction with key {key:?} already exists ({status}: {message})")]
+    DuplicateTransaction {
+        key: String,
+        existing: Box<Record<Transaction>>,
         status: StatusCode,
         message: String,
     },
@@ -204,7 +231,9 @@ impl Error {
     /// PartnerStack's HTTP status, when it answered (also through [`Error::GaveUp`]).
     pub fn status(&self) -> Option<StatusCode> {
         match self {
-            Error::Http { status, .. } | Error::DuplicateCustomer { status, .. } => Some(*status),
+            Error::Http { status, .. }
+            | Error::DuplicateCustomer { status, .. }
+            | Error::DuplicateTransaction { status, .. } => Some(*status),
             Error::GaveUp { last, .. } => last.status(),
             _ => None,
         }
@@ -259,8 +288,8 @@ pub struct NewCustomer {
     pub email: String,
     /// The referring partner; required.
     pub partner_key: String,
-    /// Your own key for the customer. A repeat is refused, not upserted.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// Your own key for the customer. A repeat is refused, not upserted. Required by the
+    /// API but nullable: sent as `null` when there is none.
     pub customer_key: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
@@ -359,6 +388,8 @@ struct Inner {
     policy: RetryPolicy,
     budget: Arc<RequestBudget>,
     paths: StreamPaths,
+    /// Requests sent, retries included.
+    requests: AtomicU64,
 }
 
 impl std::fmt::Debug for Client {
@@ -403,8 +434,15 @@ impl Client {
                 },
                 budget: RequestBudget::shared(&account, config.requests_per_second),
                 paths: config.paths.clone(),
+                requests: AtomicU64::new(0),
             }),
         })
+    }
+
+    /// The request budget's rate (requests per second), shared by every client of the
+    /// same account in the process.
+    pub fn requests_per_second(&self) -> f64 {
+        self.inner.budget.rate()
     }
 
     /// Items per list page unless a query says otherwise.
@@ -428,10 +466,20 @@ impl Client {
         Pager::new(self.clone(), entity, path.into(), query)
     }
 
-    /// One object by key, for the kinds the API can read singly (partnerships by key or
-    /// `partner_key`, customers by your `customer_key`, groups, deals, leads). `None` on 404.
+    /// Whether PartnerStack documents a single-object read for `entity`: partnerships (by
+    /// key or `partner_key`), customers (by your `customer_key`), deals and leads. Groups,
+    /// transactions and rewards have none.
+    pub fn has_single_get(entity: Entity) -> bool {
+        matches!(
+            entity,
+            Entity::Partner | Entity::Customer | Entity::Deal | Entity::Lead
+        )
+    }
+
+    /// One object by key, for the kinds the API can read singly (see
+    /// [`Client::has_single_get`]). `None` on 404.
     pub async fn get(&self, entity: Entity, key: &str) -> Result<Option<Value>, Error> {
-        if matches!(entity, Entity::Transaction | Entity::Reward) {
+        if !Self::has_single_get(entity) {
             return Err(Error::InvalidRequest(format!(
                 "PartnerStack has no single-object read for {}",
                 entity.stream()
@@ -472,29 +520,16 @@ impl Client {
         match self.call(Method::POST, url, &[], Some(body), repeat).await {
             Ok(body) => Record::parse(self.data(body, Entity::Customer)?),
             Err(e) => {
-                let client_error = e.status().filter(|s| {
-                    s.is_client_error()
-                        && !matches!(
-                            *s,
-                            StatusCode::UNAUTHORIZED
-                                | StatusCode::FORBIDDEN
-                                | StatusCode::TOO_MANY_REQUESTS
-                        )
-                });
                 // The duplicate answer is undocumented: any 4xx plus an existing
                 // customer under that key means it was one. If the look-up itself fails,
                 // the create's own error is the more useful one.
-                if let (Some(status), Some(key)) = (client_error, &customer.customer_key)
+                if let (Some(status), Some(key)) = (refused_data(&e), &customer.customer_key)
                     && matches!(self.get_customer(key).await, Ok(Some(_)))
                 {
-                    let message = match e {
-                        Error::Http { message, .. } => message,
-                        other => other.to_string(),
-                    };
                     return Err(Error::DuplicateCustomer {
                         customer_key: key.clone(),
                         status,
-                        message,
+                        message: http_message(e),
                     });
                 }
                 Err(e)
@@ -517,7 +552,10 @@ impl Client {
         Record::parse(self.data(body, Entity::Customer)?)
     }
 
-    /// `POST /transactions`. Retried after a 5xx or timeout only when it has a `key`.
+    /// `POST /transactions`. Retried after a 5xx or timeout only when it has a `key`. A
+    /// refused create whose `key` exists answers [`Error::DuplicateTransaction`] with the
+    /// existing transaction (also when an earlier attempt of this very call landed but its
+    /// answer was lost); a repeat PartnerStack answers idempotently is `Ok`.
     pub async fn create_transaction(
         &self,
         transaction: &NewTransaction,
@@ -530,17 +568,73 @@ impl Client {
         } else {
             Repeat::Unsafe
         };
-        let body = self
-            .call(Method::POST, url, &[], Some(body), repeat)
-            .await?;
-        Record::parse(self.data(body, Entity::Transaction)?)
+        match self.call(Method::POST, url, &[], Some(body), repeat).await {
+            Ok(body) => Record::parse(self.data(body, Entity::Transaction)?),
+            Err(e) => {
+                let (Some(status), Some(key)) = (refused_data(&e), &transaction.key) else {
+                    return Err(e);
+                };
+                // The look-up failing or finding nothing leaves the create's own error.
+                match self.find_transaction(key, transaction.created_at).await {
+                    Ok(Some(existing)) => Err(Error::DuplicateTransaction {
+                        key: key.clone(),
+                        existing: Box::new(existing),
+                        status,
+                        message: http_message(e),
+                    }),
+                    _ => Err(e),
+                }
+            }
+        }
     }
 
-    /// One list page's raw body (the pager reads it).
-    async fn get_list(&self, path: &str, params: &[(String, String)]) -> Result<Value, Error> {
+    /// The transaction with `key`, if it exists. PartnerStack has no single-object read for
+    /// transactions: around `created_at` when it is known (a narrow creation window), else
+    /// among the newest (a repeated create is almost always a recent one), at most
+    /// [`FIND_PAGES`] pages.
+    pub async fn find_transaction(
+        &self,
+        key: &str,
+        created_at: Option<DateTime<Utc>>,
+    ) -> Result<Option<Record<Transaction>>, Error> {
+        let margin = chrono::Duration::seconds(1);
+        let query = ListQuery {
+            min_created: created_at.and_then(|t| t.checked_sub_signed(margin)),
+            max_created: created_at.and_then(|t| t.checked_add_signed(margin)),
+            ..ListQuery::default()
+        };
+        let mut pager = self.pages(Entity::Transaction, query);
+        while pager.pages() < FIND_PAGES {
+            let Some(page) = pager.next_page().await? else {
+                break;
+            };
+            if let Some(item) = page
+                .items
+                .into_iter()
+                .find(|item| models::Meta::identity_of(item).as_deref() == Some(key))
+            {
+                return Record::parse(item).map(Some);
+            }
+        }
+        Ok(None)
+    }
+
+    /// One list page's raw body (the pager reads it); every attempt is counted in
+    /// `requests`.
+    async fn get_list(
+        &self,
+        path: &str,
+        params: &[(String, String)],
+        requests: &AtomicU64,
+    ) -> Result<Value, Error> {
         let url = self.url(path, None)?;
-        self.call(Method::GET, url, params, None, Repeat::Safe)
+        self.call_counted(Method::GET, url, params, None, Repeat::Safe, Some(requests))
             .await
+    }
+
+    /// HTTP requests this client (and its clones) sent, retries included.
+    pub fn requests_sent(&self) -> u64 {
+        self.inner.requests.load(Ordering::Relaxed)
     }
 
     /// `base_url` + `path`, plus `key` as one percent-encoded segment.
@@ -583,9 +677,27 @@ impl Client {
         body: Option<Value>,
         repeat: Repeat,
     ) -> Result<Value, Error> {
+        self.call_counted(method, url, query, body, repeat, None)
+            .await
+    }
+
+    /// [`Client::call`], also counting each attempt in `counter`.
+    async fn call_counted(
+        &self,
+        method: Method,
+        url: Url,
+        query: &[(String, String)],
+        body: Option<Value>,
+        repeat: Repeat,
+        counter: Option<&AtomicU64>,
+    ) -> Result<Value, Error> {
         let inner = &self.inner;
         let what = format!("{method} {}", url.path());
         retry(&inner.policy, &inner.budget, &what, |_| {
+            inner.requests.fetch_add(1, Ordering::Relaxed);
+            if let Some(counter) = counter {
+                counter.fetch_add(1, Ordering::Relaxed);
+            }
             let mut request = inner
                 .http
                 .request(method.clone(), url.clone())
@@ -603,6 +715,26 @@ impl Client {
             attempt(request, url.path().to_string(), repeat)
         })
         .await
+    }
+}
+
+/// The 4xx status of an error that refused the request's data: not the credentials (401,
+/// 403) or the rate (429).
+fn refused_data(e: &Error) -> Option<StatusCode> {
+    e.status().filter(|s| {
+        s.is_client_error()
+            && !matches!(
+                *s,
+                StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN | StatusCode::TOO_MANY_REQUESTS
+            )
+    })
+}
+
+/// PartnerStack's message of an HTTP error, else the error's own text.
+fn http_message(e: Error) -> String {
+    match e {
+        Error::Http { message, .. } => message,
+        other => other.to_string(),
     }
 }
 
@@ -728,6 +860,15 @@ mod tests {
         assert_eq!(
             serde_json::to_value(&c).unwrap(),
             json!({"email": "a@b.co", "partner_key": "p1", "customer_key": "c1"})
+        );
+        // `customer_key` is required and nullable: sent as null, never left out.
+        let keyless = NewCustomer {
+            customer_key: None,
+            ..c
+        };
+        assert_eq!(
+            serde_json::to_value(&keyless).unwrap(),
+            json!({"email": "a@b.co", "partner_key": "p1", "customer_key": null})
         );
     }
 

@@ -7,6 +7,8 @@
 //! instead of looping.
 
 use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 
 use chrono::{DateTime, Utc};
 use futures_util::Stream;
@@ -45,26 +47,22 @@ impl Filter {
     }
 }
 
-/// The filters the client sends to each stream's list endpoint: those PartnerStack's
-/// documentation gives for it. The client refuses to send others (an ignored filter would
-/// silently widen a scan).
-/// Transactions have no update filter: their mutable fields change after creation.
+/// The filters the client sends to each stream's list endpoint: those documented for it,
+/// or used against real accounts by a production integration (`docs/partnerstack.md`,
+/// "List filters"). The client refuses to send others: an ignored filter would silently
+/// widen a scan. Transactions and rewards have no update filter: their mutable fields
+/// change after creation.
 pub fn supported_filters(entity: Entity) -> &'static [Filter] {
     use Filter::*;
     match entity {
-        Entity::Partner | Entity::Group | Entity::Lead => &[MinUpdated, MaxUpdated],
+        Entity::Partner | Entity::Group | Entity::Lead => &[MinUpdated],
         Entity::Customer => &[
             MinUpdated, MaxUpdated, MinCreated, MaxCreated, PartnerKey, Group,
         ],
         Entity::Transaction => &[MinCreated, MaxCreated],
-        Entity::Reward => &[MinCreated, MaxCreated, Status],
+        Entity::Reward => &[MinCreated, Status],
         Entity::Deal => &[
-            MinUpdated,
-            MaxUpdated,
-            MinCreated,
-            MaxCreated,
-            PartnerKey,
-            CustomerKey,
+            MinUpdated, MaxUpdated, MinCreated, MaxCreated, PartnerKey, Group,
         ],
     }
 }
@@ -223,6 +221,8 @@ pub struct Pager {
     done: bool,
     pages: u64,
     items: u64,
+    strict: bool,
+    requests: Arc<AtomicU64>,
 }
 
 impl Pager {
@@ -240,7 +240,23 @@ impl Pager {
             done: false,
             pages: 0,
             items: 0,
+            strict: false,
+            requests: Arc::new(AtomicU64::new(0)),
         }
+    }
+
+    /// A pager that reports [`Error::CursorLost`] instead of ending quietly when a page
+    /// asked for with a cursor comes back empty or refused (4xx): for callers that must
+    /// know they read everything (a full scan marks what it did not see deleted).
+    pub fn strict(mut self) -> Pager {
+        self.strict = true;
+        self
+    }
+
+    /// The count of HTTP requests this walk sent (retries included), shared: it keeps
+    /// counting after the pager moves into another task.
+    pub fn request_counter(&self) -> Arc<AtomicU64> {
+        self.requests.clone()
     }
 
     /// The next page, or `None` after the last one. After an error the pager is finished.
@@ -265,7 +281,22 @@ impl Pager {
         let params = self
             .query
             .params(self.entity, self.limit, self.cursor.as_deref())?;
-        let body = self.client.get_list(&self.path, &params).await?;
+        let body = match self
+            .client
+            .get_list(&self.path, &params, &self.requests)
+            .await
+        {
+            Ok(body) => body,
+            // A refused cursor, not refused credentials or a rate limit.
+            Err(e)
+                if self.strict
+                    && e.status()
+                        .is_some_and(|s| matches!(s.as_u16(), 400 | 404 | 410 | 422)) =>
+            {
+                return Err(self.cursor_lost(e.to_string()).unwrap_or(e));
+            }
+            Err(e) => return Err(e),
+        };
         let list = read_list(body).map_err(|detail| Error::InvalidResponse {
             path: self.path.clone(),
             detail,
@@ -273,6 +304,11 @@ impl Pager {
         self.pages += 1;
         self.items += list.items.len() as u64;
         if list.items.is_empty() {
+            if self.strict
+                && let Some(lost) = self.cursor_lost("an empty page".to_string())
+            {
+                return Err(lost);
+            }
             return Ok(None);
         }
         // Without `has_more`, a full page suggests there may be more; an empty page ends it.
@@ -310,6 +346,15 @@ impl Pager {
             None => self.done = true,
         }
         Ok(Some(page))
+    }
+
+    /// [`Error::CursorLost`] for the current cursor; `None` on the first page (no cursor).
+    fn cursor_lost(&self, detail: String) -> Option<Error> {
+        Some(Error::CursorLost {
+            path: self.path.clone(),
+            cursor: self.cursor.clone()?,
+            detail,
+        })
     }
 
     /// Where the walk stands: pass it as [`ListQuery::starting_after`] to resume after the
@@ -413,5 +458,11 @@ mod tests {
         );
         let err = q.params(Entity::Transaction, 50, None).unwrap_err();
         assert!(err.to_string().contains("min_updated"), "{err}");
+        // No source documents a customer filter on deals.
+        let by_customer = ListQuery {
+            customer_key: Some("c".into()),
+            ..ListQuery::default()
+        };
+        assert!(by_customer.params(Entity::Deal, 50, None).is_err());
     }
 }

@@ -171,6 +171,11 @@ impl RequestBudget {
         }
     }
 
+    /// Requests per second on average.
+    pub fn rate(&self) -> f64 {
+        self.rate
+    }
+
     /// Waits until the caller may send one request.
     pub async fn acquire(&self) {
         let wait = {
