@@ -19,11 +19,15 @@ use crate::config::Config;
 use crate::db::{self, Database};
 use crate::ingest::applier::Applier;
 use crate::ingest::verify::Verifier;
-use crate::ingest::writer::Writer;
+use crate::ingest::writer::{Limits, Writer};
 use crate::reconcile::Reconciler;
 use crate::routes;
+use crate::server;
 use crate::state::AppState;
 use crate::telemetry::Metrics;
+
+/// How often freed memory is given back to the system.
+const TRIM_EVERY: Duration = Duration::from_secs(10);
 
 /// Opens the database (starting the embedded one if configured), migrates it, serves on
 /// `listener` until `shutdown` is cancelled, then shuts everything down in order.
@@ -57,10 +61,14 @@ async fn serve(
     let metrics = Arc::new(Metrics::new());
     let stored = Arc::new(Notify::new());
     let writer_stop = CancellationToken::new();
+    let limits = Limits {
+        capacity: config.webhooks.queue_capacity,
+        capacity_bytes: config.webhooks.queue_bytes,
+        batch_size: config.webhooks.batch_size,
+    };
     let (writer, writer_task) = Writer::spawn(
         pool.clone(),
-        config.webhooks.queue_capacity,
-        config.webhooks.batch_size,
+        limits,
         stored.clone(),
         writer_stop.clone(),
         metrics.clone(),
@@ -71,6 +79,9 @@ async fn serve(
         None => None,
     };
     let applier = Applier::new(pool.clone(), metrics.clone(), verifier(&config, &client));
+    // Freed request bodies go back to the system, not just to the allocator.
+    let trim_stop = shutdown.child_token();
+    let trim_task = tokio::spawn(crate::telemetry::trim_memory(TRIM_EVERY, trim_stop.clone()));
     let applier_stop = CancellationToken::new();
     let applier_task = tokio::spawn(applier.run(stored, applier_stop.clone()));
 
@@ -91,20 +102,34 @@ async fn serve(
         metrics,
     };
     let addr = listener.local_addr()?;
-    tracing::info!(%addr, ready_in_ms = started.elapsed().as_millis() as u64, "partnerstack-sync is serving");
-
-    let server = axum::serve(listener, routes::router(state))
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-        .into_future();
-    let grace = config.server.shutdown_timeout;
-    let served = tokio::select! {
-        r = server => r.map_err(anyhow::Error::from),
-        _ = async { shutdown.cancelled().await; tokio::time::sleep(grace).await } => {
-            tracing::warn!(?grace, "in-flight requests did not finish in time; closing them");
-            Ok(())
-        }
+    let limits = server::Limits {
+        keepalive_timeout: config.server.keepalive_timeout,
+        max_connections: config.server.max_connections,
+        drain: config.server.shutdown_timeout,
     };
+    // Operations routes on their own address, when one is set.
+    let admin = match config.server.admin_listen {
+        Some(admin_addr) => {
+            let admin_listener = server::bind(admin_addr).map_err(|e| {
+                anyhow::anyhow!("cannot listen on {admin_addr} (PSYNC_ADMIN_LISTEN): {e}")
+            })?;
+            tracing::info!(addr = %admin_addr, "serving /metrics on the admin address only");
+            Some(tokio::spawn(server::serve(
+                admin_listener,
+                routes::admin_router(state.clone()),
+                limits,
+                shutdown.clone(),
+            )))
+        }
+        None => None,
+    };
+    tracing::info!(%addr, ready_in_ms = started.elapsed().as_millis() as u64, "partnerstack-sync is serving");
+    server::serve(listener, routes::router(state), limits, shutdown.clone()).await;
+    if let Some(admin) = admin {
+        let _ = admin.await;
+    }
     tracing::info!("server stopped accepting; draining queued deliveries");
+    let grace = config.server.shutdown_timeout;
     writer_stop.cancel();
     let _ = writer_task.await;
     applier_stop.cancel();
@@ -123,9 +148,11 @@ async fn serve(
         task.abort();
         let _ = task.await;
     }
+    trim_stop.cancel();
+    let _ = trim_task.await;
     pool.close().await;
     tracing::info!("shutdown complete");
-    served
+    Ok(())
 }
 
 /// The webhook verifier in fetch mode (`webhooks.verification`), with a log line saying

@@ -155,10 +155,17 @@ pub struct Record {
     /// When the stored version was applied here.
     pub synced_at: DateTime<Utc>,
     /// The object as PartnerStack last sent it, unknown fields included; only with
-    /// `include=raw`.
+    /// `include=raw`. Served as stored, never parsed into a tree.
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
-    pub raw: Option<Value>,
+    pub raw: Option<sqlx::types::Json<Box<serde_json::value::RawValue>>>,
+}
+
+impl Record {
+    /// The bytes of the raw body it carries, if any.
+    pub fn body_bytes(&self) -> usize {
+        self.raw.as_ref().map_or(0, |raw| raw.0.get().len())
+    }
 }
 
 /// The Rust types a column can have, each with its SQL type.

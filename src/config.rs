@@ -22,6 +22,9 @@ pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
 const ENV_OVERRIDES: &[(&str, &str)] = &[
     ("PSYNC_LISTEN", "server.listen"),
     ("PSYNC_REQUEST_TIMEOUT", "server.request_timeout"),
+    ("PSYNC_ADMIN_LISTEN", "server.admin_listen"),
+    ("PSYNC_KEEPALIVE_TIMEOUT", "server.keepalive_timeout"),
+    ("PSYNC_MAX_CONNECTIONS", "server.max_connections"),
     ("DATABASE_URL", "database.url"),
     ("PSYNC_DATA_DIR", "database.data_dir"),
     ("PSYNC_WEBHOOK_TOKENS", "webhooks.tokens"),
@@ -78,10 +81,20 @@ pub struct Config {
 #[serde(deny_unknown_fields)]
 pub struct ServerConfig {
     pub listen: SocketAddr,
+    /// A second address serving only the operations routes (`/metrics`); when set, the
+    /// main listener no longer serves them.
+    #[serde(deserialize_with = "optional_addr")]
+    pub admin_listen: Option<SocketAddr>,
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
+    /// How long a connection may take to deliver a request head, counted from when it
+    /// opened or answered its last request: bounds slow senders and idle keep-alives.
+    #[serde(with = "humantime_serde")]
+    pub keepalive_timeout: Duration,
+    /// Connections served at once; further ones wait to be accepted.
+    pub max_connections: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -111,6 +124,8 @@ pub struct WebhookConfig {
     pub signature_header: HeaderName,
     pub body_limit: usize,
     pub queue_capacity: usize,
+    /// Bytes of deliveries being read or queued at most.
+    pub queue_bytes: usize,
     pub batch_size: usize,
     /// Whether deliveries are verified against PartnerStack before they are applied.
     pub verification: Verification,
@@ -151,6 +166,9 @@ impl WebhookConfig {
 pub struct ApiConfig {
     #[serde(deserialize_with = "secret_list")]
     pub tokens: Vec<SecretString>,
+    /// A list page that carries bodies (`include=payload`, `include=raw`) ends early, with
+    /// `has_more` and a cursor, once its bodies pass this many bytes.
+    pub page_bytes: usize,
 }
 
 /// The PartnerStack client's settings (`[partnerstack]`).
@@ -270,6 +288,18 @@ impl Config {
         if self.webhooks.queue_capacity == 0 {
             return fail("webhooks.queue_capacity", "must be at least 1".into());
         }
+        if self.webhooks.queue_bytes < self.webhooks.body_limit {
+            return fail(
+                "webhooks.queue_bytes",
+                "must hold at least one delivery of webhooks.body_limit bytes".into(),
+            );
+        }
+        if self.server.max_connections == 0 {
+            return fail("server.max_connections", "must be at least 1".into());
+        }
+        if self.api.page_bytes == 0 {
+            return fail("api.page_bytes", "must be at least 1".into());
+        }
         if !(1..=1000).contains(&self.webhooks.batch_size) {
             return fail("webhooks.batch_size", "must be within 1..=1000".into());
         }
@@ -290,6 +320,7 @@ impl Config {
         }
         for (setting, d) in [
             ("server.request_timeout", self.server.request_timeout),
+            ("server.keepalive_timeout", self.server.keepalive_timeout),
             ("database.acquire_timeout", self.database.acquire_timeout),
         ] {
             if d.is_zero() {
@@ -416,6 +447,14 @@ fn set_from_env(
     };
     section.insert(field.to_string(), value);
     Ok(())
+}
+
+fn optional_addr<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+    let s = String::deserialize(d)?;
+    match s.trim() {
+        "" => Ok(None),
+        addr => addr.parse().map(Some).map_err(serde::de::Error::custom),
+    }
 }
 
 fn optional_secret<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SecretString>, D::Error> {

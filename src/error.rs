@@ -9,6 +9,11 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
+use crate::burst::Burst;
+
+/// One warning per this long in a burst of the same failure.
+pub const BURST: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Seconds a sender is asked to wait before retrying a 503.
 pub const RETRY_AFTER_SECS: u64 = 5;
 
@@ -111,7 +116,10 @@ impl ApiError {
 impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> Self {
         if crate::db::is_transient_error(&e) {
-            tracing::warn!(error = %e, "database unavailable");
+            static UNAVAILABLE: Burst = Burst::new(BURST);
+            if let Some(left_out) = UNAVAILABLE.admit() {
+                tracing::warn!(error = %e, left_out, "database unavailable; answering 503");
+            }
             ApiError::unavailable("the database is unavailable; retry later")
         } else {
             ApiError::internal(e)

@@ -106,14 +106,12 @@ fn main() -> ExitCode {
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(config.server.listen)
-        .await
-        .map_err(|e| {
-            anyhow::anyhow!(
-                "cannot listen on {} (PSYNC_LISTEN): {e}",
-                config.server.listen
-            )
-        })?;
+    let listener = partnerstack_sync::server::bind(config.server.listen).map_err(|e| {
+        anyhow::anyhow!(
+            "cannot listen on {} (PSYNC_LISTEN): {e}",
+            config.server.listen
+        )
+    })?;
     let shutdown = cancel_on_signal("shutdown requested");
     app::run(config, listener, shutdown).await
 }

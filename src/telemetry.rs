@@ -5,6 +5,8 @@
 //! (not a process global, so tests can run several services side by side) and are served
 //! on `/metrics` in the Prometheus text format.
 
+use std::time::Duration;
+
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -66,6 +68,12 @@ impl prometheus_client::encoding::EncodeLabelValue for DeliveryResult {
     }
 }
 
+/// The result of an applier transaction.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ApplyLabel {
+    pub result: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabel {
     pub result: DeliveryResult,
@@ -114,6 +122,11 @@ pub struct Metrics {
     pub ingest_batch_size: Histogram,
     /// Deliveries waiting for the writer.
     pub ingest_queue_depth: Gauge,
+    /// Bytes of deliveries being read or waiting for the writer.
+    pub ingest_queue_bytes: Gauge,
+    /// Transactions the applier ran, by result: `committed`, or `refused` (the database
+    /// refused a batch's data and it was split to find the culprit).
+    pub apply_transactions: Family<ApplyLabel, Counter>,
     /// HTTP requests answered, by route template and status.
     pub http_requests: Family<RouteLabels, Counter>,
     /// Reconcile passes finished, by stream.
@@ -148,6 +161,8 @@ impl Metrics {
             webhook_fetches: Family::default(),
             ingest_batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 11)),
             ingest_queue_depth: Gauge::default(),
+            ingest_queue_bytes: Gauge::default(),
+            apply_transactions: Family::default(),
             http_requests: Family::default(),
             reconcile_passes: Family::default(),
             reconcile_errors: Family::default(),
@@ -188,6 +203,16 @@ impl Metrics {
             "ingest_queue_depth",
             "Deliveries waiting for the writer",
             m.ingest_queue_depth.clone(),
+        );
+        registry.register(
+            "ingest_queue_bytes",
+            "Bytes of deliveries being read or waiting for the writer",
+            m.ingest_queue_bytes.clone(),
+        );
+        registry.register(
+            "apply_transactions",
+            "Transactions the applier ran, by result (committed, refused)",
+            m.apply_transactions.clone(),
         );
         registry.register(
             "http_requests",
@@ -252,3 +277,28 @@ impl Metrics {
             .inc();
     }
 }
+
+/// Gives freed memory back to the system every `every`, until `stop`. glibc's allocator
+/// keeps freed memory in its arenas (a burst of large request bodies otherwise stays in
+/// the process's footprint for good); `malloc_trim` returns the free pages of every arena.
+pub async fn trim_memory(every: Duration, stop: tokio_util::sync::CancellationToken) {
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(every) => {}
+        }
+        let _ = tokio::task::spawn_blocking(trim).await;
+    }
+}
+
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn trim() {
+    // SAFETY: malloc_trim has no preconditions; it only walks glibc's own arenas.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn trim() {}

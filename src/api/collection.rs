@@ -8,6 +8,7 @@
 //! depth. Queries are plain `SELECT`s in the request future: reads hold no transaction,
 //! so a client hanging up cannot leave a connection in a bad state.
 
+use futures_util::TryStreamExt as _;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use sqlx::postgres::PgRow;
@@ -84,8 +85,11 @@ pub trait Collection {
         Ok(())
     }
 
-    /// Last touches on a fetched item (e.g. parsing a stored body).
+    /// Last touches on a fetched item (e.g. wrapping a stored body).
     fn finish(_item: &mut Self::Item) {}
+
+    /// The bytes of the body an item carries (bounded per page by `api.page_bytes`).
+    fn body_bytes(item: &Self::Item) -> usize;
 }
 
 /// A page of a collection, in PartnerStack's list shape.
@@ -123,10 +127,13 @@ pub fn accepted<C: Collection>() -> Vec<String> {
     names
 }
 
-/// `GET /v1/{collection}`.
+/// `GET /v1/{collection}`. A page carrying bodies ends early, with `has_more` and a cursor,
+/// once its bodies pass `page_bytes` (it always holds at least one item); rows are read
+/// one at a time, so a request holds at most a page's worth of bodies.
 pub async fn list<C: Collection>(
     pool: &PgPool,
     query: Option<&str>,
+    page_bytes: usize,
 ) -> Result<List<C::Item>, ApiError> {
     let request = ListRequest::<C>::parse(query)?;
     let partner = match C::partner(&request.filters)? {
@@ -139,14 +146,23 @@ pub async fn list<C: Collection>(
     // between walking the list order and sorting the range's rows, so it is planned
     // with its value every time.
     let persistent = request.updated_since.is_none();
-    let mut items: Vec<C::Item> = q
-        .build_query_as()
+    let limit = usize::try_from(request.limit).unwrap_or(0);
+    let mut rows = q
+        .build_query_as::<C::Item>()
         .persistent(persistent)
-        .fetch_all(pool)
-        .await?;
-    let limit = request.limit;
-    let has_more = items.len() as i64 > limit;
-    items.truncate(limit as usize);
+        .fetch(pool);
+    let mut items: Vec<C::Item> = Vec::with_capacity(limit.min(64));
+    let (mut bytes, mut has_more) = (0usize, false);
+    while let Some(item) = rows.try_next().await? {
+        let size = C::body_bytes(&item);
+        if items.len() == limit || (!items.is_empty() && bytes.saturating_add(size) > page_bytes) {
+            has_more = true;
+            break;
+        }
+        bytes = bytes.saturating_add(size);
+        items.push(item);
+    }
+    drop(rows);
     items.iter_mut().for_each(C::finish);
     let ending_cursor = match items.last() {
         Some(last) if has_more => Some(cursor::encode(C::NAME, &C::position(last))),

@@ -132,7 +132,7 @@ macro_rules! collection_routes {
             State(state): State<AppState>,
             RawQuery(query): RawQuery,
         ) -> Result<Json<List<$item>>, ApiError> {
-            collection::list::<$collection>(&state.pool, query.as_deref())
+            collection::list::<$collection>(&state.pool, query.as_deref(), state.config.api.page_bytes)
                 .await
                 .map(Json)
         }

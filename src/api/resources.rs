@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 use partnerstack::Entity;
 use partnerstack::webhook::normalise_event;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::value::RawValue;
 use sqlx::{FromRow, Postgres, QueryBuilder};
 use utoipa::{IntoParams, ToSchema};
 
@@ -50,6 +50,10 @@ macro_rules! entity_columns {
             static SELECT: LazyLock<String> =
                 LazyLock::new(|| entity_select($entity, &[$(($name, $expr)),*]));
             SELECT.as_str()
+        }
+
+        fn body_bytes(item: &Self::Item) -> usize {
+            item.record.body_bytes()
         }
     };
 }
@@ -459,7 +463,7 @@ pub struct Event {
     #[sqlx(skip)]
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Value>)]
-    pub payload: Option<Value>,
+    pub payload: Option<Box<RawValue>>,
     #[serde(skip)]
     pub body: Option<String>,
 }
@@ -534,9 +538,20 @@ impl Collection for Events {
     }
 
     fn finish(item: &mut Event) {
+        // Served as stored (validated, never parsed into a tree).
         if let Some(body) = item.body.take() {
-            item.payload = Some(serde_json::from_str(&body).unwrap_or(Value::String(body)));
+            let is_json = serde_json::from_str::<&RawValue>(&body).is_ok();
+            item.payload = if is_json {
+                RawValue::from_string(body).ok()
+            } else {
+                // Not JSON to this reader: as a JSON string.
+                serde_json::value::to_raw_value(&body).ok()
+            };
         }
+    }
+
+    fn body_bytes(item: &Event) -> usize {
+        item.body.as_ref().map_or(0, String::len)
     }
 }
 

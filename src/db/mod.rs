@@ -6,6 +6,8 @@ pub mod events;
 pub mod sync;
 
 use std::str::FromStr;
+use std::sync::LazyLock;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -98,8 +100,14 @@ pub fn session_options(options: PgConnectOptions, config: &DatabaseConfig) -> Pg
     ])
 }
 
+/// Longest a pooled connection lives: a backstop that also ends sessions whose state a
+/// failover or a setting change left behind.
+const MAX_LIFETIME: Duration = Duration::from_secs(30 * 60);
+
 /// Builds the pool. Connections are opened lazily, so a database that is down at start-up
-/// or later is retried on use.
+/// or later is retried on use. A connection opened before the database last refused a
+/// write for the session's sake ([`Failure::Session`]) is closed instead of reused, so a
+/// session left read-only by a failover never comes back.
 pub fn pool(options: PgConnectOptions, config: &DatabaseConfig) -> PgPool {
     let options = session_options(options, config);
     PgPoolOptions::new()
@@ -107,10 +115,92 @@ pub fn pool(options: PgConnectOptions, config: &DatabaseConfig) -> PgPool {
         .min_connections(0)
         .acquire_timeout(config.acquire_timeout)
         .idle_timeout(Duration::from_secs(300))
+        .max_lifetime(MAX_LIFETIME)
         // No ping per checkout (a round trip per query): a connection broken by a database
         // restart fails its next statement, is discarded, and the caller answers 503.
         .test_before_acquire(false)
+        .before_acquire(|_, meta| Box::pin(async move { Ok(!stale_session(meta.age)) }))
+        .after_release(|_, meta| Box::pin(async move { Ok(!stale_session(meta.age)) }))
         .connect_lazy_with(options)
+}
+
+/// What a database error means for the caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// The database could not be reached, or ended the session: retry on a new one.
+    Connection,
+    /// The session cannot write (read-only transaction, a server in recovery): the
+    /// connection is not reused; retry on a new one.
+    Session,
+    /// The database refused for a passing reason: out of disk, memory or connections, a
+    /// deadlock or serialization failure, a lock or statement timeout. Retry later.
+    Passing,
+    /// The database refused the data itself.
+    Data,
+}
+
+impl Failure {
+    /// Worth retrying as it is (the delivery stays pending; the request gets 503).
+    pub fn is_transient(self) -> bool {
+        self != Failure::Data
+    }
+}
+
+/// Sorts a database error by what it means (see [`Failure`]). A session-level refusal is
+/// remembered: every connection opened before it is closed instead of reused.
+pub fn classify(e: &sqlx::Error) -> Failure {
+    let failure = match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::Protocol(_) => Failure::Connection,
+        sqlx::Error::Database(db) => match db.code().as_deref() {
+            // read_only_sql_transaction (also a standby's answer to a write)
+            Some("25006") => Failure::Session,
+            // 57P01 admin shutdown, 57P02 crash shutdown, 57P03 cannot connect now
+            // (starting up, in recovery), 57P05 idle session timeout, 25P03 idle in
+            // transaction timeout, class 08 connection exceptions
+            Some(c) if c.starts_with("57P") || c.starts_with("08") => Failure::Connection,
+            Some("25P03") => Failure::Connection,
+            // class 53 insufficient resources (disk full, out of memory, too many
+            // connections), serialization failure, deadlock, lock not available, query
+            // canceled (statement timeout)
+            Some(c) if c.starts_with("53") => Failure::Passing,
+            Some("40001" | "40P01" | "55P03" | "57014") => Failure::Passing,
+            _ => Failure::Data,
+        },
+        _ => Failure::Data,
+    };
+    if failure == Failure::Session {
+        note_session_refusal();
+    }
+    failure
+}
+
+/// Milliseconds since this process's first look at the clock when a session last refused
+/// a write for the session's sake (0: never).
+static SESSION_REFUSED_AT: AtomicU64 = AtomicU64::new(0);
+static CLOCK_BASE: LazyLock<std::time::Instant> = LazyLock::new(std::time::Instant::now);
+
+fn clock_ms() -> u64 {
+    u64::try_from(CLOCK_BASE.elapsed().as_millis())
+        .unwrap_or(u64::MAX)
+        .max(1)
+}
+
+/// Remembers that a session refused a write for the session's sake (also when readiness
+/// finds a pooled session that cannot write).
+pub fn note_session_refusal() {
+    SESSION_REFUSED_AT.store(clock_ms(), Ordering::Relaxed);
+}
+
+/// Whether a connection of this age was opened before the last session refusal.
+fn stale_session(age: Duration) -> bool {
+    let refused = SESSION_REFUSED_AT.load(Ordering::Relaxed);
+    let opened = clock_ms().saturating_sub(u64::try_from(age.as_millis()).unwrap_or(u64::MAX));
+    refused > 0 && opened <= refused
 }
 
 /// Applies pending migrations, waiting up to `patience` for the database to answer.
@@ -132,39 +222,49 @@ pub async fn migrate(pool: &PgPool, patience: Duration) -> anyhow::Result<()> {
     }
 }
 
-/// True when the database answers and every compiled-in migration has been applied.
-pub async fn is_ready(pool: &PgPool) -> bool {
+/// Whether the database can do the service's job: why not, or `Ok`.
+pub async fn readiness(pool: &PgPool) -> Result<(), String> {
     let latest = MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0);
-    let applied: Result<Option<i64>, _> =
-        sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations WHERE success")
-            .fetch_one(pool)
-            .await;
-    matches!(applied, Ok(Some(v)) if v >= latest)
+    let row: Result<(bool, bool, Option<i64>), _> = sqlx::query_as(
+        "SELECT pg_is_in_recovery(), current_setting('transaction_read_only') = 'on',
+                (SELECT max(version) FROM _sqlx_migrations WHERE success)",
+    )
+    .fetch_one(pool)
+    .await;
+    match row {
+        Err(e) => Err(format!("the database does not answer ({})", kind(&e))),
+        Ok((true, _, _)) => Err("the database is a standby in recovery: it cannot write".into()),
+        Ok((_, true, _)) => {
+            // This pooled session cannot write; newer ones may (after a failover).
+            note_session_refusal();
+            Err("the database session is read-only: it cannot write".into())
+        }
+        Ok((_, _, applied)) if applied.unwrap_or(0) < latest => {
+            Err("the database is not migrated".into())
+        }
+        Ok(_) => Ok(()),
+    }
 }
 
-/// Errors worth retrying as they are: the database could not be reached, or refused the
-/// statement for a passing reason (deadlock, serialization failure, lock or statement
-/// timeout), as opposed to refusing the data.
+/// A short description of a database error, without its detail (for health answers).
+fn kind(e: &sqlx::Error) -> &'static str {
+    match classify(e) {
+        Failure::Connection => "unreachable",
+        Failure::Session => "read-only session",
+        Failure::Passing => "busy or out of resources",
+        Failure::Data => "error",
+    }
+}
+
+/// Errors worth retrying as they are: the database could not be reached, the session
+/// cannot write, or the database refused for a passing reason (see [`Failure`]), as
+/// opposed to refusing the data.
 pub fn is_transient_error(e: &sqlx::Error) -> bool {
-    is_connection_error(e)
-        || matches!(e, sqlx::Error::Database(db) if db.code().is_some_and(|c| {
-            matches!(c.as_ref(), "40001" | "40P01" | "55P03" | "57014")
-        }))
+    classify(e).is_transient()
 }
 
-/// Errors that mean "the database could not be reached", as opposed to a rejected statement.
+/// Errors after which a session is not to be used again: the database could not be
+/// reached or ended it, or it cannot write.
 pub fn is_connection_error(e: &sqlx::Error) -> bool {
-    matches!(
-        e,
-        sqlx::Error::Io(_)
-            | sqlx::Error::Tls(_)
-            | sqlx::Error::PoolTimedOut
-            | sqlx::Error::PoolClosed
-            | sqlx::Error::WorkerCrashed
-            | sqlx::Error::Protocol(_)
-    ) || matches!(e, sqlx::Error::Database(db) if db.code().is_some_and(|c| {
-        // 57P01 admin shutdown, 57P02 crash shutdown, 57P03 cannot connect now,
-        // class 08 connection exceptions.
-        c.starts_with("57P") || c.starts_with("08")
-    }))
+    matches!(classify(e), Failure::Connection | Failure::Session)
 }

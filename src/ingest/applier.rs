@@ -38,7 +38,7 @@ use crate::apply::{self, Applied, Observation, Source};
 use crate::columns;
 use crate::db::events::{self, AppliedFrom, Outcome, OutcomeRecord, PendingEvent};
 use crate::db::is_transient_error;
-use crate::telemetry::{Metrics, OutcomeLabel};
+use crate::telemetry::{ApplyLabel, Metrics, OutcomeLabel};
 
 /// Deliveries applied per transaction.
 const BATCH: i64 = 256;
@@ -225,6 +225,10 @@ impl Applier {
             Err(e) => {
                 tracing::warn!(error = %e, deliveries = plans.len(), "the database refused a batch; isolating the culprit");
                 tx.rollback().await?;
+                self.metrics
+                    .apply_transactions
+                    .get_or_create(&ApplyLabel { result: "refused" })
+                    .inc();
                 return Ok(Rejected::Yes);
             }
         };
@@ -239,6 +243,12 @@ impl Applier {
             events::defer(&mut tx, &[*id], *at, reason).await?;
         }
         tx.commit().await?;
+        self.metrics
+            .apply_transactions
+            .get_or_create(&ApplyLabel {
+                result: "committed",
+            })
+            .inc();
         for o in &outcomes {
             self.metrics
                 .webhook_events_applied

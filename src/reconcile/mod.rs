@@ -44,6 +44,11 @@ use pass::{PassError, Progress, Report};
 const LEADER_LOCK: i64 = 0x0070_7379_6e63;
 /// How often followers try for leadership, and the leader looks for requests.
 const POLL: Duration = Duration::from_secs(2);
+/// Postgres ends the leader's session when it sits idle (or idle in a transaction) this
+/// long, which frees the lock: a frozen leader (stopped, swapped out, paused VM) is
+/// replaced within this plus [`POLL`]. The leader proves it is alive more often than that
+/// ([`pass::HEARTBEAT`]).
+pub const LEADER_IDLE_TIMEOUT: Duration = Duration::from_secs(15);
 /// First retry delay of a failing stream (doubles per failure).
 const FIRST_RETRY: Duration = Duration::from_secs(15);
 
@@ -145,6 +150,7 @@ impl Reconciler {
     /// Opens a session and takes the leadership lock if it is free.
     async fn try_lead(&self) -> Result<Option<PgConnection>, sqlx::Error> {
         let mut conn = PgConnection::connect_with(&self.connect).await?;
+        limit_idleness(&mut conn).await?;
         let won: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
             .bind(LEADER_LOCK)
             .fetch_one(&mut conn)
@@ -363,6 +369,36 @@ pub fn freshness(
         staleness,
         bound: bound_by_scans.then_some(config.staleness_bound),
         achievable,
+    }
+}
+
+/// Makes Postgres end this session when it sits idle, in or out of a transaction, longer
+/// than [`LEADER_IDLE_TIMEOUT`], freeing the leadership lock of a frozen leader. A frozen
+/// leader that wakes up finds its session gone and can write nothing (every reconciler
+/// write goes through it). `idle_session_timeout` needs Postgres 14; on 13 only TCP
+/// keepalives remain (a dead host is noticed, a frozen process is not).
+async fn limit_idleness(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+    let ms = LEADER_IDLE_TIMEOUT.as_millis().to_string();
+    sqlx::query("SELECT set_config('idle_in_transaction_session_timeout', $1, false)")
+        .bind(&ms)
+        .execute(&mut *conn)
+        .await?;
+    let set = sqlx::query("SELECT set_config('idle_session_timeout', $1, false)")
+        .bind(&ms)
+        .execute(&mut *conn)
+        .await;
+    match set {
+        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42704") => {
+            static ONCE: std::sync::Once = std::sync::Once::new();
+            ONCE.call_once(|| {
+                tracing::warn!(
+                    "Postgres before 14 has no idle_session_timeout: a frozen reconciler \
+                     leader is not replaced until its process dies"
+                );
+            });
+            Ok(())
+        }
+        other => other.map(drop),
     }
 }
 

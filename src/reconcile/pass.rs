@@ -27,6 +27,10 @@ const PAGES_PER_COMMIT: usize = 4;
 const SLICE: Duration = Duration::from_secs(30);
 /// Restarts from the top a pass allows itself when a cursor stops working.
 const MAX_RESTARTS: u32 = 3;
+/// While a pass waits for PartnerStack, the leader's session answers a trivial statement
+/// this often, so Postgres does not take it for a frozen leader's (see
+/// [`super::LEADER_IDLE_TIMEOUT`]).
+pub const HEARTBEAT: Duration = Duration::from_secs(5);
 
 /// Streams whose list has an "updated since" filter.
 pub fn has_update_filter(entity: Entity) -> bool {
@@ -377,13 +381,19 @@ impl Pass {
         let slice_ends = Instant::now() + SLICE;
         loop {
             // Shutdown does not wait for a slow page; the pass resumes from its checkpoint.
-            let first = tokio::select! {
-                biased;
-                () = ctx.stop.cancelled() => return Err(PassError::Interrupted),
-                page = pages.recv() => match page {
-                    Some(page) => page,
-                    None => return Ok(()),
-                },
+            // While waiting, the session proves the leader is alive.
+            let first = loop {
+                tokio::select! {
+                    biased;
+                    () = ctx.stop.cancelled() => return Err(PassError::Interrupted),
+                    page = pages.recv() => match page {
+                        Some(page) => break page,
+                        None => return Ok(()),
+                    },
+                    () = tokio::time::sleep(HEARTBEAT) => {
+                        sqlx::query("SELECT 1").execute(&mut *conn).await?;
+                    }
+                }
             };
             // This page, and any others already fetched (up to PAGES_PER_COMMIT).
             let mut batch = vec![first?];

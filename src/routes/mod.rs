@@ -31,14 +31,28 @@ use crate::telemetry::{DeliveryResult, RouteLabels};
 /// Every route is registered through an [`OpenApiRouter`] together with its OpenAPI
 /// description, so `/openapi.json` ([`openapi`]) lists exactly the routes served.
 pub fn router(state: AppState) -> Router {
-    let (open, _) = open_routes().split_for_parts();
+    // With an admin address, the operations routes it serves are not served here.
+    let admin_elsewhere = state.config.server.admin_listen.is_some();
+    let (open, _) = open_routes(!admin_elsewhere).split_for_parts();
     let (v1, _) = api::routes()
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             api::require_bearer,
         ))
         .split_for_parts();
-    open.merge(v1)
+    layered(open.merge(v1), state)
+}
+
+/// The routes of the admin address (`server.admin_listen`): `/metrics`.
+pub fn admin_router(state: AppState) -> Router {
+    let (admin, _) = admin_routes().split_for_parts();
+    layered(admin, state)
+}
+
+/// The shared layers: fallbacks, the request timeout and metrics, access logs and
+/// request ids.
+fn layered(routes: Router<AppState>, state: AppState) -> Router {
+    routes
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), observe))
@@ -96,20 +110,29 @@ async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Res
 }
 
 /// The routes without bearer auth: operations, the OpenAPI description, webhook ingest.
-fn open_routes() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new()
+fn open_routes(with_admin: bool) -> OpenApiRouter<AppState> {
+    let routes = OpenApiRouter::new()
         .routes(routes!(ops::healthz))
         .routes(routes!(ops::readyz))
-        .routes(routes!(ops::metrics))
         .routes(routes!(ops::openapi_json))
         .routes(routes!(webhook::receive))
         .routes(routes!(webhook::missing_token))
-        .routes(routes!(webhook::missing_token_slash))
+        .routes(routes!(webhook::missing_token_slash));
+    if with_admin {
+        routes.merge(admin_routes())
+    } else {
+        routes
+    }
+}
+
+/// The operations routes an admin address can take over.
+fn admin_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(ops::metrics))
 }
 
 /// The OpenAPI 3.1 description of every route [`router`] serves.
 pub fn openapi() -> OpenApi {
-    let mut doc = open_routes().merge(api::routes()).into_openapi();
+    let mut doc = open_routes(true).merge(api::routes()).into_openapi();
     doc.info = Info::new("partnerstack-sync", env!("CARGO_PKG_VERSION"));
     doc.info.description = Some(
         "A copy of a PartnerStack partner program, kept by webhooks and reconciliation. \

@@ -20,7 +20,9 @@ pub async fn healthz() -> Json<serde_json::Value> {
     Json(json!({"status": "ok"}))
 }
 
-/// The database answers and is migrated.
+/// The service can do its job: the database answers and can write (not a standby in
+/// recovery, not a read-only session), it is migrated, and the ingest writer is not
+/// stalled. A load balancer stops sending traffic to a replica answering 503.
 #[utoipa::path(
     get, path = "/readyz", tag = "operations",
     responses(
@@ -29,17 +31,23 @@ pub async fn healthz() -> Json<serde_json::Value> {
     ),
 )]
 pub async fn readyz(State(state): State<AppState>) -> Response {
-    let ready = tokio::time::timeout(Duration::from_secs(2), db::is_ready(&state.pool))
+    let verdict = match tokio::time::timeout(Duration::from_secs(2), db::readiness(&state.pool))
         .await
-        .unwrap_or(false);
-    if ready {
-        Json(json!({"status": "ready"})).into_response()
-    } else {
-        (
+    {
+        Err(_) => Err("the database did not answer within 2 s".to_string()),
+        Ok(Err(reason)) => Err(reason),
+        Ok(Ok(())) if state.writer.stalled(state.config.server.request_timeout) => Err(
+            "the ingest writer has stored nothing for longer than the request timeout".to_string(),
+        ),
+        Ok(Ok(())) => Ok(()),
+    };
+    match verdict {
+        Ok(()) => Json(json!({"status": "ready"})).into_response(),
+        Err(reason) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "not_ready", "reason": "the database is unreachable or not migrated"})),
+            Json(json!({"status": "not_ready", "reason": reason})),
         )
-            .into_response()
+            .into_response(),
     }
 }
 
@@ -53,6 +61,10 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         .metrics
         .ingest_queue_depth
         .set(state.writer.queued() as i64);
+    state
+        .metrics
+        .ingest_queue_bytes
+        .set(state.writer.queued_bytes() as i64);
     (
         [(
             header::CONTENT_TYPE,

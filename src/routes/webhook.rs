@@ -108,6 +108,14 @@ async fn accept(
     if declared.is_some_and(|len| len > limit as u64) {
         return Err(ApiError::payload_too_large(limit));
     }
+    // Room in the writer's queue first: a body is read only when there is room to hold
+    // it, so deliveries piling up (a stalled database, senders hanging up) cannot grow
+    // memory past the queue's byte bound.
+    let wanted = declared.map_or(limit, |len| usize::try_from(len).unwrap_or(limit));
+    let mut room = state
+        .writer
+        .reserve(wanted.min(limit))
+        .ok_or_else(|| ApiError::unavailable("the delivery queue is full; retry later"))?;
     let bytes = axum::body::to_bytes(body, limit).await.map_err(|e| {
         if std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
         {
@@ -132,6 +140,7 @@ async fn accept(
         }
     }
 
+    room.shrink_to(bytes.len());
     let body = String::from_utf8(bytes.into())
         .map_err(|_| ApiError::bad_request("the body is not valid UTF-8 JSON"))?;
     let event_type = webhook::peek_event(&body)
@@ -141,7 +150,7 @@ async fn accept(
         event_type,
         body,
     };
-    let stored = state.writer.store(event).await.map_err(|e| {
+    let stored = state.writer.store(event, room).await.map_err(|e| {
         ApiError::unavailable(format!("the delivery was not stored ({e}); retry later"))
     })?;
     Ok(Accepted {

@@ -325,6 +325,8 @@ pub fn free_port() -> u16 {
 /// The real `partnerstack-sync serve` binary in a child process.
 pub struct Process {
     pub child: std::process::Child,
+    /// Where it listens: 127.0.0.1 unless it runs in a network namespace of its own.
+    pub host: std::net::IpAddr,
     pub port: u16,
 }
 
@@ -353,11 +355,20 @@ impl Process {
 
     /// Starts `serve` (see [`Process::command`]) and waits until it is ready.
     pub async fn serve(env: &[(&str, Option<&str>)]) -> Process {
-        let (mut cmd, port) = Self::command(env);
-        let child = cmd.spawn().expect("start partnerstack-sync");
-        let mut process = Process { child, port };
+        let (cmd, port) = Self::command(env);
+        let mut process = Process::start(cmd, port);
         process.wait_ready().await;
         process
+    }
+
+    /// Starts `cmd` (from [`Process::command`], perhaps adjusted) without waiting.
+    pub fn start(mut cmd: std::process::Command, port: u16) -> Process {
+        let child = cmd.spawn().expect("start partnerstack-sync");
+        Process {
+            child,
+            host: std::net::Ipv4Addr::LOCALHOST.into(),
+            port,
+        }
     }
 
     /// Waits (at most 60 s) for `/readyz`; fails if the process exits meanwhile.
@@ -378,14 +389,31 @@ impl Process {
     }
 
     pub fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
+        format!("http://{}{path}", self.addr())
     }
 
     pub fn addr(&self) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], self.port))
+        SocketAddr::new(self.host, self.port)
     }
 
-    fn signal(&self, signal: nix::sys::signal::Signal) {
+    /// The `data` of `GET /v1/sync`, or `None` when the process does not answer within
+    /// 5 s (it may be stopped, or cut off).
+    pub async fn sync_status(&self) -> Option<serde_json::Value> {
+        let http = partnerstack::http::builder()
+            .timeout(Duration::from_secs(5))
+            .build()
+            .unwrap();
+        let r = http
+            .get(self.url("/v1/sync"))
+            .bearer_auth(API_TOKEN)
+            .send()
+            .await
+            .ok()?;
+        let body: serde_json::Value = r.json().await.ok()?;
+        Some(body["data"].clone())
+    }
+
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
         let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
         let _ = nix::sys::signal::kill(pid, signal);
     }

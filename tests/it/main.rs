@@ -11,6 +11,7 @@ mod fidelity;
 mod ingest;
 mod legacy_dialect;
 mod load;
+mod netns;
 mod reconcile;
 mod reliability;
 mod schema;

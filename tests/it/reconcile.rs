@@ -869,16 +869,12 @@ async fn wait_for(app: &TestApp, ok: impl Fn(&Value) -> bool) -> Value {
     panic!("condition not reached in 30 s; last status: {last}");
 }
 
-/// `GET /v1/sync` of a service process.
+/// `GET /v1/sync` of a service process that is running.
 async fn sync_of(service: &Process) -> Value {
-    let http = partnerstack::http::builder().build().unwrap();
-    let r = http
-        .get(service.url("/v1/sync"))
-        .bearer_auth(crate::common::API_TOKEN)
-        .send()
+    service
+        .sync_status()
         .await
-        .unwrap();
-    r.json::<Value>().await.unwrap()["data"].clone()
+        .expect("the service answers GET /v1/sync")
 }
 
 #[tokio::test]
