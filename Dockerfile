@@ -24,7 +24,8 @@ FROM debian:bookworm-slim
 RUN apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates \
  && rm -rf /var/lib/apt/lists/* \
- && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin psync
+ && groupadd --gid 10001 psync \
+ && useradd --uid 10001 --gid psync --no-create-home --shell /usr/sbin/nologin psync
 COPY --from=build /usr/local/bin/partnerstack-sync /usr/local/bin/partnerstack-sync
 USER 10001:10001
 ENV PSYNC_LISTEN=0.0.0.0:8080 \

@@ -104,6 +104,11 @@ pub struct DatabaseConfig {
     #[serde(deserialize_with = "optional_secret")]
     pub url: Option<SecretString>,
     pub data_dir: PathBuf,
+    /// True when `data_dir` is the compiled-in default (neither a `--config` file nor
+    /// `PSYNC_DATA_DIR` set it). Only then may the embedded Postgres keep its data
+    /// elsewhere when the default is out of its reach (see `db::embedded::choose_data_dir`).
+    #[serde(skip)]
+    pub data_dir_is_default: bool,
     pub max_connections: u32,
     #[serde(with = "humantime_serde")]
     pub acquire_timeout: Duration,
@@ -239,12 +244,20 @@ impl Config {
         let mut table: toml::Table = DEFAULT_TOML
             .parse()
             .map_err(|e| ConfigError(format!("built-in defaults do not parse: {e}")))?;
+        let mut data_dir_is_default = !env.contains_key("PSYNC_DATA_DIR");
         if let Some(path) = file {
             let text = std::fs::read_to_string(path)
                 .map_err(|e| ConfigError(format!("cannot read {}: {e}", path.display())))?;
             let overlay: toml::Table = text
                 .parse()
                 .map_err(|e| ConfigError(format!("{}: {e}", path.display())))?;
+            if overlay
+                .get("database")
+                .and_then(toml::Value::as_table)
+                .is_some_and(|database| database.contains_key("data_dir"))
+            {
+                data_dir_is_default = false;
+            }
             merge(&mut table, overlay);
         }
         for (var, setting) in ENV_OVERRIDES {
@@ -252,11 +265,12 @@ impl Config {
                 set_from_env(&mut table, setting, var, value)?;
             }
         }
-        let config: Config =
-            serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+        let mut config: Config = serde_path_to_error::deserialize(toml::Value::Table(table))
+            .map_err(|e| {
                 let setting = e.path().to_string();
                 ConfigError(format!("{}: {}", describe(&setting), e.inner()))
             })?;
+        config.database.data_dir_is_default = data_dir_is_default;
         config.validate()?;
         Ok(config)
     }
@@ -652,6 +666,27 @@ mod tests {
                 "{line}"
             );
         }
+    }
+
+    #[test]
+    fn the_data_dir_is_explicit_when_a_file_or_the_environment_sets_it() {
+        let default = Config::load_with_env(None, &env(&[])).unwrap();
+        assert!(default.database.data_dir_is_default);
+
+        // Set to the default's own value, it is still an explicit choice.
+        let by_env = Config::load_with_env(None, &env(&[("PSYNC_DATA_DIR", "./data")])).unwrap();
+        assert!(!by_env.database.data_dir_is_default);
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "[database]\ndata_dir = \"/srv/psync\"\n").unwrap();
+        let by_file = Config::load_with_env(Some(&path), &env(&[])).unwrap();
+        assert!(!by_file.database.data_dir_is_default);
+        assert_eq!(by_file.database.data_dir, PathBuf::from("/srv/psync"));
+
+        std::fs::write(&path, "[database]\nmax_connections = 4\n").unwrap();
+        let other = Config::load_with_env(Some(&path), &env(&[])).unwrap();
+        assert!(other.database.data_dir_is_default);
     }
 
     #[test]

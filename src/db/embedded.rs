@@ -8,6 +8,12 @@
 //! <data_dir>/postgres.log   the server's own log
 //! ```
 //!
+//! As root, the server runs as the `postgres` user (below), who must be able to reach the
+//! data directory. When the default (`./data`) is out of its reach, typically a checkout in
+//! root's 0700 home directory, [`choose_data_dir`] keeps the data under
+//! `/var/lib/partnerstack-sync/<checkout>-<hash>` instead and says so; a directory set
+//! explicitly is never moved.
+//!
 //! The server listens on 127.0.0.1 only, on a free port chosen at start, with password
 //! authentication. `initdb` and `postgres` refuse to run as root, so as root the server runs
 //! as the `postgres` user. The child is started from a dedicated thread that waits on it and
@@ -35,6 +41,8 @@ use tokio::sync::oneshot;
 /// The database the service uses inside the embedded server.
 pub const DATABASE: &str = "partnerstack_sync";
 const SUPERUSER: &str = "postgres";
+/// Where, as root, the data of a checkout the `postgres` user cannot reach goes.
+pub const SHARED_DATA_ROOT: &str = "/var/lib/partnerstack-sync";
 const INSTALL_HINT: &str = "PostgreSQL server binaries (initdb, postgres) were not found on PATH, \
      via `pg_config --bindir`, or under /usr/lib/postgresql/*/bin. Install the server package \
      (Debian/Ubuntu: `apt-get install postgresql`; Fedora: `dnf install postgresql-server`; \
@@ -138,20 +146,7 @@ impl EmbeddedPostgres {
 
     fn prepare(data_dir: &Path, settings: Vec<(String, String)>) -> anyhow::Result<Self> {
         let bin_dir = find_bin_dir().ok_or_else(|| anyhow!(INSTALL_HINT))?;
-        let run_as = if geteuid().is_root() {
-            let user = User::from_name(SUPERUSER)
-                .context("looking up the postgres user")?
-                .ok_or_else(|| {
-                    anyhow!(
-                        "running as root: initdb and postgres refuse to run as root, and there is no \
-                         `postgres` user to run them as. Create one (useradd --system postgres), run \
-                         the service as an unprivileged user, or set DATABASE_URL"
-                    )
-                })?;
-            Some(user)
-        } else {
-            None
-        };
+        let run_as = server_user()?;
 
         fs::create_dir_all(data_dir)
             .with_context(|| format!("creating data directory {}", data_dir.display()))?;
@@ -344,21 +339,119 @@ pub fn find_bin_dir() -> Option<PathBuf> {
     versions.pop().map(|(_, dir)| dir)
 }
 
+/// The user the server runs as: `None` for the current one, `postgres` when the service
+/// is root (initdb and postgres refuse to run as root).
+fn server_user() -> anyhow::Result<Option<User>> {
+    if !geteuid().is_root() {
+        return Ok(None);
+    }
+    let user = User::from_name(SUPERUSER)
+        .context("looking up the postgres user")?
+        .ok_or_else(|| {
+            anyhow!(
+                "running as root: initdb and postgres refuse to run as root, and there is no \
+                 `postgres` user to run them as. Create one (useradd --system postgres), run \
+                 the service as an unprivileged user, or set DATABASE_URL"
+            )
+        })?;
+    Ok(Some(user))
+}
+
+/// The data directory for the configured one.
+///
+/// `configured` is used as it is when it was set explicitly (`explicit`), when the service
+/// is not root, when the `postgres` user can reach it, or when it already holds a cluster
+/// (its data is never left behind silently; start-up then fails saying what to do). Only
+/// the default, as root and out of reach, moves: to
+/// `/var/lib/partnerstack-sync/<checkout>-<hash>` ([`shared_data_dir`]), which is logged.
+pub fn choose_data_dir(configured: &Path, explicit: bool) -> anyhow::Result<PathBuf> {
+    if explicit {
+        return Ok(configured.to_path_buf());
+    }
+    let Some(user) = server_user()? else {
+        return Ok(configured.to_path_buf());
+    };
+    let absolute = std::path::absolute(configured)
+        .with_context(|| format!("resolving data directory {}", configured.display()))?;
+    let Some((blocked, mode)) = blocked_ancestor(&absolute)? else {
+        return Ok(configured.to_path_buf());
+    };
+    if absolute.join("pg/PG_VERSION").exists() {
+        return Ok(configured.to_path_buf());
+    }
+    let root = Path::new(SHARED_DATA_ROOT);
+    if !root.exists() {
+        fs::create_dir_all(root).with_context(|| format!("creating {}", root.display()))?;
+        fs::set_permissions(root, fs::Permissions::from_mode(0o755))?;
+    }
+    let chosen = shared_data_dir(&absolute);
+    tracing::info!(
+        "the embedded Postgres runs as user `{}`, who cannot enter {} (mode {mode:o}) to reach \
+         the default data directory {}; keeping its data in {} instead (set PSYNC_DATA_DIR to \
+         choose another place)",
+        user.name,
+        blocked.display(),
+        absolute.display(),
+        chosen.display()
+    );
+    Ok(chosen)
+}
+
+/// `/var/lib/partnerstack-sync/<name>-<hash>` for the absolute data directory `absolute`:
+/// the name of the directory holding it (the checkout, for `./data`), made safe for a
+/// file name, and the first 12 hex digits of the SHA-256 of its whole path, so two
+/// checkouts of the same name never share data and a checkout always finds its own again.
+pub fn shared_data_dir(absolute: &Path) -> PathBuf {
+    use sha2::{Digest, Sha256};
+    let name: String = absolute
+        .parent()
+        .and_then(Path::file_name)
+        .map(|n| n.to_string_lossy())
+        .unwrap_or_default()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .skip_while(|c| *c == '.')
+        .take(64)
+        .collect();
+    let name = if name.is_empty() { "data".into() } else { name };
+    let digest = Sha256::digest(absolute.as_os_str().as_encoded_bytes());
+    let hash = hex::encode(&digest[..6]);
+    Path::new(SHARED_DATA_ROOT).join(format!("{name}-{hash}"))
+}
+
+/// The first existing directory above `dir` that other users cannot enter, and its mode
+/// (directories not created yet are skipped: they will be created 0755 or 0711).
+fn blocked_ancestor(dir: &Path) -> anyhow::Result<Option<(PathBuf, u32)>> {
+    for ancestor in dir.ancestors().skip(1) {
+        let mode = match fs::metadata(ancestor) {
+            Ok(meta) => meta.permissions().mode(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e).with_context(|| format!("inspecting {}", ancestor.display())),
+        };
+        if mode & 0o001 == 0 {
+            return Ok(Some((ancestor.to_path_buf(), mode & 0o777)));
+        }
+    }
+    Ok(None)
+}
+
 /// As root the server runs as another user, who must be able to reach the data directory.
 fn check_reachable(data_dir: &Path, user: &User) -> anyhow::Result<()> {
-    for dir in data_dir.ancestors().skip(1) {
-        let mode = fs::metadata(dir)?.permissions().mode();
-        if mode & 0o001 == 0 {
-            bail!(
-                "the embedded Postgres runs as user `{}`, who cannot enter {} (mode {:o}) to reach \
-                 the data directory {}. Set PSYNC_DATA_DIR to a directory it can reach (e.g. under \
-                 /var/lib or /tmp), or set DATABASE_URL",
-                user.name,
-                dir.display(),
-                mode & 0o777,
-                data_dir.display()
-            );
-        }
+    if let Some((dir, mode)) = blocked_ancestor(data_dir)? {
+        bail!(
+            "the embedded Postgres runs as user `{}`, who cannot enter {} (mode {mode:o}) to \
+             reach the data directory {}. Set PSYNC_DATA_DIR to a directory it can reach (e.g. \
+             under /var/lib or /tmp), or set DATABASE_URL",
+            user.name,
+            dir.display(),
+            data_dir.display()
+        );
     }
     fs::set_permissions(data_dir, fs::Permissions::from_mode(0o711))?;
     Ok(())
@@ -441,4 +534,59 @@ fn tail(path: &Path, from: u64) -> String {
     }
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(20)..].join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_checkout_gets_a_shared_data_dir_of_its_own() {
+        let a = shared_data_dir(Path::new("/root/partnerstack-sync/data"));
+        let b = shared_data_dir(Path::new("/home/ci/partnerstack-sync/data"));
+        assert_eq!(
+            a,
+            shared_data_dir(Path::new("/root/partnerstack-sync/data"))
+        );
+        assert_ne!(
+            a, b,
+            "two checkouts of the same name share a data directory"
+        );
+        for dir in [&a, &b] {
+            let name = dir
+                .strip_prefix(SHARED_DATA_ROOT)
+                .unwrap()
+                .to_str()
+                .unwrap();
+            let hash = name.strip_prefix("partnerstack-sync-").unwrap();
+            assert_eq!(hash.len(), 12, "{name}");
+            assert!(hash.chars().all(|c| c.is_ascii_hexdigit()), "{name}");
+        }
+    }
+
+    #[test]
+    fn the_shared_data_dir_name_is_a_plain_file_name() {
+        let name = |path: &str| {
+            let dir = shared_data_dir(Path::new(path));
+            let name = dir.file_name().unwrap().to_str().unwrap().to_string();
+            name[..name.len() - 13].to_string()
+        };
+        assert_eq!(name("/root/my repo/data"), "my_repo");
+        assert_eq!(name("/root/.hidden/data"), "hidden");
+        assert_eq!(name("/root/ünï/data"), "_n_");
+        assert_eq!(name("/data"), "data");
+        assert_eq!(name(&format!("/root/{}/data", "x".repeat(300))).len(), 64);
+    }
+
+    #[test]
+    fn a_private_directory_blocks_what_is_below_it() {
+        let private = tempfile::tempdir().unwrap();
+        fs::set_permissions(private.path(), fs::Permissions::from_mode(0o700)).unwrap();
+        let below = private.path().join("checkout/data");
+        let (dir, mode) = blocked_ancestor(&below).unwrap().expect("blocked");
+        assert_eq!((dir.as_path(), mode), (private.path(), 0o700));
+
+        fs::set_permissions(private.path(), fs::Permissions::from_mode(0o711)).unwrap();
+        assert_eq!(blocked_ancestor(&below).unwrap(), None);
+    }
 }

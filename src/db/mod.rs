@@ -37,11 +37,11 @@ impl Database {
                 Ok(Database::External(options))
             }
             None => {
-                let pg = EmbeddedPostgres::start(&config.data_dir, &[])
-                    .await
-                    .context(
-                        "starting the embedded Postgres (set DATABASE_URL to use another server)",
-                    )?;
+                let data_dir =
+                    embedded::choose_data_dir(&config.data_dir, !config.data_dir_is_default)?;
+                let pg = EmbeddedPostgres::start(&data_dir, &[]).await.context(
+                    "starting the embedded Postgres (set DATABASE_URL to use another server)",
+                )?;
                 Ok(Database::Embedded(pg))
             }
         }
