@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod api;
+mod changes;
 mod client;
 mod common;
 mod embedded;
