@@ -799,4 +799,104 @@ mod tests {
             assert!(!debug.contains(secret), "{secret} leaked into Debug output");
         }
     }
+
+    const WHSEC: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+    #[test]
+    fn relay_endpoints_come_from_the_file_and_the_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "[[relay]]\nname = \"billing\"\nurl = \"https://billing.internal/h?token=t0p\"\n\
+                 secret = \"{WHSEC}\"\nentities = [\"transactions\", \"rewards\"]\n"
+            ),
+        )
+        .unwrap();
+        let c = Config::load_with_env(
+            Some(&path),
+            &env(&[
+                ("PSYNC_RELAY_BILLING_ENTITIES", "rewards"),
+                ("PSYNC_RELAY_CRM_URL", "http://crm.internal/hook"),
+                ("PSYNC_RELAY_CRM_SECRET", WHSEC),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.relay.len(), 2);
+        let billing = &c.relay[0];
+        assert_eq!(billing.name, "billing");
+        assert_eq!(billing.entities.as_deref(), Some(&[Entity::Reward][..]));
+        assert_eq!(billing.public_url(), "https://billing.internal/h");
+        let crm = &c.relay[1];
+        assert_eq!((crm.name.as_str(), crm.entities.as_ref()), ("crm", None));
+        let debug = format!("{c:?}");
+        assert!(
+            !debug.contains("t0p") && !debug.contains("MfKQ9r8"),
+            "{debug}"
+        );
+        assert_eq!(c.retention.changes, Duration::from_secs(30 * 86_400));
+        assert_eq!(c.retention.deliveries, Duration::from_secs(90 * 86_400));
+        assert!(
+            Config::load_with_env(None, &env(&[]))
+                .unwrap()
+                .relay
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn relay_and_retention_settings_are_checked() {
+        let cases = [
+            (vec![("PSYNC_RELAY_X_URL", "http://x.internal/")], "secret"),
+            (
+                vec![
+                    ("PSYNC_RELAY_X_URL", "ftp://x/"),
+                    ("PSYNC_RELAY_X_SECRET", WHSEC),
+                ],
+                "http",
+            ),
+            (
+                vec![
+                    ("PSYNC_RELAY_X_URL", "http://x/"),
+                    ("PSYNC_RELAY_X_SECRET", "hunter2"),
+                ],
+                "whsec_",
+            ),
+            (
+                vec![("PSYNC_RELAY_X_SECERT", WHSEC)],
+                "PSYNC_RELAY_X_SECERT: not a relay setting",
+            ),
+            (
+                vec![
+                    ("PSYNC_RELAY_X_URL", "http://x/"),
+                    ("PSYNC_RELAY_X_SECRET", WHSEC),
+                    ("PSYNC_RELAY_X_ENTITIES", "rewards,refunds"),
+                ],
+                "refunds",
+            ),
+            (
+                vec![
+                    ("PSYNC_RELAY_X!_URL", "http://x/"),
+                    ("PSYNC_RELAY_X!_SECRET", WHSEC),
+                ],
+                "lower-case",
+            ),
+            (
+                vec![("PSYNC_RETENTION_CHANGES", "10m")],
+                "retention.changes",
+            ),
+            (
+                vec![("PSYNC_RETENTION_DELIVERIES", "soon")],
+                "retention.deliveries",
+            ),
+        ];
+        for (vars, expected) in cases {
+            let err = Config::load_with_env(None, &env(&vars))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(expected), "{vars:?}: {err}");
+            assert!(!err.contains("hunter2"), "{err}");
+        }
+    }
 }

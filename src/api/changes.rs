@@ -78,6 +78,7 @@ pub fn item(change: Change) -> Result<ChangeItem, ApiError> {
             change.id, change.source
         ))
     })?;
+    let fields = change.fields();
     Ok(ChangeItem {
         cursor: feed_cursor(position),
         sequence: change.id,
@@ -86,7 +87,7 @@ pub fn item(change: Change) -> Result<ChangeItem, ApiError> {
         operation: change.operation,
         source,
         at: change.at,
-        fields: change.fields,
+        fields,
         object: change.state,
     })
 }

@@ -325,10 +325,16 @@ struct Rows<'a> {
 
 impl<'a> Rows<'a> {
     fn push(&mut self, entity: Entity, key: &'a str, change: (Operation, Value), state: Value) {
+        let (operation, fields) = change;
         self.entities.push(columns::table(entity));
         self.keys.push(key);
-        self.operations.push(change.0);
-        self.fields.push(change.1);
+        self.operations.push(operation);
+        // A creation's fields are every field of its state: stored once, in the state
+        // (see `Change::fields`).
+        self.fields.push(match operation {
+            Operation::Created => Value::Object(Map::new()),
+            _ => fields,
+        });
         self.states.push(state);
     }
 
@@ -409,6 +415,15 @@ pub struct Change {
 }
 
 impl Change {
+    /// The fields that changed, each `{"old", "new"}`: as stored, or for a creation (whose
+    /// fields are not stored apart from its state) every field of the state with a value.
+    pub fn fields(&self) -> Value {
+        if self.operation != Operation::Created {
+            return self.fields.clone();
+        }
+        describe(None, &self.state).map_or_else(|| Value::Object(Map::new()), |(_, f)| f)
+    }
+
     /// The feed position right after this change.
     pub fn position(&self) -> Result<FeedPosition, sqlx::Error> {
         let pos = self

@@ -663,3 +663,107 @@ async fn apply_cost() {
         );
     }
 }
+
+/// Positions compare as numbers: 9 before 10 (their text would sort the other way).
+#[tokio::test]
+async fn feed_positions_order_as_numbers_not_as_text() {
+    let db = TestDb::new().await;
+    for (pos, key) in [(10, "b"), (9, "a"), (100, "c")] {
+        sqlx::query(
+            "INSERT INTO changes (pos, entity, key, operation, source, fields, state)
+             VALUES ($1::text::xid8, 'groups', $2, 'created', 'webhook', '{}', '{}')",
+        )
+        .bind(pos.to_string())
+        .bind(key)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    }
+    let page = changes::read(&db.pool, None, None, 10).await.unwrap();
+    let keys: Vec<&str> = page.changes.iter().map(|c| c.key.as_str()).collect();
+    assert_eq!(keys, ["a", "b", "c"]);
+    let head = changes::head(&db.pool).await.unwrap().unwrap();
+    assert_eq!(head.pos, 100);
+    assert_eq!(page.head, Some(head));
+}
+
+/// Retention: old changes and deliveries are pruned in batches; a cursor from before
+/// the pruning horizon gets 410; a delivery repeated after its original was pruned is
+/// stored (and applied) again.
+#[tokio::test]
+async fn pruning_past_retention_and_the_410_for_a_cursor_behind_it() {
+    let app = TestApp::spawn_with(|c| {
+        c.retention.interval = Duration::from_millis(200);
+        c.retention.batch_size = 2;
+    })
+    .await;
+    let body = |n: i64| {
+        json!({"event": "group.created", "key": format!("grp_ret{n}"), "name": "G",
+            "created_at": T0 + n, "updated_at": T0 + n})
+        .to_string()
+    };
+    for n in 0..5 {
+        assert_eq!(app.deliver(body(n)).await.status(), 200);
+    }
+    app.settle().await;
+    let items = read_all(&app, "limit=100").await;
+    assert_eq!(items.len(), 5);
+    let cursor = |i: usize| items[i]["cursor"].as_str().unwrap().to_string();
+
+    // The first three changes and deliveries are older than their retention.
+    sqlx::query(
+        "UPDATE changes SET at = at - interval '31 days'
+         WHERE id IN (SELECT id FROM changes ORDER BY pos, id LIMIT 3)",
+    )
+    .execute(&app.db.pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "UPDATE webhook_events SET received_at = received_at - interval '91 days'
+         WHERE id IN (SELECT id FROM webhook_events ORDER BY id LIMIT 3)",
+    )
+    .execute(&app.db.pool)
+    .await
+    .unwrap();
+    // The background task prunes them (two per batch), and nothing else.
+    for _ in 0..300 {
+        let left = app.db.count("SELECT count(*) FROM changes").await
+            + app.db.count("SELECT count(*) FROM webhook_events").await;
+        if left == 4 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(app.db.count("SELECT count(*) FROM changes").await, 2);
+    assert_eq!(app.db.count("SELECT count(*) FROM webhook_events").await, 2);
+    let metrics = app.metrics().await;
+    assert!(
+        metrics.contains(r#"psync_retention_pruned_total{table="changes"} 3"#),
+        "{metrics}"
+    );
+    assert!(metrics.contains(r#"psync_retention_pruned_total{table="webhook_events"} 3"#));
+
+    // A reader behind the horizon is told so; one at or past it goes on.
+    for behind in [0, 1] {
+        let response = app
+            .api_get(&format!("/v1/changes?after={}", cursor(behind)))
+            .await;
+        assert_eq!(response.status(), 410);
+        let error: Value = response.json().await.unwrap();
+        assert_eq!(error["code"], "gone");
+        assert!(error["message"].as_str().unwrap().contains("after=now"));
+    }
+    let (rest, _, _) = feed(&app, &format!("after={}", cursor(2))).await;
+    assert_eq!(rest.len(), 2);
+    let (none, _, _) = feed(&app, &format!("after={}", cursor(4))).await;
+    assert!(none.is_empty());
+    // Without a cursor, the feed starts at the oldest change kept.
+    assert_eq!(read_all(&app, "limit=1").await.len(), 2);
+
+    // The first delivery's record is gone, so a repeat of it is new again (and stale).
+    let again: Value = app.deliver(body(0)).await.json().await.unwrap();
+    assert_eq!(again["duplicate"], false);
+    app.settle().await;
+    assert_eq!(app.db.count("SELECT count(*) FROM changes").await, 2);
+    app.stop().await;
+}

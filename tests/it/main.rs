@@ -12,6 +12,7 @@ mod ingest;
 mod legacy_dialect;
 mod load;
 mod reconcile;
+mod relay;
 mod reliability;
 mod schema;
 mod simulate;
