@@ -86,6 +86,8 @@ pub async fn relay_status(
             .transpose()
             .map_err(ApiError::internal)?
             .flatten();
+        // `(0, 0)` is the start of an empty feed: no change delivered yet.
+        let shown = position.filter(|p| p.id > 0);
         let (pending, oldest) = match row {
             Some(_) => {
                 relay::backlog(&state.pool, position, tables.as_deref(), PENDING_CAP).await?
@@ -100,7 +102,7 @@ pub async fn relay_status(
             url: endpoint.public_url(),
             entities: tables.map(|t| t.into_iter().map(String::from).collect()),
             started: row.is_some(),
-            position: position.map(feed_cursor),
+            position: shown.map(feed_cursor),
             delivered: row.map_or(0, |r| r.delivered),
             pending,
             lag_seconds,

@@ -37,11 +37,13 @@ const COLUMNS: &str = "name, position_pos::text AS position_pos, position_id, de
      last_delivered_at, last_error, last_error_at, runner, replay_requested_at";
 
 /// Creates the endpoint's row if it has none, positioned at the feed's visible head: a
-/// new endpoint receives the changes made from now on (a replay sends older ones).
+/// new endpoint receives the changes made from now on (a replay sends older ones). On an
+/// empty feed the position is the start, `(0, 0)`, so that pruning can still tell when
+/// the endpoint falls behind it.
 pub async fn ensure(conn: &mut PgConnection, name: &str) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO relay_endpoints (name, position_pos, position_id)
-         SELECT $1, h.pos, h.id FROM (SELECT 1) one
+         SELECT $1, COALESCE(h.pos, '0'::xid8), COALESCE(h.id, 0) FROM (SELECT 1) one
          LEFT JOIN LATERAL (SELECT pos, id FROM changes
                             WHERE pos < pg_snapshot_xmin(pg_current_snapshot())
                             ORDER BY pos DESC, id DESC LIMIT 1) h ON TRUE

@@ -552,3 +552,64 @@ async fn a_kill_9_mid_relay_loses_no_change() {
     );
     service.terminate().await;
 }
+
+/// Two replicas on one database: one relays the endpoint, so every change arrives once, in
+/// order; when it stops, the other takes over from the position it left.
+#[tokio::test]
+async fn one_replica_relays_an_endpoint_and_another_takes_over() {
+    let sink = Receiver::start().await;
+    let url = sink.url();
+    let first = TestApp::spawn_with({
+        let url = url.clone();
+        move |c| c.relay.push(endpoint("sink", &url, None))
+    })
+    .await;
+    let db = TestDb {
+        url: first.db.url.clone(),
+        pool: first.db.pool.clone(),
+    };
+    let second = TestApp::spawn_on(db, move |c| c.relay.push(endpoint("sink", &url, None))).await;
+    for _ in 0..300 {
+        if relay_status(&first).await[0]["started"] == true {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for n in 0..20 {
+        let app = if n % 2 == 0 { &first } else { &second };
+        assert_eq!(app.deliver(delivery(n)).await.status(), 200);
+    }
+    first.settle().await;
+    let order = feed_order(&first.db).await;
+    let got = sink.wait_for(&order).await;
+    assert_eq!(
+        got.iter().map(Received::sequence).collect::<Vec<_>>(),
+        order
+    );
+    let leading = r#"psync_relay_leader{endpoint="sink"} 1"#;
+    let a = first.metrics().await.contains(leading);
+    let b = second.metrics().await.contains(leading);
+    assert!(
+        a ^ b,
+        "exactly one replica relays (first: {a}, second: {b})"
+    );
+
+    // The relaying replica stops; the other takes over and goes on from the position.
+    let (stopping, staying) = if a { (first, second) } else { (second, first) };
+    stopping.stop().await;
+    for n in 20..30 {
+        assert_eq!(staying.deliver(delivery(n)).await.status(), 200);
+    }
+    staying.settle().await;
+    let order = feed_order(&staying.db).await;
+    let got = sink.wait_for(&order).await;
+    let mut seen = std::collections::HashSet::new();
+    let firsts: Vec<i64> = got
+        .iter()
+        .map(Received::sequence)
+        .filter(|s| seen.insert(*s))
+        .collect();
+    assert_eq!(firsts, order);
+    assert_eq!(got.len(), order.len(), "a graceful stop repeats nothing");
+    staying.stop().await;
+}
