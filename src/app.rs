@@ -17,14 +17,14 @@ use tokio_util::sync::CancellationToken;
 use crate::auth::{SigningKeys, TokenSet};
 use crate::config::Config;
 use crate::db::{self, Database};
+use crate::feed::Feed;
 use crate::ingest::applier::Applier;
 use crate::ingest::verify::Verifier;
 use crate::ingest::writer::{Limits, Writer};
 use crate::reconcile::Reconciler;
-use crate::routes;
-use crate::server;
 use crate::state::AppState;
 use crate::telemetry::Metrics;
+use crate::{relay, retention, routes, server};
 
 /// How often freed memory is given back to the system.
 const TRIM_EVERY: Duration = Duration::from_secs(10);
@@ -85,6 +85,25 @@ async fn serve(
     let applier_stop = CancellationToken::new();
     let applier_task = tokio::spawn(applier.run(stored, applier_stop.clone()));
 
+    let feed_stop = shutdown.child_token();
+    let feed = Feed::new(feed_stop.clone());
+    let feed_task = tokio::spawn(feed.clone().run(pool.clone(), config.changes.poll_interval));
+    let relay_stop = shutdown.child_token();
+    let relay_tasks = relay::spawn(
+        &config,
+        pool.clone(),
+        db::session_options(database.connect_options(), &config.database),
+        feed.clone(),
+        metrics.clone(),
+        relay_stop.clone(),
+    )?;
+    let retention_task = tokio::spawn(retention::run(
+        pool.clone(),
+        config.retention.clone(),
+        metrics.clone(),
+        shutdown.child_token(),
+    ));
+
     let reconciler = reconciler(&config, client, database, &metrics);
     let reconcile_stop = shutdown.child_token();
     let reconcile_task = reconciler
@@ -100,6 +119,7 @@ async fn serve(
         pool: pool.clone(),
         writer,
         metrics,
+        feed,
     };
     let addr = listener.local_addr()?;
     let limits = server::Limits {
@@ -148,6 +168,16 @@ async fn serve(
         task.abort();
         let _ = task.await;
     }
+    // The relay was told to stop with the server: a change in flight is sent again by
+    // the next holder (its position moves only after a 2xx). Position writes are short.
+    for mut task in relay_tasks {
+        if tokio::time::timeout(grace, &mut task).await.is_err() {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+    let _ = retention_task.await;
+    let _ = feed_task.await;
     trim_stop.cancel();
     let _ = trim_task.await;
     pool.close().await;

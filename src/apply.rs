@@ -10,6 +10,7 @@
 //! and the same call serves a single delivery or a 250-object page: one statement per
 //! table, rows bound as arrays and expanded with `UNNEST`.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::LazyLock;
 
@@ -19,19 +20,22 @@ use partnerstack::models::{
 };
 use partnerstack::{Entity, wire};
 use serde_json::Value;
-use sqlx::{AssertSqlSafe, PgConnection};
+use sqlx::{AssertSqlSafe, PgConnection, Row};
 
 use crate::columns::{
     self, Col, Column, CustomerColumns, DealColumns, GroupColumns, LeadColumns, PartnerColumns,
     RewardColumns, SqlType, TransactionColumns,
 };
 use crate::db::attribution;
+use crate::db::changes::{self, Snapshot};
 
 crate::text_enum! {
     /// Where an observation came from; stored as the row's provenance (`source`).
     pub enum Source {
         Webhook = "webhook",
         Reconcile = "reconcile",
+        /// This service's own writes to PartnerStack (reserved; stored and logged as such).
+        Write = "write",
     }
 }
 
@@ -276,21 +280,37 @@ pub async fn apply(
     // A customer whose own key changes takes its credit away from the transactions that
     // named the old key: remember the stored keys before they are overwritten.
     let previous_keys = stored_customer_keys(conn, observations).await?;
+    // The change log: lock the stored rows and keep their states (the old values).
+    let before = changes::lock_states(
+        conn,
+        observations.iter().map(|o| (o.entity, o.key.as_str())),
+    )
+    .await?;
+    let mut written = Vec::new();
     let mut results = vec![Applied::Stale; observations.len()];
     for round in rounds(observations) {
         let entity = observations[round[0]].entity;
         let batch: Vec<&Observation> = round.iter().map(|&i| &observations[i]).collect();
-        let changed = upsert(conn, entity, source, &batch).await?;
+        let mut changed = upsert(conn, entity, source, &batch).await?;
         for i in round {
-            if let Some(&inserted) = changed.get(observations[i].key.as_str()) {
+            let key = observations[i].key.as_str();
+            if let Some((inserted, state)) = changed.remove(key) {
                 results[i] = if inserted {
                     Applied::Inserted
                 } else {
                     Applied::Updated
                 };
+                written.push(changes::Written {
+                    entity,
+                    key,
+                    inserted,
+                    state,
+                });
             }
         }
     }
+    // One change per row written, in the order written, in this transaction.
+    changes::record(conn, source.as_str(), written, &before).await?;
     // Keep partner attribution current: transactions are credited as they are written
     // (see upsert_sql); the transactions of changed customers are credited again here, in
     // the same transaction.
@@ -410,13 +430,13 @@ impl<'a> Array<'a> {
 }
 
 /// Upserts one batch of one entity (distinct keys). Returns the keys whose rows changed,
-/// each with whether it was inserted.
-async fn upsert(
+/// each with whether it was inserted and the row's state after the write.
+async fn upsert<'a>(
     conn: &mut PgConnection,
     entity: Entity,
     source: Source,
-    batch: &[&Observation],
-) -> Result<HashMap<String, bool>, sqlx::Error> {
+    batch: &[&'a Observation],
+) -> Result<HashMap<String, (bool, Snapshot<'a>)>, sqlx::Error> {
     // A deletion without a source time cannot be ordered against other observations:
     // it marks a live stored row deleted and leaves its content alone (the upsert below
     // only inserts such an object when no row exists).
@@ -428,16 +448,20 @@ async fn upsert(
         .collect();
     if !bare.is_empty() {
         let sql = format!(
-            "UPDATE {} SET deleted_at = now(), source = $1, synced_at = now()
-             WHERE key = ANY($2) AND deleted_at IS NULL RETURNING key",
-            columns::table(entity)
+            "UPDATE {} AS t SET deleted_at = now(), source = $1, synced_at = now()
+             WHERE key = ANY($2) AND deleted_at IS NULL RETURNING t.key, {}",
+            columns::table(entity),
+            changes::snapshot_sql(entity)
         );
-        let marked: Vec<String> = sqlx::query_scalar(AssertSqlSafe(sql))
+        let marked = sqlx::query(AssertSqlSafe(sql))
             .bind(source.as_str())
             .bind(bare)
             .fetch_all(&mut *conn)
             .await?;
-        changed.extend(marked.into_iter().map(|key| (key, false)));
+        for row in marked {
+            let state = changes::snapshot_of(&row, entity, 1)?;
+            changed.insert(row.try_get(0)?, (false, state));
+        }
     }
 
     let n = batch.len();
@@ -463,7 +487,8 @@ async fn upsert(
         }
     }
 
-    let mut query = sqlx::query_as::<_, (String, bool)>(AssertSqlSafe(upsert_sql_for(entity)))
+    type Returned = (String, bool, DateTime<Utc>, Option<DateTime<Utc>>);
+    let mut query = sqlx::query_as::<_, Returned>(AssertSqlSafe(upsert_sql_for(entity)))
         .bind(source.as_str())
         .bind(keys)
         .bind(created)
@@ -482,7 +507,20 @@ async fn upsert(
         };
     }
     let rows = query.fetch_all(&mut *conn).await?;
-    changed.extend(rows);
+    // The row now holds the observation's columns, with the times the statement chose.
+    let by_key: HashMap<&str, &'a Observation> =
+        batch.iter().map(|o| (o.key.as_str(), *o)).collect();
+    for (key, inserted, created_at, deleted_at) in rows {
+        if let Some(o) = by_key.get(key.as_str()) {
+            let state = Snapshot {
+                created_at: Some(created_at),
+                updated_at: o.updated_at,
+                deleted_at,
+                columns: Cow::Borrowed(&o.columns),
+            };
+            changed.insert(key, (inserted, state));
+        }
+    }
     Ok(changed)
 }
 
@@ -503,7 +541,9 @@ pub fn upsert_sql_for(entity: Entity) -> &'static str {
 
 /// The upsert statement for a table with the given typed columns. `$1` is the source,
 /// `$2..$7` the bookkeeping arrays (key, created_at, updated_at, observed_at, deleted,
-/// raw), then one array per typed column in order.
+/// raw), then one array per typed column in order. It returns each changed row's key,
+/// whether it was inserted, and the `created_at` and `deleted_at` it chose (the change
+/// log records them).
 fn upsert_sql(table: &str, columns: &[Column]) -> String {
     let names: Vec<&str> = columns.iter().map(|c| c.name).collect();
     let mut params = vec![
@@ -577,7 +617,7 @@ fn upsert_sql(table: &str, columns: &[Column]) -> String {
                AND NOT ($1::text = 'webhook' AND t.deleted_at IS NOT NULL
                         AND EXCLUDED.deleted_at IS NULL)))
           AND NOT (EXCLUDED.observed_at IS NULL AND EXCLUDED.deleted_at IS NOT NULL)
-        RETURNING t.key, (t.xmax = 0) AS inserted",
+        RETURNING t.key, (t.xmax = 0) AS inserted, t.created_at, t.deleted_at",
         params = params.join(", "),
         excl = excluded("EXCLUDED"),
         cur = excluded("t"),

@@ -106,6 +106,66 @@ fn decode_signature(header: &str) -> Option<Vec<u8>> {
     (bytes.len() == 32).then_some(bytes)
 }
 
+/// A Standard Webhooks signing secret (`whsec_` and the base64 of 24 to 64 random
+/// bytes), as the relay signs with it.
+#[derive(Clone)]
+pub struct WebhookSecret {
+    key: secrecy::SecretSlice<u8>,
+}
+
+impl std::fmt::Debug for WebhookSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WebhookSecret([REDACTED])")
+    }
+}
+
+/// The prefix of a Standard Webhooks secret.
+pub const WEBHOOK_SECRET_PREFIX: &str = "whsec_";
+
+impl WebhookSecret {
+    /// Reads `whsec_<base64>` (padding optional, as the reference libraries accept);
+    /// the error says what is wrong without repeating the secret.
+    pub fn parse(secret: &str) -> Result<WebhookSecret, String> {
+        let encoded = secret
+            .trim()
+            .strip_prefix(WEBHOOK_SECRET_PREFIX)
+            .ok_or_else(|| format!("must start with {WEBHOOK_SECRET_PREFIX}"))?;
+        let engine = base64::engine::GeneralPurpose::new(
+            &base64::alphabet::STANDARD,
+            base64::engine::GeneralPurposeConfig::new()
+                .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
+        );
+        let key = engine
+            .decode(encoded)
+            .map_err(|_| format!("the part after {WEBHOOK_SECRET_PREFIX} is not base64"))?;
+        if !(24..=64).contains(&key.len()) {
+            return Err(format!(
+                "must encode 24 to 64 random bytes, not {}",
+                key.len()
+            ));
+        }
+        Ok(WebhookSecret { key: key.into() })
+    }
+
+    /// The `webhook-signature` header value for a message: `v1,` and the base64 of
+    /// HMAC-SHA256 over `{id}.{timestamp}.{body}` (the Standard Webhooks scheme).
+    pub fn sign(&self, id: &str, timestamp: i64, body: &[u8]) -> String {
+        // HMAC accepts keys of any length.
+        let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(self.key.expose_secret())
+            .expect("HMAC takes keys of any length");
+        mac.update(id.as_bytes());
+        mac.update(b".");
+        mac.update(timestamp.to_string().as_bytes());
+        mac.update(b".");
+        mac.update(body);
+        let signature = mac.finalize().into_bytes();
+        format!(
+            "v1,{}",
+            base64::engine::general_purpose::STANDARD.encode(signature)
+        )
+    }
+}
+
 /// SHA-256 of `bytes`.
 pub fn sha256(bytes: &[u8]) -> [u8; 32] {
     Sha256::digest(bytes).into()
@@ -156,5 +216,46 @@ mod tests {
         assert!(!set.verify(body, ""));
         let other = SigningKeys::new(&secrets(&["another-secret-0123456789"]));
         assert!(!other.verify(body, &header));
+    }
+
+    #[test]
+    fn standard_webhooks_signatures_match_the_specifications_test_vectors() {
+        // From the Standard Webhooks reference libraries' own tests (Python/JS/Go, and Rust).
+        let secret = WebhookSecret::parse("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap();
+        assert_eq!(
+            secret.sign(
+                "msg_p5jXN8AQM9LWM0D4loKWxJek",
+                1614265330,
+                br#"{"test": 2432232314}"#
+            ),
+            "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
+        );
+        let secret = WebhookSecret::parse("whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD").unwrap();
+        assert_eq!(
+            secret.sign(
+                "msg_27UH4WbU6Z5A5EzD8u03UvzRbpk",
+                1649367553,
+                br#"{"email":"test@example.com","username":"test_user"}"#
+            ),
+            "v1,tZ1I4/hDygAJgO5TYxiSd6Sd0kDW6hPenDe+bTa3Kkw="
+        );
+        assert_ne!(
+            secret.sign("msg_27UH4WbU6Z5A5EzD8u03UvzRbpk", 1649367554, b"{}"),
+            "v1,tZ1I4/hDygAJgO5TYxiSd6Sd0kDW6hPenDe+bTa3Kkw="
+        );
+    }
+
+    #[test]
+    fn webhook_secrets_are_checked_and_never_shown() {
+        for (bad, why) in [
+            ("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "whsec_"),
+            ("whsec_not base64!", "not base64"),
+            ("whsec_c2hvcnQ=", "24 to 64"),
+        ] {
+            let err = WebhookSecret::parse(bad).unwrap_err();
+            assert!(err.contains(why), "{bad}: {err}");
+        }
+        let secret = WebhookSecret::parse("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap();
+        assert_eq!(format!("{secret:?}"), "WebhookSecret([REDACTED])");
     }
 }

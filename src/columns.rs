@@ -149,7 +149,7 @@ pub struct Record {
     /// Set when PartnerStack deleted or archived the object; such objects are listed only
     /// with `include_deleted=true`.
     pub deleted_at: Option<DateTime<Utc>>,
-    /// Where the stored version came from: `webhook` or `reconcile`.
+    /// Where the stored version came from: `webhook`, `reconcile` or `write`.
     #[schema(example = "webhook")]
     pub source: String,
     /// When the stored version was applied here.

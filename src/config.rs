@@ -13,6 +13,8 @@ use std::time::Duration;
 use axum::http::HeaderName;
 use partnerstack::Entity;
 use secrecy::{ExposeSecret, SecretString};
+
+use crate::auth::WebhookSecret;
 use serde::{Deserialize, Deserializer};
 
 /// The compiled-in defaults; `config/default.toml` in the repository.
@@ -49,7 +51,23 @@ const ENV_OVERRIDES: &[(&str, &str)] = &[
     ("PSYNC_WEBHOOK_STREAMS", "reconcile.webhook_streams"),
     ("PSYNC_STALENESS_BOUND", "reconcile.staleness_bound"),
     ("PSYNC_LOG_FORMAT", "log.format"),
+    ("PSYNC_CHANGES_POLL_INTERVAL", "changes.poll_interval"),
+    ("PSYNC_RETENTION_DELIVERIES", "retention.deliveries"),
+    ("PSYNC_RETENTION_CHANGES", "retention.changes"),
 ];
+
+/// Environment variables that define relay endpoints:
+/// `PSYNC_RELAY_<NAME>_URL`, `_SECRET` and `_ENTITIES` (`<NAME>` lower-cased is the
+/// endpoint's name; they add to or override a `[[relay]]` table of that name).
+const RELAY_ENV_PREFIX: &str = "PSYNC_RELAY_";
+const RELAY_ENV_FIELDS: &[(&str, &str)] = &[
+    ("_URL", "url"),
+    ("_SECRET", "secret"),
+    ("_ENTITIES", "entities"),
+];
+
+/// Shortest retention accepted: readers and PartnerStack's retries need some hours.
+const MIN_RETENTION: Duration = Duration::from_secs(3600);
 
 /// Shortest token or secret accepted: a URL token is the only thing that authenticates a
 /// webhook delivery, so it must not be guessable.
@@ -75,6 +93,85 @@ pub struct Config {
     pub partnerstack: PartnerStackConfig,
     pub reconcile: ReconcileConfig,
     pub log: LogConfig,
+    pub changes: ChangesConfig,
+    pub retention: RetentionConfig,
+    /// Endpoints the change feed is relayed to (`[[relay]]` tables, or the environment).
+    #[serde(default)]
+    pub relay: Vec<RelayEndpoint>,
+}
+
+/// The change feed and its relay (`[changes]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChangesConfig {
+    /// How often a replica looks for newly visible changes while a reader waits or an
+    /// endpoint is relayed to.
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+    /// Longest wait for a relay endpoint's answer.
+    #[serde(with = "humantime_serde")]
+    pub relay_timeout: Duration,
+    /// Longest pause between attempts at a failing endpoint (the back-off doubles up to it).
+    #[serde(with = "humantime_serde")]
+    pub relay_max_backoff: Duration,
+}
+
+/// How long stored history is kept (`[retention]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionConfig {
+    /// Raw webhook deliveries (and with them, their de-duplication).
+    #[serde(with = "humantime_serde")]
+    pub deliveries: Duration,
+    /// Changes in the feed and in history.
+    #[serde(with = "humantime_serde")]
+    pub changes: Duration,
+    /// Time between pruning rounds.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// Rows deleted per statement (each in its own short transaction).
+    pub batch_size: i64,
+}
+
+/// One relay endpoint (`[[relay]]`).
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RelayEndpoint {
+    /// Identifies the endpoint's position in the feed across restarts and replicas, and
+    /// labels its metrics: lower-case letters, digits, `_` and `-`.
+    pub name: String,
+    #[serde(deserialize_with = "relay_url")]
+    pub url: reqwest::Url,
+    /// `whsec_...` (Standard Webhooks).
+    #[serde(deserialize_with = "webhook_secret")]
+    pub secret: WebhookSecret,
+    /// Only changes of these collections; all when absent.
+    #[serde(default)]
+    pub entities: Option<Vec<Entity>>,
+}
+
+impl RelayEndpoint {
+    /// The URL without query string or credentials (which may carry secrets), for
+    /// logs and `GET /v1/relay`.
+    pub fn public_url(&self) -> String {
+        let mut url = self.url.clone();
+        url.set_query(None);
+        url.set_fragment(None);
+        let _ = url.set_username("");
+        let _ = url.set_password(None);
+        url.to_string()
+    }
+}
+
+impl std::fmt::Debug for RelayEndpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RelayEndpoint")
+            .field("name", &self.name)
+            .field("url", &self.public_url())
+            .field("secret", &self.secret)
+            .field("entities", &self.entities)
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -265,6 +362,7 @@ impl Config {
                 set_from_env(&mut table, setting, var, value)?;
             }
         }
+        relay_from_env(&mut table, env)?;
         let mut config: Config = serde_path_to_error::deserialize(toml::Value::Table(table))
             .map_err(|e| {
                 let setting = e.path().to_string();
@@ -393,8 +491,145 @@ impl Config {
                 return fail(setting, "must be at most 10 years".into());
             }
         }
+        self.validate_changes()
+    }
+
+    fn validate_changes(&self) -> Result<(), ConfigError> {
+        let fail =
+            |setting: &str, why: String| Err(ConfigError(format!("{}: {why}", describe(setting))));
+        for (setting, d) in [
+            ("retention.deliveries", self.retention.deliveries),
+            ("retention.changes", self.retention.changes),
+        ] {
+            if d < MIN_RETENTION {
+                return fail(setting, "must be at least 1h".into());
+            }
+            if d > MAX_RECONCILE_DURATION {
+                return fail(setting, "must be at most 10 years".into());
+            }
+        }
+        if !(1..=100_000).contains(&self.retention.batch_size) {
+            return fail("retention.batch_size", "must be within 1..=100000".into());
+        }
+        for (setting, d) in [
+            ("retention.interval", self.retention.interval),
+            ("changes.poll_interval", self.changes.poll_interval),
+            ("changes.relay_timeout", self.changes.relay_timeout),
+            ("changes.relay_max_backoff", self.changes.relay_max_backoff),
+        ] {
+            if d.is_zero() || d > MAX_RECONCILE_DURATION {
+                return fail(
+                    setting,
+                    "must be longer than zero and at most 10 years".into(),
+                );
+            }
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, endpoint) in self.relay.iter().enumerate() {
+            let setting = format!("relay[{i}]");
+            let name = &endpoint.name;
+            if name.is_empty()
+                || name.len() > 64
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
+            {
+                return fail(
+                    &setting,
+                    format!("name {name:?} must be 1 to 64 lower-case letters, digits, _ or -"),
+                );
+            }
+            if !names.insert(name.as_str()) {
+                return fail(&setting, format!("name {name:?} is used twice"));
+            }
+            if endpoint.entities.as_ref().is_some_and(Vec::is_empty) {
+                return fail(
+                    &setting,
+                    "entities is empty; leave it out to relay every collection".into(),
+                );
+            }
+        }
         Ok(())
     }
+}
+
+/// Adds the relay endpoints given as `PSYNC_RELAY_<NAME>_{URL,SECRET,ENTITIES}` to the
+/// `relay` tables (overriding the fields of a table with the same name). A variable with
+/// that prefix and another ending is an error, so a typo is not silently ignored.
+fn relay_from_env(
+    table: &mut toml::Table,
+    env: &HashMap<String, String>,
+) -> Result<(), ConfigError> {
+    let mut vars: Vec<(&String, &String)> = env
+        .iter()
+        .filter(|(k, _)| k.starts_with(RELAY_ENV_PREFIX))
+        .collect();
+    vars.sort();
+    for (var, value) in vars {
+        let rest = &var[RELAY_ENV_PREFIX.len()..];
+        let Some((name, field)) = RELAY_ENV_FIELDS.iter().find_map(|(suffix, field)| {
+            rest.strip_suffix(suffix)
+                .filter(|n| !n.is_empty())
+                .map(|n| (n.to_ascii_lowercase(), *field))
+        }) else {
+            return Err(ConfigError(format!(
+                "{var}: not a relay setting; use {RELAY_ENV_PREFIX}<NAME>_URL, _SECRET or _ENTITIES"
+            )));
+        };
+        let list = table
+            .entry("relay")
+            .or_insert_with(|| toml::Value::Array(Vec::new()));
+        let toml::Value::Array(list) = list else {
+            return Err(ConfigError(
+                "relay: must be a list of [[relay]] tables".into(),
+            ));
+        };
+        let existing = list
+            .iter()
+            .position(|t| t.get("name").and_then(toml::Value::as_str) == Some(name.as_str()));
+        let endpoint = match existing {
+            Some(i) => &mut list[i],
+            None => {
+                let mut t = toml::Table::new();
+                t.insert("name".into(), toml::Value::String(name.clone()));
+                list.push(toml::Value::Table(t));
+                let last = list.len() - 1;
+                &mut list[last]
+            }
+        };
+        let toml::Value::Table(endpoint) = endpoint else {
+            return Err(ConfigError(format!("relay {name:?}: must be a table")));
+        };
+        let value = if field == "entities" {
+            toml::Value::Array(
+                value
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(|s| toml::Value::String(s.to_string()))
+                    .collect(),
+            )
+        } else {
+            toml::Value::String(value.trim().to_string())
+        };
+        endpoint.insert(field.to_string(), value);
+    }
+    Ok(())
+}
+
+fn relay_url<'de, D: Deserializer<'de>>(d: D) -> Result<reqwest::Url, D::Error> {
+    let s = String::deserialize(d)?;
+    let url = reqwest::Url::parse(s.trim())
+        .map_err(|e| serde::de::Error::custom(format!("url is not a URL ({e})")))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(serde::de::Error::custom("url must be http:// or https://"));
+    }
+    Ok(url)
+}
+
+fn webhook_secret<'de, D: Deserializer<'de>>(d: D) -> Result<WebhookSecret, D::Error> {
+    let s = String::deserialize(d)?;
+    WebhookSecret::parse(&s).map_err(|why| serde::de::Error::custom(format!("secret {why}")))
 }
 
 /// "webhooks.tokens (env PSYNC_WEBHOOK_TOKENS)", or just the setting when no variable maps
@@ -724,6 +959,106 @@ mod tests {
             "db-password-0123",
         ] {
             assert!(!debug.contains(secret), "{secret} leaked into Debug output");
+        }
+    }
+
+    const WHSEC: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+    #[test]
+    fn relay_endpoints_come_from_the_file_and_the_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "[[relay]]\nname = \"billing\"\nurl = \"https://billing.internal/h?token=t0p\"\n\
+                 secret = \"{WHSEC}\"\nentities = [\"transactions\", \"rewards\"]\n"
+            ),
+        )
+        .unwrap();
+        let c = Config::load_with_env(
+            Some(&path),
+            &env(&[
+                ("PSYNC_RELAY_BILLING_ENTITIES", "rewards"),
+                ("PSYNC_RELAY_CRM_URL", "http://crm.internal/hook"),
+                ("PSYNC_RELAY_CRM_SECRET", WHSEC),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.relay.len(), 2);
+        let billing = &c.relay[0];
+        assert_eq!(billing.name, "billing");
+        assert_eq!(billing.entities.as_deref(), Some(&[Entity::Reward][..]));
+        assert_eq!(billing.public_url(), "https://billing.internal/h");
+        let crm = &c.relay[1];
+        assert_eq!((crm.name.as_str(), crm.entities.as_ref()), ("crm", None));
+        let debug = format!("{c:?}");
+        assert!(
+            !debug.contains("t0p") && !debug.contains("MfKQ9r8"),
+            "{debug}"
+        );
+        assert_eq!(c.retention.changes, Duration::from_secs(30 * 86_400));
+        assert_eq!(c.retention.deliveries, Duration::from_secs(90 * 86_400));
+        assert!(
+            Config::load_with_env(None, &env(&[]))
+                .unwrap()
+                .relay
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn relay_and_retention_settings_are_checked() {
+        let cases = [
+            (vec![("PSYNC_RELAY_X_URL", "http://x.internal/")], "secret"),
+            (
+                vec![
+                    ("PSYNC_RELAY_X_URL", "ftp://x/"),
+                    ("PSYNC_RELAY_X_SECRET", WHSEC),
+                ],
+                "http",
+            ),
+            (
+                vec![
+                    ("PSYNC_RELAY_X_URL", "http://x/"),
+                    ("PSYNC_RELAY_X_SECRET", "hunter2"),
+                ],
+                "whsec_",
+            ),
+            (
+                vec![("PSYNC_RELAY_X_SECERT", WHSEC)],
+                "PSYNC_RELAY_X_SECERT: not a relay setting",
+            ),
+            (
+                vec![
+                    ("PSYNC_RELAY_X_URL", "http://x/"),
+                    ("PSYNC_RELAY_X_SECRET", WHSEC),
+                    ("PSYNC_RELAY_X_ENTITIES", "rewards,refunds"),
+                ],
+                "refunds",
+            ),
+            (
+                vec![
+                    ("PSYNC_RELAY_X!_URL", "http://x/"),
+                    ("PSYNC_RELAY_X!_SECRET", WHSEC),
+                ],
+                "lower-case",
+            ),
+            (
+                vec![("PSYNC_RETENTION_CHANGES", "10m")],
+                "retention.changes",
+            ),
+            (
+                vec![("PSYNC_RETENTION_DELIVERIES", "soon")],
+                "retention.deliveries",
+            ),
+        ];
+        for (vars, expected) in cases {
+            let err = Config::load_with_env(None, &env(&vars))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(expected), "{vars:?}: {err}");
+            assert!(!err.contains("hunter2"), "{err}");
         }
     }
 }

@@ -25,6 +25,7 @@ crate::text_enum! {
         NotFound = "not_found",
         MethodNotAllowed = "method_not_allowed",
         Conflict = "conflict",
+        Gone = "gone",
         PayloadTooLarge = "payload_too_large",
         Unavailable = "unavailable",
         Internal = "internal",
@@ -83,6 +84,11 @@ impl ApiError {
     /// 409: the request conflicts with the state of things.
     pub fn conflict(message: impl Into<String>) -> Self {
         Self::new(StatusCode::CONFLICT, ErrorCode::Conflict, message)
+    }
+
+    /// 410: what was asked for existed but is no longer kept.
+    pub fn gone(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::GONE, ErrorCode::Gone, message)
     }
 
     /// 503 with `Retry-After`: the request may succeed if repeated later.

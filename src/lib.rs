@@ -6,7 +6,10 @@
 //! the entity tables (whose columns are declared once, in [`columns`]). The [`reconcile`]r
 //! polls PartnerStack through the `partnerstack` crate's client and applies what it reads
 //! through the same door. Other services read the copy through [`api`], the `/v1` query
-//! API. [`app::run`] wires it all together. See `ARCHITECTURE.md` for the map.
+//! API. Every change [`apply`] makes is logged in the same transaction and served as a
+//! feed and per-object history ([`api::changes`]), and pushed to configured endpoints by
+//! the [`relay`]; [`retention`] prunes what is past its time. [`app::run`] wires it all
+//! together. See `ARCHITECTURE.md` for the map.
 
 pub mod api;
 pub mod app;
@@ -17,8 +20,11 @@ pub mod columns;
 pub mod config;
 pub mod db;
 pub mod error;
+pub mod feed;
 pub mod ingest;
 pub mod reconcile;
+pub mod relay;
+pub mod retention;
 pub mod routes;
 pub mod server;
 pub mod state;

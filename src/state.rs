@@ -7,6 +7,7 @@ use sqlx::PgPool;
 
 use crate::auth::{SigningKeys, TokenSet};
 use crate::config::Config;
+use crate::feed::Feed;
 use crate::ingest::writer::Writer;
 use crate::reconcile::Reconciler;
 use crate::telemetry::Metrics;
@@ -23,4 +24,6 @@ pub struct AppState {
     pub api_tokens: Arc<TokenSet>,
     /// `None` when the reconciler is off (no credentials, or `PSYNC_RECONCILE_INTERVAL=off`).
     pub reconciler: Option<Reconciler>,
+    /// Wakes long-polling readers of the change feed.
+    pub feed: Feed,
 }

@@ -13,6 +13,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
 use tracing_subscriber::EnvFilter;
 
 use crate::config::LogFormat;
@@ -109,6 +110,23 @@ pub struct StreamLabel {
     pub stream: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EndpointLabel {
+    pub endpoint: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AttemptLabels {
+    pub endpoint: String,
+    /// `delivered` (2xx) or `failed`.
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TableLabel {
+    pub table: &'static str,
+}
+
 /// Every metric the service exports.
 pub struct Metrics {
     registry: Registry,
@@ -144,6 +162,15 @@ pub struct Metrics {
     pub reconcile_deletions: Family<StreamLabel, Counter>,
     /// Requests the reconciler sent to PartnerStack (retries included), by stream.
     pub reconcile_requests: Family<StreamLabel, Counter>,
+    /// Relay attempts per endpoint, by result (`delivered`, `failed`).
+    pub relay_attempts: Family<AttemptLabels, Counter>,
+    /// Seconds since the oldest change an endpoint has still to receive was applied (0
+    /// when caught up), as seen by the replica relaying it.
+    pub relay_lag_seconds: Family<EndpointLabel, Gauge<f64, AtomicU64>>,
+    /// 1 while this replica relays to the endpoint.
+    pub relay_leader: Family<EndpointLabel, Gauge>,
+    /// Rows pruned past their retention, by table (`changes`, `webhook_events`).
+    pub retention_pruned: Family<TableLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -171,6 +198,10 @@ impl Metrics {
             reconcile_repairs: Family::default(),
             reconcile_deletions: Family::default(),
             reconcile_requests: Family::default(),
+            relay_attempts: Family::default(),
+            relay_lag_seconds: Family::default(),
+            relay_leader: Family::default(),
+            retention_pruned: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -253,6 +284,26 @@ impl Metrics {
             "reconcile_requests",
             "Requests the reconciler sent to PartnerStack, retries included, by stream",
             m.reconcile_requests.clone(),
+        );
+        registry.register(
+            "relay_attempts",
+            "Relay deliveries attempted, by endpoint and result (delivered: answered 2xx; failed)",
+            m.relay_attempts.clone(),
+        );
+        registry.register(
+            "relay_lag_seconds",
+            "Age of the oldest change an endpoint has still to receive (0 when caught up), by endpoint",
+            m.relay_lag_seconds.clone(),
+        );
+        registry.register(
+            "relay_leader",
+            "1 while this replica relays to the endpoint",
+            m.relay_leader.clone(),
+        );
+        registry.register(
+            "retention_pruned",
+            "Rows deleted past their retention, by table",
+            m.retention_pruned.clone(),
         );
         Metrics { registry, ..m }
     }

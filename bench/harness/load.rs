@@ -95,6 +95,8 @@ pub struct Stats {
     pub failed: u64,
     /// Latencies of successful requests, microseconds, sorted.
     pub latencies_us: Vec<u64>,
+    /// When each successful request of an open-loop run was answered, by sequence number.
+    pub answered: Vec<(u64, Instant)>,
     pub elapsed: Duration,
 }
 
@@ -118,6 +120,7 @@ impl Stats {
             s.warmup_ok += p.warmup_ok;
             s.failed += p.failed;
             s.latencies_us.extend(p.latencies_us);
+            s.answered.extend(p.answered);
         }
         s.latencies_us.sort_unstable();
         s
@@ -240,6 +243,7 @@ pub async fn open<W: Workload>(
                 let ok = exchange(&mut sender, workload.request(n)).await;
                 if ok {
                     stats.ok += 1;
+                    stats.answered.push((n, Instant::now()));
                     stats
                         .latencies_us
                         .push(scheduled.elapsed().as_micros() as u64);

@@ -8,6 +8,7 @@
 //! to `bench/RESULTS.md`. Every loop is bounded in time and count, and everything it
 //! started is stopped at the end.
 
+mod feed;
 mod load;
 mod pgbench;
 mod scenarios;
@@ -129,6 +130,9 @@ async fn run(quick: bool) -> anyhow::Result<()> {
 
     let result = async {
         ingest(&mut bench).await.context("ingest scenario")?;
+        feed::latency(&mut bench)
+            .await
+            .context("feed latency scenario")?;
         scenarios::reconcile(&mut bench, quick)
             .await
             .context("reconcile scenario")?;

@@ -322,6 +322,21 @@ pub async fn get<C: Collection>(
     Ok(Item { data: item })
 }
 
+/// The stored `key` of the object a path key names, found as [`get`] finds it.
+pub async fn resolve_key<C: Collection>(
+    pool: &PgPool,
+    key: &str,
+) -> Result<Option<String>, ApiError> {
+    if key.is_empty() || key.contains('\0') {
+        return Ok(None);
+    }
+    let mut q = QueryBuilder::new("SELECT t.key FROM ");
+    q.push(C::FROM);
+    C::lookup(key, &mut q)?;
+    q.push(" LIMIT 1");
+    Ok(q.build_query_scalar().fetch_optional(pool).await?)
+}
+
 fn select<C: Collection>(with_body: bool) -> QueryBuilder<Postgres> {
     let mut q = QueryBuilder::new("");
     push_select::<C>(&mut q, with_body);

@@ -1,7 +1,7 @@
 //! Opaque page cursors: the position of a page's last item, bound to its collection.
 //!
-//! A cursor carries the sort position of the last item (`created_at` and `key`, or an
-//! event's `id`) and the collection it came from, followed by a short SHA-256 check over
+//! A cursor carries the sort position of the last item (`created_at` and `key`, an
+//! event's or a change's `id`, or a feed position) and the collection it came from, followed by a short SHA-256 check over
 //! both, all in unpadded base64url. It is tamper-evident, not secret: anything that does
 //! not decode, fails the check, belongs to another collection or holds an impossible
 //! position is a 400 before any SQL runs. The check is keyless on purpose, so every
@@ -12,6 +12,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Datelike, Utc};
 use sha2::{Digest, Sha256};
 
+use crate::db::changes::FeedPosition;
 use crate::error::ApiError;
 
 /// Where a page ended, in the collection's sort order.
@@ -19,8 +20,10 @@ use crate::error::ApiError;
 pub enum Position {
     /// Entity collections: newest `created_at` first, ties broken by `key` (descending).
     Created(DateTime<Utc>, String),
-    /// The event log: highest `id` first.
+    /// The event log: highest `id` first; an object's history: newest change first.
     Id(i64),
+    /// The change feed: after the change at `(pos, id)`, oldest first.
+    Feed(FeedPosition),
 }
 
 const DOMAIN: &[u8] = b"partnerstack-sync cursor v1\0";
@@ -33,6 +36,7 @@ pub fn encode(collection: &str, position: &Position) -> String {
     let payload = match position {
         Position::Created(at, key) => format!("{collection}\nt\n{}\n{key}", at.timestamp_micros()),
         Position::Id(id) => format!("{collection}\ni\n{id}"),
+        Position::Feed(at) => format!("{collection}\nf\n{}\n{}", at.pos, at.id),
     };
     let mut bytes = payload.into_bytes();
     let tag = tag(&bytes);
@@ -42,9 +46,14 @@ pub fn encode(collection: &str, position: &Position) -> String {
 
 /// The position a cursor issued by `collection` stands for; a 400 for anything else.
 pub fn decode(collection: &str, cursor: &str) -> Result<Position, ApiError> {
+    decode_param("starting_after", collection, cursor)
+}
+
+/// [`decode`], for a cursor passed as the query parameter `param`.
+pub fn decode_param(param: &str, collection: &str, cursor: &str) -> Result<Position, ApiError> {
     decode_inner(collection, cursor).map_err(|why| {
         ApiError::bad_request(format!(
-            "starting_after is not a cursor of /v1/{collection}: {why}; pass the ending_cursor of a previous page"
+            "{param} is not a cursor of /v1/{collection}: {why}; pass the ending_cursor of a previous page"
         ))
     })
 }
@@ -88,6 +97,15 @@ fn decode_inner(collection: &str, cursor: &str) -> Result<Position, &'static str
             .filter(|id| *id > 0)
             .map(Position::Id)
             .ok_or("its id is invalid"),
+        (Some("f"), Some(pos), Some(id)) => {
+            let pos = pos.parse::<u64>().map_err(|_| "its position is invalid")?;
+            let id = id
+                .parse::<i64>()
+                .ok()
+                .filter(|id| *id > 0)
+                .ok_or("its position is invalid")?;
+            Ok(Position::Feed(FeedPosition { pos, id }))
+        }
         _ => Err("it does not parse"),
     }
 }
@@ -116,6 +134,15 @@ mod tests {
 
         let ev = encode("events", &Position::Id(42));
         assert_eq!(decode("events", &ev).unwrap(), Position::Id(42));
+
+        let at = Position::Feed(FeedPosition {
+            pos: 1 << 40,
+            id: 7,
+        });
+        let feed = encode("changes", &at);
+        assert_eq!(decode_param("after", "changes", &feed).unwrap(), at);
+        let err = decode_param("after", "changes", &ev).unwrap_err();
+        assert_eq!(err.status(), 400);
     }
 
     #[test]
@@ -141,6 +168,8 @@ mod tests {
             "partners\nt\n999999999999999999\nk",
             "partners\nt\n0\n",
             "partners\ni\n-3",
+            "partners\nf\n-1\n3",
+            "partners\nf\n5\n0",
             "partners\nq\n1",
         ] {
             let mut bytes = payload.as_bytes().to_vec();

@@ -9,13 +9,16 @@
 //! Each handler here is a thin, documented shell: the `#[utoipa::path]` attribute is the
 //! OpenAPI description, and [`routes`] registers the handler and its description together,
 //! so a route cannot exist without being described. The work is done once, generically,
-//! in [`collection`] for the seven PartnerStack object types and the event log, and in
-//! [`summary`] for the partner summary.
+//! in [`collection`] for the seven PartnerStack object types and the event log, in
+//! [`summary`] for the partner summary, in [`changes`] for the change feed and each
+//! object's history, and in [`relay`] for the relay endpoints.
 
 mod attribution;
+pub mod changes;
 pub mod collection;
 pub mod cursor;
 pub mod params;
+pub mod relay;
 pub mod resources;
 pub mod summary;
 pub mod sync;
@@ -26,6 +29,7 @@ use axum::http::request::Parts;
 use axum::http::{HeaderValue, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use partnerstack::Entity;
 use utoipa::IntoResponses;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -245,6 +249,99 @@ collection_routes! {
         "One stored delivery with its body (`payload`) and outcome.";
 }
 
+/// Defines `GET /v1/{collection}/{key}/history` for one collection.
+macro_rules! history_route {
+    ($name:ident, $collection:ident, $entity:expr, $path:tt, $tag:tt, $key_doc:tt, $summary:tt) => {
+        #[utoipa::path(
+            get, path = $path, tag = $tag,
+            summary = $summary,
+            description = "The object's changes, newest first: what changed (old and new \
+                values), when, and from where (`source`), each with the object's state \
+                after it. Changes older than the retention period are not kept.",
+            params(("key" = String, Path, description = $key_doc), changes::HistoryParams),
+            responses(
+                (status = 200, description = "The object's changes, newest first", body = changes::HistoryAnswer),
+                NotFound,
+                CommonErrors,
+            ),
+            security(("bearer" = [])),
+        )]
+        pub async fn $name(
+            State(state): State<AppState>,
+            KeyPath(key): KeyPath,
+            RawQuery(query): RawQuery,
+        ) -> Result<Json<changes::HistoryAnswer>, ApiError> {
+            changes::history::<$collection>(&state.pool, $entity, &key, query.as_deref())
+                .await
+                .map(Json)
+        }
+    };
+}
+
+history_route!(
+    partner_history,
+    Partners,
+    Entity::Partner,
+    "/v1/partners/{key}/history",
+    "partners",
+    "The partnership key (`part_...`) or the `partner_key`",
+    "A partner's changes"
+);
+history_route!(
+    customer_history,
+    Customers,
+    Entity::Customer,
+    "/v1/customers/{key}/history",
+    "customers",
+    "PartnerStack's customer key or your `customer_key`",
+    "A customer's changes"
+);
+history_route!(
+    transaction_history,
+    Transactions,
+    Entity::Transaction,
+    "/v1/transactions/{key}/history",
+    "transactions",
+    "The transaction key",
+    "A transaction's changes"
+);
+history_route!(
+    reward_history,
+    Rewards,
+    Entity::Reward,
+    "/v1/rewards/{key}/history",
+    "rewards",
+    "The reward key",
+    "A reward's changes"
+);
+history_route!(
+    group_history,
+    Groups,
+    Entity::Group,
+    "/v1/groups/{key}/history",
+    "groups",
+    "The group key",
+    "A group's changes"
+);
+history_route!(
+    deal_history,
+    Deals,
+    Entity::Deal,
+    "/v1/deals/{key}/history",
+    "deals",
+    "The deal key",
+    "A deal's changes"
+);
+history_route!(
+    lead_history,
+    Leads,
+    Entity::Lead,
+    "/v1/leads/{key}/history",
+    "leads",
+    "The lead key",
+    "A lead's changes"
+);
+
 /// `GET /v1/partners/{key}/summary`.
 #[utoipa::path(
     get, path = "/v1/partners/{key}/summary", tag = "partners",
@@ -293,4 +390,14 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(get_event))
         .routes(routes!(sync::sync_status))
         .routes(routes!(sync::request_sync))
+        .routes(routes!(changes::list_changes))
+        .routes(routes!(partner_history))
+        .routes(routes!(customer_history))
+        .routes(routes!(transaction_history))
+        .routes(routes!(reward_history))
+        .routes(routes!(group_history))
+        .routes(routes!(deal_history))
+        .routes(routes!(lead_history))
+        .routes(routes!(relay::relay_status))
+        .routes(routes!(relay::replay))
 }

@@ -273,3 +273,25 @@ pub async fn record_outcomes(
     .await?;
     Ok(())
 }
+
+/// Deletes up to `batch` of the oldest deliveries received before `cutoff` (oldest first,
+/// by id: a prefix of the log, so each round reads only what it deletes). Pending ones
+/// are never deleted, nor anything after them. Returns how many were deleted.
+pub async fn prune(
+    pool: &PgPool,
+    cutoff: chrono::DateTime<chrono::Utc>,
+    batch: i64,
+) -> Result<u64, sqlx::Error> {
+    let done = sqlx::query(
+        "WITH oldest AS (SELECT id, received_at, outcome FROM webhook_events ORDER BY id LIMIT $2),
+              keep AS (SELECT min(id) AS id FROM oldest
+                       WHERE received_at >= $1 OR outcome = 'pending')
+         DELETE FROM webhook_events w USING oldest o, keep k
+         WHERE w.id = o.id AND (k.id IS NULL OR o.id < k.id)",
+    )
+    .bind(cutoff)
+    .bind(batch)
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected())
+}

@@ -1,8 +1,10 @@
 //! Postgres: the pool, migrations, the embedded default and the queries per table.
 
 pub mod attribution;
+pub mod changes;
 pub mod embedded;
 pub mod events;
+pub mod relay;
 pub mod sync;
 
 use std::str::FromStr;

@@ -12,6 +12,7 @@ use sqlx::{AssertSqlSafe, FromRow, PgConnection, PgPool, Row};
 use utoipa::ToSchema;
 
 use crate::columns;
+use crate::db::changes;
 
 crate::text_enum! {
     /// The kinds of pass (see `config/default.toml`, `[reconcile]`).
@@ -368,15 +369,22 @@ pub async fn mark_vanished(
             lost: false,
         });
     }
-    sqlx::query(AssertSqlSafe(format!(
-        "UPDATE {table} AS u SET deleted_at = now(), source = 'reconcile', synced_at = now()
-         WHERE u.key IN (SELECT t.key {unseen})"
+    // The rows marked, with their states, for the change log (same transaction).
+    let rows = sqlx::query(AssertSqlSafe(format!(
+        "UPDATE {table} AS t SET deleted_at = now(), source = 'reconcile', synced_at = now()
+         WHERE t.key IN (SELECT t.key {unseen}) RETURNING t.key, {}",
+        changes::snapshot_sql(entity)
     )))
     .bind(entity.stream())
     .bind(pass_id)
     .bind(scan_started_at)
-    .execute(&mut *conn)
+    .fetch_all(&mut *conn)
     .await?;
+    let marked = rows
+        .iter()
+        .map(|row| Ok((row.try_get(0)?, changes::snapshot_of(row, entity, 1)?)))
+        .collect::<Result<Vec<_>, sqlx::Error>>()?;
+    changes::record_marked_deleted(conn, "reconcile", entity, &marked).await?;
     Ok(Vanished {
         candidates,
         live,

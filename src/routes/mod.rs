@@ -86,18 +86,24 @@ async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Res
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
-    let response =
-        match tokio::time::timeout(state.config.server.request_timeout, next.run(req)).await {
-            Ok(response) => response,
-            Err(_) => {
-                if route.starts_with("/webhooks/") {
-                    state
-                        .metrics
-                        .delivery(DeliveryResult::Refused(ErrorCode::Unavailable));
-                }
-                ApiError::unavailable("the request timed out; retry later").into_response()
-            }
+    // A long-poll of the change feed may wait that much longer.
+    let limit = state.config.server.request_timeout
+        + if route == "/v1/changes" {
+            api::changes::MAX_WAIT
+        } else {
+            std::time::Duration::ZERO
         };
+    let response = match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(response) => response,
+        Err(_) => {
+            if route.starts_with("/webhooks/") {
+                state
+                    .metrics
+                    .delivery(DeliveryResult::Refused(ErrorCode::Unavailable));
+            }
+            ApiError::unavailable("the request timed out; retry later").into_response()
+        }
+    };
     state
         .metrics
         .http_requests
@@ -164,6 +170,11 @@ pub fn openapi() -> OpenApi {
         tag("leads", "Leads submitted by partners"),
         tag("events", "The raw webhook log"),
         tag("sync", "The reconciler: status and passes on demand"),
+        tag(
+            "changes",
+            "The change feed: every change to the copy, in order (long-poll)",
+        ),
+        tag("relay", "Endpoints the change feed is pushed to, signed"),
         tag("webhooks", "PartnerStack's webhook deliveries"),
         tag(
             "operations",

@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod api;
+mod changes;
 mod client;
 mod common;
 mod embedded;
@@ -13,6 +14,7 @@ mod legacy_dialect;
 mod load;
 mod netns;
 mod reconcile;
+mod relay;
 mod reliability;
 mod schema;
 mod simulate;
