@@ -35,6 +35,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::verify::{Fetched, Lookup, Verifier};
 use crate::apply::{self, Applied, Observation, Source};
+use crate::burst::Burst;
 use crate::columns;
 use crate::db::events::{self, AppliedFrom, Outcome, OutcomeRecord, PendingEvent};
 use crate::db::is_transient_error;
@@ -82,7 +83,10 @@ impl Applier {
                 Ok(()) => failures = 0,
                 Err(e) => {
                     failures = failures.saturating_add(1);
-                    tracing::warn!(error = %e, "applying stored deliveries failed; will retry");
+                    static FAILING: Burst = Burst::new(crate::error::BURST);
+                    if let Some(left_out) = FAILING.admit() {
+                        tracing::warn!(error = %e, left_out, "applying stored deliveries failed; will retry");
+                    }
                 }
             }
             // Back off while the database is failing, up to 30 s.

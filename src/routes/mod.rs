@@ -71,7 +71,11 @@ fn layered(routes: Router<AppState>, state: AppState) -> Router {
                     tracing::info_span!("request", method = %req.method(), route, request_id)
                 })
                 .on_request(())
-                .on_response(DefaultOnResponse::new().level(tracing::Level::INFO)),
+                .on_response(DefaultOnResponse::new().level(tracing::Level::INFO))
+                // No line per failed answer: a 500's cause is logged where it arises
+                // (ApiError::internal), and an outage's 503s once per burst; a line per
+                // request would flood the log exactly when it is read.
+                .on_failure(()),
         )
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
