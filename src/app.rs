@@ -24,6 +24,8 @@ use crate::ingest::writer::{Limits, Writer};
 use crate::reconcile::Reconciler;
 use crate::state::AppState;
 use crate::telemetry::Metrics;
+use crate::writes::Outbox;
+use crate::writes::worker::Worker;
 use crate::{relay, retention, routes, server};
 
 /// How often freed memory is given back to the system.
@@ -104,6 +106,30 @@ async fn serve(
         shutdown.child_token(),
     ));
 
+    // The write outbox's worker, when writes can be sent.
+    let writes_stop = shutdown.child_token();
+    let (outbox, writes_task) = match &client {
+        Some(client) => {
+            let outbox = Outbox::default();
+            let worker = Worker::new(
+                pool.clone(),
+                client.clone(),
+                config.writes.clone(),
+                metrics.clone(),
+                outbox.clone(),
+            );
+            let grace = config.server.shutdown_timeout;
+            let task = tokio::spawn(worker.run(writes_stop.clone(), grace));
+            (Some(outbox), Some(task))
+        }
+        None => {
+            tracing::info!(
+                "writes to PartnerStack are off (POST/PATCH/DELETE under /v1 answer 409): set                  PARTNERSTACK_PUBLIC_KEY and PARTNERSTACK_SECRET_KEY to send them"
+            );
+            (None, None)
+        }
+    };
+
     let reconciler = reconciler(&config, client, database, &metrics);
     let reconcile_stop = shutdown.child_token();
     let reconcile_task = reconciler
@@ -112,6 +138,7 @@ async fn serve(
 
     let state = AppState {
         reconciler,
+        outbox,
         webhook_tokens: Arc::new(TokenSet::new(&config.webhooks.tokens)),
         signing_keys: Arc::new(SigningKeys::new(&config.webhooks.signing_secrets)),
         api_tokens: Arc::new(TokenSet::new(&config.api.tokens)),
@@ -175,6 +202,12 @@ async fn serve(
             task.abort();
             let _ = task.await;
         }
+    }
+    // The write worker was told to stop with the server; it lets the writes in flight
+    // finish within the grace period (one cut short stays in doubt and is looked for
+    // at the next start).
+    if let Some(task) = writes_task {
+        let _ = task.await;
     }
     let _ = retention_task.await;
     let _ = feed_task.await;

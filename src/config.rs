@@ -54,6 +54,9 @@ const ENV_OVERRIDES: &[(&str, &str)] = &[
     ("PSYNC_CHANGES_POLL_INTERVAL", "changes.poll_interval"),
     ("PSYNC_RETENTION_DELIVERIES", "retention.deliveries"),
     ("PSYNC_RETENTION_CHANGES", "retention.changes"),
+    ("PSYNC_RETENTION_WRITES", "retention.writes"),
+    ("PSYNC_WRITES_LOOKUP_WINDOW", "writes.lookup_window"),
+    ("PSYNC_WRITES_CONCURRENCY", "writes.concurrency"),
 ];
 
 /// Environment variables that define relay endpoints:
@@ -65,6 +68,10 @@ const RELAY_ENV_FIELDS: &[(&str, &str)] = &[
     ("_SECRET", "secret"),
     ("_ENTITIES", "entities"),
 ];
+
+/// Shortest retention of finished writes: their idempotency keys must outlive a day of
+/// client retries.
+const MIN_WRITE_RETENTION: Duration = Duration::from_secs(24 * 3600);
 
 /// Shortest retention accepted: readers and PartnerStack's retries need some hours.
 const MIN_RETENTION: Duration = Duration::from_secs(3600);
@@ -95,6 +102,7 @@ pub struct Config {
     pub log: LogConfig,
     pub changes: ChangesConfig,
     pub retention: RetentionConfig,
+    pub writes: WritesConfig,
     /// Endpoints the change feed is relayed to (`[[relay]]` tables, or the environment).
     #[serde(default)]
     pub relay: Vec<RelayEndpoint>,
@@ -116,6 +124,27 @@ pub struct ChangesConfig {
     pub relay_max_backoff: Duration,
 }
 
+/// The write outbox and its worker (`[writes]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WritesConfig {
+    /// Writes each replica sends at once.
+    pub concurrency: usize,
+    /// How long a worker holds a write it is sending (renewed while it works).
+    #[serde(with = "humantime_serde")]
+    pub lease: Duration,
+    /// After a customer create's answer was lost, how long to keep looking for the
+    /// customer before sending the create again.
+    #[serde(with = "humantime_serde")]
+    pub lookup_window: Duration,
+    /// Longest pause between attempts of a failing write (doubling from 1 s).
+    #[serde(with = "humantime_serde")]
+    pub max_retry_delay: Duration,
+    /// A write still not sent this long after it was accepted is failed.
+    #[serde(with = "humantime_serde")]
+    pub give_up_after: Duration,
+}
+
 /// How long stored history is kept (`[retention]`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -126,6 +155,9 @@ pub struct RetentionConfig {
     /// Changes in the feed and in history.
     #[serde(with = "humantime_serde")]
     pub changes: Duration,
+    /// Finished writes (and with them, their idempotency keys).
+    #[serde(with = "humantime_serde")]
+    pub writes: Duration,
     /// Time between pruning rounds.
     #[serde(with = "humantime_serde")]
     pub interval: Duration,
@@ -504,6 +536,31 @@ impl Config {
             if d < MIN_RETENTION {
                 return fail(setting, "must be at least 1h".into());
             }
+            if d > MAX_RECONCILE_DURATION {
+                return fail(setting, "must be at most 10 years".into());
+            }
+        }
+        if self.retention.writes < MIN_WRITE_RETENTION {
+            return fail(
+                "retention.writes",
+                "must be at least 24h (idempotency keys are kept that long)".into(),
+            );
+        }
+        if self.retention.writes > MAX_RECONCILE_DURATION {
+            return fail("retention.writes", "must be at most 10 years".into());
+        }
+        if !(1..=256).contains(&self.writes.concurrency) {
+            return fail("writes.concurrency", "must be within 1..=256".into());
+        }
+        if self.writes.lease < Duration::from_secs(3) {
+            return fail("writes.lease", "must be at least 3s".into());
+        }
+        for (setting, d) in [
+            ("writes.lease", self.writes.lease),
+            ("writes.lookup_window", self.writes.lookup_window),
+            ("writes.max_retry_delay", self.writes.max_retry_delay),
+            ("writes.give_up_after", self.writes.give_up_after),
+        ] {
             if d > MAX_RECONCILE_DURATION {
                 return fail(setting, "must be at most 10 years".into());
             }

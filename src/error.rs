@@ -25,6 +25,7 @@ crate::text_enum! {
         NotFound = "not_found",
         MethodNotAllowed = "method_not_allowed",
         Conflict = "conflict",
+        IdempotencyConflict = "idempotency_conflict",
         Gone = "gone",
         PayloadTooLarge = "payload_too_large",
         Unavailable = "unavailable",

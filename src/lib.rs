@@ -30,6 +30,7 @@ pub mod server;
 pub mod state;
 pub mod telemetry;
 mod text_enum;
+pub mod writes;
 
 /// The module graph has no cycles: no top-level module uses one that uses it back
 /// (state low, routes above it; see ARCHITECTURE.md).

@@ -1,6 +1,6 @@
-//! Retention: raw deliveries and changes older than their retention period are deleted
-//! in the background, oldest first, in small batches (each its own short transaction), so
-//! pruning never holds locks or a snapshot for long.
+//! Retention: raw deliveries, changes and finished writes older than their retention
+//! period are deleted in the background, oldest first, in small batches (each its own
+//! short transaction), so pruning never holds locks or a snapshot for long.
 //!
 //! Every replica runs the loop; changes are pruned by one replica at a time (the pruning
 //! horizon's row is locked while it moves). A feed reader whose cursor falls behind the
@@ -13,7 +13,7 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::RetentionConfig;
-use crate::db::{changes, events};
+use crate::db::{changes, events, writes};
 use crate::telemetry::{Metrics, TableLabel};
 
 /// Pause between batches, so pruning a large backlog leaves room for everything else.
@@ -37,49 +37,81 @@ pub async fn run(
     }
 }
 
-/// One round: changes, then deliveries, batch after batch until nothing is past its
-/// retention (or `stop`). Returns how many of each were deleted.
+/// The tables pruned, each by its own statement (deleting up to a batch of rows older
+/// than a cutoff, returning how many).
+#[derive(Debug, Clone, Copy)]
+enum Table {
+    Changes,
+    Deliveries,
+    Writes,
+}
+
+impl Table {
+    const ALL: [Table; 3] = [Table::Changes, Table::Deliveries, Table::Writes];
+
+    fn name(self) -> &'static str {
+        match self {
+            Table::Changes => "changes",
+            Table::Deliveries => "webhook_events",
+            Table::Writes => "writes",
+        }
+    }
+
+    fn keep(self, config: &RetentionConfig) -> Duration {
+        match self {
+            Table::Changes => config.changes,
+            Table::Deliveries => config.deliveries,
+            Table::Writes => config.writes,
+        }
+    }
+
+    async fn prune(
+        self,
+        pool: &PgPool,
+        cutoff: chrono::DateTime<Utc>,
+        batch: i64,
+    ) -> Result<u64, sqlx::Error> {
+        match self {
+            Table::Changes => changes::prune(pool, cutoff, batch).await,
+            Table::Deliveries => events::prune(pool, cutoff, batch).await,
+            Table::Writes => writes::prune(pool, cutoff, batch).await,
+        }
+    }
+}
+
+/// One round: changes, then deliveries, then finished writes, batch after batch until
+/// nothing is past its retention (or `stop`). Returns how many rows were deleted.
 pub async fn prune(
     pool: &PgPool,
     config: &RetentionConfig,
     metrics: &Metrics,
     stop: &CancellationToken,
-) -> Result<(u64, u64), sqlx::Error> {
+) -> Result<u64, sqlx::Error> {
     let before = |d: Duration| {
         chrono::Duration::from_std(d)
             .ok()
             .and_then(|age| Utc::now().checked_sub_signed(age))
             .unwrap_or(chrono::DateTime::<Utc>::MIN_UTC)
     };
-    let mut pruned = (0, 0);
-    let cutoff = before(config.changes);
-    while !stop.is_cancelled() {
-        let n = changes::prune(pool, cutoff, config.batch_size).await?;
-        count(metrics, "changes", n);
-        pruned.0 += n;
-        if n < config.batch_size as u64 {
-            break;
+    let mut total = 0;
+    for table in Table::ALL {
+        let cutoff = before(table.keep(config));
+        let mut pruned = 0;
+        while !stop.is_cancelled() {
+            let n = table.prune(pool, cutoff, config.batch_size).await?;
+            count(metrics, table.name(), n);
+            pruned += n;
+            if n < config.batch_size as u64 {
+                break;
+            }
+            tokio::time::sleep(BETWEEN_BATCHES).await;
         }
-        tokio::time::sleep(BETWEEN_BATCHES).await;
-    }
-    let cutoff = before(config.deliveries);
-    while !stop.is_cancelled() {
-        let n = events::prune(pool, cutoff, config.batch_size).await?;
-        count(metrics, "webhook_events", n);
-        pruned.1 += n;
-        if n < config.batch_size as u64 {
-            break;
+        if pruned > 0 {
+            tracing::info!(table = table.name(), rows = pruned, "pruned past retention");
         }
-        tokio::time::sleep(BETWEEN_BATCHES).await;
+        total += pruned;
     }
-    if pruned != (0, 0) {
-        tracing::info!(
-            changes = pruned.0,
-            deliveries = pruned.1,
-            "pruned past retention"
-        );
-    }
-    Ok(pruned)
+    Ok(total)
 }
 
 fn count(metrics: &Metrics, table: &'static str, n: u64) {

@@ -11,6 +11,7 @@ use crate::feed::Feed;
 use crate::ingest::writer::Writer;
 use crate::reconcile::Reconciler;
 use crate::telemetry::Metrics;
+use crate::writes::Outbox;
 
 /// Shared state of a running service; cheap to clone.
 #[derive(Clone)]
@@ -24,6 +25,8 @@ pub struct AppState {
     pub api_tokens: Arc<TokenSet>,
     /// `None` when the reconciler is off (no credentials, or `PSYNC_RECONCILE_INTERVAL=off`).
     pub reconciler: Option<Reconciler>,
+    /// `None` when writes cannot be sent (no PartnerStack credentials).
+    pub outbox: Option<Outbox>,
     /// Wakes long-polling readers of the change feed.
     pub feed: Feed,
 }

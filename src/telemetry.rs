@@ -18,6 +18,7 @@ use tracing_subscriber::EnvFilter;
 
 use crate::config::LogFormat;
 use crate::db::events::Outcome;
+use crate::db::writes::WriteKind;
 use crate::error::ErrorCode;
 
 /// Installs the global log subscriber. Safe to call more than once (later calls no-op).
@@ -127,6 +128,14 @@ pub struct TableLabel {
     pub table: &'static str,
 }
 
+/// A write attempt: its kind, and how it ended (`succeeded`, `failed`, `retried`,
+/// `looking`, `abandoned`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WriteLabels {
+    pub kind: WriteKind,
+    pub outcome: &'static str,
+}
+
 /// Every metric the service exports.
 pub struct Metrics {
     registry: Registry,
@@ -169,8 +178,17 @@ pub struct Metrics {
     pub relay_lag_seconds: Family<EndpointLabel, Gauge<f64, AtomicU64>>,
     /// 1 while this replica relays to the endpoint.
     pub relay_leader: Family<EndpointLabel, Gauge>,
-    /// Rows pruned past their retention, by table (`changes`, `webhook_events`).
+    /// Rows pruned past their retention, by table (`changes`, `webhook_events`, `writes`).
     pub retention_pruned: Family<TableLabel, Counter>,
+    /// Write attempts, by kind and outcome.
+    pub writes: Family<WriteLabels, Counter>,
+    /// Writes accepted and not finished (refreshed every few seconds by each worker).
+    pub writes_pending: Gauge,
+    /// Age of the oldest pending write, in seconds (0 when none).
+    pub writes_oldest_pending_seconds: Gauge<f64, AtomicU64>,
+    /// Requests sent to PartnerStack per finished write, look-ups and retries included
+    /// (1 when nothing went wrong).
+    pub write_upstream_requests: Histogram,
 }
 
 impl Default for Metrics {
@@ -202,6 +220,10 @@ impl Metrics {
             relay_lag_seconds: Family::default(),
             relay_leader: Family::default(),
             retention_pruned: Family::default(),
+            writes: Family::default(),
+            writes_pending: Gauge::default(),
+            writes_oldest_pending_seconds: Gauge::default(),
+            write_upstream_requests: Histogram::new([1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0]),
             registry: Registry::default(),
         };
         registry.register(
@@ -304,6 +326,26 @@ impl Metrics {
             "retention_pruned",
             "Rows deleted past their retention, by table",
             m.retention_pruned.clone(),
+        );
+        registry.register(
+            "writes",
+            "Write attempts, by kind and outcome (succeeded, failed, retried, looking: a lost answer not resolved yet, abandoned: the claim was lost)",
+            m.writes.clone(),
+        );
+        registry.register(
+            "writes_pending",
+            "Writes accepted and not finished",
+            m.writes_pending.clone(),
+        );
+        registry.register(
+            "writes_oldest_pending_seconds",
+            "Age of the oldest pending write (0 when none)",
+            m.writes_oldest_pending_seconds.clone(),
+        );
+        registry.register(
+            "write_upstream_requests",
+            "Requests sent to PartnerStack per finished write, look-ups and retries included",
+            m.write_upstream_requests.clone(),
         );
         Metrics { registry, ..m }
     }

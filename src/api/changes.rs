@@ -30,9 +30,6 @@ use crate::error::ApiError;
 use crate::feed::Feed;
 use crate::state::AppState;
 
-/// Longest `wait`, seconds. A long-poll may last this much longer than the request
-/// timeout.
-pub const MAX_WAIT: Duration = Duration::from_secs(30);
 /// Changes per page when `limit` is absent, and the most.
 const DEFAULT_LIMIT: i64 = 100;
 const MAX_LIMIT: i64 = 1000;
@@ -177,21 +174,7 @@ impl FeedRequest {
                     ))
                 })?,
         };
-        let wait = match p.wait.as_deref() {
-            None => Duration::ZERO,
-            Some(v) => v
-                .trim()
-                .parse::<u64>()
-                .ok()
-                .map(Duration::from_secs)
-                .filter(|d| *d <= MAX_WAIT)
-                .ok_or_else(|| {
-                    ApiError::bad_request(format!(
-                        "wait must be a whole number of seconds from 0 to {}, got {v:?}",
-                        MAX_WAIT.as_secs()
-                    ))
-                })?,
-        };
+        let wait = params::wait(p.wait.as_deref())?;
         let entities = p.entity.as_deref().map(parse_entities).transpose()?;
         Ok(FeedRequest {
             after,
@@ -406,7 +389,7 @@ mod tests {
     #[test]
     fn feed_parameters_are_checked() {
         let ok = FeedRequest::parse(Some("limit=1000&wait=30&entity=partners,rewards")).unwrap();
-        assert_eq!((ok.limit, ok.wait), (1000, MAX_WAIT));
+        assert_eq!((ok.limit, ok.wait), (1000, params::MAX_WAIT));
         assert_eq!(ok.entities.unwrap(), [Entity::Partner, Entity::Reward]);
         assert!(FeedRequest::parse(Some("after=now")).unwrap().now);
         for (bad, named) in [

@@ -22,6 +22,7 @@ pub mod relay;
 pub mod resources;
 pub mod summary;
 pub mod sync;
+pub mod writes;
 
 use axum::Json;
 use axum::extract::{FromRequestParts, Path, RawQuery, Request, State};
@@ -368,16 +369,33 @@ pub async fn partner_summary(
         .map(|data| Json(Item { data }))
 }
 
+/// Whether a request may wait up to [`params::MAX_WAIT`] longer than the request timeout:
+/// a long-poll of the change feed, or a write waiting for its outcome.
+pub fn may_wait(method: &axum::http::Method, route: &str) -> bool {
+    match route {
+        "/v1/changes" => true,
+        "/v1/customers"
+        | "/v1/customers/{key}"
+        | "/v1/transactions"
+        | "/v1/transactions/{key}"
+        | "/v1/writes/{id}/retry" => method != axum::http::Method::GET,
+        _ => false,
+    }
+}
+
 /// Every `/v1` route with its OpenAPI description (without the bearer layer).
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(list_partners))
         .routes(routes!(get_partner))
         .routes(routes!(partner_summary))
-        .routes(routes!(list_customers))
-        .routes(routes!(get_customer))
-        .routes(routes!(list_transactions))
-        .routes(routes!(get_transaction))
+        .routes(routes!(list_customers, writes::create_customer))
+        .routes(routes!(get_customer, writes::update_customer))
+        .routes(routes!(list_transactions, writes::create_transaction))
+        .routes(routes!(get_transaction, writes::delete_transaction))
+        .routes(routes!(writes::list_writes))
+        .routes(routes!(writes::get_write))
+        .routes(routes!(writes::retry_write))
         .routes(routes!(list_rewards))
         .routes(routes!(get_reward))
         .routes(routes!(list_groups))

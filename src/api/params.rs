@@ -125,6 +125,30 @@ pub struct Include {
     pub include: Option<String>,
 }
 
+/// Longest `wait` a request may ask for, in seconds: a long-poll of the change feed, or a
+/// write waiting for its outcome. Such a request may last this much longer than the
+/// request timeout.
+pub const MAX_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// `wait`, checked: whole seconds from 0 to [`MAX_WAIT`], default 0.
+pub fn wait(value: Option<&str>) -> Result<std::time::Duration, ApiError> {
+    let Some(value) = value else {
+        return Ok(std::time::Duration::ZERO);
+    };
+    value
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .map(std::time::Duration::from_secs)
+        .filter(|d| *d <= MAX_WAIT)
+        .ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "wait must be a whole number of seconds from 0 to {}, got {value:?}",
+                MAX_WAIT.as_secs()
+            ))
+        })
+}
+
 /// `limit`, checked: 1..=250, default 25.
 pub fn limit(value: Option<&str>) -> Result<i64, ApiError> {
     let Some(value) = value else {

@@ -90,10 +90,11 @@ async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Res
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
-    // A long-poll of the change feed may wait that much longer.
+    // A long-poll of the change feed, or a write waiting for its outcome, may take that
+    // much longer.
     let limit = state.config.server.request_timeout
-        + if route == "/v1/changes" {
-            api::changes::MAX_WAIT
+        + if api::may_wait(req.method(), &route) {
+            api::params::MAX_WAIT
         } else {
             std::time::Duration::ZERO
         };
@@ -173,6 +174,10 @@ pub fn openapi() -> OpenApi {
         tag("deals", "Deals registered by partners"),
         tag("leads", "Leads submitted by partners"),
         tag("events", "The raw webhook log"),
+        tag(
+            "writes",
+            "Writes to PartnerStack (customers, transactions) through the outbox: committed, then sent once",
+        ),
         tag("sync", "The reconciler: status and passes on demand"),
         tag(
             "changes",

@@ -322,6 +322,13 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// Owned settings as `Process::command` takes them.
+pub fn as_env<'a>(
+    vars: &'a [(&'static str, Option<String>)],
+) -> Vec<(&'static str, Option<&'a str>)> {
+    vars.iter().map(|(k, v)| (*k, v.as_deref())).collect()
+}
+
 /// The real `partnerstack-sync serve` binary in a child process.
 pub struct Process {
     pub child: std::process::Child,

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::common::{Process, TestApp, TestDb, WEBHOOK_TOKEN};
+use crate::common::{Process, TestApp, TestDb, WEBHOOK_TOKEN, as_env};
 use crate::load::{self, Answer, Client, Tally};
 
 fn report(scenario: &str, tally: &Tally, committed: i64, lost: usize) {
@@ -1252,10 +1252,6 @@ fn reconciling(db_url: &str, base_url: &str) -> Vec<(&'static str, Option<String
         ("PARTNERSTACK_REQUESTS_PER_SECOND", Some("1000".into())),
         ("PSYNC_RECONCILE_INTERVAL", Some("1s".into())),
     ]
-}
-
-fn as_env<'a>(vars: &'a [(&'static str, Option<String>)]) -> Vec<(&'static str, Option<&'a str>)> {
-    vars.iter().map(|(k, v)| (*k, v.as_deref())).collect()
 }
 
 /// Waits (at most 60 s) until exactly one replica says it leads and every stream has had

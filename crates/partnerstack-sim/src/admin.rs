@@ -93,6 +93,7 @@ async fn stats(State(sim): State<Simulator>) -> Response {
         "objects": objects,
         "answers": answers,
         "requests": answers.values().filter_map(Value::as_u64).sum::<u64>(),
+        "writes": sim.faults().writes(),
         "changed": sim.changed(),
         "deliveries": sim.delivery_summary(),
     }))

@@ -1,7 +1,8 @@
 //! The stand-in's `/api/v2` routes, answering as PartnerStack does.
 //!
 //! Every request passes the gate first: the configured delay, then injected faults (429
-//! with `Retry-After`, 5xx), then Basic auth (401). Answers use PartnerStack's envelope:
+//! with `Retry-After`, 5xx), then Basic auth (401). A write that took effect may then lose
+//! its answer (a 500, a cut connection, a hang), as a real one can on the way back. Answers use PartnerStack's envelope:
 //! `{"data": ..., "message": ..., "status": 200}`, errors `{"message": ..., "status": 4xx}`.
 
 use axum::body::Bytes;
@@ -17,7 +18,7 @@ use serde_json::{Map, Value, json};
 use super::behaviour::{ArchivedCustomers, LostCursor, RetryAfterHeader};
 use super::data::ListParams;
 use super::webhooks::Notify;
-use super::{Dialect, Simulator, Verdict};
+use super::{AfterCommit, Dialect, Simulator, Verdict};
 use partnerstack::{Entity, wire};
 
 /// The default page size of the real API.
@@ -60,6 +61,18 @@ pub fn fail(status: StatusCode, message: impl Into<String>) -> Response {
 }
 
 async fn gate(State(sim): State<Simulator>, request: Request, next: Next) -> Response {
+    let write = request.method() != axum::http::Method::GET;
+    if write {
+        let stream = request
+            .uri()
+            .path()
+            .trim_start_matches("/api/v2/")
+            .split('/')
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        sim.faults().count_write(request.method().as_str(), &stream);
+    }
     let delay = sim.faults().delay();
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
@@ -86,10 +99,36 @@ async fn gate(State(sim): State<Simulator>, request: Request, next: Next) -> Res
             );
             r
         }
-        Verdict::Serve => next.run(request).await,
+        Verdict::Serve => {
+            let response = next.run(request).await;
+            if write && response.status().is_success() {
+                lose_answer(sim.faults().after_commit(), response).await
+            } else {
+                response
+            }
+        }
     };
     sim.faults().count(response.status().as_u16());
     response
+}
+
+/// The answer of a write that took effect, or what replaces it.
+async fn lose_answer(fate: AfterCommit, response: Response) -> Response {
+    match fate {
+        AfterCommit::Answer => response,
+        AfterCommit::Fail => fail(StatusCode::INTERNAL_SERVER_ERROR, "Internal server error"),
+        AfterCommit::Drop => {
+            // A body that fails at once: the server cuts the connection mid-answer.
+            let cut = futures_util::stream::once(async {
+                Err::<Bytes, std::io::Error>(std::io::Error::other("connection cut"))
+            });
+            (StatusCode::OK, axum::body::Body::from_stream(cut)).into_response()
+        }
+        AfterCommit::Hang(for_how_long) => {
+            tokio::time::sleep(for_how_long).await;
+            response
+        }
+    }
 }
 
 fn authorized(sim: &Simulator, headers: &HeaderMap) -> bool {
@@ -281,7 +320,7 @@ async fn create(
     let mut world = sim.write();
     let (object, changes) = match entity {
         Entity::Customer => world
-            .create_customer(&body)
+            .create_customer(&body, sim.behaviours().duplicate_customer_key)
             .map(|c| (c.object.clone(), vec![c])),
         Entity::Transaction => {
             world.create_transaction(&body, sim.behaviours().duplicate_transaction_key)

@@ -106,8 +106,9 @@ pub const PROVENANCE: &[Entry] = &[
     Entry {
         what: "duplicate customer_key on create",
         provenance: Provenance::Guessed,
-        source: "undocumented: answered 400 here; clients look the customer up on any 4xx",
-        option: None,
+        source: "undocumented, and customer_key uniqueness is not guaranteed: a 400 naming \
+                 the key (reject), or a second customer with the same customer_key (accept)",
+        option: Some("--duplicate-customer-key reject|accept"),
     },
     Entry {
         what: "duplicate transaction key on create",
@@ -180,6 +181,16 @@ pub enum DuplicateTransactionKey {
     Reject,
 }
 
+/// What `POST /customers` does with a `customer_key` it already has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DuplicateCustomerKey {
+    /// 400: "A customer with customer_key '...' already exists".
+    Reject,
+    /// Creates a second customer with the same `customer_key` (`GET` finds the newest).
+    Accept,
+}
+
 /// What a list answers for a cursor naming an object that no longer exists.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -224,6 +235,9 @@ pub struct Behaviours {
     /// The shape of customer webhook bodies (guessed).
     #[arg(long, value_enum, default_value = "full")]
     pub customer_body: CustomerBody,
+    /// What a repeated customer_key gets (guessed).
+    #[arg(long, value_enum, default_value = "reject")]
+    pub duplicate_customer_key: DuplicateCustomerKey,
     /// What a repeated transaction `key` gets (guessed).
     #[arg(long, value_enum, default_value = "idempotent")]
     pub duplicate_transaction_key: DuplicateTransactionKey,

@@ -1,5 +1,6 @@
-//! Fault injection for the stand-in's API: rate limiting, 5xx answers, slow answers and
-//! a stalled cursor. Random faults come from a seeded generator; scripted ones ("the next
+//! Fault injection for the stand-in's API: rate limiting, 5xx answers, slow answers, a
+//! stalled cursor, and writes that take effect but whose answer is lost (a 500, a dropped
+//! connection, or no answer at all). Random faults come from a seeded generator; scripted ones ("the next
 //! N requests") make tests deterministic.
 
 use std::collections::BTreeMap;
@@ -34,6 +35,15 @@ pub struct FaultSettings {
     /// Streams whose lists ignore `starting_after` and serve the first page again: the
     /// cursor never advances.
     pub stall: Vec<String>,
+    /// Fraction of writes (POST, PATCH, DELETE) that take effect and are then answered
+    /// 500, as if the answer was lost on the way.
+    pub after_commit_fail: f64,
+    /// Fraction of writes that take effect and then lose their connection: no answer.
+    pub after_commit_drop: f64,
+    /// The next N writes take effect and then hang for `hang_ms` before answering (the
+    /// caller times out first).
+    pub hang_next: u32,
+    pub hang_ms: u64,
 }
 
 impl Default for FaultSettings {
@@ -47,6 +57,10 @@ impl Default for FaultSettings {
             fail_status: 503,
             throttle_next: 0,
             stall: Vec::new(),
+            after_commit_fail: 0.0,
+            after_commit_drop: 0.0,
+            hang_next: 0,
+            hang_ms: 60_000,
         }
     }
 }
@@ -64,6 +78,10 @@ pub struct FaultUpdate {
     pub fail_status: Option<u16>,
     pub throttle_next: Option<u32>,
     pub stall: Option<Vec<String>>,
+    pub after_commit_fail: Option<f64>,
+    pub after_commit_drop: Option<f64>,
+    pub hang_next: Option<u32>,
+    pub hang_ms: Option<u64>,
 }
 
 /// What to do with one API request.
@@ -74,6 +92,18 @@ pub enum Verdict {
     Throttle(u64),
     /// This 5xx status.
     Fail(u16),
+}
+
+/// What happens to the answer of a write that took effect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AfterCommit {
+    Answer,
+    /// A 500 in place of the answer.
+    Fail,
+    /// The connection is dropped: no answer at all.
+    Drop,
+    /// No answer for this long.
+    Hang(Duration),
 }
 
 /// The stand-in's faults and request counters.
@@ -90,6 +120,8 @@ struct State {
     rng: Xoshiro256PlusPlus,
     /// Answers by HTTP status, API routes only.
     answers: BTreeMap<u16, u64>,
+    /// Write requests by method and stream ("POST customers"), whatever their answer.
+    writes: BTreeMap<String, u64>,
 }
 
 impl Faults {
@@ -101,6 +133,7 @@ impl Faults {
                 refilled: Instant::now(),
                 rng: Xoshiro256PlusPlus::seed_from_u64(seed ^ 0xfa17_5eed),
                 answers: BTreeMap::new(),
+                writes: BTreeMap::new(),
             }),
         }
     }
@@ -116,10 +149,16 @@ impl Faults {
 
     /// Applies `update`; refuses values out of range.
     pub fn update(&self, update: FaultUpdate) -> Result<FaultSettings, String> {
-        if let Some(r) = update.error_rate
-            && !(0.0..=1.0).contains(&r)
-        {
-            return Err("error_rate must be within 0..=1".into());
+        for (name, rate) in [
+            ("error_rate", update.error_rate),
+            ("after_commit_fail", update.after_commit_fail),
+            ("after_commit_drop", update.after_commit_drop),
+        ] {
+            if let Some(r) = rate
+                && !(0.0..=1.0).contains(&r)
+            {
+                return Err(format!("{name} must be within 0..=1"));
+            }
         }
         if let Some(r) = update.rate_limit
             && !(r.is_finite() && r >= 0.0)
@@ -162,6 +201,18 @@ impl Faults {
         if let Some(v) = update.stall {
             s.stall = v;
         }
+        if let Some(v) = update.after_commit_fail {
+            s.after_commit_fail = v;
+        }
+        if let Some(v) = update.after_commit_drop {
+            s.after_commit_drop = v;
+        }
+        if let Some(v) = update.hang_next {
+            s.hang_next = v;
+        }
+        if let Some(v) = update.hang_ms {
+            s.hang_ms = v;
+        }
         let settings = state.settings.clone();
         state.tokens = settings.rate_limit.unwrap_or(1.0).max(1.0);
         state.refilled = Instant::now();
@@ -202,6 +253,45 @@ impl Faults {
             return Verdict::Fail(status);
         }
         Verdict::Serve
+    }
+
+    /// Decides what happens to the answer of a write that took effect: a scripted hang
+    /// first, then a lost answer (500 or dropped connection) at the configured rates.
+    pub fn after_commit(&self) -> AfterCommit {
+        let mut state = self.lock();
+        if state.settings.hang_next > 0 {
+            state.settings.hang_next -= 1;
+            return AfterCommit::Hang(Duration::from_millis(state.settings.hang_ms));
+        }
+        let (fail, drop) = (
+            state.settings.after_commit_fail,
+            state.settings.after_commit_drop,
+        );
+        if fail + drop <= 0.0 {
+            return AfterCommit::Answer;
+        }
+        let roll: f64 = state.rng.random();
+        if roll < fail {
+            AfterCommit::Fail
+        } else if roll < fail + drop {
+            AfterCommit::Drop
+        } else {
+            AfterCommit::Answer
+        }
+    }
+
+    /// Counts one write request (`POST customers`), whatever its answer.
+    pub fn count_write(&self, method: &str, stream: &str) {
+        *self
+            .lock()
+            .writes
+            .entry(format!("{method} {stream}"))
+            .or_default() += 1;
+    }
+
+    /// Write requests so far, by method and stream.
+    pub fn writes(&self) -> BTreeMap<String, u64> {
+        self.lock().writes.clone()
     }
 
     /// True when `entity`'s list should ignore its cursor.

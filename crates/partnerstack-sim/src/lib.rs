@@ -37,7 +37,7 @@ pub use behaviour::{
     AccountName, ArchivedCustomers, Behaviours, CustomerBody, DuplicateTransactionKey, LostCursor,
     RetryAfterHeader, WebhookEvents,
 };
-pub use faults::{FaultSettings, FaultUpdate, Faults, Verdict};
+pub use faults::{AfterCommit, FaultSettings, FaultUpdate, Faults, Verdict};
 use partnerstack::Entity;
 pub use webhooks::{DeliveryRecord, DeliverySummary, Naming, Notify, Outcome, Shape, Undelivered};
 pub use world::{Action, Change, Counts, MutationKind, Refusal, World};

@@ -12,7 +12,7 @@ use rand::{RngExt as _, SeedableRng as _};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use super::behaviour::DuplicateTransactionKey;
+use super::behaviour::{DuplicateCustomerKey, DuplicateTransactionKey};
 use super::data::*;
 use partnerstack::Entity;
 
@@ -1056,7 +1056,11 @@ impl World {
     }
 
     /// `POST /customers`.
-    pub fn create_customer(&mut self, body: &Map<String, Value>) -> Result<Change, Refusal> {
+    pub fn create_customer(
+        &mut self,
+        body: &Map<String, Value>,
+        duplicate: DuplicateCustomerKey,
+    ) -> Result<Change, Refusal> {
         let text = |name: &str| -> Result<Option<String>, Refusal> {
             match body.get(name) {
                 None | Some(Value::Null) => Ok(None),
@@ -1076,6 +1080,7 @@ impl World {
         }
         let customer_key = text("customer_key")?;
         if let Some(k) = &customer_key
+            && duplicate == DuplicateCustomerKey::Reject
             && self.customers.alt_taken(k)
         {
             return Err(bad(format!(

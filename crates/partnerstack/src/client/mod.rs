@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize, Serializer};
 use serde_json::Value;
 
 pub use pages::{Filter, ListQuery, Page, Pager, supported_filters};
-pub use retry::{Attempt, RequestBudget, RetryPolicy, retry, retry_after};
+pub use retry::{Attempt, RequestBudget, RetryPolicy, for_write, retry, retry_after};
 
 use crate::entity::Entity;
 use crate::models::{self, Customer, Object, Transaction};
@@ -196,10 +196,12 @@ pub enum Error {
         cursor: String,
         pages: u64,
     },
-    /// `POST /customers` was refused and a customer with that `customer_key` exists.
+    /// `POST /customers` was refused and a customer with that `customer_key` exists
+    /// (`existing`, as `GET /customers/{customer_key}` answered).
     #[error("a customer with customer_key {customer_key:?} already exists ({status}: {message})")]
     DuplicateCustomer {
         customer_key: String,
+        existing: Box<Record<Customer>>,
         status: StatusCode,
         message: String,
     },
@@ -506,28 +508,29 @@ impl Client {
     }
 
     /// `POST /customers`. A refused create whose `customer_key` exists answers
-    /// [`Error::DuplicateCustomer`] (also when an earlier attempt of this very call landed
-    /// but its answer was lost).
+    /// [`Error::DuplicateCustomer`]. Never repeated after an answer that may hide a
+    /// landed create (5xx, timeout, lost connection): PartnerStack does not promise that
+    /// `customer_key` is unique, so a blind repeat could make a second customer. The
+    /// caller looks the customer up before sending again.
     pub async fn create_customer(&self, customer: &NewCustomer) -> Result<Record<Customer>, Error> {
         let url = self.url(self.path(Entity::Customer), None)?;
         let body = serde_json::to_value(customer)
             .map_err(|e| Error::InvalidRequest(format!("customer: {e}")))?;
-        let repeat = if customer.customer_key.is_some() {
-            Repeat::Safe
-        } else {
-            Repeat::Unsafe
-        };
-        match self.call(Method::POST, url, &[], Some(body), repeat).await {
+        match self
+            .call(Method::POST, url, &[], Some(body), Repeat::Unsafe)
+            .await
+        {
             Ok(body) => Record::parse(self.data(body, Entity::Customer)?),
             Err(e) => {
                 // The duplicate answer is undocumented: any 4xx plus an existing
                 // customer under that key means it was one. If the look-up itself fails,
                 // the create's own error is the more useful one.
                 if let (Some(status), Some(key)) = (refused_data(&e), &customer.customer_key)
-                    && matches!(self.get_customer(key).await, Ok(Some(_)))
+                    && let Ok(Some(existing)) = self.get_customer(key).await
                 {
                     return Err(Error::DuplicateCustomer {
                         customer_key: key.clone(),
+                        existing: Box::new(existing),
                         status,
                         message: http_message(e),
                     });
@@ -552,10 +555,12 @@ impl Client {
         Record::parse(self.data(body, Entity::Customer)?)
     }
 
-    /// `POST /transactions`. Retried after a 5xx or timeout only when it has a `key`. A
-    /// refused create whose `key` exists answers [`Error::DuplicateTransaction`] with the
-    /// existing transaction (also when an earlier attempt of this very call landed but its
-    /// answer was lost); a repeat PartnerStack answers idempotently is `Ok`.
+    /// `POST /transactions`. Retried after a 5xx or timeout only when it has a `key` (a
+    /// repeated key is answered idempotently or refused; either way no second
+    /// transaction). A refused create whose `key` exists answers
+    /// [`Error::DuplicateTransaction`] with the existing transaction (also when an earlier
+    /// attempt of this very call landed but its answer was lost); a repeat PartnerStack
+    /// answers idempotently is `Ok`.
     pub async fn create_transaction(
         &self,
         transaction: &NewTransaction,
@@ -585,6 +590,22 @@ impl Client {
                     _ => Err(e),
                 }
             }
+        }
+    }
+
+    /// `DELETE /transactions/{key}`: the deleted transaction as PartnerStack answered it,
+    /// or `None` when it has none by that key (404). Not repeated after an answer that may
+    /// hide a landed delete, so the caller can tell a 404 after its own lost delete from
+    /// one for a key that never existed.
+    pub async fn delete_transaction(&self, key: &str) -> Result<Option<Value>, Error> {
+        let url = self.url(self.path(Entity::Transaction), Some(key))?;
+        match self
+            .call(Method::DELETE, url, &[], None, Repeat::Unsafe)
+            .await
+        {
+            Ok(body) => Ok(Some(self.data(body, Entity::Transaction)?)),
+            Err(e) if e.status() == Some(StatusCode::NOT_FOUND) => Ok(None),
+            Err(e) => Err(e),
         }
     }
 
@@ -695,6 +716,7 @@ impl Client {
         let what = format!("{method} {}", url.path());
         retry(&inner.policy, &inner.budget, &what, |_| {
             inner.requests.fetch_add(1, Ordering::Relaxed);
+            retry::count_for_write();
             if let Some(counter) = counter {
                 counter.fetch_add(1, Ordering::Relaxed);
             }
