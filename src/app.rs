@@ -133,7 +133,7 @@ async fn serve(
             let admin_listener = server::bind(admin_addr).map_err(|e| {
                 anyhow::anyhow!("cannot listen on {admin_addr} (PSYNC_ADMIN_LISTEN): {e}")
             })?;
-            tracing::info!(addr = %admin_addr, "serving /metrics on the admin address only");
+            tracing::info!(addr = %admin_addr, "serving /metrics and /status on the admin address only");
             Some(tokio::spawn(server::serve(
                 admin_listener,
                 routes::admin_router(state.clone()),

@@ -18,3 +18,4 @@ mod relay;
 mod reliability;
 mod schema;
 mod simulate;
+mod status;
