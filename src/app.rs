@@ -37,6 +37,17 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let database = Database::open(&config.database).await?;
+    run_on(config, database, listener, shutdown).await
+}
+
+/// [`run`] on a database already opened (the `demo` command prepares its own first);
+/// stops its embedded server, if any, at the end.
+pub async fn run_on(
+    config: Config,
+    database: Database,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let result = serve(config, &database, listener, shutdown).await;
     if let Err(e) = database.shutdown().await {
         tracing::warn!(error = %e, "stopping the embedded Postgres failed");

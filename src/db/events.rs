@@ -318,13 +318,22 @@ pub async fn recent_activity(
     since: DateTime<Utc>,
     cap: i64,
 ) -> Result<(Vec<MinuteCount>, bool), sqlx::Error> {
-    let rows: Vec<(DateTime<Utc>, Outcome, Option<String>, i64, i64)> = sqlx::query_as(
+    #[derive(sqlx::FromRow)]
+    struct Row {
+        minute: DateTime<Utc>,
+        outcome: Outcome,
+        event_type: Option<String>,
+        count: i64,
+        /// Deliveries read (at most `cap`).
+        read: i64,
+    }
+    let rows: Vec<Row> = sqlx::query_as(
         "WITH recent AS (
              SELECT received_at, outcome, event_type FROM webhook_events
              WHERE COALESCE(applied_at, received_at) >= $1
              ORDER BY COALESCE(applied_at, received_at) DESC
              LIMIT $2)
-         SELECT date_trunc('minute', received_at) AS minute, outcome, event_type, count(*),
+         SELECT date_trunc('minute', received_at) AS minute, outcome, event_type, count(*) AS count,
                 (SELECT count(*) FROM recent) AS read
          FROM recent WHERE received_at >= $1
          GROUP BY 1, 2, 3 ORDER BY 1 DESC, 2, 3",
@@ -333,14 +342,14 @@ pub async fn recent_activity(
     .bind(cap)
     .fetch_all(pool)
     .await?;
-    let capped = rows.first().is_some_and(|r| r.4 >= cap);
+    let capped = rows.first().is_some_and(|r| r.read >= cap);
     let counts = rows
         .into_iter()
-        .map(|(minute, outcome, event_type, count, _)| MinuteCount {
-            minute,
-            outcome,
-            event_type,
-            count,
+        .map(|r| MinuteCount {
+            minute: r.minute,
+            outcome: r.outcome,
+            event_type: r.event_type,
+            count: r.count,
         })
         .collect();
     Ok((counts, capped))

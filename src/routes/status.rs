@@ -167,8 +167,11 @@ pub fn render(snapshot: &Snapshot) -> String {
     let mut html = Html::default();
     head(&mut html);
     html.raw("<header><h1>partnerstack-sync</h1><p>");
-    html.text(&format!("version {} · as of ", env!("CARGO_PKG_VERSION")));
-    html.time(snapshot.now, snapshot.now);
+    html.text(&format!(
+        "version {} · as of {} UTC",
+        env!("CARGO_PKG_VERSION"),
+        snapshot.now.format("%Y-%m-%d %H:%M:%S")
+    ));
     html.raw(" · reloads every ");
     html.text(&REFRESH_SECONDS.to_string());
     html.raw(" s · reconciler: <span data-field=\"reconciler\">");
@@ -215,8 +218,8 @@ fn head(html: &mut Html) {
          h1{font-size:1.4em;margin:0}h2{font-size:1.1em;margin:1.6em 0 .4em}\
          header p,.note{color:#666}\
          table{border-collapse:collapse}th,td{padding:.25em .6em;border-bottom:1px solid #ddd;\
-         text-align:right;vertical-align:top}th:first-child,td:first-child{text-align:left}\
-         th{background:#f4f4f4}td.text{text-align:left;max-width:32em}\
+         text-align:left;vertical-align:top}td.n{text-align:right}\
+         th{background:#f4f4f4}td.text{max-width:32em}\
          .ok{color:#176b2c}.bad{color:#b00020}.warn{color:#8a5a00}\
          </style></head><body>\n",
     );
@@ -383,7 +386,7 @@ fn webhooks(snapshot: &Snapshot, html: &mut Html) {
         html.raw("</p></section>\n");
         return;
     }
-    // Per minute and outcome; only outcomes that occur get a column.
+    // Per minute and outcome; only outcomes that occur get a row.
     let outcomes: Vec<Outcome> = Outcome::ALL
         .iter()
         .copied()
@@ -397,30 +400,40 @@ fn webhooks(snapshot: &Snapshot, html: &mut Html) {
             .entry(m.outcome)
             .or_default() += m.count;
     }
-    html.raw("<table id=\"per-minute\"><thead><tr><th>Minute (UTC)</th>");
-    for outcome in &outcomes {
-        html.raw("<th>");
-        html.text(outcome.as_str());
-        html.raw("</th>");
-    }
-    html.raw("<th>all</th></tr></thead><tbody>\n");
+    // A timeline: one column per minute, oldest first; one row per outcome, then all.
     let newest = snapshot
         .now
         .duration_trunc(chrono::TimeDelta::minutes(1))
         .unwrap_or(snapshot.now);
-    for back in 0..WINDOW_MINUTES {
-        let minute = newest - chrono::Duration::minutes(back);
-        let row = per_minute.get(&minute);
-        html.raw("<tr><td>");
+    let minutes: Vec<DateTime<Utc>> = (0..WINDOW_MINUTES)
+        .rev()
+        .map(|back| newest - chrono::Duration::minutes(back))
+        .collect();
+    html.raw("<table id=\"per-minute\"><thead><tr><th>Outcome, per minute (UTC)</th>");
+    for minute in &minutes {
+        html.raw("<th>");
         html.text(&minute.format("%H:%M").to_string());
+        html.raw("</th>");
+    }
+    html.raw("</tr></thead><tbody>\n");
+    let rows = outcomes
+        .iter()
+        .map(|o| (o.as_str(), Some(*o)))
+        .chain([("all", None)]);
+    for (name, outcome) in rows {
+        html.raw("<tr id=\"outcome-");
+        html.text(name);
+        html.raw("\"><td>");
+        html.text(name);
         html.raw("</td>");
-        for outcome in &outcomes {
-            html.number(
-                outcome.as_str(),
-                Some(row.and_then(|r| r.get(outcome)).copied().unwrap_or(0)),
-            );
+        for minute in &minutes {
+            let counts = per_minute.get(minute);
+            let n = match outcome {
+                Some(o) => counts.and_then(|c| c.get(&o)).copied().unwrap_or(0),
+                None => counts.map_or(0, |c| c.values().sum()),
+            };
+            html.number(&minute.format("%H:%M").to_string(), Some(n));
         }
-        html.number("all", Some(row.map_or(0, |r| r.values().sum())));
         html.raw("</tr>\n");
     }
     html.raw("</tbody></table>\n");
@@ -638,9 +651,13 @@ impl Html {
         self.raw("</td>");
     }
 
-    /// A number cell named `field` (empty when unknown).
+    /// A number cell named `field`, right-aligned (empty when unknown).
     fn number(&mut self, field: &str, n: Option<i64>) {
-        self.cell(field, &n.map(grouped).unwrap_or_default());
+        self.raw("<td data-field=\"");
+        self.text(field);
+        self.raw("\" class=\"n\">");
+        self.text(&n.map(grouped).unwrap_or_default());
+        self.raw("</td>");
     }
 
     /// "3m 05s ago", with the exact time (UTC) in the element.
@@ -697,7 +714,7 @@ pub fn grouped(n: i64) -> String {
         out.push('-');
     }
     for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -946,11 +963,11 @@ mod tests {
             );
         }
         assert!(
-            page.contains("<td data-field=\"changed\">1,234</td>"),
+            page.contains("<td data-field=\"changed\" class=\"n\">1,234</td>"),
             "{page}"
         );
-        assert!(page.contains("<td data-field=\"repairs\">7</td>"));
-        assert!(page.contains("<td data-field=\"total_repairs\">42</td>"));
+        assert!(page.contains("<td data-field=\"repairs\" class=\"n\">7</td>"));
+        assert!(page.contains("<td data-field=\"total_repairs\" class=\"n\">42</td>"));
         assert!(page.contains("<td data-field=\"staleness\">2m 05s</td>"));
         assert!(
             page.contains("2 in a row</span>; next try in 1m 00s"),
@@ -969,7 +986,7 @@ mod tests {
         assert!(page.contains("<a href=\"/v1/events?outcome=error\">"));
         assert!(page.contains("10,000+"));
         assert!(page.contains("<td data-field=\"apply_lag\">1m 15s</td>"));
-        assert!(page.contains("<td data-field=\"requests_sent\">12,345</td>"));
+        assert!(page.contains("<td data-field=\"requests_sent\" class=\"n\">12,345</td>"));
         assert!(page.contains("<tr id=\"relay-billing\">"));
         // Only the endpoint's site: a path may carry a secret.
         assert!(page.contains("<td data-field=\"url\">https://billing.internal/…</td>"));

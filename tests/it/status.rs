@@ -85,13 +85,33 @@ fn element<'a>(page: &'a str, start: &str, end: &str) -> &'a str {
 
 /// The text of the cell `data-field="field"` in `row`.
 fn cell<'a>(row: &'a str, field: &str) -> &'a str {
-    let start = format!("<td data-field=\"{field}\">");
-    let from = row
+    let start = format!("<td data-field=\"{field}\"");
+    let at = row
         .find(&start)
-        .unwrap_or_else(|| panic!("no {field} cell in {row}"))
-        + start.len();
+        .unwrap_or_else(|| panic!("no {field} cell in {row}"));
+    let from = row[at..].find('>').unwrap() + at + 1;
     let to = row[from..].find("</td>").unwrap() + from;
     &row[from..to]
+}
+
+/// The sum of the numbers in the cells of `markup` named `data-field="field"` (or all
+/// its cells, with `None`).
+fn sum_cells(markup: &str, field: Option<&str>) -> i64 {
+    let start = match field {
+        Some(f) => format!("<td data-field=\"{f}\""),
+        None => "<td data-field=".to_string(),
+    };
+    markup
+        .split(start.as_str())
+        .skip(1)
+        .map(|s| {
+            let s = &s[s.find('>').unwrap() + 1..];
+            s[..s.find("</td>").unwrap()]
+                .replace(',', "")
+                .parse::<i64>()
+                .unwrap()
+        })
+        .sum()
 }
 
 /// Every string under a key named `name`, anywhere in `value`.
@@ -184,32 +204,16 @@ fn check_streams(page: &str, before: &Value, after: &Value) {
 async fn check_the_rest(page: &str, app: &TestApp, state: &Value) {
     // Deliveries per event type add up to what is stored (all of it is recent).
     let per_type = element(page, "<table id=\"per-type\">", "</table>");
-    let shown: i64 = per_type
-        .split("<td data-field=\"deliveries\">")
-        .skip(1)
-        .map(|s| {
-            s[..s.find("</td>").unwrap()]
-                .replace(',', "")
-                .parse::<i64>()
-                .unwrap()
-        })
-        .sum();
+    let shown = sum_cells(per_type, Some("deliveries"));
     let stored = app.db.count("SELECT count(*) FROM webhook_events").await;
     assert!(stored > 0);
     assert_eq!(shown, stored, "{per_type}");
     assert!(per_type.contains("customer_"), "{per_type}");
     let per_minute = element(page, "<table id=\"per-minute\">", "</table>");
-    let all: i64 = per_minute
-        .split("<td data-field=\"all\">")
-        .skip(1)
-        .map(|s| {
-            s[..s.find("</td>").unwrap()]
-                .replace(',', "")
-                .parse::<i64>()
-                .unwrap()
-        })
-        .sum();
-    assert_eq!(all, stored, "{per_minute}");
+    let all = element(per_minute, "<tr id=\"outcome-all\">", "</tr>");
+    assert_eq!(sum_cells(all, None), stored, "{per_minute}");
+    let applied = element(per_minute, "<tr id=\"outcome-applied\">", "</tr>");
+    assert!(sum_cells(applied, None) > 0, "{per_minute}");
     // Nothing pending, no errors; links to the deliveries behind each count.
     let backlog = element(page, "<section id=\"backlog\">", "</section>");
     assert_eq!(cell(backlog, "pending"), "0");
@@ -309,6 +313,11 @@ async fn a_person_sees_every_stream_and_no_personal_data() {
             let before = sync().await;
             let dom = dump_dom(&browser, &app.url("/status")).await;
             let after = sync().await;
+            eprintln!(
+                "status: checking the page as {} rendered it ({} bytes of DOM)",
+                browser.display(),
+                dom.len()
+            );
             assert!(dom.contains("<h1>partnerstack-sync</h1>"), "{dom}");
             check_streams(&dom, &before, &after);
             check_the_rest(&dom, &app, &state).await;
