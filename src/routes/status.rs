@@ -129,10 +129,11 @@ impl Snapshot {
         let now = Utc::now();
         let sync = api::sync::load(state).await?;
         let relay = api::relay::load(state).await?;
-        let since = now - chrono::Duration::minutes(WINDOW_MINUTES);
-        let since = since
+        // From the start of the oldest minute shown (the current one is the newest).
+        let since = now
             .duration_trunc(chrono::TimeDelta::minutes(1))
-            .unwrap_or(since);
+            .unwrap_or(now)
+            - chrono::Duration::minutes(WINDOW_MINUTES - 1);
         let (activity, activity_capped) =
             events::recent_activity(&state.pool, since, ACTIVITY_CAP).await?;
         let mut backlog = Vec::with_capacity(BACKLOG.len());
@@ -510,11 +511,11 @@ fn backlog(snapshot: &Snapshot, html: &mut Html) {
         };
         html.raw("<td data-field=\"");
         html.text(outcome.as_str());
-        html.raw("\"");
-        if *count > 0 && *outcome != Outcome::Pending {
-            html.raw(" class=\"bad\"");
-        }
-        html.raw(">");
+        html.raw(if *count > 0 && *outcome != Outcome::Pending {
+            "\" class=\"n bad\">"
+        } else {
+            "\" class=\"n\">"
+        });
         html.text(&shown);
         html.raw("</td></tr>\n");
     }
