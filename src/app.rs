@@ -39,6 +39,17 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let database = Database::open(&config.database).await?;
+    run_on(config, database, listener, shutdown).await
+}
+
+/// [`run`] on a database already opened (the `demo` command prepares its own first);
+/// stops its embedded server, if any, at the end.
+pub async fn run_on(
+    config: Config,
+    database: Database,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let result = serve(config, &database, listener, shutdown).await;
     if let Err(e) = database.shutdown().await {
         tracing::warn!(error = %e, "stopping the embedded Postgres failed");
@@ -160,7 +171,7 @@ async fn serve(
             let admin_listener = server::bind(admin_addr).map_err(|e| {
                 anyhow::anyhow!("cannot listen on {admin_addr} (PSYNC_ADMIN_LISTEN): {e}")
             })?;
-            tracing::info!(addr = %admin_addr, "serving /metrics on the admin address only");
+            tracing::info!(addr = %admin_addr, "serving /metrics and /status on the admin address only");
             Some(tokio::spawn(server::serve(
                 admin_listener,
                 routes::admin_router(state.clone()),

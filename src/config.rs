@@ -27,6 +27,7 @@ const ENV_OVERRIDES: &[(&str, &str)] = &[
     ("PSYNC_ADMIN_LISTEN", "server.admin_listen"),
     ("PSYNC_KEEPALIVE_TIMEOUT", "server.keepalive_timeout"),
     ("PSYNC_MAX_CONNECTIONS", "server.max_connections"),
+    ("PSYNC_STATUS_PAGE", "server.status_page"),
     ("DATABASE_URL", "database.url"),
     ("PSYNC_DATA_DIR", "database.data_dir"),
     ("PSYNC_WEBHOOK_TOKENS", "webhooks.tokens"),
@@ -224,6 +225,8 @@ pub struct ServerConfig {
     pub keepalive_timeout: Duration,
     /// Connections served at once; further ones wait to be accepted.
     pub max_connections: usize,
+    /// Whether `GET /status` (the HTML status page) is served; 404 when false.
+    pub status_page: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -742,6 +745,13 @@ fn set_from_env(
         Some(toml::Value::Float(_)) => {
             toml::Value::Float(raw.trim().parse().map_err(|_| bad("a number"))?)
         }
+        Some(toml::Value::Boolean(_)) => {
+            toml::Value::Boolean(match raw.trim().to_ascii_lowercase().as_str() {
+                "true" => true,
+                "false" => false,
+                _ => return Err(bad("true or false")),
+            })
+        }
         Some(toml::Value::Array(_)) => toml::Value::Array(
             raw.split(',')
                 .map(str::trim)
@@ -827,6 +837,7 @@ mod tests {
         assert_eq!(c.reconcile.interval, Some(Duration::from_secs(300)));
         assert!(c.partnerstack.credentials().is_none());
         assert_eq!(c.log.format, LogFormat::Pretty);
+        assert!(c.server.status_page);
     }
 
     #[test]
@@ -848,9 +859,11 @@ mod tests {
                 ),
                 ("PSYNC_RECONCILE_INTERVAL", "off"),
                 ("PSYNC_LOG_FORMAT", "json"),
+                ("PSYNC_STATUS_PAGE", "False"),
             ]),
         )
         .unwrap();
+        assert!(!c.server.status_page);
         assert_eq!(c.server.listen.port(), 9000);
         assert_eq!(c.partnerstack.page_size, 250);
         assert_eq!(c.webhooks.tokens.len(), 2);
@@ -880,6 +893,10 @@ mod tests {
             (
                 ("PSYNC_RECONCILE_INTERVAL", "soon"),
                 "reconcile.interval (env PSYNC_RECONCILE_INTERVAL)",
+            ),
+            (
+                ("PSYNC_STATUS_PAGE", "yes"),
+                "PSYNC_STATUS_PAGE: expected true or false",
             ),
             (
                 ("PSYNC_LOG_FORMAT", "xml"),

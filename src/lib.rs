@@ -19,6 +19,8 @@ pub mod burst;
 pub mod columns;
 pub mod config;
 pub mod db;
+#[cfg(feature = "sim")]
+pub mod demo;
 pub mod error;
 pub mod feed;
 pub mod ingest;

@@ -52,6 +52,10 @@ enum Command {
     /// Serve a local PartnerStack v2 stand-in (seeded data, faults, webhooks) under /api/v2.
     #[cfg(feature = "sim")]
     Simulate(Box<partnerstack_sim::Options>),
+    /// See it work: the service, its own Postgres and a PartnerStack stand-in (a trickle of
+    /// changes, some webhooks lost), wired together with generated tokens, until Ctrl-C.
+    #[cfg(feature = "sim")]
+    Demo(partnerstack_sync::demo::DemoOptions),
 }
 
 /// An outcome `reapply` can re-apply from.
@@ -76,7 +80,15 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    telemetry::init_logging(config.log.format);
+    // The demo's banner stays readable: only warnings unless RUST_LOG asks for more.
+    #[cfg(feature = "sim")]
+    let default_filter = match cli.command {
+        Some(Command::Demo(_)) => "warn",
+        _ => telemetry::DEFAULT_LOG_FILTER,
+    };
+    #[cfg(not(feature = "sim"))]
+    let default_filter = telemetry::DEFAULT_LOG_FILTER;
+    telemetry::init_logging(config.log.format, default_filter);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {
@@ -91,6 +103,11 @@ fn main() -> ExitCode {
             Command::Healthcheck => healthcheck(config).await,
             #[cfg(feature = "sim")]
             Command::Simulate(options) => run_simulate(*options, config).await,
+            #[cfg(feature = "sim")]
+            Command::Demo(options) => {
+                let shutdown = cancel_on_signal("stopping the demo");
+                partnerstack_sync::demo::run(options, cli.config.as_deref(), shutdown).await
+            }
             Command::Reconcile { streams, full } => reconcile(config, streams, full).await,
             Command::Reapply { outcomes } => reapply(config, outcomes).await,
         }

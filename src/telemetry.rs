@@ -21,10 +21,14 @@ use crate::db::events::Outcome;
 use crate::db::writes::WriteKind;
 use crate::error::ErrorCode;
 
-/// Installs the global log subscriber. Safe to call more than once (later calls no-op).
-pub fn init_logging(format: LogFormat) {
+/// What is logged when `RUST_LOG` is not set.
+pub const DEFAULT_LOG_FILTER: &str = "info,sqlx=warn";
+
+/// Installs the global log subscriber, filtered by `RUST_LOG` or else `default_filter`.
+/// Safe to call more than once (later calls no-op).
+pub fn init_logging(format: LogFormat, default_filter: &str) {
     let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -73,6 +73,14 @@ pub struct EndpointStatus {
 pub async fn relay_status(
     State(state): State<AppState>,
 ) -> Result<Json<Item<RelayStatus>>, ApiError> {
+    Ok(Json(Item {
+        data: load(&state).await?,
+    }))
+}
+
+/// The relay endpoints' progress as `GET /v1/relay` serves it (also read by the status
+/// page).
+pub async fn load(state: &AppState) -> Result<RelayStatus, ApiError> {
     let rows = relay::load_all(&state.pool).await?;
     let mut endpoints = Vec::with_capacity(state.config.relay.len());
     for endpoint in &state.config.relay {
@@ -114,9 +122,7 @@ pub async fn relay_status(
             replay_requested_at: row.and_then(|r| r.replay_requested_at),
         });
     }
-    Ok(Json(Item {
-        data: RelayStatus { endpoints },
-    }))
+    Ok(RelayStatus { endpoints })
 }
 
 /// Query parameters of `POST /v1/relay/{name}/replay`.

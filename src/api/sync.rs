@@ -139,6 +139,13 @@ fn status(state: StreamState, enabled: bool, freshness: Option<Freshness>) -> St
 pub async fn sync_status(
     State(state): State<AppState>,
 ) -> Result<Json<Item<SyncStatus>>, ApiError> {
+    Ok(Json(Item {
+        data: load(&state).await?,
+    }))
+}
+
+/// The reconciler's state as `GET /v1/sync` serves it (also read by the status page).
+pub async fn load(state: &AppState) -> Result<SyncStatus, ApiError> {
     let enabled_streams: &[Entity] = match &state.reconciler {
         Some(r) => &r.config().streams,
         None => &[],
@@ -155,14 +162,12 @@ pub async fn sync_status(
             status(row, enabled, freshness)
         })
         .collect();
-    Ok(Json(Item {
-        data: SyncStatus {
-            enabled: state.reconciler.is_some(),
-            leader: state.reconciler.as_ref().is_some_and(|r| r.is_leader()),
-            runner: state.reconciler.as_ref().map(|r| r.runner().to_string()),
-            streams,
-        },
-    }))
+    Ok(SyncStatus {
+        enabled: state.reconciler.is_some(),
+        leader: state.reconciler.as_ref().is_some_and(|r| r.is_leader()),
+        runner: state.reconciler.as_ref().map(|r| r.runner().to_string()),
+        streams,
+    })
 }
 
 /// The answer to `POST /v1/sync/{stream}`.

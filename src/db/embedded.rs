@@ -102,6 +102,13 @@ impl EmbeddedPostgres {
         self.port
     }
 
+    /// The server's process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.lock()
+            .as_ref()
+            .and_then(|r| u32::try_from(r.pid.as_raw()).ok())
+    }
+
     /// Stops the server with a fast shutdown (open sessions are ended, data is flushed).
     pub async fn stop(&self) -> anyhow::Result<()> {
         let Some(running) = self.lock().take() else {

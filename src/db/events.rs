@@ -295,3 +295,83 @@ pub async fn prune(
     .await?;
     Ok(done.rows_affected())
 }
+
+/// Deliveries received in one minute with one outcome and event type.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MinuteCount {
+    /// The minute's start.
+    pub minute: DateTime<Utc>,
+    pub outcome: Outcome,
+    /// The normalised event name; `None` when the body named none.
+    pub event_type: Option<String>,
+    pub count: i64,
+}
+
+/// Deliveries received since `since`, counted per minute, outcome and event type, from at
+/// most the `cap` most recently received or applied of them (so the cost is bounded
+/// whatever the rate; the bool is true when the cap was reached and the earliest minutes
+/// are incomplete). Reads the `COALESCE(applied_at, received_at)` index: a delivery is
+/// applied after it is received, so every delivery received since `since` is in that
+/// index's range from `since`.
+pub async fn recent_activity(
+    pool: &PgPool,
+    since: DateTime<Utc>,
+    cap: i64,
+) -> Result<(Vec<MinuteCount>, bool), sqlx::Error> {
+    #[derive(sqlx::FromRow)]
+    struct Row {
+        minute: DateTime<Utc>,
+        outcome: Outcome,
+        event_type: Option<String>,
+        count: i64,
+        /// Deliveries read (at most `cap`).
+        read: i64,
+    }
+    let rows: Vec<Row> = sqlx::query_as(
+        "WITH recent AS (
+             SELECT received_at, outcome, event_type FROM webhook_events
+             WHERE COALESCE(applied_at, received_at) >= $1
+             ORDER BY COALESCE(applied_at, received_at) DESC
+             LIMIT $2)
+         SELECT date_trunc('minute', received_at) AS minute, outcome, event_type, count(*) AS count,
+                (SELECT count(*) FROM recent) AS read
+         FROM recent WHERE received_at >= $1
+         GROUP BY 1, 2, 3 ORDER BY 1 DESC, 2, 3",
+    )
+    .bind(since)
+    .bind(cap)
+    .fetch_all(pool)
+    .await?;
+    let capped = rows.first().is_some_and(|r| r.read >= cap);
+    let counts = rows
+        .into_iter()
+        .map(|r| MinuteCount {
+            minute: r.minute,
+            outcome: r.outcome,
+            event_type: r.event_type,
+            count: r.count,
+        })
+        .collect();
+    Ok((counts, capped))
+}
+
+/// How many stored deliveries have `outcome`, counted up to `cap` (an index range
+/// read of at most `cap` entries).
+pub async fn count_outcome(pool: &PgPool, outcome: Outcome, cap: i64) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM (SELECT 1 FROM webhook_events WHERE outcome = $1 LIMIT $2) s",
+    )
+    .bind(outcome)
+    .bind(cap)
+    .fetch_one(pool)
+    .await
+}
+
+/// When the oldest delivery still pending was received (`None`: nothing pending).
+pub async fn oldest_pending(pool: &PgPool) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT received_at FROM webhook_events WHERE outcome = 'pending' ORDER BY id LIMIT 1",
+    )
+    .fetch_optional(pool)
+    .await
+}

@@ -57,6 +57,14 @@ impl Database {
         }
     }
 
+    /// The embedded server, if this process runs one.
+    pub fn embedded(&self) -> Option<&EmbeddedPostgres> {
+        match self {
+            Database::External(_) => None,
+            Database::Embedded(pg) => Some(pg),
+        }
+    }
+
     /// Stops the embedded server, if this process runs one.
     pub async fn shutdown(&self) -> anyhow::Result<()> {
         match self {

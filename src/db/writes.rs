@@ -325,6 +325,40 @@ pub async fn created_customer_within(
     .await
 }
 
+/// The outbox at a glance (the status page): counts and times only.
+#[derive(Debug, Clone, Default)]
+pub struct Summary {
+    pub pending: i64,
+    /// Pending writes an earlier attempt of which may have landed (being looked for).
+    pub in_doubt: i64,
+    pub failed: i64,
+    /// Writes that succeeded within the last hour.
+    pub succeeded_last_hour: i64,
+    pub oldest_pending: Option<DateTime<Utc>>,
+}
+
+/// Reads [`Summary`] in one statement (pending and failed rows by their indexes).
+pub async fn summary(pool: &PgPool) -> Result<Summary, sqlx::Error> {
+    let row = sqlx::query(
+        "SELECT
+             (SELECT count(*) FROM writes WHERE status = 'pending') AS pending,
+             (SELECT count(*) FROM writes WHERE status = 'pending' AND in_doubt) AS in_doubt,
+             (SELECT count(*) FROM writes WHERE status = 'failed') AS failed,
+             (SELECT count(*) FROM writes WHERE status = 'succeeded'
+                  AND finished_at > now() - interval '1 hour') AS succeeded_last_hour,
+             (SELECT min(created_at) FROM writes WHERE status = 'pending') AS oldest_pending",
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok(Summary {
+        pending: row.try_get("pending")?,
+        in_doubt: row.try_get("in_doubt")?,
+        failed: row.try_get("failed")?,
+        succeeded_last_hour: row.try_get("succeeded_last_hour")?,
+        oldest_pending: row.try_get("oldest_pending")?,
+    })
+}
+
 /// Pending writes and the age of the oldest, in seconds.
 pub async fn backlog(pool: &PgPool) -> Result<(i64, f64), sqlx::Error> {
     let row = sqlx::query(

@@ -108,6 +108,12 @@ impl Reconciler {
         self.client.requests_per_second()
     }
 
+    /// Requests sent to PartnerStack since start by this process's client (the
+    /// reconciler's and webhook verification's, which share it), retries included.
+    pub fn requests_sent(&self) -> u64 {
+        self.client.requests_sent()
+    }
+
     /// The background task of `serve`: competes for leadership and, while leader, runs
     /// due passes until `stop` is cancelled (a running pass stops after the page it is
     /// applying, or at once while it waits for one).

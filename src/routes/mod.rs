@@ -5,6 +5,7 @@
 //! [`openapi`] describes exactly the routes it serves.
 
 pub mod ops;
+pub mod status;
 pub mod webhook;
 
 use axum::Router;
@@ -43,7 +44,7 @@ pub fn router(state: AppState) -> Router {
     layered(open.merge(v1), state)
 }
 
-/// The routes of the admin address (`server.admin_listen`): `/metrics`.
+/// The routes of the admin address (`server.admin_listen`): `/metrics` and `/status`.
 pub fn admin_router(state: AppState) -> Router {
     let (admin, _) = admin_routes().split_for_parts();
     layered(admin, state)
@@ -136,9 +137,12 @@ fn open_routes(with_admin: bool) -> OpenApiRouter<AppState> {
     }
 }
 
-/// The operations routes an admin address can take over.
+/// The operations routes an admin address can take over: open, read-only views of the
+/// service's health.
 fn admin_routes() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(ops::metrics))
+    OpenApiRouter::new()
+        .routes(routes!(ops::metrics))
+        .routes(routes!(status::status_page))
 }
 
 /// The OpenAPI 3.1 description of every route [`router`] serves.

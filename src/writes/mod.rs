@@ -129,7 +129,9 @@ pub enum Request {
 /// Reads a JSON object body as `T`, naming the field that is wrong.
 fn body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Err(ApiError::bad_request("the body is empty; send a JSON object"));
+        return Err(ApiError::bad_request(
+            "the body is empty; send a JSON object",
+        ));
     }
     let value: Value = serde_json::from_slice(bytes)
         .map_err(|e| ApiError::bad_request(format!("invalid body: {e}")))?;

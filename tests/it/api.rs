@@ -862,7 +862,13 @@ async fn auth_cursor_limit_and_parameter_errors_are_documented_4xx() {
         .unwrap();
     assert_eq!(response.status(), 200);
     // Operations stay open.
-    for path in ["/healthz", "/readyz", "/metrics", "/openapi.json"] {
+    for path in [
+        "/healthz",
+        "/readyz",
+        "/metrics",
+        "/status",
+        "/openapi.json",
+    ] {
         let response = app.http.get(app.url(path)).send().await.unwrap();
         assert_eq!(response.status(), 200, "{path}");
     }
@@ -966,6 +972,7 @@ const ROUTES: &[&str] = &[
     "GET /healthz",
     "GET /readyz",
     "GET /metrics",
+    "GET /status",
     "GET /openapi.json",
     "POST /webhooks/partnerstack/{token}",
     "POST /webhooks/partnerstack",

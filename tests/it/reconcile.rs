@@ -856,7 +856,7 @@ async fn sync_status_and_on_demand_passes() {
 }
 
 /// Polls GET /v1/sync until `ok` holds (at most 30 s); returns the last status.
-async fn wait_for(app: &TestApp, ok: impl Fn(&Value) -> bool) -> Value {
+pub(crate) async fn wait_for(app: &TestApp, ok: impl Fn(&Value) -> bool) -> Value {
     let mut last = Value::Null;
     for _ in 0..300 {
         let r = app.api_get("/v1/sync").await;

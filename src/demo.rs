@@ -1,0 +1,389 @@
+//! `partnerstack-sync demo`: the whole thing working, in one process and one command.
+//!
+//! It runs an embedded Postgres in a data directory of its own, the PartnerStack stand-in
+//! (`partnerstack_sim`: documented webhooks, a steady trickle of changes, some of their
+//! webhooks lost) and the service wired to it both ways: the stand-in's webhooks go to the
+//! service's webhook URL, the service reads the stand-in's API. Tokens and keys are
+//! generated and printed, with the URLs and commands to try. It runs until Ctrl-C or
+//! SIGTERM; then the service stops as `serve` does ([`app::run_on`]: server, writer,
+//! applier, reconciler, pool, Postgres), then the stand-in. Only the data directory stays.
+//!
+//! The demo's database is emptied at every start, so the copy always matches the freshly
+//! seeded stand-in; a marker file guards against emptying anything that is not a demo's.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use partnerstack::Entity;
+use partnerstack_sim::{Options, Simulator};
+use secrecy::SecretString;
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::db::{Database, embedded};
+use crate::{app, server};
+
+/// The demo's data directory unless `--data-dir` says otherwise.
+pub const DEFAULT_DATA_DIR: &str = "./data-demo";
+/// The file that marks a data directory as the demo's (whose database it may empty).
+const MARKER: &str = "DEMO";
+/// Time between reconcile passes in the demo, unless `PSYNC_RECONCILE_INTERVAL` is set:
+/// short, so repairs show within a minute.
+const RECONCILE_INTERVAL: &str = "10s";
+/// The request budget in the demo, unless `PARTNERSTACK_REQUESTS_PER_SECOND` is set (the
+/// stand-in has no rate limit).
+const REQUESTS_PER_SECOND: &str = "20";
+/// The longest the service may take to become ready.
+const READY_WITHIN: Duration = Duration::from_secs(120);
+
+/// `partnerstack-sync demo` options. The service listens on `PSYNC_LISTEN` (default
+/// 127.0.0.1:8080), as `serve` does.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DemoOptions {
+    /// Where the demo's embedded Postgres keeps its data (default ./data-demo; as root,
+    /// under /var/lib/partnerstack-sync when `postgres` cannot reach that). Its database
+    /// is emptied at every start; a directory holding another cluster is refused.
+    #[arg(long, env = "PSYNC_DEMO_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Where the stand-in serves its API and admin routes.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9090")]
+    pub stand_in: SocketAddr,
+    /// Changes per second at the stand-in, each announced by a webhook.
+    #[arg(long, default_value_t = 2.0)]
+    pub webhook_rate: f64,
+    /// The share of webhooks the stand-in loses (never sends).
+    #[arg(long, default_value_t = 0.2)]
+    pub drop: f64,
+    /// Seed of the stand-in's program, its changes and their losses.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+}
+
+/// Runs the demo until `shutdown` is cancelled. `config_file` is `--config`, if given:
+/// the demo's wiring (database, tokens, PartnerStack URL and keys) overrides it and the
+/// environment; relay endpoints are left out.
+pub async fn run(
+    options: DemoOptions,
+    config_file: Option<&Path>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let webhook_token = random_hex(24);
+    let api_token = random_hex(24);
+    let public_key = format!("pk_demo_{}", random_hex(12));
+    let secret_key = format!("sk_demo_{}", random_hex(20));
+
+    let stand_in_listener = tokio::net::TcpListener::bind(options.stand_in)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {} (--stand-in): {e}", options.stand_in))?;
+    let stand_in = stand_in_listener.local_addr()?;
+    let (configured, explicit) = match &options.data_dir {
+        Some(dir) => (dir.clone(), true),
+        None => (PathBuf::from(DEFAULT_DATA_DIR), false),
+    };
+    let data_dir = embedded::choose_data_dir(&configured, explicit)?;
+    claim(&data_dir)?;
+
+    let mut env: HashMap<String, String> = std::env::vars().collect();
+    for var in [
+        "PSYNC_RECONCILE_INTERVAL",
+        "PARTNERSTACK_REQUESTS_PER_SECOND",
+    ] {
+        if !env.contains_key(var) {
+            let default = match var {
+                "PSYNC_RECONCILE_INTERVAL" => RECONCILE_INTERVAL,
+                _ => REQUESTS_PER_SECOND,
+            };
+            env.insert(var.to_string(), default.to_string());
+        }
+    }
+    env.remove("DATABASE_URL");
+    for (var, value) in [
+        ("PSYNC_DATA_DIR", data_dir.to_string_lossy().to_string()),
+        ("PSYNC_WEBHOOK_TOKENS", webhook_token.clone()),
+        ("PSYNC_WEBHOOK_SIGNING_SECRETS", String::new()),
+        ("PSYNC_API_TOKENS", api_token.clone()),
+        ("PARTNERSTACK_BASE_URL", format!("http://{stand_in}/api/v2")),
+        ("PARTNERSTACK_PUBLIC_KEY", public_key.clone()),
+        ("PARTNERSTACK_SECRET_KEY", secret_key.clone()),
+    ] {
+        env.insert(var.to_string(), value);
+    }
+    let mut config = Config::load_with_env(config_file, &env)?;
+    // The demo's made-up data goes nowhere but its own database.
+    config.database.url = None;
+    config.relay.clear();
+
+    let listener = server::bind(config.server.listen).map_err(|e| {
+        anyhow::anyhow!(
+            "cannot listen on {} (PSYNC_LISTEN): {e}",
+            config.server.listen
+        )
+    })?;
+    let service = listener.local_addr()?;
+    // Where the status page is, if anywhere (it moves with /metrics to an admin address).
+    let status_page = config
+        .server
+        .status_page
+        .then(|| config.server.admin_listen.unwrap_or(service));
+    let database = Database::open(&config.database).await?;
+    if let Err(e) = empty(&database).await {
+        let _ = database.shutdown().await;
+        return Err(e);
+    }
+    let postgres_pid = database.embedded().and_then(|pg| pg.pid());
+
+    let sim_options = Options {
+        listen: stand_in,
+        seed: options.seed,
+        webhook_url: Some(format!(
+            "http://{service}/webhooks/partnerstack/{webhook_token}"
+        )),
+        webhook_rate: options.webhook_rate,
+        drop: options.drop,
+        duplicate: 0.05,
+        reorder: 0.1,
+        ..Options::default()
+    };
+    let simulator = Simulator::new(
+        &sim_options,
+        &SecretString::from(public_key.clone()),
+        &SecretString::from(secret_key.clone()),
+    )?;
+    let partner = busiest_partner(&simulator);
+
+    let mut service_task = tokio::spawn(app::run_on(config, database, listener, shutdown.clone()));
+    // The stand-in starts once the service is ready, so its first webhooks find it.
+    // Until then the reconciler's first requests wait in the stand-in's listen queue.
+    tokio::select! {
+        ready = wait_ready(service) => {
+            if let Err(e) = ready {
+                shutdown.cancel();
+                let _ = service_task.await;
+                return Err(e);
+            }
+        }
+        ended = &mut service_task => {
+            let ended = ended.context("the service panicked")?;
+            // Asked to stop while starting: not an error.
+            if ended.is_ok() && !shutdown.is_cancelled() {
+                anyhow::bail!("the service stopped before it was ready");
+            }
+            return ended;
+        }
+    }
+    let stand_in_stop = CancellationToken::new();
+    let stand_in_task = {
+        let simulator = simulator.clone();
+        let stop = stand_in_stop.clone();
+        tokio::spawn(async move { simulator.serve(stand_in_listener, stop).await })
+    };
+
+    print!(
+        "{}",
+        banner(&Banner {
+            service,
+            status_page,
+            stand_in,
+            data_dir: &data_dir,
+            postgres_pid,
+            api_token: &api_token,
+            webhook_token: &webhook_token,
+            public_key: &public_key,
+            secret_key: &secret_key,
+            partner: partner.as_deref(),
+            options: &options,
+        })
+    );
+    let served = service_task.await.context("the service panicked")?;
+    stand_in_stop.cancel();
+    let stood_in = stand_in_task.await.context("the stand-in panicked")?;
+    served?;
+    stood_in?;
+    println!(
+        "partnerstack-sync demo stopped; its data stays in {}",
+        data_dir.display()
+    );
+    Ok(())
+}
+
+/// Makes `dir` the demo's: refuses a directory that holds a cluster without the demo's
+/// marker (whatever it is, the demo will not empty it), else writes the marker.
+fn claim(dir: &Path) -> anyhow::Result<()> {
+    let marker = dir.join(MARKER);
+    if dir.join("pg/PG_VERSION").exists() && !marker.exists() {
+        anyhow::bail!(
+            "{} holds a Postgres cluster that is not the demo's; the demo empties its database \
+             at every start, so it will not use it. Choose another directory with --data-dir",
+            dir.display()
+        );
+    }
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("creating the demo's data directory {}", dir.display()))?;
+    std::fs::write(
+        &marker,
+        "This directory belongs to `partnerstack-sync demo`, which empties its database at \
+         every start.\n",
+    )
+    .with_context(|| format!("writing {}", marker.display()))?;
+    Ok(())
+}
+
+/// Empties the demo's database (its schema), so the copy starts from nothing, like the
+/// freshly seeded stand-in.
+async fn empty(database: &Database) -> anyhow::Result<()> {
+    use sqlx::Connection as _;
+    let mut conn = sqlx::PgConnection::connect_with(&database.connect_options())
+        .await
+        .context("connecting to the demo's database")?;
+    sqlx::query("DROP SCHEMA IF EXISTS public CASCADE")
+        .execute(&mut conn)
+        .await?;
+    sqlx::query("CREATE SCHEMA public")
+        .execute(&mut conn)
+        .await?;
+    conn.close().await?;
+    Ok(())
+}
+
+/// Waits until the service at `addr` answers `/readyz` with 200.
+async fn wait_ready(addr: SocketAddr) -> anyhow::Result<()> {
+    let http = partnerstack::http::builder()
+        .timeout(Duration::from_secs(2))
+        .build()?;
+    let url = format!("http://{addr}/readyz");
+    let deadline = tokio::time::Instant::now() + READY_WITHIN;
+    while tokio::time::Instant::now() < deadline {
+        if let Ok(r) = http.get(&url).send().await
+            && r.status().is_success()
+        {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    anyhow::bail!(
+        "the service did not become ready within {}s",
+        READY_WITHIN.as_secs()
+    )
+}
+
+/// The `partner_key` most of the stand-in's customers were referred by (the most
+/// interesting summary to look at).
+fn busiest_partner(simulator: &Simulator) -> Option<String> {
+    let state = simulator.state(Some(Entity::Customer));
+    let mut counts: HashMap<&str, usize> = HashMap::new();
+    for customer in state["streams"][Entity::Customer.stream()]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        if let Some(key) = customer.get("partner_key").and_then(Value::as_str) {
+            *counts.entry(key).or_default() += 1;
+        }
+    }
+    counts
+        .into_iter()
+        .max_by(|a, b| a.1.cmp(&b.1).then(b.0.cmp(a.0)))
+        .map(|(key, _)| key.to_string())
+}
+
+/// `bytes` (at most 32) random bytes, hex-encoded.
+fn random_hex(bytes: usize) -> String {
+    let buffer: [u8; 32] = rand::random();
+    hex::encode(&buffer[..bytes.min(buffer.len())])
+}
+
+/// What the banner shows.
+struct Banner<'a> {
+    service: SocketAddr,
+    status_page: Option<SocketAddr>,
+    stand_in: SocketAddr,
+    data_dir: &'a Path,
+    postgres_pid: Option<u32>,
+    api_token: &'a str,
+    webhook_token: &'a str,
+    public_key: &'a str,
+    secret_key: &'a str,
+    partner: Option<&'a str>,
+    options: &'a DemoOptions,
+}
+
+/// What the demo prints once everything runs: where to look, the secrets it made up,
+/// and commands to paste.
+fn banner(b: &Banner<'_>) -> String {
+    let service = format!("http://{}", b.service);
+    let stand_in = format!("http://{}", b.stand_in);
+    let postgres = match b.postgres_pid {
+        Some(pid) => format!("pid {pid}, "),
+        None => String::new(),
+    };
+    let auth = format!("-H 'Authorization: Bearer {}'", b.api_token);
+    let partner = b.partner.unwrap_or("JohnSmith1");
+    let status_page = match b.status_page {
+        Some(addr) => {
+            format!("http://{addr}/status            (open it in a browser; it reloads every 10 s)")
+        }
+        None => "off (PSYNC_STATUS_PAGE=false)".to_string(),
+    };
+    format!(
+        "\n\
+         partnerstack-sync demo: the service, its own Postgres and a PartnerStack stand-in, wired together.\n\
+         \n\
+         \x20 status page    {status_page}\n\
+         \x20 service        {service}\n\
+         \x20 stand-in       {stand_in}/admin/stats       (also /admin/undelivered: changes no webhook delivered)\n\
+         \x20 Postgres       {postgres}data in {data_dir} (emptied at every start)\n\
+         \n\
+         \x20 API token      {api_token}\n\
+         \x20 webhook token  {webhook_token}\n\
+         \x20 stand-in keys  {public_key} {secret_key}\n\
+         \n\
+         The stand-in changes {rate} objects a second and loses {drop:.0}% of their webhooks; the\n\
+         reconciler repairs what they missed. Within a minute every stream is synced. Try:\n\
+         \n\
+         \x20 curl -s {auth} {service}/v1/partners/{partner}/summary\n\
+         \x20 curl -s {auth} {service}/v1/sync\n\
+         \x20 curl -s {auth} '{service}/v1/events?outcome=applied&limit=3'\n\
+         \n\
+         Ctrl-C stops everything.\n\
+         \n",
+        data_dir = b.data_dir.display(),
+        api_token = b.api_token,
+        webhook_token = b.webhook_token,
+        public_key = b.public_key,
+        secret_key = b.secret_key,
+        rate = b.options.webhook_rate,
+        drop = b.options.drop * 100.0,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cluster_without_the_marker_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("pg")).unwrap();
+        std::fs::write(dir.path().join("pg/PG_VERSION"), "16\n").unwrap();
+        let err = claim(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("not the demo's"), "{err}");
+        assert!(!dir.path().join(MARKER).exists());
+        // A marked one, or a new one, is the demo's.
+        std::fs::write(dir.path().join(MARKER), "").unwrap();
+        claim(dir.path()).unwrap();
+        let fresh = dir.path().join("fresh");
+        claim(&fresh).unwrap();
+        assert!(fresh.join(MARKER).is_file());
+    }
+
+    #[test]
+    fn tokens_are_random_and_long_enough() {
+        let (a, b) = (random_hex(24), random_hex(24));
+        assert_eq!(a.len(), 48);
+        assert_ne!(a, b);
+    }
+}
