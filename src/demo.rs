@@ -342,11 +342,14 @@ fn banner(b: &Banner<'_>) -> String {
          \x20 stand-in keys  {public_key} {secret_key}\n\
          \n\
          The stand-in changes {rate} objects a second and loses {drop:.0}% of their webhooks; the\n\
-         reconciler repairs what they missed. Within a minute every stream is synced. Try:\n\
+         reconciler repairs what they missed. Within a minute every stream is synced. Try (the\n\
+         last one records a signup at the stand-in through the write outbox):\n\
          \n\
          \x20 curl -s {auth} {service}/v1/partners/{partner}/summary\n\
          \x20 curl -s {auth} {service}/v1/sync\n\
          \x20 curl -s {auth} '{service}/v1/events?outcome=applied&limit=3'\n\
+         \x20 curl -s {auth} -X POST '{service}/v1/customers?wait=5' \\\n\
+         \x20     -d '{{\"customer_key\": \"demo-1\", \"email\": \"demo@example.com\", \"partner_key\": \"{partner}\"}}'\n\
          \n\
          Ctrl-C stops everything.\n\
          \n",

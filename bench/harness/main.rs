@@ -13,6 +13,7 @@ mod load;
 mod pgbench;
 mod scenarios;
 mod service;
+mod writes;
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -133,6 +134,9 @@ async fn run(quick: bool) -> anyhow::Result<()> {
         feed::latency(&mut bench)
             .await
             .context("feed latency scenario")?;
+        writes::writes(&mut bench)
+            .await
+            .context("writes scenario")?;
         scenarios::reconcile(&mut bench, quick)
             .await
             .context("reconcile scenario")?;

@@ -12,6 +12,7 @@ use anyhow::{Context, bail};
 use partnerstack::Entity;
 use partnerstack_sync::apply::upsert_sql_for;
 use partnerstack_sync::db::events::INSERT_EVENTS_SQL;
+use partnerstack_sync::db::writes::ACCEPT_SQL;
 
 /// pgbench's results.
 #[derive(Debug, Default)]
@@ -214,4 +215,24 @@ pub fn page_upsert_script(entity: Entity, rows: usize) -> String {
     let key = "('obj_' || :client_id::text || '_' || :n::text)";
     let upsert = bind(upsert_sql_for(entity), &upsert_exprs(entity, rows, key));
     format!("\\set n random(1, 2000000000)\nBEGIN;\n{upsert};\nEND;\n")
+}
+
+/// One accepted write per transaction: the outbox insert the service commits before it
+/// answers a write (`db::writes::ACCEPT_SQL`), with a request of the same size.
+pub fn write_accept_script() -> String {
+    let key = "('bench-' || :client_id::text || '-' || :n::text)";
+    let accept = bind(
+        ACCEPT_SQL,
+        &[
+            "'create_customer'".to_string(),
+            format!("'customer:' || {key}"),
+            format!("encode(sha256(convert_to({key}, 'UTF8')), 'hex')"),
+            format!(
+                "('{{\"customer_key\":\"' || {key} || '\",\"email\":\"' || {key} || '@example.com\",\"partner_key\":\"partner_1\"}}')::jsonb"
+            ),
+            key.to_string(),
+            format!("ARRAY['key:' || {key}, 'email:' || {key} || '@example.com']"),
+        ],
+    );
+    format!("\\set n random(1, 2000000000)\n{accept};\n")
 }

@@ -85,22 +85,25 @@ pub enum Accepted {
     Conflict(i64),
 }
 
+/// The statement accepting a write: `$1` kind, `$2` idempotency key, `$3` request
+/// digest, `$4` request, `$5` object key, `$6` customer refs.
+pub const ACCEPT_SQL: &str =
+    "INSERT INTO writes (kind, idempotency_key, request_digest, request, object_key, customer_refs)
+     VALUES ($1, $2, $3, $4, $5, $6)
+     ON CONFLICT (idempotency_key) DO NOTHING
+     RETURNING id";
+
 /// Stores `write` (committed on return), unless a write with its idempotency key exists.
 pub async fn accept(pool: &PgPool, write: &NewWrite) -> Result<Accepted, sqlx::Error> {
-    let inserted: Option<i64> = sqlx::query_scalar(
-        "INSERT INTO writes (kind, idempotency_key, request_digest, request, object_key, customer_refs)
-         VALUES ($1, $2, $3, $4, $5, $6)
-         ON CONFLICT (idempotency_key) DO NOTHING
-         RETURNING id",
-    )
-    .bind(write.kind)
-    .bind(&write.idempotency_key)
-    .bind(&write.request_digest)
-    .bind(&write.request)
-    .bind(&write.object_key)
-    .bind(&write.customer_refs)
-    .fetch_optional(pool)
-    .await?;
+    let inserted: Option<i64> = sqlx::query_scalar(ACCEPT_SQL)
+        .bind(write.kind)
+        .bind(&write.idempotency_key)
+        .bind(&write.request_digest)
+        .bind(&write.request)
+        .bind(&write.object_key)
+        .bind(&write.customer_refs)
+        .fetch_optional(pool)
+        .await?;
     if let Some(id) = inserted {
         return Ok(Accepted::New(id));
     }
