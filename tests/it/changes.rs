@@ -17,8 +17,10 @@ use sqlx::PgPool;
 use sqlx::postgres::PgConnectOptions;
 use tokio_util::sync::CancellationToken;
 
-use crate::client::{client_config, stand_in};
+use crate::client::client_config;
 use crate::common::{TestApp, TestDb, test_config};
+use partnerstack_sync::config::Verification;
+use secrecy::SecretString;
 
 const T0: i64 = 1_700_000_000_000;
 
@@ -342,16 +344,31 @@ async fn naive_read(pool: &PgPool, after: i64) -> Vec<i64> {
 /// this test makes commit out of order on purpose.
 #[tokio::test]
 async fn under_twenty_concurrent_writers_the_feed_misses_nothing_and_a_naive_reader_does() {
-    let app = Arc::new(TestApp::spawn().await);
+    // The service sends its writes to the stand-in and applies webhooks from their bodies.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base_url = format!("http://{}/api/v2", listener.local_addr().unwrap());
+    let app = Arc::new(
+        TestApp::spawn_with(|c| {
+            c.partnerstack = client_config(&base_url);
+            c.webhooks.verification = Verification::Body;
+        })
+        .await,
+    );
     let pool = app.db.pool.clone();
-    let sim = stand_in(Options {
-        webhook_url: Some(app.webhook_url()),
-        drop: 0.2,
-        duplicate: 0.2,
-        reorder: 0.5,
-        ..Options::small(40)
-    })
-    .await;
+    let sim = partnerstack_sim::Simulator::new(
+        &Options {
+            webhook_url: Some(app.webhook_url()),
+            drop: 0.2,
+            duplicate: 0.2,
+            reorder: 0.5,
+            ..Options::small(40)
+        },
+        &SecretString::from(crate::client::PUBLIC_KEY.to_string()),
+        &SecretString::from(crate::client::SECRET_KEY.to_string()),
+    )
+    .unwrap()
+    .spawn(listener)
+    .unwrap();
     let mut client = client_config(&sim.base_url());
     client.page_size = 10;
     let reconciler = Reconciler::new(
@@ -444,10 +461,37 @@ async fn under_twenty_concurrent_writers_the_feed_misses_nothing_and_a_naive_rea
     );
     slow.commit().await.unwrap();
 
-    // The load.
+    // The load: 16 writers through apply(), 2 through the write outbox (POST /v1/customers,
+    // sent to the stand-in and applied from its answers), webhooks, and a reconcile pass.
     let started = Instant::now();
+    let partner =
+        sim.simulator.state(Some(Entity::Partner))["streams"]["partnerships"][0]["partner_key"]
+            .as_str()
+            .unwrap()
+            .to_string();
+    let mut outbox_writers = Vec::new();
+    for w in 0..2u64 {
+        let (app, partner) = (app.clone(), partner.clone());
+        outbox_writers.push(tokio::spawn(async move {
+            for i in 0..25u64 {
+                let response = app
+                    .http
+                    .post(app.url("/v1/customers"))
+                    .bearer_auth(crate::common::API_TOKEN)
+                    .json(&json!({
+                        "customer_key": format!("feed-w{w}-{i}"),
+                        "email": format!("feed-w{w}-{i}@example.com"),
+                        "partner_key": partner,
+                    }))
+                    .send()
+                    .await
+                    .unwrap();
+                assert!(response.status().is_success(), "{}", response.status());
+            }
+        }));
+    }
     let mut writers = Vec::new();
-    for w in 0..18u64 {
+    for w in 0..16u64 {
         let pool = pool.clone();
         writers.push(tokio::spawn(async move {
             let mut applied = 0usize;
@@ -487,6 +531,27 @@ async fn under_twenty_concurrent_writers_the_feed_misses_nothing_and_a_naive_rea
     }
     webhooks.await.unwrap();
     let reports = reconciling.await.unwrap();
+    for w in outbox_writers {
+        w.await.unwrap();
+    }
+    for _ in 0..600 {
+        if app
+            .db
+            .count("SELECT count(*) FROM writes WHERE status = 'pending'")
+            .await
+            == 0
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        app.db
+            .count("SELECT count(*) FROM writes WHERE status = 'succeeded'")
+            .await,
+        50,
+        "every outbox write succeeded"
+    );
     // Quiet: the stand-in stops (no late delivery can follow), the service applies the rest.
     sim.stop().await.unwrap();
     app.settle().await;
@@ -515,7 +580,30 @@ async fn under_twenty_concurrent_writers_the_feed_misses_nothing_and_a_naive_rea
 
     // Every applied observation was logged, once.
     let logged = |source: &str| log.iter().filter(|i| i["source"] == source).count();
-    assert_eq!(logged("write"), written + 2);
+    // The outbox's customers: each created once in the log, by whichever came first (the
+    // write's own answer, the stand-in's webhook for it, or the reconcile pass).
+    let outbox: Vec<&Value> = log
+        .iter()
+        .filter(|i| {
+            i["object"]["customer_key"]
+                .as_str()
+                .is_some_and(|k| k.starts_with("feed-w"))
+        })
+        .collect();
+    let mut created: HashMap<&str, usize> = HashMap::new();
+    for change in outbox.iter().filter(|i| i["operation"] == "created") {
+        *created
+            .entry(change["object"]["customer_key"].as_str().unwrap())
+            .or_default() += 1;
+    }
+    assert_eq!(created.len(), 50, "every outbox customer is in the feed");
+    assert!(created.values().all(|n| *n == 1), "{created:?}");
+    let outbox_logged = outbox.iter().filter(|i| i["source"] == "write").count();
+    println!(
+        "[feed] outbox customers: {} changes in the feed, {outbox_logged} of them from the writes' own answers",
+        outbox.len()
+    );
+    assert_eq!(logged("write"), written + 2 + outbox_logged);
     let applied_deliveries = app
         .db
         .count("SELECT count(*) FROM webhook_events WHERE outcome = 'applied'")
