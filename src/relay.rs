@@ -386,10 +386,7 @@ struct Message<'a> {
 
 impl Message<'_> {
     fn of(item: ChangeItem) -> Result<Signed, String> {
-        let object: &str = match changes::entity_of_table(&item.entity) {
-            Some(entity) => entity.name(),
-            None => &item.entity,
-        };
+        let object = item.entity.0.name();
         let message = Message {
             kind: format!("{object}.{}", item.operation),
             timestamp: item.at,
@@ -457,7 +454,7 @@ mod tests {
         let item = ChangeItem {
             cursor: "c".into(),
             sequence: 42,
-            entity: "partners".into(),
+            entity: crate::columns::CollectionName(partnerstack::Entity::Partner),
             key: "part_1".into(),
             operation: changes::Operation::Created,
             source: crate::apply::Source::Webhook,

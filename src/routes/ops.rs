@@ -84,7 +84,7 @@ pub async fn openapi_json() -> Response {
     static DOC: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     let doc = DOC.get_or_init(|| {
         // Serialising plain data to a string does not fail; an empty object would be a bug.
-        super::openapi()
+        super::openapi::openapi()
             .to_pretty_json()
             .unwrap_or_else(|_| "{}".to_string())
     });

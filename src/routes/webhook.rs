@@ -25,8 +25,7 @@ use crate::telemetry::DeliveryResult;
 /// The answer to an accepted delivery.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Accepted {
-    /// Always "accepted".
-    pub status: &'static str,
+    pub status: crate::api::Acceptance,
     /// The stored delivery's id (`GET /v1/events/{id}`).
     pub id: i64,
     /// True when a byte-identical delivery was already stored.
@@ -154,7 +153,7 @@ async fn accept(
         ApiError::unavailable(format!("the delivery was not stored ({e}); retry later"))
     })?;
     Ok(Accepted {
-        status: "accepted",
+        status: crate::api::Acceptance::Accepted,
         id: stored.id,
         duplicate: stored.duplicate,
     })
