@@ -44,10 +44,7 @@ pub trait Collection {
     /// What is selected in its place otherwise (a typed NULL with the same alias).
     const NO_BODY: &'static str = "NULL::jsonb AS raw";
     /// The `include` value that asks for the body, and its description.
-    const INCLUDE: IncludeParam = IncludeParam {
-        word: "raw",
-        description: "`raw` adds the PartnerStack body as last applied (`raw`).",
-    };
+    const INCLUDE: IncludeParam = params::INCLUDE_RAW;
     /// The time `updated_since` compares with.
     const UPDATED: &'static str = "COALESCE(t.updated_at, t.created_at)";
     /// Whether the table has `deleted_at` (and so `include_deleted`).

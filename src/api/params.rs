@@ -133,34 +133,70 @@ pub struct Include {
     pub include: Option<String>,
 }
 
-/// The `include` parameter of a collection whose items can carry a body: described as the
-/// enum of that one word (e.g. `raw`), so the description and the check ([`include`])
-/// cannot differ.
+/// The `include` parameter of a collection whose items can carry a body: described as a
+/// named enum of that one word (e.g. `IncludeRaw`: `raw`), so the description and the
+/// check ([`include`]) cannot differ.
 pub struct IncludeParam {
     pub word: &'static str,
+    /// The enum's schema name.
+    pub schema: &'static str,
     pub description: &'static str,
 }
+
+/// The entity collections' `include`.
+pub const INCLUDE_RAW: IncludeParam = IncludeParam {
+    word: "raw",
+    schema: "IncludeRaw",
+    description: "`raw` adds the PartnerStack body as last applied (`raw`).",
+};
+/// `/v1/events`' `include`.
+pub const INCLUDE_PAYLOAD: IncludeParam = IncludeParam {
+    word: "payload",
+    schema: "IncludePayload",
+    description: "`payload` adds each delivery's body (`/v1/events/{id}` always has it).",
+};
+/// `/v1/writes`' `include`.
+pub const INCLUDE_RESULT: IncludeParam = IncludeParam {
+    word: "result",
+    schema: "IncludeResult",
+    description: "`result` adds PartnerStack's answer (`result`) to each write in a list.",
+};
+/// Every `include` there is.
+pub const INCLUDES: [IncludeParam; 3] = [INCLUDE_RAW, INCLUDE_PAYLOAD, INCLUDE_RESULT];
 
 impl IncludeParam {
     pub const NAME: &'static str = "include";
 
-    /// The OpenAPI parameter.
+    /// The OpenAPI parameter, referring to [`IncludeParam::component`].
     pub fn parameter(&self) -> utoipa::openapi::path::Parameter {
-        use utoipa::openapi::Required;
         use utoipa::openapi::path::ParameterBuilder;
-        use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
+        use utoipa::openapi::{Ref, Required};
         ParameterBuilder::new()
             .name(Self::NAME)
             .parameter_in(ParameterIn::Query)
             .required(Required::False)
             .description(Some(self.description))
-            .schema(Some(Schema::Object(
-                ObjectBuilder::new()
-                    .schema_type(Type::String)
-                    .enum_values(Some([self.word]))
-                    .build(),
-            )))
+            .schema(Some(Ref::from_schema_name(self.schema)))
             .build()
+    }
+
+    /// The named enum schema of the word.
+    pub fn component(
+        &self,
+    ) -> (
+        String,
+        utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>,
+    ) {
+        use utoipa::openapi::schema::{ObjectBuilder, Type};
+        let schema = ObjectBuilder::new()
+            .schema_type(Type::String)
+            .description(Some(format!(
+                "What `include` can add here: `{}`.",
+                self.word
+            )))
+            .enum_values(Some([self.word]))
+            .into();
+        (self.schema.to_string(), schema)
     }
 }
 

@@ -494,10 +494,7 @@ impl Collection for Events {
     const FROM: &'static str = "webhook_events t";
     const BODY: &'static str = "t.body AS body";
     const NO_BODY: &'static str = "NULL::text AS body";
-    const INCLUDE: IncludeParam = IncludeParam {
-        word: "payload",
-        description: "`payload` adds each delivery's body (`/v1/events/{id}` always has it).",
-    };
+    const INCLUDE: IncludeParam = super::params::INCLUDE_PAYLOAD;
     const UPDATED: &'static str = "COALESCE(t.applied_at, t.received_at)";
     const SOFT_DELETE: bool = false;
     const ORDER: Order = Order::Id;

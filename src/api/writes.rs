@@ -106,10 +106,7 @@ impl Collection for Writes {
     const FROM: &'static str = "writes t";
     const BODY: &'static str = "t.result AS result";
     const NO_BODY: &'static str = "NULL::jsonb AS result";
-    const INCLUDE: IncludeParam = IncludeParam {
-        word: "result",
-        description: "`result` adds PartnerStack's answer (`result`) to each write in a list.",
-    };
+    const INCLUDE: IncludeParam = params::INCLUDE_RESULT;
     const UPDATED: &'static str = "t.updated_at";
     const SOFT_DELETE: bool = false;
     const ORDER: Order = Order::Id;
@@ -174,6 +171,7 @@ impl Collection for Writes {
 pub struct WaitParams {
     /// Seconds (0 to 30) to wait for the outcome before answering: `200` once finished,
     /// else `202` with the pending record.
+    #[param(value_type = Option<i64>, minimum = 0, maximum = 30, default = 0)]
     pub wait: Option<String>,
 }
 
@@ -312,7 +310,7 @@ pub enum WriteAnswers {
         outbox. A repeat (same `Idempotency-Key`, else same `customer_key`) returns the same \
         write; a customer PartnerStack already has counts as success (`existed: true`). \
         On success `GET /v1/customers/{customer_key}` finds it at once.",
-    params(WaitParams, ("Idempotency-Key" = Option<String>, Header, description = "Makes repeats of this request one write (kept 30 days)")),
+    params(WaitParams, ("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, pattern = "^[!-~]+$", description = "Makes repeats of this request one write (kept 30 days)")),
     request_body = crate::writes::CreateCustomer,
     responses(WriteAnswers, super::CommonErrors),
     security(("bearer" = [])),
@@ -336,9 +334,9 @@ pub async fn create_customer(
         (a new key), `email`, `name`, `provider_key`, `meta`. `partner_key` cannot change. \
         Each update is its own write unless an `Idempotency-Key` is sent.",
     params(
-        ("key" = String, Path, description = "Your customer_key"),
+        ("key" = String, Path, min_length = 1, max_length = 255, pattern = "^[^\\x00-\\x1F\\x7F-\\x9F]*[^\\s\\x00-\\x1F\\x7F-\\x9F][^\\x00-\\x1F\\x7F-\\x9F]*$", description = "Your customer_key"),
         WaitParams,
-        ("Idempotency-Key" = Option<String>, Header, description = "Makes repeats of this request one write"),
+        ("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, pattern = "^[!-~]+$", description = "Makes repeats of this request one write"),
     ),
     request_body = crate::writes::UpdateCustomer,
     responses(WriteAnswers, super::CommonErrors),
@@ -366,7 +364,7 @@ pub async fn update_customer(
         `customer_external_key`), `customer_email` or `customer` (PartnerStack's key). \
         Without a `key`, one is derived from the request (or from the `Idempotency-Key`), \
         so a repeat is the same transaction; send your own key to record two equal ones.",
-    params(WaitParams, ("Idempotency-Key" = Option<String>, Header, description = "Makes repeats of this request one write")),
+    params(WaitParams, ("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, pattern = "^[!-~]+$", description = "Makes repeats of this request one write")),
     request_body = crate::writes::CreateTransaction,
     responses(WriteAnswers, super::CommonErrors),
     security(("bearer" = [])),
@@ -388,9 +386,9 @@ pub async fn create_transaction(
     summary = "Delete a transaction at PartnerStack",
     description = "`DELETE /transactions/{key}` at PartnerStack. A repeat is the same write.",
     params(
-        ("key" = String, Path, description = "The transaction key"),
+        ("key" = String, Path, min_length = 1, max_length = 255, pattern = "^[^\\x00-\\x1F\\x7F-\\x9F]*[^\\s\\x00-\\x1F\\x7F-\\x9F][^\\x00-\\x1F\\x7F-\\x9F]*$", description = "The transaction key"),
         WaitParams,
-        ("Idempotency-Key" = Option<String>, Header, description = "Makes repeats of this request one write"),
+        ("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, pattern = "^[!-~]+$", description = "Makes repeats of this request one write"),
     ),
     responses(WriteAnswers, super::CommonErrors),
     security(("bearer" = [])),

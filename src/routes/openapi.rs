@@ -38,12 +38,19 @@ pub fn openapi() -> OpenApi {
     reference_named_schemas(&mut doc);
     require_answer_fields(&mut doc);
     bound_query_values(&mut doc);
+    add_body_rules(&mut doc);
     doc
 }
 
 /// utoipa's description of every route [`super::router`] serves.
 fn described() -> OpenApi {
     let mut doc = super::open_routes(true).merge(api::routes()).into_openapi();
+    // The `include` enums, which the routes' parameters refer to.
+    let components = doc.components.get_or_insert_default();
+    for include in params::INCLUDES {
+        let (name, schema) = include.component();
+        components.schemas.insert(name, schema);
+    }
     doc.info = Info::new("partnerstack-sync", env!("CARGO_PKG_VERSION"));
     doc.info.description = Some(
         "A copy of a PartnerStack partner program, kept by webhooks and reconciliation. \
@@ -276,6 +283,23 @@ fn require_all(schema: &mut Schema, name: &str) {
             }
         }
         _ => {}
+    }
+}
+
+/// Adds the write bodies' rules no single field can state ([`crate::writes::body_rules`]).
+/// utoipa's object schema has no field for `oneOf`/`anyOf` beside `properties`, so they
+/// go in through its extensions map, which is serialised flat into the schema.
+fn add_body_rules(doc: &mut OpenApi) {
+    let Some(components) = &mut doc.components else {
+        return;
+    };
+    for (name, keyword, rule) in crate::writes::body_rules() {
+        if let Some(RefOr::T(Schema::Object(object))) = components.schemas.get_mut(name) {
+            object
+                .extensions
+                .get_or_insert_default()
+                .insert(keyword.to_string(), rule);
+        }
     }
 }
 

@@ -39,7 +39,7 @@ pub struct Accepted {
         (flat with `event`, or `{\"event\"|\"type\": ..., \"data\": {...}}`) and both event \
         naming styles are accepted; unknown event types are stored too.",
     params(("token" = String, Path, description = "One of the configured webhook tokens")),
-    request_body(content = serde_json::Value, content_type = "application/json", description = "A JSON object"),
+    request_body(content = Object, content_type = "application/json", description = "A JSON object"),
     responses(
         (status = 200, description = "Stored (or a byte-identical repeat of a stored delivery)", body = Accepted),
         (status = 400, description = "The body is not a JSON object", body = ErrorBody),

@@ -430,9 +430,7 @@ impl Worker {
                 let Some(key) = v.get("key").and_then(Value::as_str) else {
                     return Look::Send;
                 };
-                let created_at = v
-                    .get("created_at")
-                    .and_then(|t| partnerstack::wire::parse_timestamp(t).ok().flatten());
+                let created_at = v.get("created_at").and_then(crate::writes::request_time);
                 match self.client.find_transaction(key, created_at).await {
                     Ok(Some(found)) => Look::Found(Some(found.raw)),
                     Ok(None) => Look::Send,

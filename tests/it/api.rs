@@ -1494,17 +1494,15 @@ async fn openapi_is_typed_for_client_generators() {
         (entity["style"].clone(), entity["explode"].clone()),
         (json!("form"), json!(false))
     );
-    for (route, word) in [
-        ("/v1/customers", "raw"),
-        ("/v1/customers/{key}", "raw"),
-        ("/v1/events", "payload"),
-        ("/v1/writes", "result"),
+    for (route, name, word) in [
+        ("/v1/customers", "IncludeRaw", "raw"),
+        ("/v1/customers/{key}", "IncludeRaw", "raw"),
+        ("/v1/events", "IncludePayload", "payload"),
+        ("/v1/writes", "IncludeResult", "result"),
     ] {
-        assert_eq!(
-            parameter(route, "get", "include")["schema"]["enum"],
-            json!([word]),
-            "{route}"
-        );
+        let reference = parameter(route, "get", "include")["schema"]["$ref"].clone();
+        assert_eq!(reference, format!("#/components/schemas/{name}"), "{route}");
+        assert_eq!(schema(&doc, name)["enum"], json!([word]), "{route}");
     }
 
     // Answers' fields are required (nullable, but present), but the few left out when empty.

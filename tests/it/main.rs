@@ -7,6 +7,7 @@ mod api;
 mod changes;
 mod client;
 mod common;
+mod conformance;
 mod demo;
 mod embedded;
 mod fidelity;
