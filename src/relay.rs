@@ -39,7 +39,7 @@ use crate::config::{Config, RelayEndpoint};
 use crate::db::changes;
 use crate::db::relay;
 use crate::feed::Feed;
-use crate::telemetry::{AttemptLabels, EndpointLabel, Metrics};
+use crate::telemetry::{AttemptLabels, EndpointLabel, Metrics, RelayResult};
 
 /// The advisory lock class of relay endpoints ("psyr"); the key is the name's hash.
 const LOCK_CLASS: i32 = 0x7073_7972;
@@ -196,8 +196,8 @@ impl<'a> Sender<'a> {
                 .entities
                 .as_ref()
                 .map(|list| list.iter().map(|e| columns::table(*e)).collect()),
-            attempts_ok: attempts("delivered"),
-            attempts_failed: attempts("failed"),
+            attempts_ok: attempts(RelayResult::Delivered),
+            attempts_failed: attempts(RelayResult::Failed),
             lag: shared
                 .metrics
                 .relay_lag_seconds

@@ -22,7 +22,7 @@ use utoipa_axum::routes;
 use crate::api;
 use crate::error::{ApiError, ErrorCode};
 use crate::state::AppState;
-use crate::telemetry::{DeliveryResult, RouteLabels};
+use crate::telemetry::DeliveryResult;
 
 /// The HTTP surface. Routes see the matched route template, never the raw path, in logs
 /// and metrics, so the webhook URL token is never written anywhere.
@@ -85,6 +85,8 @@ fn layered(routes: Router<AppState>, state: AppState) -> Router {
 /// answers per route. Dropping a handler's future here is safe: no handler writes to the
 /// database inside its own future.
 async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let started = std::time::Instant::now();
+    let method = req.method().clone();
     let route = req
         .extensions()
         .get::<MatchedPath>()
@@ -108,14 +110,12 @@ async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Res
             ApiError::unavailable("the request timed out; retry later").into_response()
         }
     };
-    state
-        .metrics
-        .http_requests
-        .get_or_create(&RouteLabels {
-            route,
-            status: response.status().as_u16(),
-        })
-        .inc();
+    state.metrics.http_answer(
+        method.as_str(),
+        &route,
+        response.status().as_u16(),
+        started.elapsed(),
+    );
     response
 }
 

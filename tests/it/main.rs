@@ -14,6 +14,7 @@ mod fidelity;
 mod ingest;
 mod legacy_dialect;
 mod load;
+mod metrics;
 mod netns;
 mod reconcile;
 mod relay;
