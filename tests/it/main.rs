@@ -15,6 +15,7 @@ mod ingest;
 mod legacy_dialect;
 mod load;
 mod metrics;
+mod monitoring;
 mod netns;
 mod reconcile;
 mod relay;

@@ -150,7 +150,7 @@ impl Drop for Receiver {
     }
 }
 
-fn endpoint(name: &str, url: &str, entities: Option<Vec<Entity>>) -> RelayEndpoint {
+pub(crate) fn endpoint(name: &str, url: &str, entities: Option<Vec<Entity>>) -> RelayEndpoint {
     RelayEndpoint {
         name: name.into(),
         url: reqwest::Url::parse(url).unwrap(),
