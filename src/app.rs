@@ -66,8 +66,9 @@ async fn serve(
     let started = Instant::now();
     let options = database.connect_options();
     tracing::info!(database = %db::describe(&options), "connecting to Postgres");
+    db::wait_for(&options, config.database.connect_timeout).await?;
     let pool = db::pool(options, &config.database);
-    db::migrate(&pool, Duration::from_secs(60)).await?;
+    db::migrate(&pool, config.database.connect_timeout).await?;
 
     let config = Arc::new(config);
     warn_about_open_doors(&config);

@@ -15,7 +15,7 @@ use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
-use tower_http::trace::{DefaultOnResponse, TraceLayer};
+use tower_http::trace::TraceLayer;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -70,7 +70,15 @@ fn layered(routes: Router<AppState>, state: AppState) -> Router {
                     tracing::info_span!("request", method = %req.method(), route, request_id)
                 })
                 .on_request(())
-                .on_response(DefaultOnResponse::new().level(tracing::Level::INFO))
+                .on_response(
+                    |response: &Response, latency: std::time::Duration, _: &tracing::Span| {
+                        tracing::info!(
+                            latency_ms = latency.as_secs_f64() * 1000.0,
+                            http.status = response.status().as_u16(),
+                            "finished processing request"
+                        );
+                    },
+                )
                 // No line per failed answer: a 500's cause is logged where it arises
                 // (ApiError::internal), and an outage's 503s once per burst; a line per
                 // request would flood the log exactly when it is read.

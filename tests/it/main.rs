@@ -5,6 +5,7 @@
 
 mod api;
 mod changes;
+mod cli;
 mod client;
 mod common;
 mod conformance;

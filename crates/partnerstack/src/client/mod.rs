@@ -109,11 +109,20 @@ impl Settings {
         if !(self.base_url.starts_with("http://") || self.base_url.starts_with("https://")) {
             return fail("base_url", "must be an http:// or https:// URL");
         }
-        if set(&self.public_key).is_some() != set(&self.secret_key).is_some() {
-            return fail(
-                "public_key",
-                "set both API keys (public and secret), or neither",
-            );
+        match (set(&self.public_key), set(&self.secret_key)) {
+            (Some(_), None) => {
+                return fail(
+                    "public_key",
+                    "set both API keys (public and secret), or neither",
+                );
+            }
+            (None, Some(_)) => {
+                return fail(
+                    "secret_key",
+                    "set both API keys (public and secret), or neither",
+                );
+            }
+            _ => {}
         }
         Ok(())
     }
