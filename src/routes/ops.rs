@@ -51,8 +51,9 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
     }
 }
 
-/// Longest a scrape waits for the database's figures; past it, the previous ones are
-/// served (a scrape must answer while the database is slow or away).
+/// Longest a scrape waits for the database's figures (and at most half the request
+/// timeout); past it, the previous ones are served: a scrape must answer while the
+/// database is slow or away.
 const REFRESH_WAIT: Duration = Duration::from_secs(2);
 /// Pending deliveries are counted up to this many (an index range read).
 const BACKLOG_CAP: i64 = 10_000_000;
@@ -67,7 +68,8 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
     m.ingest_queue_depth.set(state.writer.queued() as i64);
     m.ingest_queue_bytes.set(state.writer.queued_bytes() as i64);
     m.set_pool(state.pool.size(), state.pool.num_idle());
-    match tokio::time::timeout(REFRESH_WAIT, refresh(&state)).await {
+    let wait = REFRESH_WAIT.min(state.config.server.request_timeout / 2);
+    match tokio::time::timeout(wait, refresh(&state)).await {
         // A database error was logged where it arose (once per burst).
         Ok(_) => {}
         Err(_) => tracing::debug!("metrics: the database did not answer in time"),

@@ -1116,7 +1116,8 @@ mod tests {
         blank.public_key = Some(SecretString::from(" ".to_string()));
         blank.secret_key = Some(SecretString::from("sk".to_string()));
         assert!(blank.credentials().is_none());
-        assert_eq!(blank.validate().unwrap_err().0, "public_key");
+        // The key that is set is the one named (its variable is the one to look at).
+        assert_eq!(blank.validate().unwrap_err().0, "secret_key");
     }
 
     #[test]
