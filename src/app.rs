@@ -23,7 +23,7 @@ use crate::ingest::verify::Verifier;
 use crate::ingest::writer::{Limits, Writer};
 use crate::reconcile::Reconciler;
 use crate::state::AppState;
-use crate::telemetry::Metrics;
+use crate::telemetry::{Metrics, UpstreamObserver};
 use crate::writes::Outbox;
 use crate::writes::worker::Worker;
 use crate::{relay, retention, routes, server};
@@ -66,12 +66,16 @@ async fn serve(
     let started = Instant::now();
     let options = database.connect_options();
     tracing::info!(database = %db::describe(&options), "connecting to Postgres");
+    db::wait_for(&options, config.database.connect_timeout).await?;
     let pool = db::pool(options, &config.database);
-    db::migrate(&pool, Duration::from_secs(60)).await?;
+    db::migrate(&pool, config.database.connect_timeout).await?;
 
     let config = Arc::new(config);
     warn_about_open_doors(&config);
     let metrics = Arc::new(Metrics::new());
+    let reconciling =
+        config.reconcile.interval.is_some() && config.partnerstack.credentials().is_some();
+    metrics.declare(&config, &routes::openapi::openapi(), reconciling);
     let stored = Arc::new(Notify::new());
     let writer_stop = CancellationToken::new();
     let limits = Limits {
@@ -86,9 +90,13 @@ async fn serve(
         writer_stop.clone(),
         metrics.clone(),
     );
-    // One client (one request budget) for the reconciler and webhook verification.
+    // One client (one request budget) for the reconciler, webhook verification and
+    // writes, its exchanges counted in the metrics.
     let client = match config.partnerstack.credentials() {
-        Some(_) => Some(Client::new(&config.partnerstack)?),
+        Some(_) => Some(
+            Client::new(&config.partnerstack)?
+                .with_observer(Arc::new(UpstreamObserver(metrics.clone()))),
+        ),
         None => None,
     };
     let applier = Applier::new(pool.clone(), metrics.clone(), verifier(&config, &client));
@@ -135,7 +143,8 @@ async fn serve(
         }
         None => {
             tracing::info!(
-                "writes to PartnerStack are off (POST/PATCH/DELETE under /v1 answer 409): set                  PARTNERSTACK_PUBLIC_KEY and PARTNERSTACK_SECRET_KEY to send them"
+                "writes to PartnerStack are off (POST/PATCH/DELETE under /v1 answer 409): set \
+                 PARTNERSTACK_PUBLIC_KEY and PARTNERSTACK_SECRET_KEY to send them"
             );
             (None, None)
         }

@@ -29,15 +29,7 @@ use crate::columns::{
 use crate::db::attribution;
 use crate::db::changes::{self, Snapshot};
 
-crate::text_enum! {
-    /// Where an observation came from; stored as the row's provenance (`source`).
-    pub enum Source {
-        Webhook = "webhook",
-        Reconcile = "reconcile",
-        /// This service's own writes to PartnerStack (reserved; stored and logged as such).
-        Write = "write",
-    }
-}
+pub use crate::columns::Source;
 
 /// One object as seen at one source time.
 #[derive(Debug, Clone)]

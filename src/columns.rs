@@ -124,6 +124,59 @@ pub fn table(entity: Entity) -> &'static str {
     }
 }
 
+/// A collection's name under `/v1` (`partners`, `customers`, ...), which is also its
+/// table's: served as that word, described in OpenAPI as the enum `Collection`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CollectionName(pub Entity);
+
+impl CollectionName {
+    /// The collection whose table is `name`.
+    pub fn parse(name: &str) -> Option<CollectionName> {
+        Entity::ALL
+            .into_iter()
+            .find(|e| table(*e) == name)
+            .map(CollectionName)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        table(self.0)
+    }
+}
+
+impl Serialize for CollectionName {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl utoipa::PartialSchema for CollectionName {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        word_enum(
+            "A collection under `/v1`.",
+            Entity::ALL.into_iter().map(table),
+        )
+    }
+}
+
+impl ToSchema for CollectionName {
+    fn name() -> std::borrow::Cow<'static, str> {
+        "Collection".into()
+    }
+}
+
+/// A string schema of `words`, described by `description`.
+pub fn word_enum(
+    description: &str,
+    words: impl IntoIterator<Item = &'static str>,
+) -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+    use utoipa::openapi::schema::{ObjectBuilder, Type};
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .description(Some(description))
+        .enum_values(Some(words))
+        .into()
+}
+
 /// `entity`'s own typed columns, in declaration order.
 pub fn of(entity: Entity) -> &'static [Column] {
     match entity {
@@ -137,8 +190,18 @@ pub fn of(entity: Entity) -> &'static [Column] {
     }
 }
 
-/// What every stored PartnerStack object carries besides its own fields (the served
-/// part of [`BOOKKEEPING`]).
+crate::text_enum! {
+    /// Where an observation came from; stored as the row's provenance (`source`).
+    pub enum Source {
+        Webhook = "webhook",
+        Reconcile = "reconcile",
+        /// This service's own writes to PartnerStack (reserved; stored and logged as such).
+        Write = "write",
+    }
+}
+
+// The served part of `BOOKKEEPING`.
+/// What every stored PartnerStack object carries besides its own fields.
 #[derive(Debug, Serialize, FromRow, ToSchema)]
 pub struct Record {
     /// When PartnerStack created the object (when it was first stored here, if it had no
@@ -149,9 +212,8 @@ pub struct Record {
     /// Set when PartnerStack deleted or archived the object; such objects are listed only
     /// with `include_deleted=true`.
     pub deleted_at: Option<DateTime<Utc>>,
-    /// Where the stored version came from: `webhook`, `reconcile` or `write`.
-    #[schema(example = "webhook")]
-    pub source: String,
+    /// Where the stored version came from.
+    pub source: Source,
     /// When the stored version was applied here.
     pub synced_at: DateTime<Utc>,
     /// The object as PartnerStack last sent it, unknown fields included; only with

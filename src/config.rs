@@ -2,10 +2,18 @@
 //!
 //! Three layers, later ones winning: `config/default.toml` (compiled in, documents every
 //! setting), an optional file given with `--config`, then environment variables. Every
-//! error names the setting (and its environment variable). Secrets are
-//! [`SecretString`]s, so `Debug` output and logs show `[REDACTED]`.
+//! setting has a variable named after it ([`env_var`]: `server.listen` is
+//! `PSYNC_SERVER_LISTEN`), and the names documented before that rule existed
+//! ([`LEGACY_ENV`], e.g. `PSYNC_LISTEN`, `DATABASE_URL`) keep working. Each setting's
+//! origin is recorded, so an error names the layer that was wrong: the variable, or the
+//! file and line. Secrets are [`SecretString`]s, so `Debug` output and logs show
+//! `[REDACTED]`.
+//!
+//! Layering is written here rather than taken from a crate (figment): a variable is typed
+//! like the default it replaces (a token of digits stays text, a list is comma-separated),
+//! which a generic provider cannot know, and the origins cost a map.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -20,8 +28,12 @@ use serde::{Deserialize, Deserializer};
 /// The compiled-in defaults; `config/default.toml` in the repository.
 pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
 
-/// Environment variables and the setting each overrides.
-const ENV_OVERRIDES: &[(&str, &str)] = &[
+/// The prefix of every setting's variable ([`env_var`]).
+const ENV_PREFIX: &str = "PSYNC_";
+
+/// Variables documented before the derived names, and the setting each sets. They keep
+/// working; with the derived name also set, both must agree.
+pub const LEGACY_ENV: &[(&str, &str)] = &[
     ("PSYNC_LISTEN", "server.listen"),
     ("PSYNC_REQUEST_TIMEOUT", "server.request_timeout"),
     ("PSYNC_ADMIN_LISTEN", "server.admin_listen"),
@@ -38,7 +50,6 @@ const ENV_OVERRIDES: &[(&str, &str)] = &[
     ),
     ("PSYNC_WEBHOOK_BODY_LIMIT", "webhooks.body_limit"),
     ("PSYNC_WEBHOOK_VERIFICATION", "webhooks.verification"),
-    ("PSYNC_API_TOKENS", "api.tokens"),
     ("PARTNERSTACK_BASE_URL", "partnerstack.base_url"),
     ("PARTNERSTACK_PUBLIC_KEY", "partnerstack.public_key"),
     ("PARTNERSTACK_SECRET_KEY", "partnerstack.secret_key"),
@@ -47,18 +58,73 @@ const ENV_OVERRIDES: &[(&str, &str)] = &[
         "PARTNERSTACK_REQUESTS_PER_SECOND",
         "partnerstack.requests_per_second",
     ),
-    ("PSYNC_RECONCILE_INTERVAL", "reconcile.interval"),
-    ("PSYNC_RECONCILE_STREAMS", "reconcile.streams"),
     ("PSYNC_WEBHOOK_STREAMS", "reconcile.webhook_streams"),
     ("PSYNC_STALENESS_BOUND", "reconcile.staleness_bound"),
-    ("PSYNC_LOG_FORMAT", "log.format"),
-    ("PSYNC_CHANGES_POLL_INTERVAL", "changes.poll_interval"),
-    ("PSYNC_RETENTION_DELIVERIES", "retention.deliveries"),
-    ("PSYNC_RETENTION_CHANGES", "retention.changes"),
-    ("PSYNC_RETENTION_WRITES", "retention.writes"),
-    ("PSYNC_WRITES_LOOKUP_WINDOW", "writes.lookup_window"),
-    ("PSYNC_WRITES_CONCURRENCY", "writes.concurrency"),
 ];
+
+/// Variables with the settings prefix that are not settings (read elsewhere).
+const OTHER_PSYNC_VARS: &[&str] = &["PSYNC_DEMO_DATA_DIR"];
+
+/// The variable that sets `setting` (`server.listen` → `PSYNC_SERVER_LISTEN`).
+pub fn env_var(setting: &str) -> String {
+    format!(
+        "{ENV_PREFIX}{}",
+        setting.replace('.', "_").to_ascii_uppercase()
+    )
+}
+
+/// Every setting `config/default.toml` declares, as dotted paths (`server.listen`,
+/// `partnerstack.paths.customers`), in file order.
+pub fn settings() -> Vec<String> {
+    let table: toml::Table = DEFAULT_TOML.parse().unwrap_or_default();
+    let mut out = Vec::new();
+    leaves(&table, "", &mut out);
+    out
+}
+
+/// The dotted paths of the values in `table` (tables of tables walked; `[[relay]]`
+/// entries as `relay[0].url`).
+fn leaves(table: &toml::Table, prefix: &str, out: &mut Vec<String>) {
+    for (key, value) in table {
+        let path = format!("{prefix}{key}");
+        match value {
+            toml::Value::Table(t) => leaves(t, &format!("{path}."), out),
+            toml::Value::Array(items)
+                if items.iter().all(toml::Value::is_table) && !items.is_empty() =>
+            {
+                for (i, item) in items.iter().enumerate() {
+                    if let toml::Value::Table(t) = item {
+                        leaves(t, &format!("{path}[{i}]."), out);
+                    }
+                }
+            }
+            _ => out.push(path),
+        }
+    }
+}
+
+/// The variables that set `setting`: its derived name, and its older one if it has one.
+pub fn variables_of(setting: &str) -> Vec<String> {
+    let derived = env_var(setting);
+    let older = LEGACY_ENV
+        .iter()
+        .filter(|(var, s)| *s == setting && **var != derived)
+        .map(|(var, _)| var.to_string());
+    std::iter::once(derived.clone()).chain(older).collect()
+}
+
+/// Every variable that sets a setting, with the setting: the derived names, then the
+/// legacy ones.
+pub fn environment_variables() -> Vec<(String, String)> {
+    let mut vars: Vec<(String, String)> =
+        settings().into_iter().map(|s| (env_var(&s), s)).collect();
+    for (var, setting) in LEGACY_ENV {
+        if !vars.iter().any(|(v, _)| v == var) {
+            vars.push((var.to_string(), setting.to_string()));
+        }
+    }
+    vars
+}
 
 /// Environment variables that define relay endpoints:
 /// `PSYNC_RELAY_<NAME>_URL`, `_SECRET` and `_ENTITIES` (`<NAME>` lower-cased is the
@@ -107,6 +173,9 @@ pub struct Config {
     /// Endpoints the change feed is relayed to (`[[relay]]` tables, or the environment).
     #[serde(default)]
     pub relay: Vec<RelayEndpoint>,
+    /// What loading noticed but did not refuse (a variable that sets nothing), for the log.
+    #[serde(skip)]
+    pub warnings: Vec<String>,
 }
 
 /// The change feed and its relay (`[changes]`).
@@ -244,6 +313,10 @@ pub struct DatabaseConfig {
     pub max_connections: u32,
     #[serde(with = "humantime_serde")]
     pub acquire_timeout: Duration,
+    /// How long start-up (`serve`, `migrate`, ...) waits for the database to answer
+    /// before giving up.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
     #[serde(with = "humantime_serde")]
     pub idle_in_transaction_timeout: Duration,
     #[serde(with = "humantime_serde")]
@@ -376,41 +449,55 @@ impl Config {
         let mut table: toml::Table = DEFAULT_TOML
             .parse()
             .map_err(|e| ConfigError(format!("built-in defaults do not parse: {e}")))?;
-        let mut data_dir_is_default = !env.contains_key("PSYNC_DATA_DIR");
+        let mut origins = Origins::default();
         if let Some(path) = file {
             let text = std::fs::read_to_string(path)
                 .map_err(|e| ConfigError(format!("cannot read {}: {e}", path.display())))?;
             let overlay: toml::Table = text
                 .parse()
                 .map_err(|e| ConfigError(format!("{}: {e}", path.display())))?;
-            if overlay
-                .get("database")
-                .and_then(toml::Value::as_table)
-                .is_some_and(|database| database.contains_key("data_dir"))
-            {
-                data_dir_is_default = false;
+            let lines = key_lines(&text);
+            let mut set = Vec::new();
+            leaves(&overlay, "", &mut set);
+            for setting in set {
+                let line = lines.get(&setting).copied();
+                origins.set(&setting, Origin::File(path.to_path_buf(), line));
             }
             merge(&mut table, overlay);
         }
-        for (var, setting) in ENV_OVERRIDES {
-            if let Some(value) = env.get(*var) {
-                set_from_env(&mut table, setting, var, value)?;
+        let mut by_setting: BTreeMap<String, (String, &String)> = BTreeMap::new();
+        for (var, setting) in environment_variables() {
+            let Some(value) = env.get(&var) else { continue };
+            if let Some((other, earlier)) = by_setting.get(&setting)
+                && earlier.trim() != value.trim()
+            {
+                return Err(ConfigError(format!(
+                    "{other} and {var} both set {setting}, differently; set one of them"
+                )));
             }
+            set_from_env(&mut table, &setting, &var, value)?;
+            origins.set(&setting, Origin::Env(var.clone()));
+            by_setting.insert(setting, (var, value));
         }
-        relay_from_env(&mut table, env)?;
+        relay_from_env(&mut table, env, &mut origins)?;
         let mut config: Config = serde_path_to_error::deserialize(toml::Value::Table(table))
             .map_err(|e| {
                 let setting = e.path().to_string();
-                ConfigError(format!("{}: {}", describe(&setting), e.inner()))
+                // toml's message repeats the path on a line of its own.
+                let why = e.inner().to_string();
+                let why = why.lines().next().unwrap_or_default().to_string();
+                ConfigError(format!("{}: {why}", origins.describe(&setting)))
             })?;
-        config.database.data_dir_is_default = data_dir_is_default;
-        config.validate()?;
+        config.database.data_dir_is_default = origins.get("database.data_dir").is_none();
+        config.warnings = unknown_variables(env);
+        config.validate().map_err(|Invalid(setting, why)| {
+            ConfigError(format!("{}: {why}", origins.describe(&setting)))
+        })?;
         Ok(config)
     }
 
-    fn validate(&self) -> Result<(), ConfigError> {
-        let fail =
-            |setting: &str, why: String| Err(ConfigError(format!("{}: {why}", describe(setting))));
+    fn validate(&self) -> Result<(), Invalid> {
+        let fail = |setting: &str, why: String| Err(Invalid(setting.to_string(), why));
         for (setting, list) in [
             ("webhooks.tokens", &self.webhooks.tokens),
             ("webhooks.signing_secrets", &self.webhooks.signing_secrets),
@@ -469,9 +556,13 @@ impl Config {
             ("server.request_timeout", self.server.request_timeout),
             ("server.keepalive_timeout", self.server.keepalive_timeout),
             ("database.acquire_timeout", self.database.acquire_timeout),
+            ("database.connect_timeout", self.database.connect_timeout),
         ] {
-            if d.is_zero() {
-                return fail(setting, "must be longer than zero".into());
+            if d.is_zero() || d > MAX_RECONCILE_DURATION {
+                return fail(
+                    setting,
+                    "must be longer than zero and at most 10 years".into(),
+                );
             }
         }
         let reconcile = &self.reconcile;
@@ -529,9 +620,8 @@ impl Config {
         self.validate_changes()
     }
 
-    fn validate_changes(&self) -> Result<(), ConfigError> {
-        let fail =
-            |setting: &str, why: String| Err(ConfigError(format!("{}: {why}", describe(setting))));
+    fn validate_changes(&self) -> Result<(), Invalid> {
+        let fail = |setting: &str, why: String| Err(Invalid(setting.to_string(), why));
         for (setting, d) in [
             ("retention.deliveries", self.retention.deliveries),
             ("retention.changes", self.retention.changes),
@@ -619,6 +709,7 @@ impl Config {
 fn relay_from_env(
     table: &mut toml::Table,
     env: &HashMap<String, String>,
+    origins: &mut Origins,
 ) -> Result<(), ConfigError> {
     let mut vars: Vec<(&String, &String)> = env
         .iter()
@@ -647,16 +738,21 @@ fn relay_from_env(
         let existing = list
             .iter()
             .position(|t| t.get("name").and_then(toml::Value::as_str) == Some(name.as_str()));
-        let endpoint = match existing {
-            Some(i) => &mut list[i],
+        let index = match existing {
+            Some(i) => i,
             None => {
                 let mut t = toml::Table::new();
                 t.insert("name".into(), toml::Value::String(name.clone()));
                 list.push(toml::Value::Table(t));
-                let last = list.len() - 1;
-                &mut list[last]
+                origins.set(
+                    &format!("relay[{}]", list.len() - 1),
+                    Origin::Env(var.clone()),
+                );
+                list.len() - 1
             }
         };
+        origins.set(&format!("relay[{index}].{field}"), Origin::Env(var.clone()));
+        let endpoint = &mut list[index];
         let toml::Value::Table(endpoint) = endpoint else {
             return Err(ConfigError(format!("relay {name:?}: must be a table")));
         };
@@ -692,24 +788,120 @@ fn webhook_secret<'de, D: Deserializer<'de>>(d: D) -> Result<WebhookSecret, D::E
     WebhookSecret::parse(&s).map_err(|why| serde::de::Error::custom(format!("secret {why}")))
 }
 
-/// "webhooks.tokens (env PSYNC_WEBHOOK_TOKENS)", or just the setting when no variable maps
-/// to it; a list element's path (`reconcile.streams[1]`) is named as "entry 2" of it.
-fn describe(setting: &str) -> String {
-    let (base, entry) = match setting.split_once('[') {
-        Some((base, rest)) => (
-            base,
-            rest.trim_end_matches(']')
-                .parse::<usize>()
-                .ok()
-                .map(|i| format!(", entry {}", i + 1)),
-        ),
-        None => (setting, None),
-    };
-    let entry = entry.unwrap_or_default();
-    match ENV_OVERRIDES.iter().find(|(_, s)| *s == base) {
-        Some((var, _)) => format!("{base} (env {var}){entry}"),
-        None => format!("{base}{entry}"),
+/// A setting found wrong after the layers were merged, and why.
+struct Invalid(String, String);
+
+/// Where a setting's value came from (the defaults, when none is recorded).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Origin {
+    /// A `--config` file, and the line of its key when known.
+    File(PathBuf, Option<usize>),
+    Env(String),
+}
+
+/// The origin of each setting a file or the environment set, by dotted path
+/// (`server.listen`, `relay[0].url`).
+#[derive(Debug, Default)]
+struct Origins(HashMap<String, Origin>);
+
+impl Origins {
+    fn set(&mut self, setting: &str, origin: Origin) {
+        self.0.insert(setting.to_string(), origin);
     }
+
+    fn get(&self, setting: &str) -> Option<&Origin> {
+        self.0.get(setting)
+    }
+
+    /// "webhooks.tokens (env PSYNC_WEBHOOKS_TOKENS)", "server.listen (/etc/psync.toml,
+    /// line 3)", or just the setting when it is the default. A list element's path
+    /// (`reconcile.streams[1]`) is named as "entry 2" of the list.
+    fn describe(&self, setting: &str) -> String {
+        let (base, entry) = match setting.rsplit_once('[') {
+            Some((base, rest)) if rest.ends_with(']') && !base.is_empty() => (
+                base,
+                rest.trim_end_matches(']')
+                    .parse::<usize>()
+                    .ok()
+                    .map(|i| format!(", entry {}", i + 1)),
+            ),
+            _ => (setting, None),
+        };
+        // The nearest recorded origin: the setting's own, else its list's or table's.
+        let origin = [setting, base]
+            .into_iter()
+            .chain(ancestors(base))
+            .find_map(|s| self.get(s));
+        let entry = entry.unwrap_or_default();
+        match origin {
+            Some(Origin::Env(var)) => format!("{base} (env {var}){entry}"),
+            Some(Origin::File(path, Some(line))) => {
+                format!("{base} ({}, line {line}){entry}", path.display())
+            }
+            Some(Origin::File(path, None)) => format!("{base} ({}){entry}", path.display()),
+            None => format!("{base}{entry}"),
+        }
+    }
+}
+
+/// `relay[0].url` → `relay[0]`, `relay`.
+fn ancestors(setting: &str) -> impl Iterator<Item = &str> {
+    let mut rest = setting;
+    std::iter::from_fn(move || {
+        let cut = rest.rfind(['.', '['])?;
+        rest = &rest[..cut];
+        Some(rest)
+    })
+}
+
+/// The line (1-based) of each key a TOML text sets, by dotted path; `[[relay]]` entries
+/// as `relay[0].url`.
+fn key_lines(text: &str) -> HashMap<String, usize> {
+    fn walk(
+        table: &toml::de::DeTable<'_>,
+        prefix: &str,
+        text: &str,
+        out: &mut HashMap<String, usize>,
+    ) {
+        let line = |at: usize| text[..at.min(text.len())].matches('\n').count() + 1;
+        for (key, value) in table {
+            let path = format!("{prefix}{}", key.get_ref());
+            match value.get_ref() {
+                toml::de::DeValue::Table(t) => walk(t, &format!("{path}."), text, out),
+                toml::de::DeValue::Array(items) => {
+                    out.insert(path.clone(), line(key.span().start));
+                    for (i, item) in items.iter().enumerate() {
+                        if let toml::de::DeValue::Table(t) = item.get_ref() {
+                            walk(t, &format!("{path}[{i}]."), text, out);
+                        }
+                    }
+                }
+                _ => {
+                    out.insert(path, line(key.span().start));
+                }
+            }
+        }
+    }
+    let mut out = HashMap::new();
+    if let Ok(table) = toml::de::DeTable::parse(text) {
+        walk(table.get_ref(), "", text, &mut out);
+    }
+    out
+}
+
+/// Variables that look like settings (`PSYNC_...`) but set none: most likely a typo, so
+/// the service says so at start-up.
+fn unknown_variables(env: &HashMap<String, String>) -> Vec<String> {
+    let known = environment_variables();
+    let mut unknown: Vec<String> = env
+        .keys()
+        .filter(|var| var.starts_with(ENV_PREFIX) && !var.starts_with(RELAY_ENV_PREFIX))
+        .filter(|var| !OTHER_PSYNC_VARS.contains(&var.as_str()))
+        .filter(|var| !known.iter().any(|(k, _)| k == *var))
+        .map(|var| format!("{var} is not a setting; it is ignored"))
+        .collect();
+    unknown.sort();
+    unknown
 }
 
 /// Deep-merges `overlay` into `base`: tables merge key by key, everything else replaces.
@@ -724,21 +916,32 @@ fn merge(base: &mut toml::Table, overlay: toml::Table) {
     }
 }
 
-/// Writes an environment value into the table, typed like the default it replaces, so an
-/// ill-typed variable is reported with its own name.
+/// Writes an environment value into the table, typed like the default it replaces (not
+/// like a file's value, which may be the wrong one), so an ill-typed variable is reported
+/// with its own name.
 fn set_from_env(
     table: &mut toml::Table,
     setting: &str,
     var: &str,
     raw: &str,
 ) -> Result<(), ConfigError> {
-    let (section, field) = setting.split_once('.').unwrap_or(("", setting));
-    let section = table
-        .get_mut(section)
-        .and_then(|v| v.as_table_mut())
-        .ok_or_else(|| ConfigError(format!("{var}: no section for {setting}")))?;
+    let defaults: toml::Table = DEFAULT_TOML.parse().unwrap_or_default();
+    let (tables, field) = setting.rsplit_once('.').unwrap_or(("", setting));
+    let mut section = table;
+    let mut default = &defaults;
+    for name in tables.split('.').filter(|n| !n.is_empty()) {
+        let missing = || ConfigError(format!("{var}: no section for {setting}"));
+        section = section
+            .get_mut(name)
+            .and_then(|v| v.as_table_mut())
+            .ok_or_else(missing)?;
+        default = default
+            .get(name)
+            .and_then(|v| v.as_table())
+            .ok_or_else(missing)?;
+    }
     let bad = |expected: &str| ConfigError(format!("{var}: expected {expected}, got {raw:?}"));
-    let value = match section.get(field) {
+    let value = match default.get(field) {
         Some(toml::Value::Integer(_)) => {
             toml::Value::Integer(raw.trim().parse().map_err(|_| bad("a whole number"))?)
         }
@@ -996,6 +1199,163 @@ mod tests {
         std::fs::write(&path, "[database]\nmax_connections = 4\n").unwrap();
         let other = Config::load_with_env(Some(&path), &env(&[])).unwrap();
         assert!(other.database.data_dir_is_default);
+    }
+
+    /// The comment block above `key`'s line in `section` of the defaults' text (the lines
+    /// after the previous key's).
+    fn documentation(setting: &str) -> String {
+        let (section, key) = setting.rsplit_once('.').unwrap();
+        let header = format!("[{section}]");
+        let text = DEFAULT_TOML;
+        let start = text
+            .find(&format!("\n{header}\n"))
+            .unwrap_or_else(|| panic!("{header}"));
+        let lines: Vec<&str> = text[start..].lines().skip(2).collect();
+        let at = lines
+            .iter()
+            .position(|l| l.starts_with(&format!("{key} = ")))
+            .unwrap_or_else(|| panic!("no {key} under {header}"));
+        let mut block = Vec::new();
+        for line in lines[..at].iter().rev() {
+            if !line.starts_with('#') {
+                break;
+            }
+            block.push(*line);
+        }
+        block.reverse();
+        block.join("\n")
+    }
+
+    /// Every setting of `config/default.toml` (walked, so a new one cannot be missed) is
+    /// set by its variable, which its documentation names; so are the older names.
+    #[test]
+    fn every_setting_is_set_by_its_documented_variable() {
+        let settings = settings();
+        assert!(settings.len() >= 60, "{} settings", settings.len());
+        let marker = "psync-marker";
+        for (var, setting) in environment_variables() {
+            // The marker is invalid for almost every setting, so the error must name the
+            // variable; where text of any kind is accepted, it must show in the settings.
+            match Config::load_with_env(None, &env(&[(&var, marker)])) {
+                Err(e) => assert!(e.to_string().contains(&var), "{var}: {e}"),
+                Ok(c) => assert!(
+                    format!("{c:?}").contains(marker),
+                    "{var} did not set {setting}"
+                ),
+            }
+            let doc = documentation(&setting);
+            assert!(
+                doc.contains(&format!("Env: {}", env_var(&setting))),
+                "{setting}'s documentation does not name {}:\n{doc}",
+                env_var(&setting)
+            );
+            if var != env_var(&setting) {
+                assert!(
+                    doc.contains(&format!("or {var}.")),
+                    "{setting}: {var}\n{doc}"
+                );
+            }
+        }
+        // A valid value takes effect, at every depth.
+        let c = Config::load_with_env(
+            None,
+            &env(&[
+                ("PSYNC_PARTNERSTACK_PATHS_PARTNERSHIPS", "/partners"),
+                ("PSYNC_DATABASE_CONNECT_TIMEOUT", "5s"),
+                ("PSYNC_WEBHOOKS_QUEUE_CAPACITY", "7"),
+                ("PSYNC_RECONCILE_SCAN_SHARE", "0.25"),
+                ("PSYNC_SERVER_STATUS_PAGE", "false"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.partnerstack.paths.partnerships, "/partners");
+        assert_eq!(c.database.connect_timeout, Duration::from_secs(5));
+        assert_eq!(c.webhooks.queue_capacity, 7);
+        assert_eq!(c.reconcile.scan_share, 0.25);
+        assert!(!c.server.status_page);
+    }
+
+    #[test]
+    fn errors_name_the_source_that_was_wrong() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "[server]\nrequest_timeout = \"5s\"\nlisten = 5\n").unwrap();
+        let file = path.display().to_string();
+        let err = Config::load_with_env(Some(&path), &env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(&format!("server.listen ({file}, line 3)")),
+            "{err}"
+        );
+        assert!(
+            !err.contains("PSYNC_"),
+            "the file was wrong, not a variable: {err}"
+        );
+        // A variable set over the file is what is named when it is wrong.
+        let err = Config::load_with_env(Some(&path), &env(&[("PSYNC_SERVER_LISTEN", "nowhere")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("server.listen (env PSYNC_SERVER_LISTEN)"),
+            "{err}"
+        );
+        // A checked setting names its file line too.
+        std::fs::write(&path, "[partnerstack]\n\npage_size = 999\n").unwrap();
+        let err = Config::load_with_env(Some(&path), &env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(&format!("partnerstack.page_size ({file}, line 3)")),
+            "{err}"
+        );
+        // toml's own message stays on one line.
+        assert!(!err.contains('\n'), "{err}");
+        // The secret key alone is named as the one set.
+        let err = Config::load_with_env(None, &env(&[("PARTNERSTACK_SECRET_KEY", "sk_x")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("partnerstack.secret_key (env PARTNERSTACK_SECRET_KEY)"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn both_names_of_a_setting_must_agree() {
+        let both = |a: &str, b: &str| {
+            Config::load_with_env(
+                None,
+                &env(&[("PSYNC_LISTEN", a), ("PSYNC_SERVER_LISTEN", b)]),
+            )
+        };
+        let c = both("127.0.0.1:9001", "127.0.0.1:9001").unwrap();
+        assert_eq!(c.server.listen.port(), 9001);
+        let err = both("127.0.0.1:9001", "127.0.0.1:9002")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("PSYNC_SERVER_LISTEN") && err.contains("PSYNC_LISTEN"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn variables_that_set_nothing_are_warned_about() {
+        let c = Config::load_with_env(
+            None,
+            &env(&[
+                ("PSYNC_SERVR_LISTEN", "x"),
+                ("PSYNC_SERVER_LISTEN", "127.0.0.1:9000"),
+                ("PSYNC_DEMO_DATA_DIR", "/tmp/x"),
+                ("HOME", "/root"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(
+            c.warnings,
+            ["PSYNC_SERVR_LISTEN is not a setting; it is ignored"]
+        );
     }
 
     #[test]

@@ -23,7 +23,7 @@ use secrecy::SecretString;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Config;
+use crate::config::{self, Config};
 use crate::db::{Database, embedded};
 use crate::{app, server};
 
@@ -88,29 +88,33 @@ pub async fn run(
     claim(&data_dir)?;
 
     let mut env: HashMap<String, String> = std::env::vars().collect();
-    for var in [
-        "PSYNC_RECONCILE_INTERVAL",
-        "PARTNERSTACK_REQUESTS_PER_SECOND",
+    // The demo's pace, unless the environment sets it (by either name).
+    for (setting, default) in [
+        ("reconcile.interval", RECONCILE_INTERVAL),
+        ("partnerstack.requests_per_second", REQUESTS_PER_SECOND),
     ] {
-        if !env.contains_key(var) {
-            let default = match var {
-                "PSYNC_RECONCILE_INTERVAL" => RECONCILE_INTERVAL,
-                _ => REQUESTS_PER_SECOND,
-            };
-            env.insert(var.to_string(), default.to_string());
+        if !config::variables_of(setting)
+            .iter()
+            .any(|v| env.contains_key(v))
+        {
+            env.insert(config::env_var(setting), default.to_string());
         }
     }
-    env.remove("DATABASE_URL");
-    for (var, value) in [
-        ("PSYNC_DATA_DIR", data_dir.to_string_lossy().to_string()),
-        ("PSYNC_WEBHOOK_TOKENS", webhook_token.clone()),
-        ("PSYNC_WEBHOOK_SIGNING_SECRETS", String::new()),
-        ("PSYNC_API_TOKENS", api_token.clone()),
-        ("PARTNERSTACK_BASE_URL", format!("http://{stand_in}/api/v2")),
-        ("PARTNERSTACK_PUBLIC_KEY", public_key.clone()),
-        ("PARTNERSTACK_SECRET_KEY", secret_key.clone()),
+    // The demo's wiring, whatever the environment says (by either name).
+    for (setting, value) in [
+        ("database.url", String::new()),
+        ("database.data_dir", data_dir.to_string_lossy().to_string()),
+        ("webhooks.tokens", webhook_token.clone()),
+        ("webhooks.signing_secrets", String::new()),
+        ("api.tokens", api_token.clone()),
+        ("partnerstack.base_url", format!("http://{stand_in}/api/v2")),
+        ("partnerstack.public_key", public_key.clone()),
+        ("partnerstack.secret_key", secret_key.clone()),
     ] {
-        env.insert(var.to_string(), value);
+        for var in config::variables_of(setting) {
+            env.remove(&var);
+        }
+        env.insert(config::env_var(setting), value);
     }
     let mut config = Config::load_with_env(config_file, &env)?;
     // The demo's made-up data goes nowhere but its own database.
@@ -119,7 +123,7 @@ pub async fn run(
 
     let listener = server::bind(config.server.listen).map_err(|e| {
         anyhow::anyhow!(
-            "cannot listen on {} (PSYNC_LISTEN): {e}",
+            "cannot listen on {} (server.listen): {e}",
             config.server.listen
         )
     })?;

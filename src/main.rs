@@ -88,7 +88,13 @@ fn main() -> ExitCode {
     };
     #[cfg(not(feature = "sim"))]
     let default_filter = telemetry::DEFAULT_LOG_FILTER;
-    telemetry::init_logging(config.log.format, default_filter);
+    if let Err(e) = telemetry::init_logging(config.log.format, default_filter) {
+        eprintln!("partnerstack-sync: {e}");
+        return ExitCode::from(2);
+    }
+    for warning in &config.warnings {
+        tracing::warn!("{warning}");
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {
@@ -163,9 +169,13 @@ async fn with_database<T>(
     work: impl AsyncFnOnce(&db::Database, &sqlx::PgPool) -> anyhow::Result<T>,
 ) -> anyhow::Result<T> {
     let database = db::Database::open(&config.database).await?;
+    let patience = config.database.connect_timeout;
     let pool = db::pool(database.connect_options(), &config.database);
-    let result = match db::migrate(&pool, std::time::Duration::from_secs(30)).await {
-        Ok(()) => work(&database, &pool).await,
+    let result = match db::wait_for(&database.connect_options(), patience).await {
+        Ok(()) => match db::migrate(&pool, patience).await {
+            Ok(()) => work(&database, &pool).await,
+            Err(e) => Err(e),
+        },
         Err(e) => Err(e),
     };
     pool.close().await;

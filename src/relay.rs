@@ -39,7 +39,7 @@ use crate::config::{Config, RelayEndpoint};
 use crate::db::changes;
 use crate::db::relay;
 use crate::feed::Feed;
-use crate::telemetry::{AttemptLabels, EndpointLabel, Metrics};
+use crate::telemetry::{AttemptLabels, EndpointLabel, Metrics, RelayResult};
 
 /// The advisory lock class of relay endpoints ("psyr"); the key is the name's hash.
 const LOCK_CLASS: i32 = 0x7073_7972;
@@ -196,8 +196,8 @@ impl<'a> Sender<'a> {
                 .entities
                 .as_ref()
                 .map(|list| list.iter().map(|e| columns::table(*e)).collect()),
-            attempts_ok: attempts("delivered"),
-            attempts_failed: attempts("failed"),
+            attempts_ok: attempts(RelayResult::Delivered),
+            attempts_failed: attempts(RelayResult::Failed),
             lag: shared
                 .metrics
                 .relay_lag_seconds
@@ -386,10 +386,7 @@ struct Message<'a> {
 
 impl Message<'_> {
     fn of(item: ChangeItem) -> Result<Signed, String> {
-        let object: &str = match changes::entity_of_table(&item.entity) {
-            Some(entity) => entity.name(),
-            None => &item.entity,
-        };
+        let object = item.entity.0.name();
         let message = Message {
             kind: format!("{object}.{}", item.operation),
             timestamp: item.at,
@@ -457,7 +454,7 @@ mod tests {
         let item = ChangeItem {
             cursor: "c".into(),
             sequence: 42,
-            entity: "partners".into(),
+            entity: crate::columns::CollectionName(partnerstack::Entity::Partner),
             key: "part_1".into(),
             operation: changes::Operation::Created,
             source: crate::apply::Source::Webhook,

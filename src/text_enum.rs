@@ -19,7 +19,10 @@ macro_rules! text_enum {
     (
         $(#[$meta:meta])*
         pub enum $name:ident {
-            $( $(#[$vmeta:meta])* $variant:ident = $text:literal ),+ $(,)?
+            // `tt`, not `literal`: a `literal` fragment reaches derive macros wrapped in an
+            // invisible group, and utoipa then ignores `#[serde(rename = ...)]`, describing
+            // variant names instead of the words served.
+            $( $(#[$vmeta:meta])* $variant:ident = $text:tt ),+ $(,)?
         }
     ) => {
         $(#[$meta])*
@@ -114,4 +117,27 @@ macro_rules! text_enum {
             }
         }
     };
+}
+
+#[cfg(test)]
+#[allow(dead_code)] // The probe's other generated items are not needed here.
+mod tests {
+    crate::text_enum! {
+        /// A probe.
+        pub enum Probe {
+            First = "first_word",
+            Second = "second",
+        }
+    }
+
+    #[test]
+    fn the_openapi_enum_lists_the_served_words() {
+        let schema = serde_json::to_value(<Probe as utoipa::PartialSchema>::schema()).unwrap();
+        assert_eq!(schema["enum"], serde_json::json!(["first_word", "second"]));
+        assert_eq!(
+            serde_json::to_value(Probe::First).unwrap(),
+            serde_json::json!("first_word")
+        );
+        assert_eq!(<Probe as utoipa::ToSchema>::name(), "Probe");
+    }
 }

@@ -25,6 +25,7 @@ use super::collection::{self, Collection};
 use super::cursor::{self, Position};
 use super::params::{self, QueryParams};
 use crate::apply::Source;
+use crate::columns::CollectionName;
 use crate::db::changes::{self, Change, FeedPosition, Operation};
 use crate::error::ApiError;
 use crate::feed::Feed;
@@ -45,9 +46,8 @@ pub struct ChangeItem {
     /// The change's number: unique, and increasing across one object's changes. The
     /// feed's order across objects is the order of cursors, not of these numbers.
     pub sequence: i64,
-    /// The object's collection, as under `/v1`: partners, customers, transactions,
-    /// rewards, groups, deals or leads.
-    pub entity: String,
+    /// The object's collection, as under `/v1`.
+    pub entity: CollectionName,
     /// The object's key.
     pub key: String,
     pub operation: Operation,
@@ -75,11 +75,17 @@ pub fn item(change: Change) -> Result<ChangeItem, ApiError> {
             change.id, change.source
         ))
     })?;
+    let entity = CollectionName::parse(&change.entity).ok_or_else(|| {
+        ApiError::internal(format!(
+            "change {} has entity {:?}",
+            change.id, change.entity
+        ))
+    })?;
     let fields = change.fields();
     Ok(ChangeItem {
         cursor: feed_cursor(position),
         sequence: change.id,
-        entity: change.entity,
+        entity,
         key: change.key,
         operation: change.operation,
         source,
@@ -134,8 +140,8 @@ pub struct FeedParams {
     /// Changes per page, 1 to 1000. Default 100.
     #[param(value_type = Option<i64>, minimum = 1, maximum = 1000, default = 100)]
     pub limit: Option<String>,
-    /// Only changes of these collections, comma-separated: partners, customers,
-    /// transactions, rewards, groups, deals, leads.
+    /// Only changes of these collections, comma-separated (`customers,partners`).
+    #[param(value_type = Option<Vec<CollectionName>>, style = Form, explode = false)]
     pub entity: Option<String>,
     /// Seconds to wait for a change when none follows `after`, 0 to 30 (default 0): the
     /// answer comes as soon as one is visible, or empty when the time is up.
@@ -187,10 +193,10 @@ impl FeedRequest {
 }
 
 /// `partners,rewards` as entities; a 400 naming an unknown one.
-pub fn parse_entities(value: &str) -> Result<Vec<Entity>, ApiError> {
+fn parse_entities(value: &str) -> Result<Vec<Entity>, ApiError> {
     let mut list = Vec::new();
-    for name in value.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-        let entity = Entity::from_stream(name).ok_or_else(|| {
+    for name in value.split(',') {
+        let entity = CollectionName::parse(name).map(|c| c.0).ok_or_else(|| {
             ApiError::bad_request(format!(
                 "entity {name:?} is not a collection; use partners, customers, transactions, \
                  rewards, groups, deals or leads"
@@ -199,9 +205,6 @@ pub fn parse_entities(value: &str) -> Result<Vec<Entity>, ApiError> {
         if !list.contains(&entity) {
             list.push(entity);
         }
-    }
-    if list.is_empty() {
-        return Err(ApiError::bad_request("entity names no collection"));
     }
     Ok(list)
 }

@@ -17,7 +17,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::attribution::partner_ids;
 use super::cursor::{self, Position};
-use super::params::{self, Deleted, Include, Paging, QueryParams};
+use super::params::{self, Deleted, Include, IncludeParam, Paging, QueryParams};
 use crate::error::ApiError;
 
 /// The order a collection is listed in.
@@ -43,8 +43,8 @@ pub trait Collection {
     const BODY: &'static str = "t.raw AS raw";
     /// What is selected in its place otherwise (a typed NULL with the same alias).
     const NO_BODY: &'static str = "NULL::jsonb AS raw";
-    /// The `include` value that asks for the body.
-    const INCLUDE: &'static str = "raw";
+    /// The `include` value that asks for the body, and its description.
+    const INCLUDE: IncludeParam = params::INCLUDE_RAW;
     /// The time `updated_since` compares with.
     const UPDATED: &'static str = "COALESCE(t.updated_at, t.created_at)";
     /// Whether the table has `deleted_at` (and so `include_deleted`).
@@ -117,9 +117,21 @@ pub struct Item<T> {
     pub data: T,
 }
 
+/// The `include` parameter of `C`'s routes, for their OpenAPI description.
+pub struct IncludeBody<C>(std::marker::PhantomData<C>);
+
+impl<C: Collection> IntoParams for IncludeBody<C> {
+    fn into_params(
+        _: impl Fn() -> Option<utoipa::openapi::path::ParameterIn>,
+    ) -> Vec<utoipa::openapi::path::Parameter> {
+        vec![C::INCLUDE.parameter()]
+    }
+}
+
 /// Every query parameter name a collection's list route accepts.
 pub fn accepted<C: Collection>() -> Vec<String> {
     let mut names = params::names::<Paging>();
+    names.push(IncludeParam::NAME.to_string());
     if C::SOFT_DELETE {
         names.extend(params::names::<Deleted>());
     }
@@ -191,6 +203,7 @@ impl<C: Collection> ListRequest<C> {
     fn parse(query: Option<&str>) -> Result<Self, ApiError> {
         let query = QueryParams::parse(query, &accepted::<C>())?;
         let paging: Paging = query.read()?;
+        let include: Include = query.read()?;
         let deleted: Deleted = query.read()?;
         let filters: C::Filters = query.read()?;
         let request = ListRequest {
@@ -201,7 +214,7 @@ impl<C: Collection> ListRequest<C> {
                 .map(|c| cursor::decode(C::NAME, c))
                 .transpose()?,
             updated_since: params::timestamp("updated_since", paging.updated_since.as_deref())?,
-            with_body: params::include(paging.include.as_deref(), C::INCLUDE)?,
+            with_body: params::include(include.include.as_deref(), C::INCLUDE.word)?,
             include_deleted: C::SOFT_DELETE
                 && params::boolean("include_deleted", deleted.include_deleted.as_deref())?
                     .unwrap_or(false),
@@ -303,9 +316,10 @@ pub async fn get<C: Collection>(
     key: &str,
     query: Option<&str>,
 ) -> Result<Item<C::Item>, ApiError> {
-    let query = QueryParams::parse(query, &params::names::<Include>())?;
+    let query = QueryParams::parse(query, &[IncludeParam::NAME.to_string()])?;
     let include: Include = query.read()?;
-    let with_body = params::include(include.include.as_deref(), C::INCLUDE)? || C::ITEM_HAS_BODY;
+    let with_body =
+        params::include(include.include.as_deref(), C::INCLUDE.word)? || C::ITEM_HAS_BODY;
     let not_found = || ApiError::not_found(format!("no {} {key:?}", C::NOUN));
     if key.is_empty() || key.contains('\0') {
         return Err(not_found());

@@ -37,8 +37,9 @@ use utoipa_axum::routes;
 
 use crate::error::{ApiError, ErrorBody};
 use crate::state::AppState;
+use collection::IncludeBody;
 use collection::{Item, List};
-use params::{Deleted, Include, Paging};
+use params::{Deleted, Paging};
 use resources::{
     Customer, CustomerFilters, Customers, Deal, DealFilters, Deals, Event, EventFilters, Events,
     Group, Groups, Lead, LeadFilters, Leads, NoFilters, Partner, PartnerFilters, Partners, Reward,
@@ -106,6 +107,13 @@ pub enum CommonErrors {
     Unavailable(ErrorBody),
 }
 
+/// The state of a request the service took on and will carry out: always `accepted`.
+#[derive(Debug, Clone, Copy, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Acceptance {
+    Accepted,
+}
+
 /// Absent objects.
 #[derive(IntoResponses)]
 #[allow(dead_code)] // Exists for its OpenAPI description only.
@@ -126,7 +134,7 @@ macro_rules! collection_routes {
         #[utoipa::path(
             get, path = $path, tag = $tag,
             summary = $list_summary, description = $list_doc,
-            params($($param),*),
+            params(Paging, IncludeBody<$collection>, $($param),*),
             responses(
                 (status = 200, description = "A page, newest first", body = List<$item>),
                 CommonErrors,
@@ -145,7 +153,7 @@ macro_rules! collection_routes {
         #[utoipa::path(
             get, path = $item_path, tag = $tag,
             summary = $get_summary, description = $get_doc,
-            params(($key_name = $key_ty, Path, description = $key_doc), Include),
+            params(($key_name = $key_ty, Path, description = $key_doc), IncludeBody<$collection>),
             responses(
                 (status = 200, description = "The object", body = Item<$item>),
                 NotFound,
@@ -167,7 +175,7 @@ macro_rules! collection_routes {
 
 collection_routes! {
     Partners, item: Partner, tag: "partners",
-    list: list_partners, "/v1/partners", params(Paging, Deleted, PartnerFilters),
+    list: list_partners, "/v1/partners", params(Deleted, PartnerFilters),
         "List partners",
         "Partners (PartnerStack's partnerships), newest first.";
     get: get_partner, "/v1/partners/{key}", "key": String, "The partnership key (`part_...`) or the `partner_key`",
@@ -178,7 +186,7 @@ collection_routes! {
 
 collection_routes! {
     Customers, item: Customer, tag: "customers",
-    list: list_customers, "/v1/customers", params(Paging, Deleted, CustomerFilters),
+    list: list_customers, "/v1/customers", params(Deleted, CustomerFilters),
         "List customers",
         "Customers referred by partners, newest first.";
     get: get_customer, "/v1/customers/{key}", "key": String, "PartnerStack's customer key or your `customer_key`",
@@ -190,7 +198,7 @@ collection_routes! {
 
 collection_routes! {
     Transactions, item: Transaction, tag: "transactions",
-    list: list_transactions, "/v1/transactions", params(Paging, Deleted, TransactionFilters),
+    list: list_transactions, "/v1/transactions", params(Deleted, TransactionFilters),
         "List transactions",
         "Transactions, newest first. `partner_key` on each is the partner credited: the \
          transaction's own, else its customer's.";
@@ -201,7 +209,7 @@ collection_routes! {
 
 collection_routes! {
     Rewards, item: Reward, tag: "rewards",
-    list: list_rewards, "/v1/rewards", params(Paging, Deleted, RewardFilters),
+    list: list_rewards, "/v1/rewards", params(Deleted, RewardFilters),
         "List rewards",
         "Rewards (commissions), newest first.";
     get: get_reward, "/v1/rewards/{key}", "key": String, "The reward key",
@@ -211,7 +219,7 @@ collection_routes! {
 
 collection_routes! {
     Groups, item: Group, tag: "groups",
-    list: list_groups, "/v1/groups", params(Paging, Deleted, NoFilters),
+    list: list_groups, "/v1/groups", params(Deleted, NoFilters),
         "List groups",
         "Partner groups, newest first.";
     get: get_group, "/v1/groups/{key}", "key": String, "The group key",
@@ -221,7 +229,7 @@ collection_routes! {
 
 collection_routes! {
     Deals, item: Deal, tag: "deals",
-    list: list_deals, "/v1/deals", params(Paging, Deleted, DealFilters),
+    list: list_deals, "/v1/deals", params(Deleted, DealFilters),
         "List deals",
         "Deals registered by partners, newest first.";
     get: get_deal, "/v1/deals/{key}", "key": String, "The deal key",
@@ -231,7 +239,7 @@ collection_routes! {
 
 collection_routes! {
     Leads, item: Lead, tag: "leads",
-    list: list_leads, "/v1/leads", params(Paging, Deleted, LeadFilters),
+    list: list_leads, "/v1/leads", params(Deleted, LeadFilters),
         "List leads",
         "Leads submitted by partners, newest first.";
     get: get_lead, "/v1/leads/{key}", "key": String, "The lead key",
@@ -241,7 +249,7 @@ collection_routes! {
 
 collection_routes! {
     Events, item: Event, tag: "events",
-    list: list_events, "/v1/events", params(Paging, EventFilters),
+    list: list_events, "/v1/events", params(EventFilters),
         "List webhook deliveries",
         "The raw webhook log, newest first (highest id first): every delivery stored, with \
          its outcome. Bodies only with `include=payload`.";

@@ -4,7 +4,9 @@
 //! them in the OpenAPI description and decides which names a route accepts. Every value
 //! arrives as text and is checked here, so a bad value gets a message naming the
 //! parameter instead of a generic deserialisation error. Unknown and repeated parameters
-//! are refused, so a typo (`?grup_key=`) never silently widens a query.
+//! are refused, so a typo (`?grup_key=`) never silently widens a query. Every value must
+//! be 1 to [`MAX_VALUE_CHARS`] characters without NUL; the OpenAPI description says so of
+//! every text parameter (`routes::openapi`).
 
 use std::collections::BTreeMap;
 
@@ -16,19 +18,24 @@ use utoipa::IntoParams;
 use utoipa::openapi::path::ParameterIn;
 
 use crate::error::ApiError;
-use partnerstack::wire;
 
 /// Items per page when `limit` is absent.
 pub const DEFAULT_LIMIT: i64 = 25;
 /// Largest page, as in PartnerStack's own API.
 pub const MAX_LIMIT: i64 = 250;
+/// Longest query parameter value, in characters.
+pub const MAX_VALUE_CHARS: usize = 1024;
+/// A value without NUL, as a JSON Schema (ECMA 262) pattern.
+pub const NO_NUL_PATTERN: &str = "^[^\\x00]*$";
 
 /// A route's query string, split into checked `name=value` pairs.
 #[derive(Debug, Default)]
 pub struct QueryParams(BTreeMap<String, String>);
 
 impl QueryParams {
-    /// Parses `raw` and refuses names outside `accepted`, repeated names and empty values.
+    /// Parses `raw` and refuses names outside `accepted`, repeated names, and values that
+    /// are empty, longer than [`MAX_VALUE_CHARS`] or carry NUL (which Postgres text cannot
+    /// hold).
     pub fn parse(raw: Option<&str>, accepted: &[String]) -> Result<QueryParams, ApiError> {
         let pairs: Vec<(String, String)> = serde_urlencoded::from_str(raw.unwrap_or(""))
             .map_err(|e| ApiError::bad_request(format!("the query string does not parse: {e}")))?;
@@ -56,6 +63,12 @@ impl QueryParams {
             if value.is_empty() {
                 return Err(ApiError::bad_request(format!(
                     "query parameter {name} is empty; leave it out instead"
+                )));
+            }
+            if value.contains('\0') || value.chars().count() > MAX_VALUE_CHARS {
+                return Err(ApiError::bad_request(format!(
+                    "query parameter {name} is not a valid value (at most {MAX_VALUE_CHARS} \
+                     characters, no NUL)"
                 )));
             }
             if map.insert(name.clone(), value).is_some() {
@@ -100,10 +113,8 @@ pub struct Paging {
     /// Only objects updated at or after this time: RFC 3339 (`2024-05-01T00:00:00Z`) or
     /// epoch milliseconds (`1714521600000`). An object without `updated_at` counts as
     /// updated at its `created_at`; an event, when it was applied (else received).
+    #[param(schema_with = time_schema)]
     pub updated_since: Option<String>,
-    /// `raw` adds each object's PartnerStack body as last applied (`raw`); on `/v1/events`,
-    /// `payload` adds each delivery's body.
-    pub include: Option<String>,
 }
 
 /// Soft-deletion, for collections of PartnerStack objects.
@@ -116,13 +127,94 @@ pub struct Deleted {
     pub include_deleted: Option<String>,
 }
 
-/// The parameter of single-object routes.
-#[derive(Debug, Default, Deserialize, IntoParams)]
-#[into_params(parameter_in = Query)]
+/// `include`, as read: checked against the collection's one word by [`include`].
+#[derive(Debug, Default, Deserialize)]
 pub struct Include {
-    /// `raw` adds the object's PartnerStack body as last applied (`raw`). Webhook
-    /// deliveries always carry their `payload`.
     pub include: Option<String>,
+}
+
+/// The `include` parameter of a collection whose items can carry a body: described as a
+/// named enum of that one word (e.g. `IncludeRaw`: `raw`), so the description and the
+/// check ([`include`]) cannot differ.
+pub struct IncludeParam {
+    pub word: &'static str,
+    /// The enum's schema name.
+    pub schema: &'static str,
+    pub description: &'static str,
+}
+
+/// The entity collections' `include`.
+pub const INCLUDE_RAW: IncludeParam = IncludeParam {
+    word: "raw",
+    schema: "IncludeRaw",
+    description: "`raw` adds the PartnerStack body as last applied (`raw`).",
+};
+/// `/v1/events`' `include`.
+pub const INCLUDE_PAYLOAD: IncludeParam = IncludeParam {
+    word: "payload",
+    schema: "IncludePayload",
+    description: "`payload` adds each delivery's body (`/v1/events/{id}` always has it).",
+};
+/// `/v1/writes`' `include`.
+pub const INCLUDE_RESULT: IncludeParam = IncludeParam {
+    word: "result",
+    schema: "IncludeResult",
+    description: "`result` adds PartnerStack's answer (`result`) to each write in a list.",
+};
+/// Every `include` there is.
+pub const INCLUDES: [IncludeParam; 3] = [INCLUDE_RAW, INCLUDE_PAYLOAD, INCLUDE_RESULT];
+
+impl IncludeParam {
+    pub const NAME: &'static str = "include";
+
+    /// The OpenAPI parameter, referring to [`IncludeParam::component`].
+    pub fn parameter(&self) -> utoipa::openapi::path::Parameter {
+        use utoipa::openapi::path::ParameterBuilder;
+        use utoipa::openapi::{Ref, Required};
+        ParameterBuilder::new()
+            .name(Self::NAME)
+            .parameter_in(ParameterIn::Query)
+            .required(Required::False)
+            .description(Some(self.description))
+            .schema(Some(Ref::from_schema_name(self.schema)))
+            .build()
+    }
+
+    /// The named enum schema of the word.
+    pub fn component(
+        &self,
+    ) -> (
+        String,
+        utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>,
+    ) {
+        use utoipa::openapi::schema::{ObjectBuilder, Type};
+        let schema = ObjectBuilder::new()
+            .schema_type(Type::String)
+            .description(Some(format!(
+                "What `include` can add here: `{}`.",
+                self.word
+            )))
+            .enum_values(Some([self.word]))
+            .into();
+        (self.schema.to_string(), schema)
+    }
+}
+
+/// An enumerated parameter: exactly one of a fixed set of words (`parse` finds the value
+/// for a word; `words` lists them for the message).
+pub fn word<T>(
+    name: &str,
+    value: Option<&str>,
+    parse: impl Fn(&str) -> Option<T>,
+    words: &str,
+) -> Result<Option<T>, ApiError> {
+    value
+        .map(|v| {
+            parse(v).ok_or_else(|| {
+                ApiError::bad_request(format!("{name} must be one of {words}, got {v:?}"))
+            })
+        })
+        .transpose()
 }
 
 /// Longest `wait` a request may ask for, in seconds: a long-poll of the change feed, or a
@@ -175,20 +267,53 @@ pub fn boolean(name: &str, value: Option<&str>) -> Result<Option<bool>, ApiError
     }
 }
 
-/// A time parameter: RFC 3339 or epoch milliseconds (a number below 10^11 is read as
-/// seconds, as PartnerStack's own timestamps are).
+/// Epoch numbers below this are seconds, above it milliseconds (as PartnerStack's own
+/// timestamps are read).
+const SECONDS_BELOW: i64 = 100_000_000_000;
+
+/// A time parameter: RFC 3339, or epoch seconds or milliseconds (see [`time_schema`]).
 pub fn timestamp(name: &str, value: Option<&str>) -> Result<Option<DateTime<Utc>>, ApiError> {
     let Some(value) = value else {
         return Ok(None);
     };
-    wire::parse_timestamp(&Value::String(value.to_string()))
-        .map_err(|e| {
-            ApiError::bad_request(format!(
-                "{name} must be RFC 3339 or epoch milliseconds: {e}"
-            ))
-        })?
-        .map(Some)
-        .ok_or_else(|| ApiError::bad_request(format!("{name} is empty")))
+    let parsed = if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
+        value.parse::<i64>().ok().and_then(|n| {
+            if n < SECONDS_BELOW {
+                DateTime::from_timestamp(n, 0)
+            } else {
+                DateTime::from_timestamp_millis(n)
+            }
+        })
+    } else {
+        DateTime::parse_from_rfc3339(value)
+            .ok()
+            .map(|t| t.with_timezone(&Utc))
+    };
+    parsed.map(Some).ok_or_else(|| {
+        ApiError::bad_request(format!(
+            "{name} must be RFC 3339 (2024-05-01T00:00:00Z) or epoch seconds or milliseconds, \
+             got {value:?}"
+        ))
+    })
+}
+
+/// The OpenAPI schema of a time parameter: an RFC 3339 date-time, or epoch seconds (below
+/// 10^11) or milliseconds, as digits.
+pub fn time_schema() -> utoipa::openapi::schema::Schema {
+    use utoipa::openapi::schema::{AnyOfBuilder, KnownFormat, ObjectBuilder, SchemaFormat, Type};
+    AnyOfBuilder::new()
+        .item(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .format(Some(SchemaFormat::KnownFormat(KnownFormat::DateTime))),
+        )
+        .item(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .pattern(Some("^[0-9]{1,15}$")),
+        )
+        .build()
+        .into()
 }
 
 /// Checks `include` against what a route offers; true when `what` was asked for.
@@ -209,17 +334,10 @@ pub fn include(value: Option<&str>, what: &str) -> Result<bool, ApiError> {
     Ok(asked)
 }
 
-/// A text filter, trimmed; an empty or NUL-carrying value is a 400 (Postgres text cannot
-/// hold NUL, and it would otherwise be a database error).
-pub fn text<'a>(name: &str, value: Option<&'a str>) -> Result<Option<&'a str>, ApiError> {
-    match value.map(str::trim) {
-        None => Ok(None),
-        Some("") => Err(ApiError::bad_request(format!("{name} is empty"))),
-        Some(v) if v.contains('\0') || v.len() > 1024 => Err(ApiError::bad_request(format!(
-            "{name} is not a valid value"
-        ))),
-        Some(v) => Ok(Some(v)),
-    }
+/// A text filter, trimmed (a value of spaces only matches nothing). [`QueryParams::parse`]
+/// has refused empty, overlong and NUL-carrying values.
+pub fn text(value: Option<&str>) -> Option<&str> {
+    value.map(str::trim)
 }
 
 #[cfg(test)]
@@ -240,7 +358,6 @@ mod tests {
                 "limit",
                 "starting_after",
                 "updated_since",
-                "include",
                 "include_deleted"
             ]
         );
@@ -253,8 +370,20 @@ mod tests {
         assert_eq!(err.status(), 400);
         let err = QueryParams::parse(Some("limit=5&limit=6"), &accepted()).unwrap_err();
         assert_eq!(err.status(), 400);
-        let err = QueryParams::parse(Some("limit="), &accepted()).unwrap_err();
-        assert_eq!(err.status(), 400);
+        for bad in ["limit=", "limit=a%00b"] {
+            let err = QueryParams::parse(Some(bad), &accepted()).unwrap_err();
+            assert_eq!(err.status(), 400, "{bad}");
+        }
+        let long = format!("starting_after={}", "é".repeat(MAX_VALUE_CHARS + 1));
+        assert_eq!(
+            QueryParams::parse(Some(&long), &accepted())
+                .unwrap_err()
+                .status(),
+            400
+        );
+        // The limit counts characters, not bytes.
+        let at_limit = format!("starting_after={}", "é".repeat(MAX_VALUE_CHARS));
+        assert!(QueryParams::parse(Some(&at_limit), &accepted()).is_ok());
         let q = QueryParams::parse(Some("limit=5&starting_after=a%2Bb"), &accepted()).unwrap();
         let paging: Paging = q.read().unwrap();
         assert_eq!(paging.limit.as_deref(), Some("5"));
@@ -276,8 +405,12 @@ mod tests {
             .unwrap();
         assert_eq!(ms, rfc);
         assert!(timestamp("t", Some("yesterday")).is_err());
+        assert!(timestamp("t", Some(" 1714521600000")).is_err());
+        assert_eq!(timestamp("t", Some("1714521600")).unwrap().unwrap(), rfc);
+        // A filter from before 1970 is a filter all the same.
+        assert!(timestamp("t", Some("1900-01-01T00:00:00+01:00")).is_ok());
         assert!(include(Some("raw"), "raw").unwrap());
         assert!(include(Some("payload"), "raw").is_err());
-        assert!(text("email", Some("a\0b")).is_err());
+        assert_eq!(text(Some(" a@b.co ")), Some("a@b.co"));
     }
 }

@@ -12,7 +12,7 @@ use super::changes::{feed_cursor, feed_position};
 use super::collection::Item;
 use super::params::{QueryParams, names};
 use super::{CommonErrors, KeyPath, NotFound};
-use crate::columns;
+use crate::columns::{self, CollectionName};
 use crate::db::relay::{self, EndpointState};
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -33,7 +33,7 @@ pub struct EndpointStatus {
     /// The endpoint's URL without query string or credentials.
     pub url: String,
     /// The collections relayed; null for all.
-    pub entities: Option<Vec<String>>,
+    pub entities: Option<Vec<CollectionName>>,
     /// False until a replica has started relaying to it (it then starts at the feed's
     /// head: changes from then on).
     pub started: bool,
@@ -108,7 +108,10 @@ pub async fn load(state: &AppState) -> Result<RelayStatus, ApiError> {
         endpoints.push(EndpointStatus {
             name: endpoint.name.clone(),
             url: endpoint.public_url(),
-            entities: tables.map(|t| t.into_iter().map(String::from).collect()),
+            entities: endpoint
+                .entities
+                .as_ref()
+                .map(|list| list.iter().copied().map(CollectionName).collect()),
             started: row.is_some(),
             position: shown.map(feed_cursor),
             delivered: row.map_or(0, |r| r.delivered),
@@ -137,9 +140,8 @@ pub struct ReplayParams {
 /// The answer to a replay request.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ReplayRequested {
-    /// Always "accepted": the relaying replica moves the endpoint's position before its
-    /// next read.
-    pub status: &'static str,
+    /// The relaying replica moves the endpoint's position before its next read.
+    pub status: super::Acceptance,
     pub name: String,
     /// The cursor the endpoint resumes after (null: the oldest change kept).
     pub after: Option<String>,
@@ -192,7 +194,7 @@ pub async fn replay(
     Ok((
         StatusCode::ACCEPTED,
         Json(ReplayRequested {
-            status: "accepted",
+            status: super::Acceptance::Accepted,
             name,
             after: after.map(feed_cursor),
         }),

@@ -17,7 +17,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::collection::{Collection, Order};
 use super::cursor::Position;
-use super::params::{boolean, text};
+use super::params::{IncludeParam, boolean, text, word};
 use crate::columns;
 pub use crate::columns::{Customer, Deal, Group, Lead, Partner, Record, Reward, Transaction};
 use crate::db::events::{AppliedFrom, Outcome};
@@ -118,13 +118,13 @@ impl Collection for Partners {
     entity_columns!(Entity::Partner);
 
     fn filter(f: &PartnerFilters, q: &mut QueryBuilder<Postgres>) -> Result<(), ApiError> {
-        if let Some(v) = text("group_key", f.group_key.as_deref())? {
+        if let Some(v) = text(f.group_key.as_deref()) {
             eq(q, "t.group_key", v);
         }
-        if let Some(v) = text("status", f.status.as_deref())? {
+        if let Some(v) = text(f.status.as_deref()) {
             eq_lower(q, "t.status", v);
         }
-        if let Some(v) = text("email", f.email.as_deref())? {
+        if let Some(v) = text(f.email.as_deref()) {
             eq_lower(q, "t.email", v);
         }
         Ok(())
@@ -169,14 +169,14 @@ impl Collection for Customers {
     entity_columns!(Entity::Customer);
 
     fn partner(f: &CustomerFilters) -> Result<Option<&str>, ApiError> {
-        text("partner_key", f.partner_key.as_deref())
+        Ok(text(f.partner_key.as_deref()))
     }
 
     fn filter(f: &CustomerFilters, q: &mut QueryBuilder<Postgres>) -> Result<(), ApiError> {
-        if let Some(v) = text("email", f.email.as_deref())? {
+        if let Some(v) = text(f.email.as_deref()) {
             eq_lower(q, "t.email", v);
         }
-        if let Some(v) = text("customer_key", f.customer_key.as_deref())? {
+        if let Some(v) = text(f.customer_key.as_deref()) {
             eq(q, "t.customer_key", v);
         }
         Ok(())
@@ -233,11 +233,11 @@ impl Collection for Transactions {
     );
 
     fn partner(f: &TransactionFilters) -> Result<Option<&str>, ApiError> {
-        text("partner_key", f.partner_key.as_deref())
+        Ok(text(f.partner_key.as_deref()))
     }
 
     fn filter(f: &TransactionFilters, q: &mut QueryBuilder<Postgres>) -> Result<(), ApiError> {
-        if let Some(v) = text("customer_key", f.customer_key.as_deref())? {
+        if let Some(v) = text(f.customer_key.as_deref()) {
             q.push(" AND (t.customer_key = ")
                 .push_bind(v.to_string())
                 .push(" OR t.customer_external_key = ")
@@ -252,10 +252,10 @@ impl Collection for Transactions {
                 " AND t.approved IS NOT TRUE"
             });
         }
-        if let Some(v) = text("status", f.status.as_deref())? {
+        if let Some(v) = text(f.status.as_deref()) {
             eq(q, "t.status", &v.to_ascii_lowercase());
         }
-        if let Some(v) = text("currency", f.currency.as_deref())? {
+        if let Some(v) = text(f.currency.as_deref()) {
             eq(q, "t.currency", &v.to_ascii_uppercase());
         }
         Ok(())
@@ -299,18 +299,18 @@ impl Collection for Rewards {
     );
 
     fn partner(f: &RewardFilters) -> Result<Option<&str>, ApiError> {
-        text("partner_key", f.partner_key.as_deref())
+        Ok(text(f.partner_key.as_deref()))
     }
 
     fn filter(f: &RewardFilters, q: &mut QueryBuilder<Postgres>) -> Result<(), ApiError> {
-        if let Some(v) = text("customer_key", f.customer_key.as_deref())? {
+        if let Some(v) = text(f.customer_key.as_deref()) {
             q.push(" AND (t.customer_key = ")
                 .push_bind(v.to_string())
                 .push(" OR t.customer_external_key = ")
                 .push_bind(v.to_string())
                 .push(")");
         }
-        if let Some(v) = text("status", f.status.as_deref())? {
+        if let Some(v) = text(f.status.as_deref()) {
             eq(q, "t.reward_status", &v.to_ascii_lowercase());
         }
         Ok(())
@@ -368,11 +368,11 @@ impl Collection for Deals {
     entity_columns!(Entity::Deal);
 
     fn partner(f: &DealFilters) -> Result<Option<&str>, ApiError> {
-        text("partner_key", f.partner_key.as_deref())
+        Ok(text(f.partner_key.as_deref()))
     }
 
     fn filter(f: &DealFilters, q: &mut QueryBuilder<Postgres>) -> Result<(), ApiError> {
-        if let Some(v) = text("group_key", f.group_key.as_deref())? {
+        if let Some(v) = text(f.group_key.as_deref()) {
             eq(q, "t.group_key", v);
         }
         Ok(())
@@ -412,14 +412,14 @@ impl Collection for Leads {
     entity_columns!(Entity::Lead);
 
     fn partner(f: &LeadFilters) -> Result<Option<&str>, ApiError> {
-        text("partner_key", f.partner_key.as_deref())
+        Ok(text(f.partner_key.as_deref()))
     }
 
     fn filter(f: &LeadFilters, q: &mut QueryBuilder<Postgres>) -> Result<(), ApiError> {
-        if let Some(v) = text("group_key", f.group_key.as_deref())? {
+        if let Some(v) = text(f.group_key.as_deref()) {
             eq(q, "t.group_key", v);
         }
-        if let Some(v) = text("status", f.status.as_deref())? {
+        if let Some(v) = text(f.status.as_deref()) {
             eq_lower(q, "t.status", v);
         }
         Ok(())
@@ -454,7 +454,8 @@ pub struct Event {
     pub reason: Option<String>,
     pub received_at: DateTime<Utc>,
     pub applied_at: Option<DateTime<Utc>>,
-    /// The table the delivery was applied to (e.g. `customers`).
+    /// The collection the delivery was applied to.
+    #[schema(value_type = Option<crate::columns::CollectionName>)]
     pub entity: Option<String>,
     /// The key of the object it carried.
     pub entity_key: Option<String>,
@@ -477,8 +478,8 @@ pub struct EventFilters {
     #[serde(rename = "type")]
     #[param(rename = "type")]
     pub event_type: Option<String>,
-    /// Only events with this outcome: pending, applied, stale, unknown_type, error,
-    /// unresolved or unconfirmed.
+    /// Only events with this outcome.
+    #[param(value_type = Option<Outcome>)]
     pub outcome: Option<String>,
     /// Only events that carried the object with this key.
     pub entity_key: Option<String>,
@@ -493,7 +494,7 @@ impl Collection for Events {
     const FROM: &'static str = "webhook_events t";
     const BODY: &'static str = "t.body AS body";
     const NO_BODY: &'static str = "NULL::text AS body";
-    const INCLUDE: &'static str = "payload";
+    const INCLUDE: IncludeParam = super::params::INCLUDE_PAYLOAD;
     const UPDATED: &'static str = "COALESCE(t.applied_at, t.received_at)";
     const SOFT_DELETE: bool = false;
     const ORDER: Order = Order::Id;
@@ -507,19 +508,18 @@ impl Collection for Events {
     }
 
     fn filter(f: &EventFilters, q: &mut QueryBuilder<Postgres>) -> Result<(), ApiError> {
-        if let Some(v) = text("type", f.event_type.as_deref())? {
+        if let Some(v) = text(f.event_type.as_deref()) {
             eq(q, "t.event_type", &normalise_event(v));
         }
-        if let Some(v) = text("outcome", f.outcome.as_deref())? {
-            let outcome = Outcome::parse(&v.to_ascii_lowercase()).ok_or_else(|| {
-                ApiError::bad_request(format!(
-                    "outcome must be one of {}, got {v:?}",
-                    Outcome::words()
-                ))
-            })?;
+        if let Some(outcome) = word(
+            "outcome",
+            f.outcome.as_deref(),
+            Outcome::parse,
+            &Outcome::words(),
+        )? {
             q.push(" AND t.outcome = ").push_bind(outcome);
         }
-        if let Some(v) = text("entity_key", f.entity_key.as_deref())? {
+        if let Some(v) = text(f.entity_key.as_deref()) {
             eq(q, "t.entity_key", v);
         }
         Ok(())

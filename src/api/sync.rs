@@ -33,11 +33,36 @@ pub struct SyncStatus {
     pub streams: Vec<StreamStatus>,
 }
 
+/// A reconcile stream's name (`partnerships`, `customers`, ...): served as that word,
+/// described in OpenAPI as the enum `Stream`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamName(pub Entity);
+
+impl Serialize for StreamName {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.0.stream())
+    }
+}
+
+impl utoipa::PartialSchema for StreamName {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        crate::columns::word_enum(
+            "A reconcile stream: PartnerStack's list of one kind of object.",
+            Entity::ALL.into_iter().map(Entity::stream),
+        )
+    }
+}
+
+impl ToSchema for StreamName {
+    fn name() -> std::borrow::Cow<'static, str> {
+        "Stream".into()
+    }
+}
+
 /// One stream's schedule, progress and results.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct StreamStatus {
-    /// partnerships, customers, transactions, rewards, groups, deals or leads.
-    pub stream: String,
+    pub stream: StreamName,
     /// Whether this replica's configuration reconciles it.
     pub enabled: bool,
     /// `webhooks`: PartnerStack sends webhooks for it and passes repair what they miss;
@@ -58,9 +83,9 @@ pub struct StreamStatus {
     /// When the last completed full scan began.
     pub last_full_at: Option<DateTime<Utc>>,
     /// The pass under way (or paused, to be resumed from its checkpoint).
-    pub in_progress: Option<PassStatus>,
+    pub in_progress: Option<PassFigures>,
     /// The last pass that ended.
-    pub last: Option<PassStatus>,
+    pub last: Option<PassFigures>,
     /// Rows repaired since the first completed pass: objects whose state no webhook had
     /// delivered (the measured webhook loss).
     pub total_repairs: i64,
@@ -76,7 +101,7 @@ pub struct StreamStatus {
 
 /// A pass's figures.
 #[derive(Debug, Serialize, ToSchema)]
-pub struct PassStatus {
+pub struct PassFigures {
     pub kind: Option<PassKind>,
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
@@ -87,8 +112,8 @@ pub struct PassStatus {
     pub counts: PassCounts,
 }
 
-fn status(state: StreamState, enabled: bool, freshness: Option<Freshness>) -> StreamStatus {
-    let in_progress = state.pass_id.map(|_| PassStatus {
+fn status(state: StreamState, entity: Entity, enabled: bool, freshness: Freshness) -> StreamStatus {
+    let in_progress = state.pass_id.map(|_| PassFigures {
         kind: state.pass_kind,
         started_at: state.pass_started_at,
         finished_at: None,
@@ -96,7 +121,7 @@ fn status(state: StreamState, enabled: bool, freshness: Option<Freshness>) -> St
         error: None,
         counts: state.pass,
     });
-    let last = state.last_finished_at.map(|finished| PassStatus {
+    let last = state.last_finished_at.map(|finished| PassFigures {
         kind: state.last_kind,
         started_at: state.last_started_at,
         finished_at: Some(finished),
@@ -106,12 +131,12 @@ fn status(state: StreamState, enabled: bool, freshness: Option<Freshness>) -> St
     });
     let seconds = |d: Duration| d.as_secs();
     StreamStatus {
-        stream: state.stream,
+        stream: StreamName(entity),
         enabled,
-        coverage: freshness.map_or(Coverage::Poll, |f| f.coverage),
-        staleness_seconds: freshness.and_then(|f| f.staleness).map(seconds),
-        staleness_bound_seconds: freshness.and_then(|f| f.bound).map(seconds),
-        achievable_staleness_seconds: freshness.map_or(0, |f| seconds(f.achievable)),
+        coverage: freshness.coverage,
+        staleness_seconds: freshness.staleness.map(seconds),
+        staleness_bound_seconds: freshness.bound.map(seconds),
+        achievable_staleness_seconds: seconds(freshness.achievable),
         watermark: state.watermark,
         last_full_at: state.last_full_at,
         in_progress,
@@ -153,13 +178,14 @@ pub async fn load(state: &AppState) -> Result<SyncStatus, ApiError> {
     let rows = sync::load_all(&state.pool).await?;
     let now = Utc::now();
     let rps = state.config.partnerstack.requests_per_second;
+    // A row of a stream this version does not know (left by another) is not shown.
     let streams = rows
         .into_iter()
-        .map(|row| {
-            let entity = Entity::from_stream(&row.stream);
-            let enabled = entity.is_some_and(|e| enabled_streams.contains(&e));
-            let freshness = entity.map(|e| freshness(&row, e, &state.config.reconcile, rps, now));
-            status(row, enabled, freshness)
+        .filter_map(|row| {
+            let entity = Entity::from_stream(&row.stream)?;
+            let enabled = enabled_streams.contains(&entity);
+            let freshness = freshness(&row, entity, &state.config.reconcile, rps, now);
+            Some(status(row, entity, enabled, freshness))
         })
         .collect();
     Ok(SyncStatus {
@@ -173,9 +199,9 @@ pub async fn load(state: &AppState) -> Result<SyncStatus, ApiError> {
 /// The answer to `POST /v1/sync/{stream}`.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct SyncRequested {
-    /// Always "accepted": the leader starts the pass within seconds.
-    pub status: &'static str,
-    pub stream: String,
+    /// The leader starts the pass within seconds.
+    pub status: super::Acceptance,
+    pub stream: StreamName,
     /// A full scan was asked for.
     pub full: bool,
 }
@@ -196,7 +222,7 @@ pub struct SyncParams {
         stream as soon as it can, usually within seconds. With `full=true` the pass scans \
         everything and marks vanished objects deleted.",
     params(
-        ("stream" = String, Path, description = "partnerships, customers, transactions, rewards, groups, deals or leads"),
+        ("stream" = StreamName, Path, description = "The stream to reconcile"),
         SyncParams,
     ),
     responses(
@@ -235,8 +261,8 @@ pub async fn request_sync(
     Ok((
         StatusCode::ACCEPTED,
         Json(SyncRequested {
-            status: "accepted",
-            stream: entity.stream().to_string(),
+            status: super::Acceptance::Accepted,
+            stream: StreamName(entity),
             full,
         }),
     ))

@@ -23,7 +23,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::collection::{self, Collection, Item, Order};
 use super::cursor::Position;
-use super::params::{self, QueryParams, text};
+use super::params::{self, IncludeParam, QueryParams, text, word};
 use crate::db::writes::{self, Accepted, Resolution, WriteKind, WriteStatus};
 use crate::error::{ApiError, ErrorCode};
 use crate::state::AppState;
@@ -87,9 +87,11 @@ pub struct Write {
 #[derive(Debug, Default, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct WriteFilters {
-    /// `pending`, `succeeded` or `failed`.
+    /// Only writes in this state.
+    #[param(value_type = Option<WriteStatus>)]
     pub status: Option<String>,
-    /// `create_customer`, `update_customer`, `create_transaction` or `delete_transaction`.
+    /// Only writes of this kind.
+    #[param(value_type = Option<WriteKind>)]
     pub kind: Option<String>,
     /// Writes about the object with this key (your `customer_key`, or a transaction key).
     pub key: Option<String>,
@@ -104,7 +106,7 @@ impl Collection for Writes {
     const FROM: &'static str = "writes t";
     const BODY: &'static str = "t.result AS result";
     const NO_BODY: &'static str = "NULL::jsonb AS result";
-    const INCLUDE: &'static str = "result";
+    const INCLUDE: IncludeParam = params::INCLUDE_RESULT;
     const UPDATED: &'static str = "t.updated_at";
     const SOFT_DELETE: bool = false;
     const ORDER: Order = Order::Id;
@@ -120,25 +122,23 @@ impl Collection for Writes {
     }
 
     fn filter(f: &WriteFilters, q: &mut QueryBuilder<Postgres>) -> Result<(), ApiError> {
-        if let Some(v) = text("status", f.status.as_deref())? {
-            let status = WriteStatus::parse(v).ok_or_else(|| {
-                ApiError::bad_request(format!(
-                    "status must be one of {}, got {v:?}",
-                    WriteStatus::words()
-                ))
-            })?;
+        if let Some(status) = word(
+            "status",
+            f.status.as_deref(),
+            WriteStatus::parse,
+            &WriteStatus::words(),
+        )? {
             q.push(" AND t.status = ").push_bind(status);
         }
-        if let Some(v) = text("kind", f.kind.as_deref())? {
-            let kind = WriteKind::parse(v).ok_or_else(|| {
-                ApiError::bad_request(format!(
-                    "kind must be one of {}, got {v:?}",
-                    WriteKind::words()
-                ))
-            })?;
+        if let Some(kind) = word(
+            "kind",
+            f.kind.as_deref(),
+            WriteKind::parse,
+            &WriteKind::words(),
+        )? {
             q.push(" AND t.kind = ").push_bind(kind);
         }
-        if let Some(v) = text("key", f.key.as_deref())? {
+        if let Some(v) = text(f.key.as_deref()) {
             q.push(" AND t.object_key = ").push_bind(v.to_string());
         }
         Ok(())
@@ -171,6 +171,7 @@ impl Collection for Writes {
 pub struct WaitParams {
     /// Seconds (0 to 30) to wait for the outcome before answering: `200` once finished,
     /// else `202` with the pending record.
+    #[param(value_type = Option<i64>, minimum = 0, maximum = 30, default = 0)]
     pub wait: Option<String>,
 }
 
@@ -309,7 +310,7 @@ pub enum WriteAnswers {
         outbox. A repeat (same `Idempotency-Key`, else same `customer_key`) returns the same \
         write; a customer PartnerStack already has counts as success (`existed: true`). \
         On success `GET /v1/customers/{customer_key}` finds it at once.",
-    params(WaitParams, ("Idempotency-Key" = Option<String>, Header, description = "Makes repeats of this request one write (kept 30 days)")),
+    params(WaitParams, ("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, pattern = "^[!-~]+$", description = "Makes repeats of this request one write (kept 30 days)")),
     request_body = crate::writes::CreateCustomer,
     responses(WriteAnswers, super::CommonErrors),
     security(("bearer" = [])),
@@ -333,9 +334,9 @@ pub async fn create_customer(
         (a new key), `email`, `name`, `provider_key`, `meta`. `partner_key` cannot change. \
         Each update is its own write unless an `Idempotency-Key` is sent.",
     params(
-        ("key" = String, Path, description = "Your customer_key"),
+        ("key" = String, Path, min_length = 1, max_length = 255, pattern = "^[^\\x00-\\x1F\\x7F-\\x9F]*[^\\s\\x00-\\x1F\\x7F-\\x9F][^\\x00-\\x1F\\x7F-\\x9F]*$", description = "Your customer_key"),
         WaitParams,
-        ("Idempotency-Key" = Option<String>, Header, description = "Makes repeats of this request one write"),
+        ("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, pattern = "^[!-~]+$", description = "Makes repeats of this request one write"),
     ),
     request_body = crate::writes::UpdateCustomer,
     responses(WriteAnswers, super::CommonErrors),
@@ -363,7 +364,7 @@ pub async fn update_customer(
         `customer_external_key`), `customer_email` or `customer` (PartnerStack's key). \
         Without a `key`, one is derived from the request (or from the `Idempotency-Key`), \
         so a repeat is the same transaction; send your own key to record two equal ones.",
-    params(WaitParams, ("Idempotency-Key" = Option<String>, Header, description = "Makes repeats of this request one write")),
+    params(WaitParams, ("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, pattern = "^[!-~]+$", description = "Makes repeats of this request one write")),
     request_body = crate::writes::CreateTransaction,
     responses(WriteAnswers, super::CommonErrors),
     security(("bearer" = [])),
@@ -385,9 +386,9 @@ pub async fn create_transaction(
     summary = "Delete a transaction at PartnerStack",
     description = "`DELETE /transactions/{key}` at PartnerStack. A repeat is the same write.",
     params(
-        ("key" = String, Path, description = "The transaction key"),
+        ("key" = String, Path, min_length = 1, max_length = 255, pattern = "^[^\\x00-\\x1F\\x7F-\\x9F]*[^\\s\\x00-\\x1F\\x7F-\\x9F][^\\x00-\\x1F\\x7F-\\x9F]*$", description = "The transaction key"),
         WaitParams,
-        ("Idempotency-Key" = Option<String>, Header, description = "Makes repeats of this request one write"),
+        ("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, pattern = "^[!-~]+$", description = "Makes repeats of this request one write"),
     ),
     responses(WriteAnswers, super::CommonErrors),
     security(("bearer" = [])),
@@ -410,7 +411,7 @@ pub async fn delete_transaction(
     summary = "List writes",
     description = "The outbox, newest first (highest id first). PartnerStack's answers \
         only with `include=result`.",
-    params(params::Paging, WriteFilters),
+    params(params::Paging, collection::IncludeBody<Writes>, WriteFilters),
     responses(
         (status = 200, description = "A page, newest first", body = collection::List<Write>),
         super::CommonErrors,
@@ -431,7 +432,7 @@ pub async fn list_writes(
     get, path = "/v1/writes/{id}", tag = "writes",
     summary = "Get a write",
     description = "One write with its outcome and PartnerStack's answer.",
-    params(("id" = i64, Path, description = "The write's id")),
+    params(("id" = i64, Path, description = "The write's id"), collection::IncludeBody<Writes>),
     responses(
         (status = 200, description = "The write", body = Item<Write>),
         super::NotFound,

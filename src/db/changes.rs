@@ -389,13 +389,10 @@ async fn latest_states(
     .await?;
     Ok(rows
         .into_iter()
-        .filter_map(|(entity, key, state)| Some(((entity_of_table(&entity)?, key), state)))
+        .filter_map(|(entity, key, state)| {
+            Some(((columns::CollectionName::parse(&entity)?.0, key), state))
+        })
         .collect())
-}
-
-/// The entity whose table (and `/v1` collection) is `name`.
-pub fn entity_of_table(name: &str) -> Option<Entity> {
-    Entity::ALL.into_iter().find(|e| columns::table(*e) == name)
 }
 
 /// One change as stored.

@@ -16,6 +16,7 @@ use std::time::Duration;
 use anyhow::Context;
 use secrecy::ExposeSecret;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::{Connection, PgConnection};
 
 use crate::config::DatabaseConfig;
 use embedded::EmbeddedPostgres;
@@ -212,6 +213,50 @@ fn stale_session(age: Duration) -> bool {
     let refused = SESSION_REFUSED_AT.load(Ordering::Relaxed);
     let opened = clock_ms().saturating_sub(u64::try_from(age.as_millis()).unwrap_or(u64::MAX));
     refused > 0 && opened <= refused
+}
+
+/// Waits until the database accepts a connection, at most `timeout` (the setting
+/// `database.connect_timeout`): an unreachable or starting database is tried again every
+/// second; one that refuses the connection for good (wrong password, no such database)
+/// fails at once. The error names the database, the setting and the last reason.
+pub async fn wait_for(options: &PgConnectOptions, timeout: Duration) -> anyhow::Result<()> {
+    let started = tokio::time::Instant::now();
+    let deadline = started + timeout;
+    let mut warned = false;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let attempt = tokio::time::timeout(left, PgConnection::connect_with(options)).await;
+        let reason = match attempt {
+            Ok(Ok(conn)) => {
+                let _ = conn.close().await;
+                return Ok(());
+            }
+            Ok(Err(e)) if classify(&e) == Failure::Data => {
+                return Err(e).with_context(|| {
+                    format!("connecting to the database at {}", describe(options))
+                });
+            }
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => "no answer".to_string(),
+        };
+        if tokio::time::Instant::now() >= deadline {
+            anyhow::bail!(
+                "the database at {} did not answer within {} (database.connect_timeout): {reason}",
+                describe(options),
+                humantime::format_duration(timeout)
+            );
+        }
+        if !warned {
+            warned = true;
+            tracing::warn!(
+                database = %describe(options),
+                error = %reason,
+                wait_s = timeout.as_secs(),
+                "the database does not answer yet; waiting for it"
+            );
+        }
+        tokio::time::sleep(Duration::from_secs(1).min(left)).await;
+    }
 }
 
 /// Applies pending migrations, waiting up to `patience` for the database to answer.

@@ -39,7 +39,7 @@ use crate::burst::Burst;
 use crate::columns;
 use crate::db::events::{self, AppliedFrom, Outcome, OutcomeRecord, PendingEvent};
 use crate::db::is_transient_error;
-use crate::telemetry::{ApplyLabel, Metrics, OutcomeLabel};
+use crate::telemetry::{ApplyLabel, ApplyResult, Metrics, OutcomeLabel};
 
 /// Deliveries applied per transaction.
 const BATCH: i64 = 256;
@@ -231,7 +231,9 @@ impl Applier {
                 tx.rollback().await?;
                 self.metrics
                     .apply_transactions
-                    .get_or_create(&ApplyLabel { result: "refused" })
+                    .get_or_create(&ApplyLabel {
+                        result: ApplyResult::Refused,
+                    })
                     .inc();
                 return Ok(Rejected::Yes);
             }
@@ -250,7 +252,7 @@ impl Applier {
         self.metrics
             .apply_transactions
             .get_or_create(&ApplyLabel {
-                result: "committed",
+                result: ApplyResult::Committed,
             })
             .inc();
         for o in &outcomes {

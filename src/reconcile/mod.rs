@@ -127,9 +127,11 @@ impl Reconciler {
                 Ok(Some(mut conn)) => {
                     failures = 0;
                     self.leader.store(true, Ordering::Relaxed);
+                    self.metrics.reconcile_leader.set(1);
                     tracing::info!(runner = %self.runner, "this replica is now the reconciler");
                     let result = self.lead(&mut conn, interval, &stop).await;
                     self.leader.store(false, Ordering::Relaxed);
+                    self.metrics.reconcile_leader.set(0);
                     let _ = conn.close().await;
                     match result {
                         Ok(()) => break,

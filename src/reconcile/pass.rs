@@ -561,6 +561,8 @@ impl Pass {
                 );
             }
         }
+        ctx.metrics
+            .pass_completed(stream, self.counts.requests as u64, warning.is_none());
         let mut counts = self.counts;
         counts.changed += deleted;
         counts.repairs += extra_repairs;

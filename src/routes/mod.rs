@@ -2,8 +2,9 @@
 //! shared layers (request ids, access logs, the request timeout, per-route metrics).
 //!
 //! [`router`] is what `serve` serves and what handler tests call `oneshot` on;
-//! [`openapi`] describes exactly the routes it serves.
+//! [`openapi::openapi`] describes exactly the routes it serves.
 
+pub mod openapi;
 pub mod ops;
 pub mod status;
 pub mod webhook;
@@ -14,23 +15,20 @@ use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
-use tower_http::trace::{DefaultOnResponse, TraceLayer};
-use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
-use utoipa::openapi::tag::Tag;
-use utoipa::openapi::{Info, OpenApi};
+use tower_http::trace::TraceLayer;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::api;
 use crate::error::{ApiError, ErrorCode};
 use crate::state::AppState;
-use crate::telemetry::{DeliveryResult, RouteLabels};
+use crate::telemetry::DeliveryResult;
 
 /// The HTTP surface. Routes see the matched route template, never the raw path, in logs
 /// and metrics, so the webhook URL token is never written anywhere.
 ///
 /// Every route is registered through an [`OpenApiRouter`] together with its OpenAPI
-/// description, so `/openapi.json` ([`openapi`]) lists exactly the routes served.
+/// description, so `/openapi.json` ([`openapi::openapi`]) lists exactly the routes served.
 pub fn router(state: AppState) -> Router {
     // With an admin address, the operations routes it serves are not served here.
     let admin_elsewhere = state.config.server.admin_listen.is_some();
@@ -72,7 +70,15 @@ fn layered(routes: Router<AppState>, state: AppState) -> Router {
                     tracing::info_span!("request", method = %req.method(), route, request_id)
                 })
                 .on_request(())
-                .on_response(DefaultOnResponse::new().level(tracing::Level::INFO))
+                .on_response(
+                    |response: &Response, latency: std::time::Duration, _: &tracing::Span| {
+                        tracing::info!(
+                            latency_ms = latency.as_secs_f64() * 1000.0,
+                            http.status = response.status().as_u16(),
+                            "finished processing request"
+                        );
+                    },
+                )
                 // No line per failed answer: a 500's cause is logged where it arises
                 // (ApiError::internal), and an outage's 503s once per burst; a line per
                 // request would flood the log exactly when it is read.
@@ -87,6 +93,8 @@ fn layered(routes: Router<AppState>, state: AppState) -> Router {
 /// answers per route. Dropping a handler's future here is safe: no handler writes to the
 /// database inside its own future.
 async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let started = std::time::Instant::now();
+    let method = req.method().clone();
     let route = req
         .extensions()
         .get::<MatchedPath>()
@@ -110,19 +118,17 @@ async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Res
             ApiError::unavailable("the request timed out; retry later").into_response()
         }
     };
-    state
-        .metrics
-        .http_requests
-        .get_or_create(&RouteLabels {
-            route,
-            status: response.status().as_u16(),
-        })
-        .inc();
+    state.metrics.http_answer(
+        method.as_str(),
+        &route,
+        response.status().as_u16(),
+        started.elapsed(),
+    );
     response
 }
 
 /// The routes without bearer auth: operations, the OpenAPI description, webhook ingest.
-fn open_routes(with_admin: bool) -> OpenApiRouter<AppState> {
+pub(crate) fn open_routes(with_admin: bool) -> OpenApiRouter<AppState> {
     let routes = OpenApiRouter::new()
         .routes(routes!(ops::healthz))
         .routes(routes!(ops::readyz))
@@ -143,58 +149,6 @@ fn admin_routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(ops::metrics))
         .routes(routes!(status::status_page))
-}
-
-/// The OpenAPI 3.1 description of every route [`router`] serves.
-pub fn openapi() -> OpenApi {
-    let mut doc = open_routes(true).merge(api::routes()).into_openapi();
-    doc.info = Info::new("partnerstack-sync", env!("CARGO_PKG_VERSION"));
-    doc.info.description = Some(
-        "A copy of a PartnerStack partner program, kept by webhooks and reconciliation. \
-         `/v1` reads it in PartnerStack's list dialect (`limit` 1..250, default 25; \
-         `starting_after` with the previous page's `ending_cursor`) and needs \
-         `Authorization: Bearer <token>`. Errors are `{\"status\", \"code\", \"message\"}`. \
-         Money is integer cents with its currency; times are RFC 3339."
-            .to_string(),
-    );
-    doc.components.get_or_insert_default().add_security_scheme(
-        api::BEARER,
-        SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
-    );
-    let tag = |name: &str, description: &str| {
-        let mut tag = Tag::new(name);
-        tag.description = Some(description.to_string());
-        tag
-    };
-    doc.tags = Some(vec![
-        tag(
-            "partners",
-            "Partners (partnerships) and their commission summary",
-        ),
-        tag("customers", "Customers referred by partners"),
-        tag("transactions", "Billing events of referred customers"),
-        tag("rewards", "Commissions earned by partners"),
-        tag("groups", "Partner groups"),
-        tag("deals", "Deals registered by partners"),
-        tag("leads", "Leads submitted by partners"),
-        tag("events", "The raw webhook log"),
-        tag(
-            "writes",
-            "Writes to PartnerStack (customers, transactions) through the outbox: committed, then sent once",
-        ),
-        tag("sync", "The reconciler: status and passes on demand"),
-        tag(
-            "changes",
-            "The change feed: every change to the copy, in order (long-poll)",
-        ),
-        tag("relay", "Endpoints the change feed is pushed to, signed"),
-        tag("webhooks", "PartnerStack's webhook deliveries"),
-        tag(
-            "operations",
-            "Health, readiness, metrics and this description",
-        ),
-    ]);
-    doc
 }
 
 async fn not_found() -> ApiError {

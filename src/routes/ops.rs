@@ -51,20 +51,29 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
     }
 }
 
+/// Longest a scrape waits for the database's figures (and at most half the request
+/// timeout); past it, the previous ones are served: a scrape must answer while the
+/// database is slow or away.
+const REFRESH_WAIT: Duration = Duration::from_secs(2);
+/// Pending deliveries are counted up to this many (an index range read).
+const BACKLOG_CAP: i64 = 10_000_000;
+
 /// Prometheus metrics.
 #[utoipa::path(
     get, path = "/metrics", tag = "operations",
     responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain")),
 )]
 pub async fn metrics(State(state): State<AppState>) -> Response {
-    state
-        .metrics
-        .ingest_queue_depth
-        .set(state.writer.queued() as i64);
-    state
-        .metrics
-        .ingest_queue_bytes
-        .set(state.writer.queued_bytes() as i64);
+    let m = &state.metrics;
+    m.ingest_queue_depth.set(state.writer.queued() as i64);
+    m.ingest_queue_bytes.set(state.writer.queued_bytes() as i64);
+    m.set_pool(state.pool.size(), state.pool.num_idle());
+    let wait = REFRESH_WAIT.min(state.config.server.request_timeout / 2);
+    match tokio::time::timeout(wait, refresh(&state)).await {
+        // A database error was logged where it arose (once per burst).
+        Ok(_) => {}
+        Err(_) => tracing::debug!("metrics: the database did not answer in time"),
+    }
     (
         [(
             header::CONTENT_TYPE,
@@ -73,6 +82,45 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         state.metrics.render(),
     )
         .into_response()
+}
+
+/// The figures only the database knows: the deliveries' backlog, and each reconciled
+/// stream's staleness.
+async fn refresh(state: &AppState) -> Result<(), crate::error::ApiError> {
+    let pending =
+        db::events::count_outcome(&state.pool, db::events::Outcome::Pending, BACKLOG_CAP).await?;
+    let oldest = db::events::oldest_pending(&state.pool).await?;
+    let lag = oldest.map_or(Duration::ZERO, |at| {
+        (chrono::Utc::now() - at).to_std().unwrap_or_default()
+    });
+    state.metrics.set_backlog(pending, lag);
+    let Some(reconciler) = &state.reconciler else {
+        return Ok(());
+    };
+    // Passes start up to a tenth of the interval late (jitter).
+    let jitter = reconciler.config().interval.unwrap_or_default() / 10;
+    for stream in crate::api::sync::load(state).await?.streams {
+        if !stream.enabled {
+            continue;
+        }
+        let seconds = |s: u64| Duration::from_secs(s);
+        let bound = stream.staleness_bound_seconds.map_or(
+            seconds(stream.achievable_staleness_seconds) + jitter,
+            seconds,
+        );
+        let last_success = stream
+            .last
+            .as_ref()
+            .filter(|p| p.status == Some(db::sync::PassStatus::Ok))
+            .and_then(|p| p.finished_at);
+        state.metrics.set_stream(
+            stream.stream.0.stream(),
+            stream.staleness_seconds.map(seconds),
+            bound,
+            last_success,
+        );
+    }
+    Ok(())
 }
 
 /// This description.
@@ -84,7 +132,7 @@ pub async fn openapi_json() -> Response {
     static DOC: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     let doc = DOC.get_or_init(|| {
         // Serialising plain data to a string does not fail; an empty object would be a bug.
-        super::openapi()
+        super::openapi::openapi()
             .to_pretty_json()
             .unwrap_or_else(|_| "{}".to_string())
     });

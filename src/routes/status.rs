@@ -262,7 +262,7 @@ fn streams(snapshot: &Snapshot, html: &mut Html) {
         html.text(name);
         html.raw("\">");
         html.cell("stream", name);
-        match snapshot.sync.streams.iter().find(|s| s.stream == name) {
+        match snapshot.sync.streams.iter().find(|s| s.stream.0 == entity) {
             Some(stream) => stream_cells(stream, now, html),
             None => {
                 html.raw("<td class=\"text\" colspan=\"10\" data-field=\"note\">");
@@ -845,7 +845,7 @@ fn truncate(text: &str, chars: usize) -> String {
 mod tests {
     use super::*;
     use crate::api::relay::EndpointStatus;
-    use crate::api::sync::PassStatus;
+    use crate::api::sync::{PassFigures, StreamName};
     use crate::db::sync::{PassCounts, PassKind};
     use crate::reconcile::Coverage;
 
@@ -905,7 +905,7 @@ mod tests {
     fn stream(name: &str) -> StreamStatus {
         let at: DateTime<Utc> = "2026-01-01T12:00:00Z".parse().unwrap();
         StreamStatus {
-            stream: name.to_string(),
+            stream: StreamName(Entity::from_stream(name).unwrap()),
             enabled: true,
             coverage: Coverage::Webhooks,
             staleness_seconds: Some(125),
@@ -914,7 +914,7 @@ mod tests {
             watermark: Some(at),
             last_full_at: Some(at),
             in_progress: None,
-            last: Some(PassStatus {
+            last: Some(PassFigures {
                 kind: Some(PassKind::Incremental),
                 started_at: Some(at),
                 finished_at: Some(at + chrono::Duration::seconds(3)),

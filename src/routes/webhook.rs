@@ -25,8 +25,7 @@ use crate::telemetry::DeliveryResult;
 /// The answer to an accepted delivery.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Accepted {
-    /// Always "accepted".
-    pub status: &'static str,
+    pub status: crate::api::Acceptance,
     /// The stored delivery's id (`GET /v1/events/{id}`).
     pub id: i64,
     /// True when a byte-identical delivery was already stored.
@@ -40,7 +39,7 @@ pub struct Accepted {
         (flat with `event`, or `{\"event\"|\"type\": ..., \"data\": {...}}`) and both event \
         naming styles are accepted; unknown event types are stored too.",
     params(("token" = String, Path, description = "One of the configured webhook tokens")),
-    request_body(content = serde_json::Value, content_type = "application/json", description = "A JSON object"),
+    request_body(content = Object, content_type = "application/json", description = "A JSON object"),
     responses(
         (status = 200, description = "Stored (or a byte-identical repeat of a stored delivery)", body = Accepted),
         (status = 400, description = "The body is not a JSON object", body = ErrorBody),
@@ -154,7 +153,7 @@ async fn accept(
         ApiError::unavailable(format!("the delivery was not stored ({e}); retry later"))
     })?;
     Ok(Accepted {
-        status: "accepted",
+        status: crate::api::Acceptance::Accepted,
         id: stored.id,
         duplicate: stored.duplicate,
     })

@@ -14,7 +14,6 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use partnerstack::client::{CustomerUpdate, NewCustomer, NewTransaction, TransactionCustomer};
-use partnerstack::wire;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -30,6 +29,15 @@ const MAX_TEXT: usize = 255;
 const MAX_METADATA: usize = 20;
 /// Longest `Idempotency-Key`.
 const MAX_IDEMPOTENCY_KEY: usize = 255;
+/// Latest `created_at` accepted as epoch milliseconds (the end of year 9999).
+const MAX_EPOCH_MS: i64 = 253_402_300_799_999;
+
+// The request types' OpenAPI description says what the checks below accept: text fields
+// are 1 to 255 characters (`name` 100), not blank, without control characters (the
+// `pattern`s); emails 4 to 255 characters with an `@`, no space or control character;
+// currencies three letters; `created_at` an RFC 3339 time or epoch milliseconds; `meta`
+// and `metadata` without NUL anywhere ([`Meta`]); and [`body_rules`] what no one field
+// can say.
 
 /// What the API and the worker share: the worker is woken when a write is accepted, and
 /// waiters when one finishes.
@@ -47,18 +55,44 @@ pub struct Outbox {
 pub struct CreateCustomer {
     /// Your key for the customer (PartnerStack's `customer_key`); the write's default
     /// idempotency key.
+    #[schema(
+        min_length = 1,
+        max_length = 255,
+        pattern = "^[^\\x00-\\x1F\\x7F-\\x9F]*[^\\s\\x00-\\x1F\\x7F-\\x9F][^\\x00-\\x1F\\x7F-\\x9F]*$"
+    )]
     pub customer_key: String,
-    /// 4 to 255 characters.
+    #[schema(
+        min_length = 4,
+        max_length = 255,
+        pattern = "^[^\\s\\x00-\\x1F\\x7F-\\x9F]*@[^\\s\\x00-\\x1F\\x7F-\\x9F]*$"
+    )]
     pub email: String,
     /// The referring partner's `partner_key`.
+    #[schema(
+        min_length = 1,
+        max_length = 255,
+        pattern = "^[^\\x00-\\x1F\\x7F-\\x9F]*[^\\s\\x00-\\x1F\\x7F-\\x9F][^\\x00-\\x1F\\x7F-\\x9F]*$"
+    )]
     pub partner_key: String,
-    /// At most 100 characters.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(
+        nullable = false,
+        min_length = 1,
+        max_length = 100,
+        pattern = "^[^\\x00-\\x1F\\x7F-\\x9F]*[^\\s\\x00-\\x1F\\x7F-\\x9F][^\\x00-\\x1F\\x7F-\\x9F]*$"
+    )]
     pub name: Option<String>,
     /// E.g. the customer's id at your payment provider.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(
+        nullable = false,
+        min_length = 1,
+        max_length = 255,
+        pattern = "^[^\\x00-\\x1F\\x7F-\\x9F]*[^\\s\\x00-\\x1F\\x7F-\\x9F][^\\x00-\\x1F\\x7F-\\x9F]*$"
+    )]
     pub provider_key: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false, value_type = Option<Meta>)]
     pub meta: Option<Map<String, Value>>,
 }
 
@@ -68,14 +102,39 @@ pub struct CreateCustomer {
 pub struct UpdateCustomer {
     /// A new key for the customer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(
+        nullable = false,
+        min_length = 1,
+        max_length = 255,
+        pattern = "^[^\\x00-\\x1F\\x7F-\\x9F]*[^\\s\\x00-\\x1F\\x7F-\\x9F][^\\x00-\\x1F\\x7F-\\x9F]*$"
+    )]
     pub customer_key: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(
+        nullable = false,
+        min_length = 4,
+        max_length = 255,
+        pattern = "^[^\\s\\x00-\\x1F\\x7F-\\x9F]*@[^\\s\\x00-\\x1F\\x7F-\\x9F]*$"
+    )]
     pub email: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(
+        nullable = false,
+        min_length = 1,
+        max_length = 100,
+        pattern = "^[^\\x00-\\x1F\\x7F-\\x9F]*[^\\s\\x00-\\x1F\\x7F-\\x9F][^\\x00-\\x1F\\x7F-\\x9F]*$"
+    )]
     pub name: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(
+        nullable = false,
+        min_length = 1,
+        max_length = 255,
+        pattern = "^[^\\x00-\\x1F\\x7F-\\x9F]*[^\\s\\x00-\\x1F\\x7F-\\x9F][^\\x00-\\x1F\\x7F-\\x9F]*$"
+    )]
     pub provider_key: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false, value_type = Option<Meta>)]
     pub meta: Option<Map<String, Value>>,
     /// Not updatable: present only to say so.
     #[serde(default, skip_serializing)]
@@ -91,29 +150,68 @@ pub struct CreateTransaction {
     /// Your key for the transaction (4 to 255 characters); without one, a key is derived
     /// from the request (or from the `Idempotency-Key`) and stated in the answer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(
+        nullable = false,
+        min_length = 4,
+        max_length = 255,
+        pattern = "^[^\\x00-\\x1F\\x7F-\\x9F]*[^\\s\\x00-\\x1F\\x7F-\\x9F][^\\x00-\\x1F\\x7F-\\x9F]*$"
+    )]
     pub key: Option<String>,
     /// Your key for the customer (sent to PartnerStack as `customer_external_key`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(
+        nullable = false,
+        min_length = 1,
+        max_length = 255,
+        pattern = "^[^\\x00-\\x1F\\x7F-\\x9F]*[^\\s\\x00-\\x1F\\x7F-\\x9F][^\\x00-\\x1F\\x7F-\\x9F]*$"
+    )]
     pub customer_key: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(
+        nullable = false,
+        min_length = 4,
+        max_length = 255,
+        pattern = "^[^\\s\\x00-\\x1F\\x7F-\\x9F]*@[^\\s\\x00-\\x1F\\x7F-\\x9F]*$"
+    )]
     pub customer_email: Option<String>,
     /// PartnerStack's own customer key (`cust_...`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(
+        nullable = false,
+        min_length = 1,
+        max_length = 255,
+        pattern = "^[^\\x00-\\x1F\\x7F-\\x9F]*[^\\s\\x00-\\x1F\\x7F-\\x9F][^\\x00-\\x1F\\x7F-\\x9F]*$"
+    )]
     pub customer: Option<String>,
     /// Integer cents; negative for a refund.
+    #[serde(deserialize_with = "whole_number")]
     pub amount: i64,
-    /// ISO 4217, three letters.
+    /// ISO 4217, three letters (either case).
+    #[schema(pattern = "^[A-Za-z]{3}$")]
     pub currency: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(
+        nullable = false,
+        min_length = 1,
+        max_length = 255,
+        pattern = "^[^\\x00-\\x1F\\x7F-\\x9F]*[^\\s\\x00-\\x1F\\x7F-\\x9F][^\\x00-\\x1F\\x7F-\\x9F]*$"
+    )]
     pub category_key: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(
+        nullable = false,
+        min_length = 1,
+        max_length = 255,
+        pattern = "^[^\\x00-\\x1F\\x7F-\\x9F]*[^\\s\\x00-\\x1F\\x7F-\\x9F][^\\x00-\\x1F\\x7F-\\x9F]*$"
+    )]
     pub product_key: Option<String>,
     /// At most 20 attributes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false, value_type = Option<Metadata>)]
     pub metadata: Option<Map<String, Value>>,
-    /// When the billing event happened: RFC 3339 or epoch milliseconds.
+    /// When the billing event happened: an RFC 3339 time, or epoch milliseconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<String>, format = DateTime)]
+    #[schema(nullable = false, schema_with = created_at_schema)]
     pub created_at: Option<Value>,
 }
 
@@ -135,8 +233,14 @@ fn body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     }
     let value: Value = serde_json::from_slice(bytes)
         .map_err(|e| ApiError::bad_request(format!("invalid body: {e}")))?;
-    if !value.is_object() {
+    let Some(object) = value.as_object() else {
         return Err(ApiError::bad_request("invalid body: send a JSON object"));
+    };
+    // A field is given a value or left out: null is not a value here.
+    if let Some((field, _)) = object.iter().find(|(_, v)| v.is_null()) {
+        return Err(ApiError::bad_request(format!(
+            "{field} is null; leave it out instead"
+        )));
     }
     serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
@@ -148,10 +252,9 @@ fn body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     })
 }
 
-/// A text field: trimmed, not empty, at most `max` characters, no control characters.
+/// A text field: at most `max` characters, not blank, no control characters; trimmed.
 fn text(field: &str, value: &str, max: usize) -> Result<String, ApiError> {
-    let value = value.trim();
-    if value.is_empty() {
+    if value.trim().is_empty() {
         return Err(ApiError::bad_request(format!("{field} is empty")));
     }
     if value.chars().count() > max {
@@ -164,17 +267,22 @@ fn text(field: &str, value: &str, max: usize) -> Result<String, ApiError> {
             "{field} contains a control character"
         )));
     }
-    Ok(value.to_string())
+    Ok(value.trim().to_string())
 }
 
 fn optional_text(field: &str, value: Option<&str>, max: usize) -> Result<Option<String>, ApiError> {
     value.map(|v| text(field, v, max)).transpose()
 }
 
-/// An email as PartnerStack accepts it: 4 to 255 characters with an `@`.
+/// An email as PartnerStack accepts it: 4 to 255 characters with an `@`, no space.
 fn email(field: &str, value: &str) -> Result<String, ApiError> {
+    if value.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(ApiError::bad_request(format!(
+            "{field} is not an email address"
+        )));
+    }
     let value = text(field, value, MAX_TEXT)?;
-    if value.chars().count() < 4 || !value.contains('@') || value.contains(char::is_whitespace) {
+    if value.chars().count() < 4 || !value.contains('@') {
         return Err(ApiError::bad_request(format!(
             "{field} is not an email address"
         )));
@@ -183,16 +291,23 @@ fn email(field: &str, value: &str) -> Result<String, ApiError> {
 }
 
 /// A map without NUL anywhere (Postgres cannot store it).
+/// `meta` or `metadata`: attributes whose values are strings, numbers, booleans or null,
+/// without NUL in any name or string (Postgres cannot store it).
 fn map(
     field: &str,
     value: Option<Map<String, Value>>,
 ) -> Result<Option<Map<String, Value>>, ApiError> {
-    if let Some(m) = &value
-        && serde_json::to_string(m).is_ok_and(|s| s.contains("\\u0000"))
-    {
-        return Err(ApiError::bad_request(format!(
-            "{field} contains a NUL character"
-        )));
+    for (name, v) in value.iter().flatten() {
+        if name.contains('\0') || v.as_str().is_some_and(|s| s.contains('\0')) {
+            return Err(ApiError::bad_request(format!(
+                "{field} contains a NUL character"
+            )));
+        }
+        if v.is_array() || v.is_object() {
+            return Err(ApiError::bad_request(format!(
+                "{field}.{name} must be a string, number, boolean or null"
+            )));
+        }
     }
     Ok(value)
 }
@@ -256,7 +371,7 @@ impl Request {
                 "name the customer with exactly one of customer_key (yours), customer_email or customer (PartnerStack's key)",
             ));
         }
-        let currency = t.currency.trim().to_ascii_uppercase();
+        let currency = t.currency.to_ascii_uppercase();
         if currency.len() != 3 || !currency.bytes().all(|b| b.is_ascii_alphabetic()) {
             return Err(ApiError::bad_request(format!(
                 "currency must be three letters (ISO 4217), got {:?}",
@@ -271,22 +386,22 @@ impl Request {
         let created_at = match &t.created_at {
             None => None,
             Some(v) => Some(
-                wire::parse_timestamp(v)
-                    .ok()
-                    .flatten()
+                request_time(v)
                     .ok_or_else(|| {
-                        ApiError::bad_request("created_at must be RFC 3339 or epoch milliseconds")
+                        ApiError::bad_request(
+                            "created_at must be an RFC 3339 time or epoch milliseconds \
+                             (a whole number from 0 to the end of year 9999)",
+                        )
                     })?
                     .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
             ),
         };
         let key = match t.key.as_deref() {
             Some(k) => {
-                let k = text("key", k, MAX_TEXT)?;
                 if k.chars().count() < 4 {
                     return Err(ApiError::bad_request("key must be 4 to 255 characters"));
                 }
-                Some(k)
+                Some(text("key", k, MAX_TEXT)?)
             }
             None => None,
         };
@@ -487,10 +602,7 @@ impl Request {
             (_, _, Some(k)) => TransactionCustomer::Key(k),
             (None, None, None) => return Err("the stored transaction names no customer".into()),
         };
-        let created_at: Option<DateTime<Utc>> = t
-            .created_at
-            .as_ref()
-            .and_then(|v| wire::parse_timestamp(v).ok().flatten());
+        let created_at = t.created_at.as_ref().and_then(request_time);
         Ok(NewTransaction {
             customer,
             amount: t.amount,
@@ -503,6 +615,170 @@ impl Request {
             created_at,
         })
     }
+}
+
+/// A transaction's `created_at` as a request gives it (and as it is stored): an RFC 3339
+/// time, or whole epoch milliseconds up to the end of year 9999.
+pub fn request_time(value: &Value) -> Option<DateTime<Utc>> {
+    match value {
+        Value::String(s) => DateTime::parse_from_rfc3339(s)
+            .ok()
+            .map(|t| t.with_timezone(&Utc)),
+        Value::Number(n) => whole(n)
+            .filter(|ms| (0..=MAX_EPOCH_MS).contains(ms))
+            .and_then(DateTime::from_timestamp_millis),
+        _ => None,
+    }
+}
+
+/// An integer, also when written with a zero fraction (`1999.0`), as JSON Schema's
+/// `integer` allows.
+fn whole_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+    let n = serde_json::Number::deserialize(d)?;
+    whole(&n).ok_or_else(|| serde::de::Error::custom(format!("expected a whole number, got {n}")))
+}
+
+/// `n` as an `i64` when it is a whole number in range (`1999` or `1999.0`).
+fn whole(n: &serde_json::Number) -> Option<i64> {
+    n.as_i64().or_else(|| {
+        n.as_f64()
+            .filter(|f| f.fract() == 0.0 && f.abs() < 9.2e18)
+            .map(|f| f as i64)
+    })
+}
+
+/// The OpenAPI schema of `created_at` ([`request_time`]).
+fn created_at_schema() -> utoipa::openapi::schema::Schema {
+    use utoipa::openapi::schema::{AnyOfBuilder, KnownFormat, ObjectBuilder, SchemaFormat, Type};
+    AnyOfBuilder::new()
+        .item(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .format(Some(SchemaFormat::KnownFormat(KnownFormat::DateTime))),
+        )
+        .item(
+            ObjectBuilder::new()
+                .schema_type(Type::Integer)
+                .format(Some(SchemaFormat::KnownFormat(KnownFormat::Int64)))
+                .minimum(Some(0))
+                .maximum(Some(MAX_EPOCH_MS)),
+        )
+        .description(Some(
+            "When the billing event happened: an RFC 3339 time, or epoch milliseconds.",
+        ))
+        .build()
+        .into()
+}
+
+/// `meta` and `metadata` as OpenAPI describes them ([`map`]): `Meta`, whose values are
+/// `MetaValue`s.
+pub struct Meta;
+
+impl Meta {
+    /// An attribute's value: a string without NUL, a number, a boolean or null.
+    fn value_schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{AnyOfBuilder, ObjectBuilder, Type};
+        AnyOfBuilder::new()
+            .item(
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .pattern(Some(NO_NUL)),
+            )
+            .item(ObjectBuilder::new().schema_type(Type::Number))
+            .item(ObjectBuilder::new().schema_type(Type::Boolean))
+            .item(ObjectBuilder::new().schema_type(Type::Null))
+            .description(Some(
+                "An attribute's value: a string (without NUL), a number, a boolean or null.",
+            ))
+            .into()
+    }
+
+    fn object(values: utoipa::openapi::Ref) -> utoipa::openapi::schema::ObjectBuilder {
+        use utoipa::openapi::schema::{ObjectBuilder, Type};
+        ObjectBuilder::new()
+            .schema_type(Type::Object)
+            .property_names(Some(
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .pattern(Some(NO_NUL)),
+            ))
+            .additional_properties(Some(values))
+    }
+}
+
+/// No NUL (JSON Schema pattern).
+const NO_NUL: &str = "^[^\\x00]*$";
+
+impl utoipa::PartialSchema for Meta {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        Self::object(utoipa::openapi::Ref::from_schema_name("MetaValue"))
+            .description(Some("Attributes: names without NUL, each a MetaValue."))
+            .into()
+    }
+}
+
+/// A transaction's `metadata`: a [`Meta`] of at most [`MAX_METADATA`] attributes.
+pub struct Metadata;
+
+impl utoipa::PartialSchema for Metadata {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        Meta::object(utoipa::openapi::Ref::from_schema_name("MetaValue"))
+            .max_properties(Some(MAX_METADATA))
+            .description(Some(
+                "At most 20 attributes: names without NUL, each a MetaValue.",
+            ))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for Metadata {
+    fn schemas(
+        schemas: &mut Vec<(
+            String,
+            utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>,
+        )>,
+    ) {
+        <Meta as utoipa::ToSchema>::schemas(schemas);
+    }
+}
+
+impl utoipa::ToSchema for Meta {
+    fn schemas(
+        schemas: &mut Vec<(
+            String,
+            utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>,
+        )>,
+    ) {
+        schemas.push(("MetaValue".to_string(), Self::value_schema()));
+    }
+}
+
+/// What no single field of a write body can say, as JSON Schema keywords to add to the
+/// body's schema, by schema name: a transaction names exactly one customer (`not` none of
+/// them; each excludes those after it), an update changes at least one field. Written
+/// with keywords client generators pass over (they would turn `oneOf` alternatives into a
+/// union of partial classes), which validators and fuzzers apply.
+pub fn body_rules() -> Vec<(&'static str, &'static str, serde_json::Value)> {
+    use serde_json::json;
+    let absent = || json!({"not": {}});
+    vec![
+        (
+            "CreateTransaction",
+            "not",
+            json!({"properties": {
+                "customer_key": absent(), "customer_email": absent(), "customer": absent()
+            }}),
+        ),
+        (
+            "CreateTransaction",
+            "dependentSchemas",
+            json!({
+                "customer_key": {"properties": {"customer_email": absent(), "customer": absent()}},
+                "customer_email": {"properties": {"customer": absent()}},
+            }),
+        ),
+        ("UpdateCustomer", "minProperties", json!(1)),
+    ]
 }
 
 /// An `Idempotency-Key` header value, checked.
@@ -612,6 +888,54 @@ mod tests {
             err(r#"{"customer_key":"c","amount":1,"currency":"usd","created_at":"yesterday"}"#)
                 .contains("created_at")
         );
+        // As the OpenAPI description says: no spaces around a currency, an email without
+        // spaces, epoch milliseconds as a whole number; a zero fraction is still whole.
+        for (body, field) in [
+            (
+                r#"{"customer_key":"c","amount":1,"currency":" usd"}"#,
+                "currency",
+            ),
+            (
+                r#"{"customer_email":" a@b.co","amount":1,"currency":"usd"}"#,
+                "customer_email",
+            ),
+            (
+                r#"{"customer_key":" ","amount":1,"currency":"usd"}"#,
+                "customer_key",
+            ),
+            (
+                r#"{"customer_key":"c\u0001","amount":1,"currency":"usd"}"#,
+                "customer_key",
+            ),
+            (
+                r#"{"customer_key":"c","amount":1,"currency":"usd","created_at":1.5}"#,
+                "created_at",
+            ),
+            (
+                r#"{"customer_key":"c","amount":1,"currency":"usd","created_at":-1}"#,
+                "created_at",
+            ),
+            (
+                r#"{"customer_key":"c","customer":null,"amount":1,"currency":"usd"}"#,
+                "customer is null",
+            ),
+            (
+                r#"{"customer_key":"c","amount":1,"currency":"usd","metadata":{"a":[1]}}"#,
+                "metadata.a",
+            ),
+        ] {
+            assert!(err(body).contains(field), "{body}: {}", err(body));
+        }
+        for body in [
+            r#"{"customer_key":"c","amount":1999.0,"currency":"usd","created_at":10095.0}"#,
+            r#"{"customer_key":" c ","amount":1,"currency":"usd","created_at":"1900-01-01T00:00:00+01:00"}"#,
+            r#"{"customer_key":"c","amount":1,"currency":"usd","metadata":{"x":1.7976931348623157e308,"y":null}}"#,
+        ] {
+            assert!(
+                Request::create_transaction(body.as_bytes(), None).is_ok(),
+                "{body}"
+            );
+        }
         let t = Request::create_transaction(
             br#"{"customer_key":"c","amount":-250,"currency":"eur","created_at":1700000000000}"#,
             None,

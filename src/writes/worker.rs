@@ -37,7 +37,7 @@ use super::{Outbox, Request};
 use crate::apply::{self, Observation, Source};
 use crate::config::WritesConfig;
 use crate::db::writes::{self, Claimed, Finished, Resolution, WriteKind, WriteStatus};
-use crate::telemetry::{Metrics, WriteLabels};
+use crate::telemetry::{Metrics, WriteLabels, WriteOutcome};
 
 /// How often an idle worker looks for due writes (another replica may have accepted them,
 /// or a back-off may have ended).
@@ -166,11 +166,11 @@ impl Worker {
         let _ = renewer.await;
         let kind = claim.kind;
         let label = match &outcome {
-            Outcome::Done { .. } => "succeeded",
-            Outcome::Refused { .. } => "failed",
-            Outcome::Retry { .. } => "retried",
-            Outcome::LookAgain { .. } => "looking",
-            Outcome::Abandoned => "abandoned",
+            Outcome::Done { .. } => WriteOutcome::Succeeded,
+            Outcome::Refused { .. } => WriteOutcome::Failed,
+            Outcome::Retry { .. } => WriteOutcome::Retried,
+            Outcome::LookAgain { .. } => WriteOutcome::Looking,
+            Outcome::Abandoned => WriteOutcome::Abandoned,
         };
         if let Err(e) = self.record(&claim, outcome, requests).await {
             // The claim's lease runs out and the write is claimed again (in doubt if it
@@ -184,7 +184,7 @@ impl Worker {
                 outcome: label,
             })
             .inc();
-        if matches!(label, "succeeded" | "failed") {
+        if matches!(label, WriteOutcome::Succeeded | WriteOutcome::Failed) {
             self.metrics
                 .write_upstream_requests
                 .observe(requests as f64);
@@ -430,9 +430,7 @@ impl Worker {
                 let Some(key) = v.get("key").and_then(Value::as_str) else {
                     return Look::Send;
                 };
-                let created_at = v
-                    .get("created_at")
-                    .and_then(|t| partnerstack::wire::parse_timestamp(t).ok().flatten());
+                let created_at = v.get("created_at").and_then(crate::writes::request_time);
                 match self.client.find_transaction(key, created_at).await {
                     Ok(Some(found)) => Look::Found(Some(found.raw)),
                     Ok(None) => Look::Send,

@@ -5,14 +5,18 @@
 
 mod api;
 mod changes;
+mod cli;
 mod client;
 mod common;
+mod conformance;
 mod demo;
 mod embedded;
 mod fidelity;
 mod ingest;
 mod legacy_dialect;
 mod load;
+mod metrics;
+mod monitoring;
 mod netns;
 mod reconcile;
 mod relay;

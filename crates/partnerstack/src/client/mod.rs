@@ -58,6 +58,28 @@ impl Settings {
         Some((set(&self.public_key)?, set(&self.secret_key)?))
     }
 
+    /// Every endpoint a client with these settings can call, as `(method, endpoint)` (see
+    /// [`endpoint`]): each stream's list, the single reads, and the writes.
+    pub fn endpoints(&self) -> Vec<(Method, String)> {
+        let mut out: Vec<(Method, String)> = Entity::ALL
+            .iter()
+            .map(|e| (Method::GET, endpoint(self.paths.get(*e), false)))
+            .collect();
+        for entity in Entity::ALL
+            .into_iter()
+            .filter(|e| Client::has_single_get(*e))
+        {
+            out.push((Method::GET, endpoint(self.paths.get(entity), true)));
+        }
+        let customers = self.paths.get(Entity::Customer);
+        let transactions = self.paths.get(Entity::Transaction);
+        out.push((Method::POST, endpoint(customers, false)));
+        out.push((Method::PATCH, endpoint(customers, true)));
+        out.push((Method::POST, endpoint(transactions, false)));
+        out.push((Method::DELETE, endpoint(transactions, true)));
+        out
+    }
+
     /// Checks the settings; an error names the setting (relative to this section) and
     /// says what is wrong.
     pub fn validate(&self) -> Result<(), (String, String)> {
@@ -87,11 +109,20 @@ impl Settings {
         if !(self.base_url.starts_with("http://") || self.base_url.starts_with("https://")) {
             return fail("base_url", "must be an http:// or https:// URL");
         }
-        if set(&self.public_key).is_some() != set(&self.secret_key).is_some() {
-            return fail(
-                "public_key",
-                "set both API keys (public and secret), or neither",
-            );
+        match (set(&self.public_key), set(&self.secret_key)) {
+            (Some(_), None) => {
+                return fail(
+                    "public_key",
+                    "set both API keys (public and secret), or neither",
+                );
+            }
+            (None, Some(_)) => {
+                return fail(
+                    "secret_key",
+                    "set both API keys (public and secret), or neither",
+                );
+            }
+            _ => {}
         }
         Ok(())
     }
@@ -365,6 +396,80 @@ fn epoch_ms<S: Serializer>(t: &Option<DateTime<Utc>>, s: S) -> Result<S::Ok, S::
     }
 }
 
+/// A request's URL, and the endpoint it is observed under.
+struct Target {
+    url: Url,
+    endpoint: String,
+}
+
+/// The endpoint of a request to `path`: the path itself, or with `/{key}` when a key
+/// follows it. Observers see this template, never a concrete key.
+pub fn endpoint(path: &str, keyed: bool) -> String {
+    if keyed {
+        format!("{}/{{key}}", path.trim_end_matches('/'))
+    } else {
+        path.to_string()
+    }
+}
+
+/// How PartnerStack answered one HTTP request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    /// An HTTP status.
+    Status(StatusCode),
+    /// No answer within the request timeout.
+    Timeout,
+    /// No answer: the connection could not be made or broke.
+    Unreachable,
+}
+
+impl Answer {
+    /// Every [`Answer::class`].
+    pub const CLASSES: [&'static str; 7] =
+        ["2xx", "3xx", "4xx", "429", "5xx", "timeout", "unreachable"];
+
+    /// A few words to count answers by: the status class (`2xx`, `3xx`, `4xx`, `5xx`; 429,
+    /// the rate limit, apart), `timeout` or `unreachable`.
+    pub fn class(self) -> &'static str {
+        match self {
+            Answer::Status(StatusCode::TOO_MANY_REQUESTS) => "429",
+            Answer::Status(s) if s.is_success() => "2xx",
+            Answer::Status(s) if s.is_redirection() => "3xx",
+            Answer::Status(s) if s.is_client_error() => "4xx",
+            Answer::Status(_) => "5xx",
+            Answer::Timeout => "timeout",
+            Answer::Unreachable => "unreachable",
+        }
+    }
+
+    fn of_failure(e: &reqwest::Error) -> Answer {
+        if e.is_timeout() {
+            Answer::Timeout
+        } else {
+            Answer::Unreachable
+        }
+    }
+}
+
+/// One HTTP exchange with PartnerStack, as an [`Observer`] sees it.
+#[derive(Debug)]
+pub struct Exchange<'a> {
+    pub method: &'a Method,
+    /// The path template under `base_url` (`/customers/{key}`), never a concrete key.
+    pub endpoint: &'a str,
+    pub answer: Answer,
+    /// From sending the request to reading the whole answer.
+    pub elapsed: Duration,
+    /// 1 for the first attempt; more for retries.
+    pub attempt: u32,
+}
+
+/// Told about every HTTP exchange a [`Client`] has (retries included), so a service can
+/// keep its own metrics: this crate records none.
+pub trait Observer: Send + Sync {
+    fn exchange(&self, exchange: &Exchange<'_>);
+}
+
 /// Whether a failed request may be sent again. Connection failures (nothing was sent)
 /// and 429 (refused before processing) are always retried; 5xx and timeouts only when a
 /// repeat cannot create a second object.
@@ -392,6 +497,7 @@ struct Inner {
     paths: StreamPaths,
     /// Requests sent, retries included.
     requests: AtomicU64,
+    observer: Option<Arc<dyn Observer>>,
 }
 
 impl std::fmt::Debug for Client {
@@ -437,8 +543,29 @@ impl Client {
                 budget: RequestBudget::shared(&account, config.requests_per_second),
                 paths: config.paths.clone(),
                 requests: AtomicU64::new(0),
+                observer: None,
             }),
         })
+    }
+
+    /// This client, telling `observer` about every exchange (its clones made from now on
+    /// share it).
+    pub fn with_observer(self, observer: Arc<dyn Observer>) -> Client {
+        let inner = &self.inner;
+        Client {
+            inner: Arc::new(Inner {
+                http: inner.http.clone(),
+                base_url: inner.base_url.clone(),
+                public_key: inner.public_key.clone(),
+                secret_key: inner.secret_key.clone(),
+                page_size: inner.page_size,
+                policy: inner.policy,
+                budget: inner.budget.clone(),
+                paths: inner.paths.clone(),
+                requests: AtomicU64::new(inner.requests.load(Ordering::Relaxed)),
+                observer: Some(observer),
+            }),
+        }
     }
 
     /// The request budget's rate (requests per second), shared by every client of the
@@ -487,8 +614,11 @@ impl Client {
                 entity.stream()
             )));
         }
-        let url = self.url(self.path(entity), Some(key))?;
-        match self.call(Method::GET, url, &[], None, Repeat::Safe).await {
+        let target = self.target(self.path(entity), Some(key))?;
+        match self
+            .call(Method::GET, target, &[], None, Repeat::Safe)
+            .await
+        {
             Ok(body) => Ok(Some(self.data(body, entity)?)),
             Err(e) if e.status() == Some(StatusCode::NOT_FOUND) => Ok(None),
             Err(e) => Err(e),
@@ -513,11 +643,11 @@ impl Client {
     /// `customer_key` is unique, so a blind repeat could make a second customer. The
     /// caller looks the customer up before sending again.
     pub async fn create_customer(&self, customer: &NewCustomer) -> Result<Record<Customer>, Error> {
-        let url = self.url(self.path(Entity::Customer), None)?;
+        let target = self.target(self.path(Entity::Customer), None)?;
         let body = serde_json::to_value(customer)
             .map_err(|e| Error::InvalidRequest(format!("customer: {e}")))?;
         match self
-            .call(Method::POST, url, &[], Some(body), Repeat::Unsafe)
+            .call(Method::POST, target, &[], Some(body), Repeat::Unsafe)
             .await
         {
             Ok(body) => Record::parse(self.data(body, Entity::Customer)?),
@@ -546,11 +676,11 @@ impl Client {
         customer_key: &str,
         update: &CustomerUpdate,
     ) -> Result<Record<Customer>, Error> {
-        let url = self.url(self.path(Entity::Customer), Some(customer_key))?;
+        let target = self.target(self.path(Entity::Customer), Some(customer_key))?;
         let body = serde_json::to_value(update)
             .map_err(|e| Error::InvalidRequest(format!("customer update: {e}")))?;
         let body = self
-            .call(Method::PATCH, url, &[], Some(body), Repeat::Safe)
+            .call(Method::PATCH, target, &[], Some(body), Repeat::Safe)
             .await?;
         Record::parse(self.data(body, Entity::Customer)?)
     }
@@ -565,7 +695,7 @@ impl Client {
         &self,
         transaction: &NewTransaction,
     ) -> Result<Record<Transaction>, Error> {
-        let url = self.url(self.path(Entity::Transaction), None)?;
+        let target = self.target(self.path(Entity::Transaction), None)?;
         let body = serde_json::to_value(transaction)
             .map_err(|e| Error::InvalidRequest(format!("transaction: {e}")))?;
         let repeat = if transaction.key.is_some() {
@@ -573,7 +703,10 @@ impl Client {
         } else {
             Repeat::Unsafe
         };
-        match self.call(Method::POST, url, &[], Some(body), repeat).await {
+        match self
+            .call(Method::POST, target, &[], Some(body), repeat)
+            .await
+        {
             Ok(body) => Record::parse(self.data(body, Entity::Transaction)?),
             Err(e) => {
                 let (Some(status), Some(key)) = (refused_data(&e), &transaction.key) else {
@@ -598,9 +731,9 @@ impl Client {
     /// hide a landed delete, so the caller can tell a 404 after its own lost delete from
     /// one for a key that never existed.
     pub async fn delete_transaction(&self, key: &str) -> Result<Option<Value>, Error> {
-        let url = self.url(self.path(Entity::Transaction), Some(key))?;
+        let target = self.target(self.path(Entity::Transaction), Some(key))?;
         match self
-            .call(Method::DELETE, url, &[], None, Repeat::Unsafe)
+            .call(Method::DELETE, target, &[], None, Repeat::Unsafe)
             .await
         {
             Ok(body) => Ok(Some(self.data(body, Entity::Transaction)?)),
@@ -648,14 +781,29 @@ impl Client {
         params: &[(String, String)],
         requests: &AtomicU64,
     ) -> Result<Value, Error> {
-        let url = self.url(path, None)?;
-        self.call_counted(Method::GET, url, params, None, Repeat::Safe, Some(requests))
-            .await
+        let target = self.target(path, None)?;
+        self.call_counted(
+            Method::GET,
+            target,
+            params,
+            None,
+            Repeat::Safe,
+            Some(requests),
+        )
+        .await
     }
 
     /// HTTP requests this client (and its clones) sent, retries included.
     pub fn requests_sent(&self) -> u64 {
         self.inner.requests.load(Ordering::Relaxed)
+    }
+
+    /// The request to `path` (plus `key`) and the endpoint it is observed under.
+    fn target(&self, path: &str, key: Option<&str>) -> Result<Target, Error> {
+        Ok(Target {
+            url: self.url(path, key)?,
+            endpoint: endpoint(path, key.is_some()),
+        })
     }
 
     /// `base_url` + `path`, plus `key` as one percent-encoded segment.
@@ -693,28 +841,30 @@ impl Client {
     async fn call(
         &self,
         method: Method,
-        url: Url,
+        target: Target,
         query: &[(String, String)],
         body: Option<Value>,
         repeat: Repeat,
     ) -> Result<Value, Error> {
-        self.call_counted(method, url, query, body, repeat, None)
+        self.call_counted(method, target, query, body, repeat, None)
             .await
     }
 
-    /// [`Client::call`], also counting each attempt in `counter`.
+    /// [`Client::call`], also counting each attempt in `counter`. Each attempt is reported
+    /// to the observer, if there is one.
     async fn call_counted(
         &self,
         method: Method,
-        url: Url,
+        target: Target,
         query: &[(String, String)],
         body: Option<Value>,
         repeat: Repeat,
         counter: Option<&AtomicU64>,
     ) -> Result<Value, Error> {
         let inner = &self.inner;
+        let Target { url, endpoint } = target;
         let what = format!("{method} {}", url.path());
-        retry(&inner.policy, &inner.budget, &what, |_| {
+        retry(&inner.policy, &inner.budget, &what, |n| {
             inner.requests.fetch_add(1, Ordering::Relaxed);
             retry::count_for_write();
             if let Some(counter) = counter {
@@ -734,7 +884,22 @@ impl Client {
             if let Some(body) = &body {
                 request = request.json(body);
             }
-            attempt(request, url.path().to_string(), repeat)
+            let exchange = attempt(request, url.path().to_string(), repeat);
+            let (observer, method, endpoint) = (&inner.observer, &method, &endpoint);
+            async move {
+                let started = std::time::Instant::now();
+                let (result, answer) = exchange.await;
+                if let Some(observer) = observer {
+                    observer.exchange(&Exchange {
+                        method,
+                        endpoint,
+                        answer,
+                        elapsed: started.elapsed(),
+                        attempt: n,
+                    });
+                }
+                result
+            }
         })
         .await
     }
@@ -760,26 +925,33 @@ fn http_message(e: Error) -> String {
     }
 }
 
-/// One HTTP exchange, classified for the retry loop.
-async fn attempt(request: reqwest::RequestBuilder, path: String, repeat: Repeat) -> Attempt<Value> {
+/// One HTTP exchange, classified for the retry loop, and how PartnerStack answered.
+async fn attempt(
+    request: reqwest::RequestBuilder,
+    path: String,
+    repeat: Repeat,
+) -> (Attempt<Value>, Answer) {
     let response = match request.send().await {
         Ok(r) => r,
-        Err(e) => return transport_failure(e, repeat),
+        Err(e) => {
+            let answer = Answer::of_failure(&e);
+            return (transport_failure(e, repeat), answer);
+        }
     };
     let status = response.status();
+    let answer = Answer::Status(status);
     log_rate_limits(response.headers());
     let wait = retry_after(response.headers(), Utc::now());
     let text = match response.text().await {
         Ok(t) => t,
-        Err(e) => return transport_failure(e, repeat),
+        Err(e) => return (transport_failure(e, repeat), answer),
     };
     if status.is_success() {
-        return Attempt::Done(
-            serde_json::from_str(&text).map_err(|e| Error::InvalidResponse {
-                path,
-                detail: format!("the body is not JSON ({e}): {}", excerpt(&text)),
-            }),
-        );
+        let body = serde_json::from_str(&text).map_err(|e| Error::InvalidResponse {
+            path,
+            detail: format!("the body is not JSON ({e}): {}", excerpt(&text)),
+        });
+        return (Attempt::Done(body), answer);
     }
     let error = Error::Http {
         status,
@@ -787,14 +959,15 @@ async fn attempt(request: reqwest::RequestBuilder, path: String, repeat: Repeat)
     };
     let retryable = status == StatusCode::TOO_MANY_REQUESTS
         || (status.is_server_error() && repeat == Repeat::Safe);
-    if retryable {
+    let attempt = if retryable {
         Attempt::Retry {
             error,
             retry_after: wait,
         }
     } else {
         Attempt::Done(Err(error))
-    }
+    };
+    (attempt, answer)
 }
 
 fn transport_failure(e: reqwest::Error, repeat: Repeat) -> Attempt<Value> {
@@ -943,7 +1116,43 @@ mod tests {
         blank.public_key = Some(SecretString::from(" ".to_string()));
         blank.secret_key = Some(SecretString::from("sk".to_string()));
         assert!(blank.credentials().is_none());
-        assert_eq!(blank.validate().unwrap_err().0, "public_key");
+        // The key that is set is the one named (its variable is the one to look at).
+        assert_eq!(blank.validate().unwrap_err().0, "secret_key");
+    }
+
+    #[test]
+    fn observers_see_endpoints_and_answer_classes_never_keys() {
+        assert_eq!(endpoint("/customers", true), "/customers/{key}");
+        assert_eq!(endpoint("/customers/", true), "/customers/{key}");
+        assert_eq!(endpoint("/partnerships", false), "/partnerships");
+        for (answer, class) in [
+            (Answer::Status(StatusCode::OK), "2xx"),
+            (Answer::Status(StatusCode::MOVED_PERMANENTLY), "3xx"),
+            (Answer::Status(StatusCode::NOT_FOUND), "4xx"),
+            (Answer::Status(StatusCode::TOO_MANY_REQUESTS), "429"),
+            (Answer::Status(StatusCode::SERVICE_UNAVAILABLE), "5xx"),
+            (Answer::Timeout, "timeout"),
+            (Answer::Unreachable, "unreachable"),
+        ] {
+            assert_eq!(answer.class(), class);
+            assert!(Answer::CLASSES.contains(&class));
+        }
+        let endpoints = settings().endpoints();
+        for expected in [
+            (Method::GET, "/partnerships"),
+            (Method::GET, "/partnerships/{key}"),
+            (Method::GET, "/customers/{key}"),
+            (Method::PATCH, "/customers/{key}"),
+            (Method::POST, "/transactions"),
+            (Method::DELETE, "/transactions/{key}"),
+            (Method::GET, "/rewards"),
+        ] {
+            assert!(
+                endpoints.contains(&(expected.0.clone(), expected.1.to_string())),
+                "{expected:?}"
+            );
+        }
+        assert!(!endpoints.contains(&(Method::GET, "/rewards/{key}".to_string())));
     }
 
     #[test]
