@@ -114,7 +114,14 @@ async fn the_demo_syncs_every_stream_and_stops_without_leaving_postgres() {
         "{lines:#?}"
     );
     let commands: Vec<&String> = lines.iter().filter(|l| l.contains("curl -s")).collect();
-    assert_eq!(commands.len(), 3, "{lines:#?}");
+    assert_eq!(commands.len(), 4, "{lines:#?}");
+    // The partner the commands name (its summary is the first).
+    let partner = commands[0]
+        .split("/v1/partners/")
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .unwrap_or_else(|| panic!("a partner in {}", commands[0]))
+        .to_string();
 
     // Within a bounded wait: every stream synced, webhooks applied, lost ones repaired.
     let http = partnerstack::http::builder()
@@ -165,6 +172,20 @@ async fn the_demo_syncs_every_stream_and_stops_without_leaving_postgres() {
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+    // The banner's last command: a signup through the write outbox, sent to the stand-in.
+    let written: Value = http
+        .post(format!("{service}/v1/customers?wait=5"))
+        .bearer_auth(&token)
+        .json(&serde_json::json!({
+            "customer_key": "demo-1", "email": "demo@example.com", "partner_key": partner,
+        }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(written["data"]["status"], "succeeded", "{written:#}");
     let status = http.get(format!("{service}/status")).send().await.unwrap();
     assert_eq!(status.status(), 200);
     let page = status.text().await.unwrap();
