@@ -20,4 +20,5 @@ mod reliability;
 mod schema;
 mod simulate;
 mod status;
+mod totals;
 mod writes;
