@@ -177,6 +177,15 @@ pub fn word_enum(
         .into()
 }
 
+/// The name a column is served under on `/v1` (and in the change log): its own, except a
+/// group's `is_default`, served as PartnerStack's `default` (a reserved word in SQL).
+pub fn served_name(column: &str) -> &str {
+    match column {
+        "is_default" => "default",
+        other => other,
+    }
+}
+
 /// `entity`'s own typed columns, in declaration order.
 pub fn of(entity: Entity) -> &'static [Column] {
     match entity {

@@ -20,6 +20,7 @@ pub mod cursor;
 pub mod params;
 pub mod relay;
 pub mod resources;
+mod rows;
 pub mod summary;
 pub mod sync;
 pub mod writes;
@@ -38,7 +39,7 @@ use utoipa_axum::routes;
 use crate::error::{ApiError, ErrorBody};
 use crate::state::AppState;
 use collection::IncludeBody;
-use collection::{Item, List};
+use collection::{Item, List, ListPage};
 use params::{Deleted, Paging};
 use resources::{
     Customer, CustomerFilters, Customers, Deal, DealFilters, Deals, Event, EventFilters, Events,
@@ -144,10 +145,8 @@ macro_rules! collection_routes {
         pub async fn $list(
             State(state): State<AppState>,
             RawQuery(query): RawQuery,
-        ) -> Result<Json<List<$item>>, ApiError> {
-            collection::list::<$collection>(&state.pool, query.as_deref(), state.config.api.page_bytes)
-                .await
-                .map(Json)
+        ) -> Result<ListPage<$item>, ApiError> {
+            collection::list_page::<$collection>(&state.pool, query.as_deref(), state.config.api.page_bytes).await
         }
 
         #[utoipa::path(

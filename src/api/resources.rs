@@ -43,9 +43,12 @@ fn entity_select(entity: Entity, computed: &[(&str, &str)]) -> String {
     list.join(", ")
 }
 
-/// Implements [`Collection::columns`] with [`entity_select`], built once.
+/// Implements [`Collection::columns`] with [`entity_select`], built once, and marks the
+/// collection as an entity table's ([`Collection::ENTITY`]).
 macro_rules! entity_columns {
     ($entity:expr $(, $name:literal => $expr:expr)* $(,)?) => {
+        const ENTITY: Option<Entity> = Some($entity);
+
         fn columns() -> &'static str {
             static SELECT: LazyLock<String> =
                 LazyLock::new(|| entity_select($entity, &[$(($name, $expr)),*]));

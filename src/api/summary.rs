@@ -1,13 +1,14 @@
 //! `GET /v1/partners/{key}/summary`: a partner's customers, transactions and rewards in
 //! numbers: the partner's identifiers are resolved, then one SQL statement (one snapshot,
-//! no transaction) counts and sums over the partner columns' indexes.
+//! no transaction) sums the partner's groups in `partner_totals`, which triggers keep in
+//! the same transaction as the rows ([`crate::db::totals`]): a handful of rows, whatever
+//! the partner's size.
 //!
 //! Attribution follows [`super::attribution`], the same rules the list filters use.
 //! Deleted objects and archived transactions are left out. Sums are per currency (and per
 //! reward status): adding cents of different currencies would mean nothing.
 
 use serde::{Deserialize, Serialize};
-use sqlx::types::Json;
 use sqlx::{FromRow, PgPool};
 use utoipa::ToSchema;
 
@@ -70,13 +71,15 @@ pub struct StatusTotals {
     pub amount: i64,
 }
 
+/// One group of the partner's totals, summed over the groups its identifiers match.
 #[derive(FromRow)]
-struct Row {
-    customers: i64,
-    transaction_count: i64,
-    transactions: Json<Vec<CurrencyTotals>>,
-    reward_count: i64,
-    rewards: Json<Vec<StatusTotals>>,
+struct Group {
+    kind: String,
+    currency: Option<String>,
+    reward_status: Option<String>,
+    approved: Option<bool>,
+    count: i64,
+    amount: i64,
 }
 
 /// The summary of the partner `key` names (partnership key or `partner_key`).
@@ -94,58 +97,83 @@ pub async fn partner_summary(
     let Some((partnership_key, partner_key)) = partner.partner else {
         return Err(not_found());
     };
-    let row: Row = sqlx::query_as(SUMMARY_SQL)
+    let groups: Vec<Group> = sqlx::query_as(SUMMARY_SQL)
         .bind(&partner.ids)
-        .fetch_one(pool)
+        .fetch_all(pool)
         .await?;
-    Ok(PartnerSummary {
+    let mut summary = PartnerSummary {
         key: partnership_key,
         partner_key,
-        customers: CustomerTotals {
-            count: row.customers,
-        },
+        customers: CustomerTotals { count: 0 },
         transactions: TransactionTotals {
-            count: row.transaction_count,
-            by_currency: row.transactions.0,
+            count: 0,
+            by_currency: Vec::new(),
         },
         rewards: RewardTotals {
-            count: row.reward_count,
-            by_status: row.rewards.0,
+            count: 0,
+            by_status: Vec::new(),
         },
-    })
+    };
+    // Rows come ordered by kind, then reward status and currency (NULLs last), so one
+    // currency's approved and unapproved groups are adjacent.
+    for g in groups {
+        match g.kind.as_str() {
+            "customers" => summary.customers.count += g.count,
+            "transactions" => {
+                summary.transactions.count += g.count;
+                let list = &mut summary.transactions.by_currency;
+                if list.last().is_none_or(|c| c.currency != g.currency) {
+                    list.push(CurrencyTotals {
+                        currency: g.currency.clone(),
+                        count: 0,
+                        amount: 0,
+                        approved_count: 0,
+                        approved_amount: 0,
+                        unapproved_count: 0,
+                        unapproved_amount: 0,
+                    });
+                }
+                if let Some(c) = list.last_mut() {
+                    c.count += g.count;
+                    c.amount += g.amount;
+                    if g.approved == Some(true) {
+                        c.approved_count += g.count;
+                        c.approved_amount += g.amount;
+                    } else {
+                        c.unapproved_count += g.count;
+                        c.unapproved_amount += g.amount;
+                    }
+                }
+            }
+            "rewards" => {
+                summary.rewards.count += g.count;
+                summary.rewards.by_status.push(StatusTotals {
+                    reward_status: g.reward_status,
+                    currency: g.currency,
+                    count: g.count,
+                    amount: g.amount,
+                });
+            }
+            other => {
+                return Err(ApiError::from(sqlx::Error::Decode(
+                    format!("partner_totals.kind {other:?}").into(),
+                )));
+            }
+        }
+    }
+    Ok(summary)
 }
 
-/// The totals of the partner whose identifiers are `$1` (see [`partner_ids`]): the same
-/// partner columns the list filters match. Each side of a `UNION` is an index-only scan of
-/// one partner column's index (migrations/0004), and the `UNION` drops rows matched twice.
-const SUMMARY_SQL: &str = "WITH
-    cust AS (SELECT t.key FROM customers t WHERE t.deleted_at IS NULL AND t.partner_key = ANY($1)
-             UNION
-             SELECT t.key FROM customers t WHERE t.deleted_at IS NULL AND t.partnership_key = ANY($1)),
-    tx AS (SELECT t.key, t.currency, t.approved, t.amount FROM transactions t
-           WHERE t.deleted_at IS NULL AND t.archived IS NOT TRUE AND t.credited_partner_key = ANY($1)
-           UNION
-           SELECT t.key, t.currency, t.approved, t.amount FROM transactions t
-           WHERE t.deleted_at IS NULL AND t.archived IS NOT TRUE AND t.credited_partnership_key = ANY($1)),
-    rw AS (SELECT t.key, t.reward_status, t.currency, t.amount FROM rewards t
-           WHERE t.deleted_at IS NULL AND t.partner_key = ANY($1)
-           UNION
-           SELECT t.key, t.reward_status, t.currency, t.amount FROM rewards t
-           WHERE t.deleted_at IS NULL AND t.partnership_key = ANY($1))
-    SELECT
-        (SELECT count(*) FROM cust) AS customers,
-        (SELECT count(*) FROM tx) AS transaction_count,
-        (SELECT COALESCE(jsonb_agg(to_jsonb(x) ORDER BY x.currency NULLS LAST), '[]'::jsonb) FROM (
-            SELECT currency,
-                   count(*) AS count,
-                   COALESCE(sum(amount), 0)::bigint AS amount,
-                   count(*) FILTER (WHERE approved IS TRUE) AS approved_count,
-                   COALESCE(sum(amount) FILTER (WHERE approved IS TRUE), 0)::bigint AS approved_amount,
-                   count(*) FILTER (WHERE approved IS NOT TRUE) AS unapproved_count,
-                   COALESCE(sum(amount) FILTER (WHERE approved IS NOT TRUE), 0)::bigint AS unapproved_amount
-            FROM tx GROUP BY currency) x) AS transactions,
-        (SELECT count(*) FROM rw) AS reward_count,
-        (SELECT COALESCE(jsonb_agg(to_jsonb(x) ORDER BY x.reward_status NULLS LAST, x.currency NULLS LAST), '[]'::jsonb) FROM (
-            SELECT reward_status, currency, count(*) AS count,
-                   COALESCE(sum(amount), 0)::bigint AS amount
-            FROM rw GROUP BY reward_status, currency) x) AS rewards";
+/// The totals of the partner whose identifiers are `$1` (see [`partner_ids`]), from
+/// `partner_totals` (`migrations/0009_partner_totals.sql`): the groups of rows whose
+/// partner columns hold one of the identifiers, the same columns the list filters match.
+/// A row is in exactly one group and a group is read once however many of its columns
+/// match, so each row counts once. Groups whose rows are all gone (zero counts) are left
+/// out.
+const SUMMARY_SQL: &str = "SELECT kind, currency, reward_status, approved,
+            sum(count)::bigint AS count, sum(amount)::bigint AS amount
+     FROM partner_totals
+     WHERE partner_key = ANY($1) OR partnership_key = ANY($1)
+     GROUP BY kind, currency, reward_status, approved
+     HAVING sum(count) <> 0
+     ORDER BY kind, reward_status NULLS LAST, currency NULLS LAST, approved";

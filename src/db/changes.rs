@@ -50,9 +50,6 @@ pub struct FeedPosition {
     pub id: i64,
 }
 
-/// Columns whose served name differs from the stored one (as the `/v1` rows serve them).
-const SERVED_AS: &[(&str, &str)] = &[("is_default", "default")];
-
 /// An object's typed state as stored: what a change's `state` and `fields` are made of.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Snapshot<'a> {
@@ -70,11 +67,10 @@ impl Snapshot<'_> {
         let mut map = Map::new();
         map.insert("key".into(), Value::String(key.to_string()));
         for (column, value) in columns::of(entity).iter().zip(self.columns.iter()) {
-            let name = SERVED_AS
-                .iter()
-                .find(|(stored, _)| *stored == column.name)
-                .map_or(column.name, |(_, served)| served);
-            map.insert(name.to_string(), col_json(value));
+            map.insert(
+                columns::served_name(column.name).to_string(),
+                col_json(value),
+            );
         }
         for (name, at) in [
             ("created_at", self.created_at),

@@ -6,6 +6,7 @@ pub mod embedded;
 pub mod events;
 pub mod relay;
 pub mod sync;
+pub mod totals;
 pub mod writes;
 
 use std::str::FromStr;

@@ -703,3 +703,66 @@ async fn passing_database_refusals_are_told_apart_from_refused_data() {
         .unwrap_err();
     assert!(!is_transient_error(&refused), "{refused}");
 }
+
+/// Taking a batch from a backlog walks the pending index in id order and stops after the
+/// batch, even when the table's statistics know nothing of the backlog (never analyzed):
+/// no plan that sorts every pending delivery, whose cost would grow with the backlog.
+#[tokio::test]
+async fn a_batch_is_taken_from_the_pending_index_whatever_the_statistics_say() {
+    use partnerstack_sync::db::events::{self, LOCK_PENDING_SQL};
+    let db = crate::common::TestDb::new().await;
+    sqlx::query(
+        "INSERT INTO webhook_events (idempotency_key, event_type, body)
+         SELECT sha256(convert_to('delivery ' || g, 'UTF8')), 'customer_created',
+                '{\"pad\": \"' || repeat('x', 1500) || '\"}'
+         FROM generate_series(1, 5000) g",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let explain = format!("EXPLAIN (FORMAT JSON) {}", *LOCK_PENDING_SQL);
+    let plan = |sorts_off: bool| {
+        let (pool, explain) = (db.pool.clone(), explain.clone());
+        async move {
+            let mut tx = pool.begin().await.unwrap();
+            if sorts_off {
+                events::without_sorts(&mut tx, true).await.unwrap();
+            }
+            let plan: Value = sqlx::query_scalar(sqlx::AssertSqlSafe(explain))
+                .bind(None::<Vec<i64>>)
+                .bind(256_i64)
+                .fetch_one(&mut *tx)
+                .await
+                .unwrap();
+            tx.rollback().await.unwrap();
+            plan.to_string()
+        }
+    };
+    let chosen = plan(true).await;
+    assert!(
+        chosen.contains("webhook_events_pending") && !chosen.contains("\"Sort\""),
+        "{chosen}"
+    );
+    // What the planner picks on its own here (it sorted the whole backlog on Postgres 15).
+    let unguarded = plan(false).await;
+    println!(
+        "[lock plan] without the guard the plan {} the backlog",
+        if unguarded.contains("\"Sort\"") {
+            "sorts"
+        } else {
+            "does not sort"
+        }
+    );
+
+    // The guard is the locking read's alone: the rest of the transaction sorts as usual.
+    let mut tx = db.pool.begin().await.unwrap();
+    let taken = events::lock_pending(&mut tx, None, 256).await.unwrap();
+    assert_eq!(taken.len(), 256);
+    assert!(taken.windows(2).all(|w| w[0].id < w[1].id), "oldest first");
+    let sort: String = sqlx::query_scalar("SHOW enable_sort")
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+    assert_eq!(sort, "on");
+    tx.rollback().await.unwrap();
+}

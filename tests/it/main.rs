@@ -24,4 +24,5 @@ mod reliability;
 mod schema;
 mod simulate;
 mod status;
+mod totals;
 mod writes;

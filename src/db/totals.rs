@@ -1,0 +1,67 @@
+//! Per-partner totals (`partner_totals`), kept by triggers in the same transaction as the
+//! rows they count (`migrations/0009_partner_totals.sql`), and their check against the rows.
+//!
+//! Nothing in the service writes the totals: statement-level triggers on `customers`,
+//! `transactions` and `rewards` do, for every write path. The partner summary
+//! (`crate::api::summary`) reads them. [`drift`] recounts every group from the rows and
+//! lists the groups whose stored totals differ; it is empty unless the triggers are wrong
+//! (the tests run it after random mixes of writes).
+
+use sqlx::PgConnection;
+
+/// Every group's totals as the rows say they should be: the summary's counting rules
+/// (live rows; transactions not archived; a row with either partner column) written out
+/// again over the tables, independently of the triggers' functions.
+const RECOUNT_SQL: &str = "
+    SELECT jsonb_build_array(kind, partner_key, partnership_key, currency, reward_status,
+                             approved)::text AS grp,
+           count(*) AS count, COALESCE(sum(amount), 0)::bigint AS amount
+    FROM (SELECT 'customers' AS kind, partner_key, partnership_key, NULL::text AS currency,
+                 NULL::text AS reward_status, NULL::boolean AS approved, 0::bigint AS amount
+          FROM customers
+          WHERE deleted_at IS NULL AND (partner_key IS NOT NULL OR partnership_key IS NOT NULL)
+          UNION ALL
+          SELECT 'transactions', credited_partner_key, credited_partnership_key, currency, NULL,
+                 approved IS TRUE, COALESCE(amount, 0)
+          FROM transactions
+          WHERE deleted_at IS NULL AND archived IS NOT TRUE
+            AND (credited_partner_key IS NOT NULL OR credited_partnership_key IS NOT NULL)
+          UNION ALL
+          SELECT 'rewards', partner_key, partnership_key, currency, reward_status, NULL,
+                 COALESCE(amount, 0)
+          FROM rewards
+          WHERE deleted_at IS NULL AND (partner_key IS NOT NULL OR partnership_key IS NOT NULL)) r
+    GROUP BY kind, partner_key, partnership_key, currency, reward_status, approved";
+
+/// A group whose stored totals differ from its rows': `(count, amount)` stored and counted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Drift {
+    pub group: String,
+    pub stored: (i64, i64),
+    pub counted: (i64, i64),
+}
+
+/// Compares every group of `partner_totals` (zero groups included: they must have no rows)
+/// with a recount from the rows, in one snapshot. Empty when they agree exactly.
+pub async fn drift(conn: &mut PgConnection) -> Result<Vec<Drift>, sqlx::Error> {
+    /// A group, its stored count and amount, and its recounted ones.
+    type Compared = (String, Option<i64>, Option<i64>, Option<i64>, Option<i64>);
+    let rows: Vec<Compared> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "WITH counted AS ({RECOUNT_SQL})
+             SELECT COALESCE(s.grp, c.grp), s.count, s.amount, c.count, c.amount
+             FROM partner_totals s FULL JOIN counted c ON c.grp = s.grp
+             WHERE (COALESCE(s.count, 0), COALESCE(s.amount, 0))
+                   IS DISTINCT FROM (COALESCE(c.count, 0), COALESCE(c.amount, 0))
+             ORDER BY 1"
+    )))
+    .fetch_all(conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(group, sc, sa, cc, ca)| Drift {
+            group,
+            stored: (sc.unwrap_or(0), sa.unwrap_or(0)),
+            counted: (cc.unwrap_or(0), ca.unwrap_or(0)),
+        })
+        .collect())
+}
