@@ -7,7 +7,7 @@
 //! the embedded Postgres (if any) stops.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use partnerstack::client::Client;
 use tokio::net::TcpListener;
@@ -27,9 +27,6 @@ use crate::telemetry::{Metrics, UpstreamObserver};
 use crate::writes::Outbox;
 use crate::writes::worker::Worker;
 use crate::{relay, retention, routes, server};
-
-/// How often freed memory is given back to the system.
-const TRIM_EVERY: Duration = Duration::from_secs(10);
 
 /// Opens the database (starting the embedded one if configured), migrates it, serves on
 /// `listener` until `shutdown` is cancelled, then shuts everything down in order.
@@ -102,7 +99,10 @@ async fn serve(
     let applier = Applier::new(pool.clone(), metrics.clone(), verifier(&config, &client));
     // Freed request bodies go back to the system, not just to the allocator.
     let trim_stop = shutdown.child_token();
-    let trim_task = tokio::spawn(crate::telemetry::trim_memory(TRIM_EVERY, trim_stop.clone()));
+    let trim_task = tokio::spawn(crate::telemetry::trim_memory(
+        crate::telemetry::TRIM_EVERY,
+        trim_stop.clone(),
+    ));
     let applier_stop = CancellationToken::new();
     let applier_task = tokio::spawn(applier.run(stored, applier_stop.clone()));
 

@@ -264,6 +264,13 @@ async fn reconcile(config: Config, streams: Vec<Entity>, full: bool) -> anyhow::
         }
     };
     let patience = std::time::Duration::from_secs(60);
+    // Freed page buffers go back to the system as they do in `serve`, so a long scan's
+    // footprint does not creep up with the allocator's fragmentation.
+    let trim_stop = tokio_util::sync::CancellationToken::new();
+    let trim = tokio::spawn(telemetry::trim_memory(
+        telemetry::TRIM_EVERY,
+        trim_stop.clone(),
+    ));
     let reports = with_database(&config, async |database, _| {
         // The reconciler writes through its own session, not the pool.
         let connect = db::session_options(database.connect_options(), &config.database);
@@ -273,7 +280,10 @@ async fn reconcile(config: Config, streams: Vec<Entity>, full: bool) -> anyhow::
             .run_once(&entities, full, patience, &stop, &progress)
             .await
     })
-    .await?;
+    .await;
+    trim_stop.cancel();
+    let _ = trim.await;
+    let reports = reports?;
     let mut failed = 0;
     for report in reports {
         match report {

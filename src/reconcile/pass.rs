@@ -217,6 +217,46 @@ pub async fn run(
     .await
 }
 
+/// A fetched page read into observations.
+struct ReadPage {
+    observations: Vec<Observation>,
+    /// Keys of objects that do not read: still seen, so a full scan does not take their
+    /// rows for vanished.
+    unread_keys: Vec<String>,
+    /// Objects that do not read, and those of them whose key does not read either.
+    invalid: i64,
+    unkeyed: i64,
+    next_cursor: Option<String>,
+}
+
+impl ReadPage {
+    fn read(entity: Entity, page: Page) -> ReadPage {
+        let mut read = ReadPage {
+            observations: Vec::with_capacity(page.items.len()),
+            unread_keys: Vec::new(),
+            invalid: 0,
+            unkeyed: 0,
+            next_cursor: page.next_cursor,
+        };
+        for item in page.items {
+            let key = Meta::identity_of(&item);
+            match Observation::parse(entity, item, false) {
+                Ok(o) => read.observations.push(o),
+                Err(reason) => {
+                    read.invalid += 1;
+                    // Postgres text cannot hold U+0000: such a key is not recordable.
+                    match key.filter(|k| !k.contains('\0')) {
+                        Some(key) => read.unread_keys.push(key),
+                        None => read.unkeyed += 1,
+                    }
+                    tracing::warn!(%reason, "PartnerStack sent an object the service cannot read; skipped");
+                }
+            }
+        }
+        read
+    }
+}
+
 /// One pass of one stream, as its checkpoint records it.
 struct Pass {
     entity: Entity,
@@ -335,7 +375,11 @@ impl Pass {
         // Fetch ahead while earlier pages are applied; the channel holds a few pages, so
         // memory stays bounded whatever the stream's size. Strict: a cursor that stops
         // working is an error (the pass restarts from the top), never a quiet end.
-        let (pages_tx, mut pages) = mpsc::channel::<Result<Page, client::Error>>(PAGES_PER_COMMIT);
+        // Pages are read into observations here too, so reading a page overlaps the
+        // previous commit's statements rather than delaying the next one.
+        let (pages_tx, mut pages) =
+            mpsc::channel::<Result<ReadPage, client::Error>>(PAGES_PER_COMMIT);
+        let entity = self.entity;
         let mut pager = ctx.client.pages(self.entity, self.query.clone()).strict();
         let requests = pager.request_counter();
         // Full scans use only their share of the request budget.
@@ -348,7 +392,11 @@ impl Pass {
                     if let Some(pace) = &pace {
                         pace.acquire().await;
                     }
-                    let next = pager.next_page().await.transpose();
+                    let next = pager
+                        .next_page()
+                        .await
+                        .transpose()
+                        .map(|page| page.map(|page| ReadPage::read(entity, page)));
                     let last = !matches!(next, Some(Ok(_)));
                     if let Some(page) = next
                         && pages_tx.send(page).await.is_err()
@@ -374,7 +422,7 @@ impl Pass {
         &mut self,
         ctx: &Context<'_>,
         conn: &mut PgConnection,
-        pages: &mut mpsc::Receiver<Result<Page, client::Error>>,
+        pages: &mut mpsc::Receiver<Result<ReadPage, client::Error>>,
         requests: &AtomicU64,
         progress: &(dyn Fn(Progress) + Send + Sync),
     ) -> Result<(), PassError> {
@@ -430,7 +478,7 @@ impl Pass {
         &mut self,
         ctx: &Context<'_>,
         conn: &mut PgConnection,
-        batch: Vec<Page>,
+        batch: Vec<ReadPage>,
         requests: i64,
     ) -> Result<bool, PassError> {
         let stream = self.entity.stream();
@@ -440,34 +488,30 @@ impl Pass {
             ..PassCounts::default()
         };
         let next_cursor = batch.last().and_then(|p| p.next_cursor.clone());
-        let mut observations = Vec::with_capacity(batch.iter().map(|p| p.items.len()).sum());
-        // Keys of objects that do not read: still seen, so a full scan does not take their
-        // rows for vanished.
+        let mut observations = Vec::with_capacity(batch.iter().map(|p| p.observations.len()).sum());
         let mut unread_keys = Vec::new();
-        for item in batch.into_iter().flat_map(|p| p.items) {
-            let key = Meta::identity_of(&item);
-            match Observation::parse(self.entity, item, false) {
-                Ok(o) => observations.push(o),
-                Err(reason) => {
-                    page.invalid += 1;
-                    // Postgres text cannot hold U+0000: such a key is not recordable.
-                    match key.filter(|k| !k.contains('\0')) {
-                        Some(key) => unread_keys.push(key),
-                        None => page.unkeyed += 1,
-                    }
-                    tracing::warn!(%reason, "PartnerStack sent an object the service cannot read; skipped");
-                }
-            }
+        for read in batch {
+            observations.extend(read.observations);
+            unread_keys.extend(read.unread_keys);
+            page.invalid += read.invalid;
+            page.unkeyed += read.unkeyed;
         }
         let mut tx = conn.begin().await?;
         let results = apply::apply(&mut tx, Source::Reconcile, &observations).await?;
         if self.kind == PassKind::Full {
+            // A row this commit wrote has a `synced_at` after the pass began, which spares it
+            // from deletion detection already (sync::mark_vanished); only the objects that
+            // changed nothing, and those that do not read, need a record of being seen.
             let keys: Vec<&str> = observations
                 .iter()
-                .map(|o| o.key.as_str())
+                .zip(&results)
+                .filter(|(_, r)| !r.changed())
+                .map(|(o, _)| o.key.as_str())
                 .chain(unread_keys.iter().map(String::as_str))
                 .collect();
-            page.marked = sync::mark_seen(&mut tx, stream, self.id, &keys).await?;
+            if !keys.is_empty() {
+                page.marked = sync::mark_seen(&mut tx, stream, self.id, &keys).await?;
+            }
         }
         page.seen = observations.len() as i64 + page.invalid;
         page.changed = results.iter().filter(|r| r.changed()).count() as i64;

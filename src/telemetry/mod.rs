@@ -845,6 +845,9 @@ fn unix_now() -> f64 {
         .map_or(0.0, |d| d.as_secs_f64())
 }
 
+/// How often processes give freed memory back to the system ([`trim_memory`]).
+pub const TRIM_EVERY: Duration = Duration::from_secs(10);
+
 /// Gives freed memory back to the system every `every`, until `stop`. glibc's allocator
 /// keeps freed memory in its arenas (a burst of large request bodies otherwise stays in
 /// the process's footprint for good); `malloc_trim` returns the free pages of every arena.

@@ -1429,3 +1429,56 @@ async fn service_sessions_carry_server_side_keepalives() {
         assert_eq!(value, expected, "{setting}");
     }
 }
+
+/// A full scan records as seen only the objects that changed nothing (and those that do
+/// not read): a row it wrote carries a `synced_at` after the scan began, which spares it
+/// from deletion detection already. Changed rows are spared, unchanged ones recorded, and
+/// a stored row the scan did not see is marked deleted.
+#[tokio::test]
+async fn a_full_scan_records_only_what_it_did_not_write_and_still_finds_what_vanished() {
+    let db = TestDb::new().await;
+    let sim = stand_in(Options {
+        customers: 40,
+        ..Options::small(5)
+    })
+    .await;
+    let r = reconciler(&db, &sim, |c| c.max_delete_fraction = 0.5);
+    // From empty every object is written: nothing needs a record.
+    let first = pass_of(&r, Entity::Customer, true).await.unwrap();
+    assert!(first.counts.seen > 30);
+    assert_eq!(first.counts.changed, first.counts.seen);
+    assert_eq!(first.counts.marked, 0);
+    let live_count = "SELECT count(*) FROM customers WHERE deleted_at IS NULL";
+    let live_before = db.count(live_count).await;
+    // A row PartnerStack does not have, and a few customers changed there.
+    sqlx::query(
+        "INSERT INTO customers (key, created_at, raw, source, synced_at)
+         VALUES ('cus_gone', now() - interval '1 day', '{}', 'reconcile', now() - interval '1 day')",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let changed = sim
+        .simulator
+        .mutate(3, Some(MutationKind::UpdateCustomer), Notify::Drop)
+        .len();
+    assert!(changed > 0);
+
+    let second = pass_of(&r, Entity::Customer, true).await.unwrap();
+    assert_eq!(second.counts.deleted, 1, "{second:?}");
+    assert_eq!(
+        second.counts.marked,
+        second.counts.seen - (second.counts.changed - second.counts.deleted),
+        "recorded: exactly the objects that changed nothing ({second:?})"
+    );
+    assert!(second.counts.marked < second.counts.seen);
+    assert_eq!(db.count(live_count).await, live_before);
+    assert_eq!(
+        db.count(
+            "SELECT count(*) FROM customers WHERE key = 'cus_gone' AND deleted_at IS NOT NULL"
+        )
+        .await,
+        1
+    );
+    sim.stop().await.unwrap();
+}
