@@ -152,7 +152,19 @@ pub fn snapshot_of(
 }
 
 /// The stored states of objects, by entity and key, as [`lock_states`] found them.
-pub type States = HashMap<(Entity, String), Snapshot<'static>>;
+#[derive(Debug, Default)]
+pub struct States(HashMap<Entity, HashMap<String, Snapshot<'static>>>);
+
+impl States {
+    /// The state of `entity`'s object `key`, if it had a row.
+    pub fn get(&self, entity: Entity, key: &str) -> Option<&Snapshot<'static>> {
+        self.0.get(&entity)?.get(key)
+    }
+
+    fn insert(&mut self, entity: Entity, key: String, state: Snapshot<'static>) {
+        self.0.entry(entity).or_default().insert(key, state);
+    }
+}
 
 /// Locks the stored rows of `keys` (entity and key pairs; `FOR UPDATE`, in key order per
 /// entity, entities in a fixed order) and returns their states, so the old values a
@@ -166,7 +178,7 @@ pub async fn lock_states<'a>(
     for (entity, key) in keys {
         by_entity.entry(entity).or_default().push(key);
     }
-    let mut states = States::new();
+    let mut states = States::default();
     for entity in Entity::ALL {
         let Some(keys) = by_entity.get(&entity) else {
             continue;
@@ -177,13 +189,15 @@ pub async fn lock_states<'a>(
             .await?;
         for row in rows {
             let key: String = row.try_get(0)?;
-            states.insert((entity, key), snapshot_of(&row, entity, 1)?);
+            states.insert(entity, key, snapshot_of(&row, entity, 1)?);
         }
     }
     Ok(states)
 }
 
-fn lock_sql(entity: Entity) -> &'static str {
+/// The statement [`lock_states`] runs for `entity` (`$1` the keys), built once (benchmarks
+/// replay it with pgbench).
+pub fn lock_sql(entity: Entity) -> &'static str {
     static SQL: LazyLock<HashMap<Entity, String>> = LazyLock::new(|| {
         Entity::ALL
             .into_iter()
@@ -228,7 +242,7 @@ pub async fn record(
     let raced: Vec<(Entity, &str)> = written
         .iter()
         .filter(|w| seen.insert((w.entity, w.key)))
-        .filter(|w| !w.inserted && !before.contains_key(&(w.entity, w.key.to_string())))
+        .filter(|w| !w.inserted && before.get(w.entity, w.key).is_none())
         .map(|w| (w.entity, w.key))
         .collect();
     let logged = if raced.is_empty() {
@@ -236,25 +250,45 @@ pub async fn record(
     } else {
         latest_states(conn, &raced).await?
     };
+    // How many more times each object is written in this batch: its state is kept for the
+    // next write's old values only while one follows.
+    let mut later: HashMap<(Entity, &str), usize> = HashMap::new();
+    for w in &written {
+        *later.entry((w.entity, w.key)).or_default() += 1;
+    }
     let mut current: HashMap<(Entity, &str), Value> = HashMap::new();
     let mut rows = Rows::default();
     for w in written {
+        let id = (w.entity, w.key);
         let new = w.state.to_json(w.entity, w.key);
-        let old = match current.remove(&(w.entity, w.key)) {
+        let old = match current.remove(&id) {
             Some(previous) => Some(previous),
             None if w.inserted => None,
-            None => {
-                let id = (w.entity, w.key.to_string());
-                match before.get(&id) {
-                    Some(snapshot) => Some(snapshot.to_json(w.entity, w.key)),
-                    None => logged.get(&id).cloned(),
-                }
-            }
+            None => match before.get(w.entity, w.key) {
+                Some(snapshot) => Some(snapshot.to_json(w.entity, w.key)),
+                None => logged.get(&(w.entity, w.key.to_string())).cloned(),
+            },
         };
-        if let Some(change) = describe(old.as_ref(), &new) {
-            rows.push(w.entity, w.key, change, new.clone());
+        let more = later.get_mut(&id).map_or(0, |n| {
+            *n -= 1;
+            *n
+        });
+        // A creation's fields are its state (see `Rows::push`): nothing to compare.
+        let change = match &old {
+            None => Some((Operation::Created, Value::Object(Map::new()))),
+            Some(old) => describe(Some(old), &new),
+        };
+        match (change, more) {
+            (Some(change), 0) => rows.push(w.entity, w.key, change, new),
+            (Some(change), _) => {
+                rows.push(w.entity, w.key, change, new.clone());
+                current.insert(id, new);
+            }
+            (None, 0) => {}
+            (None, _) => {
+                current.insert(id, new);
+            }
         }
-        current.insert((w.entity, w.key), new);
     }
     rows.insert(conn, source).await
 }
