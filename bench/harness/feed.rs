@@ -30,7 +30,7 @@ pub async fn latency(bench: &mut Bench) -> anyhow::Result<()> {
         path: format!("/webhooks/partnerstack/{WEBHOOK_TOKEN}"),
         run: run.clone(),
     });
-    let stats = load::open(svc.addr, workload, RATE, 64, bench.durations.latency).await?;
+    let stats = load::open(svc.addr, workload, RATE, 64, bench.durations.latency, None).await?;
     // Let the reader catch up (bounded).
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline && received.lock().await.len() < stats.answered.len() {

@@ -10,7 +10,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use axum::body::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -18,6 +18,7 @@ use hyper::Request;
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
+use tokio::sync::mpsc;
 
 /// What to send: a method, a path and a body, as a function of a sequence number.
 pub trait Workload: Send + Sync + 'static {
@@ -98,6 +99,9 @@ pub struct Stats {
     /// When each successful request of an open-loop run was answered, by sequence number.
     pub answered: Vec<(u64, Instant)>,
     pub elapsed: Duration,
+    /// The measured window by the wall clock (after the warm-up), to compare with times
+    /// Postgres recorded.
+    pub window: Option<(SystemTime, SystemTime)>,
 }
 
 impl Stats {
@@ -137,9 +141,9 @@ pub fn quantile_ms(sorted_us: &[u64], q: f64) -> f64 {
     sorted_us[i] as f64 / 1000.0
 }
 
-type Sender = http1::SendRequest<Full<Bytes>>;
+pub type Sender = http1::SendRequest<Full<Bytes>>;
 
-async fn connect(addr: SocketAddr) -> anyhow::Result<Sender> {
+pub async fn connect(addr: SocketAddr) -> anyhow::Result<Sender> {
     let stream = TcpStream::connect(addr).await?;
     stream.set_nodelay(true)?;
     let (sender, conn) = http1::handshake(TokioIo::new(stream)).await?;
@@ -163,6 +167,57 @@ async fn exchange(sender: &mut Sender, request: Request<Full<Bytes>>) -> bool {
     }
 }
 
+/// Polls `path` (a GET with a bearer token) on one connection until it answers 200:
+/// returns when that answer was read, or `None` past `deadline`. Polls every `every`.
+pub async fn poll_until_found(
+    sender: &mut Option<Sender>,
+    addr: SocketAddr,
+    path: &str,
+    token: &str,
+    every: Duration,
+    deadline: Instant,
+) -> Option<Instant> {
+    while Instant::now() < deadline {
+        if sender.is_none() {
+            *sender = connect(addr).await.ok();
+        }
+        let Some(s) = sender.as_mut() else {
+            tokio::time::sleep(every).await;
+            continue;
+        };
+        let request = Request::get(path)
+            .header("host", "bench")
+            .header("authorization", format!("Bearer {token}"))
+            .body(Full::new(Bytes::new()))
+            .expect("static request parts are valid");
+        let found = match s.ready().await {
+            Ok(()) => match s.send_request(request).await {
+                Ok(response) => {
+                    let status = response.status();
+                    let read = response.into_body().collect().await.is_ok();
+                    if !read {
+                        *sender = None;
+                    }
+                    read && status.is_success()
+                }
+                Err(_) => {
+                    *sender = None;
+                    false
+                }
+            },
+            Err(_) => {
+                *sender = None;
+                false
+            }
+        };
+        if found {
+            return Some(Instant::now());
+        }
+        tokio::time::sleep(every).await;
+    }
+    None
+}
+
 /// `connections` clients sending back to back for `duration` (after `warmup`, which is
 /// not counted).
 pub async fn closed<W: Workload>(
@@ -175,6 +230,7 @@ pub async fn closed<W: Workload>(
     let counter = Arc::new(AtomicU64::new(0));
     let start = Instant::now() + warmup;
     let end = start + duration;
+    let wall_start = SystemTime::now() + warmup;
     let mut tasks = Vec::new();
     for _ in 0..connections {
         let mut sender = connect(addr).await?;
@@ -211,17 +267,21 @@ pub async fn closed<W: Workload>(
     for t in tasks {
         parts.push(t.await?);
     }
-    Ok(Stats::merge(parts, duration))
+    let mut stats = Stats::merge(parts, duration);
+    stats.window = Some((wall_start, wall_start + duration));
+    Ok(stats)
 }
 
 /// Requests scheduled at `rate` per second for `duration`, served by up to `connections`
-/// connections; latency counts from each request's scheduled instant.
+/// connections; latency counts from each request's scheduled instant. Each success is
+/// also sent to `answers` (sequence number, when the answer was read), when given.
 pub async fn open<W: Workload>(
     addr: SocketAddr,
     workload: Arc<W>,
     rate: f64,
     connections: usize,
     duration: Duration,
+    answers: Option<mpsc::UnboundedSender<(u64, Instant)>>,
 ) -> anyhow::Result<Stats> {
     let total = (rate * duration.as_secs_f64()) as u64;
     let interval = Duration::from_secs_f64(1.0 / rate);
@@ -230,7 +290,7 @@ pub async fn open<W: Workload>(
     let mut tasks = Vec::new();
     for _ in 0..connections {
         let mut sender = connect(addr).await?;
-        let (workload, next) = (workload.clone(), next.clone());
+        let (workload, next, answers) = (workload.clone(), next.clone(), answers.clone());
         tasks.push(tokio::spawn(async move {
             let mut stats = Stats::default();
             loop {
@@ -243,7 +303,11 @@ pub async fn open<W: Workload>(
                 let ok = exchange(&mut sender, workload.request(n)).await;
                 if ok {
                     stats.ok += 1;
-                    stats.answered.push((n, Instant::now()));
+                    let at = Instant::now();
+                    stats.answered.push((n, at));
+                    if let Some(answers) = &answers {
+                        let _ = answers.send((n, at));
+                    }
                     stats
                         .latencies_us
                         .push(scheduled.elapsed().as_micros() as u64);

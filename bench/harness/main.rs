@@ -9,6 +9,7 @@
 //! started is stopped at the end.
 
 mod feed;
+mod ingest;
 mod load;
 mod pgbench;
 mod scenarios;
@@ -18,7 +19,6 @@ mod writes;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -26,13 +26,71 @@ use partnerstack_sync::db::embedded::EmbeddedPostgres;
 use secrecy::ExposeSecret;
 use sqlx::{Connection, PgConnection};
 
-use service::{Service, WEBHOOK_TOKEN};
+use service::Service;
 
 /// How long each measurement runs.
 struct Durations {
     warmup: Duration,
     throughput: Duration,
     latency: Duration,
+    /// Runs of each measurement a ratio is taken from (median and range reported).
+    repetitions: usize,
+}
+
+/// Repeated measurements of one quantity: their median and range.
+#[derive(Debug, Clone, Copy)]
+struct Spread {
+    median: f64,
+    min: f64,
+    max: f64,
+    n: usize,
+}
+
+impl Spread {
+    /// The median (the mean of the middle two for an even count) and range of `values`.
+    fn of(values: &[f64]) -> Spread {
+        let mut v: Vec<f64> = values.iter().copied().filter(|x| !x.is_nan()).collect();
+        v.sort_by(f64::total_cmp);
+        if v.is_empty() {
+            return Spread::one(f64::NAN);
+        }
+        let mid = v.len() / 2;
+        let median = if v.len() % 2 == 1 {
+            v[mid]
+        } else {
+            (v[mid - 1] + v[mid]) / 2.0
+        };
+        Spread {
+            median,
+            min: v[0],
+            max: v[v.len() - 1],
+            n: v.len(),
+        }
+    }
+
+    fn one(value: f64) -> Spread {
+        Spread {
+            median: value,
+            min: value,
+            max: value,
+            n: 1,
+        }
+    }
+
+    /// `median (min-max)` with `decimals` decimals; the median alone for one value.
+    fn show(&self, decimals: usize) -> String {
+        if self.n > 1 {
+            format!(
+                "{:.d$} ({:.d$}-{:.d$})",
+                self.median,
+                self.min,
+                self.max,
+                d = decimals
+            )
+        } else {
+            format!("{:.d$}", self.median, d = decimals)
+        }
+    }
 }
 
 /// One line of the results table.
@@ -41,7 +99,7 @@ struct Row {
     metric: String,
     service: String,
     baseline: String,
-    ratio: Option<f64>,
+    ratio: Option<Spread>,
     target: String,
     met: Option<bool>,
 }
@@ -52,7 +110,7 @@ impl Row {
         metric: impl Into<String>,
         service: String,
         baseline: String,
-        ratio: Option<f64>,
+        ratio: Option<Spread>,
         target: impl Into<String>,
         met: Option<bool>,
     ) -> Row {
@@ -74,10 +132,72 @@ struct Bench {
     durations: Durations,
     rows: Vec<Row>,
     notes: Vec<String>,
+    quick: bool,
+    /// `--profile`: Postgres runs with `pg_stat_statements`, and each scenario prints the
+    /// statements that took the most time (for profiling sessions; off in recorded runs).
+    profile: bool,
 }
 
+/// The command line: `--quick`, `--only a,b` (scenarios by name), `--profile`.
+struct Options {
+    quick: bool,
+    only: Option<Vec<String>>,
+    profile: bool,
+}
+
+impl Options {
+    fn parse() -> anyhow::Result<Options> {
+        let mut options = Options {
+            quick: false,
+            only: None,
+            profile: false,
+        };
+        let mut args = std::env::args().skip(1);
+        while let Some(arg) = args.next() {
+            match arg.as_str() {
+                "--quick" => options.quick = true,
+                "--profile" => options.profile = true,
+                "--only" => {
+                    let list = args.next().context("--only needs a list of scenarios")?;
+                    let names: Vec<String> = list.split(',').map(str::to_string).collect();
+                    if let Some(unknown) = names.iter().find(|n| !SCENARIOS.contains(&n.as_str())) {
+                        anyhow::bail!("unknown scenario {unknown:?}; known: {SCENARIOS:?}");
+                    }
+                    options.only = Some(names);
+                }
+                // cargo bench passes --bench to harness-less benches.
+                "--bench" => {}
+                other => anyhow::bail!("unknown argument {other:?}"),
+            }
+        }
+        Ok(options)
+    }
+
+    fn runs(&self, scenario: &str) -> bool {
+        self.only
+            .as_ref()
+            .is_none_or(|names| names.iter().any(|n| n == scenario))
+    }
+}
+
+/// The scenarios, in the order they run.
+const SCENARIOS: &[&str] = &[
+    "ingest",
+    "feed",
+    "writes",
+    "reconcile",
+    "query",
+    "footprint",
+];
+
 fn main() -> ExitCode {
-    let quick = std::env::args().any(|a| a == "--quick");
+    let options = match Options::parse() {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("bench: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -88,7 +208,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(quick)) {
+    match runtime.block_on(run(options)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("bench: {e:#}");
@@ -97,19 +217,22 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(quick: bool) -> anyhow::Result<()> {
+async fn run(options: Options) -> anyhow::Result<()> {
+    let quick = options.quick;
     let started = Instant::now();
     let durations = if quick {
         Durations {
             warmup: Duration::from_secs(1),
             throughput: Duration::from_secs(5),
             latency: Duration::from_secs(4),
+            repetitions: 1,
         }
     } else {
         Durations {
-            warmup: Duration::from_secs(5),
-            throughput: Duration::from_secs(30),
-            latency: Duration::from_secs(15),
+            warmup: Duration::from_secs(3),
+            throughput: Duration::from_secs(20),
+            latency: Duration::from_secs(10),
+            repetitions: 3,
         }
     };
     let work = std::env::temp_dir().join(format!("psync-bench-{}", std::process::id()));
@@ -120,30 +243,54 @@ async fn run(quick: bool) -> anyhow::Result<()> {
         std::fs::set_permissions(&work, std::fs::Permissions::from_mode(0o755))?;
     }
     println!("bench: starting a throwaway Postgres in {}", work.display());
-    let pg = EmbeddedPostgres::start(&work.join("pg"), &[]).await?;
+    let settings: &[(&str, &str)] = if options.profile {
+        &[
+            ("shared_preload_libraries", "pg_stat_statements"),
+            ("pg_stat_statements.track", "all"),
+        ]
+    } else {
+        &[]
+    };
+    let pg = EmbeddedPostgres::start(&work.join("pg"), settings).await?;
     let mut bench = Bench {
         work: work.clone(),
         pg,
         durations,
         rows: Vec::new(),
         notes: Vec::new(),
+        quick,
+        profile: options.profile,
     };
 
     let result = async {
-        ingest(&mut bench).await.context("ingest scenario")?;
-        feed::latency(&mut bench)
-            .await
-            .context("feed latency scenario")?;
-        writes::writes(&mut bench)
-            .await
-            .context("writes scenario")?;
-        scenarios::reconcile(&mut bench, quick)
-            .await
-            .context("reconcile scenario")?;
-        scenarios::query(&mut bench, quick)
-            .await
-            .context("query scenario")?;
-        footprint(&mut bench).await.context("footprint scenario")?;
+        if options.runs("ingest") {
+            ingest::ingest(&mut bench)
+                .await
+                .context("ingest scenario")?;
+        }
+        if options.runs("feed") {
+            feed::latency(&mut bench)
+                .await
+                .context("feed latency scenario")?;
+        }
+        if options.runs("writes") {
+            writes::writes(&mut bench)
+                .await
+                .context("writes scenario")?;
+        }
+        if options.runs("reconcile") {
+            scenarios::reconcile(&mut bench, quick)
+                .await
+                .context("reconcile scenario")?;
+        }
+        if options.runs("query") {
+            scenarios::query(&mut bench, quick)
+                .await
+                .context("query scenario")?;
+        }
+        if options.runs("footprint") {
+            footprint(&mut bench).await.context("footprint scenario")?;
+        }
         anyhow::Ok(())
     }
     .await;
@@ -153,7 +300,7 @@ async fn run(quick: bool) -> anyhow::Result<()> {
     result?;
     let report = render(&bench, quick, started.elapsed());
     println!("\n{report}");
-    if !quick {
+    if !quick && options.only.is_none() && !options.profile {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/RESULTS.md");
         std::fs::write(&path, &report)?;
         println!("bench: wrote {}", path.display());
@@ -182,6 +329,56 @@ impl Bench {
         Ok(url)
     }
 
+    /// With `--profile`: prints the statements that took the most time in `url`'s
+    /// database since the last report, then resets the counters.
+    async fn statements(&self, url: &str, label: &str) -> anyhow::Result<()> {
+        if !self.profile {
+            return Ok(());
+        }
+        let mut conn = PgConnection::connect(url).await?;
+        sqlx::query("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+            .execute(&mut conn)
+            .await?;
+        let rows: Vec<(f64, i64, i64, f64, String)> = sqlx::query_as(
+            "SELECT total_exec_time, calls, rows, shared_blks_dirtied::float8 / greatest(calls, 1),
+                    regexp_replace(query, '\\s+', ' ', 'g')
+             FROM pg_stat_statements ORDER BY total_exec_time DESC LIMIT 15",
+        )
+        .fetch_all(&mut conn)
+        .await?;
+        println!("  [profile] {label}: statements by total time");
+        for (total, calls, n, dirtied, query) in rows {
+            let short: String = query.chars().take(160).collect();
+            println!(
+                "  [profile] {total:>9.0} ms {calls:>8} calls {:>8.3} ms/call {n:>9} rows {dirtied:>6.1} dirtied/call  {short}",
+                total / calls.max(1) as f64
+            );
+        }
+        sqlx::query("SELECT pg_stat_statements_reset()")
+            .execute(&mut conn)
+            .await?;
+        conn.close().await?;
+        Ok(())
+    }
+
+    /// A row of the service's own CPU time per unit of work (µs, from `/proc/<pid>/stat`),
+    /// with Postgres' when it was measured too.
+    fn cpu(&mut self, what: &str, service_us: Spread, postgres_us: Option<f64>) {
+        let metric = match postgres_us {
+            Some(pg) => format!("service CPU {what}, µs (Postgres: {pg:.0} µs)"),
+            None => format!("service CPU {what}, µs"),
+        };
+        self.row(Row::new(
+            "cpu",
+            metric,
+            service_us.show(0),
+            "-".into(),
+            None,
+            "(reported)",
+            None,
+        ));
+    }
+
     fn row(&mut self, row: Row) {
         println!(
             "  {:<10} {:<44} service {:>12}  baseline {:>12}  ratio {:>6}  target {:<18} {}",
@@ -189,7 +386,7 @@ impl Bench {
             row.metric,
             row.service,
             row.baseline,
-            row.ratio.map_or("-".into(), |r| format!("{r:.2}")),
+            row.ratio.map_or("-".into(), |r| r.show(2)),
             row.target,
             verdict(row.met)
         );
@@ -204,126 +401,6 @@ async fn count(url: &str, sql: &str) -> anyhow::Result<i64> {
         .await?;
     conn.close().await?;
     Ok(n)
-}
-
-/// Scenario 1: webhook ingest, throughput at concurrency 32 and latency at fixed rates.
-async fn ingest(bench: &mut Bench) -> anyhow::Result<()> {
-    println!("bench: ingest");
-    let d = &bench.durations;
-    let (warmup, throughput, latency) = (d.warmup, d.throughput, d.latency);
-
-    // Baseline first, on a database of its own.
-    let base_url = bench.database("bench_pgbench").await?;
-    let script = pgbench::per_delivery_script();
-    let base = pgbench::run(
-        &base_url,
-        &script,
-        32,
-        throughput,
-        None,
-        &bench.work,
-        "per-delivery",
-    )?;
-    println!("  pgbench per-delivery baseline: {:.0} tps", base.tps);
-
-    let url = bench.database("bench_ingest").await?;
-    let svc = Service::start(&url, &[]).await?;
-    let workload = Arc::new(load::Deliveries {
-        path: format!("/webhooks/partnerstack/{WEBHOOK_TOKEN}"),
-        run: "tp".into(),
-    });
-    let (sampler, stop_sampler) = service::sample_peak_rss(svc.pid());
-    let stats = load::closed(svc.addr, workload.clone(), 32, warmup, throughput).await?;
-    let _ = stop_sampler.send(());
-    let peak_rss = sampler.await?;
-    // Everything acknowledged must be stored, exactly: nothing more, nothing less.
-    let stored = count(&url, "SELECT count(*) FROM webhook_events").await?;
-    let drained = Instant::now();
-    while count(
-        &url,
-        "SELECT count(*) FROM webhook_events WHERE outcome = 'pending'",
-    )
-    .await?
-        > 0
-        && drained.elapsed() < Duration::from_secs(120)
-    {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let apply_lag = drained.elapsed();
-    let acknowledged = (stats.ok + stats.warmup_ok) as i64;
-    let exact = stored == acknowledged && stats.failed == 0;
-    bench.notes.push(format!(
-        "Ingest throughput run: {} deliveries acknowledged in the measured {:.0} s, {} non-2xx; \
-         the log holds {stored} rows for {acknowledged} acknowledgements (warm-up included): {}. \
-         The applier finished applying {:.1} s after the load stopped.",
-        stats.ok,
-        throughput.as_secs_f64(),
-        stats.failed,
-        if exact { "exact" } else { "MISMATCH" },
-        apply_lag.as_secs_f64()
-    ));
-    let ratio = stats.rate() / base.tps;
-    bench.row(Row::new(
-        "ingest",
-        "throughput, deliveries/s (c=32)",
-        format!("{:.0}", stats.rate()),
-        format!("{:.0}", base.tps),
-        Some(ratio),
-        ">= 1.0x baseline",
-        Some(ratio >= 1.0 && exact),
-    ));
-    bench.row(Row::new(
-        "ingest",
-        "RSS under ingest load, MiB",
-        format!("{peak_rss:.1}"),
-        "-".into(),
-        None,
-        "< 150 MiB",
-        Some(peak_rss < 150.0),
-    ));
-
-    for rate in [500.0, 2000.0] {
-        let workload = Arc::new(load::Deliveries {
-            path: format!("/webhooks/partnerstack/{WEBHOOK_TOKEN}"),
-            run: format!("lat{rate}"),
-        });
-        let stats = load::open(svc.addr, workload, rate, 64, latency).await?;
-        let base = pgbench::run(
-            &base_url,
-            &script,
-            32,
-            latency,
-            Some(rate),
-            &bench.work,
-            "per-delivery-rate",
-        )?;
-        let (p50, p99, p999) = (
-            stats.quantile_ms(0.5),
-            stats.quantile_ms(0.99),
-            stats.quantile_ms(0.999),
-        );
-        let ratio = p99 / base.quantile_ms(0.99);
-        bench.row(Row::new(
-            "ingest",
-            format!("latency at {rate:.0}/s, p50/p99/p99.9 ms"),
-            format!("{p50:.1}/{p99:.1}/{p999:.1}"),
-            format!(
-                "{:.1}/{:.1}/{:.1}",
-                base.quantile_ms(0.5),
-                base.quantile_ms(0.99),
-                base.quantile_ms(0.999)
-            ),
-            Some(ratio),
-            if rate >= 2000.0 {
-                "p99 <= 1.5x baseline"
-            } else {
-                "(reported)"
-            },
-            (rate >= 2000.0).then_some(ratio <= 1.5 && stats.failed == 0),
-        ));
-    }
-    svc.stop().await?;
-    Ok(())
 }
 
 /// Scenario 4: footprint: idle RSS, binary size, cold start.
@@ -445,7 +522,7 @@ fn render(bench: &Bench, quick: bool, took: Duration) -> String {
             r.metric,
             r.service,
             r.baseline,
-            r.ratio.map_or("-".into(), |x| format!("{x:.2}")),
+            r.ratio.map_or("-".into(), |x| x.show(2)),
             r.target,
             verdict(r.met)
         );

@@ -11,6 +11,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use partnerstack::Entity;
 use partnerstack_sync::apply::upsert_sql_for;
+use partnerstack_sync::db::changes::{APPEND_SQL, lock_sql};
 use partnerstack_sync::db::events::INSERT_EVENTS_SQL;
 use partnerstack_sync::db::writes::ACCEPT_SQL;
 
@@ -69,6 +70,21 @@ pub fn run_scripts(
     workdir: &Path,
     label: &str,
 ) -> anyhow::Result<Run> {
+    let weighted: Vec<(String, u32)> = scripts.iter().map(|s| (s.clone(), 1)).collect();
+    run_weighted(url, &weighted, clients, duration, rate, workdir, label)
+}
+
+/// Runs pgbench with several scripts, each transaction picking one at random in
+/// proportion to its weight.
+pub fn run_weighted(
+    url: &str,
+    scripts: &[(String, u32)],
+    clients: usize,
+    duration: Duration,
+    rate: Option<f64>,
+    workdir: &Path,
+    label: &str,
+) -> anyhow::Result<Run> {
     let log_dir = workdir.join(format!("{label}-log"));
     let _ = std::fs::remove_dir_all(&log_dir);
     std::fs::create_dir_all(&log_dir)?;
@@ -80,10 +96,10 @@ pub fn run_scripts(
         .arg(format!("--client={clients}"))
         .arg(format!("--jobs={}", clients.min(2)))
         .arg(format!("--time={}", duration.as_secs().max(1)));
-    for (i, script) in scripts.iter().enumerate() {
+    for (i, (script, weight)) in scripts.iter().enumerate() {
         let path = workdir.join(format!("{label}-{i}.sql"));
         std::fs::write(&path, script)?;
-        cmd.arg(format!("--file={}@1", path.display()));
+        cmd.arg(format!("--file={}@{weight}", path.display()));
     }
     cmd.arg("--log")
         .arg(format!("--log-prefix={}", log_dir.join("tx").display()))
@@ -145,7 +161,7 @@ fn bind(sql: &str, exprs: &[String]) -> String {
 
 /// Array expressions for `entity`'s upsert: `rows` rows per statement, keys derived from
 /// pgbench variables so every statement touches new rows.
-fn upsert_exprs(entity: Entity, rows: usize, key: &str) -> Vec<String> {
+fn upsert_exprs(entity: Entity, rows: usize, key: &str, raw_bytes: usize) -> Vec<String> {
     let series = |expr: &str, ty: &str| {
         if rows == 1 {
             format!("ARRAY[{expr}]::{ty}[]", expr = expr.replace("g.i", "1"))
@@ -162,7 +178,7 @@ fn upsert_exprs(entity: Entity, rows: usize, key: &str) -> Vec<String> {
         series("false", "boolean"),
         series(
             &format!(
-                "('{{\"key\":\"' || {key} || '\",\"pad\":\"' || repeat('x', 1200) || '\"}}')::jsonb"
+                "('{{\"key\":\"' || {key} || '\",\"pad\":\"' || repeat('x', {raw_bytes}) || '\"}}')::jsonb"
             ),
             "jsonb",
         ),
@@ -176,7 +192,9 @@ fn upsert_exprs(entity: Entity, rows: usize, key: &str) -> Vec<String> {
             .take_while(|c| c.is_ascii_alphanumeric())
             .collect();
         let value = match ty.as_str() {
-            "text" => format!("'v' || {key}"),
+            // Each object its own values (partners, currencies, ...), as in a real page: the
+            // partner totals' triggers then see as many groups as a page of real objects.
+            "text" => format!("'v' || {key} || '_' || g.i"),
             "bigint" => "4999".to_string(),
             "boolean" => "true".to_string(),
             "timestamptz" => "now()".to_string(),
@@ -205,16 +223,77 @@ pub fn per_delivery_script() -> String {
     );
     let upsert = bind(
         upsert_sql_for(Entity::Customer),
-        &upsert_exprs(Entity::Customer, 1, key),
+        &upsert_exprs(Entity::Customer, 1, key, 1200),
     );
     format!("\\set n random(1, 2000000000)\nBEGIN;\n{events};\n{upsert};\nEND;\n")
 }
 
-/// One reconciler page per transaction: `rows` rows upserted in one statement.
-pub fn page_upsert_script(entity: Entity, rows: usize) -> String {
+/// The SQL type of `entity`'s typed column `n` (from `$n::type[]` in its upsert), with a
+/// plausible non-null value for it, as pgbench expressions.
+fn column_values(entity: Entity, key: &str) -> Vec<(&'static str, String)> {
+    partnerstack_sync::columns::of(entity)
+        .iter()
+        .map(|c| {
+            use partnerstack_sync::columns::SqlType;
+            let value = match c.ty {
+                SqlType::Text => format!("'v' || {key} || '_' || g.i"),
+                SqlType::Int => "4999".to_string(),
+                SqlType::Bool => "true".to_string(),
+                SqlType::Ts => "now()".to_string(),
+                SqlType::Date => "current_date".to_string(),
+                SqlType::Json => "'[\"tag\"]'::jsonb".to_string(),
+            };
+            (partnerstack_sync::columns::served_name(c.name), value)
+        })
+        .collect()
+}
+
+/// One reconciler page of `rows` new objects of `entity` per transaction, as `apply()`
+/// writes it: the change log's locking read of the page's keys (`changes::lock_sql`), the
+/// upsert (`apply::upsert_sql_for`), and the change log's append (`changes::APPEND_SQL`)
+/// with a state of the size apply() logs.
+pub fn page_apply_script(entity: Entity, rows: usize) -> String {
     let key = "('obj_' || :client_id::text || '_' || :n::text)";
-    let upsert = bind(upsert_sql_for(entity), &upsert_exprs(entity, rows, key));
-    format!("\\set n random(1, 2000000000)\nBEGIN;\n{upsert};\nEND;\n")
+    let series = |expr: &str, ty: &str| {
+        format!("ARRAY(SELECT {expr} FROM generate_series(1, {rows}) AS g(i))::{ty}[]")
+    };
+    let keys = series(&format!("{key} || '_' || g.i"), "text");
+    let lock = bind(lock_sql(entity), std::slice::from_ref(&keys));
+    // The stand-in's objects are 350-600 bytes of JSON.
+    let upsert = bind(
+        upsert_sql_for(entity),
+        &upsert_exprs(entity, rows, key, 400),
+    );
+    let mut fields = vec![format!("'key', {key} || '_' || g.i")];
+    fields.extend(
+        column_values(entity, key)
+            .into_iter()
+            .map(|(name, value)| format!("'{name}', {value}")),
+    );
+    fields.extend(
+        [
+            "'created_at', now()",
+            "'updated_at', now()",
+            "'deleted_at', NULL",
+        ]
+        .map(String::from),
+    );
+    let state = format!("jsonb_build_object({})", fields.join(", "));
+    let append = bind(
+        APPEND_SQL,
+        &[
+            "'reconcile'".to_string(),
+            series(
+                &format!("'{}'", partnerstack_sync::columns::table(entity)),
+                "text",
+            ),
+            keys.clone(),
+            series("'created'", "text"),
+            series("'{}'::jsonb", "jsonb"),
+            series(&state, "jsonb"),
+        ],
+    );
+    format!("\\set n random(1, 2000000000)\nBEGIN;\n{lock};\n{upsert};\n{append};\nEND;\n")
 }
 
 /// One accepted write per transaction: the outbox insert the service commits before it

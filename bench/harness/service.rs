@@ -11,8 +11,11 @@ use nix::unistd::Pid;
 pub const WEBHOOK_TOKEN: &str = "bench-webhook-token-0123456789";
 pub const API_TOKEN: &str = "bench-api-token-0123456789";
 
-pub fn binary() -> &'static str {
-    env!("CARGO_BIN_EXE_partnerstack-sync")
+/// The service's binary: this build's, or `PSYNC_BENCH_BINARY` (a build with debug
+/// information for `perf`, say).
+pub fn binary() -> String {
+    std::env::var("PSYNC_BENCH_BINARY")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_partnerstack-sync").to_string())
 }
 
 pub struct Service {
@@ -133,4 +136,65 @@ pub fn sample_peak_rss(
         peak
     });
     (task, stop)
+}
+
+/// CPU time a process has used so far (user + system, all its threads), seconds; 0 when
+/// it is gone. From `/proc/<pid>/stat`, in clock ticks of 10 ms.
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // The command name is in parentheses and may hold spaces: count fields after it.
+    let Some((_, rest)) = stat.rsplit_once(')') else {
+        return 0.0;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (ticks(11) + ticks(12)) / CLOCK_TICKS
+}
+
+/// `sysconf(_SC_CLK_TCK)` on Linux.
+const CLOCK_TICKS: f64 = 100.0;
+
+/// CPU time used so far by Postgres: the postmaster `pid` and its children (backends and
+/// background processes) that are alive now, seconds. A process that exits between two
+/// readings takes its time with it, so differences are a floor; the service's pooled
+/// sessions live through a measurement.
+pub fn postgres_cpu_seconds(pid: u32) -> f64 {
+    let mut total = cpu_seconds(pid);
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return total;
+    };
+    for entry in dir.flatten() {
+        let Some(child) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let parent = std::fs::read_to_string(format!("/proc/{child}/stat"))
+            .ok()
+            .and_then(|s| {
+                let (_, rest) = s.rsplit_once(')')?;
+                rest.split_whitespace().nth(1)?.parse::<u32>().ok()
+            });
+        if parent == Some(pid) {
+            total += cpu_seconds(child);
+        }
+    }
+    total
+}
+
+impl Service {
+    /// CPU time the service process has used so far, seconds.
+    pub fn cpu_seconds(&self) -> f64 {
+        cpu_seconds(self.pid())
+    }
 }

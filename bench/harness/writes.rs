@@ -14,7 +14,7 @@ use partnerstack_sim::Options;
 
 use crate::load::{self, Workload};
 use crate::service::{API_TOKEN, Service};
-use crate::{Bench, Row, count, pgbench};
+use crate::{Bench, Row, Spread, count, pgbench};
 
 const PUBLIC_KEY: &str = "pk_bench_writes_0123";
 const SECRET_KEY: &str = "sk_bench_writes_0123";
@@ -174,7 +174,7 @@ pub async fn writes(bench: &mut Bench) -> anyhow::Result<()> {
         "accepted writes/s (c=16)",
         format!("{accept_rate:.0}"),
         format!("{:.0}", base.tps),
-        Some(ratio),
+        Some(Spread::one(ratio)),
         "(reported)",
         None,
     ));

@@ -9,8 +9,9 @@
 //! needs it, timestamps formatted by hand.
 //!
 //! The bytes are exactly those serde writes for the typed row (same fields, order,
-//! escaping and number and time formats; the `api_rows` integration test compares both on
-//! every entity with awkward values), so a list item and the single-object read of the
+//! escaping, number and time formats): the integration test
+//! `api::list_items_are_byte_for_byte_the_objects_single_reads_serve` compares both on
+//! every entity with awkward values, so a list item and the single-object read of the
 //! same row cannot differ.
 
 use chrono::{DateTime, Datelike, NaiveDate, Timelike, Utc};
