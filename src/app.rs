@@ -104,7 +104,9 @@ async fn serve(
         trim_stop.clone(),
     ));
     let applier_stop = CancellationToken::new();
-    let applier_task = tokio::spawn(applier.run(stored, applier_stop.clone()));
+    let applier_tasks: Vec<_> = (0..config.webhooks.appliers)
+        .map(|_| tokio::spawn(applier.clone().run(stored.clone(), applier_stop.clone())))
+        .collect();
 
     let feed_stop = shutdown.child_token();
     let feed = Feed::new(feed_stop.clone());
@@ -200,7 +202,9 @@ async fn serve(
     writer_stop.cancel();
     let _ = writer_task.await;
     applier_stop.cancel();
-    let _ = applier_task.await;
+    for task in applier_tasks {
+        let _ = task.await;
+    }
     // The reconciler was told to stop with the server; it finishes the page it is applying
     // (the pass resumes from its checkpoint). A statement stuck in the database must not
     // hold shutdown: past the grace period the task is dropped, and with it the leader's

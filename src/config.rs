@@ -337,6 +337,8 @@ pub struct WebhookConfig {
     /// Bytes of deliveries being read or queued at most.
     pub queue_bytes: usize,
     pub batch_size: usize,
+    /// Applier tasks per replica, each applying its own batches (`SKIP LOCKED`).
+    pub appliers: usize,
     /// Whether deliveries are verified against PartnerStack before they are applied.
     pub verification: Verification,
     /// How long a verified delivery whose object PartnerStack does not know yet is
@@ -536,6 +538,15 @@ impl Config {
         }
         if !(1..=1000).contains(&self.webhooks.batch_size) {
             return fail("webhooks.batch_size", "must be within 1..=1000".into());
+        }
+        if !(1..=16).contains(&self.webhooks.appliers) {
+            return fail("webhooks.appliers", "must be within 1..=16".into());
+        }
+        if self.webhooks.appliers >= self.database.max_connections as usize {
+            return fail(
+                "webhooks.appliers",
+                "must be less than database.max_connections (each holds a connection while it applies a batch)".into(),
+            );
         }
         if self.database.max_connections < 2 {
             return fail("database.max_connections", "must be at least 2".into());
@@ -1338,6 +1349,24 @@ mod tests {
             err.contains("PSYNC_SERVER_LISTEN") && err.contains("PSYNC_LISTEN"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn appliers_are_bounded_by_the_pool() {
+        let with = |appliers: &str, connections: &str| {
+            Config::load_with_env(
+                None,
+                &env(&[
+                    ("PSYNC_WEBHOOKS_APPLIERS", appliers),
+                    ("PSYNC_DATABASE_MAX_CONNECTIONS", connections),
+                ]),
+            )
+        };
+        assert_eq!(with("3", "16").unwrap().webhooks.appliers, 3);
+        for (appliers, connections) in [("0", "16"), ("17", "32"), ("4", "4")] {
+            let err = with(appliers, connections).unwrap_err().to_string();
+            assert!(err.contains("PSYNC_WEBHOOKS_APPLIERS"), "{err}");
+        }
     }
 
     #[test]
