@@ -133,7 +133,7 @@ const DUE: &str = "outcome = 'pending'
     AND (leased_until IS NULL OR leased_until < now())";
 
 /// The statement [`lock_pending`] runs: `$1` the ids it may take (NULL: any), `$2` how
-/// many. Run it after [`without_sorts`].
+/// many. Run it after [`super::without_sorts`].
 pub static LOCK_PENDING_SQL: LazyLock<String> = LazyLock::new(|| {
     format!(
         "SELECT id, body, received_at, attempts FROM webhook_events
@@ -146,42 +146,20 @@ pub static LOCK_PENDING_SQL: LazyLock<String> = LazyLock::new(|| {
 
 /// Locks up to `limit` due deliveries (see [`DUE`]) for the caller's transaction, or,
 /// with `only`, those of them among `only`. Must run inside a transaction (see
-/// [`without_sorts`]).
+/// [`super::without_sorts`]).
 pub async fn lock_pending(
     conn: &mut PgConnection,
     only: Option<&[i64]>,
     limit: i64,
 ) -> Result<Vec<PendingEvent>, sqlx::Error> {
-    without_sorts(conn, true).await?;
+    super::without_sorts(conn, true).await?;
     let pending = sqlx::query_as(AssertSqlSafe(LOCK_PENDING_SQL.as_str()))
         .bind(only)
         .bind(limit)
         .fetch_all(&mut *conn)
         .await?;
-    without_sorts(conn, false).await?;
+    super::without_sorts(conn, false).await?;
     Ok(pending)
-}
-
-/// Turns sorting off (`off`), or back to the default, for the rest of the caller's
-/// transaction.
-///
-/// Taking the oldest pending deliveries must walk the `webhook_events_pending` index in id
-/// order and stop after `limit` rows. With statistics that do not know the backlog (a
-/// table never analyzed, or analyzed when nothing was pending, which autovacuum does not
-/// correct for a minute or more), the planner instead collected every pending row, bodies
-/// included, and sorted them all: `FOR UPDATE` sits between the `LIMIT` and the sort, so
-/// the sort is never bounded. Each batch then cost time in proportion to the backlog (145
-/// ms with 60,000 pending, an 87 MB sort on disk), the applier fell further behind with
-/// every batch, and never caught up during a burst. Without sorts, the index order is the
-/// only plan, whatever the statistics say.
-pub async fn without_sorts(conn: &mut PgConnection, off: bool) -> Result<(), sqlx::Error> {
-    let sql = if off {
-        "SET LOCAL enable_sort = off"
-    } else {
-        "SET LOCAL enable_sort TO DEFAULT"
-    };
-    sqlx::query(sql).execute(conn).await?;
-    Ok(())
 }
 
 /// Leases up to `limit` due deliveries for `lease` (one transaction, committed on return):
@@ -193,8 +171,8 @@ pub async fn lease_pending(
     lease: std::time::Duration,
 ) -> Result<Vec<PendingEvent>, sqlx::Error> {
     let mut tx = pool.begin().await?;
-    // In id order from the index, whatever the statistics say (see [`without_sorts`]).
-    without_sorts(&mut tx, true).await?;
+    // In id order from the index, whatever the statistics say (see [`super::without_sorts`]).
+    super::without_sorts(&mut tx, true).await?;
     let leased = sqlx::query_as(AssertSqlSafe(format!(
         "UPDATE webhook_events SET leased_until = now() + $2 * interval '1 millisecond'
          WHERE id IN (SELECT id FROM webhook_events WHERE {DUE}

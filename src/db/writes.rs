@@ -164,12 +164,19 @@ pub struct Claimed {
 }
 
 /// Claims up to `limit` due writes for `lease`, oldest first, skipping writes another
-/// worker holds and writes about a customer with an earlier write still pending.
+/// worker holds and writes about a customer with an earlier write still pending. The
+/// pending writes are walked in id order from the index and the walk stops after `limit`
+/// claims ([`super::without_sorts`]): with sorting, every pending write was checked for
+/// earlier writes of its customer before the oldest were picked, so each claim cost time
+/// in proportion to the backlog (sending fell from about 280 to 94 writes/s with 26,000
+/// pending).
 pub async fn claim(
     pool: &PgPool,
     limit: i64,
     lease: Duration,
 ) -> Result<Vec<Claimed>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    super::without_sorts(&mut tx, true).await?;
     let rows = sqlx::query(
         "WITH next AS (
              SELECT w.id FROM writes w
@@ -191,8 +198,9 @@ pub async fn claim(
     )
     .bind(limit)
     .bind(millis(lease))
-    .fetch_all(pool)
+    .fetch_all(&mut *tx)
     .await?;
+    tx.commit().await?;
     let mut claimed = rows
         .iter()
         .map(|r| {

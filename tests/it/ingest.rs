@@ -726,7 +726,9 @@ async fn a_batch_is_taken_from_the_pending_index_whatever_the_statistics_say() {
         async move {
             let mut tx = pool.begin().await.unwrap();
             if sorts_off {
-                events::without_sorts(&mut tx, true).await.unwrap();
+                partnerstack_sync::db::without_sorts(&mut tx, true)
+                    .await
+                    .unwrap();
             }
             let plan: Value = sqlx::query_scalar(sqlx::AssertSqlSafe(explain))
                 .bind(None::<Vec<i64>>)
