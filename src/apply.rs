@@ -269,6 +269,8 @@ pub async fn apply(
     source: Source,
     observations: &[Observation],
 ) -> Result<Vec<Applied>, sqlx::Error> {
+    // Writers of a customer and of its transactions take turns (see db::attribution).
+    attribution::lock_identities(conn, &customer_identities(observations)).await?;
     // A customer whose own key changes takes its credit away from the transactions that
     // named the old key: remember the stored keys before they are overwritten.
     let previous_keys = stored_customer_keys(conn, observations).await?;
@@ -327,6 +329,32 @@ pub async fn apply(
     );
     attribution::credit(conn, &[], &customers, &customer_keys).await?;
     Ok(results)
+}
+
+/// The customer identities whose credits `observations` can change: each customer's
+/// PartnerStack key and company key, and the customer each transaction names.
+fn customer_identities(observations: &[Observation]) -> Vec<&str> {
+    fn text<'a>(o: &'a Observation, name: &str) -> Option<&'a str> {
+        match o.column(name) {
+            Some(Col::Text(Some(v))) => Some(v.as_str()),
+            _ => None,
+        }
+    }
+    let mut identities = Vec::new();
+    for o in observations {
+        match o.entity {
+            Entity::Customer => {
+                identities.push(o.key.as_str());
+                identities.extend(text(o, "customer_key"));
+            }
+            Entity::Transaction => {
+                identities.extend(text(o, "customer_key"));
+                identities.extend(text(o, "customer_external_key"));
+            }
+            _ => {}
+        }
+    }
+    identities
 }
 
 /// The company keys (`customer_key`) stored for the customers among `observations`, by

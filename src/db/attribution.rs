@@ -11,6 +11,13 @@
 //! the same transaction; the `credited_*` columns the query API reads are therefore always
 //! current. (Marking a customer deleted does not re-credit: who referred a transaction
 //! does not change when the customer leaves.)
+//!
+//! A credit reads rows another transaction may be writing: a transaction written while its
+//! customer is being created, by another applier or replica or the reconciler, would see
+//! no customer, and the customer's re-credit would not see the transaction; both commit,
+//! and the transaction stays uncredited. So [`apply`](crate::apply::apply) first takes
+//! [`lock_identities`] on the customer identities its batch touches: the second of two
+//! such writers waits for the first to commit, and its statements then see its rows.
 
 use std::sync::LazyLock;
 
@@ -68,6 +75,31 @@ fn customer_of(row: &str) -> String {
             LIMIT 1
          ) tcx ON TRUE"
     )
+}
+
+/// The advisory lock class of customer identities ("psya").
+const LOCK_CLASS: i32 = 0x7073_7961;
+
+/// Locks the customer identities `identities` (PartnerStack keys and company keys) until
+/// the end of the caller's transaction, in one order (their hashes, sorted) so writers
+/// cannot deadlock on them. Two identities with the same hash share a lock: more waiting,
+/// never less.
+pub async fn lock_identities(
+    conn: &mut PgConnection,
+    identities: &[&str],
+) -> Result<(), sqlx::Error> {
+    if identities.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "SELECT count(pg_advisory_xact_lock($1, h))
+         FROM (SELECT DISTINCT hashtext(v) AS h FROM unnest($2::text[]) AS v ORDER BY h) s",
+    )
+    .bind(LOCK_CLASS)
+    .bind(identities)
+    .execute(conn)
+    .await?;
+    Ok(())
 }
 
 /// Credits again the given transactions and every transaction of the given customers

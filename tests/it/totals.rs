@@ -381,3 +381,62 @@ async fn totals_match_the_rows_after_a_random_mix_of_writes() {
         "{drift:?}"
     );
 }
+
+/// A transaction written while its customer is being written in another transaction (two
+/// appliers, a replica, the reconciler) is still credited to the customer's partner. Each
+/// alone would miss the other's uncommitted row; the second of the two waits for the
+/// first's commit (customer identity locks), then sees it. The test holds the customer's
+/// transaction open until the transaction's writer is either done (no waiting: the bug)
+/// or waiting for a lock, then commits it.
+#[tokio::test]
+async fn a_transaction_written_while_its_customer_is_written_is_credited() {
+    let db = TestDb::new().await;
+    let customer = Observation::parse(
+        Entity::Customer,
+        json!({"key": "cus_race", "customer_key": "yours-race", "partner_key": "pk_race",
+               "created_at": T0}),
+        false,
+    )
+    .unwrap();
+    let transaction = Observation::parse(
+        Entity::Transaction,
+        json!({"key": "txn_race", "amount": 1_000, "currency": "USD", "approved": true,
+               "customer": {"external_key": "yours-race"}, "created_at": T0}),
+        false,
+    )
+    .unwrap();
+    let mut first = db.pool.begin().await.unwrap();
+    apply::apply(&mut first, Source::Webhook, &[customer])
+        .await
+        .unwrap();
+    let pool = db.pool.clone();
+    let second = tokio::spawn(async move {
+        let mut tx = pool.begin().await.unwrap();
+        apply::apply(&mut tx, Source::Webhook, &[transaction])
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+    });
+    // Until the second writer has finished or waits for a lock (bounded: 10 s).
+    let waiting = "SELECT count(*) FROM pg_locks WHERE NOT granted AND locktype = 'advisory'";
+    for _ in 0..1000 {
+        if second.is_finished() || db.count(waiting).await > 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    first.commit().await.unwrap();
+    second.await.unwrap();
+    let credited: Option<String> =
+        sqlx::query_scalar("SELECT credited_partner_key FROM transactions WHERE key = 'txn_race'")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(credited.as_deref(), Some("pk_race"));
+    assert!(
+        totals::drift(&mut *db.pool.acquire().await.unwrap())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
