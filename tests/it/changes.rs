@@ -443,7 +443,9 @@ async fn under_twenty_concurrent_writers_the_feed_misses_nothing_and_a_naive_rea
         .fetch_one(&mut *slow)
         .await
         .unwrap();
-    apply_in_tx(&pool, Source::Write, &[customer("fast", 1, 0)]).await;
+    // Another customer (another company key): a writer of the same customer identity
+    // would wait for `slow` to commit (db::attribution).
+    apply_in_tx(&pool, Source::Write, &[customer("fast", 2, 0)]).await;
     let fast_id: i64 = sqlx::query_scalar("SELECT max(id) FROM changes")
         .fetch_one(&pool)
         .await

@@ -434,7 +434,7 @@ async fn a_transaction_written_while_its_customer_is_written_is_credited() {
             .unwrap();
     assert_eq!(credited.as_deref(), Some("pk_race"));
     assert!(
-        totals::drift(&mut *db.pool.acquire().await.unwrap())
+        totals::drift(&mut db.pool.acquire().await.unwrap())
             .await
             .unwrap()
             .is_empty()
