@@ -10,8 +10,6 @@ COPY crates ./crates
 COPY src ./src
 COPY migrations ./migrations
 COPY config ./config
-# Declared in Cargo.toml (the benchmark harness); copied so the manifest resolves.
-COPY bench ./bench
 # Without the default `sim` feature: the image carries no PartnerStack stand-in (no
 # `simulate` or `demo` command, no /admin routes).
 RUN --mount=type=cache,target=/usr/local/cargo/registry \

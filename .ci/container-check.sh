@@ -506,6 +506,10 @@ cleanup() {
 trap cleanup EXIT
 cp "$CACHE/target/release/$binary_name" "$work/binary"
 $strip_binary && strip "$work/binary"
+# The image is built without the `sim` feature: no stand-in, no demo, no /admin routes.
+if "$work/binary" --help | grep -qwE 'simulate|demo'; then
+  die "the image's binary has the stand-in's commands (simulate, demo): build it with --no-default-features"
+fi
 binary_size=$(du -h "$work/binary" | cut -f1)
 
 # --- 2. The image: debootstrapped FROM, then the runtime stage's RUN lines. ---

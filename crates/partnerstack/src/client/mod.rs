@@ -590,11 +590,6 @@ impl Client {
         Pager::new(self.clone(), entity, path, query)
     }
 
-    /// A pager over a list at an explicit path (filters are still checked for `entity`).
-    pub fn pages_at(&self, entity: Entity, path: impl Into<String>, query: ListQuery) -> Pager {
-        Pager::new(self.clone(), entity, path.into(), query)
-    }
-
     /// Whether PartnerStack documents a single-object read for `entity`: partnerships (by
     /// key or `partner_key`), customers (by your `customer_key`), deals and leads. Groups,
     /// transactions and rewards have none.
