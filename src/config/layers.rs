@@ -534,3 +534,67 @@ fn ancestors(setting: &str) -> impl Iterator<Item = &str> {
         Some(rest)
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Entries from the environment work for any list at any depth (as the API clients a
+    /// later change adds will need): a setting's own variable under the prefix is left
+    /// alone, and origins name each entry's variable.
+    #[test]
+    fn named_lists_serve_any_list() {
+        const CLIENTS: NamedList = NamedList {
+            setting: "api.clients",
+            what: "client",
+            prefix: "PSYNC_API_",
+            fields: &[
+                ("_TOKEN", "token", Kind::Text),
+                ("_TOKEN_SHA256", "token_sha256", Kind::Text),
+                ("_SCOPES", "scopes", Kind::List),
+            ],
+        };
+        let env = |pairs: &[(&str, &str)]| -> HashMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let vars = environment_variables();
+        let mut layers = Layers::read(None, &HashMap::new()).unwrap();
+        let set = env(&[
+            ("PSYNC_API_OPS_TOKEN", " t "),
+            ("PSYNC_API_CI_TOKEN_SHA256", "ab"),
+            ("PSYNC_API_CI_SCOPES", "read, write,"),
+            ("PSYNC_API_TOKENS", "not an entry"),
+        ]);
+        layers.add_named(&CLIENTS, &vars, &set).unwrap();
+        let clients = section(&layers.table, "api")
+            .and_then(|api| api.get("clients"))
+            .and_then(toml::Value::as_array)
+            .unwrap();
+        let expected: Vec<toml::Value> = [
+            "name = \"ci\"\ntoken_sha256 = \"ab\"\nscopes = [\"read\", \"write\"]",
+            "name = \"ops\"\ntoken = \"t\"",
+        ]
+        .iter()
+        .map(|t| toml::Value::Table(t.parse().unwrap()))
+        .collect();
+        assert_eq!(clients, &expected);
+        assert_eq!(
+            layers.origins.describe("api.clients[0].scopes"),
+            "api.clients[0].scopes (env PSYNC_API_CI_SCOPES)"
+        );
+        let err = layers
+            .add_named(&CLIENTS, &vars, &env(&[("PSYNC_API_CI_SCOPE", "read")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(
+                "PSYNC_API_CI_SCOPE: not a client setting; \
+                 use PSYNC_API_<NAME>_TOKEN, _TOKEN_SHA256 or _SCOPES"
+            ),
+            "{err}"
+        );
+    }
+}

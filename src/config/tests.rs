@@ -509,3 +509,77 @@ fn relay_and_retention_settings_are_checked() {
         assert!(!err.contains("hunter2"), "{err}");
     }
 }
+
+/// A count that must not be zero is a `NonZero*`; zero is refused naming the variable, or
+/// the file and line, that set it.
+#[test]
+fn zero_is_refused_where_a_count_must_not_be_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    let file = path.display().to_string();
+    for setting in [
+        "server.max_connections",
+        "webhooks.body_limit",
+        "webhooks.queue_capacity",
+        "webhooks.batch_size",
+        "webhooks.appliers",
+        "api.page_bytes",
+        "retention.batch_size",
+        "writes.concurrency",
+    ] {
+        let var = env_var(setting);
+        let err = Config::load_with_env(None, &env(&[(&var, "0")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(&format!("{setting} (env {var}): must be")),
+            "{err}"
+        );
+        let (section, key) = setting.split_once('.').unwrap();
+        std::fs::write(&path, format!("[{section}]\n{key} = 0\n")).unwrap();
+        let err = Config::load_with_env(Some(&path), &env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(&format!("{setting} ({file}, line 2): must be")),
+            "{err}"
+        );
+    }
+}
+
+/// Every duration setting of the service (walked from the defaults) is bounded, named by
+/// its variable. (`[partnerstack]` is the client crate's, checked there.)
+#[test]
+fn every_duration_is_at_most_ten_years() {
+    let defaults: toml::Table = DEFAULT_TOML.parse().unwrap();
+    let mut durations = 0;
+    for setting in settings()
+        .into_iter()
+        .filter(|s| !s.starts_with("partnerstack."))
+    {
+        let (section, key) = setting.rsplit_once('.').unwrap();
+        let default = section
+            .split('.')
+            .try_fold(&defaults, |t, name| t.get(name)?.as_table())
+            .and_then(|t| t.get(key))
+            .and_then(toml::Value::as_str)
+            .unwrap_or_default();
+        if humantime::parse_duration(default).is_err() {
+            continue;
+        }
+        durations += 1;
+        let var = env_var(&setting);
+        let err = Config::load_with_env(None, &env(&[(&var, "11years")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(&format!("{setting} (env {var})")) && err.contains("10 years"),
+            "{err}"
+        );
+        assert!(
+            Config::load_with_env(None, &env(&[(&var, "9years")])).is_ok(),
+            "{var}"
+        );
+    }
+    assert!(durations >= 25, "{durations} durations");
+}
