@@ -104,7 +104,7 @@ async fn serve(
         trim_stop.clone(),
     ));
     let applier_stop = CancellationToken::new();
-    let applier_tasks: Vec<_> = (0..config.webhooks.appliers)
+    let applier_tasks: Vec<_> = (0..config.webhooks.appliers.get())
         .map(|_| tokio::spawn(applier.clone().run(stored.clone(), applier_stop.clone())))
         .collect();
 

@@ -98,10 +98,12 @@ pub async fn prune(
         let cutoff = before(table.keep(config));
         let mut pruned = 0;
         while !stop.is_cancelled() {
-            let n = table.prune(pool, cutoff, config.batch_size).await?;
+            let n = table
+                .prune(pool, cutoff, i64::from(config.batch_size.get()))
+                .await?;
             count(metrics, table.name(), n);
             pruned += n;
-            if n < config.batch_size as u64 {
+            if n < u64::from(config.batch_size.get()) {
                 break;
             }
             tokio::time::sleep(BETWEEN_BATCHES).await;

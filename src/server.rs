@@ -9,6 +9,7 @@
 //! bounded by the request timeout in [`crate::routes`].
 
 use std::net::SocketAddr;
+use std::num::NonZeroUsize;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -46,7 +47,7 @@ pub struct Limits {
     /// hyper's `header_read_timeout`.
     pub keepalive_timeout: Duration,
     /// Connections served at once.
-    pub max_connections: usize,
+    pub max_connections: NonZeroUsize,
     /// How long in-flight requests get to finish after `shutdown`.
     pub drain: Duration,
 }
@@ -65,7 +66,7 @@ pub async fn serve(
         .header_read_timeout(limits.keepalive_timeout)
         .keep_alive(true);
     let graceful = GracefulShutdown::new();
-    let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let permits = Arc::new(Semaphore::new(limits.max_connections.get()));
     loop {
         let permit = tokio::select! {
             permit = permits.clone().acquire_owned() => match permit {

@@ -8,6 +8,8 @@
 //! depth. Queries are plain `SELECT`s in the request future: reads hold no transaction,
 //! so a client hanging up cannot leave a connection in a bad state.
 
+use std::num::NonZeroUsize;
+
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use futures_util::TryStreamExt as _;
@@ -181,7 +183,7 @@ impl Planned {
 pub async fn list<C: Collection>(
     pool: &PgPool,
     query: Option<&str>,
-    page_bytes: usize,
+    page_bytes: NonZeroUsize,
 ) -> Result<List<C::Item>, ApiError> {
     let Planned {
         mut q,
@@ -196,7 +198,9 @@ pub async fn list<C: Collection>(
     let (mut bytes, mut has_more) = (0usize, false);
     while let Some(item) = rows.try_next().await? {
         let size = C::body_bytes(&item);
-        if items.len() == limit || (!items.is_empty() && bytes.saturating_add(size) > page_bytes) {
+        if items.len() == limit
+            || (!items.is_empty() && bytes.saturating_add(size) > page_bytes.get())
+        {
             has_more = true;
             break;
         }
@@ -243,7 +247,7 @@ impl<T: Serialize> IntoResponse for ListPage<T> {
 pub async fn list_page<C: Collection>(
     pool: &PgPool,
     query: Option<&str>,
-    page_bytes: usize,
+    page_bytes: NonZeroUsize,
 ) -> Result<ListPage<C::Item>, ApiError> {
     let Some(entity) = C::ENTITY else {
         return list::<C>(pool, query, page_bytes)
@@ -266,7 +270,9 @@ pub async fn list_page<C: Collection>(
             items.push(b',');
         }
         let written = rows::write_entity(entity, &row, &mut items)?;
-        if count == limit || (count > 0 && bytes.saturating_add(written.body_bytes) > page_bytes) {
+        if count == limit
+            || (count > 0 && bytes.saturating_add(written.body_bytes) > page_bytes.get())
+        {
             items.truncate(start);
             has_more = true;
             break;

@@ -10,6 +10,7 @@
 //! before its body is even read, and is answered 503 at once when the bytes are spent), so
 //! memory stays flat under any burst, even of large deliveries whose senders hang up.
 
+use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
@@ -77,13 +78,13 @@ impl Writer {
         stop: CancellationToken,
         metrics: Arc<Metrics>,
     ) -> (Writer, JoinHandle<()>) {
-        let (queue, rx) = mpsc::channel(limits.capacity);
+        let (queue, rx) = mpsc::channel(limits.capacity.get());
         let capacity_bytes = limits.capacity_bytes.clamp(1, Semaphore::MAX_PERMITS);
         let progress = Arc::new(AtomicU64::new(0));
         let task = tokio::spawn(run(
             pool,
             rx,
-            limits.batch_size,
+            limits.batch_size.get(),
             stored,
             stop,
             metrics,
@@ -150,11 +151,11 @@ impl Writer {
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     /// Deliveries queued at most.
-    pub capacity: usize,
+    pub capacity: NonZeroUsize,
     /// Bytes of deliveries being read or queued at most.
     pub capacity_bytes: usize,
     /// Deliveries written per statement at most.
-    pub batch_size: usize,
+    pub batch_size: NonZeroUsize,
 }
 
 /// Milliseconds on a process-wide monotonic clock.

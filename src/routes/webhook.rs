@@ -99,7 +99,7 @@ async fn accept(
         return Err(ApiError::unauthorized("unknown webhook token"));
     }
 
-    let limit = state.config.webhooks.body_limit;
+    let limit = state.config.webhooks.body_limit.get();
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())

@@ -110,7 +110,7 @@ impl Worker {
         let mut gauges_at = tokio::time::Instant::now();
         let mut failures = 0u32;
         while !stop.is_cancelled() {
-            let room = self.config.concurrency.saturating_sub(in_flight.len());
+            let room = usize::from(self.config.concurrency).saturating_sub(in_flight.len());
             if room > 0 {
                 match writes::claim(&self.pool, room as i64, self.config.lease).await {
                     Ok(claimed) => {

@@ -784,7 +784,7 @@ async fn feed_positions_order_as_numbers_not_as_text() {
 async fn pruning_past_retention_and_the_410_for_a_cursor_behind_it() {
     let app = TestApp::spawn_with(|c| {
         c.retention.interval = Duration::from_millis(200);
-        c.retention.batch_size = 2;
+        c.retention.batch_size = std::num::NonZero::new(2).unwrap();
     })
     .await;
     let body = |n: i64| {

@@ -375,7 +375,9 @@ async fn signatures_are_checked_over_the_raw_body_when_secrets_are_set() {
 
 #[tokio::test]
 async fn oversized_and_malformed_bodies_are_refused_and_leave_the_database_unchanged() {
-    let app = TestApp::spawn_with(|c| c.webhooks.body_limit = 1024).await;
+    let app =
+        TestApp::spawn_with(|c| c.webhooks.body_limit = std::num::NonZero::new(1024).unwrap())
+            .await;
     let big = format!(
         r#"{{"event":"customer.created","key":"c","pad":"{}"}}"#,
         "x".repeat(2000)

@@ -2,6 +2,7 @@
 //! is never corrupted. Each scenario prints its figures (run with `--nocapture`).
 
 use std::net::SocketAddr;
+use std::num::NonZero;
 use std::process::Stdio;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -288,8 +289,8 @@ async fn a_stalled_database_gets_503s_and_a_bounded_queue() {
     let capacity = 32;
     let app = TestApp::spawn_with(|c| {
         c.server.request_timeout = Duration::from_secs(2);
-        c.webhooks.queue_capacity = capacity;
-        c.webhooks.batch_size = 8;
+        c.webhooks.queue_capacity = NonZero::new(capacity).unwrap();
+        c.webhooks.batch_size = NonZero::new(8).unwrap();
     })
     .await;
     // Another session holds a lock that blocks every insert into the delivery log.
@@ -366,7 +367,8 @@ async fn a_stalled_database_gets_503s_and_a_bounded_queue() {
 /// One malformed input class per row: the answer, and whether a delivery is stored.
 #[tokio::test]
 async fn malformed_input_gets_the_documented_answer_and_never_corrupts_data() {
-    let app = TestApp::spawn_with(|c| c.webhooks.body_limit = 64 * 1024).await;
+    let app =
+        TestApp::spawn_with(|c| c.webhooks.body_limit = NonZero::new(64 * 1024).unwrap()).await;
     let deep = format!("{}{}", "{\"a\":".repeat(200), "}".repeat(200));
     let long_key = format!(
         r#"{{"event":"customer.created","key":"{}"}}"#,
