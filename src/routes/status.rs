@@ -11,8 +11,8 @@
 //! pass through [`redact`] first. Every dynamic value is HTML-escaped by the [`Html`]
 //! writer.
 //!
-//! The figures come from the same code as the JSON routes (`GET /v1/sync`:
-//! [`api::sync::load`]; `GET /v1/relay`: [`api::relay::load`]), so the page and the API
+//! The figures come from the read models the JSON routes serve (`GET /v1/sync`:
+//! [`reconcile::status`]; `GET /v1/relay`: [`relay::status`]), so the page and the API
 //! cannot disagree.
 //!
 //! Layout: [`Snapshot::load`] reads everything, then each section is one function of
@@ -27,11 +27,10 @@ use partnerstack::Entity;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use crate::api;
-use crate::api::relay::RelayStatus;
-use crate::api::sync::{StreamStatus, SyncStatus};
 use crate::db::events::{self, MinuteCount, Outcome};
 use crate::error::ApiError;
+use crate::reconcile::{self, status::StreamStatus, status::SyncStatus};
+use crate::relay::{self, status::RelayStatus};
 use crate::state::AppState;
 
 /// Seconds between the page's own reloads.
@@ -75,7 +74,11 @@ pub async fn status_page(State(state): State<AppState>) -> Response {
     }
     let (status, body) = match Snapshot::load(&state).await {
         Ok(snapshot) => (StatusCode::OK, render(&snapshot)),
-        Err(e) => (e.status(), render_failure(e.status())),
+        Err(e) => {
+            // The conversion logs the cause (once per burst) and sorts it: 503 or 500.
+            let status = ApiError::from(e).status();
+            (status, render_failure(status))
+        }
     };
     (
         status,
@@ -128,10 +131,11 @@ pub struct Budget {
 impl Snapshot {
     /// Reads the page's figures: a handful of short, bounded reads, one after the other
     /// (a page load holds one pooled connection at a time).
-    pub async fn load(state: &AppState) -> Result<Snapshot, ApiError> {
+    pub async fn load(state: &AppState) -> Result<Snapshot, sqlx::Error> {
         let now = Utc::now();
-        let sync = api::sync::load(state).await?;
-        let relay = api::relay::load(state).await?;
+        let sync =
+            reconcile::status::load(&state.pool, &state.config, state.reconciler.as_ref()).await?;
+        let relay = relay::status::load(&state.pool, &state.config.relay).await?;
         // From the start of the oldest minute shown (the current one is the newest).
         let since = now
             .duration_trunc(chrono::TimeDelta::minutes(1))
@@ -844,10 +848,10 @@ fn truncate(text: &str, chars: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::relay::EndpointStatus;
-    use crate::api::sync::{PassFigures, StreamName};
     use crate::db::sync::{PassCounts, PassKind};
     use crate::reconcile::Coverage;
+    use crate::reconcile::status::{PassFigures, StreamName};
+    use crate::relay::status::EndpointStatus;
 
     #[test]
     fn escaping_covers_markup_and_attribute_quotes() {
