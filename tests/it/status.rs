@@ -333,6 +333,12 @@ async fn a_person_sees_every_stream_and_no_personal_data() {
     app.stop().await;
 }
 
+/// The page as served.
+async fn page_text(app: &TestApp) -> String {
+    let response = app.http.get(app.url("/status")).send().await.unwrap();
+    response.text().await.unwrap()
+}
+
 /// Served where `/metrics` is: on the main address, or only on the admin address when one
 /// is set; turned off, it is a 404 everywhere.
 #[tokio::test]
@@ -361,15 +367,7 @@ async fn the_page_is_served_where_metrics_are_and_can_be_turned_off() {
         .await;
     assert_eq!(delivered.status(), 200);
     app.settle().await;
-    let page = app
-        .http
-        .get(app.url("/status"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let page = page_text(&app).await;
     let per_type = element(&page, "<table id=\"per-type\">", "</table>");
     assert!(
         per_type.contains("<td data-field=\"type\">customer_created</td>"),
@@ -421,15 +419,7 @@ async fn markup_in_a_delivery_is_shown_as_text() {
     });
     assert_eq!(app.deliver(body.to_string()).await.status(), 200);
     app.settle().await;
-    let page = app
-        .http
-        .get(app.url("/status"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let page = page_text(&app).await;
     let shown = "<td data-field=\"type\">&lt;script&gt;alert(1)</td>";
     let per_type = element(&page, "<table id=\"per-type\">", "</table>");
     assert!(per_type.contains(shown), "{per_type}");
