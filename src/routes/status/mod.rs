@@ -8,7 +8,7 @@
 //!
 //! It is open like `/metrics`, so it shows counts, times and stream names only: never an
 //! object's key, a name, an email, a payload, a token or a URL's credentials. Error texts
-//! pass through [`redact`] first. The markup is written with maud's `html!` ([`page`]):
+//! pass through [`redact`] first. The markup is written with maud's `html!` (`page.rs`):
 //! every value spliced into it is escaped, there is no way here to write text unescaped.
 //!
 //! The figures come from the read models the JSON routes serve (`GET /v1/sync`:
@@ -16,7 +16,7 @@
 //! cannot disagree.
 //!
 //! Layout: [`Snapshot::load`] reads everything, then each section of the page is one
-//! function of the snapshot (see [`page`]). A new section adds its figures to [`Snapshot`]
+//! function of the snapshot (see `page.rs`). A new section adds its figures to [`Snapshot`]
 //! and its function to the page's list of sections.
 
 mod page;
@@ -101,7 +101,7 @@ pub struct Snapshot {
     pub activity: Vec<MinuteCount>,
     /// The window held more deliveries than were read: its earliest minutes are short.
     pub activity_capped: bool,
-    /// Stored deliveries per outcome of [`BACKLOG`], each counted up to [`COUNT_CAP`].
+    /// Stored deliveries per outcome of `BACKLOG`, each counted up to `COUNT_CAP`.
     pub backlog: Vec<(Outcome, i64)>,
     /// When the oldest pending delivery was received.
     pub oldest_pending: Option<DateTime<Utc>>,

@@ -35,7 +35,7 @@ pub fn grouped(n: i64) -> String {
 
 /// An error text made fit for an open page: quoted values (cursors, keys), anything with
 /// an `@` (emails), and query strings and credentials of URLs are masked, and the text is
-/// cut to [`ERROR_CHARS`]. `GET /v1/sync` and `GET /v1/relay` have the whole text.
+/// cut to `ERROR_CHARS`. `GET /v1/sync` and `GET /v1/relay` have the whole text.
 pub fn redact(text: &str) -> String {
     let mut out = String::with_capacity(text.len().min(ERROR_CHARS * 4));
     // Quoted values first: a Debug-formatted key or cursor is a quoted string.
