@@ -18,6 +18,7 @@ pub mod auth;
 pub mod burst;
 pub mod columns;
 pub mod config;
+pub mod cursor;
 pub mod db;
 #[cfg(feature = "sim")]
 pub mod demo;
@@ -110,6 +111,100 @@ mod layers {
             }
         }
         None
+    }
+
+    /// The `/v1` handler modules: the modules of `src/api/` that describe a route
+    /// (`#[utoipa::path]`).
+    fn handler_modules() -> BTreeSet<String> {
+        let api = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/api");
+        walk(&api)
+            .into_iter()
+            .filter(|file| {
+                std::fs::read_to_string(file)
+                    .unwrap()
+                    .contains("#[utoipa::path(")
+            })
+            .map(|file| file.file_stem().unwrap().to_string_lossy().to_string())
+            .filter(|name| name != "mod")
+            .collect()
+    }
+
+    /// The modules named after `api::` in `code` (comments aside): `api::sync::load`
+    /// names `sync`, `api::{self, params}` names `self` and `params`, `api::*` names `*`.
+    fn api_paths(code: &str) -> BTreeSet<String> {
+        let mut named = BTreeSet::new();
+        for line in code.lines() {
+            let line = line.split("//").next().unwrap_or("");
+            let mut rest = line;
+            while let Some(at) = rest.find("api::") {
+                let before = rest[..at].chars().next_back();
+                let after = &rest[at + "api::".len()..];
+                rest = after;
+                if before.is_some_and(|c| c.is_alphanumeric() || c == '_') {
+                    continue; // `openapi::`, `my_api::`: another path
+                }
+                let group = match after.strip_prefix('{') {
+                    Some(group) => group.split('}').next().unwrap_or(""),
+                    None => after,
+                };
+                for item in group.split(',') {
+                    let item = item.trim();
+                    let name: String = item
+                        .chars()
+                        .take_while(|c| c.is_alphanumeric() || *c == '_')
+                        .collect();
+                    named.insert(if item.starts_with('*') {
+                        "*".into()
+                    } else {
+                        name
+                    });
+                }
+            }
+        }
+        named
+    }
+
+    #[test]
+    fn the_scan_for_api_paths_reads_every_way_of_naming_one() {
+        let named = api_paths(
+            "use crate::api::{self, params};\nlet s = api::sync::load();\n\
+             use crate::api::*;\nuse utoipa::openapi::path; // api::relay",
+        );
+        let expected = ["self", "params", "sync", "*"].map(String::from);
+        assert_eq!(named, BTreeSet::from(expected));
+        let handlers = handler_modules();
+        for module in ["sync", "relay", "changes"] {
+            assert!(handlers.contains(module), "{handlers:?}");
+        }
+        assert!(!handlers.contains("params") && !handlers.contains("cursor"));
+    }
+
+    /// The status page, `/metrics` and the relay read their models from the domain
+    /// modules, as the `/v1` handlers do: none of them reaches into a handler module (the
+    /// router may still mount `api::routes()` and use the API's shared items).
+    #[test]
+    fn routes_telemetry_and_relay_use_no_v1_handler_module() {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let handlers = handler_modules();
+        let mut offences = Vec::new();
+        for place in ["routes", "telemetry", "relay"] {
+            let dir = src.join(place);
+            let files = if dir.is_dir() {
+                walk(&dir)
+            } else {
+                vec![src.join(format!("{place}.rs"))]
+            };
+            assert!(!files.is_empty(), "no source for {place}");
+            for file in files {
+                let code = std::fs::read_to_string(&file).unwrap();
+                for name in api_paths(&code) {
+                    if name == "*" || handlers.contains(&name) {
+                        offences.push(format!("{} uses api::{name}", file.display()));
+                    }
+                }
+            }
+        }
+        assert!(offences.is_empty(), "{}", offences.join("\n"));
     }
 
     #[test]

@@ -15,95 +15,28 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::extract::{RawQuery, State};
-use chrono::{DateTime, Utc};
 use partnerstack::Entity;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 
 use super::collection::{self, Collection};
 use super::cursor::{self, Position};
 use super::params::{self, QueryParams};
-use crate::apply::Source;
 use crate::columns::CollectionName;
-use crate::db::changes::{self, Change, FeedPosition, Operation};
+use crate::db::changes::{self, FeedPosition};
 use crate::error::ApiError;
-use crate::feed::Feed;
+use crate::feed::item::CURSOR_SCOPE;
+use crate::feed::{ChangeItem, Feed, cursor_of};
 use crate::state::AppState;
 
 /// Changes per page when `limit` is absent, and the most.
 const DEFAULT_LIMIT: i64 = 100;
 const MAX_LIMIT: i64 = 1000;
-/// The cursor scope of the feed.
-const FEED: &str = "changes";
-
-/// One change to one object.
-#[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct ChangeItem {
-    /// This change's place in the feed: pass it as `after` to read what follows it (or to
-    /// replay a relay endpoint from here).
-    pub cursor: String,
-    /// The change's number: unique, and increasing across one object's changes. The
-    /// feed's order across objects is the order of cursors, not of these numbers.
-    pub sequence: i64,
-    /// The object's collection, as under `/v1`.
-    pub entity: CollectionName,
-    /// The object's key.
-    pub key: String,
-    pub operation: Operation,
-    /// Where the observation that made the change came from.
-    pub source: Source,
-    /// When the change was applied here.
-    pub at: DateTime<Utc>,
-    /// The fields that changed, each as `{"old": ..., "new": ...}`; on creation, every
-    /// field that has a value (`old` null).
-    #[schema(value_type = Object)]
-    pub fields: Value,
-    /// The object after the change: `key`, its own fields as `/v1` names them (a
-    /// transaction's `partner_key` is its own, not the credited partner), `created_at`,
-    /// `updated_at` and `deleted_at`.
-    #[schema(value_type = Object)]
-    pub object: Value,
-}
-
-/// A stored change as the API serves it.
-pub fn item(change: Change) -> Result<ChangeItem, ApiError> {
-    let position = change.position().map_err(ApiError::internal)?;
-    let source = Source::parse(&change.source).ok_or_else(|| {
-        ApiError::internal(format!(
-            "change {} has source {:?}",
-            change.id, change.source
-        ))
-    })?;
-    let entity = CollectionName::parse(&change.entity).ok_or_else(|| {
-        ApiError::internal(format!(
-            "change {} has entity {:?}",
-            change.id, change.entity
-        ))
-    })?;
-    let fields = change.fields();
-    Ok(ChangeItem {
-        cursor: feed_cursor(position),
-        sequence: change.id,
-        entity,
-        key: change.key,
-        operation: change.operation,
-        source,
-        at: change.at,
-        fields,
-        object: change.state,
-    })
-}
-
-/// The cursor of a feed position.
-pub fn feed_cursor(at: FeedPosition) -> String {
-    cursor::encode(FEED, &Position::Feed(at))
-}
 
 /// The feed position a cursor stands for (400 when it is not a feed cursor; `param`
 /// names the parameter it came in).
 pub fn feed_position(param: &str, value: &str) -> Result<FeedPosition, ApiError> {
-    match cursor::decode_param(param, FEED, value)? {
+    match cursor::decode_param(param, CURSOR_SCOPE, value)? {
         Position::Feed(at) => Ok(at),
         _ => Err(ApiError::bad_request(format!(
             "{param} is not a cursor of /v1/changes"
@@ -254,7 +187,7 @@ async fn read_feed(
         return Ok(FeedPage {
             items: Vec::new(),
             has_more: false,
-            ending_cursor: head.map(feed_cursor),
+            ending_cursor: head.map(cursor_of),
         });
     }
     let deadline = tokio::time::Instant::now() + request.wait;
@@ -307,11 +240,14 @@ fn page_of(
     } else {
         [after, last, page.head].into_iter().flatten().max()
     };
-    let items = list.into_iter().map(item).collect::<Result<Vec<_>, _>>()?;
+    let items = list
+        .into_iter()
+        .map(ChangeItem::try_from)
+        .collect::<Result<Vec<_>, _>>()?;
     Ok(FeedPage {
         items,
         has_more,
-        ending_cursor: ending.map(feed_cursor),
+        ending_cursor: ending.map(cursor_of),
     })
 }
 
@@ -375,7 +311,10 @@ pub async fn history<C: Collection>(
         Some(last) if has_more => Some(cursor::encode(&scope, &Position::Id(last.id))),
         _ => None,
     };
-    let items = list.into_iter().map(item).collect::<Result<Vec<_>, _>>()?;
+    let items = list
+        .into_iter()
+        .map(ChangeItem::try_from)
+        .collect::<Result<Vec<_>, _>>()?;
     Ok(HistoryAnswer {
         data: HistoryPage {
             items,

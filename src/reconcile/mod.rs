@@ -21,6 +21,7 @@
 //! after it. The kind of pass is chosen in [`pass::plan`].
 
 pub mod pass;
+pub mod status;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -9,6 +9,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use crate::db;
+use crate::reconcile;
 use crate::state::AppState;
 
 /// The process is running.
@@ -99,7 +100,8 @@ async fn refresh(state: &AppState) -> Result<(), crate::error::ApiError> {
     };
     // Passes start up to a tenth of the interval late (jitter).
     let jitter = reconciler.config().interval.unwrap_or_default() / 10;
-    for stream in crate::api::sync::load(state).await?.streams {
+    let status = reconcile::status::load(&state.pool, &state.config, Some(reconciler)).await?;
+    for stream in status.streams {
         if !stream.enabled {
             continue;
         }

@@ -6,6 +6,11 @@
 //! have written it. So nothing signals it directly: while anyone is waiting, one task per
 //! replica asks the database for the visible head every `poll_interval` (one cheap index
 //! probe) and wakes the waiters when it moves. Waiters hold no connection while they wait.
+//!
+//! What the feed carries, [`ChangeItem`], is defined here too ([`item`]), below the
+//! routes: `/v1` and the relay serve the same item.
+
+pub mod item;
 
 use std::time::Duration;
 
@@ -14,6 +19,8 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::db::changes::{self, FeedPosition};
+
+pub use item::{ChangeItem, cursor_of};
 
 /// The visible head of the feed, as last seen; cheap to clone.
 #[derive(Clone)]

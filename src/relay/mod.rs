@@ -21,6 +21,11 @@
 //! change as /v1/changes serves it>}`, with `webhook-id`, `webhook-timestamp` (the
 //! attempt's time) and `webhook-signature` (`v1,` base64 HMAC-SHA256 over
 //! `id.timestamp.body`).
+//!
+//! Each endpoint's progress, as `/v1/relay` and the status page show it, is read by
+//! [`status`].
+
+pub mod status;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,12 +38,11 @@ use sqlx::{Connection, PgConnection, PgPool};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::changes::{ChangeItem, item};
 use crate::columns;
 use crate::config::{Config, RelayEndpoint};
 use crate::db::changes;
 use crate::db::relay;
-use crate::feed::Feed;
+use crate::feed::{ChangeItem, Feed};
 use crate::telemetry::{AttemptLabels, EndpointLabel, Metrics, RelayResult};
 
 /// The advisory lock class of relay endpoints ("psyr"); the key is the name's hash.
@@ -299,9 +303,9 @@ impl<'a> Sender<'a> {
         stop: &CancellationToken,
     ) -> Result<Sent, sqlx::Error> {
         let name = self.endpoint.name.as_str();
-        let message = match item(change) {
+        let message = match ChangeItem::try_from(change) {
             Ok(item) => Message::of(item),
-            Err(e) => Err(format!("the change cannot be served: {}", e.status())),
+            Err(e) => Err(format!("the change cannot be served: {e}")),
         };
         let mut failures = 0u32;
         loop {
