@@ -33,6 +33,7 @@ use serde_json::Value;
 use sqlx::PgPool;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 use super::fields::{Key, Timestamp};
 use super::request::{CustomerRef, CustomerUpdate, NewCustomer, NewTransaction};
@@ -155,15 +156,20 @@ impl Worker {
         }
     }
 
-    /// One attempt of one claimed write, from look-up to recorded outcome.
+    /// One attempt of one claimed write, from look-up to recorded outcome. Its span names
+    /// the write for every line logged on the way.
+    #[tracing::instrument(name = "write_attempt", skip_all, fields(write = claim.id, kind = %claim.kind, attempt = claim.attempts))]
     async fn attempt(&self, claim: Claimed) {
         let renew_stop = CancellationToken::new();
-        let renewer = tokio::spawn(keep_lease(
-            self.pool.clone(),
-            claim.clone(),
-            self.config.lease,
-            renew_stop.clone(),
-        ));
+        let renewer = tokio::spawn(
+            keep_lease(
+                self.pool.clone(),
+                claim.clone(),
+                self.config.lease,
+                renew_stop.clone(),
+            )
+            .in_current_span(),
+        );
         let (outcome, requests) = client::for_write(self.send(&claim)).await;
         renew_stop.cancel();
         let _ = renewer.await;
@@ -178,7 +184,7 @@ impl Worker {
         if let Err(e) = self.record(&claim, outcome, requests).await {
             // The claim's lease runs out and the write is claimed again (in doubt if it
             // was sent), so nothing is lost.
-            tracing::warn!(write = claim.id, error = %e, "recording a write's outcome failed; it will be retried");
+            tracing::warn!(error = %e, "recording a write's outcome failed; it will be retried");
         }
         self.metrics
             .writes
@@ -448,23 +454,18 @@ impl Worker {
         outcome: Outcome,
         requests: u64,
     ) -> Result<(), sqlx::Error> {
+        let failed = |error_status, message| Finished {
+            status: WriteStatus::Failed,
+            resolution: Resolution::Refused,
+            result: None,
+            error_status,
+            error_message: Some(message),
+            requests,
+        };
         match outcome {
             Outcome::Abandoned => Ok(()),
             Outcome::Done { resolution, object } => {
-                let entity = match claim.kind {
-                    WriteKind::CreateCustomer | WriteKind::UpdateCustomer => Entity::Customer,
-                    WriteKind::CreateTransaction | WriteKind::DeleteTransaction => {
-                        Entity::Transaction
-                    }
-                };
-                let deleted = claim.kind == WriteKind::DeleteTransaction;
-                let observation = object.as_ref().and_then(|o| {
-                    Observation::parse(entity, o.clone(), deleted)
-                        .map_err(|e| {
-                            tracing::warn!(write = claim.id, error = %e, "PartnerStack's answer to a write cannot be applied; the reconciler will bring the object")
-                        })
-                        .ok()
-                });
+                let observation = object.as_ref().and_then(|o| observation(claim.kind, o));
                 let finished = Finished {
                     status: WriteStatus::Succeeded,
                     resolution,
@@ -473,32 +474,10 @@ impl Worker {
                     error_message: None,
                     requests,
                 };
-                let mut tx = self.pool.begin().await?;
-                if !writes::finish(&mut tx, claim, &finished).await? {
-                    tx.rollback().await?;
-                    return Ok(());
-                }
-                if let Some(o) = observation {
-                    apply::apply(&mut tx, Source::Write, std::slice::from_ref(&o)).await?;
-                }
-                tx.commit().await?;
-                self.outbox.finished.notify_waiters();
-                Ok(())
+                self.finish(claim, &finished, observation).await
             }
             Outcome::Refused { status, message } => {
-                let finished = Finished {
-                    status: WriteStatus::Failed,
-                    resolution: Resolution::Refused,
-                    result: None,
-                    error_status: status,
-                    error_message: Some(message),
-                    requests,
-                };
-                let mut tx = self.pool.begin().await?;
-                writes::finish(&mut tx, claim, &finished).await?;
-                tx.commit().await?;
-                self.outbox.finished.notify_waiters();
-                Ok(())
+                self.finish(claim, &failed(status, message), None).await
             }
             Outcome::Retry {
                 in_doubt,
@@ -509,26 +488,15 @@ impl Worker {
                     .to_std()
                     .unwrap_or_default();
                 if age >= self.config.give_up_after {
-                    let finished = Finished {
-                        status: WriteStatus::Failed,
-                        resolution: Resolution::Refused,
-                        result: None,
-                        error_status: status,
-                        error_message: Some(format!(
-                            "gave up after {} attempts over {}: {error}",
-                            claim.attempts,
-                            humantime::format_duration(self.config.give_up_after)
-                        )),
-                        requests,
-                    };
-                    let mut tx = self.pool.begin().await?;
-                    writes::finish(&mut tx, claim, &finished).await?;
-                    tx.commit().await?;
-                    self.outbox.finished.notify_waiters();
-                    return Ok(());
+                    let message = format!(
+                        "gave up after {} attempts over {}: {error}",
+                        claim.attempts,
+                        humantime::format_duration(self.config.give_up_after)
+                    );
+                    return self.finish(claim, &failed(status, message), None).await;
                 }
                 let delay = backoff(claim.attempts, self.config.max_retry_delay);
-                tracing::info!(write = claim.id, attempt = claim.attempts, retry_in_ms = delay.as_millis() as u64, error = %error, "write not sent; will retry");
+                tracing::info!(retry_in_ms = delay.as_millis() as u64, error = %error, "write not sent; will retry");
                 writes::postpone(
                     &self.pool,
                     claim,
@@ -545,6 +513,42 @@ impl Worker {
             }
         }
     }
+
+    /// Finishes the write, fenced by the claim, and applies PartnerStack's answer in the
+    /// same transaction (nothing when the claim no longer holds); wakes the waiters.
+    async fn finish(
+        &self,
+        claim: &Claimed,
+        finished: &Finished,
+        observation: Option<Observation>,
+    ) -> Result<(), sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        if !writes::finish(&mut tx, claim, finished).await? {
+            tx.rollback().await?;
+            return Ok(());
+        }
+        if let Some(o) = observation {
+            apply::apply(&mut tx, Source::Write, std::slice::from_ref(&o)).await?;
+        }
+        tx.commit().await?;
+        self.outbox.finished.notify_waiters();
+        Ok(())
+    }
+}
+
+/// PartnerStack's answer to a write of `kind`, as an observation for the one door; none
+/// when it cannot be read (the reconciler brings the object then).
+fn observation(kind: WriteKind, object: &Value) -> Option<Observation> {
+    let entity = match kind {
+        WriteKind::CreateCustomer | WriteKind::UpdateCustomer => Entity::Customer,
+        WriteKind::CreateTransaction | WriteKind::DeleteTransaction => Entity::Transaction,
+    };
+    let deleted = kind == WriteKind::DeleteTransaction;
+    Observation::parse(entity, object.clone(), deleted)
+        .map_err(|e| {
+            tracing::warn!(error = %e, "PartnerStack's answer to a write cannot be applied; the reconciler will bring the object")
+        })
+        .ok()
 }
 
 /// What a look-up after a lost answer found.
@@ -611,7 +615,7 @@ async fn keep_lease(pool: PgPool, claim: Claimed, lease: Duration, stop: Cancell
             Ok(true) => {}
             Ok(false) => return,
             Err(e) => {
-                tracing::debug!(write = claim.id, error = %e, "renewing a write's lease failed")
+                tracing::debug!(error = %e, "renewing a write's lease failed")
             }
         }
     }
