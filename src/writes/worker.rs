@@ -157,8 +157,13 @@ impl Worker {
     }
 
     /// One attempt of one claimed write, from look-up to recorded outcome. Its span names
-    /// the write for every line logged on the way.
-    #[tracing::instrument(name = "write_attempt", skip_all, fields(write = claim.id, kind = %claim.kind, attempt = claim.attempts))]
+    /// the write for every line logged on the way, the client's too (logs are flat, so
+    /// the fields are prefixed: the client's retries log their own `attempt`).
+    #[tracing::instrument(
+        name = "write_attempt",
+        skip_all,
+        fields(write = claim.id, write_kind = %claim.kind, write_attempt = claim.attempts)
+    )]
     async fn attempt(&self, claim: Claimed) {
         let renew_stop = CancellationToken::new();
         let renewer = tokio::spawn(
