@@ -2,12 +2,11 @@
 //! /v1/customers/{customer_key}`, `POST /v1/transactions`, `DELETE /v1/transactions/{key}`,
 //! and the outbox they go through (`/v1/writes`).
 //!
-//! A write's body is read into a [`crate::writes::Request`] ([`bodies`]: the bodies'
-//! types, beside these handlers), committed to the outbox in a
-//! spawned task (a client hanging up cannot cancel it half-way: ARCHITECTURE.md, rule 2),
-//! and answered `202` with its record and `Location: /v1/writes/{id}`; `?wait=N` waits up
-//! to N seconds for the outcome (`200` once finished). The worker
-//! ([`crate::writes::worker`]) sends it.
+//! A write's body is read into a [`crate::writes::Request`] by its type in [`bodies`],
+//! committed to the outbox in a spawned task (a client hanging up cannot cancel it
+//! half-way: ARCHITECTURE.md, rule 2), and answered `202` with its record and
+//! `Location: /v1/writes/{id}`; `?wait=N` waits up to N seconds for the outcome (`200`
+//! once finished). The worker ([`crate::writes::worker`]) sends it.
 
 pub mod bodies;
 
