@@ -286,14 +286,14 @@ fn require_all(schema: &mut Schema, name: &str) {
     }
 }
 
-/// Adds the write bodies' rules no single field can state ([`crate::writes::body_rules`]).
+/// Adds the write bodies' rules no single field can state ([`crate::api::writes::bodies::body_rules`]).
 /// utoipa's object schema has no field for `oneOf`/`anyOf` beside `properties`, so they
 /// go in through its extensions map, which is serialised flat into the schema.
 fn add_body_rules(doc: &mut OpenApi) {
     let Some(components) = &mut doc.components else {
         return;
     };
-    for (name, keyword, rule) in crate::writes::body_rules() {
+    for (name, keyword, rule) in crate::api::writes::bodies::body_rules() {
         if let Some(RefOr::T(Schema::Object(object))) = components.schemas.get_mut(name) {
             object
                 .extensions

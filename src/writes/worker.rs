@@ -14,7 +14,8 @@
 //!    not promise `customer_key` is unique, so sending again sooner could create a second
 //!    one); transactions are keyed, so a repeat cannot create a second one.
 //! 3. **Mark it in doubt**, committed, then send it through the client (its requests go
-//!    ahead of reconcile pages in the request budget).
+//!    ahead of reconcile pages in the request budget): the stored request, read back as a
+//!    typed [`Request`], becomes the client's types by `From`, which cannot fail.
 //! 4. **Record** the outcome, fenced by the claim: success applies PartnerStack's answer
 //!    through the one door in the same transaction, so `/v1` shows it at once; a refusal
 //!    (4xx) fails the write with PartnerStack's message; anything else (429, 5xx, timeout,
@@ -32,7 +33,10 @@ use serde_json::Value;
 use sqlx::PgPool;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
+use super::fields::{Key, Timestamp};
+use super::request::{CustomerRef, CustomerUpdate, NewCustomer, NewTransaction};
 use super::{Outbox, Request};
 use crate::apply::{self, Observation, Source};
 use crate::config::WritesConfig;
@@ -152,15 +156,25 @@ impl Worker {
         }
     }
 
-    /// One attempt of one claimed write, from look-up to recorded outcome.
+    /// One attempt of one claimed write, from look-up to recorded outcome. Its span names
+    /// the write for every line logged on the way, the client's too (logs are flat, so
+    /// the fields are prefixed: the client's retries log their own `attempt`).
+    #[tracing::instrument(
+        name = "write_attempt",
+        skip_all,
+        fields(write = claim.id, write_kind = %claim.kind, write_attempt = claim.attempts)
+    )]
     async fn attempt(&self, claim: Claimed) {
         let renew_stop = CancellationToken::new();
-        let renewer = tokio::spawn(keep_lease(
-            self.pool.clone(),
-            claim.clone(),
-            self.config.lease,
-            renew_stop.clone(),
-        ));
+        let renewer = tokio::spawn(
+            keep_lease(
+                self.pool.clone(),
+                claim.clone(),
+                self.config.lease,
+                renew_stop.clone(),
+            )
+            .in_current_span(),
+        );
         let (outcome, requests) = client::for_write(self.send(&claim)).await;
         renew_stop.cancel();
         let _ = renewer.await;
@@ -175,7 +189,7 @@ impl Worker {
         if let Err(e) = self.record(&claim, outcome, requests).await {
             // The claim's lease runs out and the write is claimed again (in doubt if it
             // was sent), so nothing is lost.
-            tracing::warn!(write = claim.id, error = %e, "recording a write's outcome failed; it will be retried");
+            tracing::warn!(error = %e, "recording a write's outcome failed; it will be retried");
         }
         self.metrics
             .writes
@@ -193,6 +207,7 @@ impl Worker {
 
     /// Looks (when in doubt), marks the write in doubt, sends it, and sorts the answer.
     async fn send(&self, claim: &Claimed) -> Outcome {
+        // Only a row this code did not write fails to read back.
         let request = match Request::from_stored(claim.kind, &claim.request) {
             Ok(r) => r,
             Err(e) => {
@@ -226,106 +241,105 @@ impl Worker {
                 };
             }
         }
-        match request {
-            Request::CreateCustomer(v) => {
-                let customer = match Request::new_customer(&v) {
-                    Ok(c) => c,
-                    Err(e) => return unreadable(e),
-                };
-                match self.client.create_customer(&customer).await {
-                    Ok(created) => Outcome::Done {
-                        resolution: Resolution::Created,
-                        object: Some(created.raw),
-                    },
-                    Err(ClientError::DuplicateCustomer {
-                        existing,
-                        status,
-                        message,
-                        ..
-                    }) => {
-                        if same_email(&existing.raw, &customer.email) {
-                            Outcome::Done {
-                                resolution: if claim.in_doubt {
-                                    Resolution::Found
-                                } else {
-                                    Resolution::Existed
-                                },
-                                object: Some(existing.raw),
-                            }
-                        } else {
-                            Outcome::Refused {
-                                status: Some(status.as_u16()),
-                                message: format!(
-                                    "{message} (a customer with this customer_key exists with another email)"
-                                ),
-                            }
-                        }
-                    }
-                    Err(e) => self.sorted(e, claim),
-                }
-            }
-            Request::CreateTransaction(v) => {
-                let transaction = match Request::new_transaction(&v) {
-                    Ok(t) => t,
-                    Err(e) => return unreadable(e),
-                };
-                match self.client.create_transaction(&transaction).await {
-                    Ok(created) => Outcome::Done {
-                        resolution: Resolution::Created,
-                        object: Some(created.raw),
-                    },
-                    Err(ClientError::DuplicateTransaction { existing, .. }) => Outcome::Done {
-                        resolution: if claim.in_doubt {
-                            Resolution::Found
-                        } else {
-                            Resolution::Existed
-                        },
+        match &request {
+            Request::CreateCustomer(c) => self.create_customer(claim, c).await,
+            Request::UpdateCustomer(u) => self.update_customer(claim, u).await,
+            Request::CreateTransaction(t) => self.create_transaction(claim, t).await,
+            Request::DeleteTransaction(d) => self.delete_transaction(claim, &d.key).await,
+        }
+    }
+
+    /// `POST /customers`. A customer PartnerStack has under this key already is what
+    /// was asked for if it has this email.
+    async fn create_customer(&self, claim: &Claimed, customer: &NewCustomer) -> Outcome {
+        match self.client.create_customer(&customer.into()).await {
+            Ok(created) => Outcome::Done {
+                resolution: Resolution::Created,
+                object: Some(created.raw),
+            },
+            Err(ClientError::DuplicateCustomer {
+                existing,
+                status,
+                message,
+                ..
+            }) => {
+                if same_email(&existing.raw, customer.email.as_str()) {
+                    Outcome::Done {
+                        resolution: existed(claim),
                         object: Some(existing.raw),
-                    },
-                    Err(e) => {
-                        let customer_key = v.get("customer_key").and_then(Value::as_str);
-                        self.sorted_for_customer(e, claim, customer_key).await
+                    }
+                } else {
+                    Outcome::Refused {
+                        status: Some(status.as_u16()),
+                        message: format!(
+                            "{message} (a customer with this customer_key exists with another email)"
+                        ),
                     }
                 }
             }
-            Request::UpdateCustomer {
-                customer_key,
-                update,
-            } => {
-                let update = match Request::customer_update(&update) {
-                    Ok(u) => u,
-                    Err(e) => return unreadable(e),
+            Err(e) => self.sorted(e, claim),
+        }
+    }
+
+    /// `PATCH /customers/{customer_key}`.
+    async fn update_customer(&self, claim: &Claimed, update: &CustomerUpdate) -> Outcome {
+        let customer_key = update.customer_key.as_str();
+        match self
+            .client
+            .update_customer(customer_key, &(&update.update).into())
+            .await
+        {
+            Ok(updated) => Outcome::Done {
+                resolution: Resolution::Updated,
+                object: Some(updated.raw),
+            },
+            Err(e) => self.sorted_for_customer(e, claim, Some(customer_key)).await,
+        }
+    }
+
+    /// `POST /transactions`. Its key makes a repeat harmless: PartnerStack answers that
+    /// the transaction exists.
+    async fn create_transaction(&self, claim: &Claimed, transaction: &NewTransaction) -> Outcome {
+        match self.client.create_transaction(&transaction.into()).await {
+            Ok(created) => Outcome::Done {
+                resolution: Resolution::Created,
+                object: Some(created.raw),
+            },
+            Err(ClientError::DuplicateTransaction { existing, .. }) => Outcome::Done {
+                resolution: existed(claim),
+                object: Some(existing.raw),
+            },
+            Err(e) => {
+                let customer_key = match &transaction.fields.customer {
+                    CustomerRef::Key(k) => Some(k.as_str()),
+                    CustomerRef::Email(_) | CustomerRef::PartnerStack(_) => None,
                 };
-                match self.client.update_customer(&customer_key, &update).await {
-                    Ok(updated) => Outcome::Done {
-                        resolution: Resolution::Updated,
-                        object: Some(updated.raw),
-                    },
-                    Err(e) => {
-                        self.sorted_for_customer(e, claim, Some(&customer_key))
-                            .await
-                    }
-                }
+                self.sorted_for_customer(e, claim, customer_key).await
             }
-            Request::DeleteTransaction { key } => {
-                match self.client.delete_transaction(&key).await {
-                    Ok(Some(deleted)) => Outcome::Done {
-                        resolution: Resolution::Deleted,
-                        object: Some(deleted),
-                    },
-                    // Nothing to delete: gone with an earlier attempt whose answer was
-                    // lost, or never there.
-                    Ok(None) if claim.in_doubt => Outcome::Done {
-                        resolution: Resolution::Absent,
-                        object: None,
-                    },
-                    Ok(None) => Outcome::Refused {
-                        status: Some(404),
-                        message: format!("PartnerStack has no transaction with key {key:?}"),
-                    },
-                    Err(e) => self.sorted(e, claim),
-                }
-            }
+        }
+    }
+
+    /// `DELETE /transactions/{key}`.
+    async fn delete_transaction(&self, claim: &Claimed, key: &Key) -> Outcome {
+        match self.client.delete_transaction(key.as_str()).await {
+            Ok(Some(deleted)) => Outcome::Done {
+                resolution: Resolution::Deleted,
+                object: Some(deleted),
+            },
+            // Nothing to delete: gone with an earlier attempt whose answer was lost, or
+            // never there.
+            Ok(None) if claim.in_doubt => Outcome::Done {
+                resolution: Resolution::Absent,
+                object: None,
+            },
+            Ok(None) => Outcome::Refused {
+                status: Some(404),
+                message: format!(
+                    "PartnerStack has no transaction with key {:?}",
+                    key.as_str()
+                ),
+            },
+            Err(e) => self.sorted(e, claim),
         }
     }
 
@@ -378,11 +392,7 @@ impl Worker {
             message.to_ascii_lowercase().contains("exist") || status == Some(StatusCode::CONFLICT);
         if creates && says_exists {
             return Outcome::Done {
-                resolution: if claim.in_doubt {
-                    Resolution::Found
-                } else {
-                    Resolution::Existed
-                },
+                resolution: existed(claim),
                 object: None,
             };
         }
@@ -395,50 +405,50 @@ impl Worker {
     /// Looks for the effect of an earlier attempt whose answer was lost.
     async fn look(&self, claim: &Claimed, request: &Request) -> Look {
         match request {
-            Request::CreateCustomer(v) => {
-                let customer_key = v
-                    .get("customer_key")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default();
-                let email = v.get("email").and_then(Value::as_str).unwrap_or_default();
-                match self.client.get_customer(customer_key).await {
-                    Ok(Some(found)) if same_email(&found.raw, email) => {
-                        Look::Found(Some(found.raw))
-                    }
-                    // Another customer under this key: ours did not land (a send will be
-                    // refused as a duplicate, or make the second customer asked for).
-                    Ok(Some(_)) => Look::Send,
-                    Ok(None) => {
-                        // Measured from the latest send: what it created may be what
-                        // PartnerStack does not show yet.
-                        let since = claim.last_sent_at.unwrap_or(claim.created_at);
-                        let waited = (chrono::Utc::now() - since).to_std().unwrap_or_default();
-                        if waited < self.config.lookup_window {
-                            Look::Wait(format!(
-                                "an earlier attempt's answer was lost and PartnerStack does not show customer {customer_key:?} yet; \
-                                 looking again (sent again after {}s without it)",
-                                self.config.lookup_window.as_secs()
-                            ))
-                        } else {
-                            Look::Send
-                        }
-                    }
-                    Err(e) => Look::Failed(e),
-                }
-            }
-            Request::CreateTransaction(v) => {
-                let Some(key) = v.get("key").and_then(Value::as_str) else {
-                    return Look::Send;
-                };
-                let created_at = v.get("created_at").and_then(crate::writes::request_time);
-                match self.client.find_transaction(key, created_at).await {
+            Request::CreateCustomer(c) => self.look_for_customer(claim, c).await,
+            Request::CreateTransaction(t) => {
+                let created_at = t.fields.created_at.map(Timestamp::time);
+                match self
+                    .client
+                    .find_transaction(t.key.as_str(), created_at)
+                    .await
+                {
                     Ok(Some(found)) => Look::Found(Some(found.raw)),
                     Ok(None) => Look::Send,
                     Err(e) => Look::Failed(e),
                 }
             }
             // Updates and deletes are idempotent: sending again is the look.
-            Request::UpdateCustomer { .. } | Request::DeleteTransaction { .. } => Look::Send,
+            Request::UpdateCustomer(_) | Request::DeleteTransaction(_) => Look::Send,
+        }
+    }
+
+    /// Looks for a customer an earlier attempt may have created.
+    async fn look_for_customer(&self, claim: &Claimed, customer: &NewCustomer) -> Look {
+        let customer_key = customer.customer_key.as_str();
+        match self.client.get_customer(customer_key).await {
+            Ok(Some(found)) if same_email(&found.raw, customer.email.as_str()) => {
+                Look::Found(Some(found.raw))
+            }
+            // Another customer under this key: ours did not land (a send will be refused
+            // as a duplicate, or make the second customer asked for).
+            Ok(Some(_)) => Look::Send,
+            Ok(None) => {
+                // Measured from the latest send: what it created may be what PartnerStack
+                // does not show yet.
+                let since = claim.last_sent_at.unwrap_or(claim.created_at);
+                let waited = (chrono::Utc::now() - since).to_std().unwrap_or_default();
+                if waited < self.config.lookup_window {
+                    Look::Wait(format!(
+                        "an earlier attempt's answer was lost and PartnerStack does not show customer {customer_key:?} yet; \
+                         looking again (sent again after {}s without it)",
+                        self.config.lookup_window.as_secs()
+                    ))
+                } else {
+                    Look::Send
+                }
+            }
+            Err(e) => Look::Failed(e),
         }
     }
 
@@ -449,23 +459,18 @@ impl Worker {
         outcome: Outcome,
         requests: u64,
     ) -> Result<(), sqlx::Error> {
+        let failed = |error_status, message| Finished {
+            status: WriteStatus::Failed,
+            resolution: Resolution::Refused,
+            result: None,
+            error_status,
+            error_message: Some(message),
+            requests,
+        };
         match outcome {
             Outcome::Abandoned => Ok(()),
             Outcome::Done { resolution, object } => {
-                let entity = match claim.kind {
-                    WriteKind::CreateCustomer | WriteKind::UpdateCustomer => Entity::Customer,
-                    WriteKind::CreateTransaction | WriteKind::DeleteTransaction => {
-                        Entity::Transaction
-                    }
-                };
-                let deleted = claim.kind == WriteKind::DeleteTransaction;
-                let observation = object.as_ref().and_then(|o| {
-                    Observation::parse(entity, o.clone(), deleted)
-                        .map_err(|e| {
-                            tracing::warn!(write = claim.id, error = %e, "PartnerStack's answer to a write cannot be applied; the reconciler will bring the object")
-                        })
-                        .ok()
-                });
+                let observation = object.as_ref().and_then(|o| observation(claim.kind, o));
                 let finished = Finished {
                     status: WriteStatus::Succeeded,
                     resolution,
@@ -474,32 +479,10 @@ impl Worker {
                     error_message: None,
                     requests,
                 };
-                let mut tx = self.pool.begin().await?;
-                if !writes::finish(&mut tx, claim, &finished).await? {
-                    tx.rollback().await?;
-                    return Ok(());
-                }
-                if let Some(o) = observation {
-                    apply::apply(&mut tx, Source::Write, std::slice::from_ref(&o)).await?;
-                }
-                tx.commit().await?;
-                self.outbox.finished.notify_waiters();
-                Ok(())
+                self.finish(claim, &finished, observation).await
             }
             Outcome::Refused { status, message } => {
-                let finished = Finished {
-                    status: WriteStatus::Failed,
-                    resolution: Resolution::Refused,
-                    result: None,
-                    error_status: status,
-                    error_message: Some(message),
-                    requests,
-                };
-                let mut tx = self.pool.begin().await?;
-                writes::finish(&mut tx, claim, &finished).await?;
-                tx.commit().await?;
-                self.outbox.finished.notify_waiters();
-                Ok(())
+                self.finish(claim, &failed(status, message), None).await
             }
             Outcome::Retry {
                 in_doubt,
@@ -510,26 +493,15 @@ impl Worker {
                     .to_std()
                     .unwrap_or_default();
                 if age >= self.config.give_up_after {
-                    let finished = Finished {
-                        status: WriteStatus::Failed,
-                        resolution: Resolution::Refused,
-                        result: None,
-                        error_status: status,
-                        error_message: Some(format!(
-                            "gave up after {} attempts over {}: {error}",
-                            claim.attempts,
-                            humantime::format_duration(self.config.give_up_after)
-                        )),
-                        requests,
-                    };
-                    let mut tx = self.pool.begin().await?;
-                    writes::finish(&mut tx, claim, &finished).await?;
-                    tx.commit().await?;
-                    self.outbox.finished.notify_waiters();
-                    return Ok(());
+                    let message = format!(
+                        "gave up after {} attempts over {}: {error}",
+                        claim.attempts,
+                        humantime::format_duration(self.config.give_up_after)
+                    );
+                    return self.finish(claim, &failed(status, message), None).await;
                 }
                 let delay = backoff(claim.attempts, self.config.max_retry_delay);
-                tracing::info!(write = claim.id, attempt = claim.attempts, retry_in_ms = delay.as_millis() as u64, error = %error, "write not sent; will retry");
+                tracing::info!(retry_in_ms = delay.as_millis() as u64, error = %error, "write not sent; will retry");
                 writes::postpone(
                     &self.pool,
                     claim,
@@ -546,6 +518,42 @@ impl Worker {
             }
         }
     }
+
+    /// Finishes the write, fenced by the claim, and applies PartnerStack's answer in the
+    /// same transaction (nothing when the claim no longer holds); wakes the waiters.
+    async fn finish(
+        &self,
+        claim: &Claimed,
+        finished: &Finished,
+        observation: Option<Observation>,
+    ) -> Result<(), sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        if !writes::finish(&mut tx, claim, finished).await? {
+            tx.rollback().await?;
+            return Ok(());
+        }
+        if let Some(o) = observation {
+            apply::apply(&mut tx, Source::Write, std::slice::from_ref(&o)).await?;
+        }
+        tx.commit().await?;
+        self.outbox.finished.notify_waiters();
+        Ok(())
+    }
+}
+
+/// PartnerStack's answer to a write of `kind`, as an observation for the one door; none
+/// when it cannot be read (the reconciler brings the object then).
+fn observation(kind: WriteKind, object: &Value) -> Option<Observation> {
+    let entity = match kind {
+        WriteKind::CreateCustomer | WriteKind::UpdateCustomer => Entity::Customer,
+        WriteKind::CreateTransaction | WriteKind::DeleteTransaction => Entity::Transaction,
+    };
+    let deleted = kind == WriteKind::DeleteTransaction;
+    Observation::parse(entity, object.clone(), deleted)
+        .map_err(|e| {
+            tracing::warn!(error = %e, "PartnerStack's answer to a write cannot be applied; the reconciler will bring the object")
+        })
+        .ok()
 }
 
 /// What a look-up after a lost answer found.
@@ -572,10 +580,13 @@ fn retry(e: &ClientError, may_have_landed: bool) -> Outcome {
     }
 }
 
-fn unreadable(e: String) -> Outcome {
-    Outcome::Refused {
-        status: None,
-        message: format!("the stored request cannot be sent: {e}"),
+/// How a create that PartnerStack already had ended: `found` when an earlier attempt of
+/// this write may have made it, else `existed`.
+fn existed(claim: &Claimed) -> Resolution {
+    if claim.in_doubt {
+        Resolution::Found
+    } else {
+        Resolution::Existed
     }
 }
 
@@ -609,7 +620,7 @@ async fn keep_lease(pool: PgPool, claim: Claimed, lease: Duration, stop: Cancell
             Ok(true) => {}
             Ok(false) => return,
             Err(e) => {
-                tracing::debug!(write = claim.id, error = %e, "renewing a write's lease failed")
+                tracing::debug!(error = %e, "renewing a write's lease failed")
             }
         }
     }

@@ -2,11 +2,13 @@
 //! /v1/customers/{customer_key}`, `POST /v1/transactions`, `DELETE /v1/transactions/{key}`,
 //! and the outbox they go through (`/v1/writes`).
 //!
-//! A write is validated ([`crate::writes::Request`]), committed to the outbox in a
-//! spawned task (a client hanging up cannot cancel it half-way: ARCHITECTURE.md, rule 2),
-//! and answered `202` with its record and `Location: /v1/writes/{id}`; `?wait=N` waits up
-//! to N seconds for the outcome (`200` once finished). The worker
-//! ([`crate::writes::worker`]) sends it.
+//! A write's body is read into a [`crate::writes::Request`] by its type in [`bodies`],
+//! committed to the outbox in a spawned task (a client hanging up cannot cancel it
+//! half-way: ARCHITECTURE.md, rule 2), and answered `202` with its record and
+//! `Location: /v1/writes/{id}`; `?wait=N` waits up to N seconds for the outcome (`200`
+//! once finished). The worker ([`crate::writes::worker`]) sends it.
+
+pub mod bodies;
 
 use std::time::Duration;
 
@@ -27,6 +29,7 @@ use super::params::{self, IncludeParam, QueryParams, text, word};
 use crate::db::writes::{self, Accepted, Resolution, WriteKind, WriteStatus};
 use crate::error::{ApiError, ErrorCode};
 use crate::state::AppState;
+use crate::writes::fields::{IdempotencyKey, Key};
 use crate::writes::{Outbox, Request};
 
 /// Largest write body accepted.
@@ -187,15 +190,27 @@ async fn read_body(body: Body) -> Result<axum::body::Bytes, ApiError> {
     })
 }
 
-/// The `Idempotency-Key` header, if sent.
-fn idempotency_key(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
+/// The `Idempotency-Key` header, if sent, checked.
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<IdempotencyKey>, ApiError> {
     headers
         .get("idempotency-key")
         .map(|v| {
             v.to_str()
                 .map_err(|_| ApiError::bad_request("Idempotency-Key must be visible ASCII"))
+                .and_then(bodies::idempotency_key)
         })
         .transpose()
+}
+
+/// The `Idempotency-Key` header of a write route.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Header)]
+#[allow(dead_code)] // Exists for its OpenAPI description only.
+pub struct IdempotencyHeader {
+    /// Makes repeats of this request one write, for as long as the write is kept
+    /// (`retention.writes`, 30 days by default).
+    #[param(rename = "Idempotency-Key", inline, nullable = false)]
+    key: Option<IdempotencyKey>,
 }
 
 /// The outbox, or a 409 when this deployment cannot send writes.
@@ -212,12 +227,12 @@ fn outbox(state: &AppState) -> Result<&Outbox, ApiError> {
 async fn submit(
     state: &AppState,
     request: Request,
-    key: Option<&str>,
+    key: Option<&IdempotencyKey>,
     query: Option<&str>,
 ) -> Result<Response, ApiError> {
     let outbox = outbox(state)?;
     let wait = wait(query)?;
-    let write = request.into_write(key)?;
+    let write = request.into_write(key).map_err(ApiError::internal)?;
     // A write: off the request future (ARCHITECTURE.md, rule 2).
     let pool = state.pool.clone();
     let accepted = tokio::spawn(async move { writes::accept(&pool, &write).await })
@@ -310,8 +325,8 @@ pub enum WriteAnswers {
         outbox. A repeat (same `Idempotency-Key`, else same `customer_key`) returns the same \
         write; a customer PartnerStack already has counts as success (`existed: true`). \
         On success `GET /v1/customers/{customer_key}` finds it at once.",
-    params(WaitParams, ("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, pattern = "^[!-~]+$", description = "Makes repeats of this request one write (kept 30 days)")),
-    request_body = crate::writes::CreateCustomer,
+    params(WaitParams, IdempotencyHeader),
+    request_body = bodies::CreateCustomer,
     responses(WriteAnswers, super::CommonErrors),
     security(("bearer" = [])),
 )]
@@ -322,8 +337,8 @@ pub async fn create_customer(
     body: Body,
 ) -> Result<Response, ApiError> {
     let key = idempotency_key(&headers)?;
-    let request = Request::create_customer(&read_body(body).await?)?;
-    submit(&state, request, key, query.as_deref()).await
+    let request = bodies::create_customer(&read_body(body).await?)?;
+    submit(&state, request, key.as_ref(), query.as_deref()).await
 }
 
 /// `PATCH /v1/customers/{customer_key}`.
@@ -334,11 +349,11 @@ pub async fn create_customer(
         (a new key), `email`, `name`, `provider_key`, `meta`. `partner_key` cannot change. \
         Each update is its own write unless an `Idempotency-Key` is sent.",
     params(
-        ("key" = String, Path, min_length = 1, max_length = 255, pattern = "^[^\\x00-\\x1F\\x7F-\\x9F]*[^\\s\\x00-\\x1F\\x7F-\\x9F][^\\x00-\\x1F\\x7F-\\x9F]*$", description = "Your customer_key"),
+        ("key" = Key, Path, description = "Your customer_key"),
         WaitParams,
-        ("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, pattern = "^[!-~]+$", description = "Makes repeats of this request one write"),
+        IdempotencyHeader,
     ),
-    request_body = crate::writes::UpdateCustomer,
+    request_body = bodies::UpdateCustomer,
     responses(WriteAnswers, super::CommonErrors),
     security(("bearer" = [])),
 )]
@@ -350,8 +365,8 @@ pub async fn update_customer(
     body: Body,
 ) -> Result<Response, ApiError> {
     let key = idempotency_key(&headers)?;
-    let request = Request::update_customer(&customer_key, &read_body(body).await?)?;
-    submit(&state, request, key, query.as_deref()).await
+    let request = bodies::update_customer(&customer_key, &read_body(body).await?)?;
+    submit(&state, request, key.as_ref(), query.as_deref()).await
 }
 
 /// `POST /v1/transactions`.
@@ -364,8 +379,8 @@ pub async fn update_customer(
         `customer_external_key`), `customer_email` or `customer` (PartnerStack's key). \
         Without a `key`, one is derived from the request (or from the `Idempotency-Key`), \
         so a repeat is the same transaction; send your own key to record two equal ones.",
-    params(WaitParams, ("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, pattern = "^[!-~]+$", description = "Makes repeats of this request one write")),
-    request_body = crate::writes::CreateTransaction,
+    params(WaitParams, IdempotencyHeader),
+    request_body = bodies::CreateTransaction,
     responses(WriteAnswers, super::CommonErrors),
     security(("bearer" = [])),
 )]
@@ -376,8 +391,8 @@ pub async fn create_transaction(
     body: Body,
 ) -> Result<Response, ApiError> {
     let key = idempotency_key(&headers)?;
-    let request = Request::create_transaction(&read_body(body).await?, key)?;
-    submit(&state, request, key, query.as_deref()).await
+    let request = bodies::create_transaction(&read_body(body).await?, key.as_ref())?;
+    submit(&state, request, key.as_ref(), query.as_deref()).await
 }
 
 /// `DELETE /v1/transactions/{key}`.
@@ -386,9 +401,9 @@ pub async fn create_transaction(
     summary = "Delete a transaction at PartnerStack",
     description = "`DELETE /transactions/{key}` at PartnerStack. A repeat is the same write.",
     params(
-        ("key" = String, Path, min_length = 1, max_length = 255, pattern = "^[^\\x00-\\x1F\\x7F-\\x9F]*[^\\s\\x00-\\x1F\\x7F-\\x9F][^\\x00-\\x1F\\x7F-\\x9F]*$", description = "The transaction key"),
+        ("key" = Key, Path, description = "The transaction key"),
         WaitParams,
-        ("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, pattern = "^[!-~]+$", description = "Makes repeats of this request one write"),
+        IdempotencyHeader,
     ),
     responses(WriteAnswers, super::CommonErrors),
     security(("bearer" = [])),
@@ -401,8 +416,8 @@ pub async fn delete_transaction(
     body: Body,
 ) -> Result<Response, ApiError> {
     let idempotency = idempotency_key(&headers)?;
-    let request = Request::delete_transaction(&key, &read_body(body).await?)?;
-    submit(&state, request, idempotency, query.as_deref()).await
+    let request = bodies::delete_transaction(&key, &read_body(body).await?)?;
+    submit(&state, request, idempotency.as_ref(), query.as_deref()).await
 }
 
 /// `GET /v1/writes`.
