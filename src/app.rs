@@ -26,7 +26,7 @@ use crate::state::AppState;
 use crate::telemetry::{Metrics, UpstreamObserver};
 use crate::writes::Outbox;
 use crate::writes::worker::Worker;
-use crate::{relay, retention, routes, server};
+use crate::{memory, relay, retention, routes, server};
 
 /// Opens the database (starting the embedded one if configured), migrates it, serves on
 /// `listener` until `shutdown` is cancelled, then shuts everything down in order.
@@ -99,10 +99,7 @@ async fn serve(
     let applier = Applier::new(pool.clone(), metrics.clone(), verifier(&config, &client));
     // Freed request bodies go back to the system, not just to the allocator.
     let trim_stop = shutdown.child_token();
-    let trim_task = tokio::spawn(crate::telemetry::trim_memory(
-        crate::telemetry::TRIM_EVERY,
-        trim_stop.clone(),
-    ));
+    let trim_task = tokio::spawn(memory::trim_memory(memory::TRIM_EVERY, trim_stop.clone()));
     let applier_stop = CancellationToken::new();
     let applier_tasks: Vec<_> = (0..config.webhooks.appliers)
         .map(|_| tokio::spawn(applier.clone().run(stored.clone(), applier_stop.clone())))

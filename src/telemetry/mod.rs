@@ -845,34 +845,6 @@ fn unix_now() -> f64 {
         .map_or(0.0, |d| d.as_secs_f64())
 }
 
-/// How often processes give freed memory back to the system ([`trim_memory`]).
-pub const TRIM_EVERY: Duration = Duration::from_secs(10);
-
-/// Gives freed memory back to the system every `every`, until `stop`. glibc's allocator
-/// keeps freed memory in its arenas (a burst of large request bodies otherwise stays in
-/// the process's footprint for good); `malloc_trim` returns the free pages of every arena.
-pub async fn trim_memory(every: Duration, stop: tokio_util::sync::CancellationToken) {
-    loop {
-        tokio::select! {
-            () = stop.cancelled() => return,
-            () = tokio::time::sleep(every) => {}
-        }
-        let _ = tokio::task::spawn_blocking(trim).await;
-    }
-}
-
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-fn trim() {
-    // SAFETY: malloc_trim has no preconditions; it only walks glibc's own arenas.
-    #[allow(unsafe_code)]
-    unsafe {
-        libc::malloc_trim(0);
-    }
-}
-
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn trim() {}
-
 #[cfg(test)]
 mod tests {
     use super::*;
