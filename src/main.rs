@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use partnerstack::Entity;
 use partnerstack_sync::db::events::{self, Outcome};
+use partnerstack_sync::ingest::IngestMetrics;
 use partnerstack_sync::ingest::applier::Applier;
 use partnerstack_sync::ingest::verify::Verifier;
 use partnerstack_sync::{app, config::Config, db, memory, telemetry};
@@ -193,7 +194,7 @@ async fn reapply(config: Config, outcomes: Vec<Outcome>) -> anyhow::Result<()> {
     let (requeued, counts) = with_database(&config, async |_, pool| {
         let ids = events::requeue(pool, &outcomes).await?;
         // Re-applied from their bodies, or verified as `serve` would.
-        let metrics = std::sync::Arc::new(telemetry::Metrics::new());
+        let metrics = std::sync::Arc::new(IngestMetrics::new());
         let verifier = match config.partnerstack.credentials() {
             Some(_) if config.webhooks.verifies(true) => Some(Verifier::new(
                 partnerstack::client::Client::new(&config.partnerstack)?,
