@@ -7,26 +7,31 @@
 //! the embedded Postgres (if any) stops.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use partnerstack::client::Client;
+use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::{SigningKeys, TokenSet};
 use crate::config::Config;
 use crate::db::{self, Database};
 use crate::feed::Feed;
+use crate::ingest::IngestMetrics;
 use crate::ingest::applier::Applier;
 use crate::ingest::verify::Verifier;
 use crate::ingest::writer::{Limits, Writer};
 use crate::reconcile::Reconciler;
+use crate::relay::RelayMetrics;
+use crate::retention::RetentionMetrics;
 use crate::state::AppState;
-use crate::telemetry::{Metrics, UpstreamObserver};
+use crate::telemetry::{Deployment, Exposition, Metrics, UpstreamObserver};
 use crate::writes::Outbox;
-use crate::writes::worker::Worker;
-use crate::{relay, retention, routes, server};
+use crate::writes::worker::{Worker, WriteMetrics};
+use crate::{memory, relay, retention, routes, server};
 
 /// Opens the database (starting the embedded one if configured), migrates it, serves on
 /// `listener` until `shutdown` is cancelled, then shuts everything down in order.
@@ -69,10 +74,9 @@ async fn serve(
 
     let config = Arc::new(config);
     warn_about_open_doors(&config);
-    let metrics = Arc::new(Metrics::new());
     let reconciling =
         config.reconcile.interval.is_some() && config.partnerstack.credentials().is_some();
-    metrics.declare(&config, &routes::openapi::openapi(), reconciling);
+    let telemetry = Telemetry::new(&config, reconciling);
     let stored = Arc::new(Notify::new());
     let writer_stop = CancellationToken::new();
     let limits = Limits {
@@ -85,78 +89,40 @@ async fn serve(
         limits,
         stored.clone(),
         writer_stop.clone(),
-        metrics.clone(),
+        telemetry.ingest.clone(),
     );
-    // One client (one request budget) for the reconciler, webhook verification and
-    // writes, its exchanges counted in the metrics.
-    let client = match config.partnerstack.credentials() {
-        Some(_) => Some(
-            Client::new(&config.partnerstack)?
-                .with_observer(Arc::new(UpstreamObserver(metrics.clone()))),
-        ),
-        None => None,
-    };
-    let applier = Applier::new(pool.clone(), metrics.clone(), verifier(&config, &client));
+    let client = client(&config, &telemetry.metrics)?;
+    let verifier = verifier(&config, &client);
+    let applier = Applier::new(pool.clone(), telemetry.ingest.clone(), verifier);
     // Freed request bodies go back to the system, not just to the allocator.
     let trim_stop = shutdown.child_token();
-    let trim_task = tokio::spawn(crate::telemetry::trim_memory(
-        crate::telemetry::TRIM_EVERY,
-        trim_stop.clone(),
-    ));
+    let trim_task = tokio::spawn(memory::trim_memory(memory::TRIM_EVERY, trim_stop.clone()));
     let applier_stop = CancellationToken::new();
     let applier_tasks: Vec<_> = (0..config.webhooks.appliers.get())
         .map(|_| tokio::spawn(applier.clone().run(stored.clone(), applier_stop.clone())))
         .collect();
 
-    let feed_stop = shutdown.child_token();
-    let feed = Feed::new(feed_stop.clone());
+    let feed = Feed::new(shutdown.child_token());
     let feed_task = tokio::spawn(feed.clone().run(pool.clone(), config.changes.poll_interval));
-    let relay_stop = shutdown.child_token();
     let relay_tasks = relay::spawn(
         &config,
         pool.clone(),
         db::session_options(database.connect_options(), &config.database),
         feed.clone(),
-        metrics.clone(),
-        relay_stop.clone(),
+        telemetry.relay.clone(),
+        shutdown.child_token(),
     )?;
     let retention_task = tokio::spawn(retention::run(
         pool.clone(),
         config.retention.clone(),
-        metrics.clone(),
+        telemetry.retention.clone(),
         shutdown.child_token(),
     ));
-
-    // The write outbox's worker, when writes can be sent.
-    let writes_stop = shutdown.child_token();
-    let (outbox, writes_task) = match &client {
-        Some(client) => {
-            let outbox = Outbox::default();
-            let worker = Worker::new(
-                pool.clone(),
-                client.clone(),
-                config.writes.clone(),
-                metrics.clone(),
-                outbox.clone(),
-            );
-            let grace = config.server.shutdown_timeout;
-            let task = tokio::spawn(worker.run(writes_stop.clone(), grace));
-            (Some(outbox), Some(task))
-        }
-        None => {
-            tracing::info!(
-                "writes to PartnerStack are off (POST/PATCH/DELETE under /v1 answer 409): set \
-                 PARTNERSTACK_PUBLIC_KEY and PARTNERSTACK_SECRET_KEY to send them"
-            );
-            (None, None)
-        }
-    };
-
-    let reconciler = reconciler(&config, client, database, &metrics);
-    let reconcile_stop = shutdown.child_token();
+    let (outbox, writes_task) = write_worker(&config, &pool, &client, &telemetry, &shutdown);
+    let reconciler = reconciler(&config, client, database, &telemetry.metrics);
     let reconcile_task = reconciler
         .clone()
-        .map(|r| tokio::spawn(r.run(reconcile_stop.clone())));
+        .map(|r| tokio::spawn(r.run(shutdown.child_token())));
 
     let state = AppState {
         reconciler,
@@ -167,16 +133,114 @@ async fn serve(
         config: config.clone(),
         pool: pool.clone(),
         writer,
-        metrics,
+        metrics: telemetry.metrics,
+        exposition: telemetry.exposition,
         feed,
     };
+    serve_http(state, listener, started, &shutdown).await?;
+    tracing::info!("server stopped accepting; draining queued deliveries");
+    let tasks = Tasks {
+        writer: writer_task,
+        writer_stop,
+        appliers: applier_tasks,
+        applier_stop,
+        reconciler: reconcile_task,
+        relay: relay_tasks,
+        writes: writes_task,
+        retention: retention_task,
+        feed: feed_task,
+        trim: trim_task,
+        trim_stop,
+    };
+    tasks.stop(config.server.shutdown_timeout).await;
+    pool.close().await;
+    tracing::info!("shutdown complete");
+    Ok(())
+}
+
+/// A service's metric groups, served together by `exposition`.
+struct Telemetry {
+    exposition: Arc<Exposition>,
+    metrics: Arc<Metrics>,
+    ingest: Arc<IngestMetrics>,
+    relay: Arc<RelayMetrics>,
+    retention: Arc<RetentionMetrics>,
+    writes: Arc<WriteMetrics>,
+}
+
+impl Telemetry {
+    /// Every group, with the series `config` and the served routes call for at zero
+    /// (`reconciling`: whether this service runs the reconciler).
+    fn new(config: &Config, reconciling: bool) -> Telemetry {
+        let mut exposition = Exposition::new();
+        let metrics = exposition.add(Metrics::new());
+        let ingest = exposition.add(IngestMetrics::new());
+        let relay = exposition.add(RelayMetrics::new());
+        let retention = exposition.add(RetentionMetrics::new());
+        let writes = exposition.add(WriteMetrics::new());
+        exposition.declare(&Deployment {
+            config,
+            api: &routes::openapi::openapi(),
+            reconciling,
+        });
+        metrics
+            .db_pool_max_connections
+            .set(i64::from(config.database.max_connections));
+        Telemetry {
+            exposition: Arc::new(exposition),
+            metrics,
+            ingest,
+            relay,
+            retention,
+            writes,
+        }
+    }
+}
+
+/// The write outbox and its worker, when writes can be sent (with `client`); the worker
+/// stops with `shutdown`.
+fn write_worker(
+    config: &Config,
+    pool: &PgPool,
+    client: &Option<Client>,
+    telemetry: &Telemetry,
+    shutdown: &CancellationToken,
+) -> (Option<Outbox>, Option<JoinHandle<()>>) {
+    let Some(client) = client else {
+        tracing::info!(
+            "writes to PartnerStack are off (POST/PATCH/DELETE under /v1 answer 409): set \
+             PARTNERSTACK_PUBLIC_KEY and PARTNERSTACK_SECRET_KEY to send them"
+        );
+        return (None, None);
+    };
+    let outbox = Outbox::default();
+    let worker = Worker::new(
+        pool.clone(),
+        client.clone(),
+        config.writes.clone(),
+        telemetry.writes.clone(),
+        outbox.clone(),
+    );
+    let grace = config.server.shutdown_timeout;
+    let task = tokio::spawn(worker.run(shutdown.child_token(), grace));
+    (Some(outbox), Some(task))
+}
+
+/// Serves `state`'s routes on `listener` (and the operations routes on their own address,
+/// when one is set) until `shutdown`, then finishes in-flight requests.
+async fn serve_http(
+    state: AppState,
+    listener: TcpListener,
+    started: Instant,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
+    let config = state.config.clone();
     let addr = listener.local_addr()?;
     let limits = server::Limits {
         keepalive_timeout: config.server.keepalive_timeout,
         max_connections: config.server.max_connections,
         drain: config.server.shutdown_timeout,
     };
-    // Operations routes on their own address, when one is set.
     let admin = match config.server.admin_listen {
         Some(admin_addr) => {
             let admin_listener = server::bind(admin_addr).map_err(|e| {
@@ -197,49 +261,80 @@ async fn serve(
     if let Some(admin) = admin {
         let _ = admin.await;
     }
-    tracing::info!("server stopped accepting; draining queued deliveries");
-    let grace = config.server.shutdown_timeout;
-    writer_stop.cancel();
-    let _ = writer_task.await;
-    applier_stop.cancel();
-    for task in applier_tasks {
-        let _ = task.await;
-    }
-    // The reconciler was told to stop with the server; it finishes the page it is applying
-    // (the pass resumes from its checkpoint). A statement stuck in the database must not
-    // hold shutdown: past the grace period the task is dropped, and with it the leader's
-    // own session (not a pooled connection), which Postgres rolls back.
-    if let Some(mut task) = reconcile_task
-        && tokio::time::timeout(grace, &mut task).await.is_err()
-    {
-        tracing::warn!(
-            ?grace,
-            "the reconciler did not stop in time; abandoning its current page"
-        );
-        task.abort();
-        let _ = task.await;
-    }
-    // The relay was told to stop with the server: a change in flight is sent again by
-    // the next holder (its position moves only after a 2xx). Position writes are short.
-    for mut task in relay_tasks {
-        if tokio::time::timeout(grace, &mut task).await.is_err() {
+    Ok(())
+}
+
+/// The background tasks of a running service.
+struct Tasks {
+    writer: JoinHandle<()>,
+    writer_stop: CancellationToken,
+    appliers: Vec<JoinHandle<()>>,
+    applier_stop: CancellationToken,
+    reconciler: Option<JoinHandle<()>>,
+    relay: Vec<JoinHandle<()>>,
+    writes: Option<JoinHandle<()>>,
+    retention: JoinHandle<()>,
+    feed: JoinHandle<()>,
+    trim: JoinHandle<()>,
+    trim_stop: CancellationToken,
+}
+
+impl Tasks {
+    /// Stops the tasks in dependency order once the server has stopped (the reconciler,
+    /// relay, write worker, retention and feed were told to with it); a task that takes
+    /// longer than `grace` is abandoned where that loses nothing.
+    async fn stop(self, grace: Duration) {
+        self.writer_stop.cancel();
+        let _ = self.writer.await;
+        self.applier_stop.cancel();
+        for task in self.appliers {
+            let _ = task.await;
+        }
+        // The reconciler finishes the page it is applying (the pass resumes from its
+        // checkpoint). A statement stuck in the database must not hold shutdown: past the
+        // grace period the task is dropped, and with it the leader's own session (not a
+        // pooled connection), which Postgres rolls back.
+        if let Some(mut task) = self.reconciler
+            && tokio::time::timeout(grace, &mut task).await.is_err()
+        {
+            tracing::warn!(
+                ?grace,
+                "the reconciler did not stop in time; abandoning its current page"
+            );
             task.abort();
             let _ = task.await;
         }
+        // A change in flight is sent again by the relay's next holder (its position moves
+        // only after a 2xx). Position writes are short.
+        for mut task in self.relay {
+            if tokio::time::timeout(grace, &mut task).await.is_err() {
+                task.abort();
+                let _ = task.await;
+            }
+        }
+        // The write worker lets the writes in flight finish within the grace period (one
+        // cut short stays in doubt and is looked for at the next start).
+        if let Some(task) = self.writes {
+            let _ = task.await;
+        }
+        let _ = self.retention.await;
+        let _ = self.feed.await;
+        self.trim_stop.cancel();
+        let _ = self.trim.await;
     }
-    // The write worker was told to stop with the server; it lets the writes in flight
-    // finish within the grace period (one cut short stays in doubt and is looked for
-    // at the next start).
-    if let Some(task) = writes_task {
-        let _ = task.await;
+}
+
+/// PartnerStack's client, when there are credentials: one client (one request budget)
+/// for the reconciler, webhook verification and writes, its exchanges counted in
+/// `metrics`.
+fn client(config: &Config, metrics: &Arc<Metrics>) -> anyhow::Result<Option<Client>> {
+    if config.partnerstack.credentials().is_none() {
+        return Ok(None);
     }
-    let _ = retention_task.await;
-    let _ = feed_task.await;
-    trim_stop.cancel();
-    let _ = trim_task.await;
-    pool.close().await;
-    tracing::info!("shutdown complete");
-    Ok(())
+    let client = Client::new(&config.partnerstack)?;
+    Ok(Some(client.with_observer(Arc::new(UpstreamObserver(
+        metrics.clone(),
+    )))))
 }
 
 /// The webhook verifier in fetch mode (`webhooks.verification`), with a log line saying
@@ -326,4 +421,90 @@ pub async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Sample lines (`name{labels}`, without values) of an exposition.
+    fn series(text: &str) -> Vec<String> {
+        text.lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+            .map(|l| l.rsplit_once(' ').map_or(l, |(s, _)| s).to_string())
+            .collect()
+    }
+
+    fn defaults() -> Config {
+        Config::load_with_env(None, &Default::default()).unwrap()
+    }
+
+    #[test]
+    fn fixed_series_exist_at_zero_and_names_follow_the_conventions() {
+        let text = Telemetry::new(&defaults(), false).exposition.render();
+        for line in [
+            r#"psync_webhook_deliveries_total{result="unauthorized"} 0"#,
+            r#"psync_webhook_events_applied_total{outcome="error"} 0"#,
+            r#"psync_webhook_fetches_total{result="missing"} 0"#,
+            r#"psync_apply_transactions_total{result="refused"} 0"#,
+            r#"psync_writes_total{kind="create_customer",outcome="failed"} 0"#,
+            r#"psync_retention_pruned_total{table="writes"} 0"#,
+            r#"psync_db_pool_connections{state="in_use"} 0"#,
+            r#"psync_build_info{version=""#,
+            "psync_webhook_apply_lag_seconds 0",
+            "psync_ingest_queue_bytes 0",
+            "psync_writes_oldest_pending_seconds 0",
+            "# HELP psync_writes_pending Writes accepted and not finished.\n",
+        ] {
+            assert!(text.contains(line), "no {line} in\n{text}");
+        }
+        // Counters end in _total; units are in names; everything ours is psync_.
+        for s in series(&text) {
+            let name = s.split('{').next().unwrap();
+            assert!(
+                name.starts_with("psync_") || name.starts_with("process_"),
+                "{name}"
+            );
+            assert!(!name.contains("_ms") && !name.contains("millis"), "{name}");
+        }
+        for l in text.lines().filter(|l| l.starts_with("# TYPE")) {
+            let parts: Vec<&str> = l.split_whitespace().collect();
+            if parts[3] == "counter" {
+                assert!(parts[2].ends_with("_total"), "{l}");
+            } else {
+                assert!(!parts[2].ends_with("_total"), "{l}");
+            }
+        }
+    }
+
+    /// Without streams, endpoints or credentials the deployment calls for no such series;
+    /// with them, each exists from the start (staleness unknown: +Inf).
+    #[test]
+    fn the_deployment_declares_its_streams_endpoints_and_routes() {
+        let bare = Telemetry::new(&defaults(), false).exposition.render();
+        let mut config = defaults();
+        config.relay = vec![crate::config::RelayEndpoint {
+            name: "probe".into(),
+            url: reqwest::Url::parse("http://127.0.0.1:9/").unwrap(),
+            secret: crate::auth::WebhookSecret::parse("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
+                .unwrap(),
+            entities: None,
+        }];
+        let declared = Telemetry::new(&config, true).exposition.render();
+        for line in [
+            r#"psync_relay_attempts_total{endpoint="probe",result="failed"} 0"#,
+            r#"psync_relay_leader{endpoint="probe"} 0"#,
+            r#"psync_reconcile_staleness_seconds{stream="customers"} +Inf"#,
+            r#"psync_reconcile_passes_total{stream="customers"} 0"#,
+            r#"psync_http_requests_total{method="GET",route="/v1/customers/{key}",status="404"} 0"#,
+        ] {
+            assert!(declared.contains(line), "no {line} in\n{declared}");
+        }
+        for prefix in [
+            "psync_relay_attempts_total{",
+            "psync_reconcile_passes_total{",
+        ] {
+            assert!(!bare.contains(prefix), "{prefix} in\n{bare}");
+        }
+    }
 }

@@ -6,9 +6,10 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use partnerstack::Entity;
 use partnerstack_sync::db::events::{self, Outcome};
+use partnerstack_sync::ingest::IngestMetrics;
 use partnerstack_sync::ingest::applier::Applier;
 use partnerstack_sync::ingest::verify::Verifier;
-use partnerstack_sync::{app, config::Config, db, telemetry};
+use partnerstack_sync::{app, config::Config, db, memory, telemetry};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
@@ -193,7 +194,7 @@ async fn reapply(config: Config, outcomes: Vec<Outcome>) -> anyhow::Result<()> {
     let (requeued, counts) = with_database(&config, async |_, pool| {
         let ids = events::requeue(pool, &outcomes).await?;
         // Re-applied from their bodies, or verified as `serve` would.
-        let metrics = std::sync::Arc::new(telemetry::Metrics::new());
+        let metrics = std::sync::Arc::new(IngestMetrics::new());
         let verifier = match config.partnerstack.credentials() {
             Some(_) if config.webhooks.verifies(true) => Some(Verifier::new(
                 partnerstack::client::Client::new(&config.partnerstack)?,
@@ -267,10 +268,7 @@ async fn reconcile(config: Config, streams: Vec<Entity>, full: bool) -> anyhow::
     // Freed page buffers go back to the system as they do in `serve`, so a long scan's
     // footprint does not creep up with the allocator's fragmentation.
     let trim_stop = tokio_util::sync::CancellationToken::new();
-    let trim = tokio::spawn(telemetry::trim_memory(
-        telemetry::TRIM_EVERY,
-        trim_stop.clone(),
-    ));
+    let trim = tokio::spawn(memory::trim_memory(memory::TRIM_EVERY, trim_stop.clone()));
     let reports = with_database(&config, async |database, _| {
         // The reconciler writes through its own session, not the pool.
         let connect = db::session_options(database.connect_options(), &config.database);

@@ -9,21 +9,49 @@
 use std::time::Duration;
 
 use chrono::Utc;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::RetentionConfig;
 use crate::db::{changes, events, writes};
-use crate::telemetry::{Metrics, TableLabel};
+use crate::telemetry::Labels;
 
 /// Pause between batches, so pruning a large backlog leaves room for everything else.
 const BETWEEN_BATCHES: Duration = Duration::from_millis(50);
+
+/// A pruned table.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TableLabel {
+    pub table: &'static str,
+}
+
+impl Labels for TableLabel {
+    fn fixed() -> Vec<Self> {
+        Table::ALL
+            .into_iter()
+            .map(|table| TableLabel {
+                table: table.name(),
+            })
+            .collect()
+    }
+}
+
+crate::metrics! {
+    /// Retention's metrics.
+    pub struct RetentionMetrics {
+        /// Rows deleted past their retention, by table.
+        pub retention_pruned: Family<TableLabel, Counter>,
+    }
+}
 
 /// Prunes every `config.interval` until `stop` is cancelled.
 pub async fn run(
     pool: PgPool,
     config: RetentionConfig,
-    metrics: std::sync::Arc<Metrics>,
+    metrics: std::sync::Arc<RetentionMetrics>,
     stop: CancellationToken,
 ) {
     loop {
@@ -84,7 +112,7 @@ impl Table {
 pub async fn prune(
     pool: &PgPool,
     config: &RetentionConfig,
-    metrics: &Metrics,
+    metrics: &RetentionMetrics,
     stop: &CancellationToken,
 ) -> Result<u64, sqlx::Error> {
     let before = |d: Duration| {
@@ -116,7 +144,7 @@ pub async fn prune(
     Ok(total)
 }
 
-fn count(metrics: &Metrics, table: &'static str, n: u64) {
+fn count(metrics: &RetentionMetrics, table: &'static str, n: u64) {
     metrics
         .retention_pruned
         .get_or_create(&TableLabel { table })

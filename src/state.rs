@@ -10,7 +10,7 @@ use crate::config::Config;
 use crate::feed::Feed;
 use crate::ingest::writer::Writer;
 use crate::reconcile::Reconciler;
-use crate::telemetry::Metrics;
+use crate::telemetry::{Exposition, Metrics};
 use crate::writes::Outbox;
 
 /// Shared state of a running service; cheap to clone.
@@ -20,6 +20,8 @@ pub struct AppState {
     pub pool: PgPool,
     pub writer: Writer,
     pub metrics: Arc<Metrics>,
+    /// Every metric group, as `/metrics` serves them.
+    pub exposition: Arc<Exposition>,
     pub webhook_tokens: Arc<TokenSet>,
     pub signing_keys: Arc<SigningKeys>,
     pub api_tokens: Arc<TokenSet>,

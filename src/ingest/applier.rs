@@ -34,12 +34,13 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::verify::{Fetched, Lookup, Verifier};
+use super::{IngestMetrics, OutcomeLabel};
 use crate::apply::{self, Applied, Observation, Source};
 use crate::burst::Burst;
 use crate::columns;
 use crate::db::events::{self, AppliedFrom, Outcome, OutcomeRecord, PendingEvent};
 use crate::db::is_transient_error;
-use crate::telemetry::{ApplyLabel, ApplyResult, Metrics, OutcomeLabel};
+use crate::telemetry::Labels;
 
 /// Deliveries applied per transaction.
 const BATCH: i64 = 256;
@@ -57,17 +58,41 @@ const LEASE: Duration = Duration::from_secs(600);
 const FIRST_RETRY: Duration = Duration::from_secs(5);
 const MAX_RETRY: Duration = Duration::from_secs(120);
 
+crate::text_enum! {
+    /// How an applier transaction ended.
+    pub enum ApplyResult {
+        Committed = "committed",
+        /// The database refused a batch's data; it is split to find the culprit.
+        Refused = "refused",
+    }
+}
+
+/// An applier transaction's result.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub struct ApplyLabel {
+    pub result: ApplyResult,
+}
+
+impl Labels for ApplyLabel {
+    fn fixed() -> Vec<Self> {
+        ApplyResult::ALL
+            .iter()
+            .map(|&result| ApplyLabel { result })
+            .collect()
+    }
+}
+
 /// The applier: a pool, the metrics, and a verifier in fetch mode.
 #[derive(Clone)]
 pub struct Applier {
     pool: PgPool,
-    metrics: Arc<Metrics>,
+    metrics: Arc<IngestMetrics>,
     verifier: Option<Verifier>,
 }
 
 impl Applier {
     /// `verifier` is `Some` in fetch mode.
-    pub fn new(pool: PgPool, metrics: Arc<Metrics>, verifier: Option<Verifier>) -> Applier {
+    pub fn new(pool: PgPool, metrics: Arc<IngestMetrics>, verifier: Option<Verifier>) -> Applier {
         Applier {
             pool,
             metrics,

@@ -22,7 +22,8 @@ use partnerstack::models::Meta;
 use partnerstack::wire;
 use serde_json::Value;
 
-use crate::telemetry::{FetchResult, Metrics};
+use super::IngestMetrics;
+use crate::telemetry::Labels;
 
 /// Fetches for one batch run at most this many at once (the request budget paces them
 /// anyway).
@@ -33,6 +34,30 @@ const LOOKUP_PAGES: u64 = 4;
 /// The margin around an object's time in a list lookup: whether PartnerStack's time
 /// bounds are inclusive is undocumented.
 const WINDOW: chrono::Duration = chrono::Duration::seconds(1);
+
+crate::text_enum! {
+    /// What a verification fetch found.
+    pub enum FetchResult {
+        Found = "found",
+        Missing = "missing",
+        Failed = "failed",
+    }
+}
+
+/// A verification fetch's result.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub struct FetchLabel {
+    pub result: FetchResult,
+}
+
+impl Labels for FetchLabel {
+    fn fixed() -> Vec<Self> {
+        FetchResult::ALL
+            .iter()
+            .map(|&result| FetchLabel { result })
+            .collect()
+    }
+}
 
 /// How to find the object a delivery names.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -144,7 +169,7 @@ impl Verifier {
     pub async fn fetch_all(
         &self,
         lookups: impl IntoIterator<Item = Lookup>,
-        metrics: &Metrics,
+        metrics: &IngestMetrics,
     ) -> Answers {
         let mut distinct: Vec<Lookup> = lookups.into_iter().collect();
         distinct.sort_by_key(|l| format!("{l:?}"));
@@ -157,7 +182,10 @@ impl Verifier {
                     Fetched::Missing => FetchResult::Missing,
                     Fetched::Failed(_) => FetchResult::Failed,
                 };
-                metrics.webhook_fetch(result);
+                metrics
+                    .webhook_fetches
+                    .get_or_create(&FetchLabel { result })
+                    .inc();
                 (lookup, fetched, others)
             })
             .buffer_unordered(CONCURRENT_FETCHES)

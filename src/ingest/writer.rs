@@ -20,11 +20,11 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use super::IngestMetrics;
 use crate::burst::Burst;
 use crate::db::events::{self, NewEvent, Stored};
 use crate::db::is_transient_error;
 use crate::error::BURST;
-use crate::telemetry::Metrics;
 
 /// The writer could not store a delivery; the sender should retry.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -76,7 +76,7 @@ impl Writer {
         limits: Limits,
         stored: Arc<Notify>,
         stop: CancellationToken,
-        metrics: Arc<Metrics>,
+        metrics: Arc<IngestMetrics>,
     ) -> (Writer, JoinHandle<()>) {
         let (queue, rx) = mpsc::channel(limits.capacity.get());
         let capacity_bytes = limits.capacity_bytes.clamp(1, Semaphore::MAX_PERMITS);
@@ -170,7 +170,7 @@ async fn run(
     batch_size: usize,
     stored: Arc<Notify>,
     stop: CancellationToken,
-    metrics: Arc<Metrics>,
+    metrics: Arc<IngestMetrics>,
     progress: Arc<AtomicU64>,
 ) {
     progress.store(clock_ms(), Ordering::Relaxed);
@@ -198,7 +198,7 @@ async fn run(
 }
 
 #[tracing::instrument(name = "write_batch", skip_all, fields(queued = jobs.len()))]
-async fn write_batch(pool: &PgPool, jobs: &mut Vec<Job>, metrics: &Metrics) {
+async fn write_batch(pool: &PgPool, jobs: &mut Vec<Job>, metrics: &IngestMetrics) {
     // A request that already gave up (timed out, or its client hung up) was never
     // acknowledged, and its sender will retry: skipping it sheds load after a stall
     // instead of working through a queue nobody waits for.

@@ -31,6 +31,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use rand::RngExt;
 use serde::Serialize;
 use sqlx::postgres::PgConnectOptions;
@@ -43,7 +47,7 @@ use crate::config::{Config, RelayEndpoint};
 use crate::db::changes;
 use crate::db::relay;
 use crate::feed::{ChangeItem, Feed};
-use crate::telemetry::{AttemptLabels, EndpointLabel, Metrics, RelayResult};
+use crate::telemetry::{Deployment, FloatGauge, Labels};
 
 /// The advisory lock class of relay endpoints ("psyr"); the key is the name's hash.
 const LOCK_CLASS: i32 = 0x7073_7972;
@@ -58,12 +62,78 @@ const FIRST_RETRY: Duration = Duration::from_secs(1);
 /// Most of an answer's body read (and ignored), so the connection can be reused.
 const MAX_ANSWER: usize = 64 * 1024;
 
+crate::text_enum! {
+    /// How one attempt at relaying a change ended.
+    pub enum RelayResult {
+        /// Answered 2xx.
+        Delivered = "delivered",
+        Failed = "failed",
+    }
+}
+
+/// An endpoint, by its configured name.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EndpointLabel {
+    pub endpoint: String,
+}
+
+impl Labels for EndpointLabel {
+    fn declared(deployment: &Deployment<'_>) -> Vec<Self> {
+        let endpoints = &deployment.config.relay;
+        endpoints
+            .iter()
+            .map(|e| EndpointLabel {
+                endpoint: e.name.clone(),
+            })
+            .collect()
+    }
+}
+
+/// An attempt at an endpoint, and how it ended.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AttemptLabels {
+    pub endpoint: String,
+    pub result: RelayResult,
+}
+
+impl Labels for AttemptLabels {
+    fn declared(deployment: &Deployment<'_>) -> Vec<Self> {
+        let mut out = Vec::new();
+        for EndpointLabel { endpoint } in EndpointLabel::declared(deployment) {
+            for &result in RelayResult::ALL {
+                out.push(AttemptLabels {
+                    endpoint: endpoint.clone(),
+                    result,
+                });
+            }
+        }
+        out
+    }
+}
+
+crate::metrics! {
+    /// The relay's metrics, per endpoint.
+    pub struct RelayMetrics {
+        /// Relay deliveries attempted, by endpoint and result (delivered: answered 2xx;
+        /// failed).
+        pub relay_attempts: Family<AttemptLabels, Counter>,
+        /// Age of the oldest change an endpoint has still to receive (0 when caught up), by
+        /// endpoint.
+        ///
+        /// As seen by the replica relaying it.
+        #[unit(Seconds)]
+        pub relay_lag_seconds: Family<EndpointLabel, FloatGauge>,
+        /// 1 while this replica relays to the endpoint.
+        pub relay_leader: Family<EndpointLabel, Gauge>,
+    }
+}
+
 /// What every endpoint's task shares.
 struct Shared {
     pool: PgPool,
     connect: PgConnectOptions,
     feed: Feed,
-    metrics: Arc<Metrics>,
+    metrics: Arc<RelayMetrics>,
     http: reqwest::Client,
     max_backoff: Duration,
     /// Who this process is, in `relay_endpoints.runner` and logs.
@@ -76,7 +146,7 @@ pub fn spawn(
     pool: PgPool,
     connect: PgConnectOptions,
     feed: Feed,
-    metrics: Arc<Metrics>,
+    metrics: Arc<RelayMetrics>,
     stop: CancellationToken,
 ) -> anyhow::Result<Vec<JoinHandle<()>>> {
     if config.relay.is_empty() {

@@ -27,6 +27,11 @@ use std::time::Duration;
 
 use partnerstack::Entity;
 use partnerstack::client::{self, Client, Error as ClientError};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use rand::RngExt as _;
 use reqwest::StatusCode;
 use serde_json::Value;
@@ -41,7 +46,7 @@ use super::{Outbox, Request};
 use crate::apply::{self, Observation, Source};
 use crate::config::WritesConfig;
 use crate::db::writes::{self, Claimed, Finished, Resolution, WriteKind, WriteStatus};
-use crate::telemetry::{Metrics, WriteLabels, WriteOutcome};
+use crate::telemetry::{FloatGauge, Labels};
 
 /// How often an idle worker looks for due writes (another replica may have accepted them,
 /// or a back-off may have ended).
@@ -53,13 +58,66 @@ const FIRST_RETRY: Duration = Duration::from_secs(1);
 /// How often a customer not yet found after a lost answer is looked for again.
 const LOOK_AGAIN: Duration = Duration::from_secs(5);
 
+crate::text_enum! {
+    /// How one attempt at a write ended.
+    pub enum WriteOutcome {
+        Succeeded = "succeeded",
+        Failed = "failed",
+        Retried = "retried",
+        /// An answer was lost and the object not found yet.
+        Looking = "looking",
+        /// The claim was lost to another replica.
+        Abandoned = "abandoned",
+    }
+}
+
+/// A write attempt: its kind, and how it ended.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WriteLabels {
+    pub kind: WriteKind,
+    pub outcome: WriteOutcome,
+}
+
+impl Labels for WriteLabels {
+    fn fixed() -> Vec<Self> {
+        let mut out = Vec::new();
+        for &kind in WriteKind::ALL {
+            for &outcome in WriteOutcome::ALL {
+                out.push(WriteLabels { kind, outcome });
+            }
+        }
+        out
+    }
+}
+
+crate::metrics! {
+    /// The write worker's metrics.
+    pub struct WriteMetrics {
+        /// Write attempts, by kind and outcome.
+        #[values(WriteOutcome::words())]
+        pub writes: Family<WriteLabels, Counter>,
+        /// Writes accepted and not finished.
+        ///
+        /// Refreshed every few seconds by each worker.
+        pub writes_pending: Gauge,
+        /// Age of the oldest pending write (0 when none).
+        #[unit(Seconds)]
+        pub writes_oldest_pending_seconds: FloatGauge,
+        /// Requests sent to PartnerStack per finished write, look-ups and retries included.
+        ///
+        /// 1 when nothing went wrong.
+        pub write_upstream_requests: Histogram =
+            Histogram::new([1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0]),
+    }
+}
+
 /// The worker of one replica.
 #[derive(Clone)]
 pub struct Worker {
     pool: PgPool,
     client: Client,
     config: WritesConfig,
-    metrics: Arc<Metrics>,
+    metrics: Arc<WriteMetrics>,
     outbox: Outbox,
 }
 
@@ -94,7 +152,7 @@ impl Worker {
         pool: PgPool,
         client: Client,
         config: WritesConfig,
-        metrics: Arc<Metrics>,
+        metrics: Arc<WriteMetrics>,
         outbox: Outbox,
     ) -> Worker {
         Worker {
