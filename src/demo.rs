@@ -21,6 +21,7 @@ use partnerstack::Entity;
 use partnerstack_sim::{Options, Simulator};
 use secrecy::SecretString;
 use serde_json::Value;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{self, Config};
@@ -87,39 +88,15 @@ pub async fn run(
     let data_dir = embedded::choose_data_dir(&configured, explicit)?;
     claim(&data_dir)?;
 
-    let mut env: HashMap<String, String> = std::env::vars().collect();
-    // The demo's pace, unless the environment sets it (by either name).
-    for (setting, default) in [
-        ("reconcile.interval", RECONCILE_INTERVAL),
-        ("partnerstack.requests_per_second", REQUESTS_PER_SECOND),
-    ] {
-        if !config::variables_of(setting)
-            .iter()
-            .any(|v| env.contains_key(v))
-        {
-            env.insert(config::env_var(setting), default.to_string());
-        }
-    }
-    // The demo's wiring, whatever the environment says (by either name).
-    for (setting, value) in [
-        ("database.url", String::new()),
-        ("database.data_dir", data_dir.to_string_lossy().to_string()),
-        ("webhooks.tokens", webhook_token.clone()),
-        ("webhooks.signing_secrets", String::new()),
-        ("api.tokens", api_token.clone()),
-        ("partnerstack.base_url", format!("http://{stand_in}/api/v2")),
-        ("partnerstack.public_key", public_key.clone()),
-        ("partnerstack.secret_key", secret_key.clone()),
-    ] {
-        for var in config::variables_of(setting) {
-            env.remove(&var);
-        }
-        env.insert(config::env_var(setting), value);
-    }
-    let mut config = Config::load_with_env(config_file, &env)?;
-    // The demo's made-up data goes nowhere but its own database.
-    config.database.url = None;
-    config.relay.clear();
+    let wiring = Wiring {
+        data_dir: &data_dir,
+        webhook_token: &webhook_token,
+        api_token: &api_token,
+        stand_in,
+        public_key: &public_key,
+        secret_key: &secret_key,
+    };
+    let config = demo_config(config_file, &wiring)?;
 
     let listener = server::bind(config.server.listen).map_err(|e| {
         anyhow::anyhow!(
@@ -140,45 +117,21 @@ pub async fn run(
     }
     let postgres_pid = database.embedded().and_then(|pg| pg.pid());
 
-    let sim_options = Options {
-        listen: stand_in,
-        seed: options.seed,
-        webhook_url: Some(format!(
-            "http://{service}/webhooks/partnerstack/{webhook_token}"
-        )),
-        webhook_rate: options.webhook_rate,
-        drop: options.drop,
-        duplicate: 0.05,
-        reorder: 0.1,
-        ..Options::default()
-    };
-    let simulator = Simulator::new(
-        &sim_options,
-        &SecretString::from(public_key.clone()),
-        &SecretString::from(secret_key.clone()),
+    let simulator = simulator(
+        &options,
+        stand_in,
+        service,
+        &webhook_token,
+        &public_key,
+        &secret_key,
     )?;
     let partner = busiest_partner(&simulator);
 
-    let mut service_task = tokio::spawn(app::run_on(config, database, listener, shutdown.clone()));
-    // The stand-in starts once the service is ready, so its first webhooks find it.
-    // Until then the reconciler's first requests wait in the stand-in's listen queue.
-    tokio::select! {
-        ready = wait_ready(service) => {
-            if let Err(e) = ready {
-                shutdown.cancel();
-                let _ = service_task.await;
-                return Err(e);
-            }
-        }
-        ended = &mut service_task => {
-            let ended = ended.context("the service panicked")?;
-            // Asked to stop while starting: not an error.
-            if ended.is_ok() && !shutdown.is_cancelled() {
-                anyhow::bail!("the service stopped before it was ready");
-            }
-            return ended;
-        }
-    }
+    let service_task = tokio::spawn(app::run_on(config, database, listener, shutdown.clone()));
+    let Some(service_task) = started(service, service_task, &shutdown).await? else {
+        // Asked to stop while starting: not an error.
+        return Ok(());
+    };
     let stand_in_stop = CancellationToken::new();
     let stand_in_task = {
         let simulator = simulator.clone();
@@ -212,6 +165,115 @@ pub async fn run(
         data_dir.display()
     );
     Ok(())
+}
+
+/// The stand-in: its seeded program, sending webhooks to the service (lossy as set by
+/// the options, with a few repeats and reorderings), answering to the generated keys.
+fn simulator(
+    options: &DemoOptions,
+    listen: SocketAddr,
+    service: SocketAddr,
+    webhook_token: &str,
+    public_key: &str,
+    secret_key: &str,
+) -> anyhow::Result<Simulator> {
+    let sim_options = Options {
+        listen,
+        seed: options.seed,
+        webhook_url: Some(format!(
+            "http://{service}/webhooks/partnerstack/{webhook_token}"
+        )),
+        webhook_rate: options.webhook_rate,
+        drop: options.drop,
+        duplicate: 0.05,
+        reorder: 0.1,
+        ..Options::default()
+    };
+    Simulator::new(
+        &sim_options,
+        &SecretString::from(public_key.to_string()),
+        &SecretString::from(secret_key.to_string()),
+    )
+}
+
+/// What the demo wires together, whatever the environment says.
+struct Wiring<'a> {
+    data_dir: &'a Path,
+    webhook_token: &'a str,
+    api_token: &'a str,
+    stand_in: SocketAddr,
+    public_key: &'a str,
+    secret_key: &'a str,
+}
+
+/// The service's configuration for the demo: the file and environment, with the demo's
+/// pace where they set none, and its wiring whatever they set (by any variable name).
+fn demo_config(config_file: Option<&Path>, wiring: &Wiring) -> anyhow::Result<Config> {
+    let mut env: HashMap<String, String> = std::env::vars().collect();
+    for (setting, default) in [
+        ("reconcile.interval", RECONCILE_INTERVAL),
+        ("partnerstack.requests_per_second", REQUESTS_PER_SECOND),
+    ] {
+        if !config::variables_of(setting)
+            .iter()
+            .any(|v| env.contains_key(v))
+        {
+            env.insert(config::env_var(setting), default.to_string());
+        }
+    }
+    for (setting, value) in [
+        ("database.url", String::new()),
+        (
+            "database.data_dir",
+            wiring.data_dir.to_string_lossy().to_string(),
+        ),
+        ("webhooks.tokens", wiring.webhook_token.to_string()),
+        ("webhooks.signing_secrets", String::new()),
+        ("api.tokens", wiring.api_token.to_string()),
+        (
+            "partnerstack.base_url",
+            format!("http://{}/api/v2", wiring.stand_in),
+        ),
+        ("partnerstack.public_key", wiring.public_key.to_string()),
+        ("partnerstack.secret_key", wiring.secret_key.to_string()),
+    ] {
+        for var in config::variables_of(setting) {
+            env.remove(&var);
+        }
+        env.insert(config::env_var(setting), value);
+    }
+    let mut config = Config::load_with_env(config_file, &env)?;
+    // The demo's made-up data goes nowhere but its own database.
+    config.database.url = None;
+    config.relay.clear();
+    Ok(config)
+}
+
+/// Waits until the service at `address` is ready. `None` when it stopped first because
+/// `shutdown` asked it to; an error when it failed or stopped on its own.
+async fn started(
+    address: SocketAddr,
+    mut service: JoinHandle<anyhow::Result<()>>,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Option<JoinHandle<anyhow::Result<()>>>> {
+    tokio::select! {
+        ready = wait_ready(address) => match ready {
+            Ok(()) => Ok(Some(service)),
+            Err(e) => {
+                shutdown.cancel();
+                let _ = service.await;
+                Err(e)
+            }
+        },
+        ended = &mut service => {
+            ended.context("the service panicked")??;
+            if shutdown.is_cancelled() {
+                Ok(None)
+            } else {
+                anyhow::bail!("the service stopped before it was ready")
+            }
+        }
+    }
 }
 
 /// Makes `dir` the demo's: refuses a directory that holds a cluster without the demo's
