@@ -1306,7 +1306,11 @@ async fn only_the_new_leader_writes(db: &TestDb, new_runner: &str, watch: Durati
     while start.elapsed() < watch {
         let holders = db
             .count(
+                // The leader's lock is the one taken with a single bigint key
+                // (objsubid 1); writers of customers take two-key transaction locks
+                // (objsubid 2) that come and go.
                 "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted
+                 AND objsubid = 1
                  AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
             )
             .await;
