@@ -193,7 +193,7 @@ pub async fn list<C: Collection>(
     let mut rows = q
         .build_query_as::<C::Item>()
         .persistent(persistent)
-        .fetch(pool);
+        .fetch(crate::db::atomic(pool));
     let mut items: Vec<C::Item> = Vec::with_capacity(limit.min(64));
     let (mut bytes, mut has_more) = (0usize, false);
     while let Some(item) = rows.try_next().await? {
@@ -259,7 +259,10 @@ pub async fn list_page<C: Collection>(
         persistent,
         limit,
     } = Planned::of::<C>(pool, query).await?;
-    let mut rows = q.build().persistent(persistent).fetch(pool);
+    let mut rows = q
+        .build()
+        .persistent(persistent)
+        .fetch(crate::db::atomic(pool));
     // About 400 bytes per item without bodies.
     let mut items: Vec<u8> = Vec::with_capacity(limit.min(250) * 400);
     let (mut count, mut bytes, mut has_more) = (0usize, 0usize, false);
@@ -433,7 +436,7 @@ pub async fn get<C: Collection>(
     q.push(" LIMIT 1");
     let mut item: C::Item = q
         .build_query_as()
-        .fetch_optional(pool)
+        .fetch_optional(crate::db::atomic(pool))
         .await?
         .ok_or_else(not_found)?;
     C::finish(&mut item);
@@ -452,7 +455,9 @@ pub async fn resolve_key<C: Collection>(
     q.push(C::FROM);
     C::lookup(key, &mut q)?;
     q.push(" LIMIT 1");
-    Ok(q.build_query_scalar().fetch_optional(pool).await?)
+    Ok(q.build_query_scalar()
+        .fetch_optional(crate::db::atomic(pool))
+        .await?)
 }
 
 fn select<C: Collection>(with_body: bool) -> QueryBuilder<Postgres> {

@@ -1298,19 +1298,29 @@ async fn takes_over(replica: &Process, runner: &str, since: Instant) -> Duration
     took_over.expect("no takeover within 60 s")
 }
 
-/// Fencing: for `watch`, while the superseded leader runs again, the database sees one
-/// holder of the leadership lock and no reconciler write but the new leader's.
+/// Fencing: for `watch`, while the superseded leader runs again, the leadership lease is
+/// the new leader's, no session holds an advisory lock (leadership needs none), and no
+/// reconciler write is but the new leader's.
 async fn only_the_new_leader_writes(db: &TestDb, new_runner: &str, watch: Duration) {
     let start = Instant::now();
     let mut samples = 0;
     while start.elapsed() < watch {
-        let holders = db
+        let holder: String =
+            sqlx::query_scalar("SELECT holder FROM leases WHERE name = 'reconciler'")
+                .fetch_one(&db.pool)
+                .await
+                .unwrap();
+        assert_eq!(
+            holder, new_runner,
+            "the leadership lease is the new leader's"
+        );
+        let locks = db
             .count(
                 "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted
                  AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
             )
             .await;
-        assert_eq!(holders, 1, "one session holds the leadership lock");
+        assert_eq!(locks, 0, "no session holds an advisory lock");
         let others: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM sync_streams WHERE runner IS DISTINCT FROM $1",
         )
