@@ -1239,7 +1239,7 @@ async fn an_outage_logs_one_warning_per_burst() {
 }
 
 /// The settings of a `serve` replica that reconciles against `base_url`.
-fn reconciling(db_url: &str, base_url: &str) -> Vec<(&'static str, Option<String>)> {
+pub(crate) fn reconciling(db_url: &str, base_url: &str) -> Vec<(&'static str, Option<String>)> {
     vec![
         ("DATABASE_URL", Some(db_url.to_string())),
         ("PARTNERSTACK_BASE_URL", Some(base_url.to_string())),
