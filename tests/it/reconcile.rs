@@ -880,10 +880,25 @@ async fn sync_of(service: &Process) -> Value {
 #[tokio::test]
 async fn one_replica_reconciles_and_another_takes_over_when_it_dies() {
     let db = TestDb::new().await;
+    takeover_after_kill(&db, &db.url).await;
+}
+
+/// The same through PgBouncer in transaction mode.
+#[tokio::test]
+async fn one_replica_reconciles_and_another_takes_over_when_it_dies_through_pgbouncer() {
+    let Some(tools) = crate::topology::Tools::find("leadership") else {
+        return;
+    };
+    let db = TestDb::new().await;
+    let bouncer = crate::topology::PgBouncer::start(&tools, &db.url).await;
+    takeover_after_kill(&db, &bouncer.url_for(&db.url)).await;
+}
+
+async fn takeover_after_kill(db: &TestDb, url: &str) {
     let sim = stand_in(program()).await;
     let base = sim.base_url();
     let env = [
-        ("DATABASE_URL", Some(db.url.as_str())),
+        ("DATABASE_URL", Some(url)),
         ("PARTNERSTACK_BASE_URL", Some(base.as_str())),
         ("PARTNERSTACK_PUBLIC_KEY", Some(crate::client::PUBLIC_KEY)),
         ("PARTNERSTACK_SECRET_KEY", Some(crate::client::SECRET_KEY)),
@@ -967,6 +982,11 @@ async fn one_replica_reconciles_and_another_takes_over_when_it_dies() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(ran, "the new leader did not run a pass");
+    let holder: String = sqlx::query_scalar("SELECT holder FROM leases WHERE name = 'reconciler'")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(holder, follower_id, "the lease is the new leader's");
     follower.terminate().await;
     sim.stop().await.unwrap();
 }

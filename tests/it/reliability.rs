@@ -1350,15 +1350,43 @@ async fn stands_down(replica: &Process, since: Instant) -> Duration {
     panic!("the superseded leader still claims to lead 90 s later");
 }
 
-/// A leader frozen by SIGSTOP (or a paused VM, or a swap storm) keeps its socket open, so
-/// only a server-side limit frees its lock: the leader's session ends after 15 s idle.
-/// When the old leader wakes, its session is gone: it writes nothing and stands down.
+/// A leader frozen by SIGSTOP (or a paused VM, or a swap storm) stops renewing its lease,
+/// which expires after 15 s: the other replica takes over. When the old leader wakes, its
+/// next transaction is refused: it writes nothing and stands down.
 #[tokio::test]
 async fn a_frozen_leader_is_replaced_and_fenced_off() {
+    frozen_leader(false).await;
+}
+
+/// The same through PgBouncer in transaction mode.
+#[tokio::test]
+async fn a_frozen_leader_is_replaced_and_fenced_off_through_pgbouncer() {
+    frozen_leader(true).await;
+}
+
+/// A database URL for replicas: `db`'s own, or through a PgBouncer in transaction mode
+/// (returned too, to keep it running); `None` when PgBouncer is wanted but missing.
+async fn database_for(
+    db: &TestDb,
+    via_pooler: bool,
+    test: &str,
+) -> Option<(String, Option<crate::topology::PgBouncer>)> {
+    if !via_pooler {
+        return Some((db.url.clone(), None));
+    }
+    let tools = crate::topology::Tools::find(test)?;
+    let bouncer = crate::topology::PgBouncer::start(&tools, &db.url).await;
+    Some((bouncer.url_for(&db.url), Some(bouncer)))
+}
+
+async fn frozen_leader(via_pooler: bool) {
     use nix::sys::signal::Signal;
     let db = TestDb::new().await;
+    let Some((url, _bouncer)) = database_for(&db, via_pooler, "frozen leader").await else {
+        return;
+    };
     let sim = crate::client::stand_in(crate::client::program()).await;
-    let vars = reconciling(&db.url, &sim.base_url());
+    let vars = reconciling(&url, &sim.base_url());
     let a = Process::serve(&as_env(&vars)).await;
     let b = Process::serve(&as_env(&vars)).await;
     let (i, old_runner) = leader_among(&[&a, &b]).await;
@@ -1369,7 +1397,8 @@ async fn a_frozen_leader_is_replaced_and_fenced_off() {
     let frozen = Instant::now();
     let took_over = takes_over(follower, &new_runner, frozen).await;
     println!(
-        "[frozen leader] took over {:.1} s after SIGSTOP",
+        "[frozen leader{}] took over {:.1} s after SIGSTOP",
+        if via_pooler { ", PgBouncer" } else { "" },
         took_over.as_secs_f64()
     );
     assert!(
@@ -1397,16 +1426,28 @@ async fn sync_status_runner(replica: &Process) -> String {
 }
 
 /// Two replicas in network namespaces of their own reach Postgres and the stand-in here;
-/// the leader's link is cut (packets dropped both ways, no one told). Its session sits
-/// idle on the server side, which ends it after 15 s: the other replica takes over. When
-/// the link comes back, the old leader finds its session gone, writes nothing and stands
-/// down. Needs root and iproute2; skips, saying so, without them. By hand:
+/// the leader's link is cut (packets dropped both ways, no one told). It cannot renew its
+/// lease, which expires after 15 s: the other replica takes over. When the link comes
+/// back, the old leader's next transaction is refused: it writes nothing and stands down.
+/// Needs root and iproute2; skips, saying so, without them. By hand:
 /// `sudo cargo test --test it -- reliability::a_cut_off_leader --nocapture`.
 #[tokio::test]
 async fn a_cut_off_leader_is_replaced_and_fenced_off() {
+    cut_off_leader(false).await;
+}
+
+/// The same through PgBouncer in transaction mode (on this side of the cut).
+#[tokio::test]
+async fn a_cut_off_leader_is_replaced_and_fenced_off_through_pgbouncer() {
+    cut_off_leader(true).await;
+}
+
+async fn cut_off_leader(via_pooler: bool) {
+    // Namespaces of their own, as the two variants run at once.
+    let first = if via_pooler { 2 } else { 0 };
     let (ns_a, ns_b) = match (
-        crate::netns::Namespace::create(0),
-        crate::netns::Namespace::create(1),
+        crate::netns::Namespace::create(first),
+        crate::netns::Namespace::create(first + 1),
     ) {
         (Ok(a), Ok(b)) => (a, b),
         (Err(e), _) | (_, Err(e)) => {
@@ -1415,8 +1456,11 @@ async fn a_cut_off_leader_is_replaced_and_fenced_off() {
         }
     };
     let db = TestDb::new().await;
+    let Some((url, _bouncer)) = database_for(&db, via_pooler, "cut-off leader").await else {
+        return;
+    };
     let sim = crate::client::stand_in(crate::client::program()).await;
-    let pg_port = sqlx::postgres::PgConnectOptions::from_str(&db.url)
+    let pg_port = sqlx::postgres::PgConnectOptions::from_str(&url)
         .unwrap()
         .get_port();
     let sim_port = sim.addr.port();
@@ -1427,10 +1471,8 @@ async fn a_cut_off_leader_is_replaced_and_fenced_off() {
         let api = SocketAddr::new(ns.host.into(), crate::common::free_port());
         forwards.push(crate::netns::forward(pg, ([127, 0, 0, 1], pg_port).into()).await);
         forwards.push(crate::netns::forward(api, sim.addr).await);
-        let db_url = db
-            .url
-            .replace(&format!("127.0.0.1:{pg_port}"), &pg.to_string());
-        assert_ne!(db_url, db.url, "the database URL names 127.0.0.1:{pg_port}");
+        let db_url = url.replace(&format!("127.0.0.1:{pg_port}"), &pg.to_string());
+        assert_ne!(db_url, url, "the database URL names 127.0.0.1:{pg_port}");
         let base_url = sim
             .base_url()
             .replace(&format!("127.0.0.1:{sim_port}"), &api.to_string());
@@ -1454,7 +1496,8 @@ async fn a_cut_off_leader_is_replaced_and_fenced_off() {
     let cut = Instant::now();
     let took_over = takes_over(follower, &new_runner, cut).await;
     println!(
-        "[cut-off leader] took over {:.1} s after the cut",
+        "[cut-off leader{}] took over {:.1} s after the cut",
+        if via_pooler { ", PgBouncer" } else { "" },
         took_over.as_secs_f64()
     );
     assert!(
