@@ -204,6 +204,69 @@ impl<'p> Executor<'p> for Atomic<'p> {
 mod tests {
     use super::*;
 
+    /// Every `.rs` file under `dir`.
+    fn sources(dir: &std::path::Path, into: &mut Vec<std::path::PathBuf>) {
+        for entry in std::fs::read_dir(dir).unwrap().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                sources(&path, into);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                into.push(path);
+            }
+        }
+    }
+
+    /// The rules of this module, held over the service's code: no named statement, no
+    /// statement on the pool outside a transaction, no session-level state.
+    #[test]
+    fn the_service_runs_no_statement_a_pooler_would_mix_up() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut files = Vec::new();
+        sources(&root, &mut files);
+        let mut forbidden: Vec<String> = [
+            "sqlx::query(",
+            "sqlx::query_as(",
+            "sqlx::query_as::<",
+            "sqlx::query_scalar(",
+            "sqlx::query_scalar::<",
+            "pool.begin()",
+            "pool.acquire()",
+            "pg_advisory_lock",
+            "pg_try_advisory_lock",
+            ", false)\")",
+            "\"LISTEN ",
+            "TEMPORARY TABLE",
+            "TEMP TABLE",
+        ]
+        .map(String::from)
+        .to_vec();
+        for method in [
+            "fetch",
+            "fetch_one",
+            "fetch_all",
+            "fetch_optional",
+            "execute",
+        ] {
+            for pool in ["pool", "&pool", "self.pool", "&self.pool", "&state.pool"] {
+                forbidden.push(format!(".{method}({pool})"));
+            }
+        }
+        let mut found = Vec::new();
+        for file in files.iter().filter(|f| !f.ends_with("db/pooler.rs")) {
+            let text = std::fs::read_to_string(file).unwrap();
+            for (n, line) in text.lines().enumerate() {
+                let code = line.split("//").next().unwrap_or_default();
+                if forbidden
+                    .iter()
+                    .any(|needle| code.contains(needle.as_str()))
+                {
+                    found.push(format!("{}:{}: {}", file.display(), n + 1, line.trim()));
+                }
+            }
+        }
+        assert!(found.is_empty(), "see db::pooler:\n{}", found.join("\n"));
+    }
+
     #[test]
     fn every_transaction_begins_with_its_limits_set_locally() {
         assert_eq!(

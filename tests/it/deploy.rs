@@ -263,3 +263,58 @@ async fn one_leader(replicas: &[Process]) -> usize {
     }
     leaders
 }
+
+/// Through PgBouncer, a connection setting it refuses (here `options` in the URL) stops
+/// start-up at once with an error that says so, instead of waiting for the database.
+#[tokio::test]
+async fn a_refused_connection_setting_is_reported_at_once() {
+    let Some(tools) = Tools::find("refused setting") else {
+        return;
+    };
+    let db = TestDb::new().await;
+    let bouncer = PgBouncer::start(&tools, &db.url).await;
+    let url = format!(
+        "{}?options=-c%20statement_timeout%3D5000",
+        bouncer.url_for(&db.url)
+    );
+    let (mut cmd, _) = Process::command(&[
+        ("DATABASE_URL", Some(url.as_str())),
+        ("PSYNC_DATABASE_CONNECT_TIMEOUT", Some("60s")),
+    ]);
+    cmd.stderr(std::process::Stdio::piped());
+    let started = Instant::now();
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("refused a connection setting"),
+        "the error says what was refused: {stderr}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "it gave up at once, not after database.connect_timeout"
+    );
+}
+
+/// SIGTERM while start-up waits for a database that does not answer ends the process
+/// at once, cleanly.
+#[tokio::test]
+async fn sigterm_during_start_up_is_honoured() {
+    let closed = free_port();
+    let url = format!("postgres://postgres:x@127.0.0.1:{closed}/nothing");
+    let (cmd, port) = Process::command(&[
+        ("DATABASE_URL", Some(url.as_str())),
+        ("PSYNC_DATABASE_CONNECT_TIMEOUT", Some("120s")),
+    ]);
+    let process = Process::start(cmd, port);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let asked = Instant::now();
+    // Waits at most 30 s for a clean exit, and asserts it was one.
+    process.terminate().await;
+    println!(
+        "[start-up] stopped {:.2} s after SIGTERM while waiting for the database",
+        asked.elapsed().as_secs_f64()
+    );
+}
