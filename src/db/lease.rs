@@ -37,8 +37,8 @@ pub struct Leader {
 }
 
 impl Leader {
-    /// Takes lease `name` for `holder` when it is free (never taken, expired or released);
-    /// `None` while another holder's is current.
+    /// Takes lease `name` for `holder` when it is free (never taken, expired, released,
+    /// or `holder`'s own); `None` while another holder's is current.
     pub async fn acquire(
         pool: &PgPool,
         name: &str,
@@ -49,12 +49,14 @@ impl Leader {
             .execute(atomic(pool))
             .await?;
         // SKIP LOCKED: a holder inside a transaction has the row locked, so it is not free.
+        // A holder may take its own lease again at once (it stood down after losing its
+        // connection); `holder` names one process.
         let token: Option<i64> = query_scalar(
             "UPDATE leases l
                 SET holder = $2, token = l.token + 1, acquired_at = clock_timestamp(),
                     expires_at = clock_timestamp() + $3 * interval '1 millisecond'
                FROM (SELECT name FROM leases
-                      WHERE name = $1 AND expires_at <= clock_timestamp()
+                      WHERE name = $1 AND (expires_at <= clock_timestamp() OR holder = $2)
                       FOR UPDATE SKIP LOCKED) free
               WHERE l.name = free.name
           RETURNING l.token",
