@@ -16,7 +16,7 @@ use crate::topology::{Nginx, PgBouncer, Tools};
 /// Clients posting at once.
 const CLIENTS: usize = 16;
 /// Most deliveries the test sends (it stops earlier once every replica has restarted).
-const MAX_DELIVERIES: usize = 6_000;
+const MAX_DELIVERIES: usize = 20_000;
 
 /// A replica's settings: through PgBouncer, reconciling against the stand-in, draining
 /// for a second on SIGTERM (nginx checks health passively, so the delay only lets

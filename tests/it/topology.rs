@@ -45,12 +45,14 @@ fn which(program: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// A child process killed (and reaped) on drop.
+/// A child process in a process group of its own, the whole group killed (and the child
+/// reaped) on drop: nginx's workers outlive a killed master otherwise.
 struct Running(Child);
 
 impl Drop for Running {
     fn drop(&mut self) {
-        let _ = self.0.kill();
+        let group = nix::unistd::Pid::from_raw(self.0.id() as i32);
+        let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
         let _ = self.0.wait();
     }
 }
@@ -114,6 +116,7 @@ impl PgBouncer {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
+            .process_group(0)
             .uid(postgres.uid.as_raw())
             .gid(postgres.gid.as_raw());
         let bouncer = PgBouncer {
@@ -208,7 +211,8 @@ impl Nginx {
             .arg(dir.join("nginx.conf"))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null());
+            .stderr(Stdio::null())
+            .process_group(0);
         let nginx = Nginx {
             port,
             _process: Running(cmd.spawn().expect("start nginx")),
