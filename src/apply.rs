@@ -371,7 +371,7 @@ async fn stored_customer_keys(
     if keys.is_empty() {
         return Ok(HashMap::new());
     }
-    let rows: Vec<(String, String)> = sqlx::query_as(
+    let rows: Vec<(String, String)> = crate::db::query_as(
         "SELECT key, customer_key FROM customers WHERE key = ANY($1) AND customer_key IS NOT NULL",
     )
     .bind(keys)
@@ -473,7 +473,7 @@ async fn upsert<'a>(
             columns::table(entity),
             changes::snapshot_sql(entity)
         );
-        let marked = sqlx::query(AssertSqlSafe(sql))
+        let marked = crate::db::query(AssertSqlSafe(sql))
             .bind(source.as_str())
             .bind(bare)
             .fetch_all(&mut *conn)
@@ -508,7 +508,7 @@ async fn upsert<'a>(
     }
 
     type Returned = (String, bool, DateTime<Utc>, Option<DateTime<Utc>>);
-    let mut query = sqlx::query_as::<_, Returned>(AssertSqlSafe(upsert_sql_for(entity)))
+    let mut query = crate::db::query_as::<Returned>(AssertSqlSafe(upsert_sql_for(entity)))
         .bind(source.as_str())
         .bind(keys)
         .bind(created)

@@ -305,10 +305,10 @@ async fn empty(database: &Database) -> anyhow::Result<()> {
     let mut conn = sqlx::PgConnection::connect_with(&database.connect_options())
         .await
         .context("connecting to the demo's database")?;
-    sqlx::query("DROP SCHEMA IF EXISTS public CASCADE")
+    crate::db::query("DROP SCHEMA IF EXISTS public CASCADE")
         .execute(&mut conn)
         .await?;
-    sqlx::query("CREATE SCHEMA public")
+    crate::db::query("CREATE SCHEMA public")
         .execute(&mut conn)
         .await?;
     conn.close().await?;

@@ -6,7 +6,9 @@
 //! the connection opened or answered its last request), a cap on connections served at
 //! once (while at the cap, the loop stops accepting and new connections wait in the
 //! kernel's backlog), and a graceful drain on shutdown. Request bodies and handlers are
-//! bounded by the request timeout in [`crate::routes`].
+//! bounded by the request timeout in [`crate::routes`]. While the service drains (see
+//! [`crate::app`]), every response says `Connection: close`, so a balancer's pooled
+//! connection is closed after a response rather than under a request it just sent.
 
 use std::net::SocketAddr;
 use std::num::NonZeroUsize;
@@ -54,13 +56,29 @@ pub struct Limits {
 
 /// Serves `router` on `listener` until `shutdown` is cancelled, then stops accepting,
 /// lets in-flight requests finish (idle connections close at once) for up to
-/// `limits.drain`, and returns.
+/// `limits.drain`, and returns. Once `draining` is cancelled, responses close their
+/// connection.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     limits: Limits,
     shutdown: CancellationToken,
+    draining: CancellationToken,
 ) {
+    let router = router.layer(axum::middleware::map_response(
+        move |mut response: axum::response::Response| {
+            let draining = draining.clone();
+            async move {
+                if draining.is_cancelled() {
+                    response.headers_mut().insert(
+                        axum::http::header::CONNECTION,
+                        axum::http::HeaderValue::from_static("close"),
+                    );
+                }
+                response
+            }
+        },
+    ));
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(limits.keepalive_timeout)

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
 
 use crate::auth::{SigningKeys, TokenSet};
 use crate::config::Config;
@@ -31,4 +32,7 @@ pub struct AppState {
     pub outbox: Option<Outbox>,
     /// Wakes long-polling readers of the change feed.
     pub feed: Feed,
+    /// Cancelled when shutdown begins: `/readyz` answers 503 and responses close their
+    /// connections, while the service still serves (see [`crate::app`]).
+    pub draining: CancellationToken,
 }

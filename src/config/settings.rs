@@ -54,6 +54,11 @@ pub struct ServerConfig {
     /// How long a graceful shutdown waits for in-flight work.
     #[serde(deserialize_with = "fields::duration")]
     pub shutdown_timeout: Duration,
+    /// How long the service keeps serving after SIGTERM, with `/readyz` answering 503 and
+    /// connections closing after their response, before it stops accepting: long enough
+    /// for a load balancer's health checks to take the replica out.
+    #[serde(deserialize_with = "fields::duration")]
+    pub shutdown_delay: Duration,
     /// How long a connection may take to deliver a request head, counted from when it
     /// opened or answered its last request: bounds slow senders and idle keep-alives.
     #[serde(deserialize_with = "fields::positive_duration")]

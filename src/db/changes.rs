@@ -183,7 +183,7 @@ pub async fn lock_states<'a>(
         let Some(keys) = by_entity.get(&entity) else {
             continue;
         };
-        let rows = sqlx::query(AssertSqlSafe(lock_sql(entity)))
+        let rows = crate::db::query(AssertSqlSafe(lock_sql(entity)))
             .bind(keys)
             .fetch_all(&mut *conn)
             .await?;
@@ -373,7 +373,7 @@ impl<'a> Rows<'a> {
         if n == 0 {
             return Ok(0);
         }
-        sqlx::query(APPEND_SQL)
+        crate::db::query(APPEND_SQL)
             .bind(source)
             .bind(self.entities)
             .bind(self.keys)
@@ -407,7 +407,7 @@ async fn latest_states(
 ) -> Result<HashMap<(Entity, String), Value>, sqlx::Error> {
     let entities: Vec<&str> = objects.iter().map(|(e, _)| columns::table(*e)).collect();
     let keys: Vec<&str> = objects.iter().map(|(_, k)| *k).collect();
-    let rows: Vec<(String, String, Value)> = sqlx::query_as(
+    let rows: Vec<(String, String, Value)> = crate::db::query_as(
         "SELECT i.entity, i.key, c.state
          FROM UNNEST($1::text[], $2::text[]) AS i(entity, key)
          JOIN LATERAL (SELECT state FROM changes c WHERE c.entity = i.entity AND c.key = i.key
@@ -484,12 +484,12 @@ pub async fn read(
     let after = after.unwrap_or(FeedPosition { pos: 0, id: 0 });
     let tables: Option<Vec<&str>> =
         entities.map(|list| list.iter().map(|e| columns::table(*e)).collect());
-    let rows: Vec<PageRow> = sqlx::query_as(READ_SQL)
+    let rows: Vec<PageRow> = crate::db::query_as(READ_SQL)
         .bind(after.pos.to_string())
         .bind(after.id)
         .bind(tables)
         .bind(limit + 1)
-        .fetch_all(pool)
+        .fetch_all(crate::db::atomic(pool))
         .await?;
     let mut head = None;
     let mut horizon = None;
@@ -573,12 +573,12 @@ pub fn parse_position(
 
 /// The last change visible to a reader now (see [`read`]).
 pub async fn head(pool: &PgPool) -> Result<Option<FeedPosition>, sqlx::Error> {
-    let row: Option<(String, i64)> = sqlx::query_as(
+    let row: Option<(String, i64)> = crate::db::query_as(
         "SELECT c.pos::text, c.id FROM changes c
          WHERE c.pos < pg_snapshot_xmin(pg_current_snapshot())
          ORDER BY c.pos DESC, c.id DESC LIMIT 1",
     )
-    .fetch_optional(pool)
+    .fetch_optional(crate::db::atomic(pool))
     .await?;
     match row {
         Some((pos, id)) => parse_position(Some(&pos), Some(id)),
@@ -595,7 +595,7 @@ pub async fn history(
     before: Option<i64>,
     limit: i64,
 ) -> Result<Vec<Change>, sqlx::Error> {
-    sqlx::query_as(
+    crate::db::query_as(
         "SELECT id, pos::text AS pos, at, entity, key, operation, source, fields, state
          FROM changes WHERE entity = $1 AND key = $2 AND id < $3
          ORDER BY id DESC LIMIT $4",
@@ -604,7 +604,7 @@ pub async fn history(
     .bind(key)
     .bind(before.unwrap_or(i64::MAX))
     .bind(limit + 1)
-    .fetch_all(pool)
+    .fetch_all(crate::db::atomic(pool))
     .await
 }
 
@@ -612,10 +612,10 @@ pub async fn history(
 /// (only a prefix of the feed, so the horizon stays exact), and moves the horizon past
 /// them, in one transaction. Returns how many were deleted.
 pub async fn prune(pool: &PgPool, cutoff: DateTime<Utc>, batch: i64) -> Result<u64, sqlx::Error> {
-    let mut tx = pool.begin().await?;
+    let mut tx = crate::db::begin(pool).await?;
     // One pruner at a time (replicas each run one); the others skip this round.
     let locked: Option<bool> =
-        sqlx::query_scalar("SELECT true FROM change_horizon FOR UPDATE SKIP LOCKED")
+        crate::db::query_scalar("SELECT true FROM change_horizon FOR UPDATE SKIP LOCKED")
             .fetch_optional(&mut *tx)
             .await?;
     if locked.is_none() {
@@ -623,7 +623,7 @@ pub async fn prune(pool: &PgPool, cutoff: DateTime<Utc>, batch: i64) -> Result<u
         return Ok(0);
     }
     // The oldest visible changes in feed order; the prefix applied before the cutoff.
-    let oldest: Vec<(String, i64, DateTime<Utc>)> = sqlx::query_as(
+    let oldest: Vec<(String, i64, DateTime<Utc>)> = crate::db::query_as(
         "SELECT c.pos::text, c.id, c.at FROM changes c
          WHERE c.pos < pg_snapshot_xmin(pg_current_snapshot())
          ORDER BY c.pos, c.id LIMIT $1",
@@ -635,13 +635,13 @@ pub async fn prune(pool: &PgPool, cutoff: DateTime<Utc>, batch: i64) -> Result<u
         tx.rollback().await?;
         return Ok(0);
     };
-    let deleted = sqlx::query("DELETE FROM changes WHERE (pos, id) <= ($1::text::xid8, $2)")
+    let deleted = crate::db::query("DELETE FROM changes WHERE (pos, id) <= ($1::text::xid8, $2)")
         .bind(pos)
         .bind(id)
         .execute(&mut *tx)
         .await?
         .rows_affected();
-    sqlx::query("UPDATE change_horizon SET pos = $1::text::xid8, id = $2, pruned_at = now()")
+    crate::db::query("UPDATE change_horizon SET pos = $1::text::xid8, id = $2, pruned_at = now()")
         .bind(pos)
         .bind(id)
         .execute(&mut *tx)

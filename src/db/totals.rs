@@ -46,7 +46,7 @@ pub struct Drift {
 pub async fn drift(conn: &mut PgConnection) -> Result<Vec<Drift>, sqlx::Error> {
     /// A group, its stored count and amount, and its recounted ones.
     type Compared = (String, Option<i64>, Option<i64>, Option<i64>, Option<i64>);
-    let rows: Vec<Compared> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+    let rows: Vec<Compared> = crate::db::query_as(sqlx::AssertSqlSafe(format!(
         "WITH counted AS ({RECOUNT_SQL})
              SELECT COALESCE(s.grp, c.grp), s.count, s.amount, c.count, c.amount
              FROM partner_totals s FULL JOIN counted c ON c.grp = s.grp

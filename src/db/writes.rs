@@ -95,24 +95,25 @@ pub const ACCEPT_SQL: &str =
 
 /// Stores `write` (committed on return), unless a write with its idempotency key exists.
 pub async fn accept(pool: &PgPool, write: &NewWrite) -> Result<Accepted, sqlx::Error> {
-    let inserted: Option<i64> = sqlx::query_scalar(ACCEPT_SQL)
+    let inserted: Option<i64> = crate::db::query_scalar(ACCEPT_SQL)
         .bind(write.kind)
         .bind(&write.idempotency_key)
         .bind(&write.request_digest)
         .bind(&write.request)
         .bind(&write.object_key)
         .bind(&write.customer_refs)
-        .fetch_optional(pool)
+        .fetch_optional(crate::db::atomic(pool))
         .await?;
     if let Some(id) = inserted {
         return Ok(Accepted::New(id));
     }
     // The conflicting row committed, but perhaps after this statement's snapshot: read
     // it with a new one.
-    let existing = sqlx::query("SELECT id, request_digest FROM writes WHERE idempotency_key = $1")
-        .bind(&write.idempotency_key)
-        .fetch_one(pool)
-        .await?;
+    let existing =
+        crate::db::query("SELECT id, request_digest FROM writes WHERE idempotency_key = $1")
+            .bind(&write.idempotency_key)
+            .fetch_one(crate::db::atomic(pool))
+            .await?;
     let id: i64 = existing.try_get("id")?;
     let digest: String = existing.try_get("request_digest")?;
     Ok(if digest == write.request_digest {
@@ -124,16 +125,16 @@ pub async fn accept(pool: &PgPool, write: &NewWrite) -> Result<Accepted, sqlx::E
 
 /// A write's status, if it exists.
 pub async fn status(pool: &PgPool, id: i64) -> Result<Option<WriteStatus>, sqlx::Error> {
-    sqlx::query_scalar("SELECT status FROM writes WHERE id = $1")
+    crate::db::query_scalar("SELECT status FROM writes WHERE id = $1")
         .bind(id)
-        .fetch_optional(pool)
+        .fetch_optional(crate::db::atomic(pool))
         .await
 }
 
 /// Makes a failed write pending again (`POST /v1/writes/{id}/retry`). `None` when there is
 /// no such write; otherwise its status before (only a failed one changes).
 pub async fn retry(pool: &PgPool, id: i64) -> Result<Option<WriteStatus>, sqlx::Error> {
-    sqlx::query_scalar(
+    crate::db::query_scalar(
         "WITH before AS (SELECT id, status FROM writes WHERE id = $1 FOR UPDATE),
          changed AS (
              UPDATE writes w SET status = 'pending', resolution = NULL, result = NULL,
@@ -143,7 +144,7 @@ pub async fn retry(pool: &PgPool, id: i64) -> Result<Option<WriteStatus>, sqlx::
          SELECT status FROM before",
     )
     .bind(id)
-    .fetch_optional(pool)
+    .fetch_optional(crate::db::atomic(pool))
     .await
 }
 
@@ -175,9 +176,9 @@ pub async fn claim(
     limit: i64,
     lease: Duration,
 ) -> Result<Vec<Claimed>, sqlx::Error> {
-    let mut tx = pool.begin().await?;
+    let mut tx = crate::db::begin(pool).await?;
     super::without_sorts(&mut tx, true).await?;
-    let rows = sqlx::query(
+    let rows = crate::db::query(
         "WITH next AS (
              SELECT w.id FROM writes w
              WHERE w.status = 'pending' AND w.next_attempt_at <= now()
@@ -222,14 +223,14 @@ pub async fn claim(
 
 /// Extends a claim's lease. False when the claim no longer holds.
 pub async fn renew(pool: &PgPool, claim: &Claimed, lease: Duration) -> Result<bool, sqlx::Error> {
-    let done = sqlx::query(
+    let done = crate::db::query(
         "UPDATE writes SET leased_until = now() + $3 * interval '1 millisecond'
          WHERE id = $1 AND attempts = $2 AND status = 'pending'",
     )
     .bind(claim.id)
     .bind(claim.attempts)
     .bind(millis(lease))
-    .execute(pool)
+    .execute(crate::db::atomic(pool))
     .await?;
     Ok(done.rows_affected() == 1)
 }
@@ -238,13 +239,13 @@ pub async fn renew(pool: &PgPool, claim: &Claimed, lease: Duration) -> Result<bo
 /// if the worker dies or its answer is lost, the next claim looks before sending again. False when the
 /// claim no longer holds (nothing must be sent then).
 pub async fn sending(pool: &PgPool, claim: &Claimed) -> Result<bool, sqlx::Error> {
-    let done = sqlx::query(
+    let done = crate::db::query(
         "UPDATE writes SET in_doubt = true, last_sent_at = now(), updated_at = now()
          WHERE id = $1 AND attempts = $2 AND status = 'pending'",
     )
     .bind(claim.id)
     .bind(claim.attempts)
-    .execute(pool)
+    .execute(crate::db::atomic(pool))
     .await?;
     Ok(done.rows_affected() == 1)
 }
@@ -268,7 +269,7 @@ pub async fn finish(
     claim: &Claimed,
     finished: &Finished,
 ) -> Result<bool, sqlx::Error> {
-    let done = sqlx::query(
+    let done = crate::db::query(
         "UPDATE writes SET status = $3, resolution = $4, result = $5, error_status = $6,
              error_message = $7, upstream_requests = upstream_requests + $8,
              in_doubt = false, leased_until = NULL, finished_at = now(), updated_at = now()
@@ -298,7 +299,7 @@ pub async fn postpone(
     error: &str,
     requests: u64,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
+    crate::db::query(
         "UPDATE writes SET next_attempt_at = now() + $3 * interval '1 millisecond',
              leased_until = NULL,
              in_doubt = $4,
@@ -313,7 +314,7 @@ pub async fn postpone(
     .bind(error_status.map(i32::from))
     .bind(error)
     .bind(i64::try_from(requests).unwrap_or(i64::MAX))
-    .execute(pool)
+    .execute(crate::db::atomic(pool))
     .await?;
     Ok(())
 }
@@ -325,14 +326,14 @@ pub async fn created_customer_within(
     customer_key: &str,
     window: Duration,
 ) -> Result<bool, sqlx::Error> {
-    sqlx::query_scalar(
+    crate::db::query_scalar(
         "SELECT EXISTS (SELECT 1 FROM writes
              WHERE kind = 'create_customer' AND status = 'succeeded' AND object_key = $1
                AND finished_at > now() - $2 * interval '1 millisecond')",
     )
     .bind(customer_key)
     .bind(millis(window))
-    .fetch_one(pool)
+    .fetch_one(crate::db::atomic(pool))
     .await
 }
 
@@ -350,7 +351,7 @@ pub struct Summary {
 
 /// Reads [`Summary`] in one statement (pending and failed rows by their indexes).
 pub async fn summary(pool: &PgPool) -> Result<Summary, sqlx::Error> {
-    let row = sqlx::query(
+    let row = crate::db::query(
         "SELECT
              (SELECT count(*) FROM writes WHERE status = 'pending') AS pending,
              (SELECT count(*) FROM writes WHERE status = 'pending' AND in_doubt) AS in_doubt,
@@ -359,7 +360,7 @@ pub async fn summary(pool: &PgPool) -> Result<Summary, sqlx::Error> {
                   AND finished_at > now() - interval '1 hour') AS succeeded_last_hour,
              (SELECT min(created_at) FROM writes WHERE status = 'pending') AS oldest_pending",
     )
-    .fetch_one(pool)
+    .fetch_one(crate::db::atomic(pool))
     .await?;
     Ok(Summary {
         pending: row.try_get("pending")?,
@@ -372,19 +373,19 @@ pub async fn summary(pool: &PgPool) -> Result<Summary, sqlx::Error> {
 
 /// Pending writes and the age of the oldest, in seconds.
 pub async fn backlog(pool: &PgPool) -> Result<(i64, f64), sqlx::Error> {
-    let row = sqlx::query(
+    let row = crate::db::query(
         "SELECT count(*) AS pending,
                 COALESCE(EXTRACT(EPOCH FROM now() - min(created_at)), 0)::float8 AS oldest
          FROM writes WHERE status = 'pending'",
     )
-    .fetch_one(pool)
+    .fetch_one(crate::db::atomic(pool))
     .await?;
     Ok((row.try_get("pending")?, row.try_get("oldest")?))
 }
 
 /// Deletes up to `batch` writes finished before `cutoff` (retention); how many.
 pub async fn prune(pool: &PgPool, cutoff: DateTime<Utc>, batch: i64) -> Result<u64, sqlx::Error> {
-    let done = sqlx::query(
+    let done = crate::db::query(
         "DELETE FROM writes WHERE id IN (
              SELECT id FROM writes
              WHERE status <> 'pending' AND finished_at < $1
@@ -392,7 +393,7 @@ pub async fn prune(pool: &PgPool, cutoff: DateTime<Utc>, batch: i64) -> Result<u
     )
     .bind(cutoff)
     .bind(batch)
-    .execute(pool)
+    .execute(crate::db::atomic(pool))
     .await?;
     Ok(done.rows_affected())
 }

@@ -148,7 +148,7 @@ impl Applier {
 
     /// Body mode: lock, apply and record in one transaction.
     async fn apply_trusting(&self) -> Result<usize, sqlx::Error> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = crate::db::begin(&self.pool).await?;
         let pending = events::lock_pending(&mut tx, None, BATCH).await?;
         if pending.is_empty() {
             tx.commit().await?;
@@ -190,7 +190,7 @@ impl Applier {
             .into_iter()
             .filter_map(|(entity, object)| Observation::parse(entity, object, false).ok())
             .collect();
-        let tx = self.pool.begin().await?;
+        let tx = crate::db::begin(&self.pool).await?;
         if let Rejected::Yes = self.commit(tx, &plans, &extra).await? {
             // Isolating the culprit among the deliveries; the extra objects wait for a
             // reconcile pass.
@@ -295,7 +295,7 @@ impl Applier {
     async fn isolate(&self, plans: Vec<Planned>, relock: bool) -> Result<(), sqlx::Error> {
         let mut parts = vec![plans];
         while let Some(mut part) = parts.pop() {
-            let mut tx = self.pool.begin().await?;
+            let mut tx = crate::db::begin(&self.pool).await?;
             if relock {
                 let ids: Vec<i64> = part.iter().map(|p| p.id).collect();
                 let locked: Vec<i64> = events::lock_pending(&mut tx, Some(&ids), BATCH)
@@ -326,7 +326,7 @@ impl Applier {
 
     async fn mark_refused(&self, id: i64) -> Result<(), sqlx::Error> {
         tracing::warn!(event_id = id, "the database refused a delivery's object");
-        let mut conn = self.pool.acquire().await?;
+        let mut tx = crate::db::begin(&self.pool).await?;
         let outcome = OutcomeRecord {
             id,
             outcome: Outcome::Error,
@@ -335,7 +335,8 @@ impl Applier {
             entity: None,
             entity_key: None,
         };
-        events::record_outcomes(&mut conn, std::slice::from_ref(&outcome)).await?;
+        events::record_outcomes(&mut tx, std::slice::from_ref(&outcome)).await?;
+        tx.commit().await?;
         self.metrics
             .webhook_events_applied
             .get_or_create(&OutcomeLabel {
@@ -540,7 +541,7 @@ async fn merge(
         return Ok(unresolved(entity));
     };
     let table = columns::table(entity);
-    let stored: Option<Value> = sqlx::query_scalar(AssertSqlSafe(format!(
+    let stored: Option<Value> = crate::db::query_scalar(AssertSqlSafe(format!(
         "SELECT raw FROM {table} WHERE {column} = $1
          ORDER BY (deleted_at IS NULL) DESC, created_at DESC, key DESC LIMIT 1"
     )))
@@ -608,7 +609,7 @@ async fn resolve_group(
     {
         return Ok(Some(stored.clone()));
     }
-    let found: Option<(String, Option<String>, Option<String>)> = sqlx::query_as(
+    let found: Option<(String, Option<String>, Option<String>)> = crate::db::query_as(
         "SELECT key, name, slug FROM groups
          WHERE deleted_at IS NULL AND (slug = $1 OR lower(name) = lower($2))
          ORDER BY (slug = $1) DESC NULLS LAST LIMIT 1",

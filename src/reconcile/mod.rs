@@ -5,14 +5,15 @@
 //! and apply every object through the one door ([`crate::apply`]); see [`pass`] for one
 //! pass. Here: leadership and scheduling.
 //!
-//! **One reconciler across replicas.** Leadership is a session-level Postgres advisory
-//! lock held on a dedicated connection, and every reconciler write goes through that same
-//! connection. If the leader's process dies, its socket closes and Postgres drops the
-//! session and the lock with it at once; if its host dies or is cut off, the session's
-//! TCP keepalives (see [`db::session_options`]) end it within about 25 s. A follower,
-//! polling every few seconds, then takes over and resumes from the checkpoints. A leader
-//! that lost its session cannot write anything at all, so it cannot move a checkpoint
-//! backwards (and each checkpoint write is also conditioned on its pass id).
+//! **One reconciler across replicas.** Leadership is a lease row ([`db::lease`]), so it
+//! needs no server session of its own and holds through a pooler in transaction mode.
+//! Every reconciler write runs in a transaction that renews the lease first
+//! ([`Leader::begin`]); while a pass waits for PartnerStack the lease is renewed every few
+//! seconds. A leader that stops renewing (dead, frozen, cut off) is replaced once its
+//! lease expires ([`lease::TTL`]); one that stops cleanly gives it up, and a follower,
+//! polling every few seconds, takes over at once. A replaced leader's next transaction is
+//! refused, so it cannot move a checkpoint backwards (and each checkpoint write is also
+//! conditioned on its pass id).
 //!
 //! **Scheduling.** Each stream is due `interval` (jittered) after its last pass began, at
 //! once when a pass is unfinished or `POST /v1/sync/{stream}` asked for one, and later
@@ -29,27 +30,22 @@ use std::time::Duration;
 
 use chrono::Utc;
 use rand::RngExt;
-use sqlx::postgres::PgConnectOptions;
-use sqlx::{Connection, PgConnection};
+use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use partnerstack::Entity;
 use partnerstack::client::Client;
 
 use crate::config::ReconcileConfig;
+use crate::db::lease::{self, Leader};
 use crate::db::{self, sync};
 use crate::telemetry::{Metrics, StreamLabel};
 use pass::{PassError, Progress, Report};
 
-/// The advisory lock key that elects the leader ("psync" in ASCII).
-const LEADER_LOCK: i64 = 0x0070_7379_6e63;
+/// The lease that elects the leader.
+const LEASE: &str = "reconciler";
 /// How often followers try for leadership, and the leader looks for requests.
 const POLL: Duration = Duration::from_secs(2);
-/// Postgres ends the leader's session when it sits idle (or idle in a transaction) this
-/// long, which frees the lock: a frozen leader (stopped, swapped out, paused VM) is
-/// replaced within this plus [`POLL`]. The leader proves it is alive more often than that
-/// ([`pass::HEARTBEAT`]).
-pub const LEADER_IDLE_TIMEOUT: Duration = Duration::from_secs(15);
 /// First retry delay of a failing stream (doubles per failure).
 const FIRST_RETRY: Duration = Duration::from_secs(15);
 
@@ -58,7 +54,7 @@ const FIRST_RETRY: Duration = Duration::from_secs(15);
 pub struct Reconciler {
     client: Client,
     config: ReconcileConfig,
-    connect: PgConnectOptions,
+    pool: PgPool,
     metrics: Arc<Metrics>,
     /// Who this process is, in `sync_streams.runner` and logs.
     runner: String,
@@ -66,12 +62,10 @@ pub struct Reconciler {
 }
 
 impl Reconciler {
-    /// `connect` opens the leader's own session (not a pooled connection: the lock lives
-    /// as long as that session).
     pub fn new(
         client: Client,
         config: ReconcileConfig,
-        connect: PgConnectOptions,
+        pool: PgPool,
         metrics: Arc<Metrics>,
     ) -> Self {
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
@@ -84,7 +78,7 @@ impl Reconciler {
         Reconciler {
             client,
             config,
-            connect,
+            pool,
             metrics,
             runner,
             leader: Arc::new(AtomicBool::new(false)),
@@ -125,19 +119,29 @@ impl Reconciler {
         let mut failures = 0u32;
         while !stop.is_cancelled() {
             match self.try_lead().await {
-                Ok(Some(mut conn)) => {
+                Ok(Some(leader)) => {
                     failures = 0;
                     self.leader.store(true, Ordering::Relaxed);
                     self.metrics.reconcile_leader.set(1);
-                    tracing::info!(runner = %self.runner, "this replica is now the reconciler");
-                    let result = self.lead(&mut conn, interval, &stop).await;
+                    tracing::info!(runner = %self.runner, token = leader.token(), "this replica is now the reconciler");
+                    let result = self.lead(&leader, interval, &stop).await;
                     self.leader.store(false, Ordering::Relaxed);
                     self.metrics.reconcile_leader.set(0);
-                    let _ = conn.close().await;
                     match result {
-                        Ok(()) => break,
+                        Ok(()) => {
+                            // A clean stop hands over at once.
+                            if let Err(e) = leader.release().await {
+                                tracing::warn!(error = %e, "could not give up the reconciler's lease; another replica takes over when it expires");
+                            }
+                            break;
+                        }
+                        Err(e) if lease::is_lost(&e) => {
+                            tracing::warn!(
+                                "another replica took over the reconciler; standing down"
+                            )
+                        }
                         Err(e) => {
-                            tracing::warn!(error = %e, "lost the reconciler's database session; standing down")
+                            tracing::warn!(error = %e, "lost the reconciler's database connection; standing down")
                         }
                     }
                 }
@@ -156,28 +160,23 @@ impl Reconciler {
         }
     }
 
-    /// Opens a session and takes the leadership lock if it is free.
-    async fn try_lead(&self) -> Result<Option<PgConnection>, sqlx::Error> {
-        let mut conn = PgConnection::connect_with(&self.connect).await?;
-        limit_idleness(&mut conn).await?;
-        let won: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-            .bind(LEADER_LOCK)
-            .fetch_one(&mut conn)
-            .await?;
-        if won {
-            let streams: Vec<&str> = self.config.streams.iter().map(|e| e.stream()).collect();
-            sync::ensure_streams(&mut conn, &streams).await?;
-            Ok(Some(conn))
-        } else {
-            let _ = conn.close().await;
-            Ok(None)
-        }
+    /// Takes the leadership lease if it is free.
+    async fn try_lead(&self) -> Result<Option<Leader>, sqlx::Error> {
+        let Some(leader) = Leader::acquire(&self.pool, LEASE, &self.runner).await? else {
+            return Ok(None);
+        };
+        let streams: Vec<&str> = self.config.streams.iter().map(|e| e.stream()).collect();
+        let mut tx = leader.begin().await?;
+        sync::ensure_streams(&mut tx, &streams).await?;
+        tx.commit().await?;
+        Ok(Some(leader))
     }
 
-    /// Runs due passes until stopped. Errors only when the session is lost.
+    /// Runs due passes until stopped. Errors only when the lease or the connection is
+    /// lost.
     async fn lead(
         &self,
-        conn: &mut PgConnection,
+        leader: &Leader,
         interval: Duration,
         stop: &CancellationToken,
     ) -> Result<(), sqlx::Error> {
@@ -186,7 +185,8 @@ impl Reconciler {
                 if stop.is_cancelled() {
                     break;
                 }
-                let state = sync::load(conn, entity.stream()).await?;
+                // Read in a transaction of the lease's: it renews the lease as it goes.
+                let state = pass::load(leader, entity.stream()).await?;
                 let full_at = pass::next_full_at(
                     &state,
                     entity,
@@ -196,7 +196,7 @@ impl Reconciler {
                 if !is_due(&state, interval, full_at) {
                     continue;
                 }
-                match self.pass(conn, entity, false, true, stop, &|_| {}).await {
+                match self.pass(leader, entity, false, true, stop, &|_| {}).await {
                     Err(PassError::Database(e)) if db::is_connection_error(&e) => return Err(e),
                     _ => {}
                 }
@@ -212,7 +212,7 @@ impl Reconciler {
     /// Runs one pass and records how it ended (metrics, logs, back-off on failure).
     async fn pass(
         &self,
-        conn: &mut PgConnection,
+        leader: &Leader,
         entity: Entity,
         force_full: bool,
         sliced: bool,
@@ -226,9 +226,10 @@ impl Reconciler {
             runner: &self.runner,
             stop,
             sliced,
+            leader,
         };
         let stream = entity.stream();
-        let result = pass::run(&ctx, conn, entity, force_full, progress).await;
+        let result = pass::run(&ctx, entity, force_full, progress).await;
         match &result {
             Ok(r) => tracing::info!(
                 stream,
@@ -255,21 +256,20 @@ impl Reconciler {
                     .reconcile_errors
                     .get_or_create(&StreamLabel { stream })
                     .inc();
-                let state = sync::load(conn, stream)
-                    .await
-                    .map_err(PassError::Database)?;
+                let mut tx = leader.begin().await?;
+                let state = sync::load(&mut tx, stream).await?;
                 let delay = retry_delay(state.failures, self.config.max_retry_delay);
                 let retry_at = Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default();
                 tracing::warn!(stream, error = %e, retry_in_s = delay.as_secs(), "reconcile pass failed");
                 sync::fail_pass(
-                    conn,
+                    &mut tx,
                     stream,
                     &e.to_string(),
                     e.abandons_checkpoint(),
                     retry_at,
                 )
-                .await
-                .map_err(PassError::Database)?;
+                .await?;
+                tx.commit().await?;
             }
         }
         result
@@ -286,9 +286,9 @@ impl Reconciler {
         progress: &(dyn Fn(Progress) + Send + Sync),
     ) -> anyhow::Result<Vec<Result<Report, PassError>>> {
         let deadline = tokio::time::Instant::now() + patience;
-        let mut conn = loop {
-            if let Some(conn) = self.try_lead().await? {
-                break conn;
+        let leader = loop {
+            if let Some(leader) = self.try_lead().await? {
+                break leader;
             }
             if tokio::time::Instant::now() >= deadline {
                 anyhow::bail!(
@@ -298,18 +298,22 @@ impl Reconciler {
             tokio::time::sleep(POLL).await;
         };
         let streams: Vec<&str> = entities.iter().map(|e| e.stream()).collect();
-        sync::ensure_streams(&mut conn, &streams).await?;
+        let mut tx = leader.begin().await?;
+        sync::ensure_streams(&mut tx, &streams).await?;
+        tx.commit().await?;
         let mut reports = Vec::new();
         for &entity in entities {
             if stop.is_cancelled() {
                 break;
             }
             reports.push(
-                self.pass(&mut conn, entity, full, false, stop, progress)
+                self.pass(&leader, entity, full, false, stop, progress)
                     .await,
             );
         }
-        let _ = conn.close().await;
+        if let Err(e) = leader.release().await {
+            tracing::warn!(error = %e, "could not give up the reconciler's lease; it expires by itself");
+        }
         Ok(reports)
     }
 }
@@ -378,36 +382,6 @@ pub fn freshness(
         staleness,
         bound: bound_by_scans.then_some(config.staleness_bound),
         achievable,
-    }
-}
-
-/// Makes Postgres end this session when it sits idle, in or out of a transaction, longer
-/// than [`LEADER_IDLE_TIMEOUT`], freeing the leadership lock of a frozen leader. A frozen
-/// leader that wakes up finds its session gone and can write nothing (every reconciler
-/// write goes through it). `idle_session_timeout` needs Postgres 14; on 13 only TCP
-/// keepalives remain (a dead host is noticed, a frozen process is not).
-async fn limit_idleness(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
-    let ms = LEADER_IDLE_TIMEOUT.as_millis().to_string();
-    sqlx::query("SELECT set_config('idle_in_transaction_session_timeout', $1, false)")
-        .bind(&ms)
-        .execute(&mut *conn)
-        .await?;
-    let set = sqlx::query("SELECT set_config('idle_session_timeout', $1, false)")
-        .bind(&ms)
-        .execute(&mut *conn)
-        .await;
-    match set {
-        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42704") => {
-            static ONCE: std::sync::Once = std::sync::Once::new();
-            ONCE.call_once(|| {
-                tracing::warn!(
-                    "Postgres before 14 has no idle_session_timeout: a frozen reconciler \
-                     leader is not replaced until its process dies"
-                );
-            });
-            Ok(())
-        }
-        other => other.map(drop),
     }
 }
 

@@ -22,8 +22,9 @@ pub async fn healthz() -> Json<serde_json::Value> {
 }
 
 /// The service can do its job: the database answers and can write (not a standby in
-/// recovery, not a read-only session), it is migrated, and the ingest writer is not
-/// stalled. A load balancer stops sending traffic to a replica answering 503.
+/// recovery, not a read-only session), it is migrated, the ingest writer is not stalled,
+/// and it is not shutting down. A load balancer stops sending traffic to a replica
+/// answering 503.
 #[utoipa::path(
     get, path = "/readyz", tag = "operations",
     responses(
@@ -32,6 +33,14 @@ pub async fn healthz() -> Json<serde_json::Value> {
     ),
 )]
 pub async fn readyz(State(state): State<AppState>) -> Response {
+    // A replica shutting down leaves the balancer first, while it still serves.
+    if state.draining.is_cancelled() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "not_ready", "reason": "shutting down"})),
+        )
+            .into_response();
+    }
     let verdict = match tokio::time::timeout(Duration::from_secs(2), db::readiness(&state.pool))
         .await
     {

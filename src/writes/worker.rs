@@ -585,7 +585,7 @@ impl Worker {
         finished: &Finished,
         observation: Option<Observation>,
     ) -> Result<(), sqlx::Error> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = crate::db::begin(&self.pool).await?;
         if !writes::finish(&mut tx, claim, finished).await? {
             tx.rollback().await?;
             return Ok(());

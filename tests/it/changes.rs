@@ -1,7 +1,6 @@
 //! The change log, the feed, history, the relay and retention.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,7 +13,6 @@ use partnerstack_sync::reconcile::Reconciler;
 use partnerstack_sync::telemetry::Metrics;
 use serde_json::{Value, json};
 use sqlx::PgPool;
-use sqlx::postgres::PgConnectOptions;
 use tokio_util::sync::CancellationToken;
 
 use crate::client::client_config;
@@ -378,7 +376,7 @@ async fn under_twenty_concurrent_writers_the_feed_misses_nothing_and_a_naive_rea
             c.interval = Some(Duration::from_secs(1));
             c
         },
-        PgConnectOptions::from_str(&app.db.url).unwrap(),
+        app.db.pool.clone(),
         Arc::new(Metrics::new()),
     );
     let stop = CancellationToken::new();

@@ -161,6 +161,8 @@ pub fn test_config(db_url: &str) -> Config {
         ("PSYNC_WEBHOOK_TOKENS", WEBHOOK_TOKEN),
         ("PSYNC_API_TOKENS", API_TOKEN),
         ("PSYNC_RECONCILE_INTERVAL", "off"),
+        // No load balancer to wait for; tests of the drain set their own.
+        ("PSYNC_SERVER_SHUTDOWN_DELAY", "0s"),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -348,6 +350,7 @@ impl Process {
             .env("PSYNC_WEBHOOK_TOKENS", WEBHOOK_TOKEN)
             .env("PSYNC_API_TOKENS", API_TOKEN)
             .env("PSYNC_RECONCILE_INTERVAL", "off")
+            .env("PSYNC_SERVER_SHUTDOWN_DELAY", "0s")
             .env("RUST_LOG", "error")
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::inherit());
