@@ -24,6 +24,7 @@ pub mod demo;
 pub mod error;
 pub mod feed;
 pub mod ingest;
+pub mod long_poll;
 pub mod reconcile;
 pub mod relay;
 pub mod retention;

@@ -689,7 +689,7 @@ async fn without_api_keys_writes_are_refused() {
 }
 
 /// `serve` settings sending writes to `sim`.
-fn writing(db: &TestDb, sim: &Running) -> Vec<(&'static str, Option<String>)> {
+pub(crate) fn writing(db: &TestDb, sim: &Running) -> Vec<(&'static str, Option<String>)> {
     vec![
         ("DATABASE_URL", Some(db.url.clone())),
         ("PARTNERSTACK_BASE_URL", Some(sim.base_url())),
