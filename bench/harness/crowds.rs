@@ -89,13 +89,15 @@ async fn probe(addr: SocketAddr, n: usize) -> anyhow::Result<Probes> {
 }
 
 /// Keeps `n` connections open that send `request` (nothing, when empty) and wait for
-/// whatever comes; each one the service ends is opened again, until `stop`. Counts the
-/// answers that start with `counted`.
+/// whatever comes; each one the service ends is opened again (after `pause`, when its
+/// answer started with `counted`), until `stop`. Counts the answers that start with
+/// `counted`.
 fn crowd(
     addr: SocketAddr,
     n: usize,
     request: String,
     counted: &'static str,
+    pause: Duration,
     stop: CancellationToken,
 ) -> (Vec<tokio::task::JoinHandle<()>>, Arc<AtomicUsize>) {
     let count = Arc::new(AtomicUsize::new(0));
@@ -116,8 +118,12 @@ fn crowd(
                         _ = stream.read_to_end(&mut answer) => {}
                         () = stop.cancelled() => return,
                     }
-                    if answer.starts_with(counted.as_bytes()) {
+                    if !counted.is_empty() && answer.starts_with(counted.as_bytes()) {
                         count.fetch_add(1, Ordering::Relaxed);
+                        tokio::select! {
+                            () = tokio::time::sleep(pause) => {}
+                            () = stop.cancelled() => return,
+                        }
                     }
                 }
             })
@@ -141,7 +147,14 @@ pub async fn crowds(bench: &mut Bench) -> anyhow::Result<()> {
 
     let (peak_task, peak_stop) = service::sample_peak_rss(svc.pid());
     let stop = CancellationToken::new();
-    let (silent, _) = crowd(svc.addr, 1100, String::new(), "", stop.clone());
+    let (silent, _) = crowd(
+        svc.addr,
+        1100,
+        String::new(),
+        "",
+        Duration::ZERO,
+        stop.clone(),
+    );
     tokio::time::sleep(Duration::from_secs(1)).await;
     let with_silent = probe(svc.addr, samples).await?;
     stop.cancel();
@@ -149,18 +162,30 @@ pub async fn crowds(bench: &mut Bench) -> anyhow::Result<()> {
         let _ = task.await;
     }
 
-    let stop = CancellationToken::new();
     let poll = format!(
         "GET /v1/changes?wait=30&entity=rewards HTTP/1.1\r\nhost: bench\r\n\
          authorization: Bearer {API_TOKEN}\r\n\r\n"
     );
-    let (polls, refused) = crowd(svc.addr, 1500, poll, "HTTP/1.1 429", stop.clone());
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let with_polls = probe(svc.addr, samples).await?;
-    let refused = refused.load(Ordering::Relaxed);
-    stop.cancel();
-    for task in polls {
-        let _ = task.await;
+    // Refused polls sent again as Retry-After asks (5 s), then at once (a flood of 429s).
+    let mut polled = Vec::new();
+    for pause in [Duration::from_secs(5), Duration::ZERO] {
+        let stop = CancellationToken::new();
+        let (polls, refused) = crowd(
+            svc.addr,
+            1500,
+            poll.clone(),
+            "HTTP/1.1 429",
+            pause,
+            stop.clone(),
+        );
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let probes = probe(svc.addr, samples).await?;
+        let refused = refused.load(Ordering::Relaxed);
+        stop.cancel();
+        for task in polls {
+            let _ = task.await;
+        }
+        polled.push((pause, probes, refused));
     }
     let _ = peak_stop.send(());
     let peak = peak_task.await?;
@@ -211,10 +236,16 @@ pub async fn crowds(bench: &mut Bench) -> anyhow::Result<()> {
             None,
         ));
     };
-    for (label, probes) in [
-        ("1,100 silent connections", &with_silent),
-        ("1,500 long-polls of one client", &with_polls),
-    ] {
+    let mut crowds = vec![("1,100 silent connections".to_string(), &with_silent, None)];
+    for (pause, probes, refused) in &polled {
+        let label = if pause.is_zero() {
+            "1,500 long-polls of one client, refusals re-sent at once".to_string()
+        } else {
+            "1,500 long-polls of one client, re-sent after Retry-After".to_string()
+        };
+        crowds.push((label, probes, Some(*refused)));
+    }
+    for (label, probes, refused) in crowds {
         reported(
             bench,
             format!("webhook, new connection, {label}: p50 / max ms"),
@@ -233,13 +264,15 @@ pub async fn crowds(bench: &mut Bench) -> anyhow::Result<()> {
             probes.unanswered.to_string(),
             quiet.unanswered.to_string(),
         );
+        if let Some(refused) = refused {
+            reported(
+                bench,
+                format!("long-polls refused 429 while probing, {label}"),
+                refused.to_string(),
+                "-".into(),
+            );
+        }
     }
-    reported(
-        bench,
-        "long-polls refused 429 (1,500 held open, re-sent)".into(),
-        refused.to_string(),
-        "-".into(),
-    );
     reported(
         bench,
         "peak RSS under the crowds, MiB".into(),
