@@ -4,7 +4,6 @@
 
 use std::time::Duration;
 
-use partnerstack::Entity;
 use partnerstack_sim::{FaultUpdate, Running};
 use partnerstack_sync::config::Verification;
 use serde_json::{Value, json};
@@ -15,6 +14,7 @@ use crate::common::{
     as_env, shared_temp_dir,
 };
 use crate::relay::endpoint;
+use crate::writes::a_partner_key;
 
 /// The service sending writes to `sim`, with a relay endpoint `probe` (nobody listens).
 async fn service(sim: &Running) -> TestApp {
@@ -43,15 +43,6 @@ async fn call(
     let response = request.send().await.unwrap();
     let status = response.status().as_u16();
     (status, response.json().await.unwrap_or(Value::Null))
-}
-
-/// Some partner of the stand-in's program.
-fn a_partner_key(sim: &Running) -> String {
-    let state = sim.simulator.state(Some(Entity::Partner));
-    state["streams"]["partnerships"][0]["partner_key"]
-        .as_str()
-        .unwrap()
-        .to_string()
 }
 
 /// Write requests the stand-in received, of every kind.

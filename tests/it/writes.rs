@@ -61,7 +61,7 @@ async fn post(app: &TestApp, path: &str, body: &Value) -> (u16, Value) {
 }
 
 /// Some partner of the stand-in's program.
-fn a_partner_key(sim: &Running) -> String {
+pub(crate) fn a_partner_key(sim: &Running) -> String {
     let state = sim.simulator.state(Some(Entity::Partner));
     state["streams"]["partnerships"][0]["partner_key"]
         .as_str()
