@@ -34,6 +34,7 @@ use crate::ingest::IngestMetrics;
 use crate::ingest::applier::Applier;
 use crate::ingest::verify::Verifier;
 use crate::ingest::writer::{Limits, Writer};
+use crate::long_poll::LongPolls;
 use crate::reconcile::Reconciler;
 use crate::relay::RelayMetrics;
 use crate::retention::RetentionMetrics;
@@ -102,12 +103,24 @@ async fn serve(
         config.reconcile.interval.is_some() && config.partnerstack.credentials().is_some();
     let telemetry = Telemetry::new(&config, reconciling);
     let tasks = Tasks::spawn(&config, &pool, &telemetry, &shutdown)?;
+    let limits = serving_limits(&config);
+    // Waiting requests never hold more than half the connection slots.
+    let long_polls = LongPolls::new(
+        config
+            .api
+            .long_polls
+            .get()
+            .min(limits.max_connections.get() / 2)
+            .max(1),
+        config.api.long_polls_per_client.get(),
+    );
     let state = AppState {
         reconciler: tasks.reconciler.clone(),
         outbox: tasks.outbox.clone(),
         webhook_tokens: Arc::new(TokenSet::new(&config.webhooks.tokens)),
         signing_keys: Arc::new(SigningKeys::new(&config.webhooks.signing_secrets)),
-        api_tokens: Arc::new(TokenSet::new(&config.api.tokens)),
+        api_callers: Arc::new(config.api.callers()),
+        long_polls,
         config: config.clone(),
         pool: pool.clone(),
         writer: tasks.writer.clone(),
@@ -116,7 +129,7 @@ async fn serve(
         feed: tasks.feed.clone(),
         draining: CancellationToken::new(),
     };
-    let served = serve_http(listener, state, &shutdown, started).await;
+    let served = serve_http(listener, state, limits, &shutdown, started).await;
     tracing::info!("server stopped accepting; draining queued deliveries");
     tasks.stop(config.server.shutdown_timeout).await;
     pool.close().await;
@@ -181,16 +194,12 @@ async fn open_pool(config: &Config, database: &Database) -> anyhow::Result<PgPoo
 async fn serve_http(
     listener: TcpListener,
     state: AppState,
+    limits: server::Limits,
     shutdown: &CancellationToken,
     started: Instant,
 ) -> anyhow::Result<()> {
     let config = state.config.clone();
     let addr = listener.local_addr()?;
-    let limits = server::Limits {
-        keepalive_timeout: config.server.keepalive_timeout,
-        max_connections: config.server.max_connections,
-        drain: config.server.shutdown_timeout,
-    };
     let draining = state.draining.clone();
     let stop_accepting = CancellationToken::new();
     let drain = tokio::spawn(drain_delay(
@@ -427,6 +436,32 @@ fn client(config: &Config, metrics: &Arc<Metrics>) -> anyhow::Result<Option<Clie
     )))))
 }
 
+/// How the listeners serve: the connection cap resolved against the open-file limit,
+/// which is raised first.
+fn serving_limits(config: &Config) -> server::Limits {
+    let fds = server::raise_fd_limit().unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "cannot read the open-file limit; assuming 1024");
+        server::FdLimit {
+            before: 1024,
+            soft: 1024,
+            hard: 1024,
+        }
+    });
+    let max_connections = server::connection_cap(config.server.max_connections, &fds);
+    tracing::info!(
+        max_connections = max_connections.get(),
+        first_request_timeout = ?config.server.first_request_timeout,
+        keepalive_timeout = ?config.server.keepalive_timeout,
+        "connections served at once, and their deadlines"
+    );
+    server::Limits {
+        first_request_timeout: config.server.first_request_timeout,
+        keepalive_timeout: config.server.keepalive_timeout,
+        max_connections,
+        drain: config.server.shutdown_timeout,
+    }
+}
+
 /// The webhook verifier in fetch mode (`webhooks.verification`), with a log line saying
 /// how deliveries are applied.
 fn verifier(config: &Config, client: &Option<Client>) -> Option<Verifier> {
@@ -483,8 +518,23 @@ fn warn_about_open_doors(config: &Config) {
             "PSYNC_WEBHOOK_TOKENS is empty: every webhook delivery will be refused with 401"
         );
     }
-    if config.api.tokens.is_empty() {
-        tracing::warn!("PSYNC_API_TOKENS is empty: every /v1 request will be refused with 401");
+    if config.api.tokens.is_empty() && config.api.clients.is_empty() {
+        tracing::warn!(
+            "no API clients and PSYNC_API_TOKENS is empty: every /v1 request will be refused \
+             with 401"
+        );
+    }
+    if !config.api.tokens.is_empty() {
+        tracing::warn!(
+            tokens = config.api.tokens.len(),
+            "api.tokens (PSYNC_API_TOKENS) are unnamed and may only read (scope `read`): \
+             writes, retries, replays and syncs need a named client with its scope \
+             ([[api.clients]] or PSYNC_API_CLIENT_<NAME>_TOKEN and _SCOPES)"
+        );
+    }
+    for client in &config.api.clients {
+        let scopes: Vec<&str> = client.scopes.iter().map(|s| s.as_str()).collect();
+        tracing::info!(client = %client.name, scopes = %scopes.join(","), "API client");
     }
 }
 

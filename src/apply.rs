@@ -269,6 +269,25 @@ pub async fn apply(
     source: Source,
     observations: &[Observation],
 ) -> Result<Vec<Applied>, sqlx::Error> {
+    apply_by(conn, source, None, observations).await
+}
+
+/// [`apply`] for PartnerStack's answer to a write (source `write`) made by the API client
+/// `client`, whom the change log names on the changes it causes.
+pub async fn apply_write(
+    conn: &mut PgConnection,
+    client: Option<&str>,
+    observations: &[Observation],
+) -> Result<Vec<Applied>, sqlx::Error> {
+    apply_by(conn, Source::Write, client, observations).await
+}
+
+async fn apply_by(
+    conn: &mut PgConnection,
+    source: Source,
+    client: Option<&str>,
+    observations: &[Observation],
+) -> Result<Vec<Applied>, sqlx::Error> {
     // Writers of a customer and of its transactions take turns (see db::attribution).
     attribution::lock_identities(conn, &customer_identities(observations)).await?;
     // A customer whose own key changes takes its credit away from the transactions that
@@ -304,7 +323,7 @@ pub async fn apply(
         }
     }
     // One change per row written, in the order written, in this transaction.
-    changes::record(conn, source.as_str(), written, &before).await?;
+    changes::record(conn, source.as_str(), client, written, &before).await?;
     // Keep partner attribution current: transactions are credited as they are written
     // (see upsert_sql); the transactions of changed customers are credited again here, in
     // the same transaction.

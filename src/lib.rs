@@ -26,6 +26,7 @@ pub mod error;
 pub mod feed;
 pub mod ingest;
 pub mod memory;
+pub mod long_poll;
 pub mod reconcile;
 pub mod relay;
 pub mod retention;

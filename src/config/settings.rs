@@ -10,11 +10,11 @@ use std::time::Duration;
 
 use axum::http::HeaderName;
 use partnerstack::Entity;
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
 use super::fields;
-use crate::auth::WebhookSecret;
+use crate::auth::{Callers, Scope, WebhookSecret};
 
 /// Every setting of the service. See `config/default.toml` for meaning and defaults.
 #[derive(Debug, Clone, Deserialize)]
@@ -61,13 +61,28 @@ pub struct ServerConfig {
     pub shutdown_delay: Duration,
     /// How long a connection may take to deliver a request head, counted from when it
     /// opened or answered its last request: bounds slow senders and idle keep-alives.
+    /// How long a new connection may take to deliver its first complete request head:
+    /// short, so a crowd of silent connections cannot hold the slots.
+    #[serde(deserialize_with = "fields::positive_duration")]
+    pub first_request_timeout: Duration,
+    /// How long a connection may stay idle after an answer, until the next request head
+    /// is complete (kept above the balancers' own idle timeout).
     #[serde(deserialize_with = "fields::positive_duration")]
     pub keepalive_timeout: Duration,
     /// Connections served at once; further ones wait to be accepted.
-    #[serde(deserialize_with = "fields::positive")]
-    pub max_connections: NonZeroUsize,
+    #[serde(deserialize_with = "fields::connection_cap")]
+    pub max_connections: ConnectionCap,
     /// Whether `GET /status` (the HTML status page) is served; 404 when false.
     pub status_page: bool,
+}
+
+/// How many connections the server serves at once (`server.max_connections`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectionCap {
+    /// Sized from the process's file-descriptor limit (see `crate::server::connection_cap`).
+    Auto,
+    /// This many.
+    At(NonZeroUsize),
 }
 
 /// Postgres (`[database]`).
@@ -169,13 +184,86 @@ impl WebhookConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ApiConfig {
-    /// Bearer tokens accepted by `/v1`, each at least 16 characters.
+    /// Unnamed bearer tokens accepted by `/v1`, each at least 16 characters; they may
+    /// only read (scope `read`).
     #[serde(deserialize_with = "fields::secrets")]
     pub tokens: Vec<SecretString>,
+    /// Named clients with their own tokens and scopes (`[[api.clients]]` tables, or
+    /// `PSYNC_API_CLIENT_<NAME>_*`).
+    #[serde(default)]
+    pub clients: Vec<ApiClient>,
+    /// Requests that wait (a long-poll of `/v1/changes`, a write with `wait`) held at once
+    /// by this replica, all clients together; at most half the connection cap is used.
+    #[serde(deserialize_with = "fields::positive")]
+    pub long_polls: NonZeroUsize,
+    /// Of those, held at once by one client (one token).
+    #[serde(deserialize_with = "fields::positive")]
+    pub long_polls_per_client: NonZeroUsize,
     /// A list page that carries bodies (`include=payload`, `include=raw`) ends early, with
     /// `has_more` and a cursor, once its bodies pass this many bytes.
     #[serde(deserialize_with = "fields::positive")]
     pub page_bytes: NonZeroUsize,
+}
+
+impl ApiConfig {
+    /// Every caller the settings name: the clients with their scopes, then the unnamed
+    /// tokens, which may only read.
+    pub fn callers(&self) -> Callers {
+        let mut callers = Callers::default();
+        for client in &self.clients {
+            // A loaded configuration gives every client a digest (validate.rs).
+            if let Some(digest) = client.digest() {
+                callers.add(Some(client.name.clone()), digest, client.scopes.clone());
+            }
+        }
+        for token in &self.tokens {
+            let digest = crate::auth::sha256(token.expose_secret().as_bytes());
+            callers.add(None, digest, vec![Scope::Read]);
+        }
+        callers
+    }
+}
+
+/// A named API client (`[[api.clients]]`, or `PSYNC_API_CLIENT_<NAME>_*`): its token, or
+/// only the token's SHA-256, and what it may do.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiClient {
+    /// Names the client in writes, the change log and the access log: lower-case letters,
+    /// digits, `_` and `-`; unique.
+    #[serde(deserialize_with = "fields::endpoint_name")]
+    pub name: String,
+    /// The bearer token itself (at least 16 characters)...
+    #[serde(default, deserialize_with = "fields::optional_secret")]
+    pub token: Option<SecretString>,
+    /// ...or the hex SHA-256 of it, so the configuration holds no secret. Exactly one of
+    /// the two.
+    #[serde(default, deserialize_with = "fields::sha256_hex")]
+    pub token_sha256: Option<[u8; 32]>,
+    /// What it may do: `read`, `write`, `admin` (each listed; none implies another).
+    #[serde(deserialize_with = "fields::scopes")]
+    pub scopes: Vec<Scope>,
+}
+
+impl ApiClient {
+    /// The SHA-256 of the client's token, however it was given (`None`: neither was).
+    pub fn digest(&self) -> Option<[u8; 32]> {
+        match (&self.token, self.token_sha256) {
+            (Some(token), _) => Some(crate::auth::sha256(token.expose_secret().as_bytes())),
+            (None, digest) => digest,
+        }
+    }
+}
+
+impl std::fmt::Debug for ApiClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiClient")
+            .field("name", &self.name)
+            .field("token", &self.token)
+            .field("token_sha256", &self.token_sha256.map(|_| "[digest]"))
+            .field("scopes", &self.scopes)
+            .finish()
+    }
 }
 
 /// The PartnerStack client's settings (`[partnerstack]`); the client's crate checks them.

@@ -226,10 +226,12 @@ pub struct Written<'a> {
 
 /// Appends one change per row in `written` (in that order) whose state differs from
 /// the one before; `before` holds the states [`lock_states`] read. `source` is the
-/// stored word of the observations' source. Returns how many were appended.
+/// stored word of the observations' source; `client` the API client whose write they
+/// answer, if any. Returns how many were appended.
 pub async fn record(
     conn: &mut PgConnection,
     source: &str,
+    client: Option<&str>,
     written: Vec<Written<'_>>,
     before: &States,
 ) -> Result<usize, sqlx::Error> {
@@ -290,7 +292,7 @@ pub async fn record(
             }
         }
     }
-    rows.insert(conn, source).await
+    rows.insert(conn, source, client).await
 }
 
 /// Appends a deletion for each row a statement just marked deleted without changing its
@@ -312,7 +314,7 @@ pub async fn record_marked_deleted(
             rows.push(entity, key, change, new);
         }
     }
-    rows.insert(conn, source).await
+    rows.insert(conn, source, None).await
 }
 
 /// The operation and changed fields going from `old` (none: created) to `new`; `None`
@@ -368,13 +370,19 @@ impl<'a> Rows<'a> {
         self.states.push(state);
     }
 
-    async fn insert(self, conn: &mut PgConnection, source: &str) -> Result<usize, sqlx::Error> {
+    async fn insert(
+        self,
+        conn: &mut PgConnection,
+        source: &str,
+        client: Option<&str>,
+    ) -> Result<usize, sqlx::Error> {
         let n = self.keys.len();
         if n == 0 {
             return Ok(0);
         }
         crate::db::query(APPEND_SQL)
             .bind(source)
+            .bind(client)
             .bind(self.entities)
             .bind(self.keys)
             .bind(self.operations)
@@ -386,17 +394,17 @@ impl<'a> Rows<'a> {
     }
 }
 
-/// The append statement: `$1` source, then arrays of entity, key, operation, fields and
-/// state, appended in array order. `pos` is this transaction's id, or the object's
+/// The append statement: `$1` source, `$2` the API client whose write it is (or NULL),
+/// then arrays of entity, key, operation, fields and state, appended in array order. `pos` is this transaction's id, or the object's
 /// previous `pos` if higher (the object's row is locked by this transaction, so its
 /// previous change is committed and visible to this statement).
 pub const APPEND_SQL: &str =
-    "INSERT INTO changes (pos, entity, key, operation, source, fields, state)
+    "INSERT INTO changes (pos, entity, key, operation, source, client, fields, state)
      SELECT GREATEST(pg_current_xact_id(),
                      (SELECT c.pos FROM changes c WHERE c.entity = i.entity AND c.key = i.key
                       ORDER BY c.id DESC LIMIT 1)),
-            i.entity, i.key, i.operation, $1, i.fields, i.state
-     FROM UNNEST($2::text[], $3::text[], $4::text[], $5::jsonb[], $6::jsonb[])
+            i.entity, i.key, i.operation, $1, $2, i.fields, i.state
+     FROM UNNEST($3::text[], $4::text[], $5::text[], $6::jsonb[], $7::jsonb[])
           WITH ORDINALITY AS i(entity, key, operation, fields, state, n)
      ORDER BY i.n";
 
@@ -437,6 +445,8 @@ pub struct Change {
     pub operation: Operation,
     /// The stored word (see `crate::apply::Source`).
     pub source: String,
+    /// The API client whose write caused the change (source `write`).
+    pub client: Option<String>,
     pub fields: Value,
     pub state: Value,
 }
@@ -513,7 +523,8 @@ pub async fn read(
 /// `pos` would be the text of the select list, which sorts "900" after "1000".
 const READ_SQL: &str = "SELECT h.pos::text AS head_pos, h.id AS head_id,
             hz.pos::text AS horizon_pos, hz.id AS horizon_id,
-            c.id, c.pos::text AS pos, c.at, c.entity, c.key, c.operation, c.source, c.fields, c.state
+            c.id, c.pos::text AS pos, c.at, c.entity, c.key, c.operation, c.source, c.client,
+            c.fields, c.state
      FROM (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin) s
      LEFT JOIN change_horizon hz ON TRUE
      LEFT JOIN LATERAL (SELECT pos, id FROM changes WHERE pos < s.xmin
@@ -537,6 +548,7 @@ struct PageRow {
     key: Option<String>,
     operation: Option<Operation>,
     source: Option<String>,
+    client: Option<String>,
     fields: Option<Value>,
     state: Option<Value>,
 }
@@ -551,6 +563,7 @@ impl PageRow {
             key: self.key?,
             operation: self.operation?,
             source: self.source?,
+            client: self.client,
             fields: self.fields?,
             state: self.state?,
         })
@@ -596,7 +609,7 @@ pub async fn history(
     limit: i64,
 ) -> Result<Vec<Change>, sqlx::Error> {
     crate::db::query_as(
-        "SELECT id, pos::text AS pos, at, entity, key, operation, source, fields, state
+        "SELECT id, pos::text AS pos, at, entity, key, operation, source, client, fields, state
          FROM changes WHERE entity = $1 AND key = $2 AND id < $3
          ORDER BY id DESC LIMIT $4",
     )

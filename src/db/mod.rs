@@ -106,10 +106,20 @@ pub fn connect_options(options: PgConnectOptions) -> PgConnectOptions {
 /// failover or a setting change left behind.
 const MAX_LIFETIME: Duration = Duration::from_secs(30 * 60);
 
+/// A pooled connection idle this long is pinged before it is handed out: the database
+/// may have restarted meanwhile, and a connection it broke must not fail a request. A
+/// connection released while the database was down failed its release ping and is gone,
+/// so a broken one has been idle at least as long as the restart took, which is always
+/// longer than this (starting Postgres alone takes longer). Connections in steady use
+/// are not pinged (a ping is a round trip).
+const PING_IDLE: Duration = Duration::from_millis(100);
+
 /// Builds the pool. Connections are opened lazily, so a database that is down at start-up
-/// or later is retried on use. A connection opened before the database last refused a
-/// write for the session's sake ([`Failure::Session`]) is closed instead of reused, so a
-/// session left read-only by a failover never comes back.
+/// or later is retried on use. A connection is not handed out when it is broken (pinged
+/// after [`PING_IDLE`] of rest), or when it was opened before the database last refused
+/// a write for the session's sake ([`Failure::Session`]: a session left read-only by a
+/// failover never comes back) or was last seen to go away (its other sessions went with
+/// it; see [`classify`]).
 pub fn pool(options: PgConnectOptions, config: &DatabaseConfig) -> PgPool {
     pooler::set_session_limits(config.idle_in_transaction_timeout, config.statement_timeout);
     let options = connect_options(options);
@@ -119,10 +129,17 @@ pub fn pool(options: PgConnectOptions, config: &DatabaseConfig) -> PgPool {
         .acquire_timeout(config.acquire_timeout)
         .idle_timeout(Duration::from_secs(300))
         .max_lifetime(MAX_LIFETIME)
-        // No ping per checkout (a round trip per query): a connection broken by a database
-        // restart fails its next statement, is discarded, and the caller answers 503.
+        // No ping per checkout (a round trip per query), only after a rest.
         .test_before_acquire(false)
-        .before_acquire(|_, meta| Box::pin(async move { Ok(!stale_session(meta.age)) }))
+        .before_acquire(|conn, meta| {
+            Box::pin(async move {
+                if stale_session(meta.age) {
+                    return Ok(false);
+                }
+                // A broken connection is closed and another taken (or opened).
+                Ok(meta.idle_for < PING_IDLE || conn.ping().await.is_ok())
+            })
+        })
         .after_release(|_, meta| Box::pin(async move { Ok(!stale_session(meta.age)) }))
         .connect_lazy_with(options)
 }
@@ -181,14 +198,29 @@ pub fn classify(e: &sqlx::Error) -> Failure {
         },
         _ => Failure::Data,
     };
-    if failure == Failure::Session {
+    if failure == Failure::Session || server_went_away(e) {
         note_session_refusal();
     }
     failure
 }
 
+/// Whether `e` says the server itself went away or restarted (not just this session),
+/// so every older connection is likely broken too: the connection was cut, or the
+/// server shut down, crashed or is starting. Not a pool timeout (the pool was busy).
+fn server_went_away(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_) => true,
+        sqlx::Error::Database(db) => matches!(
+            db.code().as_deref(),
+            Some(c) if c.starts_with("08") || matches!(c, "57P01" | "57P02" | "57P03")
+        ),
+        _ => false,
+    }
+}
+
 /// Milliseconds since this process's first look at the clock when a session last refused
-/// a write for the session's sake (0: never).
+/// a write for the session's sake, or the server was last seen to go away (0: never):
+/// connections opened before it are not reused.
 static SESSION_REFUSED_AT: AtomicU64 = AtomicU64::new(0);
 static CLOCK_BASE: LazyLock<std::time::Instant> = LazyLock::new(std::time::Instant::now);
 
@@ -199,7 +231,7 @@ fn clock_ms() -> u64 {
 }
 
 /// Remembers that a session refused a write for the session's sake (also when readiness
-/// finds a pooled session that cannot write).
+/// finds a pooled session that cannot write), or that the server went away.
 pub fn note_session_refusal() {
     SESSION_REFUSED_AT.store(clock_ms(), Ordering::Relaxed);
 }

@@ -86,15 +86,21 @@ pub enum Accepted {
 }
 
 /// The statement accepting a write: `$1` kind, `$2` idempotency key, `$3` request
-/// digest, `$4` request, `$5` object key, `$6` customer refs.
+/// digest, `$4` request, `$5` object key, `$6` customer refs, `$7` the API client.
 pub const ACCEPT_SQL: &str =
-    "INSERT INTO writes (kind, idempotency_key, request_digest, request, object_key, customer_refs)
-     VALUES ($1, $2, $3, $4, $5, $6)
+    "INSERT INTO writes (kind, idempotency_key, request_digest, request, object_key, customer_refs,
+                         client)
+     VALUES ($1, $2, $3, $4, $5, $6, $7)
      ON CONFLICT (idempotency_key) DO NOTHING
      RETURNING id";
 
-/// Stores `write` (committed on return), unless a write with its idempotency key exists.
-pub async fn accept(pool: &PgPool, write: &NewWrite) -> Result<Accepted, sqlx::Error> {
+/// Stores `write` made by the API client `client` (committed on return), unless a write
+/// with its idempotency key exists (a repeat keeps the first one's client).
+pub async fn accept(
+    pool: &PgPool,
+    write: &NewWrite,
+    client: Option<&str>,
+) -> Result<Accepted, sqlx::Error> {
     let inserted: Option<i64> = crate::db::query_scalar(ACCEPT_SQL)
         .bind(write.kind)
         .bind(&write.idempotency_key)
@@ -102,6 +108,7 @@ pub async fn accept(pool: &PgPool, write: &NewWrite) -> Result<Accepted, sqlx::E
         .bind(&write.request)
         .bind(&write.object_key)
         .bind(&write.customer_refs)
+        .bind(client)
         .fetch_optional(crate::db::atomic(pool))
         .await?;
     if let Some(id) = inserted {
@@ -159,6 +166,8 @@ pub struct Claimed {
     pub attempts: i32,
     /// An earlier attempt may have landed.
     pub in_doubt: bool,
+    /// The API client that made it.
+    pub client: Option<String>,
     /// When it was last sent.
     pub last_sent_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
@@ -195,7 +204,7 @@ pub async fn claim(
              updated_at = now()
          FROM next WHERE w.id = next.id
          RETURNING w.id, w.kind, w.request, w.object_key, w.attempts, w.in_doubt,
-                   w.last_sent_at, w.created_at",
+                   w.client, w.last_sent_at, w.created_at",
     )
     .bind(limit)
     .bind(millis(lease))
@@ -212,6 +221,7 @@ pub async fn claim(
                 object_key: r.try_get("object_key")?,
                 attempts: r.try_get("attempts")?,
                 in_doubt: r.try_get("in_doubt")?,
+                client: r.try_get("client")?,
                 last_sent_at: r.try_get("last_sent_at")?,
                 created_at: r.try_get("created_at")?,
             })

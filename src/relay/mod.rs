@@ -557,6 +557,7 @@ mod tests {
             key: "part_1".into(),
             operation: changes::Operation::Created,
             source: crate::apply::Source::Webhook,
+            client: None,
             at: DateTime::from_timestamp(1_700_000_000, 0).unwrap(),
             fields: serde_json::json!({}),
             object: serde_json::json!({"key": "part_1"}),

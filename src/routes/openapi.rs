@@ -11,12 +11,16 @@
 //! - **Text query parameters say what the server accepts**: 1 to
 //!   [`params::MAX_VALUE_CHARS`] characters without NUL (`QueryParams::parse` refuses
 //!   anything else), and list parameters at least one item.
+//! - **Each `/v1` operation shows its scope**: the security requirement lists the scope
+//!   [`api::scope`] enforces (OpenAPI 3.1 lets a non-OAuth scheme list roles), and its
+//!   description says so; routes that may wait document the long-poll bound's 429.
 
 use std::collections::BTreeSet;
 
+use axum::http::Method;
 use utoipa::openapi::path::{Operation, ParameterIn};
 use utoipa::openapi::schema::{AdditionalProperties, ArrayItems, Schema};
-use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityRequirement, SecurityScheme};
 use utoipa::openapi::tag::Tag;
 use utoipa::openapi::{Info, OpenApi, Ref, RefOr};
 
@@ -39,6 +43,7 @@ pub fn openapi() -> OpenApi {
     require_answer_fields(&mut doc);
     bound_query_values(&mut doc);
     add_body_rules(&mut doc);
+    describe_scopes(&mut doc);
     doc
 }
 
@@ -56,7 +61,9 @@ fn described() -> OpenApi {
         "A copy of a PartnerStack partner program, kept by webhooks and reconciliation. \
          `/v1` reads it in PartnerStack's list dialect (`limit` 1..250, default 25; \
          `starting_after` with the previous page's `ending_cursor`) and needs \
-         `Authorization: Bearer <token>`. Errors are `{\"status\", \"code\", \"message\"}`. \
+         `Authorization: Bearer <token>` of a client with the operation's scope: `read` \
+         (every GET), `write` (customer and transaction writes) or `admin` (retries, \
+         replays, syncs); a missing scope is a 403 `forbidden`. Errors are `{\"status\", \"code\", \"message\"}`. \
          Money is integer cents with its currency; times are RFC 3339."
             .to_string(),
     );
@@ -283,6 +290,51 @@ fn require_all(schema: &mut Schema, name: &str) {
             }
         }
         _ => {}
+    }
+}
+
+/// Sets each `/v1` operation's security requirement to the bearer scheme with the scope
+/// [`api::scope`] enforces, says it in its description, and adds the 429 of the
+/// long-poll bounds to the operations that may wait ([`api::may_wait`]).
+fn describe_scopes(doc: &mut OpenApi) {
+    for (path, item) in doc.paths.paths.iter_mut() {
+        if !path.starts_with("/v1/") {
+            continue;
+        }
+        let operations = [
+            (Method::GET, &mut item.get),
+            (Method::POST, &mut item.post),
+            (Method::PUT, &mut item.put),
+            (Method::PATCH, &mut item.patch),
+            (Method::DELETE, &mut item.delete),
+        ];
+        for (method, op) in operations {
+            let Some(op) = op else { continue };
+            let scope = api::scope(&method, path);
+            op.security = Some(vec![SecurityRequirement::new(
+                api::BEARER,
+                [scope.as_str()],
+            )]);
+            let needs = format!(
+                "Needs the `{scope}` scope (a named client's; unnamed tokens have `read` only)."
+            );
+            op.description = Some(match op.description.take() {
+                Some(text) => format!("{text}\n\n{needs}"),
+                None => needs,
+            });
+            if api::may_wait(&method, path)
+                && let Some(RefOr::T(unavailable)) = op.responses.responses.get("503")
+            {
+                let mut bounded = unavailable.clone();
+                bounded.description = "With `wait` above 0: this client, or this replica, \
+                    already holds as many waiting requests as it may (`api.long_polls_per_client`, \
+                    `api.long_polls`). Retry after `Retry-After` seconds, or without `wait`."
+                    .to_string();
+                op.responses
+                    .responses
+                    .insert("429".to_string(), RefOr::T(bounded));
+            }
+        }
     }
 }
 

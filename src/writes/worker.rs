@@ -43,7 +43,7 @@ use tracing::Instrument as _;
 use super::fields::{Key, Timestamp};
 use super::request::{CustomerRef, CustomerUpdate, NewCustomer, NewTransaction};
 use super::{Outbox, Request};
-use crate::apply::{self, Observation, Source};
+use crate::apply::{self, Observation};
 use crate::config::WritesConfig;
 use crate::db::writes::{self, Claimed, Finished, Resolution, WriteKind, WriteStatus};
 use crate::telemetry::{FloatGauge, Labels};
@@ -591,7 +591,8 @@ impl Worker {
             return Ok(());
         }
         if let Some(o) = observation {
-            apply::apply(&mut tx, Source::Write, std::slice::from_ref(&o)).await?;
+            let client = claim.client.as_deref();
+            apply::apply_write(&mut tx, client, std::slice::from_ref(&o)).await?;
         }
         tx.commit().await?;
         self.outbox.finished.notify_waiters();

@@ -3,12 +3,14 @@
 // Test helpers panic on what the test did not expect; that is their job.
 #![allow(clippy::unwrap_used)]
 
+mod access;
 mod api;
 mod changes;
 mod cli;
 mod client;
 mod common;
 mod conformance;
+mod crowds;
 mod demo;
 mod deploy;
 mod embedded;

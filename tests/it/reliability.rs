@@ -672,7 +672,7 @@ async fn graceful_shutdown_finishes_in_flight_deliveries_then_applies_them() {
 // Second round: recovering from every fault, bounded memory, a frozen leader.
 
 /// Resident memory of a process, in MiB (`VmRSS` in `/proc/<pid>/status`).
-fn rss_mib(pid: u32) -> f64 {
+pub(crate) fn rss_mib(pid: u32) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
         .lines()
@@ -682,13 +682,13 @@ fn rss_mib(pid: u32) -> f64 {
 }
 
 /// Samples a process's resident memory every 20 ms until stopped; the peak, in MiB.
-struct RssWatch {
+pub(crate) struct RssWatch {
     stop: Arc<AtomicBool>,
     task: tokio::task::JoinHandle<f64>,
 }
 
 impl RssWatch {
-    fn start(pid: u32) -> RssWatch {
+    pub(crate) fn start(pid: u32) -> RssWatch {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let task = tokio::spawn(async move {
@@ -702,14 +702,14 @@ impl RssWatch {
         RssWatch { stop, task }
     }
 
-    async fn peak(self) -> f64 {
+    pub(crate) async fn peak(self) -> f64 {
         self.stop.store(true, Ordering::Relaxed);
         self.task.await.unwrap()
     }
 }
 
 /// Waits (at most 90 s) for the process's memory to fall below `mib`; what it settled at.
-async fn settled_rss(pid: u32, mib: f64) -> f64 {
+pub(crate) async fn settled_rss(pid: u32, mib: f64) -> f64 {
     let mut rss = rss_mib(pid);
     for _ in 0..900 {
         if rss < mib {
@@ -722,8 +722,8 @@ async fn settled_rss(pid: u32, mib: f64) -> f64 {
 }
 
 /// The memory a service may use under attack, and the most it may keep a minute after.
-const RSS_PEAK_MIB: f64 = 256.0;
-const RSS_SETTLED_MIB: f64 = 64.0;
+pub(crate) const RSS_PEAK_MIB: f64 = 256.0;
+pub(crate) const RSS_SETTLED_MIB: f64 = 64.0;
 
 /// A failover that demotes the primary, then promotes it back: sessions opened while the
 /// database was read-only stay read-only. /readyz says so while it lasts, and once writes

@@ -61,7 +61,7 @@ async fn post(app: &TestApp, path: &str, body: &Value) -> (u16, Value) {
 }
 
 /// Some partner of the stand-in's program.
-fn a_partner_key(sim: &Running) -> String {
+pub(crate) fn a_partner_key(sim: &Running) -> String {
     let state = sim.simulator.state(Some(Entity::Partner));
     state["streams"]["partnerships"][0]["partner_key"]
         .as_str()
@@ -689,7 +689,7 @@ async fn without_api_keys_writes_are_refused() {
 }
 
 /// `serve` settings sending writes to `sim`.
-fn writing(db: &TestDb, sim: &Running) -> Vec<(&'static str, Option<String>)> {
+pub(crate) fn writing(db: &TestDb, sim: &Running) -> Vec<(&'static str, Option<String>)> {
     vec![
         ("DATABASE_URL", Some(db.url.clone())),
         ("PARTNERSTACK_BASE_URL", Some(sim.base_url())),
