@@ -24,5 +24,6 @@ mod reliability;
 mod schema;
 mod simulate;
 mod status;
+mod tools;
 mod totals;
 mod writes;

@@ -1390,7 +1390,7 @@ async fn sync_status_runner(replica: &Process) -> String {
 /// the leader's link is cut (packets dropped both ways, no one told). Its session sits
 /// idle on the server side, which ends it after 15 s: the other replica takes over. When
 /// the link comes back, the old leader finds its session gone, writes nothing and stands
-/// down. Needs root and iproute2; skips, saying so, without them. By hand:
+/// down. Needs root and iproute2; skips ([`crate::tools::skip`]) without them. By hand:
 /// `sudo cargo test --test it -- reliability::a_cut_off_leader --nocapture`.
 #[tokio::test]
 async fn a_cut_off_leader_is_replaced_and_fenced_off() {
@@ -1400,8 +1400,9 @@ async fn a_cut_off_leader_is_replaced_and_fenced_off() {
     ) {
         (Ok(a), Ok(b)) => (a, b),
         (Err(e), _) | (_, Err(e)) => {
-            println!("[cut-off leader] SKIPPED: network namespaces unavailable here ({e})");
-            return;
+            return crate::tools::skip(format!(
+                "needs network namespaces (root and iproute2's `ip`, which .ci/run installs): {e}"
+            ));
         }
     };
     let db = TestDb::new().await;
