@@ -283,8 +283,8 @@ pub struct Metrics {
     /// Worst-case staleness of each stream now (refreshed when scraped; +Inf before its
     /// first completed pass).
     pub reconcile_staleness_seconds: Family<StreamLabel, FloatGauge>,
-    /// The staleness each stream should stay within: the configured bound for streams
-    /// full scans keep fresh, else what the passes achieve at the configured interval.
+    /// The staleness each stream should stay within: a figure of the settings
+    /// (`reconcile::staleness_bound`), constant while passes fail.
     pub reconcile_staleness_bound_seconds: Family<StreamLabel, FloatGauge>,
     /// 1 while this replica is the reconciler.
     pub reconcile_leader: Gauge,
@@ -501,7 +501,7 @@ impl Metrics {
         );
         r.register_with_unit(
             "reconcile_staleness_bound",
-            "The staleness a stream should stay within (its configured bound, or what passes achieve at the configured interval), by stream",
+            "The staleness a stream should stay within, fixed by the settings (poll-only streams: reconcile.staleness_bound; webhook-covered: the interval with its jitter plus reconcile.pass_budget), by stream",
             s.clone(),
             self.reconcile_staleness_bound_seconds.clone(),
         );

@@ -190,6 +190,16 @@ fn check_streams(page: &str, before: &Value, after: &Value) {
             (low..=high).any(|s| human_duration(s) == staleness),
             "{name}: staleness {staleness:?} is not within {low}..={high} s"
         );
+        // The bound, a figure of the settings: the same as /v1/sync's.
+        assert_eq!(
+            was["staleness_bound_seconds"],
+            is["staleness_bound_seconds"]
+        );
+        assert_eq!(
+            cell(row, "staleness_bound"),
+            human_duration(is["staleness_bound_seconds"].as_u64().unwrap()),
+            "{name}"
+        );
         assert_eq!(cell(row, "failures"), "none", "{name}");
         assert_eq!(is["failures"], 0, "{name}");
     }
