@@ -3,6 +3,7 @@
 // Test helpers panic on what the test did not expect; that is their job.
 #![allow(clippy::unwrap_used)]
 
+mod alerting;
 mod api;
 mod changes;
 mod cli;

@@ -11,7 +11,7 @@ use std::time::Duration;
 use crate::client::{program, wired};
 use crate::relay::endpoint;
 
-fn repo(path: &str) -> PathBuf {
+pub(crate) fn repo(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
 }
 
