@@ -21,10 +21,9 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use partnerstack::Entity;
-use partnerstack_sim::FaultUpdate;
 use serde_json::Value;
 
-use crate::client::{program, wired};
+use crate::client::{partnerstack_down, program, wired};
 use crate::common::{TestApp, free_port};
 use crate::tools;
 
@@ -384,13 +383,7 @@ async fn an_outage_raises_its_alerts_in_a_real_prometheus_and_recovery_clears_th
 
     // The outage: every request to PartnerStack answered 5xx.
     let outage = Utc::now();
-    sim.simulator
-        .faults()
-        .update(FaultUpdate {
-            error_rate: Some(1.0),
-            ..FaultUpdate::default()
-        })
-        .unwrap();
+    partnerstack_down(&sim, true);
     let longest = expected
         .iter()
         .map(|(key, (within, _))| *within + rules[&key.0].hold)
@@ -435,13 +428,7 @@ async fn an_outage_raises_its_alerts_in_a_real_prometheus_and_recovery_clears_th
     );
 
     // Recovery.
-    sim.simulator
-        .faults()
-        .update(FaultUpdate {
-            error_rate: Some(0.0),
-            ..FaultUpdate::default()
-        })
-        .unwrap();
+    partnerstack_down(&sim, false);
     let recovery = Utc::now();
     let longest = expected.values().map(|(_, clears)| *clears).max().unwrap();
     let deadline = tokio::time::Instant::now() + longest + MARGIN;

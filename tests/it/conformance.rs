@@ -118,6 +118,17 @@ fn operation(name: &str, parameters: &[(&str, String)]) -> String {
     )
 }
 
+/// The OpenAPI description, written to `openapi.json` in a new temporary directory.
+fn description_file() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = dir.path().join("openapi.json");
+    let doc = partnerstack_sync::routes::openapi::openapi()
+        .to_pretty_json()
+        .unwrap();
+    std::fs::write(&spec, doc).unwrap();
+    (dir, spec)
+}
+
 /// schemathesis, every check, against the real `serve` binary on a database synced from the
 /// stand-in (every collection, history, the feed, a relay endpoint, writes): no server
 /// error, no undocumented status, no answer off its schema, no valid request refused, no
@@ -290,12 +301,7 @@ async fn a_generated_python_client_has_one_class_per_object_and_typed_enums() {
             tools::venv_bin().display()
         ));
     };
-    let dir = tempfile::tempdir().unwrap();
-    let spec = dir.path().join("openapi.json");
-    let doc = partnerstack_sync::routes::openapi::openapi()
-        .to_pretty_json()
-        .unwrap();
-    std::fs::write(&spec, doc).unwrap();
+    let (dir, spec) = description_file();
     // No formatting hooks (ruff): the generator's own output is what is checked.
     let settings = dir.path().join("generator.yaml");
     std::fs::write(&settings, "post_hooks: []\n").unwrap();
@@ -470,12 +476,7 @@ async fn a_typescript_client_reads_a_changes_object() {
             tools::npm_bin().display()
         ));
     };
-    let dir = tempfile::tempdir().unwrap();
-    let spec = dir.path().join("openapi.json");
-    let doc = partnerstack_sync::routes::openapi::openapi()
-        .to_pretty_json()
-        .unwrap();
-    std::fs::write(&spec, doc).unwrap();
+    let (dir, spec) = description_file();
     let mut cmd = tokio::process::Command::new(&generator);
     cmd.current_dir(dir.path())
         .arg(&spec)
