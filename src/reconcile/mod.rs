@@ -49,7 +49,7 @@ use crate::telemetry::{Metrics, StreamLabel};
 use pass::{PassError, Progress, Report};
 
 /// The advisory lock key that elects the leader ("psync" in ASCII).
-const LEADER_LOCK: i64 = 0x0070_7379_6e63;
+pub const LEADER_LOCK: i64 = 0x0070_7379_6e63;
 /// How often followers try for leadership, and the leader looks for requests.
 const POLL: Duration = Duration::from_secs(2);
 /// Postgres ends the leader's session when it sits idle (or idle in a transaction) this
@@ -501,4 +501,61 @@ fn retry_delay(failures: i32, max: Duration) -> Duration {
 /// `d` scaled by a random factor in `1 ± spread`.
 fn jitter(d: Duration, spread: f64) -> Duration {
     d.mul_f64(1.0 + rand::rng().random_range(-spread..=spread))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn defaults() -> ReconcileConfig {
+        Config::load_with_env(None, &Default::default())
+            .unwrap()
+            .reconcile
+    }
+
+    #[test]
+    fn bounds_are_figures_of_the_settings() {
+        let mut config = defaults();
+        let minutes = |m: u64| Duration::from_secs(m * 60);
+        // Webhook-covered: 5m, its jitter (30 s) and the pass budget (5m).
+        assert_eq!(
+            staleness_bound(Entity::Customer, &config),
+            Duration::from_secs(630)
+        );
+        for poll_only in [Entity::Group, Entity::Transaction, Entity::Reward] {
+            assert_eq!(staleness_bound(poll_only, &config), minutes(60));
+        }
+        // Webhook-covered without an "updated since" filter: full scans keep it fresh.
+        config.webhook_streams.push(Entity::Transaction);
+        assert_eq!(
+            staleness_bound(Entity::Transaction, &config),
+            minutes(24 * 60 + 144 + 5)
+        );
+        // Without a reconcile interval, full scans keep every stream.
+        config.interval = None;
+        assert_eq!(
+            staleness_bound(Entity::Customer, &config),
+            minutes(24 * 60 + 144 + 5)
+        );
+    }
+
+    /// A poll-only stream that incremental passes keep fresh is passed often enough for
+    /// its bound, whatever the interval; the others at the interval.
+    #[test]
+    fn groups_are_passed_often_enough_for_their_bound() {
+        let config = defaults();
+        let minutes = |m: u64| Duration::from_secs(m * 60);
+        assert_eq!(
+            pass_interval(Entity::Group, &config, minutes(5)),
+            minutes(5)
+        );
+        let slow = minutes(120);
+        let every = pass_interval(Entity::Group, &config, slow);
+        assert_eq!(every, minutes(50));
+        assert!(every + every / JITTER_PARTS + config.pass_budget <= config.staleness_bound);
+        for entity in [Entity::Customer, Entity::Transaction] {
+            assert_eq!(pass_interval(entity, &config, slow), slow);
+        }
+    }
 }

@@ -1304,11 +1304,17 @@ async fn only_the_new_leader_writes(db: &TestDb, new_runner: &str, watch: Durati
     let start = Instant::now();
     let mut samples = 0;
     while start.elapsed() < watch {
+        // The leadership lock only: a pass's own transactions take advisory locks too
+        // (customers' identities, two-key locks), which a sample may catch.
+        let key = partnerstack_sync::reconcile::LEADER_LOCK;
         let holders = db
-            .count(
+            .count(&format!(
                 "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted
-                 AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
-            )
+                 AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+                 AND classid::text::bigint = {} AND objid::text::bigint = {} AND objsubid = 1",
+                key >> 32,
+                key & 0xffff_ffff
+            ))
             .await;
         assert_eq!(holders, 1, "one session holds the leadership lock");
         let others: i64 = sqlx::query_scalar(
