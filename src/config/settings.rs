@@ -291,9 +291,15 @@ pub struct ReconcileConfig {
     /// The largest share of a stream's rows one full scan may mark deleted (0 to 1).
     #[serde(deserialize_with = "fields::fraction")]
     pub max_delete_fraction: f64,
-    /// Longest back-off of a failing stream.
+    /// Longest back-off of a failing stream: after an outage, streams sync again at most
+    /// this long after PartnerStack answers.
     #[serde(deserialize_with = "fields::duration")]
     pub max_retry_delay: Duration,
+    /// How long a webhook-covered stream's pass may take, from when it is due (waiting
+    /// for other streams' passes included): with `interval`, it makes the stream's
+    /// staleness bound.
+    #[serde(deserialize_with = "fields::positive_duration")]
+    pub pass_budget: Duration,
     /// The streams PartnerStack sends webhooks for (webhook-covered); the others are
     /// poll-only. Repairs are counted only for webhook-covered streams.
     pub webhook_streams: Vec<Entity>,

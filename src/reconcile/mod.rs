@@ -17,9 +17,15 @@
 //!
 //! **Scheduling.** Each stream is due `interval` (jittered) after its last pass began, at
 //! once when a pass is unfinished or `POST /v1/sync/{stream}` asked for one, and later
-//! when it has been failing (doubling back-off up to `max_retry_delay`). A request is
-//! answered by the pass that starts or resumes next, so a failing stream backs off again
-//! after it. The kind of pass is chosen in [`pass::plan`].
+//! when it has been failing (doubling back-off up to `max_retry_delay`, short by default
+//! so streams sync again soon after an outage ends). A request is answered by the pass
+//! that starts or resumes next, so a failing stream backs off again after it. The kind
+//! of pass is chosen in [`pass::plan`].
+//!
+//! **Staleness bounds are settings.** Each stream's bound ([`staleness_bound`]) is a
+//! figure of the configuration alone, never of how the last passes went: what compares
+//! the staleness with it (the `PsyncStreamStale` alert) measures against the same line
+//! throughout an outage.
 
 pub mod pass;
 pub mod status;
@@ -38,6 +44,7 @@ use partnerstack::client::Client;
 
 use crate::config::ReconcileConfig;
 use crate::db::lease::{self, Leader};
+use crate::db::sync::PassStatus;
 use crate::db::{self, sync};
 use crate::telemetry::{Metrics, StreamLabel};
 use pass::{PassError, Progress, Report};
@@ -48,6 +55,9 @@ const LEASE: &str = "reconciler";
 const POLL: Duration = Duration::from_secs(2);
 /// First retry delay of a failing stream (doubles per failure).
 const FIRST_RETRY: Duration = Duration::from_secs(15);
+/// Passes start up to a tenth of their interval early or late (jitter), so streams and
+/// replicas spread their requests.
+const JITTER_PARTS: u32 = 10;
 
 /// A reconciler; cheap to share.
 #[derive(Clone)]
@@ -193,7 +203,8 @@ impl Reconciler {
                     &self.config,
                     self.client.requests_per_second(),
                 );
-                if !is_due(&state, interval, full_at) {
+                let every = pass_interval(entity, &self.config, interval);
+                if !is_due(&state, every, full_at) {
                     continue;
                 }
                 match self.pass(leader, entity, false, true, stop, &|_| {}).await {
@@ -336,11 +347,41 @@ pub struct Freshness {
     /// yet (`None` before the first completed pass). Webhooks usually do far better; this
     /// is what passes alone guarantee.
     pub staleness: Option<Duration>,
-    /// The staleness bound, for streams that full scans keep fresh.
-    pub bound: Option<Duration>,
-    /// The staleness the passes can achieve with the request budget, as the last scan
-    /// went.
+    /// The staleness it should stay within ([`staleness_bound`]).
+    pub bound: Duration,
+    /// The staleness the passes can achieve with the request budget, as the last
+    /// completed scan or pass went.
     pub achievable: Duration,
+}
+
+/// The staleness `entity`'s stream should stay within: fixed by the settings, whatever
+/// the passes do. Poll-only streams: `staleness_bound` (the scheduler keeps them within
+/// it). Webhook-covered ones: the time between the passes that keep them fresh at its
+/// longest (`interval` and its jitter; `full_interval` for a stream without an "updated
+/// since" filter), plus `pass_budget`.
+pub fn staleness_bound(entity: Entity, config: &ReconcileConfig) -> Duration {
+    if !config.webhook_covered(entity) {
+        return config.staleness_bound;
+    }
+    let every = if pass::has_update_filter(entity) {
+        config.interval.unwrap_or(config.full_interval)
+    } else {
+        config.full_interval
+    };
+    every
+        .saturating_add(every / JITTER_PARTS)
+        .saturating_add(config.pass_budget)
+}
+
+/// The time between the starts of `entity`'s passes, before jitter: `interval`, or less
+/// for a poll-only stream that incremental passes keep fresh (groups) when its staleness
+/// bound needs it, leaving room for the jitter and `pass_budget`.
+pub fn pass_interval(entity: Entity, config: &ReconcileConfig, interval: Duration) -> Duration {
+    if config.webhook_covered(entity) || !pass::has_update_filter(entity) {
+        return interval;
+    }
+    let room = config.staleness_bound.saturating_sub(config.pass_budget);
+    interval.min(room / (JITTER_PARTS + 1) * JITTER_PARTS)
 }
 
 /// How fresh `entity`'s copy is at `now`, given its state and the settings.
@@ -365,28 +406,41 @@ pub fn freshness(
         state.last_full_at
     };
     let staleness = base.map(|at| (now - at).to_std().unwrap_or_default());
-    let interval = config.interval.unwrap_or(config.full_interval);
-    let last_took = match (state.last_started_at, state.last_finished_at) {
-        (Some(start), Some(end)) => (end - start).to_std().unwrap_or_default(),
+    let interval = pass_interval(
+        entity,
+        config,
+        config.interval.unwrap_or(config.full_interval),
+    );
+    // A failed pass's time says nothing of what a pass takes (a retried one keeps its
+    // start through an outage).
+    let last_took = match (
+        state.last_started_at,
+        state.last_finished_at,
+        state.last_status,
+    ) {
+        (Some(start), Some(end), Some(PassStatus::Ok)) => {
+            (end - start).to_std().unwrap_or_default()
+        }
         _ => Duration::ZERO,
     };
     let achievable = if bound_by_scans {
         pass::scan_estimate(state, config, rps).mul_f64(1.2) + Duration::from_secs(10) + POLL
     } else if pass::has_update_filter(entity) {
-        interval + last_took
+        interval + interval / JITTER_PARTS + last_took
     } else {
         config.full_interval + pass::scan_estimate(state, config, rps)
     };
     Freshness {
         coverage,
         staleness,
-        bound: bound_by_scans.then_some(config.staleness_bound),
+        bound: staleness_bound(entity, config),
         achievable,
     }
 }
 
-/// Whether a stream should run now: a pass to resume or asked for, its interval passed,
-/// or its next full scan due (`full_at`, see [`pass::next_full_at`]).
+/// Whether a stream should run now: a pass to resume or asked for, its interval
+/// ([`pass_interval`]) passed, or its next full scan due (`full_at`, see
+/// [`pass::next_full_at`]).
 fn is_due(
     state: &sync::StreamState,
     interval: Duration,
@@ -405,7 +459,9 @@ fn is_due(
     if full_at.is_none_or(|at| at <= now) {
         return true;
     }
-    let every = chrono::Duration::from_std(jitter(interval, 0.1)).unwrap_or(chrono::Duration::MAX);
+    let spread = 1.0 / f64::from(JITTER_PARTS);
+    let every =
+        chrono::Duration::from_std(jitter(interval, spread)).unwrap_or(chrono::Duration::MAX);
     state.last_started_at.is_none_or(|at| now - at >= every)
 }
 
@@ -419,4 +475,61 @@ fn retry_delay(failures: i32, max: Duration) -> Duration {
 /// `d` scaled by a random factor in `1 ± spread`.
 fn jitter(d: Duration, spread: f64) -> Duration {
     d.mul_f64(1.0 + rand::rng().random_range(-spread..=spread))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn defaults() -> ReconcileConfig {
+        Config::load_with_env(None, &Default::default())
+            .unwrap()
+            .reconcile
+    }
+
+    #[test]
+    fn bounds_are_figures_of_the_settings() {
+        let mut config = defaults();
+        let minutes = |m: u64| Duration::from_secs(m * 60);
+        // Webhook-covered: 5m, its jitter (30 s) and the pass budget (5m).
+        assert_eq!(
+            staleness_bound(Entity::Customer, &config),
+            Duration::from_secs(630)
+        );
+        for poll_only in [Entity::Group, Entity::Transaction, Entity::Reward] {
+            assert_eq!(staleness_bound(poll_only, &config), minutes(60));
+        }
+        // Webhook-covered without an "updated since" filter: full scans keep it fresh.
+        config.webhook_streams.push(Entity::Transaction);
+        assert_eq!(
+            staleness_bound(Entity::Transaction, &config),
+            minutes(24 * 60 + 144 + 5)
+        );
+        // Without a reconcile interval, full scans keep every stream.
+        config.interval = None;
+        assert_eq!(
+            staleness_bound(Entity::Customer, &config),
+            minutes(24 * 60 + 144 + 5)
+        );
+    }
+
+    /// A poll-only stream that incremental passes keep fresh is passed often enough for
+    /// its bound, whatever the interval; the others at the interval.
+    #[test]
+    fn groups_are_passed_often_enough_for_their_bound() {
+        let config = defaults();
+        let minutes = |m: u64| Duration::from_secs(m * 60);
+        assert_eq!(
+            pass_interval(Entity::Group, &config, minutes(5)),
+            minutes(5)
+        );
+        let slow = minutes(120);
+        let every = pass_interval(Entity::Group, &config, slow);
+        assert_eq!(every, minutes(50));
+        assert!(every + every / JITTER_PARTS + config.pass_budget <= config.staleness_bound);
+        for entity in [Entity::Customer, Entity::Transaction] {
+            assert_eq!(pass_interval(entity, &config, slow), slow);
+        }
+    }
 }

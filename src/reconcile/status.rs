@@ -65,11 +65,14 @@ pub struct StreamStatus {
     /// not be in the copy yet (passes alone guarantee this much; webhooks usually do far
     /// better). Null before the first completed pass.
     pub staleness_seconds: Option<u64>,
-    /// Streams kept fresh by full scans (poll-only, no "updated since" filter): the
-    /// configured staleness bound, in seconds.
-    pub staleness_bound_seconds: Option<u64>,
-    /// The staleness the passes can achieve with the request budget, as the last scan
-    /// went, in seconds. Above `staleness_bound_seconds`, the bound is not met.
+    /// The staleness the stream should stay within, in seconds: a figure of the settings
+    /// (`poll` streams: `reconcile.staleness_bound`; `webhooks` streams: the interval, its
+    /// 10% jitter and `reconcile.pass_budget`), the same in `/metrics`
+    /// (`psync_reconcile_staleness_bound_seconds`) and on `/status`.
+    pub staleness_bound_seconds: u64,
+    /// The staleness the passes can achieve with the request budget, as the last
+    /// completed scan or pass went, in seconds. Above `staleness_bound_seconds`, the bound
+    /// is not met.
     pub achievable_staleness_seconds: u64,
     /// Incremental passes read what changed since this (minus the overlap margin).
     pub watermark: Option<DateTime<Utc>>,
@@ -134,7 +137,7 @@ fn stream_status(
         enabled,
         coverage: freshness.coverage,
         staleness_seconds: freshness.staleness.map(seconds),
-        staleness_bound_seconds: freshness.bound.map(seconds),
+        staleness_bound_seconds: seconds(freshness.bound),
         achievable_staleness_seconds: seconds(freshness.achievable),
         watermark: state.watermark,
         last_full_at: state.last_full_at,

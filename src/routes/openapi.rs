@@ -14,12 +14,16 @@
 //! - **Each `/v1` operation shows its scope**: the security requirement lists the scope
 //!   [`api::scope`] enforces (OpenAPI 3.1 lets a non-OAuth scheme list roles), and its
 //!   description says so; routes that may wait document the long-poll bound's 429.
+//! - **Free-form objects say they are.** An object schema without `properties` (a JSON
+//!   value such as `raw`, a change's `object`, the webhook body) gets
+//!   `additionalProperties: true`: without it, openapi-typescript types it
+//!   `Record<string, never>`, which TypeScript cannot read.
 
 use std::collections::BTreeSet;
 
 use axum::http::Method;
 use utoipa::openapi::path::{Operation, ParameterIn};
-use utoipa::openapi::schema::{AdditionalProperties, ArrayItems, Schema};
+use utoipa::openapi::schema::{AdditionalProperties, ArrayItems, Schema, SchemaType, Type};
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityRequirement, SecurityScheme};
 use utoipa::openapi::tag::Tag;
 use utoipa::openapi::{Info, OpenApi, Ref, RefOr};
@@ -44,6 +48,7 @@ pub fn openapi() -> OpenApi {
     bound_query_values(&mut doc);
     add_body_rules(&mut doc);
     describe_scopes(&mut doc);
+    declare_free_form_objects(&mut doc);
     doc
 }
 
@@ -370,12 +375,7 @@ fn bound_query_values(doc: &mut OpenApi) {
                 Some(RefOr::T(Schema::Object(text)))
                     if text.enum_values.is_none()
                         && text.format.is_none()
-                        && matches!(
-                            text.schema_type,
-                            utoipa::openapi::schema::SchemaType::Type(
-                                utoipa::openapi::schema::Type::String
-                            )
-                        ) =>
+                        && matches!(text.schema_type, SchemaType::Type(Type::String)) =>
                 {
                     text.min_length.get_or_insert(1);
                     text.max_length = Some(params::MAX_VALUE_CHARS);
@@ -387,6 +387,46 @@ fn bound_query_values(doc: &mut OpenApi) {
                 }
                 _ => {}
             }
+        }
+    }
+}
+
+/// Gives every object schema without `properties` or `additionalProperties` (a free-form
+/// JSON object) `additionalProperties: true`, wherever it is: named schemas, and the
+/// operations' parameters, bodies and answers, at any depth.
+fn declare_free_form_objects(doc: &mut OpenApi) {
+    if let Some(components) = &mut doc.components {
+        for schema in components.schemas.values_mut() {
+            if let RefOr::T(schema) = schema {
+                declare_free_form(schema);
+            }
+        }
+    }
+    for op in operations_mut(doc) {
+        for answers in [true, false] {
+            for schema in operation_schemas(op, answers) {
+                if let RefOr::T(schema) = schema {
+                    declare_free_form(schema);
+                }
+            }
+        }
+    }
+}
+
+fn declare_free_form(schema: &mut Schema) {
+    if let Schema::Object(object) = schema {
+        let is_object = match &object.schema_type {
+            SchemaType::Type(t) => *t == Type::Object,
+            SchemaType::Array(types) => types.contains(&Type::Object),
+            SchemaType::AnyValue => false,
+        };
+        if is_object && object.properties.is_empty() && object.additional_properties.is_none() {
+            object.additional_properties = Some(Box::new(AdditionalProperties::FreeForm(true)));
+        }
+    }
+    for child in children(schema) {
+        if let RefOr::T(child) = child {
+            declare_free_form(child);
         }
     }
 }

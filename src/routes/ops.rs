@@ -114,18 +114,13 @@ async fn refresh(state: &AppState) -> Result<(), crate::error::ApiError> {
     let Some(reconciler) = &state.reconciler else {
         return Ok(());
     };
-    // Passes start up to a tenth of the interval late (jitter).
-    let jitter = reconciler.config().interval.unwrap_or_default() / 10;
     let status = reconcile::status::load(&state.pool, &state.config, Some(reconciler)).await?;
     for stream in status.streams {
         if !stream.enabled {
             continue;
         }
         let seconds = |s: u64| Duration::from_secs(s);
-        let bound = stream.staleness_bound_seconds.map_or(
-            seconds(stream.achievable_staleness_seconds) + jitter,
-            seconds,
-        );
+        let bound = seconds(stream.staleness_bound_seconds);
         let last_success = stream
             .last
             .as_ref()

@@ -108,6 +108,20 @@ fn expected(running: &Running, entity: Entity) -> Vec<String> {
     keys
 }
 
+/// PartnerStack down (`true`: every request to the stand-in's API answered with a 5xx
+/// from now on), or back (`false`).
+pub fn partnerstack_down(running: &Running, down: bool) {
+    let error_rate = if down { 1.0 } else { 0.0 };
+    running
+        .simulator
+        .faults()
+        .update(FaultUpdate {
+            error_rate: Some(error_rate),
+            ..FaultUpdate::default()
+        })
+        .unwrap();
+}
+
 async fn set_faults(running: &Running, update: FaultUpdate) {
     running.simulator.faults().update(update).unwrap();
 }

@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod access;
+mod alerting;
 mod api;
 mod changes;
 mod cli;
@@ -28,5 +29,6 @@ mod schema;
 mod simulate;
 mod status;
 mod topology;
+mod tools;
 mod totals;
 mod writes;

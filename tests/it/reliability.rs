@@ -1433,7 +1433,7 @@ async fn sync_status_runner(replica: &Process) -> String {
 /// the leader's link is cut (packets dropped both ways, no one told). It cannot renew its
 /// lease, which expires after 15 s: the other replica takes over. When the link comes
 /// back, the old leader's next transaction is refused: it writes nothing and stands down.
-/// Needs root and iproute2; skips, saying so, without them. By hand:
+/// Needs root and iproute2; skips ([`crate::tools::skip`]) without them. By hand:
 /// `sudo cargo test --test it -- reliability::a_cut_off_leader --nocapture`.
 #[tokio::test]
 async fn a_cut_off_leader_is_replaced_and_fenced_off() {
@@ -1455,8 +1455,9 @@ async fn cut_off_leader(via_pooler: bool) {
     ) {
         (Ok(a), Ok(b)) => (a, b),
         (Err(e), _) | (_, Err(e)) => {
-            println!("[cut-off leader] SKIPPED: network namespaces unavailable here ({e})");
-            return;
+            return crate::tools::skip(format!(
+                "needs network namespaces (root and iproute2's `ip`, which .ci/run installs): {e}"
+            ));
         }
     };
     let db = TestDb::new().await;
