@@ -131,8 +131,9 @@ crate::metrics! {
         #[unit(Seconds)]
         pub reconcile_staleness_seconds: Family<StreamLabel, FloatGauge, fn() -> FloatGauge> =
             Family::new_with_constructor(not_fresh_yet),
-        /// The staleness a stream should stay within (its configured bound, or what passes
-        /// achieve at the configured interval), by stream.
+        /// The staleness a stream should stay within, fixed by the settings (poll-only
+        /// streams: reconcile.staleness_bound; webhook-covered: the interval with its jitter
+        /// plus reconcile.pass_budget), by stream.
         #[unit(Seconds)]
         pub reconcile_staleness_bound_seconds: Family<StreamLabel, FloatGauge>,
         /// 1 while this replica is the reconciler.
