@@ -28,7 +28,7 @@ mod reliability;
 mod schema;
 mod simulate;
 mod status;
-mod topology;
 mod tools;
+mod topology;
 mod totals;
 mod writes;

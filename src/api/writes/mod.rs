@@ -434,7 +434,14 @@ pub async fn delete_transaction(
 ) -> Result<Response, ApiError> {
     let idempotency = idempotency_key(&headers)?;
     let request = bodies::delete_transaction(&key, &read_body(body).await?)?;
-    submit(&state, &caller, request, idempotency.as_ref(), query.as_deref()).await
+    submit(
+        &state,
+        &caller,
+        request,
+        idempotency.as_ref(),
+        query.as_deref(),
+    )
+    .await
 }
 
 /// `GET /v1/writes`.
