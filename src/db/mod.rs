@@ -5,6 +5,7 @@ pub mod changes;
 pub mod embedded;
 pub mod events;
 pub mod relay;
+pub mod set_aside;
 pub mod sync;
 pub mod totals;
 pub mod writes;

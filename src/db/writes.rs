@@ -318,17 +318,17 @@ pub async fn postpone(
     Ok(())
 }
 
-/// Whether a write of this outbox created the customer with `customer_key` within
-/// `window` (PartnerStack may not know a new customer for minutes).
-pub async fn created_customer_within(
+/// When a write of this outbox last created the customer with `customer_key`, if that was
+/// within `window` (PartnerStack may not know a new customer for minutes).
+pub async fn customer_created_within(
     pool: &PgPool,
     customer_key: &str,
     window: Duration,
-) -> Result<bool, sqlx::Error> {
+) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
     sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM writes
-             WHERE kind = 'create_customer' AND status = 'succeeded' AND object_key = $1
-               AND finished_at > now() - $2 * interval '1 millisecond')",
+        "SELECT max(finished_at) FROM writes
+         WHERE kind = 'create_customer' AND status = 'succeeded' AND object_key = $1
+           AND finished_at > now() - $2 * interval '1 millisecond'",
     )
     .bind(customer_key)
     .bind(millis(window))

@@ -16,9 +16,11 @@
 //!   until `webhooks.confirm_within` after the delivery arrived; then it is `unconfirmed`.
 //!
 //! A delivery that cannot be applied (unknown event, unexpected shape) keeps its raw body
-//! and gets an outcome with the reason. When the database refuses a batch for one bad
-//! object, the batch is split in halves until the culprit stands alone: one poison object
-//! costs a few statements, not a batch of single ones.
+//! and gets an outcome with the reason. An object the database refuses is set aside
+//! ([`crate::apply::apply_or_set_aside`]: found by halving within the batch's
+//! transaction) and its delivery marked `error`, while the rest of the batch applies. A
+//! batch refused for anything else (or at commit) is split in halves, each in a
+//! transaction of its own, until the culprit stands alone.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -223,32 +225,44 @@ impl Applier {
         }
         let named = observations.len();
         observations.extend_from_slice(extra);
-        let results = match apply::apply(&mut tx, Source::Webhook, &observations).await {
+        // An object the database refuses is set aside (its delivery marked `error`), and
+        // the rest of the batch applies.
+        let results = match apply::apply_or_set_aside(&mut tx, Source::Webhook, &observations).await
+        {
             Ok(r) => r,
             Err(e) if is_transient_error(&e) => return Err(e),
-            Err(e) => {
-                tracing::warn!(error = %e, deliveries = plans.len(), "the database refused a batch; isolating the culprit");
-                tx.rollback().await?;
-                self.metrics
-                    .apply_transactions
-                    .get_or_create(&ApplyLabel {
-                        result: ApplyResult::Refused,
-                    })
-                    .inc();
-                return Ok(Rejected::Yes);
-            }
+            Err(e) => return self.rejected(tx, &e, plans.len()).await,
         };
         for (&(slot, _), result) in slots.iter().zip(results.into_iter().take(named)) {
-            if result == Applied::Stale {
-                outcomes[slot].outcome = Outcome::Stale;
-                outcomes[slot].reason = Some("the stored row is as new or newer".into());
+            match result {
+                Ok(Applied::Stale) => {
+                    outcomes[slot].outcome = Outcome::Stale;
+                    outcomes[slot].reason = Some("the stored row is as new or newer".into());
+                }
+                Ok(_) => {}
+                Err(error) => {
+                    outcomes[slot].outcome = Outcome::Error;
+                    outcomes[slot].applied_from = None;
+                    outcomes[slot].reason = Some(format!(
+                        "the database refused the object (set aside): {error}"
+                    ));
+                }
             }
         }
         events::record_outcomes(&mut tx, &outcomes).await?;
         for (at, reason, id) in &deferred {
             events::defer(&mut tx, &[*id], *at, reason).await?;
         }
-        tx.commit().await?;
+        match tx.commit().await {
+            Ok(()) => {}
+            Err(e) if is_transient_error(&e) => return Err(e),
+            // Refused at commit (a deferred check): isolated like any refused batch.
+            Err(e) => {
+                tracing::warn!(error = %e, deliveries = plans.len(), "the database refused a batch at commit; isolating the culprit");
+                self.count_refused();
+                return Ok(Rejected::Yes);
+            }
+        }
         self.metrics
             .apply_transactions
             .get_or_create(&ApplyLabel {
@@ -262,6 +276,29 @@ impl Applier {
                 .inc();
         }
         Ok(Rejected::No)
+    }
+
+    /// Rolls back a batch the database refused outside the objects (which are set aside
+    /// one by one): it is isolated by [`Applier::isolate`].
+    async fn rejected(
+        &self,
+        tx: Transaction<'_, Postgres>,
+        e: &sqlx::Error,
+        deliveries: usize,
+    ) -> Result<Rejected, sqlx::Error> {
+        tracing::warn!(error = %e, deliveries, "the database refused a batch; isolating the culprit");
+        tx.rollback().await?;
+        self.count_refused();
+        Ok(Rejected::Yes)
+    }
+
+    fn count_refused(&self) {
+        self.metrics
+            .apply_transactions
+            .get_or_create(&ApplyLabel {
+                result: ApplyResult::Refused,
+            })
+            .inc();
     }
 
     /// A refused batch, split in halves until each refused delivery stands alone and is

@@ -312,6 +312,9 @@ pub struct Metrics {
     /// Requests sent to PartnerStack per finished write, look-ups and retries included
     /// (1 when nothing went wrong).
     pub write_upstream_requests: Histogram,
+    /// Objects set aside now (refused by the copy, kept with their error while the rest
+    /// went on), by stream (refreshed when scraped).
+    pub set_aside_objects: Family<StreamLabel, Gauge>,
     /// Pooled database connections, by state (refreshed when scraped).
     pub db_pool_connections: Family<PoolLabel, Gauge>,
     /// The pool's configured size.
@@ -363,6 +366,7 @@ impl Metrics {
             writes_pending: Gauge::default(),
             writes_oldest_pending_seconds: FloatGauge::default(),
             write_upstream_requests: Histogram::new([1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0]),
+            set_aside_objects: Family::default(),
             db_pool_connections: Family::default(),
             db_pool_max_connections: Gauge::default(),
         };
@@ -581,6 +585,11 @@ impl Metrics {
             "The database pool's configured size",
             self.db_pool_max_connections.clone(),
         );
+        r.register(
+            "set_aside_objects",
+            "Objects set aside now (refused by the copy, kept with their error), by stream",
+            self.set_aside_objects.clone(),
+        );
     }
 
     /// The series whose labels do not depend on the configuration, at zero.
@@ -613,6 +622,23 @@ impl Metrics {
         }
         for state in ["idle", "in_use"] {
             let _ = self.db_pool_connections.get_or_create(&PoolLabel { state });
+        }
+        // Objects can be set aside from webhooks and writes, reconciled or not.
+        for entity in Entity::ALL {
+            let _ = self.set_aside_objects.get_or_create(&StreamLabel {
+                stream: entity.stream(),
+            });
+        }
+    }
+
+    /// Objects set aside now, per stream (streams not in `counts` have none).
+    pub fn set_set_aside(&self, counts: &std::collections::HashMap<Entity, i64>) {
+        for entity in Entity::ALL {
+            self.set_aside_objects
+                .get_or_create(&StreamLabel {
+                    stream: entity.stream(),
+                })
+                .set(counts.get(&entity).copied().unwrap_or(0));
         }
     }
 
