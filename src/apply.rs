@@ -369,7 +369,9 @@ pub async fn apply_or_set_aside(
 ) -> Result<Vec<Taken>, sqlx::Error> {
     let mut taken: Vec<Taken> = vec![Ok(Applied::Stale); observations.len()];
     let mut refused = Vec::new();
-    let mut parts = vec![0..observations.len()];
+    // Ranges of observations to try, each in a savepoint: the whole, then halves.
+    let mut parts: Vec<std::ops::Range<usize>> = Vec::new();
+    parts.push(0..observations.len());
     while let Some(part) = parts.pop() {
         if part.is_empty() {
             continue;
@@ -791,6 +793,35 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.contains("NUL"), "{err}");
+    }
+
+    #[test]
+    fn amounts_beyond_what_json_readers_keep_exactly_are_refused() {
+        let parse = |entity, amount: i64| {
+            Observation::parse(entity, json!({"key": "k", "amount": amount}), false)
+        };
+        for entity in [
+            Entity::Transaction,
+            Entity::Reward,
+            Entity::Deal,
+            Entity::Lead,
+        ] {
+            assert!(parse(entity, MAX_EXACT_INTEGER).is_ok());
+            assert!(parse(entity, -MAX_EXACT_INTEGER).is_ok());
+            let err = parse(entity, MAX_EXACT_INTEGER + 1).unwrap_err();
+            assert!(
+                err.starts_with("field `amount`: 9007199254740992 is out of range"),
+                "{err}"
+            );
+            assert!(parse(entity, i64::MIN).is_err());
+        }
+        let err = Observation::parse(
+            Entity::Transaction,
+            json!({"key": "k", "amount_usd": i64::MAX}),
+            false,
+        )
+        .unwrap_err();
+        assert!(err.contains("amount_usd"), "{err}");
     }
 
     #[test]

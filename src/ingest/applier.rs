@@ -40,7 +40,7 @@ use crate::apply::{self, Applied, Observation, Source};
 use crate::burst::Burst;
 use crate::columns;
 use crate::db::events::{self, AppliedFrom, Outcome, OutcomeRecord, PendingEvent};
-use crate::db::is_transient_error;
+use crate::db::{is_transient_error, set_aside};
 use crate::telemetry::{ApplyLabel, ApplyResult, Metrics, OutcomeLabel};
 
 /// Deliveries applied per transaction.
@@ -216,6 +216,29 @@ impl Applier {
                     entity_key: None,
                 }),
                 Plan::Defer { at, reason } => deferred.push((at, reason, planned.id)),
+                Plan::Unreadable {
+                    entity,
+                    key,
+                    reason,
+                    object,
+                } => {
+                    let refused = set_aside::Refused {
+                        entity,
+                        key: &key,
+                        error: reason.clone(),
+                        raw: &object,
+                    };
+                    set_aside::record(&mut tx, Source::Webhook, std::slice::from_ref(&refused))
+                        .await?;
+                    outcomes.push(OutcomeRecord {
+                        id: planned.id,
+                        outcome: Outcome::Error,
+                        applied_from: None,
+                        reason: Some(format!("set aside: {reason}")),
+                        entity: Some(columns::table(entity)),
+                        entity_key: Some(key),
+                    });
+                }
                 Plan::Fetch { .. } | Plan::Merge { .. } => {
                     // Settled before commit; a plan left unsettled waits for a retry.
                     let at = Utc::now() + backoff(0);
@@ -392,6 +415,27 @@ enum Plan {
     },
     /// Try again at `at`.
     Defer { at: DateTime<Utc>, reason: String },
+    /// An object with a key that does not read: set aside, the delivery an `error`.
+    Unreadable {
+        entity: Entity,
+        key: String,
+        reason: String,
+        object: Value,
+    },
+}
+
+/// An object that does not read: set aside when its key reads, else an `error` outcome
+/// only.
+fn unreadable(entity: Entity, object: Value, reason: String) -> Plan {
+    match Meta::identity_of(&object).filter(|k| !k.contains('\0')) {
+        Some(key) => Plan::Unreadable {
+            entity,
+            key,
+            reason,
+            object,
+        },
+        None => Plan::Done(Outcome::Error, Some(entity), reason),
+    }
 }
 
 /// What to do with a stored delivery, before anything is fetched.
@@ -422,9 +466,9 @@ fn plan(event: &PendingEvent, verify: bool) -> Planned {
         }
         webhook::Reading::Object { kind, object } => {
             if Meta::identity_of(&object).is_some() {
-                match Observation::parse(kind.entity, object, kind.deleted) {
+                match Observation::parse(kind.entity, object.clone(), kind.deleted) {
                     Ok(o) => Plan::Apply(o, AppliedFrom::Body),
-                    Err(reason) => Plan::Done(Outcome::Error, Some(kind.entity), reason),
+                    Err(reason) => unreadable(kind.entity, object, reason),
                 }
             } else if natural_key(kind.entity, &object).is_some() {
                 Plan::Merge {
@@ -465,11 +509,11 @@ fn settle(
         Fetched::Found(object) => {
             // PartnerStack's current state, whatever the delivery said; an archived
             // customer is a deletion.
-            match Observation::parse(entity, object, false) {
+            match Observation::parse(entity, object.clone(), false) {
                 Ok(o) => Plan::Apply(o, AppliedFrom::Fetch),
-                Err(reason) => Plan::Done(
-                    Outcome::Error,
-                    Some(entity),
+                Err(reason) => unreadable(
+                    entity,
+                    object,
                     format!("PartnerStack's answer could not be read: {reason}"),
                 ),
             }

@@ -854,6 +854,65 @@ mod tests {
     }
 
     #[test]
+    fn documented_limits_hold_at_their_edges() {
+        let attributes = |n: usize, name: usize, value: usize| {
+            let mut m = serde_json::Map::new();
+            for i in 0..n {
+                let name = format!("{i:02}{}", "n".repeat(name - 2));
+                m.insert(name, json!("v".repeat(value)));
+            }
+            serde_json::Value::Object(m)
+        };
+        let metadata = |v| serde_json::from_value::<Metadata>(v);
+        assert!(
+            metadata(attributes(
+                MAX_METADATA,
+                MAX_METADATA_NAME,
+                MAX_METADATA_VALUE
+            ))
+            .is_ok()
+        );
+        assert_eq!(
+            refused::<Metadata>("metadata", attributes(MAX_METADATA + 1, 3, 1)),
+            "metadata has more than 25 attributes"
+        );
+        assert!(
+            refused::<Metadata>("metadata", attributes(1, MAX_METADATA_NAME + 1, 1))
+                .starts_with("metadata has an attribute name longer than 30 characters")
+        );
+        assert!(
+            refused::<Metadata>("metadata", attributes(1, 3, MAX_METADATA_VALUE + 1))
+                .starts_with("metadata has a value longer than 100 characters")
+        );
+        // A number's value is its digits (as written, never near 100).
+        assert!(metadata(json!({"n": -1.2345678901234567e300, "m": u64::MAX})).is_ok());
+        let amount = |v| serde_json::from_value::<Amount>(v).map(Amount::cents);
+        assert_eq!(amount(json!(MAX_AMOUNT)).unwrap(), MAX_AMOUNT);
+        assert_eq!(amount(json!(-MAX_AMOUNT)).unwrap(), -MAX_AMOUNT);
+        assert!(
+            refused::<Amount>("amount", json!(MAX_AMOUNT + 1)).starts_with("amount must be within")
+        );
+        assert!(refused::<Amount>("amount", json!(-MAX_AMOUNT - 1)).starts_with("amount must"));
+        assert!(refused::<Amount>("amount", json!(i64::MAX)).starts_with("amount must"));
+    }
+
+    #[test]
+    fn keys_that_urls_resolve_away_are_refused() {
+        for key in [".", "..", " . ", "\u{a0}..\u{a0}"] {
+            assert!(
+                refused::<Key>("customer_key", json!(key)).starts_with("customer_key cannot be"),
+                "{key:?}"
+            );
+        }
+        // The transaction key's own rule (4 characters) keeps the key's.
+        assert!(refused::<TransactionKey>("key", json!("  .. ")).starts_with("key cannot be"));
+        for key in ["...", ". .", ".a", "a/..", "%2E", "/"] {
+            let parsed: Key = serde_json::from_value(json!(key)).unwrap();
+            assert_eq!(parsed.as_str(), key);
+        }
+    }
+
+    #[test]
     fn values_are_kept_normalised() {
         let key: Key = serde_json::from_value(json!("  c1 ")).unwrap();
         assert_eq!(key.as_str(), "c1");

@@ -25,4 +25,5 @@ mod schema;
 mod simulate;
 mod status;
 mod totals;
+mod truth;
 mod writes;
