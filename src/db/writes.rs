@@ -46,9 +46,11 @@ crate::text_enum! {
         Updated = "updated",
         /// PartnerStack deleted the object.
         Deleted = "deleted",
-        /// PartnerStack already had the object (a repeated key).
+        /// PartnerStack already had the object, with the fields asked for (a refused
+        /// create that a look-up found as asked).
         Existed = "existed",
-        /// An earlier attempt's answer was lost; a look-up found that it had landed.
+        /// An earlier attempt's answer was lost; a look-up found that it had landed (the
+        /// object, with the fields asked for).
         Found = "found",
         /// A delete whose earlier answer was lost found nothing left to delete.
         Absent = "absent",

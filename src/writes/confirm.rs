@@ -22,6 +22,7 @@ use partnerstack::models::{self, Customer, Transaction};
 use serde_json::Value;
 
 use super::Request;
+use super::fields::Text;
 use super::request::{CustomerRef, NewCustomer, NewTransaction};
 
 /// How the object PartnerStack shows differs from what `request` asked for: one line per
@@ -66,6 +67,11 @@ impl Fields {
     }
 }
 
+/// An optional field of the request, as text.
+fn text<R>(value: &Option<Text<R>>) -> Option<&str> {
+    value.as_ref().map(Text::as_str)
+}
+
 fn customer(asked: &NewCustomer, shown: &Customer) -> Vec<String> {
     let mut f = Fields(Vec::new());
     f.exact(
@@ -79,14 +85,10 @@ fn customer(asked: &NewCustomer, shown: &Customer) -> Vec<String> {
         Some(asked.partner_key.as_str()),
         shown.partner_key.as_deref(),
     );
-    f.caseless(
-        "name",
-        asked.name.as_ref().map(|n| n.as_str()),
-        shown.name.as_deref(),
-    );
+    f.caseless("name", text(&asked.name), shown.name.as_deref());
     f.exact(
         "provider_key",
-        asked.provider_key.as_ref().map(|k| k.as_str()),
+        text(&asked.provider_key),
         shown.provider_key.as_deref(),
     );
     f.0
@@ -132,12 +134,12 @@ fn transaction(asked: &NewTransaction, shown: &Transaction) -> Vec<String> {
     }
     f.exact(
         "category_key",
-        fields.category_key.as_ref().map(|k| k.as_str()),
+        text(&fields.category_key),
         shown.category_key.as_deref(),
     );
     f.exact(
         "product_key",
-        fields.product_key.as_ref().map(|k| k.as_str()),
+        text(&fields.product_key),
         shown.product_key.as_deref(),
     );
     f.0

@@ -343,6 +343,11 @@ async fn truth_under(guesses: Guesses) {
     sim.stop().await.unwrap();
 }
 
+/// `key` as one path segment of a `/v1` URL (`%` and `/` encoded).
+fn segment(key: &str) -> String {
+    key.replace('%', "%25").replace('/', "%2F")
+}
+
 /// Sends `method path` as written (no client normalises it): the status.
 async fn raw_status(app: &TestApp, method: &str, path: &str) -> u16 {
     let mut stream = tokio::net::TcpStream::connect(app.addr).await.unwrap();
@@ -500,7 +505,7 @@ async fn limits_are_checked_at_the_door_at_their_edges() {
         )
         .await;
         assert_eq!(w["status"], "succeeded", "{w}");
-        let encoded = customer_key.replace('%', "%25").replace('/', "%2F");
+        let encoded = segment(customer_key);
         let w = write(
             &app,
             reqwest::Method::PATCH,
@@ -523,7 +528,7 @@ async fn limits_are_checked_at_the_door_at_their_edges() {
         )
         .await;
         assert_eq!(w["status"], "succeeded", "{w}");
-        let encoded = key.replace('%', "%25").replace('/', "%2F");
+        let encoded = segment(key);
         let w = write(
             &app,
             reqwest::Method::DELETE,
