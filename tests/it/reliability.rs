@@ -1304,9 +1304,13 @@ async fn only_the_new_leader_writes(db: &TestDb, new_runner: &str, watch: Durati
     let start = Instant::now();
     let mut samples = 0;
     while start.elapsed() < watch {
+        // The leadership lock only (the bigint key 0x0070_7379_6e63 as Postgres shows it:
+        // classid 112, objid 1937337955, objsubid 1): apply() also takes transaction-level
+        // advisory locks on customer identities while it writes a page.
         let holders = db
             .count(
                 "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted
+                 AND objsubid = 1 AND classid::bigint = 112 AND objid::bigint = 1937337955
                  AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
             )
             .await;
