@@ -209,6 +209,19 @@ async fn truth_under(guesses: Guesses) {
         assert!(upstream(&sim, Entity::Transaction, "key", &key).is_empty());
     }
 
+    // Each is listed where failed writes are.
+    let failed: Value = app
+        .api_get("/v1/writes?status=failed&limit=100")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        failed["data"]["items"].as_array().unwrap().len(),
+        2 * PHRASINGS.len(),
+        "{failed}"
+    );
+
     // PartnerStack's own refusals, in the wording switched to: a customer it does not
     // know, a partner it does not know.
     let w = create(
