@@ -31,4 +31,5 @@ mod status;
 mod tools;
 mod topology;
 mod totals;
+mod truth;
 mod writes;
