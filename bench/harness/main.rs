@@ -8,6 +8,7 @@
 //! to `bench/RESULTS.md`. Every loop is bounded in time and count, and everything it
 //! started is stopped at the end.
 
+mod common;
 mod crowds;
 mod feed;
 mod ingest;
@@ -15,7 +16,13 @@ mod load;
 mod pgbench;
 mod scenarios;
 mod service;
+mod topology;
 mod writes;
+/// nginx and PgBouncer from their own configuration, as the deployment tests run them
+/// (test support: it fails by panicking, as the harness does on a broken setup).
+#[allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+#[path = "../../tests/it/topology.rs"]
+mod deployment;
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -188,6 +195,7 @@ const SCENARIOS: &[&str] = &[
     "writes",
     "reconcile",
     "query",
+    "topology",
     "footprint",
     "crowds",
 ];
@@ -289,6 +297,11 @@ async fn run(options: Options) -> anyhow::Result<()> {
             scenarios::query(&mut bench, quick)
                 .await
                 .context("query scenario")?;
+        }
+        if options.runs("topology") {
+            topology::topology(&mut bench)
+                .await
+                .context("topology scenario")?;
         }
         if options.runs("footprint") {
             footprint(&mut bench).await.context("footprint scenario")?;
