@@ -10,6 +10,11 @@
 
 mod common;
 mod crowds;
+/// nginx and PgBouncer from their own configuration, as the deployment tests run them
+/// (test support: it fails by panicking, as the harness does on a broken setup).
+#[allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+#[path = "../../tests/it/topology.rs"]
+mod deployment;
 mod feed;
 mod ingest;
 mod load;
@@ -18,11 +23,6 @@ mod scenarios;
 mod service;
 mod topology;
 mod writes;
-/// nginx and PgBouncer from their own configuration, as the deployment tests run them
-/// (test support: it fails by panicking, as the harness does on a broken setup).
-#[allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
-#[path = "../../tests/it/topology.rs"]
-mod deployment;
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
