@@ -180,11 +180,7 @@ impl Telemetry {
 async fn open_pool(config: &Config, database: &Database) -> anyhow::Result<PgPool> {
     let options = database.connect_options();
     tracing::info!(database = %db::describe(&options), "connecting to Postgres");
-    db::wait_for(
-        &db::connect_options(options.clone()),
-        config.database.connect_timeout,
-    )
-    .await?;
+    db::wait_for(&options, config.database.connect_timeout).await?;
     db::migrate(&options, config.database.connect_timeout).await?;
     Ok(db::pool(options, &config.database))
 }

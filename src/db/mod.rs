@@ -249,6 +249,8 @@ fn stale_session(age: Duration) -> bool {
 /// second; one that refuses the connection for good (wrong password, no such database)
 /// fails at once. The error names the database, the setting and the last reason.
 pub async fn wait_for(options: &PgConnectOptions, timeout: Duration) -> anyhow::Result<()> {
+    // As every connection of the service presents itself (a pooler refuses the rest).
+    let options = &connect_options(options.clone());
     let started = tokio::time::Instant::now();
     let deadline = started + timeout;
     let mut warned = false;

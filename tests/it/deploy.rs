@@ -298,6 +298,32 @@ async fn a_refused_connection_setting_is_reported_at_once() {
     );
 }
 
+/// The one-shot commands open the database as `serve` does, so they work through
+/// PgBouncer too (they once sent a startup parameter it refuses).
+#[tokio::test]
+async fn one_shot_commands_work_through_pgbouncer() {
+    let Some(tools) = Tools::find("one-shot commands") else {
+        return;
+    };
+    let db = TestDb::new().await;
+    let bouncer = PgBouncer::start(&tools, &db.url).await;
+    let url = bouncer.url_for(&db.url);
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_partnerstack-sync"));
+    cmd.arg("migrate")
+        .env("DATABASE_URL", &url)
+        .env("PSYNC_DATABASE_CONNECT_TIMEOUT", "20s")
+        .env("RUST_LOG", "error");
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "migrate through PgBouncer: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        bouncer.log()
+    );
+}
+
 /// SIGTERM while start-up waits for a database that does not answer ends the process
 /// at once, cleanly.
 #[tokio::test]
