@@ -25,7 +25,7 @@ use serde_json::Value;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::auth::Scope;
+use crate::auth::{Scope, random_hex};
 use crate::config::{self, ApiClient, Config};
 use crate::db::{Database, embedded};
 use crate::{app, server};
@@ -371,12 +371,6 @@ fn busiest_partner(simulator: &Simulator) -> Option<String> {
         .map(|(key, _)| key.to_string())
 }
 
-/// `bytes` (at most 32) random bytes, hex-encoded.
-fn random_hex(bytes: usize) -> String {
-    let buffer: [u8; 32] = rand::random();
-    hex::encode(&buffer[..bytes.min(buffer.len())])
-}
-
 /// What the banner shows.
 struct Banner<'a> {
     service: SocketAddr,
@@ -462,12 +456,5 @@ mod tests {
         let fresh = dir.path().join("fresh");
         claim(&fresh).unwrap();
         assert!(fresh.join(MARKER).is_file());
-    }
-
-    #[test]
-    fn tokens_are_random_and_long_enough() {
-        let (a, b) = (random_hex(24), random_hex(24));
-        assert_eq!(a.len(), 48);
-        assert_ne!(a, b);
     }
 }

@@ -35,6 +35,7 @@ pub mod server;
 pub mod state;
 pub mod telemetry;
 mod text_enum;
+pub mod webhook_tokens;
 pub mod writes;
 
 /// The module graph has no cycles: no top-level module uses one that uses it back

@@ -8,6 +8,7 @@ pub mod lease;
 pub mod pooler;
 pub mod relay;
 pub mod sync;
+pub mod tokens;
 pub mod totals;
 pub mod writes;
 
