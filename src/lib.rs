@@ -27,6 +27,7 @@ pub mod feed;
 pub mod ingest;
 pub mod memory;
 pub mod long_poll;
+pub mod onboard;
 pub mod reconcile;
 pub mod relay;
 pub mod retention;

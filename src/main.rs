@@ -9,7 +9,8 @@ use partnerstack_sync::db::events::{self, Outcome};
 use partnerstack_sync::ingest::IngestMetrics;
 use partnerstack_sync::ingest::applier::Applier;
 use partnerstack_sync::ingest::verify::Verifier;
-use partnerstack_sync::{app, config::Config, db, memory, telemetry};
+use partnerstack_sync::onboard::webhooks;
+use partnerstack_sync::{app, config::Config, db, memory, onboard, telemetry};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
@@ -49,6 +50,15 @@ enum Command {
         /// Which outcomes to re-apply: error, unknown_type; repeat for both.
         #[arg(long = "outcome", value_name = "OUTCOME", default_value = "error", value_parser = reapplicable)]
         outcomes: Vec<Outcome>,
+    },
+    /// Write a configuration file with fresh secrets (a webhook token, API clients) and
+    /// print the next steps.
+    Init(partnerstack_sync::onboard::init::InitOptions),
+    /// Register, list, rotate or remove this service's webhook at PartnerStack
+    /// (/v2/webhooks), with the API keys.
+    Webhooks {
+        #[command(subcommand)]
+        action: webhooks::Action,
     },
     /// Serve a local PartnerStack v2 stand-in (seeded data, faults, webhooks) under /api/v2.
     #[cfg(feature = "sim")]
@@ -117,6 +127,8 @@ fn main() -> ExitCode {
             }
             Command::Reconcile { streams, full } => reconcile(config, streams, full).await,
             Command::Reapply { outcomes } => reapply(config, outcomes).await,
+            Command::Init(options) => init(&options),
+            Command::Webhooks { action } => register_webhooks(config, action).await,
         }
     });
     match result {
@@ -218,6 +230,31 @@ async fn reapply(config: Config, outcomes: Vec<Outcome>) -> anyhow::Result<()> {
             format!(": {}", counts.join(", "))
         }
     );
+    Ok(())
+}
+
+/// `init`: the file, then the next steps on stdout.
+fn init(options: &onboard::init::InitOptions) -> anyhow::Result<()> {
+    let env: std::collections::HashMap<String, String> = std::env::vars().collect();
+    print!("{}", onboard::init::run(options, &env)?);
+    Ok(())
+}
+
+/// `webhooks ...`: needs the API keys and the database (the tokens it stores); what
+/// PartnerStack holds afterwards on stdout.
+async fn register_webhooks(config: Config, action: webhooks::Action) -> anyhow::Result<()> {
+    action.validate()?;
+    let client = partnerstack::client::Client::new(&config.partnerstack)?;
+    let report = with_database(&config, async |_, pool| {
+        let commands = webhooks::Webhooks {
+            client: &client,
+            pool,
+            configured: &config.webhooks.tokens,
+        };
+        commands.run(&action).await
+    })
+    .await?;
+    print!("{}", report.render());
     Ok(())
 }
 
