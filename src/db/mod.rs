@@ -7,6 +7,7 @@ pub mod events;
 pub mod lease;
 pub mod pooler;
 pub mod relay;
+pub mod set_aside;
 pub mod sync;
 pub mod tokens;
 pub mod totals;
