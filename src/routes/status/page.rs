@@ -959,7 +959,7 @@ mod tests {
         let page = render(&snapshot);
         assert!(
             under(&page).starts_with(
-                "<tr class=\"warn\"><td colspan=\"1\"></td><td class=\"text\" colspan=\"12\">\
+                "<tr class=\"warn\"><td colspan=\"1\"></td><td class=\"text\" colspan=\"13\">\
                  The request budget cannot meet the staleness bound of 1h 00m: about 2h 01m \
                  is achievable.</td></tr>"
             ),
