@@ -88,7 +88,10 @@ impl WebhookTokens {
 
     /// Accepted tokens now: none means every delivery is refused.
     pub fn count(&self) -> usize {
-        self.accepted.read().unwrap_or_else(|e| e.into_inner()).len()
+        self.accepted
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
     }
 
     /// Takes `stored` into account: the configured tokens less the revoked, plus the
@@ -150,7 +153,10 @@ mod tests {
 
     #[test]
     fn rotated_tokens_are_added_and_revoked_ones_refused_even_when_configured() {
-        let tokens = WebhookTokens::new(&secrets(&["configured-token-0001", "configured-token-0002"]));
+        let tokens = WebhookTokens::new(&secrets(&[
+            "configured-token-0001",
+            "configured-token-0002",
+        ]));
         assert!(tokens.verify("configured-token-0001"));
         assert!(!tokens.verify("rotated-token-000001"));
         tokens.apply(&[

@@ -194,8 +194,7 @@ fn replace(path: &Path, text: &str) -> anyhow::Result<()> {
 fn next_steps(out: &Path, secrets: &Secrets, keys_set: bool) -> String {
     let file = out.display();
     let keys = if keys_set {
-        "the PartnerStack API keys were taken from the environment and are in the file"
-            .to_string()
+        "the PartnerStack API keys were taken from the environment and are in the file".to_string()
     } else {
         format!(
             "set your PartnerStack API keys (PartnerStack: Settings > Integrations > API keys):\n\

@@ -167,8 +167,8 @@ impl Address {
 /// `BASE` checked: an https URL with a host and neither query nor fragment, without its
 /// trailing `/`.
 pub fn base_url(raw: &str) -> anyhow::Result<String> {
-    let url = reqwest::Url::parse(raw.trim())
-        .map_err(|e| anyhow!("--url {raw:?} is not a URL: {e}"))?;
+    let url =
+        reqwest::Url::parse(raw.trim()).map_err(|e| anyhow!("--url {raw:?} is not a URL: {e}"))?;
     if url.scheme() != "https" {
         bail!(
             "--url {raw:?}: PartnerStack needs an https:// address (put the service behind a \
@@ -239,7 +239,10 @@ fn describe(h: &Held) -> String {
     };
     let whose = match h.standing {
         Some(Standing::Configured) => "ours, token configured".to_string(),
-        Some(Standing::Rotated(at)) => format!("ours, token from a rotation on {}", at.format("%Y-%m-%d %H:%M UTC")),
+        Some(Standing::Rotated(at)) => format!(
+            "ours, token from a rotation on {}",
+            at.format("%Y-%m-%d %H:%M UTC")
+        ),
         Some(Standing::Revoked) => "ours, token revoked".to_string(),
         Some(Standing::Unknown) => "ours in shape, token unknown here (refused)".to_string(),
         None => "not this service's".to_string(),
@@ -348,7 +351,9 @@ impl Webhooks<'_> {
                     base: base.to_string(),
                     token,
                 };
-                let (webhook, field) = self.create(&address, &events, body.target_field.into()).await?;
+                let (webhook, field) = self
+                    .create(&address, &events, body.target_field.into())
+                    .await?;
                 done.push(format!(
                     "registered {} as {} (the URL sent as `{}`)",
                     address.masked(),
@@ -383,7 +388,9 @@ impl Webhooks<'_> {
             base,
             token: self.new_token().await?,
         };
-        let (webhook, field) = self.create(&address, &events, body.target_field.into()).await?;
+        let (webhook, field) = self
+            .create(&address, &events, body.target_field.into())
+            .await?;
         let done = vec![
             format!(
                 "registered the new token's address {} as {} (the URL sent as `{}`)",
@@ -417,13 +424,18 @@ impl Webhooks<'_> {
                 self.client
                     .archive_webhook(&h.webhook.key)
                     .await
-                    .with_context(|| format!("archiving {} (DELETE /v2/webhooks/{{key}})", h.webhook.key))?;
+                    .with_context(|| {
+                        format!("archiving {} (DELETE /v2/webhooks/{{key}})", h.webhook.key)
+                    })?;
             }
             done.push(format!("removed {}", h.webhook.key));
             if let Some(address) = &h.ours {
                 let shared = held.iter().any(|other| {
                     other.live()
-                        && other.ours.as_ref().is_some_and(|a| a.token == address.token)
+                        && other
+                            .ours
+                            .as_ref()
+                            .is_some_and(|a| a.token == address.token)
                         && !targets.iter().any(|t| t.webhook.key == other.webhook.key)
                 });
                 if shared {
@@ -633,7 +645,9 @@ mod tests {
             base_url("https://example.com/sync/").unwrap(),
             "https://example.com/sync"
         );
-        let http = base_url("http://psync.example.com").unwrap_err().to_string();
+        let http = base_url("http://psync.example.com")
+            .unwrap_err()
+            .to_string();
         assert!(http.contains("https://"), "{http}");
         assert!(base_url("https://example.com/?a=1").is_err());
         assert!(base_url("psync.example.com").is_err());
@@ -644,11 +658,23 @@ mod tests {
         let a = Address::parse("https://x.test/sync/webhooks/partnerstack/abcdef123456").unwrap();
         assert_eq!(a.base, "https://x.test/sync");
         assert_eq!(a.token, "abcdef123456");
-        assert_eq!(a.url(), "https://x.test/sync/webhooks/partnerstack/abcdef123456");
-        assert_eq!(a.masked(), "https://x.test/sync/webhooks/partnerstack/abcd…");
+        assert_eq!(
+            a.url(),
+            "https://x.test/sync/webhooks/partnerstack/abcdef123456"
+        );
+        assert_eq!(
+            a.masked(),
+            "https://x.test/sync/webhooks/partnerstack/abcd…"
+        );
         assert_eq!(Address::parse("https://x.test/hooks/other"), None);
-        assert_eq!(Address::parse("https://x.test/webhooks/partnerstack/"), None);
-        assert_eq!(Address::parse("https://x.test/webhooks/partnerstack/a/b"), None);
+        assert_eq!(
+            Address::parse("https://x.test/webhooks/partnerstack/"),
+            None
+        );
+        assert_eq!(
+            Address::parse("https://x.test/webhooks/partnerstack/a/b"),
+            None
+        );
     }
 
     #[test]

@@ -5,9 +5,7 @@
 use std::time::{Duration, Instant};
 
 use partnerstack_sim::{ArchivedWebhooks, Behaviours, Options, WebhookTarget};
-use partnerstack_sync::onboard::webhooks::{
-    Action, BodyArgs, EVENTS, Field, Report, Webhooks,
-};
+use partnerstack_sync::onboard::webhooks::{Action, BodyArgs, EVENTS, Field, Report, Webhooks};
 use partnerstack_sync::webhook_tokens::Standing;
 use secrecy::SecretString;
 use serde_json::Value;
@@ -80,13 +78,19 @@ async fn registering_twice_leaves_one_registration_under_either_body_spelling() 
         let first = webhooks(&sim, &db.pool, register()).await.unwrap();
         let key = first.registration.clone().unwrap();
         assert!(
-            first.render().contains(&format!("the URL sent as `{}`", target.field())),
+            first
+                .render()
+                .contains(&format!("the URL sent as `{}`", target.field())),
             "{target:?}: {}",
             first.render()
         );
         let second = webhooks(&sim, &db.pool, register()).await.unwrap();
         assert_eq!(second.registration.as_deref(), Some(key.as_str()));
-        assert!(second.render().contains("already registered"), "{}", second.render());
+        assert!(
+            second.render().contains("already registered"),
+            "{}",
+            second.render()
+        );
 
         let held = registrations(&sim);
         assert_eq!(held.len(), 1, "{target:?}: {held:?}");
@@ -105,8 +109,14 @@ async fn registering_twice_leaves_one_registration_under_either_body_spelling() 
         assert_eq!(list.held[0].webhook.key, key);
         assert_eq!(list.held[0].standing, Some(Standing::Configured));
         let shown = list.render();
-        assert!(shown.contains(&key) && shown.contains("token configured"), "{shown}");
-        assert!(!shown.contains(WEBHOOK_TOKEN), "the token is a secret: {shown}");
+        assert!(
+            shown.contains(&key) && shown.contains("token configured"),
+            "{shown}"
+        );
+        assert!(
+            !shown.contains(WEBHOOK_TOKEN),
+            "the token is a secret: {shown}"
+        );
         sim.stop().await.unwrap();
     }
 }
@@ -214,7 +224,11 @@ async fn rotate_then_remove(
     let token = token_of(&rotated, &new);
     assert_ne!(token, WEBHOOK_TOKEN);
     until_answered(app, &token, 200).await;
-    assert_eq!(deliver(app, WEBHOOK_TOKEN).await, 200, "the old token stays accepted");
+    assert_eq!(
+        deliver(app, WEBHOOK_TOKEN).await,
+        200,
+        "the old token stays accepted"
+    );
 
     // A second register keeps the newest registration: nothing new.
     let again = webhooks(sim, pool, register()).await.unwrap();
@@ -247,7 +261,11 @@ async fn rotate_then_remove(
     let nothing = webhooks(sim, pool, Action::Remove { key: None })
         .await
         .unwrap();
-    assert!(nothing.render().contains("nothing to remove"), "{}", nothing.render());
+    assert!(
+        nothing.render().contains("nothing to remove"),
+        "{}",
+        nothing.render()
+    );
 }
 
 /// `init` writes a file that `serve --config` runs with: its webhook token is accepted
@@ -269,7 +287,11 @@ async fn init_writes_a_configuration_the_service_runs_with_and_never_overwrites_
     let (code, stderr) = run(&["init", "--out", file], &[]);
     assert_ne!(code, 0);
     assert!(stderr.contains("--force"), "{stderr}");
-    assert_eq!(std::fs::read(&path).unwrap(), written, "the file was changed");
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        written,
+        "the file was changed"
+    );
 
     let toml: toml::Table = String::from_utf8(written.clone()).unwrap().parse().unwrap();
     let webhook_token = toml["webhooks"]["tokens"][0].as_str().unwrap().to_string();

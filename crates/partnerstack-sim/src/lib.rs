@@ -39,8 +39,8 @@ pub use behaviour::{
     DuplicateTransactionKey, LostCursor, RefusalWording, RetryAfterHeader, WebhookEvents,
 };
 pub use faults::{AfterCommit, FaultSettings, FaultUpdate, Faults, Verdict};
-pub use registrations::{ArchivedWebhooks, WebhookTarget};
 use partnerstack::Entity;
+pub use registrations::{ArchivedWebhooks, WebhookTarget};
 pub use webhooks::{DeliveryRecord, DeliverySummary, Naming, Notify, Outcome, Shape, Undelivered};
 pub use world::{Action, Change, Counts, MutationKind, Refusal, World};
 

@@ -213,13 +213,13 @@ async fn create(State(sim): State<Simulator>, body: Bytes) -> Result<Response, F
     Ok(ok(render(&registration, field), "Webhook created"))
 }
 
-async fn get_one(
-    State(sim): State<Simulator>,
-    Path(key): Path<String>,
-) -> Result<Response, Fail> {
+async fn get_one(State(sim): State<Simulator>, Path(key): Path<String>) -> Result<Response, Fail> {
     let field = sim.behaviours().webhook_target.field();
     let items = sim.inner.registrations.lock();
-    let found = items.iter().find(|r| r.key == key).ok_or_else(|| not_found(&key))?;
+    let found = items
+        .iter()
+        .find(|r| r.key == key)
+        .ok_or_else(|| not_found(&key))?;
     Ok(ok(render(found, field), "Success"))
 }
 
@@ -248,10 +248,7 @@ async fn update(
 }
 
 /// Archives; answered as the API definition types archive answers: a message, no `data`.
-async fn archive(
-    State(sim): State<Simulator>,
-    Path(key): Path<String>,
-) -> Result<Response, Fail> {
+async fn archive(State(sim): State<Simulator>, Path(key): Path<String>) -> Result<Response, Fail> {
     let mut items = sim.inner.registrations.lock();
     let found = items
         .iter_mut()

@@ -162,7 +162,9 @@ impl Client {
             }
             cursor = next;
         }
-        Err(invalid(format!("the list did not end within {MAX_PAGES} pages")))
+        Err(invalid(format!(
+            "the list did not end within {MAX_PAGES} pages"
+        )))
     }
 
     /// One registration by key; `None` when PartnerStack has none (404).
