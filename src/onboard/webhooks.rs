@@ -222,7 +222,10 @@ impl Report {
         for line in &self.done {
             let _ = writeln!(out, "{line}");
         }
-        let _ = writeln!(out, "\nPartnerStack holds {} webhook(s):", self.held.len());
+        if !self.done.is_empty() {
+            out.push('\n');
+        }
+        let _ = writeln!(out, "PartnerStack holds {} webhook(s):", self.held.len());
         for h in &self.held {
             let _ = writeln!(out, "  {}", describe(h));
         }
