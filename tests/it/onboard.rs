@@ -349,3 +349,53 @@ async fn init_writes_a_configuration_the_service_runs_with_and_never_overwrites_
     assert_ne!(std::fs::read(&path).unwrap(), written);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The binary as an operator runs it: `webhooks register` against the configured
+/// database and API, printing what PartnerStack holds; `webhooks list` shows the same.
+#[tokio::test]
+async fn the_webhooks_command_registers_and_lists_through_the_binary() {
+    let sim = stand_in(program()).await;
+    let db = TestDb::new().await;
+    let env = [
+        ("DATABASE_URL", db.url.clone()),
+        ("PSYNC_WEBHOOK_TOKENS", WEBHOOK_TOKEN.to_string()),
+        ("PARTNERSTACK_BASE_URL", sim.base_url()),
+        ("PARTNERSTACK_PUBLIC_KEY", PUBLIC_KEY.to_string()),
+        (
+            "PARTNERSTACK_SECRET_KEY",
+            crate::client::SECRET_KEY.to_string(),
+        ),
+        ("RUST_LOG", "error".to_string()),
+    ];
+    let registered = command(&["webhooks", "register", "--url", BASE], &env).await;
+    assert!(registered.contains("registered"), "{registered}");
+    assert!(registered.contains("verified"), "{registered}");
+    assert!(!registered.contains(WEBHOOK_TOKEN), "{registered}");
+    let key = sim.simulator.webhook_registrations()[0]["key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let listed = command(&["webhooks", "list"], &env).await;
+    assert!(listed.contains(&key), "{listed}");
+    assert!(
+        listed.contains("PartnerStack holds 1 webhook(s)"),
+        "{listed}"
+    );
+    assert!(listed.contains("token configured"), "{listed}");
+    sim.stop().await.unwrap();
+}
+
+/// Runs the binary with `args` and `env` (without blocking the stand-in, which serves on
+/// this runtime); fails unless it succeeds; its stdout.
+async fn command(args: &[&str], env: &[(&str, String)]) -> String {
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_partnerstack-sync"))
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).to_string();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{args:?}: {stdout}\n{stderr}");
+    stdout
+}
