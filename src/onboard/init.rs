@@ -197,7 +197,7 @@ fn next_steps(out: &Path, secrets: &Secrets, keys_set: bool) -> String {
         "the PartnerStack API keys were taken from the environment and are in the file".to_string()
     } else {
         format!(
-            "set your PartnerStack API keys (PartnerStack: Settings > Integrations > API keys):\n\
+            "set your PartnerStack API keys (the public and the secret key of your account):\n\
              \x20    export PARTNERSTACK_PUBLIC_KEY=pk_... PARTNERSTACK_SECRET_KEY=sk_...\n\
              \x20  or write them as public_key and secret_key under [partnerstack] in {file}"
         )
@@ -215,7 +215,8 @@ fn next_steps(out: &Path, secrets: &Secrets, keys_set: bool) -> String {
          \x20    then register its webhook with PartnerStack:\n\
          \x20    cargo run --release -- --config {file} webhooks register --url https://YOUR-HOST\n\
          \x20    PartnerStack will deliver to https://YOUR-HOST/webhooks/partnerstack/{short}… (the token\n\
-         \x20    under [webhooks] in {file})\n"
+         \x20    under [webhooks] in {file}). With the embedded Postgres (no DATABASE_URL), stop the\n\
+         \x20    service while a `webhooks` command runs: one process at a time opens its data.\n"
     )
 }
 
