@@ -47,8 +47,6 @@ const DEMO_CLIENT: &str = "demo";
 const CLIENT_VARS: &str = "PSYNC_API_CLIENT_";
 /// The longest the service may take to become ready.
 const READY_WITHIN: Duration = Duration::from_secs(120);
-/// Time between the demo's one-line progress summaries.
-const PROGRESS_EVERY: Duration = Duration::from_secs(30);
 
 /// `partnerstack-sync demo` options. The service listens on `PSYNC_LISTEN` (default
 /// 127.0.0.1:8080), as `serve` does.
@@ -71,6 +69,9 @@ pub struct DemoOptions {
     /// Seed of the stand-in's program, its changes and their losses.
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
+    /// Time between the one-line progress summaries (e.g. 30s, 2m).
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub progress_every: Duration,
 }
 
 /// Runs the demo until `shutdown` is cancelled. `config_file` is `--config`, if given:
@@ -165,6 +166,7 @@ pub async fn run(
         })
     );
     let progress = tokio::spawn(report_progress(
+        options.progress_every,
         simulator.clone(),
         service,
         api_token.clone(),
@@ -381,9 +383,10 @@ fn busiest_partner(simulator: &Simulator) -> Option<String> {
         .map(|(key, _)| key.to_string())
 }
 
-/// Prints a progress line every [`PROGRESS_EVERY`] until `stop`: what the stand-in
-/// changed and delivered, and how the copy keeps up (as `GET /v1/sync` says).
+/// Prints a progress line `every` so often until `stop`: what the stand-in changed and
+/// delivered, and how the copy keeps up (as `GET /v1/sync` says).
 async fn report_progress(
+    every: Duration,
     simulator: Simulator,
     service: SocketAddr,
     api_token: String,
@@ -400,7 +403,7 @@ async fn report_progress(
     loop {
         tokio::select! {
             () = stop.cancelled() => return,
-            () = tokio::time::sleep(PROGRESS_EVERY) => {}
+            () = tokio::time::sleep(every) => {}
         }
         let sync = match http.get(&url).bearer_auth(&api_token).send().await {
             Ok(r) => r.json::<Value>().await.unwrap_or(Value::Null)["data"].take(),
@@ -509,7 +512,7 @@ fn banner(b: &Banner<'_>) -> String {
          \x20 curl -s {auth} -X POST '{service}/v1/customers?wait=5' \\\n\
          \x20     -d '{{\"customer_key\": \"demo-1\", \"email\": \"demo@example.com\", \"partner_key\": \"{partner}\"}}'\n\
          \n\
-         Every 30 s a line below sums up the progress.\n\
+         Every {every} a line below sums up the progress.\n\
          Ctrl-C stops everything.\n\
          \n",
         data_dir = b.data_dir.display(),
@@ -519,6 +522,7 @@ fn banner(b: &Banner<'_>) -> String {
         secret_key = b.secret_key,
         rate = b.options.webhook_rate,
         drop = b.options.drop * 100.0,
+        every = humantime::format_duration(b.options.progress_every),
     )
 }
 
