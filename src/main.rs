@@ -91,14 +91,19 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    // The demo's banner stays readable: only warnings unless RUST_LOG asks for more.
+    // What the demo, `init` and `webhooks` print stays readable: only warnings unless
+    // RUST_LOG asks for more.
+    let quiet = matches!(
+        cli.command,
+        Some(Command::Init(_) | Command::Webhooks { .. })
+    );
     #[cfg(feature = "sim")]
-    let default_filter = match cli.command {
-        Some(Command::Demo(_)) => "warn",
-        _ => telemetry::DEFAULT_LOG_FILTER,
+    let quiet = quiet || matches!(cli.command, Some(Command::Demo(_)));
+    let default_filter = if quiet {
+        "warn"
+    } else {
+        telemetry::DEFAULT_LOG_FILTER
     };
-    #[cfg(not(feature = "sim"))]
-    let default_filter = telemetry::DEFAULT_LOG_FILTER;
     if let Err(e) = telemetry::init_logging(config.log.format, default_filter) {
         eprintln!("partnerstack-sync: {e}");
         return ExitCode::from(2);
