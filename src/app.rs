@@ -26,7 +26,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::auth::{SigningKeys, TokenSet};
+use crate::auth::SigningKeys;
 use crate::config::Config;
 use crate::db::{self, Database};
 use crate::feed::Feed;
@@ -40,6 +40,7 @@ use crate::relay::RelayMetrics;
 use crate::retention::RetentionMetrics;
 use crate::state::AppState;
 use crate::telemetry::{Deployment, Exposition, Metrics, UpstreamObserver};
+use crate::webhook_tokens::WebhookTokens;
 use crate::writes::Outbox;
 use crate::writes::worker::{Worker, WriteMetrics};
 use crate::{memory, relay, retention, routes, server};
@@ -98,11 +99,12 @@ async fn serve(
         return Ok(());
     };
     let config = Arc::new(config);
-    warn_about_open_doors(&config);
+    let webhook_tokens = webhook_tokens(&config, &pool).await;
+    warn_about_open_doors(&config, &webhook_tokens);
     let reconciling =
         config.reconcile.interval.is_some() && config.partnerstack.credentials().is_some();
     let telemetry = Telemetry::new(&config, reconciling);
-    let tasks = Tasks::spawn(&config, &pool, &telemetry, &shutdown)?;
+    let tasks = Tasks::spawn(&config, &pool, &telemetry, &webhook_tokens, &shutdown)?;
     let limits = serving_limits(&config);
     // Waiting requests never hold more than half the connection slots.
     let long_polls = LongPolls::new(
@@ -117,7 +119,7 @@ async fn serve(
     let state = AppState {
         reconciler: tasks.reconciler.clone(),
         outbox: tasks.outbox.clone(),
-        webhook_tokens: Arc::new(TokenSet::new(&config.webhooks.tokens)),
+        webhook_tokens,
         signing_keys: Arc::new(SigningKeys::new(&config.webhooks.signing_secrets)),
         api_callers: Arc::new(config.api.callers()),
         long_polls,
@@ -135,6 +137,17 @@ async fn serve(
     pool.close().await;
     tracing::info!("shutdown complete");
     served
+}
+
+/// The webhook URL tokens accepted: the configured ones with those the `webhooks` commands
+/// stored. Should the stored ones not be readable yet, the configured ones serve until
+/// the refresh task reads them.
+async fn webhook_tokens(config: &Config, pool: &PgPool) -> Arc<WebhookTokens> {
+    let tokens = Arc::new(WebhookTokens::new(&config.webhooks.tokens));
+    if let Err(e) = tokens.load(pool).await {
+        tracing::warn!(error = %e, "cannot read the stored webhook tokens yet; the configured ones are accepted meanwhile");
+    }
+    tokens
 }
 
 /// A service's metric groups, served together by `exposition`.
@@ -269,6 +282,7 @@ struct Tasks {
     reconcile_task: Option<JoinHandle<()>>,
     trim_stop: CancellationToken,
     trim_task: JoinHandle<()>,
+    tokens_task: JoinHandle<()>,
 }
 
 impl Tasks {
@@ -278,6 +292,7 @@ impl Tasks {
         config: &Arc<Config>,
         pool: &PgPool,
         telemetry: &Telemetry,
+        webhook_tokens: &Arc<WebhookTokens>,
         shutdown: &CancellationToken,
     ) -> anyhow::Result<Tasks> {
         let stored = Arc::new(Notify::new());
@@ -328,6 +343,11 @@ impl Tasks {
         let reconcile_task = reconciler
             .clone()
             .map(|r| tokio::spawn(r.run(shutdown.child_token())));
+        let tokens_task = tokio::spawn(webhook_tokens.clone().refresh(
+            pool.clone(),
+            config.webhooks.token_refresh,
+            shutdown.child_token(),
+        ));
         Ok(Tasks {
             writer,
             writer_task,
@@ -344,6 +364,7 @@ impl Tasks {
             reconcile_task,
             trim_stop,
             trim_task,
+            tokens_task,
         })
     }
 
@@ -385,6 +406,7 @@ impl Tasks {
             let _ = task.await;
         }
         let _ = self.retention_task.await;
+        let _ = self.tokens_task.await;
         let _ = self.feed_task.await;
         self.trim_stop.cancel();
         let _ = self.trim_task.await;
@@ -508,10 +530,11 @@ fn reconciler(
     ))
 }
 
-fn warn_about_open_doors(config: &Config) {
-    if config.webhooks.tokens.is_empty() {
+fn warn_about_open_doors(config: &Config, webhook_tokens: &WebhookTokens) {
+    if webhook_tokens.count() == 0 {
         tracing::warn!(
-            "PSYNC_WEBHOOK_TOKENS is empty: every webhook delivery will be refused with 401"
+            "no webhook token: PSYNC_WEBHOOK_TOKENS is empty and `webhooks register` stored \
+             none, so every webhook delivery will be refused with 401"
         );
     }
     if config.api.tokens.is_empty() && config.api.clients.is_empty() {

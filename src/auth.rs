@@ -34,8 +34,17 @@ impl TokenSet {
         }
     }
 
+    /// The set of tokens with these SHA-256 digests.
+    pub fn from_digests(digests: Vec<[u8; 32]>) -> Self {
+        Self { digests }
+    }
+
     pub fn is_empty(&self) -> bool {
         self.digests.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.digests.len()
     }
 
     /// True when `presented` equals one of the tokens. Every token is compared, match or not.
@@ -252,6 +261,13 @@ impl WebhookSecret {
     }
 }
 
+/// `bytes` (at most 32) random bytes, hex-encoded: generated tokens (`demo`, `init`,
+/// `webhooks register|rotate`).
+pub fn random_hex(bytes: usize) -> String {
+    let buffer: [u8; 32] = rand::random();
+    hex::encode(&buffer[..bytes.min(buffer.len())])
+}
+
 /// SHA-256 of `bytes`.
 pub fn sha256(bytes: &[u8]) -> [u8; 32] {
     Sha256::digest(bytes).into()
@@ -282,6 +298,9 @@ mod tests {
         assert!(!set.verify("new-token-012345678"));
         assert!(!set.verify(""));
         assert!(!TokenSet::new(&[]).verify(""));
+        let (a, b) = (random_hex(24), random_hex(24));
+        assert_eq!(a.len(), 48);
+        assert_ne!(a, b);
     }
 
     #[test]

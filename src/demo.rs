@@ -25,7 +25,7 @@ use serde_json::Value;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::auth::Scope;
+use crate::auth::{Scope, random_hex};
 use crate::config::{self, ApiClient, Config};
 use crate::db::{Database, embedded};
 use crate::{app, server};
@@ -69,6 +69,9 @@ pub struct DemoOptions {
     /// Seed of the stand-in's program, its changes and their losses.
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
+    /// Time between the one-line progress summaries (e.g. 30s, 2m).
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub progress_every: Duration,
 }
 
 /// Runs the demo until `shutdown` is cancelled. `config_file` is `--config`, if given:
@@ -162,7 +165,16 @@ pub async fn run(
             options: &options,
         })
     );
+    let progress = tokio::spawn(report_progress(
+        options.progress_every,
+        simulator.clone(),
+        service,
+        api_token.clone(),
+        shutdown.clone(),
+    ));
     let served = service_task.await.context("the service panicked")?;
+    progress.abort();
+    let _ = progress.await;
     stand_in_stop.cancel();
     let stood_in = stand_in_task.await.context("the stand-in panicked")?;
     served?;
@@ -371,10 +383,78 @@ fn busiest_partner(simulator: &Simulator) -> Option<String> {
         .map(|(key, _)| key.to_string())
 }
 
-/// `bytes` (at most 32) random bytes, hex-encoded.
-fn random_hex(bytes: usize) -> String {
-    let buffer: [u8; 32] = rand::random();
-    hex::encode(&buffer[..bytes.min(buffer.len())])
+/// Prints a progress line `every` so often until `stop`: what the stand-in changed and
+/// delivered, and how the copy keeps up (as `GET /v1/sync` says).
+async fn report_progress(
+    every: Duration,
+    simulator: Simulator,
+    service: SocketAddr,
+    api_token: String,
+    stop: CancellationToken,
+) {
+    let Ok(http) = partnerstack::http::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+    else {
+        return;
+    };
+    let started = tokio::time::Instant::now();
+    let url = format!("http://{service}/v1/sync");
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(every) => {}
+        }
+        let sync = match http.get(&url).bearer_auth(&api_token).send().await {
+            Ok(r) => r.json::<Value>().await.unwrap_or(Value::Null)["data"].take(),
+            Err(_) => Value::Null,
+        };
+        println!(
+            "{}",
+            progress_line(started.elapsed(), &simulator.delivery_summary(), &sync)
+        );
+    }
+}
+
+/// One progress line: time since start, the stand-in's webhooks, the streams within
+/// their staleness bound and the objects the reconciler repaired.
+fn progress_line(
+    elapsed: Duration,
+    deliveries: &partnerstack_sim::DeliverySummary,
+    sync: &Value,
+) -> String {
+    let outcome = |name: &str| deliveries.outcomes.get(name).copied().unwrap_or(0);
+    let streams = sync["streams"].as_array().map(Vec::as_slice).unwrap_or(&[]);
+    let synced = streams
+        .iter()
+        .filter(|s| {
+            matches!(
+                (s["staleness_seconds"].as_u64(), s["staleness_bound_seconds"].as_u64()),
+                (Some(staleness), Some(bound)) if staleness <= bound
+            )
+        })
+        .count();
+    let repaired: i64 = streams
+        .iter()
+        .filter_map(|s| s["total_repairs"].as_i64())
+        .sum();
+    let copy = if streams.is_empty() {
+        "copy: sync status unavailable".to_string()
+    } else {
+        format!(
+            "copy: {synced} of {} streams synced, {repaired} objects repaired by the reconciler",
+            streams.len()
+        )
+    };
+    let seconds = elapsed.as_secs();
+    format!(
+        "[{}m {:02}s] stand-in: {} changes, {} webhooks delivered, {} lost | {copy}",
+        seconds / 60,
+        seconds % 60,
+        deliveries.events,
+        outcome("delivered"),
+        outcome("dropped"),
+    )
 }
 
 /// What the banner shows.
@@ -432,6 +512,7 @@ fn banner(b: &Banner<'_>) -> String {
          \x20 curl -s {auth} -X POST '{service}/v1/customers?wait=5' \\\n\
          \x20     -d '{{\"customer_key\": \"demo-1\", \"email\": \"demo@example.com\", \"partner_key\": \"{partner}\"}}'\n\
          \n\
+         Every {every} a line below sums up the progress.\n\
          Ctrl-C stops everything.\n\
          \n",
         data_dir = b.data_dir.display(),
@@ -441,12 +522,37 @@ fn banner(b: &Banner<'_>) -> String {
         secret_key = b.secret_key,
         rate = b.options.webhook_rate,
         drop = b.options.drop * 100.0,
+        every = humantime::format_duration(b.options.progress_every),
     )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_progress_line_sums_up_webhooks_and_streams() {
+        let mut deliveries = partnerstack_sim::DeliverySummary {
+            events: 60,
+            ..Default::default()
+        };
+        deliveries.outcomes.insert("delivered".into(), 48);
+        deliveries.outcomes.insert("dropped".into(), 12);
+        let sync = serde_json::json!({"streams": [
+            {"staleness_seconds": 20, "staleness_bound_seconds": 3600, "total_repairs": 7},
+            {"staleness_seconds": 4000, "staleness_bound_seconds": 3600, "total_repairs": 2},
+            {"staleness_seconds": null, "staleness_bound_seconds": 630, "total_repairs": 0},
+        ]});
+        assert_eq!(
+            progress_line(Duration::from_secs(95), &deliveries, &sync),
+            "[1m 35s] stand-in: 60 changes, 48 webhooks delivered, 12 lost | copy: 1 of 3 \
+             streams synced, 9 objects repaired by the reconciler"
+        );
+        assert!(
+            progress_line(Duration::ZERO, &deliveries, &Value::Null)
+                .ends_with("copy: sync status unavailable")
+        );
+    }
 
     #[test]
     fn a_cluster_without_the_marker_is_refused() {
@@ -462,12 +568,5 @@ mod tests {
         let fresh = dir.path().join("fresh");
         claim(&fresh).unwrap();
         assert!(fresh.join(MARKER).is_file());
-    }
-
-    #[test]
-    fn tokens_are_random_and_long_enough() {
-        let (a, b) = (random_hex(24), random_hex(24));
-        assert_eq!(a.len(), 48);
-        assert_ne!(a, b);
     }
 }

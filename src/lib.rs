@@ -27,6 +27,7 @@ pub mod feed;
 pub mod ingest;
 pub mod long_poll;
 pub mod memory;
+pub mod onboard;
 pub mod reconcile;
 pub mod relay;
 pub mod retention;
@@ -35,6 +36,7 @@ pub mod server;
 pub mod state;
 pub mod telemetry;
 mod text_enum;
+pub mod webhook_tokens;
 pub mod writes;
 
 /// The module graph has no cycles: no top-level module uses one that uses it back

@@ -9,7 +9,8 @@ use partnerstack_sync::db::events::{self, Outcome};
 use partnerstack_sync::ingest::IngestMetrics;
 use partnerstack_sync::ingest::applier::Applier;
 use partnerstack_sync::ingest::verify::Verifier;
-use partnerstack_sync::{app, config::Config, db, memory, telemetry};
+use partnerstack_sync::onboard::webhooks;
+use partnerstack_sync::{app, config::Config, db, memory, onboard, telemetry};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
@@ -50,6 +51,15 @@ enum Command {
         #[arg(long = "outcome", value_name = "OUTCOME", default_value = "error", value_parser = reapplicable)]
         outcomes: Vec<Outcome>,
     },
+    /// Write a configuration file with fresh secrets (a webhook token, API clients) and
+    /// print the next steps.
+    Init(partnerstack_sync::onboard::init::InitOptions),
+    /// Register, list, rotate or remove this service's webhook at PartnerStack
+    /// (/v2/webhooks), with the API keys.
+    Webhooks {
+        #[command(subcommand)]
+        action: webhooks::Action,
+    },
     /// Serve a local PartnerStack v2 stand-in (seeded data, faults, webhooks) under /api/v2.
     #[cfg(feature = "sim")]
     Simulate(Box<partnerstack_sim::Options>),
@@ -81,14 +91,19 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    // The demo's banner stays readable: only warnings unless RUST_LOG asks for more.
+    // What the demo, `init` and `webhooks` print stays readable: only warnings unless
+    // RUST_LOG asks for more.
+    let quiet = matches!(
+        cli.command,
+        Some(Command::Init(_) | Command::Webhooks { .. })
+    );
     #[cfg(feature = "sim")]
-    let default_filter = match cli.command {
-        Some(Command::Demo(_)) => "warn",
-        _ => telemetry::DEFAULT_LOG_FILTER,
+    let quiet = quiet || matches!(cli.command, Some(Command::Demo(_)));
+    let default_filter = if quiet {
+        "warn"
+    } else {
+        telemetry::DEFAULT_LOG_FILTER
     };
-    #[cfg(not(feature = "sim"))]
-    let default_filter = telemetry::DEFAULT_LOG_FILTER;
     if let Err(e) = telemetry::init_logging(config.log.format, default_filter) {
         eprintln!("partnerstack-sync: {e}");
         return ExitCode::from(2);
@@ -117,6 +132,8 @@ fn main() -> ExitCode {
             }
             Command::Reconcile { streams, full } => reconcile(config, streams, full).await,
             Command::Reapply { outcomes } => reapply(config, outcomes).await,
+            Command::Init(options) => init(&options),
+            Command::Webhooks { action } => register_webhooks(config, action).await,
         }
     });
     match result {
@@ -218,6 +235,31 @@ async fn reapply(config: Config, outcomes: Vec<Outcome>) -> anyhow::Result<()> {
             format!(": {}", counts.join(", "))
         }
     );
+    Ok(())
+}
+
+/// `init`: the file, then the next steps on stdout.
+fn init(options: &onboard::init::InitOptions) -> anyhow::Result<()> {
+    let env: std::collections::HashMap<String, String> = std::env::vars().collect();
+    print!("{}", onboard::init::run(options, &env)?);
+    Ok(())
+}
+
+/// `webhooks ...`: needs the API keys and the database (the tokens it stores); what
+/// PartnerStack holds afterwards on stdout.
+async fn register_webhooks(config: Config, action: webhooks::Action) -> anyhow::Result<()> {
+    action.validate()?;
+    let client = partnerstack::client::Client::new(&config.partnerstack)?;
+    let report = with_database(&config, async |_, pool| {
+        let commands = webhooks::Webhooks {
+            client: &client,
+            pool,
+            configured: &config.webhooks.tokens,
+        };
+        commands.run(&action).await
+    })
+    .await?;
+    print!("{}", report.render());
     Ok(())
 }
 

@@ -6,13 +6,14 @@ use std::sync::Arc;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
-use crate::auth::{Callers, SigningKeys, TokenSet};
+use crate::auth::{Callers, SigningKeys};
 use crate::config::Config;
 use crate::feed::Feed;
 use crate::ingest::writer::Writer;
 use crate::long_poll::LongPolls;
 use crate::reconcile::Reconciler;
 use crate::telemetry::{Exposition, Metrics};
+use crate::webhook_tokens::WebhookTokens;
 use crate::writes::Outbox;
 
 /// Shared state of a running service; cheap to clone.
@@ -24,7 +25,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Every metric group, as `/metrics` serves them.
     pub exposition: Arc<Exposition>,
-    pub webhook_tokens: Arc<TokenSet>,
+    /// The webhook URL tokens accepted now (configured, rotated, less the removed).
+    pub webhook_tokens: Arc<WebhookTokens>,
     pub signing_keys: Arc<SigningKeys>,
     /// Who may call `/v1`, and with which scopes.
     pub api_callers: Arc<Callers>,

@@ -152,6 +152,10 @@ pub struct WebhookConfig {
     /// retried before it is recorded `unconfirmed`.
     #[serde(deserialize_with = "fields::duration")]
     pub confirm_within: Duration,
+    /// How often each replica re-reads the tokens `webhooks rotate` added and `webhooks
+    /// remove` revoked.
+    #[serde(deserialize_with = "fields::positive_duration")]
+    pub token_refresh: Duration,
 }
 
 /// How webhook deliveries are applied (`webhooks.verification`).

@@ -9,6 +9,7 @@ pub mod pooler;
 pub mod relay;
 pub mod set_aside;
 pub mod sync;
+pub mod tokens;
 pub mod totals;
 pub mod writes;
 

@@ -10,7 +10,7 @@ use serde_json::Value;
 use crate::common::{API_TOKEN, Process, TestDb, WEBHOOK_TOKEN, free_port};
 
 /// Runs the binary with `args` and `env` to its end (at most 60 s): exit code and stderr.
-fn run(args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
+pub(crate) fn run(args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_partnerstack-sync"));
     cmd.args(args)
         .env_remove("DATABASE_URL")

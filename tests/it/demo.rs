@@ -53,6 +53,7 @@ async fn the_demo_syncs_every_stream_and_stops_without_leaving_postgres() {
     let data_dir = shared_temp_dir("demo");
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_partnerstack-sync"))
         .args(["demo", "--stand-in", "127.0.0.1:0", "--webhook-rate", "5"])
+        .args(["--progress-every", "1s"])
         .arg("--data-dir")
         .arg(&data_dir)
         .env("PSYNC_LISTEN", format!("127.0.0.1:{port}"))
@@ -215,6 +216,19 @@ async fn the_demo_syncs_every_stream_and_stops_without_leaving_postgres() {
     let _ = reader.join();
     let rest: Vec<String> = rx.try_iter().collect();
     assert!(rest.iter().any(|l| l.contains("demo stopped")), "{rest:#?}");
+    // The progress lines printed meanwhile, one a second.
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("Every 1s a line below sums up the progress")),
+        "{lines:#?}"
+    );
+    assert!(
+        rest.iter().any(|l| l.starts_with('[')
+            && l.contains("webhooks delivered")
+            && l.contains("streams synced")),
+        "{rest:#?}"
+    );
     assert!(
         !alive(postgres),
         "Postgres (pid {postgres}) outlived the demo"

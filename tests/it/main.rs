@@ -22,6 +22,7 @@ mod load;
 mod metrics;
 mod monitoring;
 mod netns;
+mod onboard;
 mod reconcile;
 mod relay;
 mod reliability;

@@ -200,6 +200,12 @@ fn check_streams(page: &str, before: &Value, after: &Value) {
             human_duration(is["staleness_bound_seconds"].as_u64().unwrap()),
             "{name}"
         );
+        // Just synced: within its bound, in round units, and said plainly.
+        let synced = cell(row, "synced");
+        assert!(
+            synced.ends_with("<span class=\"ok\">synced</span>") && synced.contains(" of "),
+            "{name}: {synced}"
+        );
         assert_eq!(cell(row, "failures"), "none", "{name}");
         assert_eq!(is["failures"], 0, "{name}");
     }

@@ -32,6 +32,7 @@ pub fn router(sim: Simulator) -> Router {
             "/api/v2/{stream}/{key}",
             get(get_one).patch(update).delete(delete),
         )
+        .merge(super::registrations::routes())
         .route_layer(middleware::from_fn_with_state(sim.clone(), gate))
         .with_state(sim)
 }

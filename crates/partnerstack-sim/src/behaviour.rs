@@ -170,6 +170,29 @@ pub const PROVENANCE: &[Entry] = &[
         option: Some("--retry-after-header sent|omitted"),
     },
     Entry {
+        what: "webhook registration endpoints",
+        provenance: Provenance::Documented,
+        source: "API reference (llms.txt index): GET/POST /v2/webhooks, GET/PATCH/DELETE \
+                 /v2/webhooks/{webhook_key}; registrations named by key, newest first; \
+                 DELETE archives",
+        option: None,
+    },
+    Entry {
+        what: "webhook create body",
+        provenance: Provenance::Guessed,
+        source: "undocumented: the URL as `target` (most third-party clients; the \
+                 reference says \"target URL\") or `target_url` (one client), with \
+                 `events`; the other spelling gets a 400",
+        option: Some("--webhook-target target|target-url"),
+    },
+    Entry {
+        what: "archived webhooks in the list",
+        provenance: Provenance::Guessed,
+        source: "DELETE archives; whether the list keeps archived registrations is \
+                 undocumented: listed with archived true, or hidden",
+        option: Some("--archived-webhooks listed|hidden"),
+    },
+    Entry {
         what: "legacy dialect",
         provenance: Provenance::Guessed,
         source: "an older integration guide: /partners, ending_cursor, second timestamps, \
@@ -309,6 +332,12 @@ pub struct Behaviours {
     /// How long a new customer stays unknown to `GET /customers/{customer_key}`.
     #[arg(long, default_value_t = 0)]
     pub customer_readable_after_ms: u64,
+    /// The field `POST /webhooks` takes the URL in (guessed).
+    #[arg(long, value_enum, default_value = "target")]
+    pub webhook_target: crate::registrations::WebhookTarget,
+    /// Whether archived webhook registrations stay listed (guessed).
+    #[arg(long, value_enum, default_value = "listed")]
+    pub archived_webhooks: crate::registrations::ArchivedWebhooks,
     /// How refusals are worded (guessed).
     #[arg(long, value_enum, default_value = "plain")]
     pub refusal_wording: RefusalWording,

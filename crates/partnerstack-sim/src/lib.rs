@@ -17,6 +17,7 @@ pub mod api;
 pub mod behaviour;
 pub mod data;
 pub mod faults;
+pub mod registrations;
 pub mod webhooks;
 pub mod world;
 
@@ -39,6 +40,7 @@ pub use behaviour::{
 };
 pub use faults::{AfterCommit, FaultSettings, FaultUpdate, Faults, Verdict};
 use partnerstack::Entity;
+pub use registrations::{ArchivedWebhooks, WebhookTarget};
 pub use webhooks::{DeliveryRecord, DeliverySummary, Naming, Notify, Outcome, Shape, Undelivered};
 pub use world::{Action, Change, Counts, MutationKind, Refusal, World};
 
@@ -236,6 +238,8 @@ struct Inner {
     world: RwLock<World>,
     faults: Faults,
     deliveries: webhooks::Deliveries,
+    /// Webhook registrations (`/api/v2/webhooks`).
+    registrations: registrations::Registry,
     /// `public_key:secret_key`, as Basic auth carries it.
     credentials: SecretString,
     dialect: Dialect,
@@ -306,6 +310,7 @@ impl Simulator {
                     seed: options.seed,
                     behaviours: options.behaviours.clone(),
                 }),
+                registrations: registrations::Registry::default(),
                 credentials: pair,
                 dialect: options.dialect,
                 options: options.clone(),

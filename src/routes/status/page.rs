@@ -14,7 +14,7 @@ use chrono::{DateTime, DurationRound as _, SecondsFormat, Utc};
 use maud::{DOCTYPE, Markup, Render, html};
 use partnerstack::Entity;
 
-use super::words::{grouped, human_duration, redact, site, truncate};
+use super::words::{grouped, human_duration, redact, rounded_duration, site, truncate};
 use super::{ACTIVITY_CAP, COUNT_CAP, REFRESH_SECONDS, Snapshot, WINDOW_MINUTES};
 use crate::db::events::Outcome;
 use crate::db::sync::PassStatus;
@@ -255,6 +255,10 @@ const STREAM_COLUMNS: &[Column<StreamStatus>] = &[
         cell: |s, _| text("staleness_bound", human_duration(s.staleness_bound_seconds)),
     },
     Column {
+        heading: "Synced?",
+        cell: |s, _| against_bound(s),
+    },
+    Column {
         heading: "Now",
         cell: |s, _| text("now", running(s)),
     },
@@ -302,6 +306,27 @@ fn streams(snapshot: &Snapshot) -> Markup {
                  this long ago may not be in the copy yet (webhooks usually do far better); \
                  the bound is what it should stay within, set by the settings (the \
                  PsyncStreamStale alert compares the two)."
+            }
+        }
+    }
+}
+
+/// The staleness against its bound in round units ("2 m of 1 h"), and a plain word:
+/// synced (within the bound) or behind.
+fn against_bound(stream: &StreamStatus) -> Markup {
+    let bound = rounded_duration(stream.staleness_bound_seconds);
+    html! {
+        td data-field="synced" {
+            @match stream.staleness_seconds {
+                Some(seconds) => {
+                    (rounded_duration(seconds)) " of " (bound) ": "
+                    @if seconds <= stream.staleness_bound_seconds {
+                        span class="ok" { "synced" }
+                    } @else {
+                        span class="bad" { "behind" }
+                    }
+                },
+                None => { "? of " (bound) ": " span class="bad" { "behind" } " (no completed pass)" },
             }
         }
     }
@@ -852,6 +877,12 @@ mod tests {
         assert!(page.contains("<td data-field=\"total_repairs\" class=\"n\">42</td>"));
         assert!(page.contains("<td data-field=\"staleness\">2m 05s</td>"));
         assert!(
+            page.contains(
+                "<td data-field=\"synced\">2 m of 10 m: <span class=\"ok\">synced</span></td>"
+            ),
+            "{page}"
+        );
+        assert!(
             page.contains("2 in a row</span>; next try in 1m 00s"),
             "{page}"
         );
@@ -928,7 +959,7 @@ mod tests {
         let page = render(&snapshot);
         assert!(
             under(&page).starts_with(
-                "<tr class=\"warn\"><td colspan=\"1\"></td><td class=\"text\" colspan=\"12\">\
+                "<tr class=\"warn\"><td colspan=\"1\"></td><td class=\"text\" colspan=\"13\">\
                  The request budget cannot meet the staleness bound of 1h 00m: about 2h 01m \
                  is achievable.</td></tr>"
             ),

@@ -17,6 +17,17 @@ pub fn human_duration(seconds: u64) -> String {
     }
 }
 
+/// A duration in its largest whole unit, rounded down: "45 s", "2 m", "1 h", "3 d" (a
+/// staleness against its bound reads "2 m of 1 h").
+pub fn rounded_duration(seconds: u64) -> String {
+    match seconds {
+        0..60 => format!("{seconds} s"),
+        60..3600 => format!("{} m", seconds / 60),
+        3600..86_400 => format!("{} h", seconds / 3600),
+        _ => format!("{} d", seconds / 86_400),
+    }
+}
+
 /// A whole number with thousands separators: "12,345".
 pub fn grouped(n: i64) -> String {
     let digits = n.unsigned_abs().to_string();
@@ -116,6 +127,10 @@ mod tests {
         assert_eq!(human_duration(3599), "59m 59s");
         assert_eq!(human_duration(7260), "2h 01m");
         assert_eq!(human_duration(3 * 86_400 + 4 * 3600 + 59), "3d 04h");
+        assert_eq!(rounded_duration(45), "45 s");
+        assert_eq!(rounded_duration(125), "2 m");
+        assert_eq!(rounded_duration(3600), "1 h");
+        assert_eq!(rounded_duration(3 * 86_400 + 5), "3 d");
         assert_eq!(grouped(0), "0");
         assert_eq!(grouped(999), "999");
         assert_eq!(grouped(1000), "1,000");

@@ -9,6 +9,7 @@
 
 mod pages;
 mod retry;
+mod webhooks;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,6 +24,7 @@ use serde_json::Value;
 
 pub use pages::{Filter, ListQuery, Page, Pager, supported_filters};
 pub use retry::{Attempt, RequestBudget, RetryPolicy, for_write, retry, retry_after};
+pub use webhooks::{TargetField, WEBHOOKS_PATH, Webhook};
 
 use crate::entity::Entity;
 use crate::models::{self, Customer, Object, Transaction};
