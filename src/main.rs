@@ -50,9 +50,11 @@ enum Command {
         #[arg(long = "outcome", value_name = "OUTCOME", default_value = "error", value_parser = reapplicable)]
         outcomes: Vec<Outcome>,
     },
-    /// Ask the PartnerStack account the questions the service otherwise guesses (page
-    /// size, order, filters, single reads, archived objects, rate-limit headers), store
-    /// the answers for the service to use, and print them. Read-only unless --writes.
+    /// Ask the PartnerStack account what the service otherwise guesses; store the answers.
+    ///
+    /// Page size, order, time filters, single reads, archived objects, rate-limit headers
+    /// (read-only); with --writes also repeated keys, delete answers and how long a new
+    /// customer is invisible. The service uses the stored answers from its next start.
     Check {
         /// Print the answers as JSON on stdout.
         #[arg(long)]

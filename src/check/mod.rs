@@ -159,15 +159,40 @@ pub(crate) async fn sent(
     }
 }
 
-/// The report as a table: question, what the account did, what the service will do.
+/// The report as a table: the question and its answer, then what the account did and
+/// what the service will do under them.
 pub fn table(report: &Report) -> String {
+    let answer = |f: &Finding| f.answer.clone().unwrap_or_else(|| "(still a guess)".into());
+    let asked = report
+        .findings
+        .iter()
+        .map(|f| f.asked.len())
+        .max()
+        .unwrap_or(0);
+    let answered = report
+        .findings
+        .iter()
+        .map(|f| answer(f).len())
+        .max()
+        .unwrap_or(0)
+        .max("answer".len());
+    let indent = " ".repeat(asked + answered + 4);
     let mut out = String::new();
-    let _ = writeln!(out, "PartnerStack account at {}", report.base_url);
+    let _ = writeln!(out, "PartnerStack account at {}\n", report.base_url);
+    let _ = writeln!(
+        out,
+        "{:asked$}  {:answered$}  what the account did / what the service will do",
+        "question", "answer"
+    );
     for f in &report.findings {
-        let answer = f.answer.as_deref().unwrap_or("still a guess");
-        let _ = writeln!(out, "\n{}  [{answer}]", f.asked);
-        let _ = writeln!(out, "  account: {}", f.observed);
-        let _ = writeln!(out, "  service: {}", f.service);
+        let _ = writeln!(
+            out,
+            "{:asked$}  {:answered$}  account: {}",
+            f.asked,
+            answer(f),
+            f.observed
+        );
+        let _ = writeln!(out, "{indent}service: {}", f.service);
     }
     let settled = report
         .findings
@@ -181,8 +206,41 @@ pub fn table(report: &Report) -> String {
         if report.writes {
             ""
         } else {
-            " (add --writes to ask the write questions through a throwaway customer)"
+            " (--writes asks the write questions through a throwaway customer)"
         }
     );
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_table_has_a_row_per_question_with_both_sides() {
+        let report = Report {
+            base_url: "http://127.0.0.1:1/api/v2".into(),
+            account: "abc".into(),
+            writes: false,
+            findings: vec![
+                Finding::settled("page_size", "100", "limit=250 answered 400"),
+                Finding::open("archived.customers", "none listed"),
+            ],
+        };
+        let table = table(&report);
+        assert!(
+            table.contains("Does a list accept 250 items a page?  100"),
+            "{table}"
+        );
+        assert!(table.contains("account: limit=250 answered 400"), "{table}");
+        assert!(
+            table.contains("service: lists are read 100 items a page"),
+            "{table}"
+        );
+        assert!(
+            table.contains("(still a guess)  account: none listed"),
+            "{table}"
+        );
+        assert!(table.contains("1 of 2 questions settled"), "{table}");
+    }
 }

@@ -257,7 +257,7 @@ async fn time_filter(
             &question,
             "honoured",
             format!(
-                "{}=<newest {field}> left out the older items ({} of {} listed)",
+                "{}=<newest {field}> listed {} items, none older (without it: {})",
                 filter.param(),
                 items.len(),
                 times.len()

@@ -219,3 +219,79 @@ pub async fn statuses(pool: &PgPool, config: &Config) -> Result<Vec<AnswerStatus
         })
         .collect())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn stored(question: &str, answer: &str) -> StoredAnswer {
+        StoredAnswer {
+            question: question.into(),
+            answer: answer.into(),
+            observed: String::new(),
+            settled_at: Utc::now(),
+        }
+    }
+
+    fn config(env: &[(&str, &str)]) -> Config {
+        let env: HashMap<String, String> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::load_with_env(None, &env).unwrap()
+    }
+
+    #[test]
+    fn answers_replace_defaults_and_never_explicit_settings() {
+        let answers = [
+            stored("page_size", "100"),
+            stored("time_filter.customers", "ignored"),
+            stored("time_filter.deals", "honoured"),
+            stored("new_customer_invisible", "240000"),
+            stored("delete_answer", "empty"),
+        ];
+        let mut c = config(&[]);
+        assert_eq!(apply(&mut c, &answers).len(), 3);
+        assert_eq!(c.partnerstack.page_size, 100);
+        assert_eq!(c.reconcile.unfiltered, vec![Entity::Customer]);
+        assert_eq!(c.writes.lookup_window, Duration::from_secs(720));
+
+        let mut c = config(&[
+            ("PARTNERSTACK_PAGE_SIZE", "50"),
+            ("PSYNC_WRITES_LOOKUP_WINDOW", "5m"),
+        ]);
+        apply(&mut c, &answers);
+        assert_eq!(c.partnerstack.page_size, 50);
+        assert_eq!(c.writes.lookup_window, Duration::from_secs(300));
+        assert_eq!(c.reconcile.unfiltered, vec![Entity::Customer]);
+    }
+
+    #[test]
+    fn a_short_delay_keeps_a_minute_and_nonsense_changes_nothing() {
+        assert_eq!(lookup_window("0"), Some(MIN_LOOKUP_WINDOW));
+        assert_eq!(lookup_window("soon"), None);
+        let mut c = config(&[]);
+        let before = (c.partnerstack.page_size, c.writes.lookup_window);
+        apply(
+            &mut c,
+            &[
+                stored("page_size", "999"),
+                stored("new_customer_invisible", "x"),
+            ],
+        );
+        assert_eq!((c.partnerstack.page_size, c.writes.lookup_window), before);
+    }
+
+    #[test]
+    fn every_question_has_words_and_a_guess() {
+        for (id, asked, _) in catalogue() {
+            assert_ne!(asked, id);
+            assert!(
+                consequence(&id, None).starts_with("still a guess: "),
+                "{id}"
+            );
+        }
+    }
+}

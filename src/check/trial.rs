@@ -60,7 +60,7 @@ async fn send(
     let base = client.path(entity).to_string();
     sent(
         client.probe(method, &base, key, &[], body).await,
-        "PartnerStack",
+        client.base_url(),
     )
     .await
 }
@@ -85,7 +85,7 @@ async fn partner(client: &Client) -> Result<Option<String>, CheckError> {
     let query = [("limit".to_string(), "1".to_string())];
     let listed = sent(
         client.probe(Method::GET, &base, None, &query, None).await,
-        "PartnerStack",
+        client.base_url(),
     )
     .await?;
     Ok(listed
@@ -128,20 +128,44 @@ pub async fn ask(client: &Client, options: &Options) -> Result<Vec<Finding>, Che
         )]);
     };
     let started = Instant::now();
-    let mut findings = Vec::new();
-    let second = send(
-        client,
-        Method::POST,
-        Entity::Customer,
-        None,
-        Some(&customer),
-    )
-    .await?;
-    findings.push(duplicate_customer(&second, &customer_id));
-    findings.push(visibility(client, &names.customer_key, started, options).await?);
-    findings.extend(transaction(client, &customer_id, &names.transaction_key).await?);
-    findings.push(archive(client, &names.customer_key, &customer_id).await?);
+    let asked = async {
+        let second = send(
+            client,
+            Method::POST,
+            Entity::Customer,
+            None,
+            Some(&customer),
+        )
+        .await?;
+        let mut findings = vec![duplicate_customer(&second, &customer_id)];
+        findings.push(visibility(client, &names.customer_key, started, options).await?);
+        findings.extend(transaction(client, &customer_id, &names.transaction_key).await?);
+        Ok::<_, CheckError>(findings)
+    }
+    .await;
+    // Whatever happened above, the throwaway objects go.
+    let archived = archive(client, &names.customer_key, &customer_id).await;
+    let mut findings = match asked {
+        Ok(findings) => findings,
+        Err(e) => {
+            let _ = remove_transactions(client, &names.transaction_key).await;
+            return Err(e);
+        }
+    };
+    findings.push(archived?);
     Ok(findings)
+}
+
+/// Deletes transactions under `key` until none is left (a second one, when the account
+/// made one for a repeated key), at most three.
+async fn remove_transactions(client: &Client, key: &str) -> Result<(), CheckError> {
+    for _ in 0..3 {
+        let probe = send(client, Method::DELETE, Entity::Transaction, Some(key), None).await?;
+        if !probe.status.is_success() {
+            break;
+        }
+    }
+    Ok(())
 }
 
 fn duplicate_customer(second: &Probe, first_key: &str) -> Finding {
@@ -267,6 +291,7 @@ async fn transaction(
         None,
     )
     .await?;
+    remove_transactions(client, &first_key).await?;
     Ok(vec![duplicate, delete_answer(&deleted)])
 }
 
@@ -319,7 +344,7 @@ async fn archive(
     let query = [("limit".to_string(), "50".to_string())];
     let listed = sent(
         client.probe(Method::GET, &base, None, &query, None).await,
-        "PartnerStack",
+        client.base_url(),
     )
     .await?;
     let listed_again = listed

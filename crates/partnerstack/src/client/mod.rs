@@ -650,6 +650,11 @@ impl Client {
         self.inner.budget.rate()
     }
 
+    /// The API root requests go to (no credentials in it).
+    pub fn base_url(&self) -> &str {
+        &self.inner.base_url
+    }
+
     /// Items per list page unless a query says otherwise.
     pub fn page_size(&self) -> u32 {
         self.inner.page_size
