@@ -98,6 +98,9 @@ async fn serve(
     let Some(pool) = until_stopped(&shutdown, open_pool(&config, database)).await? else {
         return Ok(());
     };
+    // What `partnerstack-sync check` settled about the account replaces the defaults.
+    let mut config = config;
+    crate::check::settled::load_and_apply(&pool, &mut config).await?;
     let config = Arc::new(config);
     let webhook_tokens = webhook_tokens(&config, &pool).await;
     warn_about_open_doors(&config, &webhook_tokens);

@@ -16,6 +16,7 @@ pub mod app;
 pub mod apply;
 pub mod auth;
 pub mod burst;
+pub mod check;
 pub mod columns;
 pub mod config;
 pub mod cursor;

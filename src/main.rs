@@ -60,6 +60,25 @@ enum Command {
         #[command(subcommand)]
         action: webhooks::Action,
     },
+    /// Ask the PartnerStack account what the service otherwise guesses; store the answers.
+    ///
+    /// Page size, order, time filters, single reads, archived objects, rate-limit headers
+    /// (read-only); with --writes also repeated keys, delete answers and how long a new
+    /// customer is invisible. The service uses the stored answers from its next start.
+    Check {
+        /// Print the answers as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+        /// Also ask the write questions (repeated keys, delete answers, how long a new
+        /// customer stays unknown) through a throwaway customer and transaction, removed
+        /// again at the end.
+        #[arg(long)]
+        writes: bool,
+        /// With --writes: the longest wait, in seconds, for a new customer to become
+        /// readable.
+        #[arg(long, value_name = "SECONDS", default_value_t = 1200)]
+        visible_within: u64,
+    },
     /// Serve a local PartnerStack v2 stand-in (seeded data, faults, webhooks) under /api/v2.
     #[cfg(feature = "sim")]
     Simulate(Box<partnerstack_sim::Options>),
@@ -91,11 +110,11 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    // What the demo, `init` and `webhooks` print stays readable: only warnings unless
-    // RUST_LOG asks for more.
+    // What the demo, `init`, `webhooks` and `check` print stays readable: only warnings
+    // unless RUST_LOG asks for more.
     let quiet = matches!(
         cli.command,
-        Some(Command::Init(_) | Command::Webhooks { .. })
+        Some(Command::Init(_) | Command::Webhooks { .. } | Command::Check { .. })
     );
     #[cfg(feature = "sim")]
     let quiet = quiet || matches!(cli.command, Some(Command::Demo(_)));
@@ -134,6 +153,11 @@ fn main() -> ExitCode {
             Command::Reapply { outcomes } => reapply(config, outcomes).await,
             Command::Init(options) => init(&options),
             Command::Webhooks { action } => register_webhooks(config, action).await,
+            Command::Check {
+                json,
+                writes,
+                visible_within,
+            } => check(config, json, writes, visible_within).await,
         }
     });
     match result {
@@ -263,6 +287,35 @@ async fn register_webhooks(config: Config, action: webhooks::Action) -> anyhow::
     Ok(())
 }
 
+/// `check`: asks the account first (refused keys or no answer end it before the database
+/// is opened), then stores the settled answers and prints the report.
+async fn check(
+    config: Config,
+    json: bool,
+    writes: bool,
+    visible_within: u64,
+) -> anyhow::Result<()> {
+    use partnerstack_sync::check;
+
+    let client = partnerstack::client::Client::new(&config.partnerstack)?;
+    let options = check::trial::Options {
+        visible_within: std::time::Duration::from_secs(visible_within),
+        ..check::trial::Options::default()
+    };
+    let report = check::ask(&client, &config.partnerstack, writes, &options).await?;
+    let stored = with_database(&config, async |_, pool| {
+        Ok(check::store(pool, &report).await?)
+    })
+    .await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", check::table(&report));
+    }
+    eprintln!("{stored} answers stored; the service uses them from its next start");
+    Ok(())
+}
+
 async fn healthcheck(config: Config) -> anyhow::Result<()> {
     let mut addr = config.server.listen;
     if addr.ip().is_unspecified() {
@@ -288,7 +341,8 @@ async fn reconcile(config: Config, streams: Vec<Entity>, full: bool) -> anyhow::
     } else {
         streams
     };
-    let client = partnerstack::client::Client::new(&config.partnerstack)?;
+    // Fails at once without credentials, before the database is opened.
+    partnerstack::client::Client::new(&config.partnerstack)?;
     let stop =
         cancel_on_signal("stopping after the current page (the pass resumes from its checkpoint)");
     let last = std::sync::Mutex::new(std::time::Instant::now());
@@ -312,6 +366,10 @@ async fn reconcile(config: Config, streams: Vec<Entity>, full: bool) -> anyhow::
     let trim_stop = tokio_util::sync::CancellationToken::new();
     let trim = tokio::spawn(memory::trim_memory(memory::TRIM_EVERY, trim_stop.clone()));
     let reports = with_database(&config, async |_, pool| {
+        // What `check` settled about the account replaces the defaults, as in `serve`.
+        let mut config = config.clone();
+        partnerstack_sync::check::settled::load_and_apply(pool, &mut config).await?;
+        let client = partnerstack::client::Client::new(&config.partnerstack)?;
         let metrics = std::sync::Arc::new(telemetry::Metrics::new());
         let reconciler = Reconciler::new(client, config.reconcile.clone(), pool.clone(), metrics);
         reconciler

@@ -51,6 +51,10 @@ impl Config {
         let mut config: Config = layers.deserialize()?;
         config.database.data_dir_is_default = !layers.sets("database.data_dir");
         config.warnings = layers::unknown_variables(env);
+        config.explicit = settings::ANSWERED_SETTINGS
+            .into_iter()
+            .filter(|s| layers.sets(s))
+            .collect();
         validate::check(&config).map_err(|invalid| layers.error(&invalid.setting, &invalid.why))?;
         Ok(config)
     }

@@ -36,6 +36,21 @@ pub struct Config {
     /// What loading noticed but did not refuse (a variable that sets nothing), for the log.
     #[serde(skip)]
     pub warnings: Vec<String>,
+    /// Those of [`ANSWERED_SETTINGS`] that a file or the environment sets: an answer
+    /// stored by `partnerstack-sync check` replaces only a default.
+    #[serde(skip)]
+    pub explicit: Vec<&'static str>,
+}
+
+/// The settings a stored answer about the account can replace (`crate::check::settled`).
+pub const ANSWERED_SETTINGS: [&str; 2] = ["partnerstack.page_size", "writes.lookup_window"];
+
+impl Config {
+    /// Whether `setting` (one of [`ANSWERED_SETTINGS`]) was set by a file or the
+    /// environment rather than left at its default.
+    pub fn set_explicitly(&self, setting: &str) -> bool {
+        self.explicit.contains(&setting)
+    }
 }
 
 /// The HTTP server (`[server]`).
@@ -315,6 +330,11 @@ pub struct ReconcileConfig {
     /// incremental passes and fetches keep the rest (0 < share <= 1).
     #[serde(deserialize_with = "fields::share")]
     pub scan_share: f64,
+    /// Streams whose list ignores (or refuses) its time filter, as `partnerstack-sync
+    /// check` found: every pass of theirs is a full scan. Not a setting: filled from the
+    /// stored answers at start-up (`crate::check::settled`).
+    #[serde(skip)]
+    pub unfiltered: Vec<Entity>,
 }
 
 impl ReconcileConfig {

@@ -1,5 +1,6 @@
 //! Postgres: the pool, migrations, the embedded default and the queries per table.
 
+pub mod answers;
 pub mod attribution;
 pub mod changes;
 pub mod embedded;

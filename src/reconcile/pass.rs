@@ -86,7 +86,10 @@ pub fn plan(
     rps: f64,
 ) -> PassKind {
     let full_due = next_full_at(state, entity, config, rps).is_none_or(|at| now >= at);
-    if force_full || state.requested_full || state.watermark.is_none() || full_due {
+    // A stream whose list does not honour its time filter reads everything in any pass:
+    // a full scan at least finds what was deleted (`check`'s `time_filter.*` answers).
+    let unfiltered = config.unfiltered.contains(&entity);
+    if force_full || state.requested_full || state.watermark.is_none() || full_due || unfiltered {
         PassKind::Full
     } else if has_update_filter(entity) {
         PassKind::Incremental

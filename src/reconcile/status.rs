@@ -10,6 +10,7 @@ use sqlx::PgPool;
 use utoipa::ToSchema;
 
 use super::{Coverage, Freshness, Reconciler, freshness};
+use crate::check::settled::{self, AnswerStatus};
 use crate::config::Config;
 use crate::db::set_aside::{self, SetAsideObject};
 use crate::db::sync::{self, PassCounts, PassKind, StreamState};
@@ -29,6 +30,9 @@ pub struct SyncStatus {
     /// first, at most 50: each set aside with its error while the rest of its page, batch
     /// or write went on, and tried again whenever it is seen again.
     pub set_aside: Vec<SetAsideObject>,
+    /// Each question `partnerstack-sync check` asks the account: settled (with its answer
+    /// and when) or still a guess, and what the service does either way.
+    pub answers: Vec<AnswerStatus>,
 }
 
 /// A reconcile stream's name (`partnerships`, `customers`, ...): served as that word,
@@ -195,5 +199,6 @@ pub async fn load(
         runner: reconciler.map(|r| r.runner().to_string()),
         streams,
         set_aside: set_aside::recent(pool, SET_ASIDE_LISTED).await?,
+        answers: settled::statuses(pool, config).await?,
     })
 }

@@ -7,6 +7,7 @@ mod access;
 mod alerting;
 mod api;
 mod changes;
+mod check;
 mod cli;
 mod client;
 mod common;

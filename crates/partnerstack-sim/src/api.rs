@@ -15,7 +15,9 @@ use axum::{Json, Router};
 use base64::Engine as _;
 use serde_json::{Map, Value, json};
 
-use super::behaviour::{ArchivedCustomers, DeleteAnswer, LostCursor, RetryAfterHeader};
+use super::behaviour::{
+    ArchivedCustomers, DeleteAnswer, LostCursor, RetryAfterHeader, TimeFilters,
+};
 use super::data::ListParams;
 use super::webhooks::Notify;
 use super::{AfterCommit, Dialect, Simulator, Verdict};
@@ -203,6 +205,13 @@ fn list_params(
                 .map_err(|e| format!("'{name}': {e}"))
         };
         let text = || Some(value.clone()).filter(|v| !v.is_empty());
+        let timed = matches!(
+            name.as_str(),
+            "min_updated" | "max_updated" | "min_created" | "max_created"
+        );
+        if timed && sim.behaviours().time_filters == TimeFilters::Ignored {
+            continue;
+        }
         match name.as_str() {
             "limit" => match value.trim().parse::<usize>() {
                 Ok(n) if (1..=max).contains(&n) => q.limit = n,

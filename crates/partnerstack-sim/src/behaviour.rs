@@ -59,8 +59,10 @@ pub const PROVENANCE: &[Entry] = &[
         provenance: Provenance::Seen,
         source: "API reference and generated clients for customers, transactions, deals; \
                  Airbyte's connector for min_updated on partnerships, groups and leads and \
-                 min_created on rewards; reward status filter seen in production",
-        option: None,
+                 min_created on rewards; reward status filter seen in production. Whether \
+                 an account honours the time filters is what `check` asks: `ignored` lists \
+                 everything whatever min/max_updated and min/max_created say",
+        option: Some("--time-filters honoured|ignored"),
     },
     Entry {
         what: "single GETs",
@@ -293,6 +295,16 @@ pub enum RetryAfterHeader {
     Omitted,
 }
 
+/// Whether lists honour their time filters (`min_updated`, `max_updated`,
+/// `min_created`, `max_created`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TimeFilters {
+    Honoured,
+    /// Every item is listed, whatever the time filters say.
+    Ignored,
+}
+
 /// How deals carry `account_name`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -326,6 +338,9 @@ pub struct Behaviours {
     /// Whether a 429 carries Retry-After (guessed).
     #[arg(long, value_enum, default_value = "sent")]
     pub retry_after_header: RetryAfterHeader,
+    /// Whether lists honour their time filters (seen honoured; `check` asks).
+    #[arg(long, value_enum, default_value = "honoured")]
+    pub time_filters: TimeFilters,
     /// How deals carry account_name (both seen).
     #[arg(long, value_enum, default_value = "string")]
     pub account_name: AccountName,

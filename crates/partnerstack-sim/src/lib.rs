@@ -36,7 +36,8 @@ use tokio_util::sync::CancellationToken;
 
 pub use behaviour::{
     AccountName, ArchivedCustomers, Behaviours, CustomerBody, DeleteAnswer,
-    DuplicateTransactionKey, LostCursor, RefusalWording, RetryAfterHeader, WebhookEvents,
+    DuplicateTransactionKey, LostCursor, RefusalWording, RetryAfterHeader, TimeFilters,
+    WebhookEvents,
 };
 pub use faults::{AfterCommit, FaultSettings, FaultUpdate, Faults, Verdict};
 use partnerstack::Entity;

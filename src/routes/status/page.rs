@@ -26,8 +26,15 @@ use crate::relay::status::EndpointStatus;
 const EVENT_TYPES_SHOWN: usize = 20;
 
 /// The page's sections, in order: each makes one `<section>` from the snapshot.
-const SECTIONS: &[fn(&Snapshot) -> Markup] =
-    &[streams, webhooks, backlog, writes_outbox, budget, relay];
+const SECTIONS: &[fn(&Snapshot) -> Markup] = &[
+    streams,
+    webhooks,
+    backlog,
+    writes_outbox,
+    budget,
+    relay,
+    account_answers,
+];
 
 /// The style sheet. It is text in a `<style>` element, so it is escaped like any text:
 /// it must hold none of `&<>"` (a test checks that it reaches the page unchanged).
@@ -611,6 +618,35 @@ fn writes_outbox(snapshot: &Snapshot) -> Markup {
     }
 }
 
+/// What `partnerstack-sync check` settled about the account, and what is still a guess
+/// (answers are words and times: no key, no name).
+fn account_answers(snapshot: &Snapshot) -> Markup {
+    let answers = &snapshot.sync.answers;
+    let settled = answers.iter().filter(|a| a.settled).count();
+    html! {
+        section id="answers" {
+            h2 { "What the account answered" }
+            p data-field="answers_settled" {
+                (settled) " of " (answers.len()) " questions settled by "
+                code { "partnerstack-sync check" } "; the others are guesses the service handles."
+            }
+            table {
+                thead { tr { th { "question" } th { "answer" } th { "settled" } th { "the service" } } }
+                tbody {
+                    @for a in answers {
+                        tr id=(format!("answer-{}", a.question)) {
+                            td { (a.asked) }
+                            (text("answer", a.answer.as_deref().unwrap_or("still a guess")))
+                            (text("settled_at", age(a.settled_at, snapshot.now, "never")))
+                            td class="text" data-field="service" { (a.service) }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// The PartnerStack request budget.
 fn budget(snapshot: &Snapshot) -> Markup {
     html! {
@@ -765,6 +801,7 @@ mod tests {
                     last_seen_at: now,
                     times: 2,
                 }],
+                answers: Vec::new(),
             },
             relay: RelayStatus {
                 endpoints: vec![EndpointStatus {

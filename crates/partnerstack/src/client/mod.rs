@@ -403,6 +403,93 @@ pub fn endpoint(path: &str, keyed: bool) -> String {
     }
 }
 
+/// One answer as PartnerStack gave it, for a caller that must judge it itself
+/// (`partnerstack-sync check`): the status, the rate-limit headers and the body.
+#[derive(Debug, Clone)]
+pub struct Probe {
+    pub status: StatusCode,
+    /// The names (lower case) of the answer's rate-limit headers: `x-ratelimit-*`,
+    /// `ratelimit-*`, `retry-after`.
+    pub rate_limit_headers: Vec<String>,
+    /// The JSON body; `Value::Null` when it is empty or not JSON.
+    pub body: Value,
+}
+
+impl Client {
+    /// Sends one request to `path` (plus `key`) through the request budget and returns
+    /// PartnerStack's answer whatever its status: no status is an error here. Only a 429
+    /// is sent again (after its `Retry-After`); no answer at all is [`Error::Transport`]
+    /// at once, so a caller learns quickly that PartnerStack cannot be reached.
+    pub async fn probe(
+        &self,
+        method: Method,
+        path: &str,
+        key: Option<&str>,
+        query: &[(String, String)],
+        body: Option<&Value>,
+    ) -> Result<Probe, Error> {
+        let inner = &self.inner;
+        let url = self.url(path, key)?;
+        let what = format!("{method} {}", url.path());
+        retry(&inner.policy, &inner.budget, &what, |_| {
+            inner.requests.fetch_add(1, Ordering::Relaxed);
+            let mut request = inner
+                .http
+                .request(method.clone(), url.clone())
+                .basic_auth(
+                    inner.public_key.expose_secret(),
+                    Some(inner.secret_key.expose_secret()),
+                )
+                .header(reqwest::header::ACCEPT, "application/json");
+            if !query.is_empty() {
+                request = request.query(query);
+            }
+            if let Some(body) = body {
+                request = request.json(body);
+            }
+            probe_once(request)
+        })
+        .await
+    }
+}
+
+async fn probe_once(request: reqwest::RequestBuilder) -> Attempt<Probe> {
+    let response = match request.send().await {
+        Ok(r) => r,
+        Err(e) => return Attempt::Done(Err(Error::transport(e))),
+    };
+    let status = response.status();
+    let wait = retry_after(response.headers(), Utc::now());
+    let rate_limit_headers = response
+        .headers()
+        .keys()
+        .map(|name| name.as_str().to_ascii_lowercase())
+        .filter(|name| {
+            name.starts_with("x-ratelimit")
+                || name.starts_with("ratelimit")
+                || name == "retry-after"
+        })
+        .collect();
+    let text = match response.text().await {
+        Ok(t) => t,
+        Err(e) => return Attempt::Done(Err(Error::transport(e))),
+    };
+    if status == StatusCode::TOO_MANY_REQUESTS {
+        return Attempt::Retry {
+            error: Error::Http {
+                status,
+                message: error_message(&text, status),
+            },
+            retry_after: wait,
+        };
+    }
+    Attempt::Done(Ok(Probe {
+        status,
+        rate_limit_headers,
+        body: serde_json::from_str(&text).unwrap_or(Value::Null),
+    }))
+}
+
 /// How PartnerStack answered one HTTP request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Answer {
@@ -563,6 +650,11 @@ impl Client {
     /// same account in the process.
     pub fn requests_per_second(&self) -> f64 {
         self.inner.budget.rate()
+    }
+
+    /// The API root requests go to (no credentials in it).
+    pub fn base_url(&self) -> &str {
+        &self.inner.base_url
     }
 
     /// Items per list page unless a query says otherwise.
