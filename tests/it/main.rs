@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod api;
+mod archives;
 mod changes;
 mod cli;
 mod client;

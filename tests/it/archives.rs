@@ -1,0 +1,299 @@
+//! Deletions that stick: archived objects under each way lists can show them, and a
+//! partnership read by `partner_key` under each way PartnerStack can answer it.
+
+use std::time::Duration;
+
+use partnerstack::Entity;
+use partnerstack_sim::{
+    ArchivedInLists, Behaviours, CustomerBody, DealLeadBody, MutationKind, Notify, Options,
+    PartnershipByPartnerKey, Running,
+};
+use partnerstack_sync::config::Verification;
+use serde_json::{Map, Value, json};
+
+use crate::client::wired;
+use crate::common::TestApp;
+use crate::reconcile::{assert_converged, pass, reconciler, to_repair, total, truth};
+
+fn fields(value: Value) -> Map<String, Value> {
+    value.as_object().cloned().unwrap()
+}
+
+/// `n` keys of live objects of `entity` the stand-in has (customers: with a
+/// `customer_key`, which keyless bodies need to be found by).
+fn live(sim: &Running, entity: Entity, n: usize) -> Vec<String> {
+    let keys: Vec<String> = truth(sim, entity)
+        .into_iter()
+        .filter(|o| o["archived"] != true)
+        .filter(|o| entity != Entity::Customer || o["customer_key"].is_string())
+        .map(|o| o["key"].as_str().unwrap().to_string())
+        .take(n)
+        .collect();
+    assert_eq!(keys.len(), n, "{entity:?}: not enough live objects");
+    keys
+}
+
+async fn deleted(app: &TestApp, entity: Entity, key: &str) -> bool {
+    app.db
+        .count(&format!(
+            "SELECT count(*) FROM {} WHERE key = '{key}' AND deleted_at IS NOT NULL",
+            partnerstack_sync::columns::table(entity)
+        ))
+        .await
+        == 1
+}
+
+/// Archived objects stay deleted and the copy converges under each way lists show them
+/// (hidden; listed with `archived: true`; listed without a flag), for customers and
+/// partnerships alike, under each partnership-refetch answer, each webhook body shape and
+/// both verification modes. Which webhooks are lost is chosen, not drawn: where lists
+/// keep archived objects without a flag only the webhook tells an archived object from a
+/// live one, so there every archival is delivered (a lost one cannot be repaired by
+/// lists, and the test would be asking the impossible). Repeats and reordering stay on.
+#[tokio::test]
+async fn archived_objects_stay_deleted_and_the_copy_converges() {
+    use ArchivedInLists::{Flagged, Hidden, Unflagged};
+    use PartnershipByPartnerKey::{Answers, Refused};
+    for (archived, by_partner_key, customer_body, deal_lead_body, verification) in [
+        (
+            Hidden,
+            Answers,
+            CustomerBody::Sample,
+            DealLeadBody::Full,
+            Verification::Fetch,
+        ),
+        (
+            Flagged,
+            Refused,
+            CustomerBody::Full,
+            DealLeadBody::Keyless,
+            Verification::Fetch,
+        ),
+        (
+            Unflagged,
+            Refused,
+            CustomerBody::Keyless,
+            DealLeadBody::Full,
+            Verification::Fetch,
+        ),
+        (
+            Unflagged,
+            Answers,
+            CustomerBody::Sample,
+            DealLeadBody::Keyless,
+            Verification::Body,
+        ),
+    ] {
+        let behaviours = Behaviours {
+            archived_customers: archived,
+            archived_partnerships: archived,
+            partnership_by_partner_key: by_partner_key,
+            customer_body,
+            deal_lead_body,
+            ..Behaviours::default()
+        };
+        println!("[archives] {verification:?} {behaviours:?}");
+        converges_with_archives(behaviours, verification).await;
+    }
+}
+
+async fn converges_with_archives(behaviours: Behaviours, verification: Verification) {
+    let unflagged = behaviours.archived_customers == ArchivedInLists::Unflagged;
+    let options = Options {
+        duplicate: 0.3,
+        reorder: 0.5,
+        behaviours,
+        ..Options::small(12)
+    };
+    let (app, sim) = wired(options, |c| {
+        c.webhooks.confirm_within = Duration::from_secs(2);
+        c.webhooks.verification = verification;
+    })
+    .await;
+    if unflagged {
+        // Customers archived before the copy began are listed like live ones and were
+        // never announced: nothing could tell the copy. Start from a program without them.
+        for customer in truth(&sim, Entity::Customer) {
+            if customer["archived"] == true {
+                let key = customer["key"].as_str().unwrap();
+                let live = fields(json!({"archived": false}));
+                sim.simulator
+                    .patch(Entity::Customer, key, &live, Notify::None)
+                    .unwrap();
+            }
+        }
+    }
+    let r = reconciler(&app.db, &sim, |_| {});
+    pass(&r, true).await;
+    assert_converged(&app.db, &sim).await;
+
+    // A lost archival is repaired by lists that hide or flag archived objects; with
+    // unflagged lists nothing could repair it, so it is delivered there.
+    let lost_archival = if unflagged {
+        Notify::Deliver
+    } else {
+        Notify::Drop
+    };
+    let customers = live(&sim, Entity::Customer, 4);
+    let partners = live(&sim, Entity::Partner, 4);
+    let deals = live(&sim, Entity::Deal, 2);
+    let leads = live(&sim, Entity::Lead, 2);
+    let s = &sim.simulator;
+    let patch = |entity, key: &str, change: Value, notify| {
+        s.patch(entity, key, &fields(change), notify).unwrap();
+    };
+    patch(
+        Entity::Customer,
+        &customers[0],
+        json!({"name": "Renamed, delivered"}),
+        Notify::Deliver,
+    );
+    patch(
+        Entity::Customer,
+        &customers[1],
+        json!({"name": "Renamed, lost"}),
+        Notify::Drop,
+    );
+    patch(
+        Entity::Customer,
+        &customers[2],
+        json!({"archived": true}),
+        Notify::Deliver,
+    );
+    patch(
+        Entity::Customer,
+        &customers[3],
+        json!({"archived": true}),
+        lost_archival,
+    );
+    patch(
+        Entity::Partner,
+        &partners[0],
+        json!({"tags": ["delivered"]}),
+        Notify::Deliver,
+    );
+    patch(
+        Entity::Partner,
+        &partners[1],
+        json!({"tags": ["lost"]}),
+        Notify::Drop,
+    );
+    patch(
+        Entity::Partner,
+        &partners[2],
+        json!({"archived": true}),
+        Notify::Deliver,
+    );
+    patch(
+        Entity::Partner,
+        &partners[3],
+        json!({"archived": true}),
+        lost_archival,
+    );
+    patch(Entity::Deal, &deals[0], json!({"stage": "won"}), Notify::Deliver);
+    patch(Entity::Deal, &deals[1], json!({"stage": "lost"}), Notify::Drop);
+    patch(Entity::Lead, &leads[0], json!({"status": "dead"}), Notify::Deliver);
+    patch(Entity::Lead, &leads[1], json!({"status": "open"}), Notify::Drop);
+    s.mutate(1, Some(MutationKind::NewCustomer), Notify::Deliver);
+    s.mutate(1, Some(MutationKind::NewCustomer), Notify::Drop);
+    assert!(s.flush(Duration::from_secs(30)).await);
+    app.settle().await;
+
+    // What was delivered is deleted already, without waiting for a pass.
+    assert!(deleted(&app, Entity::Customer, &customers[2]).await);
+    assert!(deleted(&app, Entity::Partner, &partners[2]).await);
+    if unflagged {
+        assert!(deleted(&app, Entity::Customer, &customers[3]).await);
+        assert!(deleted(&app, Entity::Partner, &partners[3]).await);
+    }
+    // No partnership delivery waited for PartnerStack: read by the stored key, or
+    // settled at once.
+    assert_eq!(
+        app.db
+            .count("SELECT count(*) FROM webhook_events WHERE attempts > 0")
+            .await,
+        0
+    );
+
+    // One full pass: the lists (which may show the archived objects unflagged) bring
+    // back nothing archived, and repair exactly what no webhook delivered.
+    let expected = to_repair(&app.db, &sim).await;
+    let reports = pass(&r, true).await;
+    let repairs = total(&reports, |r| r.counts.repairs);
+    println!("[archives] repairs={repairs}, expected: {expected:?}");
+    assert_converged(&app.db, &sim).await;
+    assert_eq!(repairs as usize, expected.len());
+    for (entity, key) in [
+        (Entity::Customer, &customers[2]),
+        (Entity::Customer, &customers[3]),
+        (Entity::Partner, &partners[2]),
+        (Entity::Partner, &partners[3]),
+    ] {
+        assert!(deleted(&app, entity, key).await, "{entity:?} {key} is live");
+    }
+    // And again: nothing left to change.
+    let again = pass(&r, true).await;
+    assert_eq!(total(&again, |r| r.counts.changed), 0);
+    sim.stop().await.unwrap();
+    app.stop().await;
+}
+
+/// A delivery's outcome and where its state came from.
+async fn outcomes(app: &TestApp) -> Vec<(String, Option<String>, i32)> {
+    sqlx::query_as("SELECT outcome, applied_from, attempts FROM webhook_events ORDER BY id")
+        .fetch_all(&app.db.pool)
+        .await
+        .unwrap()
+}
+
+/// The reference names only a "unique identifier" for a single partnership read, so
+/// PartnerStack may refuse one by `partner_key` (a 404). Under each answer, a keyless
+/// partnership body settles at once, never after minutes of retries: a partnership the
+/// copy knows is read by its stored key (and verified either way); one it does not know is
+/// read by `partner_key`, found where PartnerStack answers, else taken as in body mode
+/// (no stored row: unresolved, for a reconcile pass to bring).
+#[tokio::test]
+async fn a_refused_partnership_read_falls_back_at_once() {
+    for by_partner_key in [PartnershipByPartnerKey::Answers, PartnershipByPartnerKey::Refused] {
+        let options = Options {
+            behaviours: Behaviours {
+                partnership_by_partner_key: by_partner_key,
+                ..Behaviours::default()
+            },
+            ..Options::small(5)
+        };
+        // Retries would keep a delivery pending for a minute: settling sooner shows none.
+        let (app, sim) = wired(options, |c| {
+            c.webhooks.confirm_within = Duration::from_secs(60);
+        })
+        .await;
+        let s = &sim.simulator;
+        // The copy knows no partnership yet.
+        let unknown = s.mutate(1, Some(MutationKind::UpdatePartnership), Notify::Deliver);
+        assert!(s.flush(Duration::from_secs(10)).await);
+        app.settle().await;
+        let first = outcomes(&app).await;
+        let expected = match by_partner_key {
+            PartnershipByPartnerKey::Answers => ("applied".to_string(), Some("fetch".into()), 0),
+            PartnershipByPartnerKey::Refused => ("unresolved".to_string(), None, 0),
+        };
+        assert_eq!(first, [expected], "{by_partner_key:?}");
+
+        // Once the copy holds the partnerships, deliveries are read by the stored key.
+        let r = reconciler(&app.db, &sim, |_| {});
+        pass(&r, true).await;
+        s.mutate(1, Some(MutationKind::UpdatePartnership), Notify::Deliver);
+        assert!(s.flush(Duration::from_secs(10)).await);
+        app.settle().await;
+        let second = outcomes(&app).await;
+        assert_eq!(
+            second.last().unwrap(),
+            &("applied".to_string(), Some("fetch".into()), 0),
+            "{by_partner_key:?}"
+        );
+        let key = &unknown[0].key;
+        assert!(!deleted(&app, Entity::Partner, key).await);
+        sim.stop().await.unwrap();
+        app.stop().await;
+    }
+}
