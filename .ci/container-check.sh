@@ -10,7 +10,9 @@
 #      inside it, then its COPY --from=build;
 #   3. run, in network/PID/mount namespaces of its own (a container's): Postgres as the
 #      compose file configures it (the machine's own server binaries, as `postgres`, on
-#      127.0.0.1:5432 in the namespace, `postgres` resolving to it), and the image's
+#      127.0.0.1:5432 in the namespace, `postgres` resolving to it), PgBouncer in front of
+#      it as compose's `pgbouncer` service runs it (Debian's, deploy/pgbouncer's settings,
+#      on 6432, `pgbouncer` resolving to it), and the image's
 #      ENTRYPOINT + CMD as its USER, as PID 1 of its own PID namespace, with the image's
 #      ENV and the compose file's environment. Checks: /readyz answers 200 within the
 #      HEALTHCHECK's start period and retries; the process has the USER's uid and gid and
@@ -115,7 +117,7 @@ inside_run() {
   hostname partnerstack-sync
   container_mounts "$root"
   # Docker's /etc/hosts, with compose's network: the database by its service name.
-  printf '127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.0.1\tpostgres\n' \
+  printf '127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.0.1\tpostgres\n127.0.0.1\tpgbouncer\n' \
     >"$root/etc/hosts"
 
   # Postgres as compose's `postgres` service configures it (user, password, database).
@@ -141,6 +143,24 @@ inside_run() {
     sleep 0.1
   done
   "$pg_bin/pg_isready" -q -h 127.0.0.1 -p 5432 || die "Postgres did not accept connections within 30 s"
+
+  # PgBouncer as compose's `pgbouncer` service runs it: Debian's, with deploy/pgbouncer's
+  # settings and the auth file its entrypoint writes, reaching Postgres by its service
+  # name (127.0.0.1 here, outside the image's /etc/hosts).
+  printf '"%s" "%s"\n' "$CHECK_PGB_USER" "$CHECK_PGB_PASSWORD" >"$work/userlist.txt"
+  sed -e 's/host=postgres /host=127.0.0.1 /' -e "s|^auth_file = .*|auth_file = $work/userlist.txt|" \
+    "$CHECK_PGB_INI" >"$work/pgbouncer.ini"
+  chown postgres: "$work/userlist.txt" "$work/pgbouncer.ini"
+  chmod 600 "$work/userlist.txt"
+  "${as_postgres[@]}" pgbouncer --quiet "$work/pgbouncer.ini" >"$work/pgbouncer.log" 2>&1 &
+  local pgb_pid=$!
+  for _ in $(seq 1 100); do
+    "$pg_bin/pg_isready" -q -h 127.0.0.1 -p 6432 && break
+    alive "$pgb_pid" || die "PgBouncer exited: $(tail -5 "$work/pgbouncer.log")"
+    sleep 0.1
+  done
+  "$pg_bin/pg_isready" -q -h 127.0.0.1 -p 6432 || die "PgBouncer did not accept connections within 10 s"
+  say "  PgBouncer          transaction mode, as compose's pgbouncer service ($CHECK_PGB_INI)"
 
   # The container: ENTRYPOINT + CMD as USER, PID 1 of its own PID namespace, its own /proc.
   local as_user=(--setgid="$CHECK_GID" --setuid="$CHECK_UID")
@@ -283,6 +303,7 @@ command -v debootstrap >/dev/null 2>&1 || need_packages+=(debootstrap)
 command -v curl >/dev/null 2>&1 || need_packages+=(curl)
 command -v ip >/dev/null 2>&1 || need_packages+=(iproute2)
 command -v openssl >/dev/null 2>&1 || need_packages+=(openssl)
+command -v pgbouncer >/dev/null 2>&1 || need_packages+=(pgbouncer)
 if [ ${#need_packages[@]} -gt 0 ]; then
   say "installing ${need_packages[*]}"
   export DEBIAN_FRONTEND=noninteractive
@@ -441,6 +462,14 @@ compose_value() { # service key: the expanded value
 pg_user=$(compose_value postgres POSTGRES_USER)
 pg_password=$(compose_value postgres POSTGRES_PASSWORD)
 pg_db=$(compose_value postgres POSTGRES_DB)
+pgb_user=$(compose_value pgbouncer PGBOUNCER_USER)
+pgb_password=$(compose_value pgbouncer PGBOUNCER_PASSWORD)
+pgb_build=$(awk '/^  pgbouncer:$/ { s = 1; next } /^  [^ ]/ { s = 0 }
+  s && /^    build: / { print $2 }' "$REPO/docker-compose.yml")
+pgb_ini=$REPO/$pgb_build/pgbouncer.ini
+[ -f "$pgb_ini" ] || die "docker-compose.yml: the pgbouncer service's build ($pgb_build) has no pgbouncer.ini"
+grep -q '^COPY pgbouncer.ini /etc/pgbouncer/pgbouncer.ini$' "$REPO/$pgb_build/Dockerfile" ||
+  die "$pgb_build/Dockerfile does not install its pgbouncer.ini"
 compose_env=()
 while IFS= read -r line; do
   key=${line%%: *} value=${line#*: }
@@ -608,7 +637,8 @@ api_token=${shell_env[PSYNC_API_TOKENS]}
 say "run: ${entry_cmd[*]} as $uid:$gid, Postgres as compose's service (user $pg_user, database $pg_db)"
 step_started=$(now)
 CHECK_WORK=$work CHECK_PG_BIN=$pg_bin CHECK_PG_USER=$pg_user CHECK_PG_PASSWORD=$pg_password \
-  CHECK_PG_DB=$pg_db CHECK_UID=$uid CHECK_GID=$gid CHECK_WORKDIR=$workdir \
+  CHECK_PG_DB=$pg_db CHECK_PGB_USER=$pgb_user CHECK_PGB_PASSWORD=$pgb_password CHECK_PGB_INI=$pgb_ini \
+  CHECK_UID=$uid CHECK_GID=$gid CHECK_WORKDIR=$workdir \
   CHECK_READY_LIMIT=$health_ready_limit CHECK_HEALTH_TIMEOUT=$health_timeout CHECK_STOP_LIMIT=$stop_limit \
   CHECK_WEBHOOK_TOKEN=$webhook_token CHECK_API_TOKEN=$api_token \
   timeout --kill-after=10 $((health_ready_limit + stop_limit + 120)) \

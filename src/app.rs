@@ -1,10 +1,20 @@
 //! The running service: start-up, background tasks and shutdown.
 //!
-//! [`run`] is what `serve` calls and what tests call on a port-0 listener. Shutdown, once
-//! `shutdown` is cancelled, goes in dependency order: the server stops accepting and
-//! finishes in-flight requests; the writer commits and answers everything queued; the
-//! applier applies what was stored; the reconciler finishes its page; the pool closes;
-//! the embedded Postgres (if any) stops.
+//! [`run`] is what `serve` calls and what tests call on a port-0 listener. Start-up opens
+//! the database, waits for it and migrates it; a shutdown asked for meanwhile (SIGTERM)
+//! ends it at once, at whichever of these stages it is.
+//!
+//! Shutdown, once `shutdown` is cancelled, goes in this order, so that a load balancer
+//! loses no request (see the README's deployment section):
+//! 1. `/readyz` answers 503 and every response carries `Connection: close`, while the
+//!    service keeps serving for `server.shutdown_delay`: the balancer's health checks see
+//!    the replica leave, and its pooled connections close politely, after a response;
+//!    the reconciler, relay, outbox worker and retention stop and hand their leases over;
+//! 2. the server stops accepting and finishes in-flight requests (idle connections close
+//!    at once), for up to `server.shutdown_timeout`;
+//! 3. the writer commits and answers everything queued; the appliers apply what was
+//!    stored; the reconciler finishes its page; the pool closes; the embedded Postgres
+//!    (if any) stops.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,6 +34,7 @@ use crate::ingest::IngestMetrics;
 use crate::ingest::applier::Applier;
 use crate::ingest::verify::Verifier;
 use crate::ingest::writer::{Limits, Writer};
+use crate::long_poll::LongPolls;
 use crate::reconcile::Reconciler;
 use crate::relay::RelayMetrics;
 use crate::retention::RetentionMetrics;
@@ -40,7 +51,9 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let database = Database::open(&config.database).await?;
+    let Some(database) = until_stopped(&shutdown, Database::open(&config.database)).await? else {
+        return Ok(());
+    };
     run_on(config, database, listener, shutdown).await
 }
 
@@ -59,6 +72,21 @@ pub async fn run_on(
     result
 }
 
+/// `work`'s result, or `None` when `shutdown` came first (a start-up stage stops at once).
+async fn until_stopped<T>(
+    shutdown: &CancellationToken,
+    work: impl Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<Option<T>> {
+    tokio::select! {
+        biased;
+        () = shutdown.cancelled() => {
+            tracing::info!("shutdown requested during start-up; stopping");
+            Ok(None)
+        }
+        result = work => result.map(Some),
+    }
+}
+
 async fn serve(
     config: Config,
     database: &Database,
@@ -66,96 +94,47 @@ async fn serve(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let started = Instant::now();
-    let options = database.connect_options();
-    tracing::info!(database = %db::describe(&options), "connecting to Postgres");
-    db::wait_for(&options, config.database.connect_timeout).await?;
-    let pool = db::pool(options, &config.database);
-    db::migrate(&pool, config.database.connect_timeout).await?;
-
+    let Some(pool) = until_stopped(&shutdown, open_pool(&config, database)).await? else {
+        return Ok(());
+    };
     let config = Arc::new(config);
     warn_about_open_doors(&config);
     let reconciling =
         config.reconcile.interval.is_some() && config.partnerstack.credentials().is_some();
     let telemetry = Telemetry::new(&config, reconciling);
-    let stored = Arc::new(Notify::new());
-    let writer_stop = CancellationToken::new();
-    let limits = Limits {
-        capacity: config.webhooks.queue_capacity,
-        capacity_bytes: config.webhooks.queue_bytes,
-        batch_size: config.webhooks.batch_size,
-    };
-    let (writer, writer_task) = Writer::spawn(
-        pool.clone(),
-        limits,
-        stored.clone(),
-        writer_stop.clone(),
-        telemetry.ingest.clone(),
+    let tasks = Tasks::spawn(&config, &pool, &telemetry, &shutdown)?;
+    let limits = serving_limits(&config);
+    // Waiting requests never hold more than half the connection slots.
+    let long_polls = LongPolls::new(
+        config
+            .api
+            .long_polls
+            .get()
+            .min(limits.max_connections.get() / 2)
+            .max(1),
+        config.api.long_polls_per_client.get(),
     );
-    let client = client(&config, &telemetry.metrics)?;
-    let verifier = verifier(&config, &client);
-    let applier = Applier::new(pool.clone(), telemetry.ingest.clone(), verifier);
-    // Freed request bodies go back to the system, not just to the allocator.
-    let trim_stop = shutdown.child_token();
-    let trim_task = tokio::spawn(memory::trim_memory(memory::TRIM_EVERY, trim_stop.clone()));
-    let applier_stop = CancellationToken::new();
-    let applier_tasks: Vec<_> = (0..config.webhooks.appliers.get())
-        .map(|_| tokio::spawn(applier.clone().run(stored.clone(), applier_stop.clone())))
-        .collect();
-
-    let feed = Feed::new(shutdown.child_token());
-    let feed_task = tokio::spawn(feed.clone().run(pool.clone(), config.changes.poll_interval));
-    let relay_tasks = relay::spawn(
-        &config,
-        pool.clone(),
-        db::session_options(database.connect_options(), &config.database),
-        feed.clone(),
-        telemetry.relay.clone(),
-        shutdown.child_token(),
-    )?;
-    let retention_task = tokio::spawn(retention::run(
-        pool.clone(),
-        config.retention.clone(),
-        telemetry.retention.clone(),
-        shutdown.child_token(),
-    ));
-    let (outbox, writes_task) = write_worker(&config, &pool, &client, &telemetry, &shutdown);
-    let reconciler = reconciler(&config, client, database, &telemetry.metrics);
-    let reconcile_task = reconciler
-        .clone()
-        .map(|r| tokio::spawn(r.run(shutdown.child_token())));
-
     let state = AppState {
-        reconciler,
-        outbox,
+        reconciler: tasks.reconciler.clone(),
+        outbox: tasks.outbox.clone(),
         webhook_tokens: Arc::new(TokenSet::new(&config.webhooks.tokens)),
         signing_keys: Arc::new(SigningKeys::new(&config.webhooks.signing_secrets)),
-        api_tokens: Arc::new(TokenSet::new(&config.api.tokens)),
+        api_callers: Arc::new(config.api.callers()),
+        long_polls,
         config: config.clone(),
         pool: pool.clone(),
-        writer,
-        metrics: telemetry.metrics,
-        exposition: telemetry.exposition,
-        feed,
+        writer: tasks.writer.clone(),
+        metrics: telemetry.metrics.clone(),
+        exposition: telemetry.exposition.clone(),
+        feed: tasks.feed.clone(),
+        draining: CancellationToken::new(),
     };
-    serve_http(state, listener, started, &shutdown).await?;
+    let served = serve_http(listener, state, limits, &shutdown, started).await;
     tracing::info!("server stopped accepting; draining queued deliveries");
-    let tasks = Tasks {
-        writer: writer_task,
-        writer_stop,
-        appliers: applier_tasks,
-        applier_stop,
-        reconciler: reconcile_task,
-        relay: relay_tasks,
-        writes: writes_task,
-        retention: retention_task,
-        feed: feed_task,
-        trim: trim_task,
-        trim_stop,
-    };
     tasks.stop(config.server.shutdown_timeout).await;
     pool.close().await;
     tracing::info!("shutdown complete");
-    Ok(())
+    served
 }
 
 /// A service's metric groups, served together by `exposition`.
@@ -197,13 +176,231 @@ impl Telemetry {
     }
 }
 
-/// The write outbox and its worker, when writes can be sent (with `client`); the worker
-/// stops with `shutdown`.
-fn write_worker(
-    config: &Config,
+/// Waits for the database, opens the pool and applies migrations.
+async fn open_pool(config: &Config, database: &Database) -> anyhow::Result<PgPool> {
+    let options = database.connect_options();
+    tracing::info!(database = %db::describe(&options), "connecting to Postgres");
+    db::wait_for(
+        &db::connect_options(options.clone()),
+        config.database.connect_timeout,
+    )
+    .await?;
+    db::migrate(&options, config.database.connect_timeout).await?;
+    Ok(db::pool(options, &config.database))
+}
+
+/// Serves until `shutdown`, then drains (see the module's notes): returns once in-flight
+/// requests have finished.
+async fn serve_http(
+    listener: TcpListener,
+    state: AppState,
+    limits: server::Limits,
+    shutdown: &CancellationToken,
+    started: Instant,
+) -> anyhow::Result<()> {
+    let config = state.config.clone();
+    let addr = listener.local_addr()?;
+    let draining = state.draining.clone();
+    let stop_accepting = CancellationToken::new();
+    let drain = tokio::spawn(drain_delay(
+        shutdown.clone(),
+        draining.clone(),
+        stop_accepting.clone(),
+        config.server.shutdown_delay,
+    ));
+    // Operations routes on their own address, when one is set.
+    let admin = match config.server.admin_listen {
+        Some(admin_addr) => {
+            let admin_listener = server::bind(admin_addr).map_err(|e| {
+                anyhow::anyhow!("cannot listen on {admin_addr} (PSYNC_ADMIN_LISTEN): {e}")
+            })?;
+            tracing::info!(addr = %admin_addr, "serving /metrics and /status on the admin address only");
+            Some(tokio::spawn(server::serve(
+                admin_listener,
+                routes::admin_router(state.clone()),
+                limits,
+                stop_accepting.clone(),
+                draining.clone(),
+            )))
+        }
+        None => None,
+    };
+    tracing::info!(%addr, ready_in_ms = started.elapsed().as_millis() as u64, "partnerstack-sync is serving");
+    let router = routes::router(state);
+    server::serve(listener, router, limits, stop_accepting, draining).await;
+    if let Some(admin) = admin {
+        let _ = admin.await;
+    }
+    let _ = drain.await;
+    Ok(())
+}
+
+/// Step 1 of shutdown: once `shutdown` is cancelled, says so (`/readyz` 503, `Connection:
+/// close`), keeps serving for `delay`, then lets the server stop accepting.
+async fn drain_delay(
+    shutdown: CancellationToken,
+    draining: CancellationToken,
+    stop_accepting: CancellationToken,
+    delay: Duration,
+) {
+    shutdown.cancelled().await;
+    draining.cancel();
+    if !delay.is_zero() {
+        tracing::info!(
+            delay_ms = delay.as_millis() as u64,
+            "draining: /readyz answers 503 and connections close after their response; \
+             still serving meanwhile (server.shutdown_delay)"
+        );
+        tokio::time::sleep(delay).await;
+    }
+    stop_accepting.cancel();
+}
+
+/// The background tasks of a running service, and how each is stopped.
+struct Tasks {
+    writer: Writer,
+    writer_task: JoinHandle<()>,
+    writer_stop: CancellationToken,
+    applier_tasks: Vec<JoinHandle<()>>,
+    applier_stop: CancellationToken,
+    feed: Feed,
+    feed_task: JoinHandle<()>,
+    relay_tasks: Vec<JoinHandle<()>>,
+    retention_task: JoinHandle<()>,
+    outbox: Option<Outbox>,
+    writes_task: Option<JoinHandle<()>>,
+    reconciler: Option<Reconciler>,
+    reconcile_task: Option<JoinHandle<()>>,
+    trim_stop: CancellationToken,
+    trim_task: JoinHandle<()>,
+}
+
+impl Tasks {
+    /// Starts them. The writer and the appliers stop only when told (after the server);
+    /// the others with `shutdown`.
+    fn spawn(
+        config: &Arc<Config>,
+        pool: &PgPool,
+        telemetry: &Telemetry,
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<Tasks> {
+        let stored = Arc::new(Notify::new());
+        let writer_stop = CancellationToken::new();
+        let limits = Limits {
+            capacity: config.webhooks.queue_capacity,
+            capacity_bytes: config.webhooks.queue_bytes,
+            batch_size: config.webhooks.batch_size,
+        };
+        let (writer, writer_task) = Writer::spawn(
+            pool.clone(),
+            limits,
+            stored.clone(),
+            writer_stop.clone(),
+            telemetry.ingest.clone(),
+        );
+        let client = client(config, &telemetry.metrics)?;
+        let applier = Applier::new(
+            pool.clone(),
+            telemetry.ingest.clone(),
+            verifier(config, &client),
+        );
+        // Freed request bodies go back to the system, not just to the allocator.
+        let trim_stop = shutdown.child_token();
+        let trim_task = tokio::spawn(memory::trim_memory(memory::TRIM_EVERY, trim_stop.clone()));
+        let applier_stop = CancellationToken::new();
+        let applier_tasks = (0..config.webhooks.appliers.get())
+            .map(|_| tokio::spawn(applier.clone().run(stored.clone(), applier_stop.clone())))
+            .collect();
+        let feed = Feed::new(shutdown.child_token());
+        let feed_task = tokio::spawn(feed.clone().run(pool.clone(), config.changes.poll_interval));
+        let relay_tasks = relay::spawn(
+            config,
+            pool.clone(),
+            feed.clone(),
+            telemetry.relay.clone(),
+            shutdown.child_token(),
+        )?;
+        let retention_task = tokio::spawn(retention::run(
+            pool.clone(),
+            config.retention.clone(),
+            telemetry.retention.clone(),
+            shutdown.child_token(),
+        ));
+        let (outbox, writes_task) =
+            writes_worker(config, pool, &telemetry.writes, &client, shutdown);
+        let reconciler = reconciler(config, client, pool, &telemetry.metrics);
+        let reconcile_task = reconciler
+            .clone()
+            .map(|r| tokio::spawn(r.run(shutdown.child_token())));
+        Ok(Tasks {
+            writer,
+            writer_task,
+            writer_stop,
+            applier_tasks,
+            applier_stop,
+            feed,
+            feed_task,
+            relay_tasks,
+            retention_task,
+            outbox,
+            writes_task,
+            reconciler,
+            reconcile_task,
+            trim_stop,
+            trim_task,
+        })
+    }
+
+    /// Stops them in dependency order, once the server has stopped; `grace` bounds the
+    /// tasks that may hang on a statement stuck in the database.
+    async fn stop(self, grace: Duration) {
+        self.writer_stop.cancel();
+        let _ = self.writer_task.await;
+        self.applier_stop.cancel();
+        for task in self.applier_tasks {
+            let _ = task.await;
+        }
+        // The reconciler was told to stop with the server; it finishes the page it is
+        // applying (the pass resumes from its checkpoint). A statement stuck in the
+        // database must not hold shutdown: past the grace period the task is dropped,
+        // and with it its transaction, which Postgres rolls back.
+        if let Some(mut task) = self.reconcile_task
+            && tokio::time::timeout(grace, &mut task).await.is_err()
+        {
+            tracing::warn!(
+                ?grace,
+                "the reconciler did not stop in time; abandoning its current page"
+            );
+            task.abort();
+            let _ = task.await;
+        }
+        // The relay was told to stop with the server: a change in flight is sent again by
+        // the next holder (its position moves only after a 2xx). Position writes are short.
+        for mut task in self.relay_tasks {
+            if tokio::time::timeout(grace, &mut task).await.is_err() {
+                task.abort();
+                let _ = task.await;
+            }
+        }
+        // The write worker was told to stop with the server; it lets the writes in flight
+        // finish within the grace period (one cut short stays in doubt and is looked for
+        // at the next start).
+        if let Some(task) = self.writes_task {
+            let _ = task.await;
+        }
+        let _ = self.retention_task.await;
+        let _ = self.feed_task.await;
+        self.trim_stop.cancel();
+        let _ = self.trim_task.await;
+    }
+}
+
+/// The write outbox and its worker, when writes can be sent.
+fn writes_worker(
+    config: &Arc<Config>,
     pool: &PgPool,
+    metrics: &Arc<WriteMetrics>,
     client: &Option<Client>,
-    telemetry: &Telemetry,
     shutdown: &CancellationToken,
 ) -> (Option<Outbox>, Option<JoinHandle<()>>) {
     let Some(client) = client else {
@@ -218,110 +415,12 @@ fn write_worker(
         pool.clone(),
         client.clone(),
         config.writes.clone(),
-        telemetry.writes.clone(),
+        metrics.clone(),
         outbox.clone(),
     );
     let grace = config.server.shutdown_timeout;
     let task = tokio::spawn(worker.run(shutdown.child_token(), grace));
     (Some(outbox), Some(task))
-}
-
-/// Serves `state`'s routes on `listener` (and the operations routes on their own address,
-/// when one is set) until `shutdown`, then finishes in-flight requests.
-async fn serve_http(
-    state: AppState,
-    listener: TcpListener,
-    started: Instant,
-    shutdown: &CancellationToken,
-) -> anyhow::Result<()> {
-    let config = state.config.clone();
-    let addr = listener.local_addr()?;
-    let limits = server::Limits {
-        keepalive_timeout: config.server.keepalive_timeout,
-        max_connections: config.server.max_connections,
-        drain: config.server.shutdown_timeout,
-    };
-    let admin = match config.server.admin_listen {
-        Some(admin_addr) => {
-            let admin_listener = server::bind(admin_addr).map_err(|e| {
-                anyhow::anyhow!("cannot listen on {admin_addr} (PSYNC_ADMIN_LISTEN): {e}")
-            })?;
-            tracing::info!(addr = %admin_addr, "serving /metrics and /status on the admin address only");
-            Some(tokio::spawn(server::serve(
-                admin_listener,
-                routes::admin_router(state.clone()),
-                limits,
-                shutdown.clone(),
-            )))
-        }
-        None => None,
-    };
-    tracing::info!(%addr, ready_in_ms = started.elapsed().as_millis() as u64, "partnerstack-sync is serving");
-    server::serve(listener, routes::router(state), limits, shutdown.clone()).await;
-    if let Some(admin) = admin {
-        let _ = admin.await;
-    }
-    Ok(())
-}
-
-/// The background tasks of a running service.
-struct Tasks {
-    writer: JoinHandle<()>,
-    writer_stop: CancellationToken,
-    appliers: Vec<JoinHandle<()>>,
-    applier_stop: CancellationToken,
-    reconciler: Option<JoinHandle<()>>,
-    relay: Vec<JoinHandle<()>>,
-    writes: Option<JoinHandle<()>>,
-    retention: JoinHandle<()>,
-    feed: JoinHandle<()>,
-    trim: JoinHandle<()>,
-    trim_stop: CancellationToken,
-}
-
-impl Tasks {
-    /// Stops the tasks in dependency order once the server has stopped (the reconciler,
-    /// relay, write worker, retention and feed were told to with it); a task that takes
-    /// longer than `grace` is abandoned where that loses nothing.
-    async fn stop(self, grace: Duration) {
-        self.writer_stop.cancel();
-        let _ = self.writer.await;
-        self.applier_stop.cancel();
-        for task in self.appliers {
-            let _ = task.await;
-        }
-        // The reconciler finishes the page it is applying (the pass resumes from its
-        // checkpoint). A statement stuck in the database must not hold shutdown: past the
-        // grace period the task is dropped, and with it the leader's own session (not a
-        // pooled connection), which Postgres rolls back.
-        if let Some(mut task) = self.reconciler
-            && tokio::time::timeout(grace, &mut task).await.is_err()
-        {
-            tracing::warn!(
-                ?grace,
-                "the reconciler did not stop in time; abandoning its current page"
-            );
-            task.abort();
-            let _ = task.await;
-        }
-        // A change in flight is sent again by the relay's next holder (its position moves
-        // only after a 2xx). Position writes are short.
-        for mut task in self.relay {
-            if tokio::time::timeout(grace, &mut task).await.is_err() {
-                task.abort();
-                let _ = task.await;
-            }
-        }
-        // The write worker lets the writes in flight finish within the grace period (one
-        // cut short stays in doubt and is looked for at the next start).
-        if let Some(task) = self.writes {
-            let _ = task.await;
-        }
-        let _ = self.retention.await;
-        let _ = self.feed.await;
-        self.trim_stop.cancel();
-        let _ = self.trim.await;
-    }
 }
 
 /// PartnerStack's client, when there are credentials: one client (one request budget)
@@ -335,6 +434,32 @@ fn client(config: &Config, metrics: &Arc<Metrics>) -> anyhow::Result<Option<Clie
     Ok(Some(client.with_observer(Arc::new(UpstreamObserver(
         metrics.clone(),
     )))))
+}
+
+/// How the listeners serve: the connection cap resolved against the open-file limit,
+/// which is raised first.
+fn serving_limits(config: &Config) -> server::Limits {
+    let fds = server::raise_fd_limit().unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "cannot read the open-file limit; assuming 1024");
+        server::FdLimit {
+            before: 1024,
+            soft: 1024,
+            hard: 1024,
+        }
+    });
+    let max_connections = server::connection_cap(config.server.max_connections, &fds);
+    tracing::info!(
+        max_connections = max_connections.get(),
+        first_request_timeout = ?config.server.first_request_timeout,
+        keepalive_timeout = ?config.server.keepalive_timeout,
+        "connections served at once, and their deadlines"
+    );
+    server::Limits {
+        first_request_timeout: config.server.first_request_timeout,
+        keepalive_timeout: config.server.keepalive_timeout,
+        max_connections,
+        drain: config.server.shutdown_timeout,
+    }
 }
 
 /// The webhook verifier in fetch mode (`webhooks.verification`), with a log line saying
@@ -365,7 +490,7 @@ fn verifier(config: &Config, client: &Option<Client>) -> Option<Verifier> {
 fn reconciler(
     config: &Config,
     client: Option<Client>,
-    database: &Database,
+    pool: &PgPool,
     metrics: &Arc<Metrics>,
 ) -> Option<Reconciler> {
     if config.reconcile.interval.is_none() {
@@ -379,11 +504,10 @@ fn reconciler(
         );
         return None;
     };
-    let connect = db::session_options(database.connect_options(), &config.database);
     Some(Reconciler::new(
         client,
         config.reconcile.clone(),
-        connect,
+        pool.clone(),
         metrics.clone(),
     ))
 }
@@ -394,8 +518,23 @@ fn warn_about_open_doors(config: &Config) {
             "PSYNC_WEBHOOK_TOKENS is empty: every webhook delivery will be refused with 401"
         );
     }
-    if config.api.tokens.is_empty() {
-        tracing::warn!("PSYNC_API_TOKENS is empty: every /v1 request will be refused with 401");
+    if config.api.tokens.is_empty() && config.api.clients.is_empty() {
+        tracing::warn!(
+            "no API clients and PSYNC_API_TOKENS is empty: every /v1 request will be refused \
+             with 401"
+        );
+    }
+    if !config.api.tokens.is_empty() {
+        tracing::warn!(
+            tokens = config.api.tokens.len(),
+            "api.tokens (PSYNC_API_TOKENS) are unnamed and may only read (scope `read`): \
+             writes, retries, replays and syncs need a named client with its scope \
+             ([[api.clients]] or PSYNC_API_CLIENT_<NAME>_TOKEN and _SCOPES)"
+        );
+    }
+    for client in &config.api.clients {
+        let scopes: Vec<&str> = client.scopes.iter().map(|s| s.as_str()).collect();
+        tracing::info!(client = %client.name, scopes = %scopes.join(","), "API client");
     }
 }
 

@@ -32,14 +32,14 @@ use partnerstack::models::{
 };
 use partnerstack::{Entity, wire};
 use serde_json::Value;
-use sqlx::{AssertSqlSafe, PgConnection, Row};
+use sqlx::{AssertSqlSafe, Connection as _, PgConnection, Row};
 
 use crate::columns::{
     self, Col, Column, CustomerColumns, DealColumns, GroupColumns, LeadColumns, PartnerColumns,
     RewardColumns, SqlType, TransactionColumns,
 };
-use crate::db::attribution;
 use crate::db::changes::{self, Snapshot};
+use crate::db::{attribution, set_aside};
 
 pub use crate::columns::Source;
 
@@ -100,6 +100,12 @@ pub fn archived(object: &Value) -> Option<bool> {
 /// PartnerStack keys are short; a longer one is not a key.
 const MAX_KEY_LEN: usize = 255;
 
+/// The largest magnitude an integer column (amounts in cents) is stored with: 2^53 - 1,
+/// the largest integer every JSON reader keeps exactly (JavaScript's `Number`). The copy
+/// serves what it stores as JSON, so a larger value would reach some readers changed; no
+/// real amount comes near it (PartnerStack documents about ±5e10 cents).
+pub const MAX_EXACT_INTEGER: i64 = (1 << 53) - 1;
+
 fn build<T: Object>(
     object: Value,
     deleted: bool,
@@ -118,13 +124,25 @@ fn build<T: Object>(
     if key.len() > MAX_KEY_LEN {
         return Err(format!("the key is longer than {MAX_KEY_LEN} bytes"));
     }
+    let columns = columns(&typed);
+    for (value, column) in columns.iter().zip(columns::of(T::ENTITY)) {
+        if let Col::Int(Some(n)) = value
+            && n.unsigned_abs() > MAX_EXACT_INTEGER.unsigned_abs()
+        {
+            return Err(format!(
+                "field `{}`: {n} is out of range (the copy keeps integers within \
+                 ±{MAX_EXACT_INTEGER}, which every JSON reader reads exactly)",
+                column.name
+            ));
+        }
+    }
     Ok(Observation {
         entity: T::ENTITY,
         key,
         created_at: meta.created_at,
         updated_at: meta.updated_at,
         deleted,
-        columns: columns(&typed),
+        columns,
         raw: object,
     })
 }
@@ -281,6 +299,15 @@ pub async fn apply(
     source: Source,
     observations: &[Observation],
 ) -> Result<Vec<Applied>, sqlx::Error> {
+    apply_by(conn, source, None, observations).await
+}
+
+async fn apply_by(
+    conn: &mut PgConnection,
+    source: Source,
+    client: Option<&str>,
+    observations: &[Observation],
+) -> Result<Vec<Applied>, sqlx::Error> {
     // Writers of a customer and of its transactions take turns (see db::attribution).
     attribution::lock_identities(conn, &customer_identities(observations)).await?;
     // A customer whose own key changes takes its credit away from the transactions that
@@ -316,7 +343,7 @@ pub async fn apply(
         }
     }
     // One change per row written, in the order written, in this transaction.
-    changes::record(conn, source.as_str(), written, &before).await?;
+    changes::record(conn, source.as_str(), client, written, &before).await?;
     // Keep partner attribution current: transactions are credited as they are written
     // (see upsert_sql); the transactions of changed customers are credited again here, in
     // the same transaction.
@@ -341,6 +368,89 @@ pub async fn apply(
     );
     attribution::credit(conn, &[], &customers, &customer_keys).await?;
     Ok(results)
+}
+
+/// What [`apply_or_set_aside`] did with one observation: applied (how), or set aside
+/// because the database refused it (why).
+pub type Taken = Result<Applied, String>;
+
+/// [`apply`], except that an observation the database refuses is set aside
+/// ([`set_aside`]) with its error while the others apply: one object cannot stop its page,
+/// its batch or its write. Every caller of the one door goes through here. `client`: the
+/// API client whose write PartnerStack answered (source `write`), whom the change log
+/// names on the changes it causes.
+///
+/// The observations are applied in a savepoint; when the database refuses them for their
+/// data (not for a passing reason: that is returned as an error), the savepoint is rolled
+/// back and they are tried again in halves, until each refused one stands alone. One
+/// refused object costs a few statements; none costs one savepoint. The objects that
+/// applied are removed from the set-aside list, in the same transaction.
+pub async fn apply_or_set_aside(
+    conn: &mut PgConnection,
+    source: Source,
+    client: Option<&str>,
+    observations: &[Observation],
+) -> Result<Vec<Taken>, sqlx::Error> {
+    let mut taken: Vec<Taken> = vec![Ok(Applied::Stale); observations.len()];
+    let mut refused = Vec::new();
+    // Ranges of observations to try, each in a savepoint: the whole, then halves.
+    let mut parts: Vec<std::ops::Range<usize>> = Vec::new();
+    parts.push(0..observations.len());
+    while let Some(part) = parts.pop() {
+        if part.is_empty() {
+            continue;
+        }
+        let mut savepoint = conn.begin().await?;
+        match apply_by(&mut savepoint, source, client, &observations[part.clone()]).await {
+            Ok(results) => {
+                savepoint.commit().await?;
+                for (slot, result) in taken[part].iter_mut().zip(results) {
+                    *slot = Ok(result);
+                }
+            }
+            Err(e) if crate::db::is_transient_error(&e) => return Err(e),
+            Err(e) => {
+                savepoint.rollback().await?;
+                if part.len() == 1 {
+                    refused.push((part.start, e.to_string()));
+                } else {
+                    let middle = part.start + part.len() / 2;
+                    parts.push(middle..part.end);
+                    parts.push(part.start..middle);
+                }
+            }
+        }
+    }
+    let applied = observations
+        .iter()
+        .zip(&taken)
+        .filter(|(_, t)| t.is_ok())
+        .map(|(o, _)| (o.entity, o.key.as_str()));
+    set_aside::forget(conn, applied).await?;
+    if !refused.is_empty() {
+        let records: Vec<set_aside::Refused> = refused
+            .iter()
+            .map(|(i, error)| {
+                let o = &observations[*i];
+                tracing::warn!(
+                    stream = o.entity.stream(),
+                    %error,
+                    "the database refused an object; set aside, the rest goes on"
+                );
+                set_aside::Refused {
+                    entity: o.entity,
+                    key: &o.key,
+                    error: format!("the database refused it: {error}"),
+                    raw: &o.raw,
+                }
+            })
+            .collect();
+        set_aside::record(conn, source, &records).await?;
+        for (i, error) in refused {
+            taken[i] = Err(error);
+        }
+    }
+    Ok(taken)
 }
 
 /// The customer identities whose credits `observations` can change: each customer's
@@ -383,7 +493,7 @@ async fn stored_customer_keys(
     if keys.is_empty() {
         return Ok(HashMap::new());
     }
-    let rows: Vec<(String, String)> = sqlx::query_as(
+    let rows: Vec<(String, String)> = crate::db::query_as(
         "SELECT key, customer_key FROM customers WHERE key = ANY($1) AND customer_key IS NOT NULL",
     )
     .bind(keys)
@@ -485,7 +595,7 @@ async fn upsert<'a>(
             columns::table(entity),
             changes::snapshot_sql(entity)
         );
-        let marked = sqlx::query(AssertSqlSafe(sql))
+        let marked = crate::db::query(AssertSqlSafe(sql))
             .bind(source.as_str())
             .bind(&bare)
             .fetch_all(&mut *conn)
@@ -520,7 +630,7 @@ async fn upsert<'a>(
     }
 
     type Returned = (String, bool, DateTime<Utc>, Option<DateTime<Utc>>);
-    let mut query = sqlx::query_as::<_, Returned>(AssertSqlSafe(upsert_sql_for(entity)))
+    let mut query = crate::db::query_as::<Returned>(AssertSqlSafe(upsert_sql_for(entity)))
         .bind(source.as_str())
         .bind(keys)
         .bind(created)
@@ -543,7 +653,7 @@ async fn upsert<'a>(
         // Deletions without a source time of their own are evidence as of now: only a
         // sighting made later undoes them. (A row a scan had marked is now known deleted;
         // its mark does not change, so the change log shows nothing.)
-        sqlx::query(AssertSqlSafe(format!(
+        crate::db::query(AssertSqlSafe(format!(
             "UPDATE {} SET undeleted_after = GREATEST(undeleted_after, now())
              WHERE key = ANY($1) AND deleted_at IS NOT NULL",
             columns::table(entity)
@@ -732,6 +842,35 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.contains("NUL"), "{err}");
+    }
+
+    #[test]
+    fn amounts_beyond_what_json_readers_keep_exactly_are_refused() {
+        let parse = |entity, amount: i64| {
+            Observation::parse(entity, json!({"key": "k", "amount": amount}), false)
+        };
+        for entity in [
+            Entity::Transaction,
+            Entity::Reward,
+            Entity::Deal,
+            Entity::Lead,
+        ] {
+            assert!(parse(entity, MAX_EXACT_INTEGER).is_ok());
+            assert!(parse(entity, -MAX_EXACT_INTEGER).is_ok());
+            let err = parse(entity, MAX_EXACT_INTEGER + 1).unwrap_err();
+            assert!(
+                err.starts_with("field `amount`: 9007199254740992 is out of range"),
+                "{err}"
+            );
+            assert!(parse(entity, i64::MIN).is_err());
+        }
+        let err = Observation::parse(
+            Entity::Transaction,
+            json!({"key": "k", "amount_usd": i64::MAX}),
+            false,
+        )
+        .unwrap_err();
+        assert!(err.contains("amount_usd"), "{err}");
     }
 
     #[test]

@@ -1,14 +1,16 @@
-//! Shared secrets: URL tokens, bearer tokens and HMAC signing keys.
+//! Shared secrets: URL tokens, bearer tokens and HMAC signing keys; the API's callers and
+//! their scopes.
 //!
 //! Tokens are compared in constant time against every configured token (several are
 //! active during a rotation). Both sides are hashed first, so neither the content nor the
-//! length of a configured token leaks through timing.
+//! length of a configured token leaks through timing, and a configured token may be given
+//! as its hash alone.
 
 use base64::Engine as _;
 use hmac::{Hmac, KeyInit, Mac};
 use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
+use subtle::{ConditionallySelectable, ConstantTimeEq};
 
 /// A set of accepted tokens, held as SHA-256 digests.
 #[derive(Clone)]
@@ -44,6 +46,90 @@ impl TokenSet {
             matched |= d.ct_eq(&digest);
         }
         matched.into()
+    }
+}
+
+crate::text_enum! {
+    /// What an API client may do. Scopes are independent: a client lists each it needs.
+    pub enum Scope {
+        /// Every `GET` under `/v1`.
+        Read = "read",
+        /// Customer and transaction writes (`POST`, `PATCH`, `DELETE` of `/v1/customers`
+        /// and `/v1/transactions`).
+        Write = "write",
+        /// Everything else that changes state: retrying writes, replaying the relay,
+        /// starting syncs.
+        Admin = "admin",
+    }
+}
+
+/// Who made an API request, as its bearer token says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    /// Where the caller sits in the [`Callers`] table: tells callers apart (long-poll
+    /// bounds are per caller) without their names.
+    pub slot: usize,
+    /// The client's name; `None` for an unnamed token (`api.tokens`).
+    pub name: Option<String>,
+    pub scopes: Vec<Scope>,
+}
+
+impl Caller {
+    pub fn may(&self, scope: Scope) -> bool {
+        self.scopes.contains(&scope)
+    }
+
+    /// The name, or "an unnamed token", for messages and logs.
+    pub fn describe(&self) -> String {
+        match &self.name {
+            Some(name) => format!("client {name:?}"),
+            None => "an unnamed token (api.tokens)".to_string(),
+        }
+    }
+}
+
+/// Every caller the API knows, by the SHA-256 of its token: the named clients, then each
+/// unnamed token with the `read` scope alone (`ApiConfig::callers`).
+#[derive(Clone, Default)]
+pub struct Callers {
+    digests: Vec<[u8; 32]>,
+    callers: Vec<Caller>,
+}
+
+impl std::fmt::Debug for Callers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Callers({} tokens)", self.digests.len())
+    }
+}
+
+impl Callers {
+    /// Adds the caller with the token whose SHA-256 is `digest` (`name`: `None` for an
+    /// unnamed token).
+    pub fn add(&mut self, name: Option<String>, digest: [u8; 32], scopes: Vec<Scope>) {
+        self.callers.push(Caller {
+            slot: self.callers.len(),
+            name,
+            scopes,
+        });
+        self.digests.push(digest);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.digests.is_empty()
+    }
+
+    /// The caller whose token `presented` is. Every digest is compared, match or not, and
+    /// the match is picked without a branch on any comparison.
+    pub fn verify(&self, presented: &str) -> Option<&Caller> {
+        let digest = sha256(presented.as_bytes());
+        // 0: none; i + 1: slot i.
+        let mut found = 0u32;
+        for (i, d) in self.digests.iter().enumerate() {
+            let slot = u32::try_from(i + 1).unwrap_or(u32::MAX);
+            found.conditional_assign(&slot, d.ct_eq(&digest));
+        }
+        let index = usize::try_from(found).ok()?.checked_sub(1)?;
+        self.callers.get(index)
     }
 }
 

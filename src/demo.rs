@@ -4,7 +4,8 @@
 //! (`partnerstack_sim`: documented webhooks, a steady trickle of changes, some of their
 //! webhooks lost) and the service wired to it both ways: the stand-in's webhooks go to the
 //! service's webhook URL, the service reads the stand-in's API. Tokens and keys are
-//! generated and printed, with the URLs and commands to try. It runs until Ctrl-C or
+//! generated and printed, with the URLs and commands to try; the API token is the one
+//! client's, with every scope. It runs until Ctrl-C or
 //! SIGTERM; then the service stops as `serve` does ([`app::run_on`]: server, writer,
 //! applier, reconciler, pool, Postgres), then the stand-in. Only the data directory stays.
 //!
@@ -24,7 +25,8 @@ use serde_json::Value;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{self, Config};
+use crate::auth::Scope;
+use crate::config::{self, ApiClient, Config};
 use crate::db::{Database, embedded};
 use crate::{app, server};
 
@@ -38,6 +40,11 @@ const RECONCILE_INTERVAL: &str = "10s";
 /// The request budget in the demo, unless `PARTNERSTACK_REQUESTS_PER_SECOND` is set (the
 /// stand-in has no rate limit).
 const REQUESTS_PER_SECOND: &str = "20";
+/// The name of the demo's API client, which has every scope (the banner's last command
+/// writes through the outbox).
+const DEMO_CLIENT: &str = "demo";
+/// What every API client's variable starts with (`PSYNC_API_CLIENT_<NAME>_*`).
+const CLIENT_VARS: &str = "PSYNC_API_CLIENT_";
 /// The longest the service may take to become ready.
 const READY_WITHIN: Duration = Duration::from_secs(120);
 
@@ -229,7 +236,7 @@ fn demo_config(config_file: Option<&Path>, wiring: &Wiring) -> anyhow::Result<Co
         ),
         ("webhooks.tokens", wiring.webhook_token.to_string()),
         ("webhooks.signing_secrets", String::new()),
-        ("api.tokens", wiring.api_token.to_string()),
+        ("api.tokens", String::new()),
         (
             "partnerstack.base_url",
             format!("http://{}/api/v2", wiring.stand_in),
@@ -242,7 +249,15 @@ fn demo_config(config_file: Option<&Path>, wiring: &Wiring) -> anyhow::Result<Co
         }
         env.insert(config::env_var(setting), value);
     }
+    // The demo's one API client, whatever the file or the environment names.
+    env.retain(|var, _| !var.starts_with(CLIENT_VARS));
     let mut config = Config::load_with_env(config_file, &env)?;
+    config.api.clients = vec![ApiClient {
+        name: DEMO_CLIENT.to_string(),
+        token: Some(SecretString::from(wiring.api_token.to_string())),
+        token_sha256: None,
+        scopes: Scope::ALL.to_vec(),
+    }];
     // The demo's made-up data goes nowhere but its own database.
     config.database.url = None;
     config.relay.clear();
@@ -305,10 +320,10 @@ async fn empty(database: &Database) -> anyhow::Result<()> {
     let mut conn = sqlx::PgConnection::connect_with(&database.connect_options())
         .await
         .context("connecting to the demo's database")?;
-    sqlx::query("DROP SCHEMA IF EXISTS public CASCADE")
+    crate::db::query("DROP SCHEMA IF EXISTS public CASCADE")
         .execute(&mut conn)
         .await?;
-    sqlx::query("CREATE SCHEMA public")
+    crate::db::query("CREATE SCHEMA public")
         .execute(&mut conn)
         .await?;
     conn.close().await?;
@@ -403,7 +418,7 @@ fn banner(b: &Banner<'_>) -> String {
          \x20 stand-in       {stand_in}/admin/stats       (also /admin/undelivered: changes no webhook delivered)\n\
          \x20 Postgres       {postgres}data in {data_dir} (emptied at every start)\n\
          \n\
-         \x20 API token      {api_token}\n\
+         \x20 API token      {api_token}   (client {DEMO_CLIENT}: read, write, admin)\n\
          \x20 webhook token  {webhook_token}\n\
          \x20 stand-in keys  {public_key} {secret_key}\n\
          \n\

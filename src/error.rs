@@ -14,7 +14,7 @@ use crate::burst::Burst;
 /// One warning per this long in a burst of the same failure.
 pub const BURST: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// Seconds a sender is asked to wait before retrying a 503.
+/// Seconds a sender is asked to wait before retrying a 503 or a 429.
 pub const RETRY_AFTER_SECS: u64 = 5;
 
 crate::text_enum! {
@@ -22,12 +22,14 @@ crate::text_enum! {
     pub enum ErrorCode {
         BadRequest = "bad_request",
         Unauthorized = "unauthorized",
+        Forbidden = "forbidden",
         NotFound = "not_found",
         MethodNotAllowed = "method_not_allowed",
         Conflict = "conflict",
         IdempotencyConflict = "idempotency_conflict",
         Gone = "gone",
         PayloadTooLarge = "payload_too_large",
+        TooManyRequests = "too_many_requests",
         Unavailable = "unavailable",
         Internal = "internal",
     }
@@ -68,6 +70,20 @@ impl ApiError {
 
     pub fn unauthorized(message: impl Into<String>) -> Self {
         Self::new(StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized, message)
+    }
+
+    /// 403: the caller is known but its scopes do not allow the request.
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, ErrorCode::Forbidden, message)
+    }
+
+    /// 429 with `Retry-After`: the caller holds as many waiting requests as it may.
+    pub fn too_many_requests(message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            ErrorCode::TooManyRequests,
+            message,
+        )
     }
 
     pub fn not_found(message: impl Into<String>) -> Self {
@@ -142,7 +158,10 @@ impl IntoResponse for ApiError {
             message: self.message,
         };
         let mut response = (self.status, Json(body)).into_response();
-        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+        if matches!(
+            self.status,
+            StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS
+        ) {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));

@@ -25,6 +25,7 @@ pub mod demo;
 pub mod error;
 pub mod feed;
 pub mod ingest;
+pub mod long_poll;
 pub mod memory;
 pub mod reconcile;
 pub mod relay;

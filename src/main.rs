@@ -173,7 +173,7 @@ async fn with_database<T>(
     let patience = config.database.connect_timeout;
     let pool = db::pool(database.connect_options(), &config.database);
     let result = match db::wait_for(&database.connect_options(), patience).await {
-        Ok(()) => match db::migrate(&pool, patience).await {
+        Ok(()) => match db::migrate(&database.connect_options(), patience).await {
             Ok(()) => work(&database, &pool).await,
             Err(e) => Err(e),
         },
@@ -269,11 +269,9 @@ async fn reconcile(config: Config, streams: Vec<Entity>, full: bool) -> anyhow::
     // footprint does not creep up with the allocator's fragmentation.
     let trim_stop = tokio_util::sync::CancellationToken::new();
     let trim = tokio::spawn(memory::trim_memory(memory::TRIM_EVERY, trim_stop.clone()));
-    let reports = with_database(&config, async |database, _| {
-        // The reconciler writes through its own session, not the pool.
-        let connect = db::session_options(database.connect_options(), &config.database);
+    let reports = with_database(&config, async |_, pool| {
         let metrics = std::sync::Arc::new(telemetry::Metrics::new());
-        let reconciler = Reconciler::new(client, config.reconcile.clone(), connect, metrics);
+        let reconciler = Reconciler::new(client, config.reconcile.clone(), pool.clone(), metrics);
         reconciler
             .run_once(&entities, full, patience, &stop, &progress)
             .await

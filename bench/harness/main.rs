@@ -8,6 +8,7 @@
 //! to `bench/RESULTS.md`. Every loop is bounded in time and count, and everything it
 //! started is stopped at the end.
 
+mod crowds;
 mod feed;
 mod ingest;
 mod load;
@@ -188,6 +189,7 @@ const SCENARIOS: &[&str] = &[
     "reconcile",
     "query",
     "footprint",
+    "crowds",
 ];
 
 fn main() -> ExitCode {
@@ -290,6 +292,12 @@ async fn run(options: Options) -> anyhow::Result<()> {
         }
         if options.runs("footprint") {
             footprint(&mut bench).await.context("footprint scenario")?;
+        }
+        // Last: it stops and freezes the Postgres every scenario shares.
+        if options.runs("crowds") {
+            crowds::crowds(&mut bench)
+                .await
+                .context("crowds scenario")?;
         }
         anyhow::Ok(())
     }

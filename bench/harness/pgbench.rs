@@ -283,6 +283,7 @@ pub fn page_apply_script(entity: Entity, rows: usize) -> String {
         APPEND_SQL,
         &[
             "'reconcile'".to_string(),
+            "NULL".to_string(),
             series(
                 &format!("'{}'", partnerstack_sync::columns::table(entity)),
                 "text",
@@ -311,6 +312,7 @@ pub fn write_accept_script() -> String {
             ),
             key.to_string(),
             format!("ARRAY['key:' || {key}, 'email:' || {key} || '@example.com']"),
+            "'bench'".to_string(),
         ],
     );
     format!("\\set n random(1, 2000000000)\n{accept};\n")

@@ -9,6 +9,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
 pub const WEBHOOK_TOKEN: &str = "bench-webhook-token-0123456789";
+/// The token of the API client `bench`, which has every scope.
 pub const API_TOKEN: &str = "bench-api-token-0123456789";
 
 /// The service's binary: this build's, or `PSYNC_BENCH_BINARY` (a build with debug
@@ -38,7 +39,8 @@ impl Service {
             .env("DATABASE_URL", database_url)
             .env("PSYNC_LISTEN", addr.to_string())
             .env("PSYNC_WEBHOOK_TOKENS", WEBHOOK_TOKEN)
-            .env("PSYNC_API_TOKENS", API_TOKEN)
+            .env("PSYNC_API_CLIENT_BENCH_TOKEN", API_TOKEN)
+            .env("PSYNC_API_CLIENT_BENCH_SCOPES", "read,write,admin")
             .env("PSYNC_RECONCILE_INTERVAL", "off")
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())

@@ -24,12 +24,12 @@ pub struct PartnerIds {
 /// Resolves `value` (a partnership key or a `partner_key`) to all of the partner's
 /// identifiers. The partner the value names exactly as its key wins, then live, then newest.
 pub async fn partner_ids(pool: &PgPool, value: &str) -> Result<PartnerIds, sqlx::Error> {
-    let rows: Vec<(String, Option<String>)> = sqlx::query_as(
+    let rows: Vec<(String, Option<String>)> = crate::db::query_as(
         "SELECT key, partner_key FROM partners WHERE key = $1 OR partner_key = $1
          ORDER BY (key = $1) DESC, (deleted_at IS NULL) DESC, created_at DESC, key DESC",
     )
     .bind(value)
-    .fetch_all(pool)
+    .fetch_all(crate::db::atomic(pool))
     .await?;
     let mut ids = vec![value.to_string()];
     for (key, partner_key) in &rows {

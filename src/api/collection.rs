@@ -152,8 +152,6 @@ pub fn accepted<C: Collection>() -> Vec<String> {
 /// A checked list request's statement.
 struct Planned {
     q: QueryBuilder<Postgres>,
-    /// Whether its plan may be cached (see [`Planned::of`]).
-    persistent: bool,
     /// The most items the page holds.
     limit: usize,
 }
@@ -167,11 +165,6 @@ impl Planned {
         };
         Ok(Planned {
             q: list_query(&request, partner.as_deref())?,
-            // Prepared statements are cached per connection and their plans reused, which
-            // suits equality filters. A time range is different: how many rows it selects
-            // decides between walking the list order and sorting the range's rows, so it
-            // is planned with its value every time.
-            persistent: request.updated_since.is_none(),
             limit: usize::try_from(request.limit).unwrap_or(0),
         })
     }
@@ -185,15 +178,14 @@ pub async fn list<C: Collection>(
     query: Option<&str>,
     page_bytes: NonZeroUsize,
 ) -> Result<List<C::Item>, ApiError> {
-    let Planned {
-        mut q,
-        persistent,
-        limit,
-    } = Planned::of::<C>(pool, query).await?;
+    let Planned { mut q, limit } = Planned::of::<C>(pool, query).await?;
+    // Rows are streamed, in a transaction of their own (see `db::pooler`), so that a
+    // page ending early never reads the rest.
+    let mut tx = crate::db::begin(pool).await?;
     let mut rows = q
         .build_query_as::<C::Item>()
-        .persistent(persistent)
-        .fetch(pool);
+        .persistent(false)
+        .fetch(&mut *tx);
     let mut items: Vec<C::Item> = Vec::with_capacity(limit.min(64));
     let (mut bytes, mut has_more) = (0usize, false);
     while let Some(item) = rows.try_next().await? {
@@ -208,6 +200,7 @@ pub async fn list<C: Collection>(
         items.push(item);
     }
     drop(rows);
+    tx.commit().await?;
     items.iter_mut().for_each(C::finish);
     let ending_cursor = match items.last() {
         Some(last) if has_more => Some(cursor::encode(C::NAME, &C::position(last))),
@@ -254,12 +247,10 @@ pub async fn list_page<C: Collection>(
             .await
             .map(ListPage::Typed);
     };
-    let Planned {
-        mut q,
-        persistent,
-        limit,
-    } = Planned::of::<C>(pool, query).await?;
-    let mut rows = q.build().persistent(persistent).fetch(pool);
+    let Planned { mut q, limit } = Planned::of::<C>(pool, query).await?;
+    // Streamed in a transaction of their own, as in `list`.
+    let mut tx = crate::db::begin(pool).await?;
+    let mut rows = q.build().persistent(false).fetch(&mut *tx);
     // About 400 bytes per item without bodies.
     let mut items: Vec<u8> = Vec::with_capacity(limit.min(250) * 400);
     let (mut count, mut bytes, mut has_more) = (0usize, 0usize, false);
@@ -282,6 +273,7 @@ pub async fn list_page<C: Collection>(
         last = Some(written.position);
     }
     drop(rows);
+    tx.commit().await?;
     let ending_cursor = match last {
         Some(last) if has_more => Some(cursor::encode(C::NAME, &last)),
         _ => None,
@@ -433,7 +425,7 @@ pub async fn get<C: Collection>(
     q.push(" LIMIT 1");
     let mut item: C::Item = q
         .build_query_as()
-        .fetch_optional(pool)
+        .fetch_optional(crate::db::atomic(pool))
         .await?
         .ok_or_else(not_found)?;
     C::finish(&mut item);
@@ -452,7 +444,9 @@ pub async fn resolve_key<C: Collection>(
     q.push(C::FROM);
     C::lookup(key, &mut q)?;
     q.push(" LIMIT 1");
-    Ok(q.build_query_scalar().fetch_optional(pool).await?)
+    Ok(q.build_query_scalar()
+        .fetch_optional(crate::db::atomic(pool))
+        .await?)
 }
 
 fn select<C: Collection>(with_body: bool) -> QueryBuilder<Postgres> {

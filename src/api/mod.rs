@@ -4,7 +4,8 @@
 //! It speaks PartnerStack's own list dialect (`?limit=1..250&starting_after=<cursor>`,
 //! `{"data": {"items", "has_more", "ending_cursor"}}`, items as `{"data": {...}}`) and
 //! answers errors with [`ErrorBody`]. Every route needs `Authorization: Bearer <token>`
-//! ([`require_bearer`], applied by [`crate::routes::router`] to all of [`routes`]).
+//! of a caller with the route's [`scope`] ([`require_bearer`], applied by
+//! [`crate::routes::router`] to all of [`routes`]).
 //!
 //! Each handler here is a thin, documented shell: the `#[utoipa::path]` attribute is the
 //! OpenAPI description, and [`routes`] registers the handler and its description together,
@@ -26,9 +27,9 @@ pub mod sync;
 pub mod writes;
 
 use axum::Json;
-use axum::extract::{FromRequestParts, Path, RawQuery, Request, State};
+use axum::extract::{FromRequestParts, MatchedPath, Path, RawQuery, Request, State};
 use axum::http::request::Parts;
-use axum::http::{HeaderValue, header};
+use axum::http::{HeaderValue, Method, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use partnerstack::Entity;
@@ -36,7 +37,9 @@ use utoipa::IntoResponses;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use crate::auth::Scope;
 use crate::error::{ApiError, ErrorBody};
+use crate::long_poll::Full;
 use crate::state::AppState;
 use collection::IncludeBody;
 use collection::{Item, List, ListPage};
@@ -52,9 +55,18 @@ use summary::PartnerSummary;
 /// below spell it out: they take only literals).
 pub const BEARER: &str = "bearer";
 
-/// Refuses a request without a valid `Authorization: Bearer <token>` (401, with
-/// `WWW-Authenticate`). Tokens are compared in constant time against every configured one.
-pub async fn require_bearer(State(state): State<AppState>, req: Request, next: Next) -> Response {
+/// Lets a `/v1` request through when its bearer token names a caller ([`crate::auth`])
+/// whose scopes allow the route ([`scope`]), and, for a request that waits, when the
+/// long-poll bounds leave a place for it ([`crate::long_poll`]). Otherwise 401 (no or
+/// an unknown token, with `WWW-Authenticate`), 403 `forbidden` naming the scope, or 429
+/// with `Retry-After`; all before the handler runs, so a refused request reads, stores
+/// and sends nothing. The caller goes into the request's extensions (handlers that record
+/// who wrote take it from there) and its name into the access log's span.
+pub async fn require_bearer(
+    State(state): State<AppState>,
+    mut req: Request,
+    next: Next,
+) -> Response {
     let presented = req
         .headers()
         .get(header::AUTHORIZATION)
@@ -62,15 +74,91 @@ pub async fn require_bearer(State(state): State<AppState>, req: Request, next: N
         .and_then(|v| v.trim().split_once(' '))
         .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
         .map(|(_, token)| token.trim());
-    let refusal = match presented {
-        Some(token) if state.api_tokens.verify(token) => return next.run(req).await,
-        Some(_) => "the bearer token is not valid",
-        None => "this route needs an Authorization: Bearer <token> header",
+    let caller = match presented.map(|token| state.api_callers.verify(token)) {
+        Some(Some(caller)) => caller.clone(),
+        refused => {
+            let why = match refused {
+                Some(_) => "the bearer token is not valid",
+                None => "this route needs an Authorization: Bearer <token> header",
+            };
+            let mut response = ApiError::unauthorized(why).into_response();
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            return response;
+        }
     };
-    let mut response = ApiError::unauthorized(refusal).into_response();
+    tracing::Span::current().record("client", caller.name.as_deref().unwrap_or("unnamed"));
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("", |p| p.as_str());
+    let needed = scope(req.method(), route);
+    if !caller.may(needed) {
+        let held: Vec<&str> = caller.scopes.iter().map(|s| s.as_str()).collect();
+        return ApiError::forbidden(format!(
+            "this route needs the `{needed}` scope; {} has {}",
+            caller.describe(),
+            held.join(", ")
+        ))
+        .into_response();
+    }
+    let _place = if may_wait(req.method(), route) && waits(req.uri().query()) {
+        match state.long_polls.take(caller.slot) {
+            Ok(place) => Some(place),
+            Err(full) => return too_many_waiting(full),
+        }
+    } else {
+        None
+    };
+    req.extensions_mut().insert(caller);
+    next.run(req).await
+}
+
+/// The scope a `/v1` route needs: `read` for every `GET`; `write` for customer and
+/// transaction writes; `admin` for everything else that changes state (retrying a write,
+/// replaying the relay, starting a sync). The OpenAPI description shows it per operation
+/// (`routes::openapi`).
+pub fn scope(method: &Method, route: &str) -> Scope {
+    if method == Method::GET || method == Method::HEAD {
+        return Scope::Read;
+    }
+    match route {
+        "/v1/customers" | "/v1/customers/{key}" | "/v1/transactions" | "/v1/transactions/{key}" => {
+            Scope::Write
+        }
+        _ => Scope::Admin,
+    }
+}
+
+/// Whether the query asks to wait (`wait` above 0). An unreadable `wait` does not count:
+/// the handler answers it 400.
+fn waits(query: Option<&str>) -> bool {
+    let pairs: Vec<(String, String)> =
+        serde_urlencoded::from_str(query.unwrap_or_default()).unwrap_or_default();
+    pairs
+        .iter()
+        .filter(|(name, _)| name == "wait")
+        .any(|(_, value)| params::wait(Some(value)).is_ok_and(|d| !d.is_zero()))
+}
+
+/// The 429 for a request that would wait past a long-poll bound. It closes the
+/// connection, so a refused crowd does not stay on as idle keep-alive connections.
+fn too_many_waiting(full: Full) -> Response {
+    let why = match full {
+        Full::Caller(n) => format!(
+            "this client already holds {n} waiting requests (api.long_polls_per_client); \
+             retry after the Retry-After seconds, or without wait"
+        ),
+        Full::Total(n) => format!(
+            "this replica already holds {n} waiting requests (api.long_polls); retry after \
+             the Retry-After seconds, or without wait"
+        ),
+    };
+    let mut response = ApiError::too_many_requests(why).into_response();
     response
         .headers_mut()
-        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
     response
 }
 
@@ -100,6 +188,10 @@ pub enum CommonErrors {
     /// No bearer token, or not a valid one.
     #[response(status = 401, headers(("WWW-Authenticate" = String, description = "`Bearer`")))]
     Unauthorized(ErrorBody),
+    /// The token's client lacks the scope this route needs (code `forbidden`; the message
+    /// names the scope). Nothing was read, stored or sent.
+    #[response(status = 403)]
+    Forbidden(ErrorBody),
     /// An unexpected failure; the cause is logged, not answered.
     #[response(status = 500)]
     Internal(ErrorBody),

@@ -97,9 +97,9 @@ pub async fn partner_summary(
     let Some((partnership_key, partner_key)) = partner.partner else {
         return Err(not_found());
     };
-    let groups: Vec<Group> = sqlx::query_as(SUMMARY_SQL)
+    let groups: Vec<Group> = crate::db::query_as(SUMMARY_SQL)
         .bind(&partner.ids)
-        .fetch_all(pool)
+        .fetch_all(crate::db::atomic(pool))
         .await?;
     let mut summary = PartnerSummary {
         key: partnership_key,

@@ -13,7 +13,8 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::de::Error as _;
 use serde::{Deserialize, Deserializer};
 
-use crate::auth::WebhookSecret;
+use super::settings::ConnectionCap;
+use crate::auth::{Scope, WebhookSecret};
 
 /// Longest duration any setting accepts (10 years): longer is a mistake, and time
 /// arithmetic on it could overflow.
@@ -186,6 +187,65 @@ pub(super) fn secrets<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<SecretStrin
         )));
     }
     Ok(list)
+}
+
+/// One token or secret, at least 16 characters; absent or blank: `None`.
+pub(super) fn optional_secret<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Option<SecretString>, D::Error> {
+    let s = String::deserialize(d)?;
+    let token = s.trim();
+    if token.is_empty() {
+        return Ok(None);
+    }
+    if token.len() < MIN_SECRET_LEN {
+        return Err(D::Error::custom(format!(
+            "token is shorter than {MIN_SECRET_LEN} characters"
+        )));
+    }
+    Ok(Some(SecretString::from(token.to_string())))
+}
+
+/// A SHA-256 digest as 64 hex digits (either case); absent or blank: `None`.
+pub(super) fn sha256_hex<'de, D: Deserializer<'de>>(d: D) -> Result<Option<[u8; 32]>, D::Error> {
+    let s = String::deserialize(d)?;
+    let text = s.trim();
+    if text.is_empty() {
+        return Ok(None);
+    }
+    let mut digest = [0u8; 32];
+    hex::decode_to_slice(text, &mut digest).map_err(|_| {
+        D::Error::custom("token_sha256 must be 64 hex digits (e.g. `sha256sum` of the token)")
+    })?;
+    Ok(Some(digest))
+}
+
+/// A client's scopes: at least one of `read`, `write`, `admin`, each at most once.
+pub(super) fn scopes<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Scope>, D::Error> {
+    let mut scopes = Vec::<Scope>::deserialize(d)?;
+    if scopes.is_empty() {
+        return Err(D::Error::custom(format!(
+            "scopes is empty; name at least one of {}",
+            Scope::words()
+        )));
+    }
+    scopes.sort();
+    scopes.dedup();
+    Ok(scopes)
+}
+
+/// `server.max_connections`: a whole number of at least 1, or "auto".
+pub(super) fn connection_cap<'de, D: Deserializer<'de>>(d: D) -> Result<ConnectionCap, D::Error> {
+    let refuse = || D::Error::custom("must be a whole number of at least 1, or \"auto\"");
+    let n = match toml::Value::deserialize(d)? {
+        toml::Value::String(s) if s.trim() == "auto" => return Ok(ConnectionCap::Auto),
+        toml::Value::String(s) => s.trim().parse::<u64>().map_err(|_| refuse())?,
+        toml::Value::Integer(n) => u64::try_from(n).map_err(|_| refuse())?,
+        _ => return Err(refuse()),
+    };
+    NonZeroUsize::from_count(n)
+        .map(ConnectionCap::At)
+        .ok_or_else(refuse)
 }
 
 /// A Postgres URL, or blank (`None`: run the embedded Postgres).

@@ -59,16 +59,28 @@ pub const LEGACY_ENV: &[(&str, &str)] = &[
 const OTHER_PSYNC_VARS: &[&str] = &["PSYNC_DEMO_DATA_DIR"];
 
 /// The lists of named tables the environment can add entries to.
-const NAMED_LISTS: &[NamedList] = &[NamedList {
-    setting: "relay",
-    what: "relay",
-    prefix: "PSYNC_RELAY_",
-    fields: &[
-        ("_URL", "url", Kind::Text),
-        ("_SECRET", "secret", Kind::Text),
-        ("_ENTITIES", "entities", Kind::List),
-    ],
-}];
+const NAMED_LISTS: &[NamedList] = &[
+    NamedList {
+        setting: "relay",
+        what: "relay",
+        prefix: "PSYNC_RELAY_",
+        fields: &[
+            ("_URL", "url", Kind::Text),
+            ("_SECRET", "secret", Kind::Text),
+            ("_ENTITIES", "entities", Kind::List),
+        ],
+    },
+    NamedList {
+        setting: "api.clients",
+        what: "client",
+        prefix: "PSYNC_API_CLIENT_",
+        fields: &[
+            ("_TOKEN", "token", Kind::Text),
+            ("_TOKEN_SHA256", "token_sha256", Kind::Text),
+            ("_SCOPES", "scopes", Kind::List),
+        ],
+    },
+];
 
 /// A list of named tables (`[[relay]]`) whose entries the environment can also define, one
 /// variable per field: `<prefix><NAME><suffix>` (`PSYNC_RELAY_BILLING_URL`). `<NAME>`

@@ -25,9 +25,9 @@ pub use layers::{
     DEFAULT_TOML, LEGACY_ENV, env_var, environment_variables, settings, variables_of,
 };
 pub use settings::{
-    ApiConfig, ChangesConfig, Config, DatabaseConfig, LogConfig, LogFormat, PartnerStackConfig,
-    ReconcileConfig, RelayEndpoint, RetentionConfig, ServerConfig, Verification, WebhookConfig,
-    WritesConfig,
+    ApiClient, ApiConfig, ChangesConfig, Config, ConnectionCap, DatabaseConfig, LogConfig,
+    LogFormat, PartnerStackConfig, ReconcileConfig, RelayEndpoint, RetentionConfig, ServerConfig,
+    Verification, WebhookConfig, WritesConfig,
 };
 
 /// A configuration problem, worded for the person starting the service.

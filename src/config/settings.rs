@@ -10,11 +10,11 @@ use std::time::Duration;
 
 use axum::http::HeaderName;
 use partnerstack::Entity;
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
 use super::fields;
-use crate::auth::WebhookSecret;
+use crate::auth::{Callers, Scope, WebhookSecret};
 
 /// Every setting of the service. See `config/default.toml` for meaning and defaults.
 #[derive(Debug, Clone, Deserialize)]
@@ -54,15 +54,35 @@ pub struct ServerConfig {
     /// How long a graceful shutdown waits for in-flight work.
     #[serde(deserialize_with = "fields::duration")]
     pub shutdown_timeout: Duration,
+    /// How long the service keeps serving after SIGTERM, with `/readyz` answering 503 and
+    /// connections closing after their response, before it stops accepting: long enough
+    /// for a load balancer's health checks to take the replica out.
+    #[serde(deserialize_with = "fields::duration")]
+    pub shutdown_delay: Duration,
     /// How long a connection may take to deliver a request head, counted from when it
     /// opened or answered its last request: bounds slow senders and idle keep-alives.
+    /// How long a new connection may take to deliver its first complete request head:
+    /// short, so a crowd of silent connections cannot hold the slots.
+    #[serde(deserialize_with = "fields::positive_duration")]
+    pub first_request_timeout: Duration,
+    /// How long a connection may stay idle after an answer, until the next request head
+    /// is complete (kept above the balancers' own idle timeout).
     #[serde(deserialize_with = "fields::positive_duration")]
     pub keepalive_timeout: Duration,
     /// Connections served at once; further ones wait to be accepted.
-    #[serde(deserialize_with = "fields::positive")]
-    pub max_connections: NonZeroUsize,
+    #[serde(deserialize_with = "fields::connection_cap")]
+    pub max_connections: ConnectionCap,
     /// Whether `GET /status` (the HTML status page) is served; 404 when false.
     pub status_page: bool,
+}
+
+/// How many connections the server serves at once (`server.max_connections`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectionCap {
+    /// Sized from the process's file-descriptor limit (see `crate::server::connection_cap`).
+    Auto,
+    /// This many.
+    At(NonZeroUsize),
 }
 
 /// Postgres (`[database]`).
@@ -164,13 +184,86 @@ impl WebhookConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ApiConfig {
-    /// Bearer tokens accepted by `/v1`, each at least 16 characters.
+    /// Unnamed bearer tokens accepted by `/v1`, each at least 16 characters; they may
+    /// only read (scope `read`).
     #[serde(deserialize_with = "fields::secrets")]
     pub tokens: Vec<SecretString>,
+    /// Named clients with their own tokens and scopes (`[[api.clients]]` tables, or
+    /// `PSYNC_API_CLIENT_<NAME>_*`).
+    #[serde(default)]
+    pub clients: Vec<ApiClient>,
+    /// Requests that wait (a long-poll of `/v1/changes`, a write with `wait`) held at once
+    /// by this replica, all clients together; at most half the connection cap is used.
+    #[serde(deserialize_with = "fields::positive")]
+    pub long_polls: NonZeroUsize,
+    /// Of those, held at once by one client (one token).
+    #[serde(deserialize_with = "fields::positive")]
+    pub long_polls_per_client: NonZeroUsize,
     /// A list page that carries bodies (`include=payload`, `include=raw`) ends early, with
     /// `has_more` and a cursor, once its bodies pass this many bytes.
     #[serde(deserialize_with = "fields::positive")]
     pub page_bytes: NonZeroUsize,
+}
+
+impl ApiConfig {
+    /// Every caller the settings name: the clients with their scopes, then the unnamed
+    /// tokens, which may only read.
+    pub fn callers(&self) -> Callers {
+        let mut callers = Callers::default();
+        for client in &self.clients {
+            // A loaded configuration gives every client a digest (validate.rs).
+            if let Some(digest) = client.digest() {
+                callers.add(Some(client.name.clone()), digest, client.scopes.clone());
+            }
+        }
+        for token in &self.tokens {
+            let digest = crate::auth::sha256(token.expose_secret().as_bytes());
+            callers.add(None, digest, vec![Scope::Read]);
+        }
+        callers
+    }
+}
+
+/// A named API client (`[[api.clients]]`, or `PSYNC_API_CLIENT_<NAME>_*`): its token, or
+/// only the token's SHA-256, and what it may do.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiClient {
+    /// Names the client in writes, the change log and the access log: lower-case letters,
+    /// digits, `_` and `-`; unique.
+    #[serde(deserialize_with = "fields::endpoint_name")]
+    pub name: String,
+    /// The bearer token itself (at least 16 characters)...
+    #[serde(default, deserialize_with = "fields::optional_secret")]
+    pub token: Option<SecretString>,
+    /// ...or the hex SHA-256 of it, so the configuration holds no secret. Exactly one of
+    /// the two.
+    #[serde(default, deserialize_with = "fields::sha256_hex")]
+    pub token_sha256: Option<[u8; 32]>,
+    /// What it may do: `read`, `write`, `admin` (each listed; none implies another).
+    #[serde(deserialize_with = "fields::scopes")]
+    pub scopes: Vec<Scope>,
+}
+
+impl ApiClient {
+    /// The SHA-256 of the client's token, however it was given (`None`: neither was).
+    pub fn digest(&self) -> Option<[u8; 32]> {
+        match (&self.token, self.token_sha256) {
+            (Some(token), _) => Some(crate::auth::sha256(token.expose_secret().as_bytes())),
+            (None, digest) => digest,
+        }
+    }
+}
+
+impl std::fmt::Debug for ApiClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiClient")
+            .field("name", &self.name)
+            .field("token", &self.token)
+            .field("token_sha256", &self.token_sha256.map(|_| "[digest]"))
+            .field("scopes", &self.scopes)
+            .finish()
+    }
 }
 
 /// The PartnerStack client's settings (`[partnerstack]`); the client's crate checks them.
@@ -198,9 +291,15 @@ pub struct ReconcileConfig {
     /// The largest share of a stream's rows one full scan may mark deleted (0 to 1).
     #[serde(deserialize_with = "fields::fraction")]
     pub max_delete_fraction: f64,
-    /// Longest back-off of a failing stream.
+    /// Longest back-off of a failing stream: after an outage, streams sync again at most
+    /// this long after PartnerStack answers.
     #[serde(deserialize_with = "fields::duration")]
     pub max_retry_delay: Duration,
+    /// How long a webhook-covered stream's pass may take, from when it is due (waiting
+    /// for other streams' passes included): with `interval`, it makes the stream's
+    /// staleness bound.
+    #[serde(deserialize_with = "fields::positive_duration")]
+    pub pass_budget: Duration,
     /// The streams PartnerStack sends webhooks for (webhook-covered); the others are
     /// poll-only. Repairs are counted only for webhook-covered streams.
     pub webhook_streams: Vec<Entity>,
@@ -286,7 +385,9 @@ pub struct WritesConfig {
     #[serde(deserialize_with = "fields::duration_from::<3, _>")]
     pub lease: Duration,
     /// After a customer create's answer was lost, how long to keep looking for the
-    /// customer before sending the create again.
+    /// customer (ever less often) before sending the create again; also how long a write
+    /// about a customer this outbox created is tried again while PartnerStack does not know
+    /// the customer yet.
     #[serde(deserialize_with = "fields::duration")]
     pub lookup_window: Duration,
     /// Longest pause between attempts of a failing write (doubling from 1 s).

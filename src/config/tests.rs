@@ -583,3 +583,184 @@ fn every_duration_is_at_most_ten_years() {
     }
     assert!(durations >= 25, "{durations} durations");
 }
+
+#[test]
+fn api_clients_come_from_the_file_and_the_environment() {
+    use crate::auth::Scope;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    let digest = hex::encode(crate::auth::sha256(b"billing-token-0123456789"));
+    std::fs::write(
+        &path,
+        format!(
+            "[[api.clients]]\nname = \"billing\"\ntoken_sha256 = \"{}\"\n\
+             scopes = [\"write\", \"read\", \"write\"]\n",
+            digest.to_uppercase()
+        ),
+    )
+    .unwrap();
+    let c = Config::load_with_env(
+        Some(&path),
+        &env(&[
+            ("PSYNC_API_CLIENT_OPS_TOKEN", "ops-token-0123456789"),
+            ("PSYNC_API_CLIENT_OPS_SCOPES", "admin"),
+            ("PSYNC_API_TOKENS", "reader-token-0123456789"),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(c.api.clients.len(), 2);
+    let billing = &c.api.clients[0];
+    assert_eq!(billing.name, "billing");
+    assert_eq!(billing.scopes, [Scope::Read, Scope::Write]);
+    let ops = &c.api.clients[1];
+    assert_eq!(
+        (ops.name.as_str(), &ops.scopes[..]),
+        ("ops", &[Scope::Admin][..])
+    );
+    let debug = format!("{c:?}");
+    assert!(
+        !debug.contains("ops-token") && !debug.contains(&digest),
+        "{debug}"
+    );
+    // Each token names its caller; an unnamed token reads only.
+    let callers = c.api.callers();
+    let named = |token: &str| callers.verify(token).and_then(|c| c.name.clone());
+    assert_eq!(
+        named("billing-token-0123456789").as_deref(),
+        Some("billing")
+    );
+    assert_eq!(named("ops-token-0123456789").as_deref(), Some("ops"));
+    let unnamed = callers.verify("reader-token-0123456789").unwrap();
+    assert_eq!(
+        (unnamed.name.as_ref(), &unnamed.scopes[..]),
+        (None, &[Scope::Read][..])
+    );
+    assert!(callers.verify("billing-token-012345678").is_none());
+    assert!(callers.verify("").is_none());
+    // No clients by default.
+    assert!(
+        Config::load_with_env(None, &env(&[]))
+            .unwrap()
+            .api
+            .clients
+            .is_empty()
+    );
+}
+
+#[test]
+fn api_clients_are_checked() {
+    let digest = hex::encode(crate::auth::sha256(b"x-token-0123456789"));
+    let cases = [
+        (
+            vec![("PSYNC_API_CLIENT_X_SCOPES", "read")],
+            "needs a token or a token_sha256",
+        ),
+        (
+            vec![("PSYNC_API_CLIENT_X_TOKEN", "x-token-0123456789")],
+            "scopes",
+        ),
+        (
+            vec![
+                ("PSYNC_API_CLIENT_X_TOKEN", "x-token-0123456789"),
+                ("PSYNC_API_CLIENT_X_TOKEN_SHA256", &digest),
+                ("PSYNC_API_CLIENT_X_SCOPES", "read"),
+            ],
+            "sets both token and token_sha256",
+        ),
+        (
+            vec![
+                ("PSYNC_API_CLIENT_X_TOKEN", "hunter2"),
+                ("PSYNC_API_CLIENT_X_SCOPES", "read"),
+            ],
+            "shorter than 16",
+        ),
+        (
+            vec![
+                ("PSYNC_API_CLIENT_X_TOKEN_SHA256", "abc"),
+                ("PSYNC_API_CLIENT_X_SCOPES", "read"),
+            ],
+            "64 hex digits",
+        ),
+        (
+            vec![
+                ("PSYNC_API_CLIENT_X_TOKEN", "x-token-0123456789"),
+                ("PSYNC_API_CLIENT_X_SCOPES", "read,delete"),
+            ],
+            "delete",
+        ),
+        (
+            vec![
+                ("PSYNC_API_CLIENT_X_TOKEN", "x-token-0123456789"),
+                ("PSYNC_API_CLIENT_X_SCOPES", ","),
+            ],
+            "name at least one of read, write, admin",
+        ),
+        (
+            vec![
+                ("PSYNC_API_CLIENT_X_TOKEN", "x-token-0123456789"),
+                ("PSYNC_API_CLIENT_X_SCOPES", "read"),
+                ("PSYNC_API_CLIENT_Y_TOKEN_SHA256", &digest),
+                ("PSYNC_API_CLIENT_Y_SCOPES", "write"),
+            ],
+            "api.clients (env PSYNC_API_CLIENT_Y_SCOPES), entry 2: client \"y\" has the token of another \
+             client",
+        ),
+        (
+            vec![
+                ("PSYNC_API_CLIENT_X_TOKEN", "x-token-0123456789"),
+                ("PSYNC_API_CLIENT_X_SCOPES", "write"),
+                ("PSYNC_API_TOKENS", "x-token-0123456789"),
+            ],
+            "has the token of another client or of api.tokens",
+        ),
+        (
+            vec![("PSYNC_API_CLIENT_X_SCOPE", "read")],
+            "PSYNC_API_CLIENT_X_SCOPE: not a client setting; use PSYNC_API_CLIENT_<NAME>_TOKEN",
+        ),
+    ];
+    for (vars, expected) in cases {
+        let err = Config::load_with_env(None, &env(&vars))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(expected), "{vars:?}: {err}");
+        assert!(
+            !err.contains("hunter2") && !err.contains("x-token"),
+            "{err}"
+        );
+    }
+}
+
+#[test]
+fn the_connection_cap_is_a_number_or_auto() {
+    let load = |value: &str| {
+        Config::load_with_env(None, &env(&[("PSYNC_MAX_CONNECTIONS", value)]))
+            .map(|c| c.server.max_connections)
+    };
+    assert_eq!(
+        Config::load_with_env(None, &env(&[]))
+            .unwrap()
+            .server
+            .max_connections,
+        ConnectionCap::Auto
+    );
+    assert_eq!(load("auto").unwrap(), ConnectionCap::Auto);
+    assert_eq!(
+        load("2000").unwrap(),
+        ConnectionCap::At(std::num::NonZeroUsize::new(2000).unwrap())
+    );
+    for bad in ["lots", "-1", "0"] {
+        let err = load(bad).unwrap_err().to_string();
+        assert!(
+            err.contains("PSYNC_MAX_CONNECTIONS") && err.contains("auto"),
+            "{err}"
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    std::fs::write(&path, "[server]\nmax_connections = 3000\n").unwrap();
+    let c = Config::load_with_env(Some(&path), &env(&[])).unwrap();
+    assert_eq!(
+        c.server.max_connections,
+        ConnectionCap::At(std::num::NonZeroUsize::new(3000).unwrap())
+    );
+}

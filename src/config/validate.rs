@@ -4,6 +4,8 @@
 
 use std::collections::HashSet;
 
+use secrecy::ExposeSecret;
+
 use super::{Config, Verification};
 
 /// A setting found wrong, by dotted path, and why.
@@ -48,6 +50,54 @@ pub(super) fn check(config: &Config) -> Result<(), Invalid> {
         if !names.insert(endpoint.name.as_str()) {
             let why = format!("name {:?} is used twice", endpoint.name);
             return fail(&format!("relay[{i}]"), &why);
+        }
+    }
+    check_clients(config)
+}
+
+/// Every named API client has exactly one of `token` and `token_sha256`, its own name,
+/// and a token no other client or unnamed token has (a token names one caller).
+fn check_clients(config: &Config) -> Result<(), Invalid> {
+    let fail = |i: usize, why: String| {
+        Err(Invalid {
+            setting: format!("api.clients[{i}]"),
+            why,
+        })
+    };
+    let mut names = HashSet::new();
+    let mut digests: HashSet<[u8; 32]> = config
+        .api
+        .tokens
+        .iter()
+        .map(|t| crate::auth::sha256(t.expose_secret().as_bytes()))
+        .collect();
+    for (i, client) in config.api.clients.iter().enumerate() {
+        if !names.insert(client.name.as_str()) {
+            return fail(i, format!("name {:?} is used twice", client.name));
+        }
+        if client.token.is_some() && client.token_sha256.is_some() {
+            return fail(
+                i,
+                format!(
+                    "client {:?} sets both token and token_sha256; set one",
+                    client.name
+                ),
+            );
+        }
+        let Some(digest) = client.digest() else {
+            return fail(
+                i,
+                format!("client {:?} needs a token or a token_sha256", client.name),
+            );
+        };
+        if !digests.insert(digest) {
+            return fail(
+                i,
+                format!(
+                    "client {:?} has the token of another client or of api.tokens",
+                    client.name
+                ),
+            );
         }
     }
     Ok(())

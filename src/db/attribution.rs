@@ -91,7 +91,7 @@ pub async fn lock_identities(
     if identities.is_empty() {
         return Ok(());
     }
-    sqlx::query(
+    crate::db::query(
         "SELECT count(pg_advisory_xact_lock($1, h))
          FROM (SELECT DISTINCT hashtext(v) AS h FROM unnest($2::text[]) AS v ORDER BY h) s",
     )
@@ -114,7 +114,7 @@ pub async fn credit(
         return Ok(0);
     }
     static SQL: LazyLock<String> = LazyLock::new(credit_sql);
-    let done = sqlx::query(AssertSqlSafe(SQL.as_str()))
+    let done = crate::db::query(AssertSqlSafe(SQL.as_str()))
         .bind(transactions)
         .bind(customers)
         .bind(customer_keys)

@@ -183,7 +183,7 @@ pub async fn lock_states<'a>(
         let Some(keys) = by_entity.get(&entity) else {
             continue;
         };
-        let rows = sqlx::query(AssertSqlSafe(lock_sql(entity)))
+        let rows = crate::db::query(AssertSqlSafe(lock_sql(entity)))
             .bind(keys)
             .fetch_all(&mut *conn)
             .await?;
@@ -226,10 +226,12 @@ pub struct Written<'a> {
 
 /// Appends one change per row in `written` (in that order) whose state differs from
 /// the one before; `before` holds the states [`lock_states`] read. `source` is the
-/// stored word of the observations' source. Returns how many were appended.
+/// stored word of the observations' source; `client` the API client whose write they
+/// answer, if any. Returns how many were appended.
 pub async fn record(
     conn: &mut PgConnection,
     source: &str,
+    client: Option<&str>,
     written: Vec<Written<'_>>,
     before: &States,
 ) -> Result<usize, sqlx::Error> {
@@ -290,7 +292,7 @@ pub async fn record(
             }
         }
     }
-    rows.insert(conn, source).await
+    rows.insert(conn, source, client).await
 }
 
 /// Appends a deletion for each row a statement just marked deleted without changing its
@@ -312,7 +314,7 @@ pub async fn record_marked_deleted(
             rows.push(entity, key, change, new);
         }
     }
-    rows.insert(conn, source).await
+    rows.insert(conn, source, None).await
 }
 
 /// The operation and changed fields going from `old` (none: created) to `new`; `None`
@@ -368,13 +370,19 @@ impl<'a> Rows<'a> {
         self.states.push(state);
     }
 
-    async fn insert(self, conn: &mut PgConnection, source: &str) -> Result<usize, sqlx::Error> {
+    async fn insert(
+        self,
+        conn: &mut PgConnection,
+        source: &str,
+        client: Option<&str>,
+    ) -> Result<usize, sqlx::Error> {
         let n = self.keys.len();
         if n == 0 {
             return Ok(0);
         }
-        sqlx::query(APPEND_SQL)
+        crate::db::query(APPEND_SQL)
             .bind(source)
+            .bind(client)
             .bind(self.entities)
             .bind(self.keys)
             .bind(self.operations)
@@ -386,17 +394,17 @@ impl<'a> Rows<'a> {
     }
 }
 
-/// The append statement: `$1` source, then arrays of entity, key, operation, fields and
-/// state, appended in array order. `pos` is this transaction's id, or the object's
+/// The append statement: `$1` source, `$2` the API client whose write it is (or NULL),
+/// then arrays of entity, key, operation, fields and state, appended in array order. `pos` is this transaction's id, or the object's
 /// previous `pos` if higher (the object's row is locked by this transaction, so its
 /// previous change is committed and visible to this statement).
 pub const APPEND_SQL: &str =
-    "INSERT INTO changes (pos, entity, key, operation, source, fields, state)
+    "INSERT INTO changes (pos, entity, key, operation, source, client, fields, state)
      SELECT GREATEST(pg_current_xact_id(),
                      (SELECT c.pos FROM changes c WHERE c.entity = i.entity AND c.key = i.key
                       ORDER BY c.id DESC LIMIT 1)),
-            i.entity, i.key, i.operation, $1, i.fields, i.state
-     FROM UNNEST($2::text[], $3::text[], $4::text[], $5::jsonb[], $6::jsonb[])
+            i.entity, i.key, i.operation, $1, $2, i.fields, i.state
+     FROM UNNEST($3::text[], $4::text[], $5::text[], $6::jsonb[], $7::jsonb[])
           WITH ORDINALITY AS i(entity, key, operation, fields, state, n)
      ORDER BY i.n";
 
@@ -407,7 +415,7 @@ async fn latest_states(
 ) -> Result<HashMap<(Entity, String), Value>, sqlx::Error> {
     let entities: Vec<&str> = objects.iter().map(|(e, _)| columns::table(*e)).collect();
     let keys: Vec<&str> = objects.iter().map(|(_, k)| *k).collect();
-    let rows: Vec<(String, String, Value)> = sqlx::query_as(
+    let rows: Vec<(String, String, Value)> = crate::db::query_as(
         "SELECT i.entity, i.key, c.state
          FROM UNNEST($1::text[], $2::text[]) AS i(entity, key)
          JOIN LATERAL (SELECT state FROM changes c WHERE c.entity = i.entity AND c.key = i.key
@@ -437,6 +445,8 @@ pub struct Change {
     pub operation: Operation,
     /// The stored word (see `crate::apply::Source`).
     pub source: String,
+    /// The API client whose write caused the change (source `write`).
+    pub client: Option<String>,
     pub fields: Value,
     pub state: Value,
 }
@@ -484,12 +494,12 @@ pub async fn read(
     let after = after.unwrap_or(FeedPosition { pos: 0, id: 0 });
     let tables: Option<Vec<&str>> =
         entities.map(|list| list.iter().map(|e| columns::table(*e)).collect());
-    let rows: Vec<PageRow> = sqlx::query_as(READ_SQL)
+    let rows: Vec<PageRow> = crate::db::query_as(READ_SQL)
         .bind(after.pos.to_string())
         .bind(after.id)
         .bind(tables)
         .bind(limit + 1)
-        .fetch_all(pool)
+        .fetch_all(crate::db::atomic(pool))
         .await?;
     let mut head = None;
     let mut horizon = None;
@@ -513,7 +523,8 @@ pub async fn read(
 /// `pos` would be the text of the select list, which sorts "900" after "1000".
 const READ_SQL: &str = "SELECT h.pos::text AS head_pos, h.id AS head_id,
             hz.pos::text AS horizon_pos, hz.id AS horizon_id,
-            c.id, c.pos::text AS pos, c.at, c.entity, c.key, c.operation, c.source, c.fields, c.state
+            c.id, c.pos::text AS pos, c.at, c.entity, c.key, c.operation, c.source, c.client,
+            c.fields, c.state
      FROM (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin) s
      LEFT JOIN change_horizon hz ON TRUE
      LEFT JOIN LATERAL (SELECT pos, id FROM changes WHERE pos < s.xmin
@@ -537,6 +548,7 @@ struct PageRow {
     key: Option<String>,
     operation: Option<Operation>,
     source: Option<String>,
+    client: Option<String>,
     fields: Option<Value>,
     state: Option<Value>,
 }
@@ -551,6 +563,7 @@ impl PageRow {
             key: self.key?,
             operation: self.operation?,
             source: self.source?,
+            client: self.client,
             fields: self.fields?,
             state: self.state?,
         })
@@ -573,12 +586,12 @@ pub fn parse_position(
 
 /// The last change visible to a reader now (see [`read`]).
 pub async fn head(pool: &PgPool) -> Result<Option<FeedPosition>, sqlx::Error> {
-    let row: Option<(String, i64)> = sqlx::query_as(
+    let row: Option<(String, i64)> = crate::db::query_as(
         "SELECT c.pos::text, c.id FROM changes c
          WHERE c.pos < pg_snapshot_xmin(pg_current_snapshot())
          ORDER BY c.pos DESC, c.id DESC LIMIT 1",
     )
-    .fetch_optional(pool)
+    .fetch_optional(crate::db::atomic(pool))
     .await?;
     match row {
         Some((pos, id)) => parse_position(Some(&pos), Some(id)),
@@ -595,8 +608,8 @@ pub async fn history(
     before: Option<i64>,
     limit: i64,
 ) -> Result<Vec<Change>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT id, pos::text AS pos, at, entity, key, operation, source, fields, state
+    crate::db::query_as(
+        "SELECT id, pos::text AS pos, at, entity, key, operation, source, client, fields, state
          FROM changes WHERE entity = $1 AND key = $2 AND id < $3
          ORDER BY id DESC LIMIT $4",
     )
@@ -604,7 +617,7 @@ pub async fn history(
     .bind(key)
     .bind(before.unwrap_or(i64::MAX))
     .bind(limit + 1)
-    .fetch_all(pool)
+    .fetch_all(crate::db::atomic(pool))
     .await
 }
 
@@ -612,10 +625,10 @@ pub async fn history(
 /// (only a prefix of the feed, so the horizon stays exact), and moves the horizon past
 /// them, in one transaction. Returns how many were deleted.
 pub async fn prune(pool: &PgPool, cutoff: DateTime<Utc>, batch: i64) -> Result<u64, sqlx::Error> {
-    let mut tx = pool.begin().await?;
+    let mut tx = crate::db::begin(pool).await?;
     // One pruner at a time (replicas each run one); the others skip this round.
     let locked: Option<bool> =
-        sqlx::query_scalar("SELECT true FROM change_horizon FOR UPDATE SKIP LOCKED")
+        crate::db::query_scalar("SELECT true FROM change_horizon FOR UPDATE SKIP LOCKED")
             .fetch_optional(&mut *tx)
             .await?;
     if locked.is_none() {
@@ -623,7 +636,7 @@ pub async fn prune(pool: &PgPool, cutoff: DateTime<Utc>, batch: i64) -> Result<u
         return Ok(0);
     }
     // The oldest visible changes in feed order; the prefix applied before the cutoff.
-    let oldest: Vec<(String, i64, DateTime<Utc>)> = sqlx::query_as(
+    let oldest: Vec<(String, i64, DateTime<Utc>)> = crate::db::query_as(
         "SELECT c.pos::text, c.id, c.at FROM changes c
          WHERE c.pos < pg_snapshot_xmin(pg_current_snapshot())
          ORDER BY c.pos, c.id LIMIT $1",
@@ -635,13 +648,13 @@ pub async fn prune(pool: &PgPool, cutoff: DateTime<Utc>, batch: i64) -> Result<u
         tx.rollback().await?;
         return Ok(0);
     };
-    let deleted = sqlx::query("DELETE FROM changes WHERE (pos, id) <= ($1::text::xid8, $2)")
+    let deleted = crate::db::query("DELETE FROM changes WHERE (pos, id) <= ($1::text::xid8, $2)")
         .bind(pos)
         .bind(id)
         .execute(&mut *tx)
         .await?
         .rows_affected();
-    sqlx::query("UPDATE change_horizon SET pos = $1::text::xid8, id = $2, pruned_at = now()")
+    crate::db::query("UPDATE change_horizon SET pos = $1::text::xid8, id = $2, pruned_at = now()")
         .bind(pos)
         .bind(id)
         .execute(&mut *tx)

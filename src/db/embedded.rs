@@ -290,13 +290,13 @@ impl EmbeddedPostgres {
     async fn create_database(&self) -> anyhow::Result<()> {
         let mut conn = PgConnection::connect_with(&self.options_for(SUPERUSER)).await?;
         let exists: bool =
-            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+            crate::db::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
                 .bind(DATABASE)
                 .fetch_one(&mut conn)
                 .await?;
         if !exists {
             // The name is a constant identifier, not input.
-            sqlx::query("CREATE DATABASE partnerstack_sync")
+            crate::db::query("CREATE DATABASE partnerstack_sync")
                 .execute(&mut conn)
                 .await?;
         }

@@ -80,11 +80,11 @@ pub async fn insert_batch(pool: &PgPool, events: &[NewEvent]) -> Result<Vec<Stor
             bodies.push(e.body.as_str());
         }
     }
-    let inserted: Vec<(i64, Vec<u8>)> = sqlx::query_as(INSERT_EVENTS_SQL)
+    let inserted: Vec<(i64, Vec<u8>)> = crate::db::query_as(INSERT_EVENTS_SQL)
         .bind(&keys)
         .bind(&types)
         .bind(&bodies)
-        .fetch_all(pool)
+        .fetch_all(crate::db::atomic(pool))
         .await?;
     let mut ids: HashMap<Vec<u8>, (i64, bool)> = inserted
         .into_iter()
@@ -92,11 +92,11 @@ pub async fn insert_batch(pool: &PgPool, events: &[NewEvent]) -> Result<Vec<Stor
         .collect();
     if ids.len() < keys.len() {
         let missing: Vec<Vec<u8>> = keys.into_iter().filter(|k| !ids.contains_key(k)).collect();
-        let existing: Vec<(i64, Vec<u8>)> = sqlx::query_as(
+        let existing: Vec<(i64, Vec<u8>)> = crate::db::query_as(
             "SELECT id, idempotency_key FROM webhook_events WHERE idempotency_key = ANY($1)",
         )
         .bind(&missing)
-        .fetch_all(pool)
+        .fetch_all(crate::db::atomic(pool))
         .await?;
         ids.extend(existing.into_iter().map(|(id, key)| (key, (id, true))));
     }
@@ -153,7 +153,7 @@ pub async fn lock_pending(
     limit: i64,
 ) -> Result<Vec<PendingEvent>, sqlx::Error> {
     super::without_sorts(conn, true).await?;
-    let pending = sqlx::query_as(AssertSqlSafe(LOCK_PENDING_SQL.as_str()))
+    let pending = crate::db::query_as(AssertSqlSafe(LOCK_PENDING_SQL.as_str()))
         .bind(only)
         .bind(limit)
         .fetch_all(&mut *conn)
@@ -170,10 +170,10 @@ pub async fn lease_pending(
     limit: i64,
     lease: std::time::Duration,
 ) -> Result<Vec<PendingEvent>, sqlx::Error> {
-    let mut tx = pool.begin().await?;
+    let mut tx = crate::db::begin(pool).await?;
     // In id order from the index, whatever the statistics say (see [`super::without_sorts`]).
     super::without_sorts(&mut tx, true).await?;
-    let leased = sqlx::query_as(AssertSqlSafe(format!(
+    let leased = crate::db::query_as(AssertSqlSafe(format!(
         "UPDATE webhook_events SET leased_until = now() + $2 * interval '1 millisecond'
          WHERE id IN (SELECT id FROM webhook_events WHERE {DUE}
                       ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED)
@@ -194,7 +194,7 @@ pub async fn defer(
     at: DateTime<Utc>,
     reason: &str,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
+    crate::db::query(
         "UPDATE webhook_events
          SET next_attempt_at = $2, outcome_reason = $3, attempts = attempts + 1,
              leased_until = NULL
@@ -220,14 +220,14 @@ pub const REAPPLICABLE: [Outcome; 4] = [
 /// applies them anew (after an upgrade taught the service a new event, or once the cause
 /// of an error is gone). Returns their ids.
 pub async fn requeue(pool: &PgPool, outcomes: &[Outcome]) -> Result<Vec<i64>, sqlx::Error> {
-    sqlx::query_scalar(
+    crate::db::query_scalar(
         "UPDATE webhook_events
          SET outcome = 'pending', next_attempt_at = NULL, leased_until = NULL, attempts = 0
          WHERE outcome = ANY($1) AND outcome <> 'pending'
          RETURNING id",
     )
     .bind(outcomes)
-    .fetch_all(pool)
+    .fetch_all(crate::db::atomic(pool))
     .await
 }
 
@@ -236,12 +236,12 @@ pub async fn count_outcomes(
     pool: &PgPool,
     ids: &[i64],
 ) -> Result<Vec<(Outcome, i64)>, sqlx::Error> {
-    sqlx::query_as(
+    crate::db::query_as(
         "SELECT outcome, count(*) FROM webhook_events WHERE id = ANY($1)
          GROUP BY outcome ORDER BY outcome",
     )
     .bind(ids)
-    .fetch_all(pool)
+    .fetch_all(crate::db::atomic(pool))
     .await
 }
 
@@ -269,7 +269,7 @@ pub async fn record_outcomes(
     let reasons: Vec<Option<String>> = outcomes.iter().map(|o| o.reason.clone()).collect();
     let entities: Vec<Option<&str>> = outcomes.iter().map(|o| o.entity).collect();
     let keys: Vec<Option<String>> = outcomes.iter().map(|o| o.entity_key.clone()).collect();
-    sqlx::query(
+    crate::db::query(
         "UPDATE webhook_events e
          SET outcome = u.outcome, outcome_reason = u.reason, entity = u.entity,
              entity_key = u.entity_key, applied_from = u.applied_from, applied_at = now(),
@@ -298,7 +298,7 @@ pub async fn prune(
     cutoff: chrono::DateTime<chrono::Utc>,
     batch: i64,
 ) -> Result<u64, sqlx::Error> {
-    let done = sqlx::query(
+    let done = crate::db::query(
         "WITH oldest AS (SELECT id, received_at, outcome FROM webhook_events ORDER BY id LIMIT $2),
               keep AS (SELECT min(id) AS id FROM oldest
                        WHERE received_at >= $1 OR outcome = 'pending')
@@ -307,7 +307,7 @@ pub async fn prune(
     )
     .bind(cutoff)
     .bind(batch)
-    .execute(pool)
+    .execute(crate::db::atomic(pool))
     .await?;
     Ok(done.rows_affected())
 }
@@ -343,7 +343,7 @@ pub async fn recent_activity(
         /// Deliveries read (at most `cap`).
         read: i64,
     }
-    let rows: Vec<Row> = sqlx::query_as(
+    let rows: Vec<Row> = crate::db::query_as(
         "WITH recent AS (
              SELECT received_at, outcome, event_type FROM webhook_events
              WHERE COALESCE(applied_at, received_at) >= $1
@@ -356,7 +356,7 @@ pub async fn recent_activity(
     )
     .bind(since)
     .bind(cap)
-    .fetch_all(pool)
+    .fetch_all(crate::db::atomic(pool))
     .await?;
     let capped = rows.first().is_some_and(|r| r.read >= cap);
     let counts = rows
@@ -374,20 +374,20 @@ pub async fn recent_activity(
 /// How many stored deliveries have `outcome`, counted up to `cap` (an index range
 /// read of at most `cap` entries).
 pub async fn count_outcome(pool: &PgPool, outcome: Outcome, cap: i64) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar(
+    crate::db::query_scalar(
         "SELECT count(*) FROM (SELECT 1 FROM webhook_events WHERE outcome = $1 LIMIT $2) s",
     )
     .bind(outcome)
     .bind(cap)
-    .fetch_one(pool)
+    .fetch_one(crate::db::atomic(pool))
     .await
 }
 
 /// When the oldest delivery still pending was received (`None`: nothing pending).
 pub async fn oldest_pending(pool: &PgPool) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
-    sqlx::query_scalar(
+    crate::db::query_scalar(
         "SELECT received_at FROM webhook_events WHERE outcome = 'pending' ORDER BY id LIMIT 1",
     )
-    .fetch_optional(pool)
+    .fetch_optional(crate::db::atomic(pool))
     .await
 }

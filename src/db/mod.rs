@@ -4,7 +4,10 @@ pub mod attribution;
 pub mod changes;
 pub mod embedded;
 pub mod events;
+pub mod lease;
+pub mod pooler;
 pub mod relay;
+pub mod set_aside;
 pub mod sync;
 pub mod totals;
 pub mod writes;
@@ -21,6 +24,7 @@ use sqlx::{Connection, PgConnection};
 
 use crate::config::DatabaseConfig;
 use embedded::EmbeddedPostgres;
+pub use pooler::{atomic, begin, begin_on, query, query_as, query_scalar};
 
 /// The migrations in `migrations/`, compiled in.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -86,53 +90,57 @@ pub fn describe(options: &PgConnectOptions) -> String {
     )
 }
 
-/// Session settings every connection of the service gets: its name, server-side timeouts
-/// as a backstop against a transaction left open or a runaway statement, and no JIT
-/// compilation (the service's statements are short; compiling a batch upsert's
-/// expressions cost 20 ms per statement, several times the statement itself).
-///
-/// Also server-side TCP keepalives (idle 10 s, then a probe every 5 s, 3 unanswered end
-/// it): when a client's host dies or is cut off, Postgres ends its session within about
-/// 25 s instead of the system default of hours; and a 30 s limit on unacknowledged data
-/// (`tcp_user_timeout`) for a host that dies while Postgres is sending to it. It matters
-/// for the reconciler's leader, whose session holds the leadership lock (ignored on
-/// Unix-domain sockets).
-pub fn session_options(options: PgConnectOptions, config: &DatabaseConfig) -> PgConnectOptions {
-    let ms = |d: Duration| d.as_millis().to_string();
-    options.application_name("partnerstack-sync").options([
-        (
-            "idle_in_transaction_session_timeout",
-            ms(config.idle_in_transaction_timeout),
-        ),
-        ("statement_timeout", ms(config.statement_timeout)),
-        ("jit", "off".to_string()),
-        ("tcp_keepalives_idle", "10".to_string()),
-        ("tcp_keepalives_interval", "5".to_string()),
-        ("tcp_keepalives_count", "3".to_string()),
-        ("tcp_user_timeout", "30000".to_string()),
-    ])
+/// How the service's connections present themselves: by name, and with nothing a
+/// connection pooler in transaction mode refuses or would hand to another client. No
+/// `options` startup parameter (PgBouncer refuses it; the session limits are `SET LOCAL` in
+/// every transaction instead, see [`pooler`]), no `extra_float_digits` (refused too; since
+/// Postgres 12 the default already prints floats exactly, and sqlx reads them in binary),
+/// and no cache of named prepared statements (see [`pooler`]).
+pub fn connect_options(options: PgConnectOptions) -> PgConnectOptions {
+    options
+        .application_name("partnerstack-sync")
+        .extra_float_digits(None)
+        .statement_cache_capacity(0)
 }
 
 /// Longest a pooled connection lives: a backstop that also ends sessions whose state a
 /// failover or a setting change left behind.
 const MAX_LIFETIME: Duration = Duration::from_secs(30 * 60);
 
+/// A pooled connection idle this long is pinged before it is handed out: the database
+/// may have restarted meanwhile, and a connection it broke must not fail a request. A
+/// connection released while the database was down failed its release ping and is gone,
+/// so a broken one has been idle at least as long as the restart took, which is always
+/// longer than this (starting Postgres alone takes longer). Connections in steady use
+/// are not pinged (a ping is a round trip).
+const PING_IDLE: Duration = Duration::from_millis(100);
+
 /// Builds the pool. Connections are opened lazily, so a database that is down at start-up
-/// or later is retried on use. A connection opened before the database last refused a
-/// write for the session's sake ([`Failure::Session`]) is closed instead of reused, so a
-/// session left read-only by a failover never comes back.
+/// or later is retried on use. A connection is not handed out when it is broken (pinged
+/// after [`PING_IDLE`] of rest), or when it was opened before the database last refused
+/// a write for the session's sake ([`Failure::Session`]: a session left read-only by a
+/// failover never comes back) or was last seen to go away (its other sessions went with
+/// it; see [`classify`]).
 pub fn pool(options: PgConnectOptions, config: &DatabaseConfig) -> PgPool {
-    let options = session_options(options, config);
+    pooler::set_session_limits(config.idle_in_transaction_timeout, config.statement_timeout);
+    let options = connect_options(options);
     PgPoolOptions::new()
         .max_connections(config.max_connections)
         .min_connections(0)
         .acquire_timeout(config.acquire_timeout)
         .idle_timeout(Duration::from_secs(300))
         .max_lifetime(MAX_LIFETIME)
-        // No ping per checkout (a round trip per query): a connection broken by a database
-        // restart fails its next statement, is discarded, and the caller answers 503.
+        // No ping per checkout (a round trip per query), only after a rest.
         .test_before_acquire(false)
-        .before_acquire(|_, meta| Box::pin(async move { Ok(!stale_session(meta.age)) }))
+        .before_acquire(|conn, meta| {
+            Box::pin(async move {
+                if stale_session(meta.age) {
+                    return Ok(false);
+                }
+                // A broken connection is closed and another taken (or opened).
+                Ok(meta.idle_for < PING_IDLE || conn.ping().await.is_ok())
+            })
+        })
         .after_release(|_, meta| Box::pin(async move { Ok(!stale_session(meta.age)) }))
         .connect_lazy_with(options)
 }
@@ -177,6 +185,11 @@ pub fn classify(e: &sqlx::Error) -> Failure {
             // transaction timeout, class 08 connection exceptions
             Some(c) if c.starts_with("57P") || c.starts_with("08") => Failure::Connection,
             Some("25P03") => Failure::Connection,
+            // A statement's session was mixed up, which only a pooler sharing server
+            // sessions does (26000 prepared statement does not exist, 42P05 already
+            // exists), or this process's lease was taken over (see `lease`): nothing
+            // about the data, retry on a new session.
+            Some("26000" | "42P05" | lease::LOST) => Failure::Connection,
             // class 53 insufficient resources (disk full, out of memory, too many
             // connections), serialization failure, deadlock, lock not available, query
             // canceled (statement timeout)
@@ -186,14 +199,29 @@ pub fn classify(e: &sqlx::Error) -> Failure {
         },
         _ => Failure::Data,
     };
-    if failure == Failure::Session {
+    if failure == Failure::Session || server_went_away(e) {
         note_session_refusal();
     }
     failure
 }
 
+/// Whether `e` says the server itself went away or restarted (not just this session),
+/// so every older connection is likely broken too: the connection was cut, or the
+/// server shut down, crashed or is starting. Not a pool timeout (the pool was busy).
+fn server_went_away(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_) => true,
+        sqlx::Error::Database(db) => matches!(
+            db.code().as_deref(),
+            Some(c) if c.starts_with("08") || matches!(c, "57P01" | "57P02" | "57P03")
+        ),
+        _ => false,
+    }
+}
+
 /// Milliseconds since this process's first look at the clock when a session last refused
-/// a write for the session's sake (0: never).
+/// a write for the session's sake, or the server was last seen to go away (0: never):
+/// connections opened before it are not reused.
 static SESSION_REFUSED_AT: AtomicU64 = AtomicU64::new(0);
 static CLOCK_BASE: LazyLock<std::time::Instant> = LazyLock::new(std::time::Instant::now);
 
@@ -204,7 +232,7 @@ fn clock_ms() -> u64 {
 }
 
 /// Remembers that a session refused a write for the session's sake (also when readiness
-/// finds a pooled session that cannot write).
+/// finds a pooled session that cannot write), or that the server went away.
 pub fn note_session_refusal() {
     SESSION_REFUSED_AT.store(clock_ms(), Ordering::Relaxed);
 }
@@ -231,6 +259,16 @@ pub async fn wait_for(options: &PgConnectOptions, timeout: Duration) -> anyhow::
             Ok(Ok(conn)) => {
                 let _ = conn.close().await;
                 return Ok(());
+            }
+            Ok(Err(e)) if refused_setting(&e) => {
+                return Err(e).with_context(|| {
+                    format!(
+                        "the server at {} refused a connection setting; a connection pooler \
+                         accepts only some startup parameters (remove `options` and the like \
+                         from DATABASE_URL; see the README on poolers)",
+                        describe(options)
+                    )
+                });
             }
             Ok(Err(e)) if classify(&e) == Failure::Data => {
                 return Err(e).with_context(|| {
@@ -260,12 +298,27 @@ pub async fn wait_for(options: &PgConnectOptions, timeout: Duration) -> anyhow::
     }
 }
 
+/// Whether a connection attempt was refused for a startup parameter (PgBouncer:
+/// "unsupported startup parameter"), which no retry mends. A protocol violation at
+/// connection time also comes from a pooler that cannot reach its server yet, so the
+/// wording tells the two apart; it decides only how soon start-up gives up.
+fn refused_setting(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db)
+        if db.code().as_deref() == Some("08P01")
+            && db.message().starts_with("unsupported startup parameter"))
+}
+
 /// Applies pending migrations, waiting up to `patience` for the database to answer.
-/// Replicas starting together are serialised by the migrator's advisory lock.
-pub async fn migrate(pool: &PgPool, patience: Duration) -> anyhow::Result<()> {
+///
+/// All of them run in one transaction on a connection of their own, after a
+/// transaction-level advisory lock that serialises replicas starting together: the
+/// migrator's own session lock and its statements outside a transaction would go astray
+/// through a pooler in transaction mode (see [`pooler`]). Its named statements are
+/// deallocated before the commit and the connection closed, so none outlives it.
+pub async fn migrate(options: &PgConnectOptions, patience: Duration) -> anyhow::Result<()> {
     let deadline = tokio::time::Instant::now() + patience;
     loop {
-        match MIGRATOR.run(pool).await {
+        match migrate_once(options).await {
             Ok(()) => return Ok(()),
             Err(sqlx::migrate::MigrateError::Execute(e)) if is_connection_error(&e) => {
                 if tokio::time::Instant::now() >= deadline {
@@ -279,14 +332,40 @@ pub async fn migrate(pool: &PgPool, patience: Duration) -> anyhow::Result<()> {
     }
 }
 
+/// The advisory lock that serialises migrations ("psmg").
+const MIGRATION_LOCK: i64 = 0x7073_6d67;
+
+async fn migrate_once(options: &PgConnectOptions) -> Result<(), sqlx::migrate::MigrateError> {
+    let mut conn = PgConnection::connect_with(&connect_options(options.clone())).await?;
+    let mut tx = begin_on(&mut conn).await?;
+    query("SELECT pg_advisory_xact_lock($1)")
+        .bind(MIGRATION_LOCK)
+        .execute(&mut *tx)
+        .await?;
+    // The lock above stands in for the migrator's own (its fields are public for
+    // `migrate!`; the version is pinned by Cargo.lock).
+    let migrator = sqlx::migrate::Migrator {
+        migrations: MIGRATOR.migrations.clone(),
+        locking: false,
+        ..sqlx::migrate::Migrator::DEFAULT
+    };
+    // `run` on a borrowed connection trips the compiler's Send check across an await
+    // ("Acquire is not general enough"); `run_direct` is what `run` calls.
+    migrator.run_direct(None, &mut *tx, false).await?;
+    sqlx::raw_sql("DEALLOCATE ALL").execute(&mut *tx).await?;
+    tx.commit().await?;
+    let _ = conn.close().await;
+    Ok(())
+}
+
 /// Whether the database can do the service's job: why not, or `Ok`.
 pub async fn readiness(pool: &PgPool) -> Result<(), String> {
     let latest = MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0);
-    let row: Result<(bool, bool, Option<i64>), _> = sqlx::query_as(
+    let row: Result<(bool, bool, Option<i64>), _> = query_as(
         "SELECT pg_is_in_recovery(), current_setting('transaction_read_only') = 'on',
                 (SELECT max(version) FROM _sqlx_migrations WHERE success)",
     )
-    .fetch_one(pool)
+    .fetch_one(atomic(pool))
     .await;
     match row {
         Err(e) => Err(format!("the database does not answer ({})", kind(&e))),
@@ -331,7 +410,7 @@ pub async fn without_sorts(conn: &mut PgConnection, off: bool) -> Result<(), sql
     } else {
         "SET LOCAL enable_sort TO DEFAULT"
     };
-    sqlx::query(sql).execute(conn).await?;
+    query(sql).execute(conn).await?;
     Ok(())
 }
 

@@ -41,7 +41,7 @@ const COLUMNS: &str = "name, position_pos::text AS position_pos, position_id, de
 /// empty feed the position is the start, `(0, 0)`, so that pruning can still tell when
 /// the endpoint falls behind it.
 pub async fn ensure(conn: &mut PgConnection, name: &str) -> Result<(), sqlx::Error> {
-    sqlx::query(
+    crate::db::query(
         "INSERT INTO relay_endpoints (name, position_pos, position_id)
          SELECT $1, COALESCE(h.pos, '0'::xid8), COALESCE(h.id, 0) FROM (SELECT 1) one
          LEFT JOIN LATERAL (SELECT pos, id FROM changes
@@ -57,7 +57,7 @@ pub async fn ensure(conn: &mut PgConnection, name: &str) -> Result<(), sqlx::Err
 
 /// The endpoint's row.
 pub async fn load(conn: &mut PgConnection, name: &str) -> Result<EndpointState, sqlx::Error> {
-    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+    crate::db::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT {COLUMNS} FROM relay_endpoints WHERE name = $1"
     )))
     .bind(name)
@@ -67,10 +67,10 @@ pub async fn load(conn: &mut PgConnection, name: &str) -> Result<EndpointState, 
 
 /// Every endpoint's row, by name.
 pub async fn load_all(pool: &PgPool) -> Result<Vec<EndpointState>, sqlx::Error> {
-    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+    crate::db::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT {COLUMNS} FROM relay_endpoints ORDER BY name"
     )))
-    .fetch_all(pool)
+    .fetch_all(crate::db::atomic(pool))
     .await
 }
 
@@ -80,7 +80,7 @@ pub async fn take_replay(
     conn: &mut PgConnection,
     name: &str,
 ) -> Result<Option<Option<FeedPosition>>, sqlx::Error> {
-    let row: Option<(Option<String>, Option<i64>)> = sqlx::query_as(
+    let row: Option<(Option<String>, Option<i64>)> = crate::db::query_as(
         "UPDATE relay_endpoints SET position_pos = replay_pos, position_id = replay_id,
                 replay_requested_at = NULL, replay_pos = NULL, replay_id = NULL
          WHERE name = $1 AND replay_requested_at IS NOT NULL
@@ -103,7 +103,7 @@ pub async fn advance(
     delivered: bool,
     runner: &str,
 ) -> Result<bool, sqlx::Error> {
-    sqlx::query_scalar(
+    crate::db::query_scalar(
         "UPDATE relay_endpoints SET position_pos = $2::text::xid8, position_id = $3,
                 delivered = delivered + $4, runner = $5,
                 failures = CASE WHEN $4 > 0 THEN 0 ELSE failures END,
@@ -126,7 +126,7 @@ pub async fn failed(
     error: &str,
     runner: &str,
 ) -> Result<bool, sqlx::Error> {
-    sqlx::query_scalar(
+    crate::db::query_scalar(
         "UPDATE relay_endpoints SET failures = failures + 1, last_error = $2,
                 last_error_at = now(), runner = $3
          WHERE name = $1 RETURNING replay_requested_at IS NOT NULL",
@@ -145,7 +145,7 @@ pub async fn request_replay(
     name: &str,
     from: Option<FeedPosition>,
 ) -> Result<bool, sqlx::Error> {
-    let done = sqlx::query(
+    let done = crate::db::query(
         "UPDATE relay_endpoints SET replay_requested_at = now(),
                 replay_pos = $2::text::xid8, replay_id = $3
          WHERE name = $1",
@@ -153,7 +153,7 @@ pub async fn request_replay(
     .bind(name)
     .bind(from.map(|p| p.pos.to_string()))
     .bind(from.map(|p| p.id))
-    .execute(pool)
+    .execute(crate::db::atomic(pool))
     .await?;
     Ok(done.rows_affected() == 1)
 }
@@ -168,7 +168,7 @@ pub async fn backlog(
     cap: i64,
 ) -> Result<(i64, Option<DateTime<Utc>>), sqlx::Error> {
     let after = after.unwrap_or(FeedPosition { pos: 0, id: 0 });
-    sqlx::query_as(
+    crate::db::query_as(
         "WITH pending AS (
              SELECT at FROM changes
              WHERE (pos, id) > ($1::text::xid8, $2)
@@ -181,6 +181,6 @@ pub async fn backlog(
     .bind(after.id)
     .bind(tables)
     .bind(cap)
-    .fetch_one(pool)
+    .fetch_one(crate::db::atomic(pool))
     .await
 }

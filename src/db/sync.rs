@@ -47,7 +47,8 @@ pub struct PassCounts {
     pub repairs: i64,
     /// Rows marked deleted because a full scan no longer found them.
     pub deleted: i64,
-    /// Objects PartnerStack sent that could not be read.
+    /// Objects PartnerStack sent that could not be read, or that the database refused:
+    /// set aside (`set_aside`), the rest of their page applied.
     pub invalid: i64,
     /// HTTP requests sent to PartnerStack, retries included.
     pub requests: i64,
@@ -160,7 +161,7 @@ impl<'r> FromRow<'r, PgRow> for StreamState {
 
 /// Creates the rows of streams that have none yet.
 pub async fn ensure_streams(conn: &mut PgConnection, streams: &[&str]) -> Result<(), sqlx::Error> {
-    sqlx::query(
+    crate::db::query(
         "INSERT INTO sync_streams (stream) SELECT unnest($1::text[]) ON CONFLICT DO NOTHING",
     )
     .bind(streams)
@@ -170,7 +171,7 @@ pub async fn ensure_streams(conn: &mut PgConnection, streams: &[&str]) -> Result
 }
 
 pub async fn load(conn: &mut PgConnection, stream: &str) -> Result<StreamState, sqlx::Error> {
-    sqlx::query_as("SELECT * FROM sync_streams WHERE stream = $1")
+    crate::db::query_as("SELECT * FROM sync_streams WHERE stream = $1")
         .bind(stream)
         .fetch_one(conn)
         .await
@@ -178,8 +179,8 @@ pub async fn load(conn: &mut PgConnection, stream: &str) -> Result<StreamState, 
 
 /// Every stream's row, by name.
 pub async fn load_all(pool: &PgPool) -> Result<Vec<StreamState>, sqlx::Error> {
-    sqlx::query_as("SELECT * FROM sync_streams ORDER BY stream")
-        .fetch_all(pool)
+    crate::db::query_as("SELECT * FROM sync_streams ORDER BY stream")
+        .fetch_all(crate::db::atomic(pool))
         .await
 }
 
@@ -199,11 +200,11 @@ pub async fn begin_pass(
     plan: PassPlan,
     runner: &str,
 ) -> Result<(i64, DateTime<Utc>), sqlx::Error> {
-    sqlx::query("DELETE FROM sync_seen WHERE stream = $1")
+    crate::db::query("DELETE FROM sync_seen WHERE stream = $1")
         .bind(stream)
         .execute(&mut *conn)
         .await?;
-    sqlx::query_as(
+    crate::db::query_as(
         "UPDATE sync_streams SET
              pass_id = nextval('sync_pass_ids'), pass_kind = $2, pass_started_at = now(),
              pass_min_updated = $3, pass_min_created = $4, pass_cursor = NULL,
@@ -232,7 +233,7 @@ pub async fn resume_pass(
     pass_id: i64,
     runner: &str,
 ) -> Result<bool, sqlx::Error> {
-    let updated = sqlx::query(
+    let updated = crate::db::query(
         "UPDATE sync_streams SET requested_at = NULL, requested_full = false, runner = $3
          WHERE stream = $1 AND pass_id = $2",
     )
@@ -254,7 +255,7 @@ pub async fn record_page(
     next_cursor: Option<&str>,
     page: &PassCounts,
 ) -> Result<bool, sqlx::Error> {
-    let updated = sqlx::query(
+    let updated = crate::db::query(
         "UPDATE sync_streams SET
              pass_cursor = $3, pass_pages = pass_pages + $8, pass_seen = pass_seen + $4,
              pass_changed = pass_changed + $5, pass_repairs = pass_repairs + $6,
@@ -285,7 +286,7 @@ pub async fn mark_seen(
     pass_id: i64,
     keys: &[&str],
 ) -> Result<i64, sqlx::Error> {
-    let done = sqlx::query(
+    let done = crate::db::query(
         "INSERT INTO sync_seen (stream, key, pass_id)
          SELECT $1, k, $2 FROM unnest($3::text[]) AS k
          ON CONFLICT (stream, key) DO NOTHING",
@@ -323,7 +324,7 @@ pub async fn mark_vanished(
     scan_started_at: DateTime<Utc>,
     max_fraction: f64,
 ) -> Result<Vanished, sqlx::Error> {
-    let (recorded, marked): (i64, i64) = sqlx::query_as(
+    let (recorded, marked): (i64, i64) = crate::db::query_as(
         "SELECT (SELECT count(*) FROM sync_seen WHERE stream = $1 AND pass_id = $2),
                 (SELECT pass_marked FROM sync_streams WHERE stream = $1)",
     )
@@ -345,7 +346,7 @@ pub async fn mark_vanished(
            AND NOT EXISTS (SELECT 1 FROM sync_seen s
                            WHERE s.stream = $1 AND s.pass_id = $2 AND s.key = t.key)"
     );
-    let (candidates, live): (i64, i64) = sqlx::query_as(AssertSqlSafe(format!(
+    let (candidates, live): (i64, i64) = crate::db::query_as(AssertSqlSafe(format!(
         "SELECT (SELECT count(*) {unseen}), (SELECT count(*) FROM {table} WHERE deleted_at IS NULL)"
     )))
     .bind(entity.stream())
@@ -370,7 +371,7 @@ pub async fn mark_vanished(
         });
     }
     // The rows marked, with their states, for the change log (same transaction).
-    let rows = sqlx::query(AssertSqlSafe(format!(
+    let rows = crate::db::query(AssertSqlSafe(format!(
         "UPDATE {table} AS t SET deleted_at = now(), source = 'reconcile', synced_at = now()
          WHERE t.key IN (SELECT t.key {unseen}) RETURNING t.key, {}",
         changes::snapshot_sql(entity)
@@ -414,11 +415,11 @@ pub async fn finish_pass(
     pass_id: i64,
     finish: Finish<'_>,
 ) -> Result<bool, sqlx::Error> {
-    sqlx::query("DELETE FROM sync_seen WHERE stream = $1")
+    crate::db::query("DELETE FROM sync_seen WHERE stream = $1")
         .bind(stream)
         .execute(&mut *conn)
         .await?;
-    let updated = sqlx::query(
+    let updated = crate::db::query(
         "UPDATE sync_streams SET
              watermark = pass_started_at,
              last_full_at = CASE WHEN $3 THEN pass_started_at ELSE last_full_at END,
@@ -458,7 +459,7 @@ pub async fn fail_pass(
     abandon: bool,
     retry_at: DateTime<Utc>,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
+    crate::db::query(
         "UPDATE sync_streams SET
              last_kind = COALESCE(pass_kind, last_kind),
              last_started_at = COALESCE(pass_started_at, last_started_at),
@@ -493,13 +494,13 @@ pub async fn fail_pass(
 
 /// Asks the leader to run a stream now. False when the stream has no row (not enabled).
 pub async fn request(pool: &PgPool, stream: &str, full: bool) -> Result<bool, sqlx::Error> {
-    let updated = sqlx::query(
+    let updated = crate::db::query(
         "UPDATE sync_streams SET requested_at = now(), requested_full = requested_full OR $2
          WHERE stream = $1",
     )
     .bind(stream)
     .bind(full)
-    .execute(pool)
+    .execute(crate::db::atomic(pool))
     .await?;
     Ok(updated.rows_affected() == 1)
 }

@@ -46,9 +46,11 @@ crate::text_enum! {
         Updated = "updated",
         /// PartnerStack deleted the object.
         Deleted = "deleted",
-        /// PartnerStack already had the object (a repeated key).
+        /// PartnerStack already had the object, with the fields asked for (a refused
+        /// create that a look-up found as asked).
         Existed = "existed",
-        /// An earlier attempt's answer was lost; a look-up found that it had landed.
+        /// An earlier attempt's answer was lost; a look-up found that it had landed (the
+        /// object, with the fields asked for).
         Found = "found",
         /// A delete whose earlier answer was lost found nothing left to delete.
         Absent = "absent",
@@ -86,33 +88,41 @@ pub enum Accepted {
 }
 
 /// The statement accepting a write: `$1` kind, `$2` idempotency key, `$3` request
-/// digest, `$4` request, `$5` object key, `$6` customer refs.
+/// digest, `$4` request, `$5` object key, `$6` customer refs, `$7` the API client.
 pub const ACCEPT_SQL: &str =
-    "INSERT INTO writes (kind, idempotency_key, request_digest, request, object_key, customer_refs)
-     VALUES ($1, $2, $3, $4, $5, $6)
+    "INSERT INTO writes (kind, idempotency_key, request_digest, request, object_key, customer_refs,
+                         client)
+     VALUES ($1, $2, $3, $4, $5, $6, $7)
      ON CONFLICT (idempotency_key) DO NOTHING
      RETURNING id";
 
-/// Stores `write` (committed on return), unless a write with its idempotency key exists.
-pub async fn accept(pool: &PgPool, write: &NewWrite) -> Result<Accepted, sqlx::Error> {
-    let inserted: Option<i64> = sqlx::query_scalar(ACCEPT_SQL)
+/// Stores `write` made by the API client `client` (committed on return), unless a write
+/// with its idempotency key exists (a repeat keeps the first one's client).
+pub async fn accept(
+    pool: &PgPool,
+    write: &NewWrite,
+    client: Option<&str>,
+) -> Result<Accepted, sqlx::Error> {
+    let inserted: Option<i64> = crate::db::query_scalar(ACCEPT_SQL)
         .bind(write.kind)
         .bind(&write.idempotency_key)
         .bind(&write.request_digest)
         .bind(&write.request)
         .bind(&write.object_key)
         .bind(&write.customer_refs)
-        .fetch_optional(pool)
+        .bind(client)
+        .fetch_optional(crate::db::atomic(pool))
         .await?;
     if let Some(id) = inserted {
         return Ok(Accepted::New(id));
     }
     // The conflicting row committed, but perhaps after this statement's snapshot: read
     // it with a new one.
-    let existing = sqlx::query("SELECT id, request_digest FROM writes WHERE idempotency_key = $1")
-        .bind(&write.idempotency_key)
-        .fetch_one(pool)
-        .await?;
+    let existing =
+        crate::db::query("SELECT id, request_digest FROM writes WHERE idempotency_key = $1")
+            .bind(&write.idempotency_key)
+            .fetch_one(crate::db::atomic(pool))
+            .await?;
     let id: i64 = existing.try_get("id")?;
     let digest: String = existing.try_get("request_digest")?;
     Ok(if digest == write.request_digest {
@@ -124,16 +134,16 @@ pub async fn accept(pool: &PgPool, write: &NewWrite) -> Result<Accepted, sqlx::E
 
 /// A write's status, if it exists.
 pub async fn status(pool: &PgPool, id: i64) -> Result<Option<WriteStatus>, sqlx::Error> {
-    sqlx::query_scalar("SELECT status FROM writes WHERE id = $1")
+    crate::db::query_scalar("SELECT status FROM writes WHERE id = $1")
         .bind(id)
-        .fetch_optional(pool)
+        .fetch_optional(crate::db::atomic(pool))
         .await
 }
 
 /// Makes a failed write pending again (`POST /v1/writes/{id}/retry`). `None` when there is
 /// no such write; otherwise its status before (only a failed one changes).
 pub async fn retry(pool: &PgPool, id: i64) -> Result<Option<WriteStatus>, sqlx::Error> {
-    sqlx::query_scalar(
+    crate::db::query_scalar(
         "WITH before AS (SELECT id, status FROM writes WHERE id = $1 FOR UPDATE),
          changed AS (
              UPDATE writes w SET status = 'pending', resolution = NULL, result = NULL,
@@ -143,7 +153,7 @@ pub async fn retry(pool: &PgPool, id: i64) -> Result<Option<WriteStatus>, sqlx::
          SELECT status FROM before",
     )
     .bind(id)
-    .fetch_optional(pool)
+    .fetch_optional(crate::db::atomic(pool))
     .await
 }
 
@@ -158,6 +168,8 @@ pub struct Claimed {
     pub attempts: i32,
     /// An earlier attempt may have landed.
     pub in_doubt: bool,
+    /// The API client that made it.
+    pub client: Option<String>,
     /// When it was last sent.
     pub last_sent_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
@@ -175,9 +187,9 @@ pub async fn claim(
     limit: i64,
     lease: Duration,
 ) -> Result<Vec<Claimed>, sqlx::Error> {
-    let mut tx = pool.begin().await?;
+    let mut tx = crate::db::begin(pool).await?;
     super::without_sorts(&mut tx, true).await?;
-    let rows = sqlx::query(
+    let rows = crate::db::query(
         "WITH next AS (
              SELECT w.id FROM writes w
              WHERE w.status = 'pending' AND w.next_attempt_at <= now()
@@ -194,7 +206,7 @@ pub async fn claim(
              updated_at = now()
          FROM next WHERE w.id = next.id
          RETURNING w.id, w.kind, w.request, w.object_key, w.attempts, w.in_doubt,
-                   w.last_sent_at, w.created_at",
+                   w.client, w.last_sent_at, w.created_at",
     )
     .bind(limit)
     .bind(millis(lease))
@@ -211,6 +223,7 @@ pub async fn claim(
                 object_key: r.try_get("object_key")?,
                 attempts: r.try_get("attempts")?,
                 in_doubt: r.try_get("in_doubt")?,
+                client: r.try_get("client")?,
                 last_sent_at: r.try_get("last_sent_at")?,
                 created_at: r.try_get("created_at")?,
             })
@@ -222,14 +235,14 @@ pub async fn claim(
 
 /// Extends a claim's lease. False when the claim no longer holds.
 pub async fn renew(pool: &PgPool, claim: &Claimed, lease: Duration) -> Result<bool, sqlx::Error> {
-    let done = sqlx::query(
+    let done = crate::db::query(
         "UPDATE writes SET leased_until = now() + $3 * interval '1 millisecond'
          WHERE id = $1 AND attempts = $2 AND status = 'pending'",
     )
     .bind(claim.id)
     .bind(claim.attempts)
     .bind(millis(lease))
-    .execute(pool)
+    .execute(crate::db::atomic(pool))
     .await?;
     Ok(done.rows_affected() == 1)
 }
@@ -238,13 +251,13 @@ pub async fn renew(pool: &PgPool, claim: &Claimed, lease: Duration) -> Result<bo
 /// if the worker dies or its answer is lost, the next claim looks before sending again. False when the
 /// claim no longer holds (nothing must be sent then).
 pub async fn sending(pool: &PgPool, claim: &Claimed) -> Result<bool, sqlx::Error> {
-    let done = sqlx::query(
+    let done = crate::db::query(
         "UPDATE writes SET in_doubt = true, last_sent_at = now(), updated_at = now()
          WHERE id = $1 AND attempts = $2 AND status = 'pending'",
     )
     .bind(claim.id)
     .bind(claim.attempts)
-    .execute(pool)
+    .execute(crate::db::atomic(pool))
     .await?;
     Ok(done.rows_affected() == 1)
 }
@@ -268,7 +281,7 @@ pub async fn finish(
     claim: &Claimed,
     finished: &Finished,
 ) -> Result<bool, sqlx::Error> {
-    let done = sqlx::query(
+    let done = crate::db::query(
         "UPDATE writes SET status = $3, resolution = $4, result = $5, error_status = $6,
              error_message = $7, upstream_requests = upstream_requests + $8,
              in_doubt = false, leased_until = NULL, finished_at = now(), updated_at = now()
@@ -298,7 +311,7 @@ pub async fn postpone(
     error: &str,
     requests: u64,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
+    crate::db::query(
         "UPDATE writes SET next_attempt_at = now() + $3 * interval '1 millisecond',
              leased_until = NULL,
              in_doubt = $4,
@@ -313,26 +326,26 @@ pub async fn postpone(
     .bind(error_status.map(i32::from))
     .bind(error)
     .bind(i64::try_from(requests).unwrap_or(i64::MAX))
-    .execute(pool)
+    .execute(crate::db::atomic(pool))
     .await?;
     Ok(())
 }
 
-/// Whether a write of this outbox created the customer with `customer_key` within
-/// `window` (PartnerStack may not know a new customer for minutes).
-pub async fn created_customer_within(
+/// When a write of this outbox last created the customer with `customer_key`, if that was
+/// within `window` (PartnerStack may not know a new customer for minutes).
+pub async fn customer_created_within(
     pool: &PgPool,
     customer_key: &str,
     window: Duration,
-) -> Result<bool, sqlx::Error> {
-    sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM writes
-             WHERE kind = 'create_customer' AND status = 'succeeded' AND object_key = $1
-               AND finished_at > now() - $2 * interval '1 millisecond')",
+) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
+    crate::db::query_scalar(
+        "SELECT max(finished_at) FROM writes
+         WHERE kind = 'create_customer' AND status = 'succeeded' AND object_key = $1
+           AND finished_at > now() - $2 * interval '1 millisecond'",
     )
     .bind(customer_key)
     .bind(millis(window))
-    .fetch_one(pool)
+    .fetch_one(crate::db::atomic(pool))
     .await
 }
 
@@ -350,7 +363,7 @@ pub struct Summary {
 
 /// Reads [`Summary`] in one statement (pending and failed rows by their indexes).
 pub async fn summary(pool: &PgPool) -> Result<Summary, sqlx::Error> {
-    let row = sqlx::query(
+    let row = crate::db::query(
         "SELECT
              (SELECT count(*) FROM writes WHERE status = 'pending') AS pending,
              (SELECT count(*) FROM writes WHERE status = 'pending' AND in_doubt) AS in_doubt,
@@ -359,7 +372,7 @@ pub async fn summary(pool: &PgPool) -> Result<Summary, sqlx::Error> {
                   AND finished_at > now() - interval '1 hour') AS succeeded_last_hour,
              (SELECT min(created_at) FROM writes WHERE status = 'pending') AS oldest_pending",
     )
-    .fetch_one(pool)
+    .fetch_one(crate::db::atomic(pool))
     .await?;
     Ok(Summary {
         pending: row.try_get("pending")?,
@@ -372,19 +385,19 @@ pub async fn summary(pool: &PgPool) -> Result<Summary, sqlx::Error> {
 
 /// Pending writes and the age of the oldest, in seconds.
 pub async fn backlog(pool: &PgPool) -> Result<(i64, f64), sqlx::Error> {
-    let row = sqlx::query(
+    let row = crate::db::query(
         "SELECT count(*) AS pending,
                 COALESCE(EXTRACT(EPOCH FROM now() - min(created_at)), 0)::float8 AS oldest
          FROM writes WHERE status = 'pending'",
     )
-    .fetch_one(pool)
+    .fetch_one(crate::db::atomic(pool))
     .await?;
     Ok((row.try_get("pending")?, row.try_get("oldest")?))
 }
 
 /// Deletes up to `batch` writes finished before `cutoff` (retention); how many.
 pub async fn prune(pool: &PgPool, cutoff: DateTime<Utc>, batch: i64) -> Result<u64, sqlx::Error> {
-    let done = sqlx::query(
+    let done = crate::db::query(
         "DELETE FROM writes WHERE id IN (
              SELECT id FROM writes
              WHERE status <> 'pending' AND finished_at < $1
@@ -392,7 +405,7 @@ pub async fn prune(pool: &PgPool, cutoff: DateTime<Utc>, batch: i64) -> Result<u
     )
     .bind(cutoff)
     .bind(batch)
-    .execute(pool)
+    .execute(crate::db::atomic(pool))
     .await?;
     Ok(done.rows_affected())
 }

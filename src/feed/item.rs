@@ -30,6 +30,8 @@ pub struct ChangeItem {
     pub operation: Operation,
     /// Where the observation that made the change came from.
     pub source: Source,
+    /// The API client whose write caused the change (source `write`); null otherwise.
+    pub client: Option<String>,
     /// When the change was applied here.
     pub at: DateTime<Utc>,
     /// The fields that changed, each as `{"old": ..., "new": ...}`; on creation, every
@@ -64,6 +66,7 @@ impl TryFrom<Change> for ChangeItem {
             key: change.key,
             operation: change.operation,
             source,
+            client: change.client,
             at: change.at,
             fields,
             object: change.state,

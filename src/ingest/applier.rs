@@ -23,9 +23,11 @@
 //!   says `archived: false` (lists can keep archived objects without a flag).
 //!
 //! A delivery that cannot be applied (unknown event, unexpected shape) keeps its raw body
-//! and gets an outcome with the reason. When the database refuses a batch for one bad
-//! object, the batch is split in halves until the culprit stands alone: one poison object
-//! costs a few statements, not a batch of single ones.
+//! and gets an outcome with the reason. An object the database refuses is set aside
+//! ([`crate::apply::apply_or_set_aside`]: found by halving within the batch's
+//! transaction) and its delivery marked `error`, while the rest of the batch applies. A
+//! batch refused for anything else (or at commit) is split in halves, each in a
+//! transaction of its own, until the culprit stands alone.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -47,7 +49,7 @@ use crate::apply::{self, Applied, Observation, Source};
 use crate::burst::Burst;
 use crate::columns;
 use crate::db::events::{self, AppliedFrom, Outcome, OutcomeRecord, PendingEvent};
-use crate::db::is_transient_error;
+use crate::db::{is_transient_error, set_aside};
 use crate::telemetry::Labels;
 
 /// Deliveries applied per transaction.
@@ -156,7 +158,7 @@ impl Applier {
 
     /// Body mode: lock, apply and record in one transaction.
     async fn apply_trusting(&self) -> Result<usize, sqlx::Error> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = crate::db::begin(&self.pool).await?;
         let pending = events::lock_pending(&mut tx, None, BATCH).await?;
         if pending.is_empty() {
             tx.commit().await?;
@@ -199,7 +201,7 @@ impl Applier {
             .into_iter()
             .filter_map(|(entity, object)| Observation::parse(entity, object, false).ok())
             .collect();
-        let tx = self.pool.begin().await?;
+        let tx = crate::db::begin(&self.pool).await?;
         if let Rejected::Yes = self.commit(tx, &plans, &extra).await? {
             // Isolating the culprit among the deliveries; the extra objects wait for a
             // reconcile pass.
@@ -251,6 +253,29 @@ impl Applier {
                     entity_key: None,
                 }),
                 Plan::Defer { at, reason } => deferred.push((at, reason, planned.id)),
+                Plan::Unreadable {
+                    entity,
+                    key,
+                    reason,
+                    object,
+                } => {
+                    let refused = set_aside::Refused {
+                        entity,
+                        key: &key,
+                        error: reason.clone(),
+                        raw: &object,
+                    };
+                    set_aside::record(&mut tx, Source::Webhook, std::slice::from_ref(&refused))
+                        .await?;
+                    outcomes.push(OutcomeRecord {
+                        id: planned.id,
+                        outcome: Outcome::Error,
+                        applied_from: None,
+                        reason: Some(format!("set aside: {reason}")),
+                        entity: Some(columns::table(entity)),
+                        entity_key: Some(key),
+                    });
+                }
                 Plan::Fetch { .. } | Plan::Merge { .. } => {
                     // Settled before commit; a plan left unsettled waits for a retry.
                     let at = Utc::now() + backoff(0);
@@ -260,32 +285,44 @@ impl Applier {
         }
         let named = observations.len();
         observations.extend_from_slice(extra);
-        let results = match apply::apply(&mut tx, Source::Webhook, &observations).await {
+        // An object the database refuses is set aside (its delivery marked `error`), and
+        // the rest of the batch applies.
+        let results = match apply::apply_or_set_aside(&mut tx, Source::Webhook, None, &observations).await
+        {
             Ok(r) => r,
             Err(e) if is_transient_error(&e) => return Err(e),
-            Err(e) => {
-                tracing::warn!(error = %e, deliveries = plans.len(), "the database refused a batch; isolating the culprit");
-                tx.rollback().await?;
-                self.metrics
-                    .apply_transactions
-                    .get_or_create(&ApplyLabel {
-                        result: ApplyResult::Refused,
-                    })
-                    .inc();
-                return Ok(Rejected::Yes);
-            }
+            Err(e) => return self.rejected(tx, &e, plans.len()).await,
         };
         for (&(slot, _), result) in slots.iter().zip(results.into_iter().take(named)) {
-            if result == Applied::Stale {
-                outcomes[slot].outcome = Outcome::Stale;
-                outcomes[slot].reason = Some("the stored row is as new or newer".into());
+            match result {
+                Ok(Applied::Stale) => {
+                    outcomes[slot].outcome = Outcome::Stale;
+                    outcomes[slot].reason = Some("the stored row is as new or newer".into());
+                }
+                Ok(_) => {}
+                Err(error) => {
+                    outcomes[slot].outcome = Outcome::Error;
+                    outcomes[slot].applied_from = None;
+                    outcomes[slot].reason = Some(format!(
+                        "the database refused the object (set aside): {error}"
+                    ));
+                }
             }
         }
         events::record_outcomes(&mut tx, &outcomes).await?;
         for (at, reason, id) in &deferred {
             events::defer(&mut tx, &[*id], *at, reason).await?;
         }
-        tx.commit().await?;
+        match tx.commit().await {
+            Ok(()) => {}
+            Err(e) if is_transient_error(&e) => return Err(e),
+            // Refused at commit (a deferred check): isolated like any refused batch.
+            Err(e) => {
+                tracing::warn!(error = %e, deliveries = plans.len(), "the database refused a batch at commit; isolating the culprit");
+                self.count_refused();
+                return Ok(Rejected::Yes);
+            }
+        }
         self.metrics
             .apply_transactions
             .get_or_create(&ApplyLabel {
@@ -301,13 +338,36 @@ impl Applier {
         Ok(Rejected::No)
     }
 
+    /// Rolls back a batch the database refused outside the objects (which are set aside
+    /// one by one): it is isolated by [`Applier::isolate`].
+    async fn rejected(
+        &self,
+        tx: Transaction<'_, Postgres>,
+        e: &sqlx::Error,
+        deliveries: usize,
+    ) -> Result<Rejected, sqlx::Error> {
+        tracing::warn!(error = %e, deliveries, "the database refused a batch; isolating the culprit");
+        tx.rollback().await?;
+        self.count_refused();
+        Ok(Rejected::Yes)
+    }
+
+    fn count_refused(&self) {
+        self.metrics
+            .apply_transactions
+            .get_or_create(&ApplyLabel {
+                result: ApplyResult::Refused,
+            })
+            .inc();
+    }
+
     /// A refused batch, split in halves until each refused delivery stands alone and is
     /// marked `error`. With `relock`, each part locks its deliveries again (body mode:
     /// the refused transaction's locks are gone); leased deliveries need no lock.
     async fn isolate(&self, plans: Vec<Planned>, relock: bool) -> Result<(), sqlx::Error> {
         let mut parts = vec![plans];
         while let Some(mut part) = parts.pop() {
-            let mut tx = self.pool.begin().await?;
+            let mut tx = crate::db::begin(&self.pool).await?;
             if relock {
                 let ids: Vec<i64> = part.iter().map(|p| p.id).collect();
                 let locked: Vec<i64> = events::lock_pending(&mut tx, Some(&ids), BATCH)
@@ -338,7 +398,7 @@ impl Applier {
 
     async fn mark_refused(&self, id: i64) -> Result<(), sqlx::Error> {
         tracing::warn!(event_id = id, "the database refused a delivery's object");
-        let mut conn = self.pool.acquire().await?;
+        let mut tx = crate::db::begin(&self.pool).await?;
         let outcome = OutcomeRecord {
             id,
             outcome: Outcome::Error,
@@ -347,7 +407,8 @@ impl Applier {
             entity: None,
             entity_key: None,
         };
-        events::record_outcomes(&mut conn, std::slice::from_ref(&outcome)).await?;
+        events::record_outcomes(&mut tx, std::slice::from_ref(&outcome)).await?;
+        tx.commit().await?;
         self.metrics
             .webhook_events_applied
             .get_or_create(&OutcomeLabel {
@@ -393,6 +454,27 @@ enum Plan {
     },
     /// Try again at `at`.
     Defer { at: DateTime<Utc>, reason: String },
+    /// An object with a key that does not read: set aside, the delivery an `error`.
+    Unreadable {
+        entity: Entity,
+        key: String,
+        reason: String,
+        object: Value,
+    },
+}
+
+/// An object that does not read: set aside when its key reads, else an `error` outcome
+/// only.
+fn unreadable(entity: Entity, object: Value, reason: String) -> Plan {
+    match Meta::identity_of(&object).filter(|k| !k.contains('\0')) {
+        Some(key) => Plan::Unreadable {
+            entity,
+            key,
+            reason,
+            object,
+        },
+        None => Plan::Done(Outcome::Error, Some(entity), reason),
+    }
 }
 
 /// What to do with a stored delivery, before anything is fetched.
@@ -464,11 +546,11 @@ fn settle(
             // event stands unless the answer says the object is not archived: lists and
             // reads can show archived objects without a flag.
             let deleted = kind.deleted && apply::archived(&object) != Some(false);
-            match Observation::parse(entity, object, deleted) {
+            match Observation::parse(entity, object.clone(), deleted) {
                 Ok(o) => Plan::Apply(o, AppliedFrom::Fetch),
-                Err(reason) => Plan::Done(
-                    Outcome::Error,
-                    Some(entity),
+                Err(reason) => unreadable(
+                    entity,
+                    object,
                     format!("PartnerStack's answer could not be read: {reason}"),
                 ),
             }
@@ -577,13 +659,13 @@ async fn by_stored_partnership_keys(
     if partner_keys.is_empty() {
         return Ok(());
     }
-    let stored: HashMap<String, String> = sqlx::query_as(
+    let stored: HashMap<String, String> = crate::db::query_as(
         "SELECT DISTINCT ON (partner_key) partner_key, key FROM partners
          WHERE partner_key = ANY($1)
          ORDER BY partner_key, (deleted_at IS NULL) DESC, created_at DESC, key DESC",
     )
     .bind(&partner_keys)
-    .fetch_all(pool)
+    .fetch_all(crate::db::atomic(pool))
     .await?
     .into_iter()
     .collect();
@@ -616,7 +698,7 @@ async fn stored_objects(conn: &mut PgConnection, plans: &[Planned]) -> Result<St
     }
     let mut stored = Stored::new();
     for (entity, keys) in wanted {
-        let rows: Vec<(String, Value)> = sqlx::query_as(AssertSqlSafe(format!(
+        let rows: Vec<(String, Value)> = crate::db::query_as(AssertSqlSafe(format!(
             "SELECT key, raw FROM {} WHERE key = ANY($1)",
             columns::table(entity)
         )))
@@ -659,7 +741,7 @@ async fn merge(
                 return Ok(unresolved(entity));
             };
             let table = columns::table(entity);
-            let found: Option<(String, Value)> = sqlx::query_as(AssertSqlSafe(format!(
+            let found: Option<(String, Value)> = crate::db::query_as(AssertSqlSafe(format!(
                 "SELECT key, raw FROM {table} WHERE {column} = $1
                  ORDER BY (deleted_at IS NULL) DESC, created_at DESC, key DESC LIMIT 1"
             )))
@@ -710,9 +792,9 @@ async fn merge(
         // Nothing stored (or not an object): the body as it is.
         _ => body.clone(),
     };
-    Ok(match Observation::parse(entity, object, deleted) {
+    Ok(match Observation::parse(entity, object.clone(), deleted) {
         Ok(o) => Plan::Apply(o, from),
-        Err(reason) => Plan::Done(Outcome::Error, Some(entity), reason),
+        Err(reason) => unreadable(entity, object, reason),
     })
 }
 
@@ -738,7 +820,7 @@ async fn resolve_group(
     {
         return Ok(Some(stored.clone()));
     }
-    let found: Option<(String, Option<String>, Option<String>)> = sqlx::query_as(
+    let found: Option<(String, Option<String>, Option<String>)> = crate::db::query_as(
         "SELECT key, name, slug FROM groups
          WHERE deleted_at IS NULL AND (slug = $1 OR lower(name) = lower($2))
          ORDER BY (slug = $1) DESC NULLS LAST LIMIT 1",

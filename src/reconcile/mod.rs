@@ -5,20 +5,27 @@
 //! and apply every object through the one door ([`crate::apply`]); see [`pass`] for one
 //! pass. Here: leadership and scheduling.
 //!
-//! **One reconciler across replicas.** Leadership is a session-level Postgres advisory
-//! lock held on a dedicated connection, and every reconciler write goes through that same
-//! connection. If the leader's process dies, its socket closes and Postgres drops the
-//! session and the lock with it at once; if its host dies or is cut off, the session's
-//! TCP keepalives (see [`db::session_options`]) end it within about 25 s. A follower,
-//! polling every few seconds, then takes over and resumes from the checkpoints. A leader
-//! that lost its session cannot write anything at all, so it cannot move a checkpoint
-//! backwards (and each checkpoint write is also conditioned on its pass id).
+//! **One reconciler across replicas.** Leadership is a lease row ([`db::lease`]), so it
+//! needs no server session of its own and holds through a pooler in transaction mode.
+//! Every reconciler write runs in a transaction that renews the lease first
+//! ([`Leader::begin`]); while a pass waits for PartnerStack the lease is renewed every few
+//! seconds. A leader that stops renewing (dead, frozen, cut off) is replaced once its
+//! lease expires ([`lease::TTL`]); one that stops cleanly gives it up, and a follower,
+//! polling every few seconds, takes over at once. A replaced leader's next transaction is
+//! refused, so it cannot move a checkpoint backwards (and each checkpoint write is also
+//! conditioned on its pass id).
 //!
 //! **Scheduling.** Each stream is due `interval` (jittered) after its last pass began, at
 //! once when a pass is unfinished or `POST /v1/sync/{stream}` asked for one, and later
-//! when it has been failing (doubling back-off up to `max_retry_delay`). A request is
-//! answered by the pass that starts or resumes next, so a failing stream backs off again
-//! after it. The kind of pass is chosen in [`pass::plan`].
+//! when it has been failing (doubling back-off up to `max_retry_delay`, short by default
+//! so streams sync again soon after an outage ends). A request is answered by the pass
+//! that starts or resumes next, so a failing stream backs off again after it. The kind
+//! of pass is chosen in [`pass::plan`].
+//!
+//! **Staleness bounds are settings.** Each stream's bound ([`staleness_bound`]) is a
+//! figure of the configuration alone, never of how the last passes went: what compares
+//! the staleness with it (the `PsyncStreamStale` alert) measures against the same line
+//! throughout an outage.
 
 pub mod pass;
 pub mod status;
@@ -29,36 +36,35 @@ use std::time::Duration;
 
 use chrono::Utc;
 use rand::RngExt;
-use sqlx::postgres::PgConnectOptions;
-use sqlx::{Connection, PgConnection};
+use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use partnerstack::Entity;
 use partnerstack::client::Client;
 
 use crate::config::ReconcileConfig;
+use crate::db::lease::{self, Leader};
+use crate::db::sync::PassStatus;
 use crate::db::{self, sync};
 use crate::telemetry::{Metrics, StreamLabel};
 use pass::{PassError, Progress, Report};
 
-/// The advisory lock key that elects the leader ("psync" in ASCII).
-const LEADER_LOCK: i64 = 0x0070_7379_6e63;
+/// The lease that elects the leader.
+const LEASE: &str = "reconciler";
 /// How often followers try for leadership, and the leader looks for requests.
 const POLL: Duration = Duration::from_secs(2);
-/// Postgres ends the leader's session when it sits idle (or idle in a transaction) this
-/// long, which frees the lock: a frozen leader (stopped, swapped out, paused VM) is
-/// replaced within this plus [`POLL`]. The leader proves it is alive more often than that
-/// ([`pass::HEARTBEAT`]).
-pub const LEADER_IDLE_TIMEOUT: Duration = Duration::from_secs(15);
 /// First retry delay of a failing stream (doubles per failure).
 const FIRST_RETRY: Duration = Duration::from_secs(15);
+/// Passes start up to a tenth of their interval early or late (jitter), so streams and
+/// replicas spread their requests.
+const JITTER_PARTS: u32 = 10;
 
 /// A reconciler; cheap to share.
 #[derive(Clone)]
 pub struct Reconciler {
     client: Client,
     config: ReconcileConfig,
-    connect: PgConnectOptions,
+    pool: PgPool,
     metrics: Arc<Metrics>,
     /// Who this process is, in `sync_streams.runner` and logs.
     runner: String,
@@ -66,12 +72,10 @@ pub struct Reconciler {
 }
 
 impl Reconciler {
-    /// `connect` opens the leader's own session (not a pooled connection: the lock lives
-    /// as long as that session).
     pub fn new(
         client: Client,
         config: ReconcileConfig,
-        connect: PgConnectOptions,
+        pool: PgPool,
         metrics: Arc<Metrics>,
     ) -> Self {
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
@@ -84,7 +88,7 @@ impl Reconciler {
         Reconciler {
             client,
             config,
-            connect,
+            pool,
             metrics,
             runner,
             leader: Arc::new(AtomicBool::new(false)),
@@ -125,19 +129,29 @@ impl Reconciler {
         let mut failures = 0u32;
         while !stop.is_cancelled() {
             match self.try_lead().await {
-                Ok(Some(mut conn)) => {
+                Ok(Some(leader)) => {
                     failures = 0;
                     self.leader.store(true, Ordering::Relaxed);
                     self.metrics.reconcile_leader.set(1);
-                    tracing::info!(runner = %self.runner, "this replica is now the reconciler");
-                    let result = self.lead(&mut conn, interval, &stop).await;
+                    tracing::info!(runner = %self.runner, token = leader.token(), "this replica is now the reconciler");
+                    let result = self.lead(&leader, interval, &stop).await;
                     self.leader.store(false, Ordering::Relaxed);
                     self.metrics.reconcile_leader.set(0);
-                    let _ = conn.close().await;
                     match result {
-                        Ok(()) => break,
+                        Ok(()) => {
+                            // A clean stop hands over at once.
+                            if let Err(e) = leader.release().await {
+                                tracing::warn!(error = %e, "could not give up the reconciler's lease; another replica takes over when it expires");
+                            }
+                            break;
+                        }
+                        Err(e) if lease::is_lost(&e) => {
+                            tracing::warn!(
+                                "another replica took over the reconciler; standing down"
+                            )
+                        }
                         Err(e) => {
-                            tracing::warn!(error = %e, "lost the reconciler's database session; standing down")
+                            tracing::warn!(error = %e, "lost the reconciler's database connection; standing down")
                         }
                     }
                 }
@@ -156,28 +170,23 @@ impl Reconciler {
         }
     }
 
-    /// Opens a session and takes the leadership lock if it is free.
-    async fn try_lead(&self) -> Result<Option<PgConnection>, sqlx::Error> {
-        let mut conn = PgConnection::connect_with(&self.connect).await?;
-        limit_idleness(&mut conn).await?;
-        let won: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-            .bind(LEADER_LOCK)
-            .fetch_one(&mut conn)
-            .await?;
-        if won {
-            let streams: Vec<&str> = self.config.streams.iter().map(|e| e.stream()).collect();
-            sync::ensure_streams(&mut conn, &streams).await?;
-            Ok(Some(conn))
-        } else {
-            let _ = conn.close().await;
-            Ok(None)
-        }
+    /// Takes the leadership lease if it is free.
+    async fn try_lead(&self) -> Result<Option<Leader>, sqlx::Error> {
+        let Some(leader) = Leader::acquire(&self.pool, LEASE, &self.runner).await? else {
+            return Ok(None);
+        };
+        let streams: Vec<&str> = self.config.streams.iter().map(|e| e.stream()).collect();
+        let mut tx = leader.begin().await?;
+        sync::ensure_streams(&mut tx, &streams).await?;
+        tx.commit().await?;
+        Ok(Some(leader))
     }
 
-    /// Runs due passes until stopped. Errors only when the session is lost.
+    /// Runs due passes until stopped. Errors only when the lease or the connection is
+    /// lost.
     async fn lead(
         &self,
-        conn: &mut PgConnection,
+        leader: &Leader,
         interval: Duration,
         stop: &CancellationToken,
     ) -> Result<(), sqlx::Error> {
@@ -186,17 +195,19 @@ impl Reconciler {
                 if stop.is_cancelled() {
                     break;
                 }
-                let state = sync::load(conn, entity.stream()).await?;
+                // Read in a transaction of the lease's: it renews the lease as it goes.
+                let state = pass::load(leader, entity.stream()).await?;
                 let full_at = pass::next_full_at(
                     &state,
                     entity,
                     &self.config,
                     self.client.requests_per_second(),
                 );
-                if !is_due(&state, interval, full_at) {
+                let every = pass_interval(entity, &self.config, interval);
+                if !is_due(&state, every, full_at) {
                     continue;
                 }
-                match self.pass(conn, entity, false, true, stop, &|_| {}).await {
+                match self.pass(leader, entity, false, true, stop, &|_| {}).await {
                     Err(PassError::Database(e)) if db::is_connection_error(&e) => return Err(e),
                     _ => {}
                 }
@@ -212,7 +223,7 @@ impl Reconciler {
     /// Runs one pass and records how it ended (metrics, logs, back-off on failure).
     async fn pass(
         &self,
-        conn: &mut PgConnection,
+        leader: &Leader,
         entity: Entity,
         force_full: bool,
         sliced: bool,
@@ -226,9 +237,10 @@ impl Reconciler {
             runner: &self.runner,
             stop,
             sliced,
+            leader,
         };
         let stream = entity.stream();
-        let result = pass::run(&ctx, conn, entity, force_full, progress).await;
+        let result = pass::run(&ctx, entity, force_full, progress).await;
         match &result {
             Ok(r) => tracing::info!(
                 stream,
@@ -255,21 +267,20 @@ impl Reconciler {
                     .reconcile_errors
                     .get_or_create(&StreamLabel { stream })
                     .inc();
-                let state = sync::load(conn, stream)
-                    .await
-                    .map_err(PassError::Database)?;
+                let mut tx = leader.begin().await?;
+                let state = sync::load(&mut tx, stream).await?;
                 let delay = retry_delay(state.failures, self.config.max_retry_delay);
                 let retry_at = Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default();
                 tracing::warn!(stream, error = %e, retry_in_s = delay.as_secs(), "reconcile pass failed");
                 sync::fail_pass(
-                    conn,
+                    &mut tx,
                     stream,
                     &e.to_string(),
                     e.abandons_checkpoint(),
                     retry_at,
                 )
-                .await
-                .map_err(PassError::Database)?;
+                .await?;
+                tx.commit().await?;
             }
         }
         result
@@ -286,9 +297,9 @@ impl Reconciler {
         progress: &(dyn Fn(Progress) + Send + Sync),
     ) -> anyhow::Result<Vec<Result<Report, PassError>>> {
         let deadline = tokio::time::Instant::now() + patience;
-        let mut conn = loop {
-            if let Some(conn) = self.try_lead().await? {
-                break conn;
+        let leader = loop {
+            if let Some(leader) = self.try_lead().await? {
+                break leader;
             }
             if tokio::time::Instant::now() >= deadline {
                 anyhow::bail!(
@@ -298,18 +309,22 @@ impl Reconciler {
             tokio::time::sleep(POLL).await;
         };
         let streams: Vec<&str> = entities.iter().map(|e| e.stream()).collect();
-        sync::ensure_streams(&mut conn, &streams).await?;
+        let mut tx = leader.begin().await?;
+        sync::ensure_streams(&mut tx, &streams).await?;
+        tx.commit().await?;
         let mut reports = Vec::new();
         for &entity in entities {
             if stop.is_cancelled() {
                 break;
             }
             reports.push(
-                self.pass(&mut conn, entity, full, false, stop, progress)
+                self.pass(&leader, entity, full, false, stop, progress)
                     .await,
             );
         }
-        let _ = conn.close().await;
+        if let Err(e) = leader.release().await {
+            tracing::warn!(error = %e, "could not give up the reconciler's lease; it expires by itself");
+        }
         Ok(reports)
     }
 }
@@ -332,11 +347,41 @@ pub struct Freshness {
     /// yet (`None` before the first completed pass). Webhooks usually do far better; this
     /// is what passes alone guarantee.
     pub staleness: Option<Duration>,
-    /// The staleness bound, for streams that full scans keep fresh.
-    pub bound: Option<Duration>,
-    /// The staleness the passes can achieve with the request budget, as the last scan
-    /// went.
+    /// The staleness it should stay within ([`staleness_bound`]).
+    pub bound: Duration,
+    /// The staleness the passes can achieve with the request budget, as the last
+    /// completed scan or pass went.
     pub achievable: Duration,
+}
+
+/// The staleness `entity`'s stream should stay within: fixed by the settings, whatever
+/// the passes do. Poll-only streams: `staleness_bound` (the scheduler keeps them within
+/// it). Webhook-covered ones: the time between the passes that keep them fresh at its
+/// longest (`interval` and its jitter; `full_interval` for a stream without an "updated
+/// since" filter), plus `pass_budget`.
+pub fn staleness_bound(entity: Entity, config: &ReconcileConfig) -> Duration {
+    if !config.webhook_covered(entity) {
+        return config.staleness_bound;
+    }
+    let every = if pass::has_update_filter(entity) {
+        config.interval.unwrap_or(config.full_interval)
+    } else {
+        config.full_interval
+    };
+    every
+        .saturating_add(every / JITTER_PARTS)
+        .saturating_add(config.pass_budget)
+}
+
+/// The time between the starts of `entity`'s passes, before jitter: `interval`, or less
+/// for a poll-only stream that incremental passes keep fresh (groups) when its staleness
+/// bound needs it, leaving room for the jitter and `pass_budget`.
+pub fn pass_interval(entity: Entity, config: &ReconcileConfig, interval: Duration) -> Duration {
+    if config.webhook_covered(entity) || !pass::has_update_filter(entity) {
+        return interval;
+    }
+    let room = config.staleness_bound.saturating_sub(config.pass_budget);
+    interval.min(room / (JITTER_PARTS + 1) * JITTER_PARTS)
 }
 
 /// How fresh `entity`'s copy is at `now`, given its state and the settings.
@@ -361,58 +406,41 @@ pub fn freshness(
         state.last_full_at
     };
     let staleness = base.map(|at| (now - at).to_std().unwrap_or_default());
-    let interval = config.interval.unwrap_or(config.full_interval);
-    let last_took = match (state.last_started_at, state.last_finished_at) {
-        (Some(start), Some(end)) => (end - start).to_std().unwrap_or_default(),
+    let interval = pass_interval(
+        entity,
+        config,
+        config.interval.unwrap_or(config.full_interval),
+    );
+    // A failed pass's time says nothing of what a pass takes (a retried one keeps its
+    // start through an outage).
+    let last_took = match (
+        state.last_started_at,
+        state.last_finished_at,
+        state.last_status,
+    ) {
+        (Some(start), Some(end), Some(PassStatus::Ok)) => {
+            (end - start).to_std().unwrap_or_default()
+        }
         _ => Duration::ZERO,
     };
     let achievable = if bound_by_scans {
         pass::scan_estimate(state, config, rps).mul_f64(1.2) + Duration::from_secs(10) + POLL
     } else if pass::has_update_filter(entity) {
-        interval + last_took
+        interval + interval / JITTER_PARTS + last_took
     } else {
         config.full_interval + pass::scan_estimate(state, config, rps)
     };
     Freshness {
         coverage,
         staleness,
-        bound: bound_by_scans.then_some(config.staleness_bound),
+        bound: staleness_bound(entity, config),
         achievable,
     }
 }
 
-/// Makes Postgres end this session when it sits idle, in or out of a transaction, longer
-/// than [`LEADER_IDLE_TIMEOUT`], freeing the leadership lock of a frozen leader. A frozen
-/// leader that wakes up finds its session gone and can write nothing (every reconciler
-/// write goes through it). `idle_session_timeout` needs Postgres 14; on 13 only TCP
-/// keepalives remain (a dead host is noticed, a frozen process is not).
-async fn limit_idleness(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
-    let ms = LEADER_IDLE_TIMEOUT.as_millis().to_string();
-    sqlx::query("SELECT set_config('idle_in_transaction_session_timeout', $1, false)")
-        .bind(&ms)
-        .execute(&mut *conn)
-        .await?;
-    let set = sqlx::query("SELECT set_config('idle_session_timeout', $1, false)")
-        .bind(&ms)
-        .execute(&mut *conn)
-        .await;
-    match set {
-        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42704") => {
-            static ONCE: std::sync::Once = std::sync::Once::new();
-            ONCE.call_once(|| {
-                tracing::warn!(
-                    "Postgres before 14 has no idle_session_timeout: a frozen reconciler \
-                     leader is not replaced until its process dies"
-                );
-            });
-            Ok(())
-        }
-        other => other.map(drop),
-    }
-}
-
-/// Whether a stream should run now: a pass to resume or asked for, its interval passed,
-/// or its next full scan due (`full_at`, see [`pass::next_full_at`]).
+/// Whether a stream should run now: a pass to resume or asked for, its interval
+/// ([`pass_interval`]) passed, or its next full scan due (`full_at`, see
+/// [`pass::next_full_at`]).
 fn is_due(
     state: &sync::StreamState,
     interval: Duration,
@@ -431,7 +459,9 @@ fn is_due(
     if full_at.is_none_or(|at| at <= now) {
         return true;
     }
-    let every = chrono::Duration::from_std(jitter(interval, 0.1)).unwrap_or(chrono::Duration::MAX);
+    let spread = 1.0 / f64::from(JITTER_PARTS);
+    let every =
+        chrono::Duration::from_std(jitter(interval, spread)).unwrap_or(chrono::Duration::MAX);
     state.last_started_at.is_none_or(|at| now - at >= every)
 }
 
@@ -445,4 +475,61 @@ fn retry_delay(failures: i32, max: Duration) -> Duration {
 /// `d` scaled by a random factor in `1 ± spread`.
 fn jitter(d: Duration, spread: f64) -> Duration {
     d.mul_f64(1.0 + rand::rng().random_range(-spread..=spread))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn defaults() -> ReconcileConfig {
+        Config::load_with_env(None, &Default::default())
+            .unwrap()
+            .reconcile
+    }
+
+    #[test]
+    fn bounds_are_figures_of_the_settings() {
+        let mut config = defaults();
+        let minutes = |m: u64| Duration::from_secs(m * 60);
+        // Webhook-covered: 5m, its jitter (30 s) and the pass budget (5m).
+        assert_eq!(
+            staleness_bound(Entity::Customer, &config),
+            Duration::from_secs(630)
+        );
+        for poll_only in [Entity::Group, Entity::Transaction, Entity::Reward] {
+            assert_eq!(staleness_bound(poll_only, &config), minutes(60));
+        }
+        // Webhook-covered without an "updated since" filter: full scans keep it fresh.
+        config.webhook_streams.push(Entity::Transaction);
+        assert_eq!(
+            staleness_bound(Entity::Transaction, &config),
+            minutes(24 * 60 + 144 + 5)
+        );
+        // Without a reconcile interval, full scans keep every stream.
+        config.interval = None;
+        assert_eq!(
+            staleness_bound(Entity::Customer, &config),
+            minutes(24 * 60 + 144 + 5)
+        );
+    }
+
+    /// A poll-only stream that incremental passes keep fresh is passed often enough for
+    /// its bound, whatever the interval; the others at the interval.
+    #[test]
+    fn groups_are_passed_often_enough_for_their_bound() {
+        let config = defaults();
+        let minutes = |m: u64| Duration::from_secs(m * 60);
+        assert_eq!(
+            pass_interval(Entity::Group, &config, minutes(5)),
+            minutes(5)
+        );
+        let slow = minutes(120);
+        let every = pass_interval(Entity::Group, &config, slow);
+        assert_eq!(every, minutes(50));
+        assert!(every + every / JITTER_PARTS + config.pass_budget <= config.staleness_bound);
+        for entity in [Entity::Customer, Entity::Transaction] {
+            assert_eq!(pass_interval(entity, &config, slow), slow);
+        }
+    }
 }

@@ -8,13 +8,15 @@ use chrono::{DateTime, Utc};
 use partnerstack::Entity;
 use partnerstack::client::{self, Client, ListQuery, Page};
 use partnerstack::models::Meta;
-use sqlx::{Connection, PgConnection};
+use sqlx::PgConnection;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
 use crate::apply::{self, Observation, Source};
 use crate::config::ReconcileConfig;
+use crate::db::lease::{self, Leader};
+use crate::db::set_aside;
 use crate::db::sync::{self, Finish, PassCounts, PassKind, PassPlan, StreamState};
 use crate::telemetry::{Metrics, StreamLabel};
 
@@ -27,10 +29,8 @@ const PAGES_PER_COMMIT: usize = 4;
 const SLICE: Duration = Duration::from_secs(30);
 /// Restarts from the top a pass allows itself when a cursor stops working.
 const MAX_RESTARTS: u32 = 3;
-/// While a pass waits for PartnerStack, the leader's session answers a trivial statement
-/// this often, so Postgres does not take it for a frozen leader's (see
-/// [`super::LEADER_IDLE_TIMEOUT`]).
-pub const HEARTBEAT: Duration = Duration::from_secs(5);
+/// While a pass waits for PartnerStack, the leader renews its lease this often.
+pub const HEARTBEAT: Duration = lease::RENEW_EVERY;
 
 /// Streams whose list has an "updated since" filter.
 pub fn has_update_filter(entity: Entity) -> bool {
@@ -164,7 +164,7 @@ pub struct Progress {
     pub counts: PassCounts,
 }
 
-/// Everything a pass needs besides the leader's connection.
+/// Everything a pass needs.
 pub struct Context<'a> {
     pub client: &'a Client,
     pub config: &'a ReconcileConfig,
@@ -174,12 +174,21 @@ pub struct Context<'a> {
     /// Whether a full scan may pause after [`SLICE`] to let other streams go (the
     /// background reconciler; not the one-shot command).
     pub sliced: bool,
+    /// The lease every write of the pass is fenced by.
+    pub leader: &'a Leader,
 }
 
-/// Runs (or resumes) one pass of `entity`'s stream on the leader's connection.
+/// A stream's state, read in a transaction of the lease's (which renews it).
+pub async fn load(leader: &Leader, stream: &str) -> Result<StreamState, sqlx::Error> {
+    let mut tx = leader.begin().await?;
+    let state = sync::load(&mut tx, stream).await?;
+    tx.commit().await?;
+    Ok(state)
+}
+
+/// Runs (or resumes) one pass of `entity`'s stream, every write fenced by the lease.
 pub async fn run(
     ctx: &Context<'_>,
-    conn: &mut PgConnection,
     entity: Entity,
     force_full: bool,
     progress: &(dyn Fn(Progress) + Send + Sync),
@@ -192,26 +201,26 @@ pub async fn run(
     );
     async {
         let started = Instant::now();
-        let mut pass = Pass::open(ctx, conn, entity, force_full).await?;
+        let mut pass = Pass::open(ctx, entity, force_full).await?;
         let span = tracing::Span::current();
         span.record("kind", pass.kind.as_str());
         span.record("pass_id", pass.id);
         if !pass.read_all {
             let mut restarts = 0;
             loop {
-                match pass.read(ctx, conn, progress).await {
+                match pass.read(ctx, progress).await {
                     Err(PassError::Fetch(e @ client::Error::CursorLost { .. }))
                         if restarts < MAX_RESTARTS =>
                     {
                         restarts += 1;
                         tracing::warn!(error = %e, restarts, "restarting the pass from the top");
-                        pass.restart(ctx, conn).await?;
+                        pass.restart(ctx).await?;
                     }
                     result => break result?,
                 }
             }
         }
-        pass.close(ctx, conn, started).await
+        pass.close(ctx, started).await
     }
     .instrument(span)
     .await
@@ -223,6 +232,8 @@ struct ReadPage {
     /// Keys of objects that do not read: still seen, so a full scan does not take their
     /// rows for vanished.
     unread_keys: Vec<String>,
+    /// Those objects, each with why it does not read: set aside.
+    unread: Vec<(String, String, serde_json::Value)>,
     /// Objects that do not read, and those of them whose key does not read either.
     invalid: i64,
     unkeyed: i64,
@@ -234,22 +245,26 @@ impl ReadPage {
         let mut read = ReadPage {
             observations: Vec::with_capacity(page.items.len()),
             unread_keys: Vec::new(),
+            unread: Vec::new(),
             invalid: 0,
             unkeyed: 0,
             next_cursor: page.next_cursor,
         };
         for item in page.items {
             let key = Meta::identity_of(&item);
-            match Observation::parse(entity, item, false) {
+            match Observation::parse(entity, item.clone(), false) {
                 Ok(o) => read.observations.push(o),
                 Err(reason) => {
                     read.invalid += 1;
+                    tracing::warn!(%reason, "PartnerStack sent an object the service cannot read; set aside");
                     // Postgres text cannot hold U+0000: such a key is not recordable.
                     match key.filter(|k| !k.contains('\0')) {
-                        Some(key) => read.unread_keys.push(key),
+                        Some(key) => {
+                            read.unread_keys.push(key.clone());
+                            read.unread.push((key, reason, item));
+                        }
                         None => read.unkeyed += 1,
                     }
-                    tracing::warn!(%reason, "PartnerStack sent an object the service cannot read; skipped");
                 }
             }
         }
@@ -276,14 +291,10 @@ struct Pass {
 
 impl Pass {
     /// Resumes the stream's unfinished pass when it can, or begins a new one.
-    async fn open(
-        ctx: &Context<'_>,
-        conn: &mut PgConnection,
-        entity: Entity,
-        force_full: bool,
-    ) -> Result<Pass, PassError> {
+    async fn open(ctx: &Context<'_>, entity: Entity, force_full: bool) -> Result<Pass, PassError> {
         let stream = entity.stream();
-        let state = sync::load(conn, stream).await?;
+        let mut tx = ctx.leader.begin().await?;
+        let state = sync::load(&mut tx, stream).await?;
         let backfill = state.watermark.is_none();
         // A request for a full scan never resumes another kind of pass.
         let wants_full = force_full || state.requested_full;
@@ -292,9 +303,10 @@ impl Pass {
         {
             // Taking the pass up answers any request for one (so a failure backs off as
             // usual).
-            if !sync::resume_pass(conn, stream, id, ctx.runner).await? {
+            if !sync::resume_pass(&mut tx, stream, id, ctx.runner).await? {
                 return Err(PassError::Superseded);
             }
+            tx.commit().await?;
             tracing::info!(
                 pages = state.pass.pages,
                 "resuming a reconcile pass from its checkpoint"
@@ -326,7 +338,8 @@ impl Pass {
             min_updated,
             min_created,
         };
-        let (id, started_at) = sync::begin_pass(conn, stream, plan, ctx.runner).await?;
+        let (id, started_at) = sync::begin_pass(&mut tx, stream, plan, ctx.runner).await?;
+        tx.commit().await?;
         Ok(Pass {
             entity,
             id,
@@ -346,18 +359,16 @@ impl Pass {
 
     /// Begins the pass again from the top (a cursor stopped working): a new pass of the
     /// same kind and filter, its checkpoint and seen keys reset.
-    async fn restart(
-        &mut self,
-        ctx: &Context<'_>,
-        conn: &mut PgConnection,
-    ) -> Result<(), PassError> {
+    async fn restart(&mut self, ctx: &Context<'_>) -> Result<(), PassError> {
         let plan = PassPlan {
             kind: self.kind,
             min_updated: self.query.min_updated,
             min_created: self.query.min_created,
         };
+        let mut tx = ctx.leader.begin().await?;
         let (id, started_at) =
-            sync::begin_pass(conn, self.entity.stream(), plan, ctx.runner).await?;
+            sync::begin_pass(&mut tx, self.entity.stream(), plan, ctx.runner).await?;
+        tx.commit().await?;
         self.id = id;
         self.started_at = started_at;
         self.query.starting_after = None;
@@ -369,7 +380,6 @@ impl Pass {
     async fn read(
         &mut self,
         ctx: &Context<'_>,
-        conn: &mut PgConnection,
         progress: &(dyn Fn(Progress) + Send + Sync),
     ) -> Result<(), PassError> {
         // Fetch ahead while earlier pages are applied; the channel holds a few pages, so
@@ -410,9 +420,7 @@ impl Pass {
             }
             .in_current_span(),
         );
-        let result = self
-            .apply_pages(ctx, conn, &mut pages, &requests, progress)
-            .await;
+        let result = self.apply_pages(ctx, &mut pages, &requests, progress).await;
         drop(pages);
         fetcher.abort();
         result
@@ -421,7 +429,6 @@ impl Pass {
     async fn apply_pages(
         &mut self,
         ctx: &Context<'_>,
-        conn: &mut PgConnection,
         pages: &mut mpsc::Receiver<Result<ReadPage, client::Error>>,
         requests: &AtomicU64,
         progress: &(dyn Fn(Progress) + Send + Sync),
@@ -429,7 +436,7 @@ impl Pass {
         let slice_ends = Instant::now() + SLICE;
         loop {
             // Shutdown does not wait for a slow page; the pass resumes from its checkpoint.
-            // While waiting, the session proves the leader is alive.
+            // While waiting, the leader renews its lease.
             let first = loop {
                 tokio::select! {
                     biased;
@@ -439,7 +446,7 @@ impl Pass {
                         None => return Ok(()),
                     },
                     () = tokio::time::sleep(HEARTBEAT) => {
-                        sqlx::query("SELECT 1").execute(&mut *conn).await?;
+                        ctx.leader.renew().await?;
                     }
                 }
             };
@@ -454,7 +461,7 @@ impl Pass {
             // The requests behind these pages (counted as they are sent, so a page still
             // being fetched may already count: it is then counted with its own commit).
             let sent = requests.swap(0, Ordering::Relaxed) as i64;
-            let last = self.apply_batch(ctx, conn, batch, sent).await?;
+            let last = self.apply_batch(ctx, batch, sent).await?;
             progress(Progress {
                 entity: self.entity,
                 kind: self.kind,
@@ -477,7 +484,6 @@ impl Pass {
     async fn apply_batch(
         &mut self,
         ctx: &Context<'_>,
-        conn: &mut PgConnection,
         batch: Vec<ReadPage>,
         requests: i64,
     ) -> Result<bool, PassError> {
@@ -490,22 +496,36 @@ impl Pass {
         let next_cursor = batch.last().and_then(|p| p.next_cursor.clone());
         let mut observations = Vec::with_capacity(batch.iter().map(|p| p.observations.len()).sum());
         let mut unread_keys = Vec::new();
+        let mut unread = Vec::new();
         for read in batch {
             observations.extend(read.observations);
             unread_keys.extend(read.unread_keys);
+            unread.extend(read.unread);
             page.invalid += read.invalid;
             page.unkeyed += read.unkeyed;
         }
-        let mut tx = conn.begin().await?;
-        let results = apply::apply(&mut tx, Source::Reconcile, &observations).await?;
+        let mut tx = ctx.leader.begin().await?;
+        // An object the database refuses is set aside; the rest of the page goes on.
+        let results = apply::apply_or_set_aside(&mut tx, Source::Reconcile, None, &observations).await?;
+        let refused: Vec<set_aside::Refused> = unread
+            .iter()
+            .map(|(key, reason, raw)| set_aside::Refused {
+                entity: self.entity,
+                key,
+                error: reason.clone(),
+                raw,
+            })
+            .collect();
+        set_aside::record(&mut tx, Source::Reconcile, &refused).await?;
+        let changed = |r: &apply::Taken| r.as_ref().is_ok_and(|a| a.changed());
         if self.kind == PassKind::Full {
             // A row this commit wrote has a `synced_at` after the pass began, which spares it
             // from deletion detection already (sync::mark_vanished); only the objects that
-            // changed nothing, and those that do not read, need a record of being seen.
+            // changed nothing, and those set aside, need a record of being seen.
             let keys: Vec<&str> = observations
                 .iter()
                 .zip(&results)
-                .filter(|(_, r)| !r.changed())
+                .filter(|(_, r)| !changed(r))
                 .map(|(o, _)| o.key.as_str())
                 .chain(unread_keys.iter().map(String::as_str))
                 .collect();
@@ -514,7 +534,8 @@ impl Pass {
             }
         }
         page.seen = observations.len() as i64 + page.invalid;
-        page.changed = results.iter().filter(|r| r.changed()).count() as i64;
+        page.invalid += results.iter().filter(|r| r.is_err()).count() as i64;
+        page.changed = results.iter().filter(|r| changed(r)).count() as i64;
         page.repairs = if self.counts_repairs(ctx) {
             page.changed
         } else {
@@ -549,14 +570,9 @@ impl Pass {
     }
 
     /// The scan completed: after a full scan mark what vanished, then close the pass.
-    async fn close(
-        self,
-        ctx: &Context<'_>,
-        conn: &mut PgConnection,
-        started: Instant,
-    ) -> Result<Report, PassError> {
+    async fn close(self, ctx: &Context<'_>, started: Instant) -> Result<Report, PassError> {
         let stream = self.entity.stream();
-        let mut tx = conn.begin().await?;
+        let mut tx = ctx.leader.begin().await?;
         let (deleted, warning) = if self.kind == PassKind::Full {
             self.mark_vanished(ctx, &mut tx).await?
         } else {

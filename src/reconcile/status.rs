@@ -11,6 +11,7 @@ use utoipa::ToSchema;
 
 use super::{Coverage, Freshness, Reconciler, freshness};
 use crate::config::Config;
+use crate::db::set_aside::{self, SetAsideObject};
 use crate::db::sync::{self, PassCounts, PassKind, StreamState};
 
 /// The reconciler as this replica sees it.
@@ -24,6 +25,10 @@ pub struct SyncStatus {
     /// This replica's reconciler identity (host:pid:id), when enabled.
     pub runner: Option<String>,
     pub streams: Vec<StreamStatus>,
+    /// Objects the copy refused (they do not read, or the database refused them), newest
+    /// first, at most 50: each set aside with its error while the rest of its page, batch
+    /// or write went on, and tried again whenever it is seen again.
+    pub set_aside: Vec<SetAsideObject>,
 }
 
 /// A reconcile stream's name (`partnerships`, `customers`, ...): served as that word,
@@ -65,11 +70,14 @@ pub struct StreamStatus {
     /// not be in the copy yet (passes alone guarantee this much; webhooks usually do far
     /// better). Null before the first completed pass.
     pub staleness_seconds: Option<u64>,
-    /// Streams kept fresh by full scans (poll-only, no "updated since" filter): the
-    /// configured staleness bound, in seconds.
-    pub staleness_bound_seconds: Option<u64>,
-    /// The staleness the passes can achieve with the request budget, as the last scan
-    /// went, in seconds. Above `staleness_bound_seconds`, the bound is not met.
+    /// The staleness the stream should stay within, in seconds: a figure of the settings
+    /// (`poll` streams: `reconcile.staleness_bound`; `webhooks` streams: the interval, its
+    /// 10% jitter and `reconcile.pass_budget`), the same in `/metrics`
+    /// (`psync_reconcile_staleness_bound_seconds`) and on `/status`.
+    pub staleness_bound_seconds: u64,
+    /// The staleness the passes can achieve with the request budget, as the last
+    /// completed scan or pass went, in seconds. Above `staleness_bound_seconds`, the bound
+    /// is not met.
     pub achievable_staleness_seconds: u64,
     /// Incremental passes read what changed since this (minus the overlap margin).
     pub watermark: Option<DateTime<Utc>>,
@@ -90,6 +98,8 @@ pub struct StreamStatus {
     pub requested_at: Option<DateTime<Utc>>,
     /// The replica that ran the current or last pass.
     pub runner: Option<String>,
+    /// Objects of this stream set aside now (see `set_aside` above).
+    pub set_aside: i64,
 }
 
 /// A pass's figures.
@@ -134,7 +144,7 @@ fn stream_status(
         enabled,
         coverage: freshness.coverage,
         staleness_seconds: freshness.staleness.map(seconds),
-        staleness_bound_seconds: freshness.bound.map(seconds),
+        staleness_bound_seconds: seconds(freshness.bound),
         achievable_staleness_seconds: seconds(freshness.achievable),
         watermark: state.watermark,
         last_full_at: state.last_full_at,
@@ -145,8 +155,12 @@ fn stream_status(
         next_attempt_at: state.next_attempt_at,
         requested_at: state.requested_at,
         runner: state.runner,
+        set_aside: 0,
     }
 }
+
+/// Objects set aside listed by [`load`].
+const SET_ASIDE_LISTED: i64 = 50;
 
 /// The reconciler's state now: every stream row this version knows, with its freshness
 /// under `config`'s settings; `reconciler` is this replica's, `None` when it is off.
@@ -160,6 +174,7 @@ pub async fn load(
         None => &[],
     };
     let rows = sync::load_all(pool).await?;
+    let set_aside_counts = set_aside::counts(pool).await?;
     let now = Utc::now();
     let rps = config.partnerstack.requests_per_second;
     // A row of a stream this version does not know (left by another) is not shown.
@@ -169,7 +184,9 @@ pub async fn load(
             let entity = Entity::from_stream(&row.stream)?;
             let enabled = enabled_streams.contains(&entity);
             let freshness = freshness(&row, entity, &config.reconcile, rps, now);
-            Some(stream_status(row, entity, enabled, freshness))
+            let mut status = stream_status(row, entity, enabled, freshness);
+            status.set_aside = set_aside_counts.get(&entity).copied().unwrap_or(0);
+            Some(status)
         })
         .collect();
     Ok(SyncStatus {
@@ -177,5 +194,6 @@ pub async fn load(
         leader: reconciler.is_some_and(Reconciler::is_leader),
         runner: reconciler.map(|r| r.runner().to_string()),
         streams,
+        set_aside: set_aside::recent(pool, SET_ASIDE_LISTED).await?,
     })
 }

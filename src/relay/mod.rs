@@ -2,11 +2,11 @@
 //! Standard Webhooks specification.
 //!
 //! **Per endpoint, one sender across replicas.** Each replica runs a task per endpoint
-//! that competes for the endpoint's session-level advisory lock on a dedicated
-//! connection (as the reconciler does for its leadership); the holder relays, and writes
-//! the endpoint's position only through that session, so a replica that lost it cannot
-//! move the position. A dead holder's session ends with its process (or, for a lost host,
-//! by TCP keepalives), and another replica takes over within seconds.
+//! that competes for the endpoint's lease (`relay:<name>`, a row: see [`crate::db::lease`],
+//! as the reconciler's leadership); the holder relays, and writes the endpoint's position
+//! only in transactions that renew the lease, so a replica that lost it cannot move the
+//! position. A holder that stops cleanly hands over at once; a dead or cut-off one when
+//! its lease expires.
 //!
 //! **At least once, in order, one in flight.** The holder reads the feed after the
 //! endpoint's position and sends one change at a time; the position moves (committed)
@@ -37,20 +37,18 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use rand::RngExt;
 use serde::Serialize;
-use sqlx::postgres::PgConnectOptions;
-use sqlx::{Connection, PgConnection, PgPool};
+use sqlx::PgPool;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::columns;
 use crate::config::{Config, RelayEndpoint};
 use crate::db::changes;
+use crate::db::lease::{self, Leader};
 use crate::db::relay;
 use crate::feed::{ChangeItem, Feed};
 use crate::telemetry::{Deployment, FloatGauge, Labels};
 
-/// The advisory lock class of relay endpoints ("psyr"); the key is the name's hash.
-const LOCK_CLASS: i32 = 0x7073_7972;
 /// How often a replica that does not relay an endpoint tries to take it over.
 const TAKEOVER_POLL: Duration = Duration::from_secs(3);
 /// How often an idle sender looks for a replay request or new changes without a nudge.
@@ -131,7 +129,6 @@ crate::metrics! {
 /// What every endpoint's task shares.
 struct Shared {
     pool: PgPool,
-    connect: PgConnectOptions,
     feed: Feed,
     metrics: Arc<RelayMetrics>,
     http: reqwest::Client,
@@ -144,7 +141,6 @@ struct Shared {
 pub fn spawn(
     config: &Config,
     pool: PgPool,
-    connect: PgConnectOptions,
     feed: Feed,
     metrics: Arc<RelayMetrics>,
     stop: CancellationToken,
@@ -159,7 +155,6 @@ pub fn spawn(
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
     let shared = Arc::new(Shared {
         pool,
-        connect,
         feed,
         metrics,
         http,
@@ -189,15 +184,24 @@ async fn run(shared: Arc<Shared>, endpoint: RelayEndpoint, stop: CancellationTok
     let mut failures = 0u32;
     while !stop.is_cancelled() {
         match try_lead(&shared, &endpoint.name).await {
-            Ok(Some(mut conn)) => {
+            Ok(Some(lease)) => {
                 failures = 0;
                 leader.set(1);
                 tracing::info!(url = %endpoint.public_url(), runner = %shared.runner, "relaying to this endpoint");
-                let result = Sender::new(&shared, &endpoint, &mut conn).lead(&stop).await;
+                let result = Sender::new(&shared, &endpoint, &lease).lead(&stop).await;
                 leader.set(0);
-                let _ = conn.close().await;
-                if let Err(e) = result {
-                    tracing::warn!(error = %e, "lost the relay's database session; standing down");
+                match result {
+                    Ok(()) => {
+                        if let Err(e) = lease.release().await {
+                            tracing::warn!(error = %e, "could not give up the endpoint's lease; it expires by itself");
+                        }
+                    }
+                    Err(e) if lease::is_lost(&e) => {
+                        tracing::warn!("another replica took over this endpoint; standing down")
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "lost the relay's database connection; standing down")
+                    }
                 }
             }
             Ok(None) => failures = 0,
@@ -215,21 +219,17 @@ async fn run(shared: Arc<Shared>, endpoint: RelayEndpoint, stop: CancellationTok
     }
 }
 
-/// Opens a session and takes the endpoint's lock if it is free.
-async fn try_lead(shared: &Shared, name: &str) -> Result<Option<PgConnection>, sqlx::Error> {
-    let mut conn = PgConnection::connect_with(&shared.connect).await?;
-    let won: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1, hashtext($2))")
-        .bind(LOCK_CLASS)
-        .bind(name)
-        .fetch_one(&mut conn)
-        .await?;
-    if won {
-        relay::ensure(&mut conn, name).await?;
-        Ok(Some(conn))
-    } else {
-        let _ = conn.close().await;
-        Ok(None)
-    }
+/// Takes the endpoint's lease if it is free.
+async fn try_lead(shared: &Shared, name: &str) -> Result<Option<Leader>, sqlx::Error> {
+    let Some(leader) =
+        Leader::acquire(&shared.pool, &format!("relay:{name}"), &shared.runner).await?
+    else {
+        return Ok(None);
+    };
+    let mut tx = leader.begin().await?;
+    relay::ensure(&mut tx, name).await?;
+    tx.commit().await?;
+    Ok(Some(leader))
 }
 
 /// How one attempt at the change in flight ended.
@@ -244,7 +244,8 @@ enum Sent {
 struct Sender<'a> {
     shared: &'a Shared,
     endpoint: &'a RelayEndpoint,
-    conn: &'a mut PgConnection,
+    /// Every position write is fenced by it.
+    leader: &'a Leader,
     tables: Option<Vec<&'static str>>,
     attempts_ok: prometheus_client::metrics::counter::Counter,
     attempts_failed: prometheus_client::metrics::counter::Counter,
@@ -252,7 +253,7 @@ struct Sender<'a> {
 }
 
 impl<'a> Sender<'a> {
-    fn new(shared: &'a Shared, endpoint: &'a RelayEndpoint, conn: &'a mut PgConnection) -> Self {
+    fn new(shared: &'a Shared, endpoint: &'a RelayEndpoint, leader: &'a Leader) -> Self {
         let attempts = |result| {
             shared
                 .metrics
@@ -265,7 +266,7 @@ impl<'a> Sender<'a> {
         Sender {
             shared,
             endpoint,
-            conn,
+            leader,
             tables: endpoint
                 .entities
                 .as_ref()
@@ -281,15 +282,21 @@ impl<'a> Sender<'a> {
         }
     }
 
-    /// Relays until `stop`. Errors only when the session is lost (or the database
-    /// refuses the position's writes).
+    /// Relays until `stop`. Errors only when the lease or the connection is lost (or the
+    /// database refuses the position's writes).
     async fn lead(mut self, stop: &CancellationToken) -> Result<(), sqlx::Error> {
         let name = self.endpoint.name.as_str();
-        let mut position = relay::load(self.conn, name).await?.position()?;
+        let mut tx = self.leader.begin().await?;
+        let mut position = relay::load(&mut tx, name).await?.position()?;
+        tx.commit().await?;
         let mut moved = self.shared.feed.subscribe();
         let mut behind_reported = false;
         while !stop.is_cancelled() {
-            if let Some(to) = relay::take_replay(self.conn, name).await? {
+            // Also renews the lease at least every IDLE_POLL while idle.
+            let mut tx = self.leader.begin().await?;
+            let replay = relay::take_replay(&mut tx, name).await?;
+            tx.commit().await?;
+            if let Some(to) = replay {
                 tracing::info!(from = ?to, "replaying");
                 position = to;
                 behind_reported = false;
@@ -321,7 +328,9 @@ impl<'a> Sender<'a> {
                 let why = "the endpoint fell behind the change log's retention: changes were \
                            pruned before it received them";
                 tracing::error!("{why}");
-                relay::failed(self.conn, name, why, &self.shared.runner).await?;
+                let mut tx = self.leader.begin().await?;
+                relay::failed(&mut tx, name, why, &self.shared.runner).await?;
+                tx.commit().await?;
             }
             self.lag
                 .set(page.changes.first().map_or(0.0, |c| age(c.at)));
@@ -333,8 +342,10 @@ impl<'a> Sender<'a> {
                 match self.send(change, stop).await? {
                     Sent::Delivered => {
                         position = Some(at);
+                        let mut tx = self.leader.begin().await?;
                         replay =
-                            relay::advance(self.conn, name, at, true, &self.shared.runner).await?;
+                            relay::advance(&mut tx, name, at, true, &self.shared.runner).await?;
+                        tx.commit().await?;
                         self.lag.set(0.0f64.max(age(when)));
                     }
                     Sent::Replay => replay = true,
@@ -353,7 +364,9 @@ impl<'a> Sender<'a> {
                 && self.tables.is_some()
                 && position.is_none_or(|at| head > at)
             {
-                relay::advance(self.conn, name, head, false, &self.shared.runner).await?;
+                let mut tx = self.leader.begin().await?;
+                relay::advance(&mut tx, name, head, false, &self.shared.runner).await?;
+                tx.commit().await?;
                 position = Some(head);
             }
             tokio::select! {
@@ -396,11 +409,23 @@ impl<'a> Sender<'a> {
                     failures = failures.saturating_add(1);
                     let delay = backoff(failures, self.shared.max_backoff);
                     tracing::warn!(error = %why, retry_in_ms = delay.as_millis() as u64, "relay attempt failed");
-                    if relay::failed(self.conn, name, &why, &self.shared.runner).await? {
+                    let mut tx = self.leader.begin().await?;
+                    let replay = relay::failed(&mut tx, name, &why, &self.shared.runner).await?;
+                    tx.commit().await?;
+                    if replay {
                         return Ok(Sent::Replay);
                     }
-                    if pause(stop, delay).await {
-                        return Ok(Sent::Stopped);
+                    // A back-off longer than the lease renews it on the way.
+                    let until = tokio::time::Instant::now() + delay;
+                    loop {
+                        let left = until.saturating_duration_since(tokio::time::Instant::now());
+                        if pause(stop, left.min(lease::RENEW_EVERY)).await {
+                            return Ok(Sent::Stopped);
+                        }
+                        if left <= lease::RENEW_EVERY {
+                            break;
+                        }
+                        self.leader.renew().await?;
                     }
                 }
             }
@@ -532,6 +557,7 @@ mod tests {
             key: "part_1".into(),
             operation: changes::Operation::Created,
             source: crate::apply::Source::Webhook,
+            client: None,
             at: DateTime::from_timestamp(1_700_000_000, 0).unwrap(),
             fields: serde_json::json!({}),
             object: serde_json::json!({"key": "part_1"}),

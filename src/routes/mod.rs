@@ -67,7 +67,14 @@ fn layered(routes: Router<AppState>, state: AppState) -> Router {
                         .get("x-request-id")
                         .and_then(|v| v.to_str().ok())
                         .unwrap_or("");
-                    tracing::info_span!("request", method = %req.method(), route, request_id)
+                    // `client`: the `/v1` caller's name, recorded once it is known.
+                    tracing::info_span!(
+                        "request",
+                        method = %req.method(),
+                        route,
+                        request_id,
+                        client = tracing::field::Empty
+                    )
                 })
                 .on_request(())
                 .on_response(

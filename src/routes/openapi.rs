@@ -11,12 +11,20 @@
 //! - **Text query parameters say what the server accepts**: 1 to
 //!   [`params::MAX_VALUE_CHARS`] characters without NUL (`QueryParams::parse` refuses
 //!   anything else), and list parameters at least one item.
+//! - **Each `/v1` operation shows its scope**: the security requirement lists the scope
+//!   [`api::scope`] enforces (OpenAPI 3.1 lets a non-OAuth scheme list roles), and its
+//!   description says so; routes that may wait document the long-poll bound's 429.
+//! - **Free-form objects say they are.** An object schema without `properties` (a JSON
+//!   value such as `raw`, a change's `object`, the webhook body) gets
+//!   `additionalProperties: true`: without it, openapi-typescript types it
+//!   `Record<string, never>`, which TypeScript cannot read.
 
 use std::collections::BTreeSet;
 
+use axum::http::Method;
 use utoipa::openapi::path::{Operation, ParameterIn};
-use utoipa::openapi::schema::{AdditionalProperties, ArrayItems, Schema};
-use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::openapi::schema::{AdditionalProperties, ArrayItems, Schema, SchemaType, Type};
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityRequirement, SecurityScheme};
 use utoipa::openapi::tag::Tag;
 use utoipa::openapi::{Info, OpenApi, Ref, RefOr};
 
@@ -39,6 +47,8 @@ pub fn openapi() -> OpenApi {
     require_answer_fields(&mut doc);
     bound_query_values(&mut doc);
     add_body_rules(&mut doc);
+    describe_scopes(&mut doc);
+    declare_free_form_objects(&mut doc);
     doc
 }
 
@@ -56,7 +66,9 @@ fn described() -> OpenApi {
         "A copy of a PartnerStack partner program, kept by webhooks and reconciliation. \
          `/v1` reads it in PartnerStack's list dialect (`limit` 1..250, default 25; \
          `starting_after` with the previous page's `ending_cursor`) and needs \
-         `Authorization: Bearer <token>`. Errors are `{\"status\", \"code\", \"message\"}`. \
+         `Authorization: Bearer <token>` of a client with the operation's scope: `read` \
+         (every GET), `write` (customer and transaction writes) or `admin` (retries, \
+         replays, syncs); a missing scope is a 403 `forbidden`. Errors are `{\"status\", \"code\", \"message\"}`. \
          Money is integer cents with its currency; times are RFC 3339."
             .to_string(),
     );
@@ -286,6 +298,51 @@ fn require_all(schema: &mut Schema, name: &str) {
     }
 }
 
+/// Sets each `/v1` operation's security requirement to the bearer scheme with the scope
+/// [`api::scope`] enforces, says it in its description, and adds the 429 of the
+/// long-poll bounds to the operations that may wait ([`api::may_wait`]).
+fn describe_scopes(doc: &mut OpenApi) {
+    for (path, item) in doc.paths.paths.iter_mut() {
+        if !path.starts_with("/v1/") {
+            continue;
+        }
+        let operations = [
+            (Method::GET, &mut item.get),
+            (Method::POST, &mut item.post),
+            (Method::PUT, &mut item.put),
+            (Method::PATCH, &mut item.patch),
+            (Method::DELETE, &mut item.delete),
+        ];
+        for (method, op) in operations {
+            let Some(op) = op else { continue };
+            let scope = api::scope(&method, path);
+            op.security = Some(vec![SecurityRequirement::new(
+                api::BEARER,
+                [scope.as_str()],
+            )]);
+            let needs = format!(
+                "Needs the `{scope}` scope (a named client's; unnamed tokens have `read` only)."
+            );
+            op.description = Some(match op.description.take() {
+                Some(text) => format!("{text}\n\n{needs}"),
+                None => needs,
+            });
+            if api::may_wait(&method, path)
+                && let Some(RefOr::T(unavailable)) = op.responses.responses.get("503")
+            {
+                let mut bounded = unavailable.clone();
+                bounded.description = "With `wait` above 0: this client, or this replica, \
+                    already holds as many waiting requests as it may (`api.long_polls_per_client`, \
+                    `api.long_polls`). Retry after `Retry-After` seconds, or without `wait`."
+                    .to_string();
+                op.responses
+                    .responses
+                    .insert("429".to_string(), RefOr::T(bounded));
+            }
+        }
+    }
+}
+
 /// Adds the write bodies' rules no single field can state ([`crate::api::writes::bodies::body_rules`]).
 /// utoipa's object schema has no field for `oneOf`/`anyOf` beside `properties`, so they
 /// go in through its extensions map, which is serialised flat into the schema.
@@ -318,12 +375,7 @@ fn bound_query_values(doc: &mut OpenApi) {
                 Some(RefOr::T(Schema::Object(text)))
                     if text.enum_values.is_none()
                         && text.format.is_none()
-                        && matches!(
-                            text.schema_type,
-                            utoipa::openapi::schema::SchemaType::Type(
-                                utoipa::openapi::schema::Type::String
-                            )
-                        ) =>
+                        && matches!(text.schema_type, SchemaType::Type(Type::String)) =>
                 {
                     text.min_length.get_or_insert(1);
                     text.max_length = Some(params::MAX_VALUE_CHARS);
@@ -335,6 +387,46 @@ fn bound_query_values(doc: &mut OpenApi) {
                 }
                 _ => {}
             }
+        }
+    }
+}
+
+/// Gives every object schema without `properties` or `additionalProperties` (a free-form
+/// JSON object) `additionalProperties: true`, wherever it is: named schemas, and the
+/// operations' parameters, bodies and answers, at any depth.
+fn declare_free_form_objects(doc: &mut OpenApi) {
+    if let Some(components) = &mut doc.components {
+        for schema in components.schemas.values_mut() {
+            if let RefOr::T(schema) = schema {
+                declare_free_form(schema);
+            }
+        }
+    }
+    for op in operations_mut(doc) {
+        for answers in [true, false] {
+            for schema in operation_schemas(op, answers) {
+                if let RefOr::T(schema) = schema {
+                    declare_free_form(schema);
+                }
+            }
+        }
+    }
+}
+
+fn declare_free_form(schema: &mut Schema) {
+    if let Schema::Object(object) = schema {
+        let is_object = match &object.schema_type {
+            SchemaType::Type(t) => *t == Type::Object,
+            SchemaType::Array(types) => types.contains(&Type::Object),
+            SchemaType::AnyValue => false,
+        };
+        if is_object && object.properties.is_empty() && object.additional_properties.is_none() {
+            object.additional_properties = Some(Box::new(AdditionalProperties::FreeForm(true)));
+        }
+    }
+    for child in children(schema) {
+        if let RefOr::T(child) = child {
+            declare_free_form(child);
         }
     }
 }

@@ -21,9 +21,15 @@ pub async fn healthz() -> Json<serde_json::Value> {
     Json(json!({"status": "ok"}))
 }
 
+/// Longest `/readyz` waits for the database: the answer comes within a second whatever
+/// the database does (a balancer's probe times out after a few), 503 when it did not
+/// answer in time.
+pub const READY_WAIT: Duration = Duration::from_millis(800);
+
 /// The service can do its job: the database answers and can write (not a standby in
-/// recovery, not a read-only session), it is migrated, and the ingest writer is not
-/// stalled. A load balancer stops sending traffic to a replica answering 503.
+/// recovery, not a read-only session), it is migrated, the ingest writer is not stalled,
+/// and it is not shutting down. A load balancer stops sending traffic to a replica
+/// answering 503.
 #[utoipa::path(
     get, path = "/readyz", tag = "operations",
     responses(
@@ -32,10 +38,20 @@ pub async fn healthz() -> Json<serde_json::Value> {
     ),
 )]
 pub async fn readyz(State(state): State<AppState>) -> Response {
-    let verdict = match tokio::time::timeout(Duration::from_secs(2), db::readiness(&state.pool))
-        .await
-    {
-        Err(_) => Err("the database did not answer within 2 s".to_string()),
+    // A replica shutting down leaves the balancer first, while it still serves.
+    if state.draining.is_cancelled() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "not_ready", "reason": "shutting down"})),
+        )
+            .into_response();
+    }
+    // Dropping the probe at the deadline is safe: it writes nothing.
+    let verdict = match tokio::time::timeout(READY_WAIT, db::readiness(&state.pool)).await {
+        Err(_) => Err(format!(
+            "the database did not answer within {} ms",
+            READY_WAIT.as_millis()
+        )),
         Ok(Err(reason)) => Err(reason),
         Ok(Ok(())) if state.writer.stalled(state.config.server.request_timeout) => Err(
             "the ingest writer has stored nothing for longer than the request timeout".to_string(),
@@ -85,8 +101,8 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         .into_response()
 }
 
-/// The figures only the database knows: the deliveries' backlog, and each reconciled
-/// stream's staleness.
+/// The figures only the database knows: the deliveries' backlog, the objects set aside,
+/// and each reconciled stream's staleness.
 async fn refresh(state: &AppState) -> Result<(), crate::error::ApiError> {
     let pending =
         db::events::count_outcome(&state.pool, db::events::Outcome::Pending, BACKLOG_CAP).await?;
@@ -95,21 +111,19 @@ async fn refresh(state: &AppState) -> Result<(), crate::error::ApiError> {
         (chrono::Utc::now() - at).to_std().unwrap_or_default()
     });
     state.metrics.set_backlog(pending, lag);
+    state
+        .metrics
+        .set_set_aside(&db::set_aside::counts(&state.pool).await?);
     let Some(reconciler) = &state.reconciler else {
         return Ok(());
     };
-    // Passes start up to a tenth of the interval late (jitter).
-    let jitter = reconciler.config().interval.unwrap_or_default() / 10;
     let status = reconcile::status::load(&state.pool, &state.config, Some(reconciler)).await?;
     for stream in status.streams {
         if !stream.enabled {
             continue;
         }
         let seconds = |s: u64| Duration::from_secs(s);
-        let bound = stream.staleness_bound_seconds.map_or(
-            seconds(stream.achievable_staleness_seconds) + jitter,
-            seconds,
-        );
+        let bound = seconds(stream.staleness_bound_seconds);
         let last_success = stream
             .last
             .as_ref()

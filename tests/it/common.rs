@@ -24,7 +24,28 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 pub const WEBHOOK_TOKEN: &str = "test-webhook-token-0123456789";
+/// The token of the test client `test`, which has every scope (read, write, admin).
 pub const API_TOKEN: &str = "test-api-token-0123456789";
+/// Clients with one scope each: `reader` (read), `writer` (write), `operator` (admin).
+pub const READ_TOKEN: &str = "test-read-token-0123456789";
+pub const WRITE_TOKEN: &str = "test-write-token-0123456789";
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+/// An unnamed token (`api.tokens`): it may only read.
+pub const UNNAMED_TOKEN: &str = "test-unnamed-token-0123456789";
+
+/// The test service's API clients as variables: `test` with every scope, one client per
+/// scope, and an unnamed token.
+pub const API_CLIENTS: &[(&str, &str)] = &[
+    ("PSYNC_API_CLIENT_TEST_TOKEN", API_TOKEN),
+    ("PSYNC_API_CLIENT_TEST_SCOPES", "read,write,admin"),
+    ("PSYNC_API_CLIENT_READER_TOKEN", READ_TOKEN),
+    ("PSYNC_API_CLIENT_READER_SCOPES", "read"),
+    ("PSYNC_API_CLIENT_WRITER_TOKEN", WRITE_TOKEN),
+    ("PSYNC_API_CLIENT_WRITER_SCOPES", "write"),
+    ("PSYNC_API_CLIENT_OPERATOR_TOKEN", ADMIN_TOKEN),
+    ("PSYNC_API_CLIENT_OPERATOR_SCOPES", "admin"),
+    ("PSYNC_API_TOKENS", UNNAMED_TOKEN),
+];
 
 struct Server {
     /// A URL for the server's `postgres` database; other databases swap the name in.
@@ -153,16 +174,19 @@ impl TestDb {
     }
 }
 
-/// Settings for a test service on `db`: test tokens, no reconciler, quiet logs.
+/// Settings for a test service on `db`: test tokens and clients ([`API_CLIENTS`]), no
+/// reconciler, quiet logs.
 pub fn test_config(db_url: &str) -> Config {
     let env: HashMap<String, String> = [
         ("DATABASE_URL", db_url),
         ("PSYNC_LISTEN", "127.0.0.1:0"),
         ("PSYNC_WEBHOOK_TOKENS", WEBHOOK_TOKEN),
-        ("PSYNC_API_TOKENS", API_TOKEN),
         ("PSYNC_RECONCILE_INTERVAL", "off"),
+        // No load balancer to wait for; tests of the drain set their own.
+        ("PSYNC_SERVER_SHUTDOWN_DELAY", "0s"),
     ]
     .into_iter()
+    .chain(API_CLIENTS.iter().copied())
     .map(|(k, v)| (k.to_string(), v.to_string()))
     .collect();
     Config::load_with_env(None, &env).expect("test config")
@@ -338,16 +362,18 @@ pub struct Process {
 }
 
 impl Process {
-    /// A `serve` command on a free port with the test tokens, the reconciler off and quiet
-    /// logs. `env` adds or overrides variables (`None` removes one, e.g. `DATABASE_URL`).
+    /// A `serve` command on a free port with the test tokens and clients
+    /// ([`API_CLIENTS`]), the reconciler off and quiet logs. `env` adds or overrides
+    /// variables (`None` removes one, e.g. `DATABASE_URL`).
     pub fn command(env: &[(&str, Option<&str>)]) -> (std::process::Command, u16) {
         let port = free_port();
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_partnerstack-sync"));
         cmd.arg("serve")
             .env("PSYNC_LISTEN", format!("127.0.0.1:{port}"))
             .env("PSYNC_WEBHOOK_TOKENS", WEBHOOK_TOKEN)
-            .env("PSYNC_API_TOKENS", API_TOKEN)
+            .envs(API_CLIENTS.iter().copied())
             .env("PSYNC_RECONCILE_INTERVAL", "off")
+            .env("PSYNC_SERVER_SHUTDOWN_DELAY", "0s")
             .env("RUST_LOG", "error")
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::inherit());

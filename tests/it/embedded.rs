@@ -59,16 +59,16 @@ async fn serve_without_database_url_runs_its_own_postgres_and_keeps_data_across_
     let _ = std::fs::remove_dir_all(&data_dir);
 }
 
-/// Root, and a `postgres` user for the embedded server to run as; otherwise prints why the
-/// calling test does not apply here.
-fn root_with_a_postgres_user(test: &str) -> Option<nix::unistd::User> {
+/// Root, and a `postgres` user for the embedded server to run as; otherwise the calling
+/// test is skipped ([`crate::tools::skip`]).
+fn root_with_a_postgres_user() -> Option<nix::unistd::User> {
     if !nix::unistd::geteuid().is_root() {
-        eprintln!("{test}: skipped, not running as root");
+        crate::tools::skip("needs root (.ci/run runs as root)");
         return None;
     }
     let user = nix::unistd::User::from_name("postgres").unwrap();
     if user.is_none() {
-        eprintln!("{test}: skipped, there is no `postgres` user");
+        crate::tools::skip("needs a `postgres` user (.ci/run creates one)");
     }
     user
 }
@@ -125,8 +125,7 @@ impl Drop for RemoveShared {
 
 #[tokio::test]
 async fn as_root_the_default_data_dir_moves_out_of_a_checkout_postgres_cannot_reach() {
-    let test = "as_root_the_default_data_dir_moves_out_of_a_checkout_postgres_cannot_reach";
-    let Some(postgres) = root_with_a_postgres_user(test) else {
+    let Some(postgres) = root_with_a_postgres_user() else {
         return;
     };
     let checkout = private_checkout();
@@ -227,8 +226,7 @@ async fn as_root_the_default_data_dir_moves_out_of_a_checkout_postgres_cannot_re
 
 #[tokio::test]
 async fn an_explicit_data_dir_postgres_cannot_reach_is_refused_not_moved() {
-    let test = "an_explicit_data_dir_postgres_cannot_reach_is_refused_not_moved";
-    if root_with_a_postgres_user(test).is_none() {
+    if root_with_a_postgres_user().is_none() {
         return;
     }
     let checkout = private_checkout();

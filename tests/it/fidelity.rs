@@ -408,7 +408,10 @@ async fn poll_only_streams_meet_their_staleness_bound() {
     }
     assert_eq!(stream("customers")["coverage"], "webhooks");
     assert_eq!(stream("groups")["coverage"], "poll");
-    assert!(stream("customers")["staleness_bound_seconds"].is_null());
+    // Every stream has its bound from the settings: poll-only ones the configured one,
+    // webhook-covered ones the interval (1 s) and its jitter (0.1 s) plus the pass budget.
+    assert_eq!(stream("groups")["staleness_bound_seconds"], BOUND.as_secs());
+    assert_eq!(stream("customers")["staleness_bound_seconds"], 301);
     sim.stop().await.unwrap();
     app.stop().await;
 }

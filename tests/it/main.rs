@@ -3,6 +3,8 @@
 // Test helpers panic on what the test did not expect; that is their job.
 #![allow(clippy::unwrap_used)]
 
+mod access;
+mod alerting;
 mod api;
 mod archives;
 mod changes;
@@ -10,7 +12,9 @@ mod cli;
 mod client;
 mod common;
 mod conformance;
+mod crowds;
 mod demo;
+mod deploy;
 mod embedded;
 mod fidelity;
 mod ingest;
@@ -25,5 +29,8 @@ mod reliability;
 mod schema;
 mod simulate;
 mod status;
+mod tools;
+mod topology;
 mod totals;
+mod truth;
 mod writes;

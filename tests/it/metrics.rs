@@ -5,7 +5,6 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use partnerstack_sim::FaultUpdate;
 use serde_json::json;
 
 use crate::client::{program, wired};
@@ -112,13 +111,7 @@ async fn errors_count_up_from_a_zero_that_was_there_before_the_first_failure() {
     assert_eq!(value(&synced, "psync_reconcile_leader"), 1.0);
 
     // PartnerStack stops answering (every request 503); a pass is asked for and fails.
-    sim.simulator
-        .faults()
-        .update(FaultUpdate {
-            error_rate: Some(1.0),
-            ..FaultUpdate::default()
-        })
-        .unwrap();
+    crate::client::partnerstack_down(&sim, true);
     let asked = app
         .http
         .post(app.url("/v1/sync/customers"))

@@ -1,8 +1,8 @@
 //! `deploy/prometheus` and `deploy/grafana` against the service: the alert rules pass
 //! `promtool check rules` and their unit tests (`promtool test rules`), the service's
 //! exposition passes `promtool check metrics`, and the rules and the dashboard name only
-//! metrics the service exports. The promtool checks skip, saying so, without promtool
-//! (`.ci/run` installs it).
+//! metrics the service exports. The promtool checks skip ([`crate::tools::skip`]) without
+//! promtool (`.ci/run` installs it).
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -11,19 +11,17 @@ use std::time::Duration;
 use crate::client::{program, wired};
 use crate::relay::endpoint;
 
-fn repo(path: &str) -> PathBuf {
+pub(crate) fn repo(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
 }
 
 /// `$PROMTOOL`, else `promtool` on PATH.
 fn promtool() -> Option<PathBuf> {
-    if let Some(path) = std::env::var_os("PROMTOOL") {
-        return Some(PathBuf::from(path));
-    }
-    std::env::split_paths(&std::env::var_os("PATH")?)
-        .map(|dir| dir.join("promtool"))
-        .find(|p| p.is_file())
+    crate::tools::find("PROMTOOL", "promtool", &[])
 }
+
+const NO_PROMTOOL: &str =
+    "promtool is not installed (.ci/run installs Debian's prometheus package; or set PROMTOOL)";
 
 /// Runs promtool with `args` (and `stdin`); its success and output.
 fn run_promtool(promtool: &Path, args: &[&str], stdin: Option<&str>) -> (bool, String) {
@@ -51,10 +49,7 @@ fn run_promtool(promtool: &Path, args: &[&str], stdin: Option<&str>) -> (bool, S
 #[test]
 fn the_alert_rules_pass_promtool_and_their_unit_tests() {
     let Some(promtool) = promtool() else {
-        eprintln!(
-            "skipped: promtool is not installed (.ci/run installs Debian's prometheus package; or set PROMTOOL)"
-        );
-        return;
+        return crate::tools::skip(NO_PROMTOOL);
     };
     let (ok, out) = run_promtool(&promtool, &["check", "rules", "alerts.yml"], None);
     assert!(ok, "promtool check rules:\n{out}");
@@ -169,7 +164,7 @@ async fn the_dashboard_and_the_rules_use_only_metrics_the_service_exports() {
                 "promtool check metrics:\n{out}"
             );
         }
-        None => eprintln!("skipped promtool check metrics: promtool is not installed"),
+        None => crate::tools::skip(format!("promtool check metrics: {NO_PROMTOOL}")),
     }
     app.stop().await;
     sim.stop().await.unwrap();

@@ -70,7 +70,7 @@ pub(crate) fn reconciler_with(
     Reconciler::new(
         Client::new(&client).unwrap(),
         reconcile_config(db, tweak),
-        PgConnectOptions::from_str(&db.url).unwrap(),
+        db.pool.clone(),
         Arc::new(Metrics::new()),
     )
 }
@@ -911,10 +911,25 @@ async fn sync_of(service: &Process) -> Value {
 #[tokio::test]
 async fn one_replica_reconciles_and_another_takes_over_when_it_dies() {
     let db = TestDb::new().await;
+    takeover_after_kill(&db, &db.url).await;
+}
+
+/// The same through PgBouncer in transaction mode.
+#[tokio::test]
+async fn one_replica_reconciles_and_another_takes_over_when_it_dies_through_pgbouncer() {
+    let Some(tools) = crate::topology::Tools::find("leadership") else {
+        return;
+    };
+    let db = TestDb::new().await;
+    let bouncer = crate::topology::PgBouncer::start(&tools, &db.url).await;
+    takeover_after_kill(&db, &bouncer.url_for(&db.url)).await;
+}
+
+async fn takeover_after_kill(db: &TestDb, url: &str) {
     let sim = stand_in(program()).await;
     let base = sim.base_url();
     let env = [
-        ("DATABASE_URL", Some(db.url.as_str())),
+        ("DATABASE_URL", Some(url)),
         ("PARTNERSTACK_BASE_URL", Some(base.as_str())),
         ("PARTNERSTACK_PUBLIC_KEY", Some(crate::client::PUBLIC_KEY)),
         ("PARTNERSTACK_SECRET_KEY", Some(crate::client::SECRET_KEY)),
@@ -998,6 +1013,11 @@ async fn one_replica_reconciles_and_another_takes_over_when_it_dies() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(ran, "the new leader did not run a pass");
+    let holder: String = sqlx::query_scalar("SELECT holder FROM leases WHERE name = 'reconciler'")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(holder, follower_id, "the lease is the new leader's");
     follower.terminate().await;
     sim.stop().await.unwrap();
 }
@@ -1425,40 +1445,51 @@ async fn a_full_scan_that_failed_after_its_last_page_is_closed_without_reading_a
     sim.stop().await.unwrap();
 }
 
-/// Postgres ends a session whose client's host died (not only its process) within
-/// seconds, so the leadership lock it holds is released.
+/// The service keeps no session state a pooler could hand to another client: its limits
+/// are set in each transaction (`SET LOCAL`), and the session is as it was afterwards.
 #[tokio::test]
-async fn service_sessions_carry_server_side_keepalives() {
-    use sqlx::Connection as _;
+async fn every_transaction_sets_its_limits_locally_and_leaves_the_session_as_it_was() {
     let db = TestDb::new().await;
-    let config = test_config(&db.url);
-    let options = partnerstack_sync::db::session_options(
-        PgConnectOptions::from_str(&db.url).unwrap(),
-        &config.database,
-    );
-    let mut conn = sqlx::PgConnection::connect_with(&options).await.unwrap();
-    let over_tcp: bool = sqlx::query_scalar("SELECT inet_client_addr() IS NOT NULL")
-        .fetch_one(&mut conn)
-        .await
-        .unwrap();
-    // Unix-domain sockets have no keepalives (Postgres shows 0 for all of them), so only a
-    // TCP session can show the settings; the test servers are TCP.
-    assert!(
-        over_tcp,
-        "the test database is reached over a Unix socket; keepalives need TCP"
-    );
-    for (setting, expected) in [
-        ("tcp_keepalives_idle", "10"),
-        ("tcp_keepalives_interval", "5"),
-        ("tcp_keepalives_count", "3"),
-        ("tcp_user_timeout", "30000"),
-    ] {
-        let value: String = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SHOW {setting}")))
-            .fetch_one(&mut conn)
+    let mut config = test_config(&db.url).database;
+    config.max_connections = 2;
+    let pool = partnerstack_sync::db::pool(PgConnectOptions::from_str(&db.url).unwrap(), &config);
+    let show = |setting: &'static str| {
+        partnerstack_sync::db::query_scalar::<String>(sqlx::AssertSqlSafe(format!(
+            "SELECT current_setting('{setting}')"
+        )))
+    };
+    let mut tx = partnerstack_sync::db::begin(&pool).await.unwrap();
+    let inside = show("statement_timeout").fetch_one(&mut *tx).await.unwrap();
+    let jit = show("jit").fetch_one(&mut *tx).await.unwrap();
+    let session_before: String =
+        sqlx::query_scalar("SELECT reset_val FROM pg_settings WHERE name = 'statement_timeout'")
+            .fetch_one(&db.pool)
             .await
             .unwrap();
-        assert_eq!(value, expected, "{setting}");
+    tx.commit().await.unwrap();
+    assert_eq!(jit, "off");
+    assert_ne!(
+        inside, session_before,
+        "the transaction has its own statement timeout"
+    );
+    // The same connections, outside any transaction of the service's: the defaults.
+    for _ in 0..4 {
+        let mut conn = pool.acquire().await.unwrap();
+        let outside = show("statement_timeout")
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap();
+        assert_eq!(
+            outside, session_before,
+            "no setting outlives its transaction"
+        );
+        let options: String = show("application_name")
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap();
+        assert_eq!(options, "partnerstack-sync");
     }
+    pool.close().await;
 }
 
 /// A full scan records as seen only the objects that changed nothing (and those that do

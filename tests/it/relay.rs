@@ -214,18 +214,33 @@ fn verify_by_hand(r: &Received) {
     assert_eq!(r.id, format!("chg_{}", r.sequence()));
 }
 
-/// Verifies the messages with the `standardwebhooks` Python package, when it is there.
+/// A Python that imports `standardwebhooks`: `$PYTHON`, else the CI virtualenv's, else
+/// `python3` on PATH.
+fn python_with_standardwebhooks() -> Option<std::path::PathBuf> {
+    [
+        std::env::var_os("PYTHON").map(std::path::PathBuf::from),
+        Some(crate::tools::venv_bin().join("python3")),
+        Some("python3".into()),
+    ]
+    .into_iter()
+    .flatten()
+    .find(|python| {
+        std::process::Command::new(python)
+            .args(["-c", "import standardwebhooks"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    })
+}
+
+/// Verifies the messages with the `standardwebhooks` Python package.
 fn verify_with_python(messages: &[Received]) {
-    let probe = std::process::Command::new("python3")
-        .args(["-c", "import standardwebhooks"])
-        .output();
-    if !matches!(&probe, Ok(o) if o.status.success()) {
-        eprintln!(
-            "SKIPPED the check with the standardwebhooks Python package: python3 or the package \
-             is missing (python3 -m pip install standardwebhooks)"
-        );
-        return;
-    }
+    let Some(python) = python_with_standardwebhooks() else {
+        return crate::tools::skip(format!(
+            "the check with the standardwebhooks Python package: python3 or the package is \
+             missing (.ci/run installs it into {}; or set PYTHON)",
+            crate::tools::venv_bin().display()
+        ));
+    };
     let lines: Vec<String> = messages
         .iter()
         .map(|r| {
@@ -249,7 +264,7 @@ for line in sys.stdin:
 print(n)
 "#
     );
-    let mut child = std::process::Command::new("python3")
+    let mut child = std::process::Command::new(&python)
         .args(["-c", &script])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())

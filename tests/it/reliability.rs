@@ -672,7 +672,7 @@ async fn graceful_shutdown_finishes_in_flight_deliveries_then_applies_them() {
 // Second round: recovering from every fault, bounded memory, a frozen leader.
 
 /// Resident memory of a process, in MiB (`VmRSS` in `/proc/<pid>/status`).
-fn rss_mib(pid: u32) -> f64 {
+pub(crate) fn rss_mib(pid: u32) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
         .lines()
@@ -682,13 +682,13 @@ fn rss_mib(pid: u32) -> f64 {
 }
 
 /// Samples a process's resident memory every 20 ms until stopped; the peak, in MiB.
-struct RssWatch {
+pub(crate) struct RssWatch {
     stop: Arc<AtomicBool>,
     task: tokio::task::JoinHandle<f64>,
 }
 
 impl RssWatch {
-    fn start(pid: u32) -> RssWatch {
+    pub(crate) fn start(pid: u32) -> RssWatch {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let task = tokio::spawn(async move {
@@ -702,14 +702,14 @@ impl RssWatch {
         RssWatch { stop, task }
     }
 
-    async fn peak(self) -> f64 {
+    pub(crate) async fn peak(self) -> f64 {
         self.stop.store(true, Ordering::Relaxed);
         self.task.await.unwrap()
     }
 }
 
 /// Waits (at most 90 s) for the process's memory to fall below `mib`; what it settled at.
-async fn settled_rss(pid: u32, mib: f64) -> f64 {
+pub(crate) async fn settled_rss(pid: u32, mib: f64) -> f64 {
     let mut rss = rss_mib(pid);
     for _ in 0..900 {
         if rss < mib {
@@ -722,8 +722,8 @@ async fn settled_rss(pid: u32, mib: f64) -> f64 {
 }
 
 /// The memory a service may use under attack, and the most it may keep a minute after.
-const RSS_PEAK_MIB: f64 = 256.0;
-const RSS_SETTLED_MIB: f64 = 64.0;
+pub(crate) const RSS_PEAK_MIB: f64 = 256.0;
+pub(crate) const RSS_SETTLED_MIB: f64 = 64.0;
 
 /// A failover that demotes the primary, then promotes it back: sessions opened while the
 /// database was read-only stay read-only. /readyz says so while it lasts, and once writes
@@ -1239,7 +1239,7 @@ async fn an_outage_logs_one_warning_per_burst() {
 }
 
 /// The settings of a `serve` replica that reconciles against `base_url`.
-fn reconciling(db_url: &str, base_url: &str) -> Vec<(&'static str, Option<String>)> {
+pub(crate) fn reconciling(db_url: &str, base_url: &str) -> Vec<(&'static str, Option<String>)> {
     vec![
         ("DATABASE_URL", Some(db_url.to_string())),
         ("PARTNERSTACK_BASE_URL", Some(base_url.to_string())),
@@ -1298,13 +1298,23 @@ async fn takes_over(replica: &Process, runner: &str, since: Instant) -> Duration
     took_over.expect("no takeover within 60 s")
 }
 
-/// Fencing: for `watch`, while the superseded leader runs again, the database sees one
-/// holder of the leadership lock and no reconciler write but the new leader's.
+/// Fencing: for `watch`, while the superseded leader runs again, the leadership lease is
+/// the new leader's, no session holds an advisory lock (leadership needs none), and no
+/// reconciler write is but the new leader's.
 async fn only_the_new_leader_writes(db: &TestDb, new_runner: &str, watch: Duration) {
     let start = Instant::now();
     let mut samples = 0;
     while start.elapsed() < watch {
-        let holders = db
+        let holder: String =
+            sqlx::query_scalar("SELECT holder FROM leases WHERE name = 'reconciler'")
+                .fetch_one(&db.pool)
+                .await
+                .unwrap();
+        assert_eq!(
+            holder, new_runner,
+            "the leadership lease is the new leader's"
+        );
+        let locks = db
             .count(
                 // The leader's lock is the one taken with a single bigint key
                 // (objsubid 1); writers of customers take two-key transaction locks
@@ -1314,7 +1324,7 @@ async fn only_the_new_leader_writes(db: &TestDb, new_runner: &str, watch: Durati
                  AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
             )
             .await;
-        assert_eq!(holders, 1, "one session holds the leadership lock");
+        assert_eq!(locks, 0, "no session holds an advisory lock");
         let others: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM sync_streams WHERE runner IS DISTINCT FROM $1",
         )
@@ -1344,15 +1354,43 @@ async fn stands_down(replica: &Process, since: Instant) -> Duration {
     panic!("the superseded leader still claims to lead 90 s later");
 }
 
-/// A leader frozen by SIGSTOP (or a paused VM, or a swap storm) keeps its socket open, so
-/// only a server-side limit frees its lock: the leader's session ends after 15 s idle.
-/// When the old leader wakes, its session is gone: it writes nothing and stands down.
+/// A leader frozen by SIGSTOP (or a paused VM, or a swap storm) stops renewing its lease,
+/// which expires after 15 s: the other replica takes over. When the old leader wakes, its
+/// next transaction is refused: it writes nothing and stands down.
 #[tokio::test]
 async fn a_frozen_leader_is_replaced_and_fenced_off() {
+    frozen_leader(false).await;
+}
+
+/// The same through PgBouncer in transaction mode.
+#[tokio::test]
+async fn a_frozen_leader_is_replaced_and_fenced_off_through_pgbouncer() {
+    frozen_leader(true).await;
+}
+
+/// A database URL for replicas: `db`'s own, or through a PgBouncer in transaction mode
+/// (returned too, to keep it running); `None` when PgBouncer is wanted but missing.
+async fn database_for(
+    db: &TestDb,
+    via_pooler: bool,
+    test: &str,
+) -> Option<(String, Option<crate::topology::PgBouncer>)> {
+    if !via_pooler {
+        return Some((db.url.clone(), None));
+    }
+    let tools = crate::topology::Tools::find(test)?;
+    let bouncer = crate::topology::PgBouncer::start(&tools, &db.url).await;
+    Some((bouncer.url_for(&db.url), Some(bouncer)))
+}
+
+async fn frozen_leader(via_pooler: bool) {
     use nix::sys::signal::Signal;
     let db = TestDb::new().await;
+    let Some((url, _bouncer)) = database_for(&db, via_pooler, "frozen leader").await else {
+        return;
+    };
     let sim = crate::client::stand_in(crate::client::program()).await;
-    let vars = reconciling(&db.url, &sim.base_url());
+    let vars = reconciling(&url, &sim.base_url());
     let a = Process::serve(&as_env(&vars)).await;
     let b = Process::serve(&as_env(&vars)).await;
     let (i, old_runner) = leader_among(&[&a, &b]).await;
@@ -1363,7 +1401,8 @@ async fn a_frozen_leader_is_replaced_and_fenced_off() {
     let frozen = Instant::now();
     let took_over = takes_over(follower, &new_runner, frozen).await;
     println!(
-        "[frozen leader] took over {:.1} s after SIGSTOP",
+        "[frozen leader{}] took over {:.1} s after SIGSTOP",
+        if via_pooler { ", PgBouncer" } else { "" },
         took_over.as_secs_f64()
     );
     assert!(
@@ -1391,26 +1430,42 @@ async fn sync_status_runner(replica: &Process) -> String {
 }
 
 /// Two replicas in network namespaces of their own reach Postgres and the stand-in here;
-/// the leader's link is cut (packets dropped both ways, no one told). Its session sits
-/// idle on the server side, which ends it after 15 s: the other replica takes over. When
-/// the link comes back, the old leader finds its session gone, writes nothing and stands
-/// down. Needs root and iproute2; skips, saying so, without them. By hand:
+/// the leader's link is cut (packets dropped both ways, no one told). It cannot renew its
+/// lease, which expires after 15 s: the other replica takes over. When the link comes
+/// back, the old leader's next transaction is refused: it writes nothing and stands down.
+/// Needs root and iproute2; skips ([`crate::tools::skip`]) without them. By hand:
 /// `sudo cargo test --test it -- reliability::a_cut_off_leader --nocapture`.
 #[tokio::test]
 async fn a_cut_off_leader_is_replaced_and_fenced_off() {
+    cut_off_leader(false).await;
+}
+
+/// The same through PgBouncer in transaction mode (on this side of the cut).
+#[tokio::test]
+async fn a_cut_off_leader_is_replaced_and_fenced_off_through_pgbouncer() {
+    cut_off_leader(true).await;
+}
+
+async fn cut_off_leader(via_pooler: bool) {
+    // Namespaces of their own, as the two variants run at once.
+    let first = if via_pooler { 2 } else { 0 };
     let (ns_a, ns_b) = match (
-        crate::netns::Namespace::create(0),
-        crate::netns::Namespace::create(1),
+        crate::netns::Namespace::create(first),
+        crate::netns::Namespace::create(first + 1),
     ) {
         (Ok(a), Ok(b)) => (a, b),
         (Err(e), _) | (_, Err(e)) => {
-            println!("[cut-off leader] SKIPPED: network namespaces unavailable here ({e})");
-            return;
+            return crate::tools::skip(format!(
+                "needs network namespaces (root and iproute2's `ip`, which .ci/run installs): {e}"
+            ));
         }
     };
     let db = TestDb::new().await;
+    let Some((url, _bouncer)) = database_for(&db, via_pooler, "cut-off leader").await else {
+        return;
+    };
     let sim = crate::client::stand_in(crate::client::program()).await;
-    let pg_port = sqlx::postgres::PgConnectOptions::from_str(&db.url)
+    let pg_port = sqlx::postgres::PgConnectOptions::from_str(&url)
         .unwrap()
         .get_port();
     let sim_port = sim.addr.port();
@@ -1421,10 +1476,8 @@ async fn a_cut_off_leader_is_replaced_and_fenced_off() {
         let api = SocketAddr::new(ns.host.into(), crate::common::free_port());
         forwards.push(crate::netns::forward(pg, ([127, 0, 0, 1], pg_port).into()).await);
         forwards.push(crate::netns::forward(api, sim.addr).await);
-        let db_url = db
-            .url
-            .replace(&format!("127.0.0.1:{pg_port}"), &pg.to_string());
-        assert_ne!(db_url, db.url, "the database URL names 127.0.0.1:{pg_port}");
+        let db_url = url.replace(&format!("127.0.0.1:{pg_port}"), &pg.to_string());
+        assert_ne!(db_url, url, "the database URL names 127.0.0.1:{pg_port}");
         let base_url = sim
             .base_url()
             .replace(&format!("127.0.0.1:{sim_port}"), &api.to_string());
@@ -1448,7 +1501,8 @@ async fn a_cut_off_leader_is_replaced_and_fenced_off() {
     let cut = Instant::now();
     let took_over = takes_over(follower, &new_runner, cut).await;
     println!(
-        "[cut-off leader] took over {:.1} s after the cut",
+        "[cut-off leader{}] took over {:.1} s after the cut",
+        if via_pooler { ", PgBouncer" } else { "" },
         took_over.as_secs_f64()
     );
     assert!(

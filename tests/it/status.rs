@@ -14,19 +14,15 @@ use crate::client::{program, wired};
 use crate::common::{API_TOKEN, TestApp, free_port};
 use crate::reconcile::wait_for;
 
-/// The first `chromium` or `chromium-browser` on PATH.
+/// `$CHROMIUM`, else the first `chromium` or `chromium-browser` on PATH.
 fn chromium() -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    for dir in std::env::split_paths(&path) {
-        for name in ["chromium", "chromium-browser"] {
-            let candidate = dir.join(name);
-            if candidate.is_file() {
-                return Some(candidate);
-            }
-        }
-    }
-    None
+    ["chromium", "chromium-browser"]
+        .into_iter()
+        .find_map(|name| crate::tools::find("CHROMIUM", name, &[]))
 }
+
+const NO_CHROMIUM: &str = "the browser part needs chromium or chromium-browser on PATH \
+                           (.ci/run installs Debian's chromium; or set CHROMIUM)";
 
 /// The DOM headless Chromium builds from `url` (after its scripts, had it any), or a
 /// panic naming what went wrong. Chromium runs in a process group of its own, killed as a
@@ -194,6 +190,16 @@ fn check_streams(page: &str, before: &Value, after: &Value) {
             (low..=high).any(|s| human_duration(s) == staleness),
             "{name}: staleness {staleness:?} is not within {low}..={high} s"
         );
+        // The bound, a figure of the settings: the same as /v1/sync's.
+        assert_eq!(
+            was["staleness_bound_seconds"],
+            is["staleness_bound_seconds"]
+        );
+        assert_eq!(
+            cell(row, "staleness_bound"),
+            human_duration(is["staleness_bound_seconds"].as_u64().unwrap()),
+            "{name}"
+        );
         assert_eq!(cell(row, "failures"), "none", "{name}");
         assert_eq!(is["failures"], 0, "{name}");
     }
@@ -255,7 +261,8 @@ async fn check_the_rest(page: &str, app: &TestApp, state: &Value) {
 /// A service synced from the stand-in, with webhooks delivered, some lost and repaired:
 /// the page in headless Chromium shows every stream's row with the figures of
 /// `GET /v1/sync`, the deliveries that are stored, and no personal data. Without Chromium
-/// the same checks run on the page as served, and the browser part is skipped, saying so.
+/// the same checks run on the page as served, and the browser part is skipped
+/// ([`crate::tools::skip`]: a failure under CI).
 #[tokio::test]
 async fn a_person_sees_every_stream_and_no_personal_data() {
     let (app, running) = wired(program(), |c| {
@@ -324,10 +331,7 @@ async fn a_person_sees_every_stream_and_no_personal_data() {
             let customers = element(&dom, "<tr id=\"stream-customers\">", "</tr>");
             assert_ne!(cell(customers, "total_repairs"), "0", "{customers}");
         }
-        None => eprintln!(
-            "SKIPPED the browser part of status::a_person_sees_every_stream_and_no_personal_data: \
-             no chromium or chromium-browser on PATH (.ci/run installs Debian's chromium)"
-        ),
+        None => crate::tools::skip(NO_CHROMIUM),
     }
     running.stop().await.unwrap();
     app.stop().await;
@@ -407,8 +411,8 @@ async fn the_page_is_served_where_metrics_are_and_can_be_turned_off() {
 
 /// Text from outside reaches the page as text: a delivery whose event type is markup is
 /// shown escaped, and a browser builds no element from it (an unclosed `<script>` would
-/// swallow the rest of the page). Without Chromium the browser part is skipped, saying
-/// so, and fails under CI.
+/// swallow the rest of the page). Without Chromium the browser part is skipped
+/// ([`crate::tools::skip`]: a failure under CI).
 #[tokio::test]
 async fn markup_in_a_delivery_is_shown_as_text() {
     let app = TestApp::spawn().await;
@@ -433,17 +437,7 @@ async fn markup_in_a_delivery_is_shown_as_text() {
             // The page after the table is still there: nothing swallowed it.
             assert!(dom.contains("<section id=\"relay\">"), "{dom}");
         }
-        None => {
-            eprintln!(
-                "SKIPPED the browser part of status::markup_in_a_delivery_is_shown_as_text: no \
-                 chromium or chromium-browser on PATH (.ci/run installs Debian's chromium)"
-            );
-            assert_ne!(
-                std::env::var("CI").as_deref(),
-                Ok("true"),
-                "CI must run the browser part"
-            );
-        }
+        None => crate::tools::skip(NO_CHROMIUM),
     }
     app.stop().await;
 }

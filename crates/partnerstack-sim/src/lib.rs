@@ -34,9 +34,9 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 pub use behaviour::{
-    AccountName, ArchivedInLists, Behaviours, CustomerBody, DealLeadBody, DuplicateTransactionKey,
-    GuessedFilters, LostCursor, PartnershipByPartnerKey, ProductKey, RetryAfterHeader,
-    SingleGetData, WebhookEvents,
+    AccountName, ArchivedInLists, Behaviours, CustomerBody, DealLeadBody, DeleteAnswer,
+    DuplicateTransactionKey, GuessedFilters, LostCursor, PartnershipByPartnerKey, ProductKey,
+    RefusalWording, RetryAfterHeader, SingleGetData, WebhookEvents,
 };
 pub use faults::{AfterCommit, FaultSettings, FaultUpdate, Faults, Verdict};
 use partnerstack::Entity;
@@ -278,6 +278,7 @@ impl Simulator {
             i64::try_from(options.behaviours.customer_readable_after_ms).unwrap_or(i64::MAX);
         world.transaction_listed_after_ms =
             i64::try_from(options.behaviours.transaction_listed_after_ms).unwrap_or(i64::MAX);
+        world.refusals = options.behaviours.refusal_wording;
         let pair = SecretString::from(format!(
             "{}:{}",
             public_key.expose_secret(),

@@ -12,6 +12,7 @@ pub mod bodies;
 
 use std::time::Duration;
 
+use axum::Extension;
 use axum::body::Body;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -26,6 +27,7 @@ use utoipa::{IntoParams, ToSchema};
 use super::collection::{self, Collection, Item, Order};
 use super::cursor::Position;
 use super::params::{self, IncludeParam, QueryParams, text, word};
+use crate::auth::{Caller, Scope};
 use crate::db::writes::{self, Accepted, Resolution, WriteKind, WriteStatus};
 use crate::error::{ApiError, ErrorCode};
 use crate::state::AppState;
@@ -57,6 +59,9 @@ pub struct Write {
     /// The request as accepted (validated and normalised).
     #[schema(value_type = Object)]
     pub request: Json<Value>,
+    /// The API client that made the write (null for writes from before clients had
+    /// names). The changes its outcome causes name it too.
+    pub client: Option<String>,
     /// Attempts so far (each a claim by a worker).
     pub attempts: i32,
     /// HTTP requests sent to PartnerStack for it, look-ups and retries included.
@@ -67,11 +72,13 @@ pub struct Write {
     /// already), `found` (an earlier attempt had landed), `absent` (a delete found nothing
     /// left), `refused`.
     pub resolution: Option<Resolution>,
-    /// True when PartnerStack already had the object the write creates.
+    /// True when PartnerStack already had the object the write creates, with the fields
+    /// it asked for (a refused create that a look-up found as asked).
     #[sqlx(skip)]
     pub existed: bool,
-    /// The object as PartnerStack answered it (succeeded writes; null when it answered
-    /// only that the object exists). In lists, with `include=result`.
+    /// The object as PartnerStack answered it, or as a look-up found it (succeeded
+    /// writes: always for a create; for a delete only when the answer carried it). In
+    /// lists, with `include=result`.
     #[schema(value_type = Option<Object>)]
     pub result: Option<Json<Box<RawValue>>>,
     /// PartnerStack's HTTP status: of the refusal (failed), or of the last passing failure
@@ -118,7 +125,7 @@ impl Collection for Writes {
     type Filters = WriteFilters;
 
     fn columns() -> &'static str {
-        "t.id, t.kind, t.status, t.object_key, t.idempotency_key, t.request, t.attempts, \
+        "t.id, t.kind, t.status, t.object_key, t.idempotency_key, t.request, t.client, t.attempts, \
          t.upstream_requests, t.in_doubt, t.resolution, t.error_status, t.error_message, \
          CASE WHEN t.status = 'pending' THEN t.next_attempt_at END AS next_attempt_at, \
          t.created_at, t.updated_at, t.finished_at"
@@ -222,10 +229,11 @@ fn outbox(state: &AppState) -> Result<&Outbox, ApiError> {
     })
 }
 
-/// Accepts a validated write (or finds the one its idempotency key names), waits for it
-/// as asked, and answers with its record.
+/// Accepts a validated write by `caller` (or finds the one its idempotency key names),
+/// waits for it as asked, and answers with its record.
 async fn submit(
     state: &AppState,
+    caller: &Caller,
     request: Request,
     key: Option<&IdempotencyKey>,
     query: Option<&str>,
@@ -235,9 +243,11 @@ async fn submit(
     let write = request.into_write(key).map_err(ApiError::internal)?;
     // A write: off the request future (ARCHITECTURE.md, rule 2).
     let pool = state.pool.clone();
-    let accepted = tokio::spawn(async move { writes::accept(&pool, &write).await })
-        .await
-        .map_err(ApiError::internal)??;
+    let client = caller.name.clone();
+    let accepted =
+        tokio::spawn(async move { writes::accept(&pool, &write, client.as_deref()).await })
+            .await
+            .map_err(ApiError::internal)??;
     let id = match accepted {
         Accepted::New(id) => {
             outbox.accepted.notify_one();
@@ -254,7 +264,7 @@ async fn submit(
             ));
         }
     };
-    answer(&state.pool, outbox, id, wait).await
+    answer(&state.pool, outbox, id, wait, caller).await
 }
 
 /// `wait` from the query (the only parameter of a write route).
@@ -265,12 +275,14 @@ fn wait(query: Option<&str>) -> Result<Duration, ApiError> {
 }
 
 /// Waits up to `wait` for write `id` to finish, then answers with its record: `200` when
-/// finished, `202` with `Location` while pending.
+/// finished, `202` with `Location` while pending. PartnerStack's answer (`result`) is
+/// left out for a caller without the `read` scope: it may show what only a read shows.
 async fn answer(
     pool: &PgPool,
     outbox: &Outbox,
     id: i64,
     wait: Duration,
+    caller: &Caller,
 ) -> Result<Response, ApiError> {
     let deadline = tokio::time::Instant::now() + wait;
     while tokio::time::Instant::now() < deadline {
@@ -283,7 +295,10 @@ async fn answer(
             _ = tokio::time::sleep_until(deadline) => {}
         }
     }
-    let item = collection::get::<Writes>(pool, &id.to_string(), None).await?;
+    let mut item = collection::get::<Writes>(pool, &id.to_string(), None).await?;
+    if !caller.may(Scope::Read) {
+        item.data.result = None;
+    }
     let status = if item.data.status == WriteStatus::Pending {
         StatusCode::ACCEPTED
     } else {
@@ -323,8 +338,10 @@ pub enum WriteAnswers {
     description = "Records a referred signup: `POST /customers` at PartnerStack with your \
         `customer_key`, the email and the referring `partner_key`, sent once through the \
         outbox. A repeat (same `Idempotency-Key`, else same `customer_key`) returns the same \
-        write; a customer PartnerStack already has counts as success (`existed: true`). \
-        On success `GET /v1/customers/{customer_key}` finds it at once.",
+        write. Success is PartnerStack's object, never a message's wording: a refused \
+        create is looked up, and a customer found with the fields asked for counts as \
+        success (`existed: true`), one with other fields fails with the differences. On \
+        success `GET /v1/customers/{customer_key}` finds it at once.",
     params(WaitParams, IdempotencyHeader),
     request_body = bodies::CreateCustomer,
     responses(WriteAnswers, super::CommonErrors),
@@ -332,13 +349,14 @@ pub enum WriteAnswers {
 )]
 pub async fn create_customer(
     axum::extract::State(state): axum::extract::State<AppState>,
+    Extension(caller): Extension<Caller>,
     axum::extract::RawQuery(query): axum::extract::RawQuery,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
     let key = idempotency_key(&headers)?;
     let request = bodies::create_customer(&read_body(body).await?)?;
-    submit(&state, request, key.as_ref(), query.as_deref()).await
+    submit(&state, &caller, request, key.as_ref(), query.as_deref()).await
 }
 
 /// `PATCH /v1/customers/{customer_key}`.
@@ -359,6 +377,7 @@ pub async fn create_customer(
 )]
 pub async fn update_customer(
     axum::extract::State(state): axum::extract::State<AppState>,
+    Extension(caller): Extension<Caller>,
     super::KeyPath(customer_key): super::KeyPath,
     axum::extract::RawQuery(query): axum::extract::RawQuery,
     headers: HeaderMap,
@@ -366,7 +385,7 @@ pub async fn update_customer(
 ) -> Result<Response, ApiError> {
     let key = idempotency_key(&headers)?;
     let request = bodies::update_customer(&customer_key, &read_body(body).await?)?;
-    submit(&state, request, key.as_ref(), query.as_deref()).await
+    submit(&state, &caller, request, key.as_ref(), query.as_deref()).await
 }
 
 /// `POST /v1/transactions`.
@@ -386,20 +405,23 @@ pub async fn update_customer(
 )]
 pub async fn create_transaction(
     axum::extract::State(state): axum::extract::State<AppState>,
+    Extension(caller): Extension<Caller>,
     axum::extract::RawQuery(query): axum::extract::RawQuery,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
     let key = idempotency_key(&headers)?;
     let request = bodies::create_transaction(&read_body(body).await?, key.as_ref())?;
-    submit(&state, request, key.as_ref(), query.as_deref()).await
+    submit(&state, &caller, request, key.as_ref(), query.as_deref()).await
 }
 
 /// `DELETE /v1/transactions/{key}`.
 #[utoipa::path(
     delete, path = "/v1/transactions/{key}", tag = "writes",
     summary = "Delete a transaction at PartnerStack",
-    description = "`DELETE /transactions/{key}` at PartnerStack. A repeat is the same write.",
+    description = "`DELETE /transactions/{key}` at PartnerStack (the key as one encoded path \
+        segment). Any 2xx answer is the delete done, whatever its body; the copy marks the \
+        transaction deleted at once. A repeat is the same write.",
     params(
         ("key" = Key, Path, description = "The transaction key"),
         WaitParams,
@@ -410,6 +432,7 @@ pub async fn create_transaction(
 )]
 pub async fn delete_transaction(
     axum::extract::State(state): axum::extract::State<AppState>,
+    Extension(caller): Extension<Caller>,
     super::KeyPath(key): super::KeyPath,
     axum::extract::RawQuery(query): axum::extract::RawQuery,
     headers: HeaderMap,
@@ -417,7 +440,14 @@ pub async fn delete_transaction(
 ) -> Result<Response, ApiError> {
     let idempotency = idempotency_key(&headers)?;
     let request = bodies::delete_transaction(&key, &read_body(body).await?)?;
-    submit(&state, request, idempotency.as_ref(), query.as_deref()).await
+    submit(
+        &state,
+        &caller,
+        request,
+        idempotency.as_ref(),
+        query.as_deref(),
+    )
+    .await
 }
 
 /// `GET /v1/writes`.
@@ -477,6 +507,7 @@ pub async fn get_write(
 )]
 pub async fn retry_write(
     axum::extract::State(state): axum::extract::State<AppState>,
+    Extension(caller): Extension<Caller>,
     super::KeyPath(id): super::KeyPath,
     axum::extract::RawQuery(query): axum::extract::RawQuery,
 ) -> Result<Response, ApiError> {
@@ -493,7 +524,7 @@ pub async fn retry_write(
         None => Err(ApiError::not_found(format!("no write {id}"))),
         Some(WriteStatus::Failed) => {
             outbox.accepted.notify_one();
-            answer(&state.pool, outbox, id, wait).await
+            answer(&state.pool, outbox, id, wait, &caller).await
         }
         Some(status) => Err(ApiError::conflict(format!(
             "write {id} is {status}; only a failed write can be retried"

@@ -18,6 +18,7 @@ use super::words::{grouped, human_duration, redact, site, truncate};
 use super::{ACTIVITY_CAP, COUNT_CAP, REFRESH_SECONDS, Snapshot, WINDOW_MINUTES};
 use crate::db::events::Outcome;
 use crate::db::sync::PassStatus;
+use crate::reconcile::Coverage;
 use crate::reconcile::status::StreamStatus;
 use crate::relay::status::EndpointStatus;
 
@@ -239,11 +240,19 @@ const STREAM_COLUMNS: &[Column<StreamStatus>] = &[
         cell: |s, _| number("requests", s.last.as_ref().map(|l| l.counts.requests)),
     },
     Column {
+        heading: "Set aside",
+        cell: |s, _| figure("set_aside", &grouped(s.set_aside), s.set_aside > 0),
+    },
+    Column {
         heading: "Worst-case staleness",
         cell: |s, _| match s.staleness_seconds {
             Some(seconds) => text("staleness", human_duration(seconds)),
             None => text("staleness", "unknown (no completed pass)"),
         },
+    },
+    Column {
+        heading: "Staleness bound",
+        cell: |s, _| text("staleness_bound", human_duration(s.staleness_bound_seconds)),
     },
     Column {
         heading: "Now",
@@ -286,8 +295,13 @@ fn streams(snapshot: &Snapshot) -> Markup {
             p class="note" {
                 "Changed and repaired: rows the last pass created or changed, and of those, \
                  the ones no webhook had delivered (the measured webhook loss; a stream's \
-                 first pass repairs nothing). Worst-case staleness: a change made upstream \
-                 this long ago may not be in the copy yet (webhooks usually do far better)."
+                 first pass repairs nothing). Set aside: objects the copy refused (they do \
+                 not read, or the database refused them), kept with their error while the \
+                 rest went on, and tried again when seen again (listed in "
+                code { "GET /v1/sync" } "). Worst-case staleness: a change made upstream \
+                 this long ago may not be in the copy yet (webhooks usually do far better); \
+                 the bound is what it should stay within, set by the settings (the \
+                 PsyncStreamStale alert compares the two)."
             }
         }
     }
@@ -340,15 +354,22 @@ fn failures(stream: &StreamStatus, now: DateTime<Utc>) -> Markup {
     }
 }
 
-/// A warning when the request budget cannot meet the stream's staleness bound.
+/// A warning when passes, as the last ones went, cannot meet the stream's staleness bound.
 fn bound_missed(stream: &StreamStatus) -> Option<String> {
-    let bound = stream.staleness_bound_seconds?;
-    (stream.achievable_staleness_seconds > bound).then(|| {
-        format!(
+    let bound = stream.staleness_bound_seconds;
+    let achievable = stream.achievable_staleness_seconds;
+    (achievable > bound).then(|| match stream.coverage {
+        Coverage::Poll => format!(
             "The request budget cannot meet the staleness bound of {}: about {} is achievable.",
             human_duration(bound),
-            human_duration(stream.achievable_staleness_seconds)
-        )
+            human_duration(achievable)
+        ),
+        Coverage::Webhooks => format!(
+            "Passes take longer than reconcile.pass_budget: about {} is achievable, above the \
+             staleness bound of {}.",
+            human_duration(achievable),
+            human_duration(bound)
+        ),
     })
 }
 
@@ -674,7 +695,7 @@ mod tests {
             enabled: true,
             coverage: Coverage::Webhooks,
             staleness_seconds: Some(125),
-            staleness_bound_seconds: None,
+            staleness_bound_seconds: 630,
             achievable_staleness_seconds: 60,
             watermark: Some(at),
             last_full_at: Some(at),
@@ -697,6 +718,7 @@ mod tests {
             next_attempt_at: Some(at + chrono::Duration::seconds(90)),
             requested_at: None,
             runner: Some("host:1:abc".into()),
+            set_aside: 3,
         }
     }
 
@@ -709,6 +731,15 @@ mod tests {
                 leader: true,
                 runner: Some("host:1:abc".into()),
                 streams: vec![stream("customers")],
+                set_aside: vec![crate::db::set_aside::SetAsideObject {
+                    stream: "customers".into(),
+                    key: "cust_setaside_secret".into(),
+                    source: crate::columns::Source::Reconcile,
+                    error: "field `email`: invalid type".into(),
+                    first_seen_at: now,
+                    last_seen_at: now,
+                    times: 2,
+                }],
             },
             relay: RelayStatus {
                 endpoints: vec![EndpointStatus {
@@ -759,6 +790,16 @@ mod tests {
                 oldest_pending: Some(now - chrono::Duration::seconds(30)),
             }),
         }
+    }
+
+    #[test]
+    fn the_page_counts_objects_set_aside_and_never_names_them() {
+        let page = render(&snapshot());
+        assert!(
+            page.contains("<td data-field=\"set_aside\" class=\"n bad\">3</td>"),
+            "{page}"
+        );
+        assert!(!page.contains("cust_setaside_secret"), "{page}");
     }
 
     #[test]
@@ -877,18 +918,31 @@ mod tests {
     fn a_missed_staleness_bound_is_a_row_under_the_stream() {
         let mut snapshot = snapshot();
         let stream = &mut snapshot.sync.streams[0];
-        stream.staleness_bound_seconds = Some(3600);
+        stream.coverage = Coverage::Poll;
+        stream.staleness_bound_seconds = 3600;
         stream.achievable_staleness_seconds = 7260;
+        let under = |page: &str| {
+            let under = &page[page.find("<tr id=\"stream-customers\">").unwrap()..];
+            under[under.find("</tr>").unwrap() + "</tr>".len()..].to_string()
+        };
         let page = render(&snapshot);
-        let under = &page[page.find("<tr id=\"stream-customers\">").unwrap()..];
-        let under = &under[under.find("</tr>").unwrap() + "</tr>".len()..];
         assert!(
-            under.starts_with(
-                "<tr class=\"warn\"><td colspan=\"1\"></td><td class=\"text\" colspan=\"10\">\
+            under(&page).starts_with(
+                "<tr class=\"warn\"><td colspan=\"1\"></td><td class=\"text\" colspan=\"12\">\
                  The request budget cannot meet the staleness bound of 1h 00m: about 2h 01m \
                  is achievable.</td></tr>"
             ),
-            "{under}"
+            "{page}"
+        );
+        // A webhook-covered stream's passes outgrow their budget.
+        snapshot.sync.streams[0].coverage = Coverage::Webhooks;
+        let page = render(&snapshot);
+        assert!(
+            under(&page).contains(
+                "Passes take longer than reconcile.pass_budget: about 2h 01m is achievable, \
+                 above the staleness bound of 1h 00m."
+            ),
+            "{page}"
         );
         snapshot.sync.streams[0].achievable_staleness_seconds = 3600;
         assert!(!render(&snapshot).contains("class=\"warn\""));

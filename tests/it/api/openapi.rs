@@ -170,7 +170,28 @@ async fn openapi_is_valid_and_lists_every_route() {
             if path.contains('{') && !matches!(method, "PATCH" | "DELETE") {
                 assert!(responses.contains_key("404"), "{route} lacks 404");
             }
-            assert_eq!(op["security"], json!([{"bearer": []}]), "{route}");
+            // Each operation shows the scope it needs: every GET reads; customer and
+            // transaction writes write; anything else that changes state is admin.
+            let writes = [
+                "/v1/customers",
+                "/v1/customers/{key}",
+                "/v1/transactions",
+                "/v1/transactions/{key}",
+            ];
+            let scope = match method {
+                "GET" => "read",
+                _ if writes.contains(&path) => "write",
+                _ => "admin",
+            };
+            assert_eq!(op["security"], json!([{"bearer": [scope]}]), "{route}");
+            assert!(
+                op["description"]
+                    .as_str()
+                    .is_some_and(|d| d.contains(&format!("`{scope}` scope"))),
+                "{route}: {}",
+                op["description"]
+            );
+            assert!(responses.contains_key("403"), "{route} lacks 403");
             // And it is refused without a token.
             let unauthenticated = match method {
                 "POST" => app.http.post(app.url(&concrete)),
