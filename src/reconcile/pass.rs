@@ -506,7 +506,8 @@ impl Pass {
         }
         let mut tx = ctx.leader.begin().await?;
         // An object the database refuses is set aside; the rest of the page goes on.
-        let results = apply::apply_or_set_aside(&mut tx, Source::Reconcile, None, &observations).await?;
+        let results =
+            apply::apply_or_set_aside(&mut tx, Source::Reconcile, None, &observations).await?;
         let refused: Vec<set_aside::Refused> = unread
             .iter()
             .map(|(key, reason, raw)| set_aside::Refused {

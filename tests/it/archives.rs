@@ -190,10 +190,30 @@ async fn converges_with_archives(behaviours: Behaviours, verification: Verificat
         json!({"archived": true}),
         lost_archival,
     );
-    patch(Entity::Deal, &deals[0], json!({"stage": "won"}), Notify::Deliver);
-    patch(Entity::Deal, &deals[1], json!({"stage": "lost"}), Notify::Drop);
-    patch(Entity::Lead, &leads[0], json!({"status": "dead"}), Notify::Deliver);
-    patch(Entity::Lead, &leads[1], json!({"status": "open"}), Notify::Drop);
+    patch(
+        Entity::Deal,
+        &deals[0],
+        json!({"stage": "won"}),
+        Notify::Deliver,
+    );
+    patch(
+        Entity::Deal,
+        &deals[1],
+        json!({"stage": "lost"}),
+        Notify::Drop,
+    );
+    patch(
+        Entity::Lead,
+        &leads[0],
+        json!({"status": "dead"}),
+        Notify::Deliver,
+    );
+    patch(
+        Entity::Lead,
+        &leads[1],
+        json!({"status": "open"}),
+        Notify::Drop,
+    );
     s.mutate(1, Some(MutationKind::NewCustomer), Notify::Deliver);
     s.mutate(1, Some(MutationKind::NewCustomer), Notify::Drop);
     assert!(s.flush(Duration::from_secs(30)).await);
@@ -254,7 +274,10 @@ async fn outcomes(app: &TestApp) -> Vec<(String, Option<String>, i32)> {
 /// (no stored row: unresolved, for a reconcile pass to bring).
 #[tokio::test]
 async fn a_refused_partnership_read_falls_back_at_once() {
-    for by_partner_key in [PartnershipByPartnerKey::Answers, PartnershipByPartnerKey::Refused] {
+    for by_partner_key in [
+        PartnershipByPartnerKey::Answers,
+        PartnershipByPartnerKey::Refused,
+    ] {
         let options = Options {
             behaviours: Behaviours {
                 partnership_by_partner_key: by_partner_key,

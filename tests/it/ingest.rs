@@ -615,7 +615,11 @@ async fn a_sparse_body_leaves_the_columns_it_does_not_carry() {
         "slug": "gold"}, "event": "partnership_updated", "archived": "false"});
     let mut ids = Vec::new();
     for body in [keyed, keyless, sample] {
-        ids.push(accepted(app.deliver(body.to_string()).await).await["id"].as_i64().unwrap());
+        ids.push(
+            accepted(app.deliver(body.to_string()).await).await["id"]
+                .as_i64()
+                .unwrap(),
+        );
         app.settle().await;
     }
     for id in ids {
@@ -625,15 +629,31 @@ async fn a_sparse_body_leaves_the_columns_it_does_not_carry() {
     let after = row(&app, "customers", "cust_sparse").await;
     assert_eq!(after["name"], "New Name");
     assert_eq!(after["email"], "new@example.com");
-    for column in ["customer_key", "partner_key", "partnership_key", "provider_key",
-                   "source_type", "test", "created_at"] {
+    for column in [
+        "customer_key",
+        "partner_key",
+        "partnership_key",
+        "provider_key",
+        "source_type",
+        "test",
+        "created_at",
+    ] {
         assert_eq!(after[column], before_customer[column], "customers.{column}");
     }
     assert!(after["deleted_at"].is_null());
     let after = row(&app, "partners", "part_sparse").await;
     assert_eq!(after["first_name"], "Patricia");
-    for column in ["partner_key", "email", "last_name", "group_key", "group_name",
-                   "team_key", "tags", "joined_at", "created_at"] {
+    for column in [
+        "partner_key",
+        "email",
+        "last_name",
+        "group_key",
+        "group_name",
+        "team_key",
+        "tags",
+        "joined_at",
+        "created_at",
+    ] {
         assert_eq!(after[column], before_partner[column], "partners.{column}");
     }
     assert!(after["deleted_at"].is_null());

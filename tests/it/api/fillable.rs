@@ -55,7 +55,11 @@ async fn every_filter_v1_offers_matches_what_the_copy_holds() {
         .mutate(3, Some(MutationKind::UpdateCustomer), Notify::Deliver);
     sim.simulator
         .mutate(2, Some(MutationKind::UpdatePartnership), Notify::Deliver);
-    assert!(sim.simulator.flush(std::time::Duration::from_secs(10)).await);
+    assert!(
+        sim.simulator
+            .flush(std::time::Duration::from_secs(10))
+            .await
+    );
     app.settle().await;
     assert_every_filter_matches(&app).await;
     sim.stop().await.unwrap();
