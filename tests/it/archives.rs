@@ -126,6 +126,14 @@ async fn converges_with_archives(behaviours: Behaviours, verification: Verificat
     let r = reconciler(&app.db, &sim, |_| {});
     pass(&r, true).await;
     assert_converged(&app.db, &sim).await;
+    // What no webhook delivered so far, the first pass brought: in the copy now, it is
+    // nothing for the next pass to repair unless it changes again.
+    let brought: Vec<(String, i64)> = sim
+        .simulator
+        .undelivered()
+        .into_iter()
+        .map(|u| (u.key, u.updated_at))
+        .collect();
 
     // A lost archival is repaired by lists that hide or flag archived objects; with
     // unflagged lists nothing could repair it, so it is delivered there.
@@ -237,7 +245,11 @@ async fn converges_with_archives(behaviours: Behaviours, verification: Verificat
 
     // One full pass: the lists (which may show the archived objects unflagged) bring
     // back nothing archived, and repair exactly what no webhook delivered.
-    let expected = to_repair(&app.db, &sim).await;
+    let expected: Vec<_> = to_repair(&app.db, &sim)
+        .await
+        .into_iter()
+        .filter(|u| !brought.contains(&(u.key.clone(), u.updated_at)))
+        .collect();
     let reports = pass(&r, true).await;
     let repairs = total(&reports, |r| r.counts.repairs);
     println!("[archives] repairs={repairs}, expected: {expected:?}");

@@ -8,7 +8,8 @@
 //!
 //! A ledger records, per changed object, the newest `updated_at` of its changes and the
 //! newest state that reached the service other than through a reconcile scan: a delivered
-//! (2xx) webhook whose body carries the whole object, or the service reading the object
+//! (2xx) webhook whose body carries the object's state (its key and time, and every field
+//! of a new object: see `carries_state`), or the service reading the object
 //! itself to verify a delivery (a single GET, or a list bounded in time on both sides,
 //! which a scan never is). A documented partnership body carries no state (no key, no
 //! times), only the news. Objects where the two differ are those "whose latest state no
@@ -263,7 +264,7 @@ impl Deliveries {
         }
         if outcome == Outcome::Queued {
             let object = body_object(&self.options.behaviours, change);
-            let carries_state = object.get("key").is_some() && object.get("updated_at").is_some();
+            let carries_state = carries_state(&self.options.behaviours, change, &object);
             let body = payload(&name, &object, self.options.shape);
             let event = Event {
                 seq,
@@ -513,6 +514,19 @@ pub fn covered(behaviours: &Behaviours, entity: Entity) -> bool {
             Entity::Partner | Entity::Customer | Entity::Deal | Entity::Lead
         ),
     }
+}
+
+/// Whether a webhook `body` about `change` brings the service the object's state: it
+/// names the object by its key, carries its time and, for a new object, every field (a
+/// sample's few fields bring a new object only partly; an update's sample carries the
+/// fields the stand-in's changes touch, laid over what the service holds).
+fn carries_state(behaviours: &Behaviours, change: &Change, body: &Value) -> bool {
+    let whole = behaviour::present(behaviours, change.entity, change.object.clone())
+        .as_object()
+        .is_some_and(|full| full.keys().all(|k| body.get(k).is_some()));
+    body.get("key").is_some()
+        && body.get("updated_at").is_some()
+        && (whole || change.action != Action::Created)
 }
 
 /// `customer_created` or `customer.created`. In the legacy (`all`) mode's dotted style,
