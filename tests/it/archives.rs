@@ -8,11 +8,12 @@ use partnerstack_sim::{
     ArchivedInLists, Behaviours, CustomerBody, DealLeadBody, MutationKind, Notify, Options,
     PartnershipByPartnerKey, Running,
 };
+use partnerstack_sync::apply::{self, Applied, Observation, Source};
 use partnerstack_sync::config::Verification;
 use serde_json::{Map, Value, json};
 
 use crate::client::wired;
-use crate::common::TestApp;
+use crate::common::{TestApp, TestDb};
 use crate::reconcile::{assert_converged, pass, reconciler, to_repair, total, truth};
 
 fn fields(value: Value) -> Map<String, Value> {
@@ -331,4 +332,81 @@ async fn a_refused_partnership_read_falls_back_at_once() {
         sim.stop().await.unwrap();
         app.stop().await;
     }
+}
+
+const T0: i64 = 1_700_000_000_000;
+
+/// Applies one customer observation through the one door, in a transaction of its own.
+async fn apply_one(db: &TestDb, source: Source, object: Value, deleted: bool) -> Applied {
+    let o = Observation::parse(Entity::Customer, object, deleted).unwrap();
+    let mut tx = db.pool.begin().await.unwrap();
+    let taken = apply::apply_or_set_aside(&mut tx, source, None, &[o])
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    taken.into_iter().next().unwrap().unwrap()
+}
+
+/// Whether the customer is deleted, and its name.
+async fn stored(db: &TestDb) -> (bool, String) {
+    sqlx::query_as("SELECT deleted_at IS NOT NULL, name FROM customers WHERE key = 'cust_stick'")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap()
+}
+
+/// The one door's rule, source by source: a deletion learned on evidence (a delete event,
+/// an `archived` flag, from any source) stays until a sighting strictly newer than it says
+/// the object is live, since lists may keep archived objects without a flag; a deletion
+/// without a time of its own counts from when it was learned (a sighting older than that
+/// still brings its content, and the row stays deleted); a deletion a full scan inferred
+/// yields to a listing at the same source time.
+#[tokio::test]
+async fn a_deletion_stays_until_a_strictly_newer_sighting() {
+    let db = TestDb::new().await;
+    let at = |updated: i64, name: &str| {
+        json!({"key": "cust_stick", "customer_key": "ck_stick", "name": name,
+               "created_at": T0, "updated_at": updated})
+    };
+    let (webhook, reconcile) = (Source::Webhook, Source::Reconcile);
+    apply_one(&db, webhook, at(T0, "a"), false).await;
+    // A delete event, then lists that still show the object unflagged at that time.
+    apply_one(&db, webhook, at(T0 + 1_000, "a"), true).await;
+    assert_eq!(stored(&db).await, (true, "a".into()));
+    let same = apply_one(&db, reconcile, at(T0 + 1_000, "a"), false).await;
+    assert_eq!(same, Applied::Stale);
+    apply_one(&db, reconcile, at(T0 + 1_000, "b"), false).await;
+    apply_one(&db, webhook, at(T0 + 1_000, "b"), false).await;
+    assert_eq!(stored(&db).await, (true, "a".into()), "not newer: no news");
+    // Strictly newer: live again.
+    apply_one(&db, reconcile, at(T0 + 2_000, "c"), false).await;
+    assert_eq!(stored(&db).await, (false, "c".into()));
+
+    // An archived flag on a listed object is a deletion, and it sticks the same way.
+    let mut flagged = at(T0 + 3_000, "c");
+    flagged["archived"] = json!(true);
+    apply_one(&db, reconcile, flagged, false).await;
+    apply_one(&db, webhook, at(T0 + 3_000, "c"), false).await;
+    assert_eq!(stored(&db).await, (true, "c".into()));
+    apply_one(&db, webhook, at(T0 + 4_000, "d"), false).await;
+    assert_eq!(stored(&db).await, (false, "d".into()));
+
+    // A delete event without a time (learned now): a later sighting made before now brings
+    // its content and the row stays deleted.
+    let bare = json!({"key": "cust_stick"});
+    apply_one(&db, webhook, bare, true).await;
+    assert_eq!(stored(&db).await, (true, "d".into()), "content kept");
+    apply_one(&db, reconcile, at(T0 + 5_000, "e"), false).await;
+    assert_eq!(stored(&db).await, (true, "e".into()));
+
+    // A deletion a full scan inferred (it did not list the object) yields to a listing at
+    // the same time: the scan may have missed it.
+    sqlx::query(
+        "UPDATE customers SET deleted_at = now(), undeleted_after = NULL WHERE key = 'cust_stick'",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    apply_one(&db, reconcile, at(T0 + 5_000, "e"), false).await;
+    assert_eq!(stored(&db).await, (false, "e".into()));
 }

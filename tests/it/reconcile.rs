@@ -262,7 +262,8 @@ pub(crate) async fn wait_for_row(db: &TestDb, sql: &str) {
 /// the others (customer bodies shaped like the partnership sample, archived customers
 /// listed with their flag, objects for `account_name` and `product_key`, single reads
 /// wrapped in a container, filters tagged guessed ignored). Archived objects listed
-/// without a flag need webhooks that are not lost: `fidelity::archived_objects_stay_deleted`.
+/// without a flag need webhooks that are not lost:
+/// `archives::archived_objects_stay_deleted_and_the_copy_converges`.
 #[tokio::test]
 async fn the_copy_converges_on_the_stand_in_whatever_the_webhooks_did() {
     for behaviours in [
