@@ -218,71 +218,12 @@ impl Applier {
         plans: &[Planned],
         extra: &[Observation],
     ) -> Result<Rejected, sqlx::Error> {
-        let mut outcomes = Vec::with_capacity(plans.len());
-        let mut observations = Vec::with_capacity(plans.len());
-        // For each observation, the index of its outcome and where its state came from.
-        let mut slots = Vec::with_capacity(plans.len());
-        let mut deferred: Vec<(DateTime<Utc>, String, i64)> = Vec::new();
-        let stored = stored_objects(&mut tx, plans).await?;
-        for planned in plans {
-            let resolved = match &planned.plan {
-                Plan::Merge { kind, body, from } => {
-                    merge(&mut tx, *kind, body, *from, &stored).await?
-                }
-                other => other.clone(),
-            };
-            match resolved {
-                Plan::Apply(observation, from) => {
-                    slots.push((outcomes.len(), from));
-                    outcomes.push(OutcomeRecord {
-                        id: planned.id,
-                        outcome: Outcome::Applied,
-                        applied_from: Some(from),
-                        reason: None,
-                        entity: Some(columns::table(observation.entity)),
-                        entity_key: Some(observation.key.clone()),
-                    });
-                    observations.push(observation);
-                }
-                Plan::Done(outcome, entity, reason) => outcomes.push(OutcomeRecord {
-                    id: planned.id,
-                    outcome,
-                    applied_from: None,
-                    reason: Some(reason),
-                    entity: entity.map(columns::table),
-                    entity_key: None,
-                }),
-                Plan::Defer { at, reason } => deferred.push((at, reason, planned.id)),
-                Plan::Unreadable {
-                    entity,
-                    key,
-                    reason,
-                    object,
-                } => {
-                    let refused = set_aside::Refused {
-                        entity,
-                        key: &key,
-                        error: reason.clone(),
-                        raw: &object,
-                    };
-                    set_aside::record(&mut tx, Source::Webhook, std::slice::from_ref(&refused))
-                        .await?;
-                    outcomes.push(OutcomeRecord {
-                        id: planned.id,
-                        outcome: Outcome::Error,
-                        applied_from: None,
-                        reason: Some(format!("set aside: {reason}")),
-                        entity: Some(columns::table(entity)),
-                        entity_key: Some(key),
-                    });
-                }
-                Plan::Fetch { .. } | Plan::Merge { .. } => {
-                    // Settled before commit; a plan left unsettled waits for a retry.
-                    let at = Utc::now() + backoff(0);
-                    deferred.push((at, "not fetched yet".into(), planned.id));
-                }
-            }
-        }
+        let Resolved {
+            mut outcomes,
+            mut observations,
+            slots,
+            deferred,
+        } = resolve(&mut tx, plans).await?;
         let named = observations.len();
         observations.extend_from_slice(extra);
         // An object the database refuses is set aside (its delivery marked `error`), and
@@ -293,7 +234,7 @@ impl Applier {
                 Err(e) if is_transient_error(&e) => return Err(e),
                 Err(e) => return self.rejected(tx, &e, plans.len()).await,
             };
-        for (&(slot, _), result) in slots.iter().zip(results.into_iter().take(named)) {
+        for (&slot, result) in slots.iter().zip(results.into_iter().take(named)) {
             match result {
                 Ok(Applied::Stale) => {
                     outcomes[slot].outcome = Outcome::Stale;
@@ -623,6 +564,80 @@ fn natural_key(entity: Entity, body: &Value) -> Option<(&'static str, String)> {
         .and_then(|v| wire::parse_string(v).ok().flatten())
         .filter(|v| !v.trim().is_empty())?;
     Some((column, value))
+}
+
+/// A batch's plans resolved in its transaction: the outcomes to record, the observations
+/// to apply (`slots`: the index of each one's outcome), the deliveries to try again later.
+#[derive(Default)]
+struct Resolved {
+    outcomes: Vec<OutcomeRecord>,
+    observations: Vec<Observation>,
+    slots: Vec<usize>,
+    deferred: Vec<(DateTime<Utc>, String, i64)>,
+}
+
+/// Resolves each plan: bodies laid over the stored objects they name, objects that do not
+/// read set aside.
+async fn resolve(conn: &mut PgConnection, plans: &[Planned]) -> Result<Resolved, sqlx::Error> {
+    let mut r = Resolved::default();
+    let stored = stored_objects(conn, plans).await?;
+    for planned in plans {
+        let resolved = match &planned.plan {
+            Plan::Merge { kind, body, from } => merge(conn, *kind, body, *from, &stored).await?,
+            other => other.clone(),
+        };
+        match resolved {
+            Plan::Apply(observation, from) => {
+                r.slots.push(r.outcomes.len());
+                r.outcomes.push(OutcomeRecord {
+                    id: planned.id,
+                    outcome: Outcome::Applied,
+                    applied_from: Some(from),
+                    reason: None,
+                    entity: Some(columns::table(observation.entity)),
+                    entity_key: Some(observation.key.clone()),
+                });
+                r.observations.push(observation);
+            }
+            Plan::Done(outcome, entity, reason) => r.outcomes.push(OutcomeRecord {
+                id: planned.id,
+                outcome,
+                applied_from: None,
+                reason: Some(reason),
+                entity: entity.map(columns::table),
+                entity_key: None,
+            }),
+            Plan::Defer { at, reason } => r.deferred.push((at, reason, planned.id)),
+            Plan::Unreadable {
+                entity,
+                key,
+                reason,
+                object,
+            } => {
+                let refused = set_aside::Refused {
+                    entity,
+                    key: &key,
+                    error: reason.clone(),
+                    raw: &object,
+                };
+                set_aside::record(conn, Source::Webhook, std::slice::from_ref(&refused)).await?;
+                r.outcomes.push(OutcomeRecord {
+                    id: planned.id,
+                    outcome: Outcome::Error,
+                    applied_from: None,
+                    reason: Some(format!("set aside: {reason}")),
+                    entity: Some(columns::table(entity)),
+                    entity_key: Some(key),
+                });
+            }
+            Plan::Fetch { .. } | Plan::Merge { .. } => {
+                // Settled before commit; a plan left unsettled waits for a retry.
+                let at = Utc::now() + backoff(0);
+                r.deferred.push((at, "not fetched yet".into(), planned.id));
+            }
+        }
+    }
+    Ok(r)
 }
 
 /// Whether `lookup` read a partnership by the `partner_key` of a keyless `body`.
