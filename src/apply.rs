@@ -3,12 +3,24 @@
 //! Webhook payloads and reconciler pages both become [`Observation`]s (one object as seen
 //! at one source time) and reach the tables only through [`apply`]. A row is replaced only
 //! by a newer observation: newer `updated_at` (else `created_at`), or the same source time
-//! with different typed content, except that a webhook at the same source time does not
-//! undo a deletion (a reconcile page, which lists what exists, does). A deletion without
-//! any source time marks the stored row deleted and keeps its content. Repeats and
-//! reorderings therefore cannot regress data,
-//! and the same call serves a single delivery or a 250-object page: one statement per
-//! table, rows bound as arrays and expanded with `UNNEST`.
+//! with different typed content. Deletions stick:
+//! - an object that says it is archived (any kind, any source) is a deletion;
+//! - a deletion made on evidence (a delete event, an archived flag, PartnerStack answering
+//!   that the object is gone) is undone only by a sighting of the live object whose source
+//!   time is after the deletion's (`undeleted_after`: the deletion's own source time, or,
+//!   for one without any, when it was learned): lists can keep archived objects without a
+//!   flag, so an unflagged sighting that is not newer is not news. A sighting newer than
+//!   the stored state but not than the deletion still brings its content; the row stays
+//!   deleted;
+//! - a deletion a full scan inferred from not listing the object (`undeleted_after`
+//!   NULL) is undone by a newer observation, or by a reconcile page at the same source
+//!   time (the scan may have missed the object);
+//! - a deletion without any source time marks the stored row deleted and keeps its
+//!   content.
+//!
+//! Repeats and reorderings therefore cannot regress data, and the same call serves a
+//! single delivery or a 250-object page: one statement per table, rows bound as arrays
+//! and expanded with `UNNEST`.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -47,21 +59,14 @@ pub struct Observation {
 
 impl Observation {
     /// Reads `object` as an `entity`. Errors say which field was wrong and why.
+    /// An object that says it is archived is a deletion, whatever its kind and wherever
+    /// it was seen: PartnerStack archives what it "deletes" (`customer_deleted` means
+    /// archived), and a list or a fetch may still show it.
     pub fn parse(entity: Entity, object: Value, deleted: bool) -> Result<Observation, String> {
+        let deleted = deleted || archived(&object) == Some(true);
         match entity {
             Entity::Partner => build::<Partnership>(object, deleted, partner_columns),
-            // PartnerStack archives customers (`customer_deleted`); an archived customer
-            // that a list or a fetch still shows is a deleted one.
-            Entity::Customer => {
-                build::<Customer>(object, deleted, customer_columns).map(|mut o| {
-                    o.deleted |= o
-                        .raw
-                        .get("archived")
-                        .and_then(|a| wire::parse_bool(a).ok().flatten())
-                        == Some(true);
-                    o
-                })
-            }
+            Entity::Customer => build::<Customer>(object, deleted, customer_columns),
             Entity::Transaction => build::<Transaction>(object, deleted, transaction_columns),
             Entity::Reward => build::<Reward>(object, deleted, reward_columns),
             Entity::Group => build::<Group>(object, deleted, group_columns),
@@ -82,6 +87,14 @@ impl Observation {
     pub fn observed_at(&self) -> Option<DateTime<Utc>> {
         self.updated_at.or(self.created_at)
     }
+}
+
+/// What an object's `archived` flag says: `None` when it carries none (or one that does
+/// not read), which says nothing either way.
+pub fn archived(object: &Value) -> Option<bool> {
+    object
+        .get("archived")
+        .and_then(|a| wire::parse_bool(a).ok().flatten())
 }
 
 /// PartnerStack keys are short; a longer one is not a key.
@@ -153,7 +166,6 @@ fn partner_columns(p: &Partnership) -> Vec<Col> {
         first_name: p.first_name.clone(),
         last_name: p.last_name.clone(),
         name: p.name.clone(),
-        status: p.status.clone().or_else(|| p.approved_status.clone()),
         group_key: Ref::key_of(&p.group).or_else(|| p.group_key.clone()),
         group_name: p.group.as_ref().and_then(|g| g.name.clone()),
         team_key: Ref::key_of(&p.team),
@@ -585,7 +597,7 @@ async fn upsert<'a>(
         );
         let marked = crate::db::query(AssertSqlSafe(sql))
             .bind(source.as_str())
-            .bind(bare)
+            .bind(&bare)
             .fetch_all(&mut *conn)
             .await?;
         for row in marked {
@@ -637,6 +649,19 @@ async fn upsert<'a>(
         };
     }
     let rows = query.fetch_all(&mut *conn).await?;
+    if !bare.is_empty() {
+        // Deletions without a source time of their own are evidence as of now: only a
+        // sighting made later undoes them. (A row a scan had marked is now known deleted;
+        // its mark does not change, so the change log shows nothing.)
+        crate::db::query(AssertSqlSafe(format!(
+            "UPDATE {} SET undeleted_after = GREATEST(undeleted_after, now())
+             WHERE key = ANY($1) AND deleted_at IS NOT NULL",
+            columns::table(entity)
+        )))
+        .bind(&bare)
+        .execute(&mut *conn)
+        .await?;
+    }
     // The row now holds the observation's columns, with the times the statement chose.
     let by_key: HashMap<&str, &'a Observation> =
         batch.iter().map(|o| (o.key.as_str(), *o)).collect();
@@ -726,16 +751,25 @@ fn upsert_sql(table: &str, columns: &[Column]) -> String {
             FROM input i LEFT JOIN {table} t ON t.key = i.key {join}
         )
         INSERT INTO {table} AS t
-            (key, created_at, updated_at, observed_at, deleted_at, raw, source, synced_at, {list}{derived_names})
+            (key, created_at, updated_at, observed_at, deleted_at, undeleted_after, raw, source,
+             synced_at, {list}{derived_names})
         SELECT key, created_final, updated_at, observed_at,
-               CASE WHEN deleted THEN now() END, raw, $1, now(), {list}{derived_names}
+               CASE WHEN deleted THEN now() END, CASE WHEN deleted THEN COALESCE(observed_at, now()) END,
+               raw, $1, now(), {list}{derived_names}
         FROM rows
         ON CONFLICT (key) DO UPDATE SET
             created_at = EXCLUDED.created_at,
             updated_at = EXCLUDED.updated_at,
             observed_at = EXCLUDED.observed_at,
-            deleted_at = CASE WHEN EXCLUDED.deleted_at IS NULL THEN NULL
-                              ELSE COALESCE(t.deleted_at, EXCLUDED.deleted_at) END,
+            deleted_at = CASE
+                WHEN EXCLUDED.deleted_at IS NOT NULL THEN COALESCE(t.deleted_at, EXCLUDED.deleted_at)
+                WHEN {stays_deleted} THEN t.deleted_at
+                END,
+            undeleted_after = CASE
+                WHEN EXCLUDED.deleted_at IS NOT NULL
+                    THEN GREATEST(t.undeleted_after, EXCLUDED.undeleted_after)
+                WHEN {stays_deleted} THEN t.undeleted_after
+                END,
             raw = EXCLUDED.raw,
             source = EXCLUDED.source,
             synced_at = EXCLUDED.synced_at{sets}{derived_sets}
@@ -744,13 +778,16 @@ fn upsert_sql(table: &str, columns: &[Column]) -> String {
            OR (EXCLUDED.observed_at IS NOT DISTINCT FROM t.observed_at
                AND ROW({excl}, EXCLUDED.deleted_at IS NULL)
                    IS DISTINCT FROM ROW({cur}, t.deleted_at IS NULL)
-               AND NOT ($1::text = 'webhook' AND t.deleted_at IS NOT NULL
-                        AND EXCLUDED.deleted_at IS NULL)))
+               AND NOT (t.deleted_at IS NOT NULL AND EXCLUDED.deleted_at IS NULL
+                        AND NOT ($1::text = 'reconcile' AND t.undeleted_after IS NULL))))
           AND NOT (EXCLUDED.observed_at IS NULL AND EXCLUDED.deleted_at IS NOT NULL)
         RETURNING t.key, (t.xmax = 0) AS inserted, t.created_at, t.deleted_at",
         params = params.join(", "),
         excl = excluded("EXCLUDED"),
         cur = excluded("t"),
+        // A live sighting that is not after a deletion made on evidence leaves it standing.
+        stays_deleted = "t.deleted_at IS NOT NULL AND t.undeleted_after IS NOT NULL
+                     AND NOT COALESCE(EXCLUDED.observed_at > t.undeleted_after, false)",
     )
 }
 
@@ -837,7 +874,7 @@ mod tests {
     }
 
     #[test]
-    fn a_numeric_id_is_never_a_key_and_archived_customers_are_deletions() {
+    fn a_numeric_id_is_never_a_key_and_archived_objects_are_deletions() {
         let err = Observation::parse(
             Entity::Customer,
             json!({"id": 1234, "archived": "false"}),
@@ -845,13 +882,23 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.contains("no `key`"), "{err}");
-        let archived = |v: Value| {
-            Observation::parse(Entity::Customer, json!({"key": "c", "archived": v}), false)
-                .unwrap()
-                .deleted
-        };
-        assert!(archived(json!(true)) && archived(json!("true")));
-        assert!(!archived(json!(false)) && !archived(json!("false")) && !archived(Value::Null));
+        for entity in Entity::ALL {
+            let deleted = |v: Value| {
+                Observation::parse(entity, json!({"key": "k", "archived": v}), false)
+                    .unwrap()
+                    .deleted
+            };
+            assert!(deleted(json!(true)) && deleted(json!("true")), "{entity:?}");
+            assert!(
+                !deleted(json!(false)) && !deleted(json!("false")) && !deleted(Value::Null),
+                "{entity:?}"
+            );
+        }
+        // No flag says nothing: a delete event stays a deletion.
+        let o = Observation::parse(Entity::Partner, json!({"key": "p"}), true).unwrap();
+        assert!(o.deleted);
+        assert_eq!(archived(&json!({"key": "p"})), None);
+        assert_eq!(archived(&json!({"archived": "no"})), Some(false));
     }
 
     #[test]

@@ -75,7 +75,7 @@ pub enum Col {
 }
 
 /// The columns every entity table has besides its own, in table order (`apply()` keeps
-/// them; see `migrations/0001_init.sql`).
+/// them; see `migrations/0001_init.sql` and `0016_deletions_that_stick.sql`).
 pub const BOOKKEEPING: &[Column] = &[
     Column {
         name: "key",
@@ -107,6 +107,10 @@ pub const BOOKKEEPING: &[Column] = &[
     },
     Column {
         name: "synced_at",
+        ty: SqlType::Ts,
+    },
+    Column {
+        name: "undeleted_after",
         ty: SqlType::Ts,
     },
 ];
@@ -311,8 +315,6 @@ entity_table! {
         first_name: Option<String>,
         last_name: Option<String>,
         name: Option<String>,
-        /// e.g. `active`, `inactive`, `approved`.
-        status: Option<String>,
         group_key: Option<String>,
         group_name: Option<String>,
         team_key: Option<String>,
@@ -352,6 +354,8 @@ entity_table! {
         /// ISO 4217, upper case.
         currency: Option<String>,
         approved: Option<bool>,
+        /// PartnerStack's flag, when an answer carries one (Vendor answers reportedly do
+        /// not); an archived transaction is also marked deleted.
         archived: Option<bool>,
         /// `approved` or `pending` (derived from `approved` when PartnerStack sent no status).
         status: Option<String>,

@@ -102,8 +102,6 @@ fn eq_lower(q: &mut QueryBuilder<Postgres>, column: &str, value: &str) {
 pub struct PartnerFilters {
     /// Only partners in this group (the group's key).
     pub group_key: Option<String>,
-    /// Only partners with this status (any case), e.g. `active`.
-    pub status: Option<String>,
     /// Only partners with this email (any case).
     pub email: Option<String>,
 }
@@ -123,9 +121,6 @@ impl Collection for Partners {
     fn filter(f: &PartnerFilters, q: &mut QueryBuilder<Postgres>) -> Result<(), ApiError> {
         if let Some(v) = text(f.group_key.as_deref()) {
             eq(q, "t.group_key", v);
-        }
-        if let Some(v) = text(f.status.as_deref()) {
-            eq_lower(q, "t.status", v);
         }
         if let Some(v) = text(f.email.as_deref()) {
             eq_lower(q, "t.email", v);
@@ -575,10 +570,7 @@ mod tests {
         let with = |extra: &[&str]| -> Vec<String> {
             common.iter().chain(extra).map(|s| s.to_string()).collect()
         };
-        assert_eq!(
-            accepted::<Partners>(),
-            with(&["group_key", "status", "email"])
-        );
+        assert_eq!(accepted::<Partners>(), with(&["group_key", "email"]));
         assert_eq!(
             accepted::<Customers>(),
             with(&["partner_key", "email", "customer_key"])

@@ -437,9 +437,9 @@ async fn archived_listed(
     Ok(if archived > 0 {
         Finding::settled(
             &question,
-            "listed",
+            "flagged",
             format!(
-                "the first page lists {archived} archived of {}",
+                "the first page lists {archived} archived (flagged) of {}",
                 items.len()
             ),
         )

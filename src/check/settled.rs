@@ -70,8 +70,8 @@ pub fn catalogue() -> Vec<(String, String, &'static str)> {
     out.extend([
         ("partnership_by_partner_key".into(), "Does GET /partnerships/{partner_key} find a partnership?".into(), "unknown: a partnership body without key is resolved by partner_key in the copy"),
         ("lost_cursor".into(), "What does a list answer for a cursor naming no object?".into(), "a 4xx or an empty page: either restarts the pass from the top"),
-        ("archived.partnerships".into(), "Do lists show archived partnerships?".into(), "hidden or listed: both handled"),
-        ("archived.customers".into(), "Do lists show archived customers?".into(), "hidden or listed: both handled (an archived customer is marked deleted)"),
+        ("archived.partnerships".into(), "Do lists show archived partnerships?".into(), "hidden, flagged or listed without a flag: all handled"),
+        ("archived.customers".into(), "Do lists show archived customers?".into(), "hidden, flagged or listed without a flag: all handled (an archived customer is marked deleted)"),
         ("rate_limit_headers".into(), "Do answers carry rate-limit headers?".into(), "undocumented: logged when seen; the client keeps its own budget"),
         ("duplicate_customer_key".into(), "What does a repeated customer_key get? (--writes)".into(), "a refusal or a customer: a create succeeds only when a look-up finds it as asked"),
         ("duplicate_transaction_key".into(), "What does a repeated transaction key get? (--writes)".into(), "a refusal or the existing one: a create succeeds only when a look-up finds it as asked"),
@@ -114,7 +114,8 @@ pub fn consequence(question: &str, answer: Option<&str>) -> String {
         ("single_read", _) => "verification of this kind finds nothing: deliveries are applied once their retry window ends; consider webhooks.verification = \"trust\"".into(),
         ("partnership_by_partner_key", a) => format!("{a}: bodies without key are resolved by partner_key in the copy"),
         ("lost_cursor", _) => "a pass whose cursor fails restarts from the top (handled for every answer)".into(),
-        ("archived", "listed") => "listed archived objects are marked deleted in the copy".into(),
+        ("archived", "flagged") => "listed archived objects carry the flag and are marked deleted in the copy".into(),
+        ("archived", "unflagged") => "archived objects look live in lists: a deletion learned from a webhook stays until a newer sighting; one no webhook delivered cannot be seen by passes".into(),
         ("archived", _) => "objects a full scan no longer sees are marked deleted".into(),
         ("rate_limit_headers", _) => "rate-limit headers are logged at debug; the request budget is the client's own".into(),
         ("duplicate_customer_key" | "duplicate_transaction_key", _) => {

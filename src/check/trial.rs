@@ -347,29 +347,43 @@ async fn archive(
         client.base_url(),
     )
     .await?;
-    let listed_again = listed
+    // The customer as listed again, if it is: with the archived flag, or looking live.
+    let again = listed
         .body
         .pointer("/data/items")
         .and_then(Value::as_array)
-        .is_some_and(|items| {
-            items.iter().any(|i| {
+        .and_then(|items| {
+            items.iter().find(|i| {
                 i.get("key")
                     .and_then(|k| wire::parse_string(k).ok().flatten())
                     .as_deref()
                     == Some(customer_id)
             })
         });
-    Ok(if listed_again {
-        Finding::settled(
+    let flagged = |i: &Value| {
+        i.get("archived")
+            .and_then(|v| wire::parse_bool(v).ok().flatten())
+            .unwrap_or(false)
+    };
+    Ok(match again {
+        Some(item) if flagged(item) => Finding::settled(
             q,
-            "listed",
-            format!("after DELETE answered {status}, the list still shows the customer"),
-        )
-    } else {
-        Finding::settled(
+            "flagged",
+            format!(
+                "after DELETE answered {status}, the list still shows the customer, with \"archived\": true"
+            ),
+        ),
+        Some(_) => Finding::settled(
+            q,
+            "unflagged",
+            format!(
+                "after DELETE answered {status}, the list still shows the customer, with no archived flag"
+            ),
+        ),
+        None => Finding::settled(
             q,
             "hidden",
             format!("after DELETE answered {status}, the list no longer shows the customer"),
-        )
+        ),
     })
 }

@@ -6,14 +6,21 @@
 //! the restart, and re-applying is harmless (the newer-wins rule makes it `stale`).
 //!
 //! Two modes (`webhooks.verification`):
-//! - **body**: a delivery's body is applied as it is, in the transaction that locked it.
-//!   A body without a key (PartnerStack's documented partnership sample) updates the
-//!   stored row its `partner_key` or `customer_key` finds; none found, it is `unresolved`.
+//! - **body**: a delivery's body is laid over the stored object it names (by its key, or,
+//!   without one, by the `partner_key` or `customer_key` of PartnerStack's documented
+//!   samples) and applied, in the transaction that locked it: fields a sparse body does
+//!   not carry keep their stored values. A keyless body whose object is not stored is
+//!   `unresolved`.
 //! - **fetch**: the deliveries are leased (one committed statement), the objects they
 //!   name are fetched from PartnerStack outside any transaction ([`super::verify`]), and
-//!   PartnerStack's answers are applied. An object PartnerStack does not know (yet: new
-//!   customers can take minutes to become readable) is looked for again with back-off,
-//!   until `webhooks.confirm_within` after the delivery arrived; then it is `unconfirmed`.
+//!   PartnerStack's answers are applied. A keyless partnership body is fetched by the key
+//!   of the stored partnership its `partner_key` finds, and only an unknown partnership by
+//!   its `partner_key`; if PartnerStack refuses that read (a 404), the body is applied as
+//!   in body mode at once. Another object PartnerStack does not know (yet: new customers
+//!   can take minutes to become readable) is looked for again with back-off, until
+//!   `webhooks.confirm_within` after the delivery arrived; then it is `unconfirmed`. A
+//!   delete event whose object PartnerStack still shows is a deletion unless the answer
+//!   says `archived: false` (lists can keep archived objects without a flag).
 //!
 //! A delivery that cannot be applied (unknown event, unexpected shape) keeps its raw body
 //! and gets an outcome with the reason. An object the database refuses is set aside
@@ -22,6 +29,7 @@
 //! batch refused for anything else (or at commit) is split in halves, each in a
 //! transaction of its own, until the culprit stands alone.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -170,6 +178,7 @@ impl Applier {
             return Ok(0);
         }
         let mut plans: Vec<Planned> = pending.iter().map(|e| plan(e, true)).collect();
+        by_stored_partnership_keys(&self.pool, &mut plans).await?;
         let lookups = plans.iter().filter_map(|p| match &p.plan {
             Plan::Fetch { lookup, .. } => Some(lookup.clone()),
             _ => None,
@@ -182,7 +191,7 @@ impl Applier {
                     .get(lookup)
                     .cloned()
                     .unwrap_or_else(|| Fetched::Failed("no answer".into()));
-                planned.plan = settle(*kind, body, answer, event, verifier.confirm_within);
+                planned.plan = settle(*kind, body, lookup, answer, event, verifier.confirm_within);
             }
         }
         // The other objects lookup pages returned are PartnerStack's state too: applied
@@ -209,68 +218,12 @@ impl Applier {
         plans: &[Planned],
         extra: &[Observation],
     ) -> Result<Rejected, sqlx::Error> {
-        let mut outcomes = Vec::with_capacity(plans.len());
-        let mut observations = Vec::with_capacity(plans.len());
-        // For each observation, the index of its outcome and where its state came from.
-        let mut slots = Vec::with_capacity(plans.len());
-        let mut deferred: Vec<(DateTime<Utc>, String, i64)> = Vec::new();
-        for planned in plans {
-            let resolved = match &planned.plan {
-                Plan::Merge { kind, body, from } => merge(&mut tx, *kind, body, *from).await?,
-                other => other.clone(),
-            };
-            match resolved {
-                Plan::Apply(observation, from) => {
-                    slots.push((outcomes.len(), from));
-                    outcomes.push(OutcomeRecord {
-                        id: planned.id,
-                        outcome: Outcome::Applied,
-                        applied_from: Some(from),
-                        reason: None,
-                        entity: Some(columns::table(observation.entity)),
-                        entity_key: Some(observation.key.clone()),
-                    });
-                    observations.push(observation);
-                }
-                Plan::Done(outcome, entity, reason) => outcomes.push(OutcomeRecord {
-                    id: planned.id,
-                    outcome,
-                    applied_from: None,
-                    reason: Some(reason),
-                    entity: entity.map(columns::table),
-                    entity_key: None,
-                }),
-                Plan::Defer { at, reason } => deferred.push((at, reason, planned.id)),
-                Plan::Unreadable {
-                    entity,
-                    key,
-                    reason,
-                    object,
-                } => {
-                    let refused = set_aside::Refused {
-                        entity,
-                        key: &key,
-                        error: reason.clone(),
-                        raw: &object,
-                    };
-                    set_aside::record(&mut tx, Source::Webhook, std::slice::from_ref(&refused))
-                        .await?;
-                    outcomes.push(OutcomeRecord {
-                        id: planned.id,
-                        outcome: Outcome::Error,
-                        applied_from: None,
-                        reason: Some(format!("set aside: {reason}")),
-                        entity: Some(columns::table(entity)),
-                        entity_key: Some(key),
-                    });
-                }
-                Plan::Fetch { .. } | Plan::Merge { .. } => {
-                    // Settled before commit; a plan left unsettled waits for a retry.
-                    let at = Utc::now() + backoff(0);
-                    deferred.push((at, "not fetched yet".into(), planned.id));
-                }
-            }
-        }
+        let Resolved {
+            mut outcomes,
+            mut observations,
+            slots,
+            deferred,
+        } = resolve(&mut tx, plans).await?;
         let named = observations.len();
         observations.extend_from_slice(extra);
         // An object the database refuses is set aside (its delivery marked `error`), and
@@ -281,7 +234,7 @@ impl Applier {
                 Err(e) if is_transient_error(&e) => return Err(e),
                 Err(e) => return self.rejected(tx, &e, plans.len()).await,
             };
-        for (&(slot, _), result) in slots.iter().zip(results.into_iter().take(named)) {
+        for (&slot, result) in slots.iter().zip(results.into_iter().take(named)) {
             match result {
                 Ok(Applied::Stale) => {
                     outcomes[slot].outcome = Outcome::Stale;
@@ -426,8 +379,9 @@ enum Plan {
     Apply(Observation, AppliedFrom),
     /// Nothing to apply: record this outcome (with the entity, when known) and reason.
     Done(Outcome, Option<Entity>, String),
-    /// A body without a key, applied onto the stored row its natural key finds (body
-    /// mode; or a deletion PartnerStack confirmed, in fetch mode).
+    /// A body laid over the stored object it names, by its key or natural key (body
+    /// mode; in fetch mode, a deletion PartnerStack confirmed, or a partnership body whose
+    /// read by `partner_key` found nothing).
     Merge {
         kind: EventKind,
         body: Value,
@@ -491,12 +445,7 @@ fn plan(event: &PendingEvent, verify: bool) -> Planned {
             }
         }
         webhook::Reading::Object { kind, object } => {
-            if Meta::identity_of(&object).is_some() {
-                match Observation::parse(kind.entity, object.clone(), kind.deleted) {
-                    Ok(o) => Plan::Apply(o, AppliedFrom::Body),
-                    Err(reason) => unreadable(kind.entity, object, reason),
-                }
-            } else if natural_key(kind.entity, &object).is_some() {
+            if Meta::identity_of(&object).is_some() || natural_key(kind.entity, &object).is_some() {
                 Plan::Merge {
                     kind,
                     body: object,
@@ -522,10 +471,11 @@ fn unresolved(entity: Entity) -> Plan {
     )
 }
 
-/// What PartnerStack's answer means for one delivery (whose body was `body`).
+/// What PartnerStack's answer to `lookup` means for one delivery (whose body was `body`).
 fn settle(
     kind: EventKind,
     body: &Value,
+    lookup: &Lookup,
     answer: Fetched,
     event: &PendingEvent,
     confirm_within: Duration,
@@ -533,9 +483,11 @@ fn settle(
     let entity = kind.entity;
     match answer {
         Fetched::Found(object) => {
-            // PartnerStack's current state, whatever the delivery said; an archived
-            // customer is a deletion.
-            match Observation::parse(entity, object.clone(), false) {
+            // PartnerStack's current state; an archived object is a deletion. A delete
+            // event stands unless the answer says the object is not archived: lists and
+            // reads can show archived objects without a flag.
+            let deleted = kind.deleted && apply::archived(&object) != Some(false);
+            match Observation::parse(entity, object.clone(), deleted) {
                 Ok(o) => Plan::Apply(o, AppliedFrom::Fetch),
                 Err(reason) => unreadable(
                     entity,
@@ -544,18 +496,23 @@ fn settle(
                 ),
             }
         }
-        // The deletion is confirmed: mark the row the delivery named, by its key, or by
-        // its natural key when it carries none.
-        Fetched::Missing if kind.deleted => match Meta::identity_of(body) {
-            Some(key) => match Observation::parse(entity, serde_json::json!({"key": key}), true) {
-                Ok(o) => Plan::Apply(o, AppliedFrom::Fetch),
-                Err(reason) => Plan::Done(Outcome::Error, Some(entity), reason),
-            },
-            None => Plan::Merge {
-                kind,
-                body: body.clone(),
-                from: AppliedFrom::Fetch,
-            },
+        // PartnerStack may take partnerships by their key only (its reference names a
+        // "unique identifier"): a keyless body whose read by partner_key found nothing is
+        // applied as in body mode now, not looked for again. Only a partnership the copy
+        // did not know is read by partner_key (see `by_stored_partnership_keys`).
+        Fetched::Missing if !kind.deleted && read_by_partner_key(body, lookup) => Plan::Merge {
+            kind,
+            body: body.clone(),
+            from: AppliedFrom::Body,
+        },
+        // The deletion is confirmed: the body is laid over the row it names (by its key, or
+        // by its natural key when it carries none), as in body mode. Its content can only
+        // describe an object PartnerStack says is gone; a body without times just marks
+        // the row.
+        Fetched::Missing if kind.deleted => Plan::Merge {
+            kind,
+            body: body.clone(),
+            from: AppliedFrom::Fetch,
         },
         Fetched::Missing => {
             let waited = (Utc::now() - event.received_at)
@@ -609,63 +566,251 @@ fn natural_key(entity: Entity, body: &Value) -> Option<(&'static str, String)> {
     Some((column, value))
 }
 
-/// A keyless body laid over the stored row its natural key finds, keeping the row's key
-/// and times (so the one door's rules decide as for any body), or `unresolved`.
+/// A batch's plans resolved in its transaction: the outcomes to record, the observations
+/// to apply (`slots`: the index of each one's outcome), the deliveries to try again later.
+#[derive(Default)]
+struct Resolved {
+    outcomes: Vec<OutcomeRecord>,
+    observations: Vec<Observation>,
+    slots: Vec<usize>,
+    deferred: Vec<(DateTime<Utc>, String, i64)>,
+}
+
+/// Resolves each plan: bodies laid over the stored objects they name, objects that do not
+/// read set aside.
+async fn resolve(conn: &mut PgConnection, plans: &[Planned]) -> Result<Resolved, sqlx::Error> {
+    let mut r = Resolved::default();
+    let stored = stored_objects(conn, plans).await?;
+    for planned in plans {
+        let resolved = match &planned.plan {
+            Plan::Merge { kind, body, from } => merge(conn, *kind, body, *from, &stored).await?,
+            other => other.clone(),
+        };
+        match resolved {
+            Plan::Apply(observation, from) => {
+                r.slots.push(r.outcomes.len());
+                r.outcomes.push(OutcomeRecord {
+                    id: planned.id,
+                    outcome: Outcome::Applied,
+                    applied_from: Some(from),
+                    reason: None,
+                    entity: Some(columns::table(observation.entity)),
+                    entity_key: Some(observation.key.clone()),
+                });
+                r.observations.push(observation);
+            }
+            Plan::Done(outcome, entity, reason) => r.outcomes.push(OutcomeRecord {
+                id: planned.id,
+                outcome,
+                applied_from: None,
+                reason: Some(reason),
+                entity: entity.map(columns::table),
+                entity_key: None,
+            }),
+            Plan::Defer { at, reason } => r.deferred.push((at, reason, planned.id)),
+            Plan::Unreadable {
+                entity,
+                key,
+                reason,
+                object,
+            } => {
+                let refused = set_aside::Refused {
+                    entity,
+                    key: &key,
+                    error: reason.clone(),
+                    raw: &object,
+                };
+                set_aside::record(conn, Source::Webhook, std::slice::from_ref(&refused)).await?;
+                r.outcomes.push(OutcomeRecord {
+                    id: planned.id,
+                    outcome: Outcome::Error,
+                    applied_from: None,
+                    reason: Some(format!("set aside: {reason}")),
+                    entity: Some(columns::table(entity)),
+                    entity_key: Some(key),
+                });
+            }
+            Plan::Fetch { .. } | Plan::Merge { .. } => {
+                // Settled before commit; a plan left unsettled waits for a retry.
+                let at = Utc::now() + backoff(0);
+                r.deferred.push((at, "not fetched yet".into(), planned.id));
+            }
+        }
+    }
+    Ok(r)
+}
+
+/// Whether `lookup` read a partnership by the `partner_key` of a keyless `body`.
+fn read_by_partner_key(body: &Value, lookup: &Lookup) -> bool {
+    match lookup {
+        Lookup::Get {
+            entity: Entity::Partner,
+            key,
+        } => {
+            Meta::identity_of(body).is_none()
+                && natural_key(Entity::Partner, body).is_some_and(|(_, value)| value == *key)
+        }
+        _ => false,
+    }
+}
+
+/// In fetch mode, a keyless partnership body (PartnerStack's documented sample) is read
+/// by the key of the stored partnership its `partner_key` finds: PartnerStack documents
+/// reads by key, and reads by `partner_key` are only seen in production. Partnerships the
+/// copy does not know yet keep their `partner_key` lookup. One statement per batch.
+async fn by_stored_partnership_keys(
+    pool: &PgPool,
+    plans: &mut [Planned],
+) -> Result<(), sqlx::Error> {
+    let partner_keys: Vec<String> = plans
+        .iter()
+        .filter_map(|p| match &p.plan {
+            Plan::Fetch { body, lookup, .. } if read_by_partner_key(body, lookup) => {
+                natural_key(Entity::Partner, body).map(|(_, value)| value)
+            }
+            _ => None,
+        })
+        .collect();
+    if partner_keys.is_empty() {
+        return Ok(());
+    }
+    let stored: HashMap<String, String> = crate::db::query_as(
+        "SELECT DISTINCT ON (partner_key) partner_key, key FROM partners
+         WHERE partner_key = ANY($1)
+         ORDER BY partner_key, (deleted_at IS NULL) DESC, created_at DESC, key DESC",
+    )
+    .bind(&partner_keys)
+    .fetch_all(crate::db::atomic(pool))
+    .await?
+    .into_iter()
+    .collect();
+    for planned in plans {
+        if let Plan::Fetch { lookup, .. } = &mut planned.plan
+            && let Lookup::Get {
+                entity: Entity::Partner,
+                key,
+            } = lookup
+            && let Some(stored_key) = stored.get(key.as_str())
+        {
+            *key = stored_key.clone();
+        }
+    }
+    Ok(())
+}
+
+/// The stored objects keyed bodies to merge name, by (entity, key): one statement per
+/// kind in the batch.
+type Stored = HashMap<(Entity, String), Value>;
+
+async fn stored_objects(conn: &mut PgConnection, plans: &[Planned]) -> Result<Stored, sqlx::Error> {
+    let mut wanted: HashMap<Entity, Vec<String>> = HashMap::new();
+    for planned in plans {
+        if let Plan::Merge { kind, body, .. } = &planned.plan
+            && let Some(key) = Meta::identity_of(body)
+        {
+            wanted.entry(kind.entity).or_default().push(key);
+        }
+    }
+    let mut stored = Stored::new();
+    for (entity, keys) in wanted {
+        let rows: Vec<(String, Value)> = crate::db::query_as(AssertSqlSafe(format!(
+            "SELECT key, raw FROM {} WHERE key = ANY($1)",
+            columns::table(entity)
+        )))
+        .bind(&keys)
+        .fetch_all(&mut *conn)
+        .await?;
+        stored.extend(rows.into_iter().map(|(key, raw)| ((entity, key), raw)));
+    }
+    Ok(stored)
+}
+
+/// A body laid over the stored object it names (by its key, from `stored`; else by its
+/// natural key), so fields a sparse body does not carry keep their stored values. The
+/// body's own times count when it has them; otherwise the stored ones do (so the one
+/// door's rules decide as for any body). A deletion without times of its own marks the
+/// row as learned now. A keyed body whose object is not stored is applied as it is; a
+/// keyless one is `unresolved`.
 async fn merge(
     conn: &mut PgConnection,
     kind: EventKind,
     body: &Value,
     from: AppliedFrom,
+    stored: &Stored,
 ) -> Result<Plan, sqlx::Error> {
     let entity = kind.entity;
-    let Some((column, value)) = natural_key(entity, body) else {
-        return Ok(unresolved(entity));
-    };
-    let table = columns::table(entity);
-    let stored: Option<Value> = crate::db::query_scalar(AssertSqlSafe(format!(
-        "SELECT raw FROM {table} WHERE {column} = $1
-         ORDER BY (deleted_at IS NULL) DESC, created_at DESC, key DESC LIMIT 1"
-    )))
-    .bind(&value)
-    .fetch_optional(&mut *conn)
-    .await?;
-    let Some(Value::Object(mut merged)) = stored else {
-        return Ok(Plan::Done(
-            Outcome::Unresolved,
-            Some(entity),
-            format!(
-                "no stored {} has {column} {value:?}; a reconcile pass brings it",
-                entity.name()
-            ),
-        ));
-    };
     let Value::Object(fields) = body else {
         return Ok(unresolved(entity));
     };
-    for (field, new) in fields {
-        match field.as_str() {
-            // Not the object's own: its internal id, and the key/times it does not carry.
-            "id" | "key" | "created_at" | "updated_at" => {}
-            "group" => {
-                if let Some(group) = resolve_group(conn, new, merged.get("group")).await? {
-                    merged.insert("group".into(), group);
+    let deleted = kind.deleted || apply::archived(body) == Some(true);
+    let timed = ["created_at", "updated_at"]
+        .iter()
+        .any(|t| fields.get(*t).is_some_and(|v| !v.is_null()));
+    let (key, base) = match Meta::identity_of(body) {
+        Some(key) => {
+            let base = stored.get(&(entity, key.clone())).cloned();
+            (key, base)
+        }
+        None => {
+            let Some((column, value)) = natural_key(entity, body) else {
+                return Ok(unresolved(entity));
+            };
+            let table = columns::table(entity);
+            let found: Option<(String, Value)> = crate::db::query_as(AssertSqlSafe(format!(
+                "SELECT key, raw FROM {table} WHERE {column} = $1
+                 ORDER BY (deleted_at IS NULL) DESC, created_at DESC, key DESC LIMIT 1"
+            )))
+            .bind(&value)
+            .fetch_optional(&mut *conn)
+            .await?;
+            let Some((key, raw)) = found else {
+                return Ok(Plan::Done(
+                    Outcome::Unresolved,
+                    Some(entity),
+                    format!(
+                        "no stored {} has {column} {value:?}; a reconcile pass brings it",
+                        entity.name()
+                    ),
+                ));
+            };
+            (key, Some(raw))
+        }
+    };
+    let object = match base {
+        // A deletion with no time of its own: the stored row is marked (its content and
+        // times stay) as of now.
+        Some(_) if deleted && !timed => {
+            let mut bare = fields.clone();
+            bare.insert("key".into(), Value::String(key));
+            Value::Object(bare)
+        }
+        Some(Value::Object(mut merged)) => {
+            for (field, new) in fields {
+                match field.as_str() {
+                    // Not the object's own: its internal id.
+                    "id" => {}
+                    "key" => {
+                        merged.insert("key".into(), Value::String(key.clone()));
+                    }
+                    "group" if new.get("key").is_none_or(Value::is_null) => {
+                        if let Some(group) = resolve_group(conn, new, merged.get("group")).await? {
+                            merged.insert("group".into(), group);
+                        }
+                    }
+                    _ => {
+                        merged.insert(field.clone(), new.clone());
+                    }
                 }
             }
-            _ => {
-                merged.insert(field.clone(), new.clone());
-            }
+            Value::Object(merged)
         }
-    }
-    let deleted = kind.deleted
-        || body
-            .get("archived")
-            .is_some_and(|a| wire::parse_bool(a).ok().flatten() == Some(true));
-    Ok(
-        match Observation::parse(entity, Value::Object(merged), deleted) {
-            Ok(o) => Plan::Apply(o, from),
-            Err(reason) => Plan::Done(Outcome::Error, Some(entity), reason),
-        },
-    )
+        // Nothing stored (or not an object): the body as it is.
+        _ => body.clone(),
+    };
+    Ok(match Observation::parse(entity, object.clone(), deleted) {
+        Ok(o) => Plan::Apply(o, from),
+        Err(reason) => unreadable(entity, object, reason),
+    })
 }
 
 /// A body's group (which names no key, only an internal id, a name and a slug) as a
@@ -754,10 +899,15 @@ mod tests {
             deleted: false,
         };
         let body = serde_json::json!({"customer_key": "c-1"});
+        let by_customer_key = Lookup::Get {
+            entity: Entity::Customer,
+            key: "c-1".into(),
+        };
+        let lookup = &by_customer_key;
         let fresh = event("{}");
         let within = Duration::from_secs(900);
         assert!(matches!(
-            settle(kind, &body, Fetched::Missing, &fresh, within),
+            settle(kind, &body, lookup, Fetched::Missing, &fresh, within),
             Plan::Defer { .. }
         ));
         let old = PendingEvent {
@@ -765,25 +915,105 @@ mod tests {
             ..event("{}")
         };
         assert!(matches!(
-            settle(kind, &body, Fetched::Missing, &old, within),
+            settle(kind, &body, lookup, Fetched::Missing, &old, within),
             Plan::Done(Outcome::Unconfirmed, ..)
         ));
         // A failure is never taken for an answer.
         assert!(matches!(
-            settle(kind, &body, Fetched::Failed("503".into()), &old, within),
+            settle(
+                kind,
+                &body,
+                lookup,
+                Fetched::Failed("503".into()),
+                &old,
+                within
+            ),
             Plan::Defer { .. }
         ));
-        // A deletion PartnerStack confirms (the object is gone) marks the row.
+        // A deletion PartnerStack confirms (the object is gone) is laid over the row.
         let deleted = EventKind {
             entity: Entity::Customer,
             deleted: true,
         };
         let keyed = serde_json::json!({"key": "cust_1", "customer_key": "c-1"});
         assert!(matches!(
-            settle(deleted, &keyed, Fetched::Missing, &fresh, within),
-            Plan::Apply(ref o, AppliedFrom::Fetch) if o.deleted && o.key == "cust_1"
+            settle(deleted, &keyed, lookup, Fetched::Missing, &fresh, within),
+            Plan::Merge {
+                from: AppliedFrom::Fetch,
+                ..
+            }
         ));
         assert_eq!(backoff(0), chrono::Duration::seconds(5));
         assert_eq!(backoff(30), chrono::Duration::seconds(120));
+    }
+
+    /// A partnership PartnerStack will not read by partner_key is applied from its body at
+    /// once; a delete event whose object PartnerStack still shows without a flag stays a
+    /// deletion, and one whose answer says it is not archived does not.
+    #[test]
+    fn refused_partner_key_reads_fall_back_and_delete_events_stand() {
+        let updated = EventKind {
+            entity: Entity::Partner,
+            deleted: false,
+        };
+        let sample =
+            serde_json::json!({"id": 123, "partner_key": "JohnSmith", "archived": "false"});
+        let by_partner_key = Lookup::Get {
+            entity: Entity::Partner,
+            key: "JohnSmith".into(),
+        };
+        let by_key = Lookup::Get {
+            entity: Entity::Partner,
+            key: "part_1".into(),
+        };
+        let fresh = event("{}");
+        let within = Duration::from_secs(900);
+        assert!(matches!(
+            settle(
+                updated,
+                &sample,
+                &by_partner_key,
+                Fetched::Missing,
+                &fresh,
+                within
+            ),
+            Plan::Merge {
+                from: AppliedFrom::Body,
+                ..
+            }
+        ));
+        // Read by the stored key and not found: looked for again, as any object.
+        assert!(matches!(
+            settle(updated, &sample, &by_key, Fetched::Missing, &fresh, within),
+            Plan::Defer { .. }
+        ));
+        let deleted = EventKind {
+            entity: Entity::Partner,
+            deleted: true,
+        };
+        let shown = |archived: Value| {
+            let mut object = serde_json::json!({"key": "part_1", "partner_key": "JohnSmith",
+                "updated_at": 1_700_000_000_000_i64});
+            if !archived.is_null() {
+                object["archived"] = archived;
+            }
+            match settle(
+                deleted,
+                &sample,
+                &by_key,
+                Fetched::Found(object),
+                &fresh,
+                within,
+            ) {
+                Plan::Apply(o, AppliedFrom::Fetch) => o.deleted,
+                other => panic!("{other:?}"),
+            }
+        };
+        assert!(shown(Value::Null), "no flag: the event stands");
+        assert!(shown(serde_json::json!(true)));
+        assert!(
+            !shown(serde_json::json!(false)),
+            "PartnerStack says it is live"
+        );
     }
 }

@@ -7,8 +7,8 @@ use std::time::Duration;
 use partnerstack::Entity;
 use partnerstack::client::Client;
 use partnerstack_sim::{
-    ArchivedCustomers, DeleteAnswer, Dialect, DuplicateTransactionKey, LostCursor, Options,
-    Running, TimeFilters, behaviour::DuplicateCustomerKey,
+    ArchivedInLists, DeleteAnswer, Dialect, DuplicateTransactionKey, LostCursor, Options,
+    PartnershipByPartnerKey, Running, TimeFilters, behaviour::DuplicateCustomerKey,
 };
 use partnerstack_sync::check::{self, Report, trial};
 use partnerstack_sync::config::PartnerStackConfig;
@@ -117,14 +117,29 @@ async fn check_reports_each_switchable_behaviour_as_switched() {
             "empty_page",
         ),
         (
-            |o| o.behaviours.archived_customers = ArchivedCustomers::Hidden,
+            |o| o.behaviours.archived_customers = ArchivedInLists::Hidden,
             "archived.customers",
             "hidden",
         ),
         (
-            |o| o.behaviours.archived_customers = ArchivedCustomers::Listed,
+            |o| o.behaviours.archived_customers = ArchivedInLists::Flagged,
             "archived.customers",
-            "listed",
+            "flagged",
+        ),
+        (
+            |o| o.behaviours.archived_customers = ArchivedInLists::Unflagged,
+            "archived.customers",
+            "unflagged",
+        ),
+        (
+            |o| o.behaviours.partnership_by_partner_key = PartnershipByPartnerKey::Answers,
+            "partnership_by_partner_key",
+            "found",
+        ),
+        (
+            |o| o.behaviours.partnership_by_partner_key = PartnershipByPartnerKey::Refused,
+            "partnership_by_partner_key",
+            "not_found",
         ),
         (|o| o.dialect = Dialect::Real, "page_size", "250"),
         (|o| o.dialect = Dialect::Legacy, "page_size", "100"),

@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use partnerstack::Entity;
-use partnerstack_sim::{Behaviours, LostCursor, Notify, Options};
+use partnerstack_sim::{Behaviours, CustomerBody, LostCursor, Notify, Options};
 use serde_json::{Map, Value, json};
 
 use crate::client::wired;
@@ -161,7 +161,9 @@ async fn a_forged_delivery_changes_nothing_partnerstack_does_not_confirm() {
     ] {
         assert_eq!(after[field], before[field], "{field} changed");
     }
-    assert_eq!(outcome(&app, unknown).await.0, "unconfirmed");
+    // A partnership nobody stored, read by its partner_key: not found, so the body is
+    // taken as in body mode, at once, and finds no row (a reconcile pass would bring it).
+    assert_eq!(outcome(&app, unknown).await.0, "unresolved");
     assert_eq!(outcome(&app, fabricated_customer).await.0, "unconfirmed");
     assert_eq!(
         app.db
@@ -180,9 +182,11 @@ async fn a_forged_delivery_changes_nothing_partnerstack_does_not_confirm() {
 #[tokio::test]
 async fn a_new_customer_is_applied_once_partnerstack_can_read_it() {
     for delay_ms in [0, 1_500] {
+        // Customer bodies that name the customer_key, so the fetch is the single read.
         let options = Options {
             behaviours: Behaviours {
                 customer_readable_after_ms: delay_ms,
+                customer_body: CustomerBody::Full,
                 ..Behaviours::default()
             },
             ..Options::small(5)
@@ -261,7 +265,7 @@ async fn poll_only_streams_meet_their_staleness_bound() {
     let now = sim.simulator.now_ms();
     let tx = truth(&sim, Entity::Transaction)
         .into_iter()
-        .find(|t| t["archived"] == false)
+        .find(|t| t["approved"] == false)
         .unwrap();
     let reward = truth(&sim, Entity::Reward)
         .into_iter()
@@ -306,7 +310,7 @@ async fn poll_only_streams_meet_their_staleness_bound() {
     )
     .await;
 
-    // Months after they were created: the reward is approved, the transaction archived.
+    // Months after they were created: the reward and the transaction are approved.
     // PartnerStack sends no webhook for either.
     let changed_at = Instant::now();
     let changed_ms = sim.simulator.now_ms();
@@ -322,7 +326,7 @@ async fn poll_only_streams_meet_their_staleness_bound() {
         .patch(
             Entity::Transaction,
             &tx_key,
-            &object(json!({"archived": true})),
+            &object(json!({"approved": true})),
             Notify::Deliver,
         )
         .unwrap();
@@ -342,7 +346,7 @@ async fn poll_only_streams_meet_their_staleness_bound() {
     .await;
     wait_for_row(
         &app.db,
-        &format!("SELECT count(*) FROM transactions WHERE key = '{tx_key}' AND archived"),
+        &format!("SELECT count(*) FROM transactions WHERE key = '{tx_key}' AND approved"),
     )
     .await;
     // Within the bound, by the service's own clock: when it stored each change.

@@ -579,6 +579,87 @@ async fn a_deletion_without_a_source_time_marks_the_row_and_keeps_its_content() 
     app.stop().await;
 }
 
+/// Body mode: a sparse body (PartnerStack's samples carry a few fields) changes what it
+/// carries and leaves every other column as it was, whether it names the object by its
+/// key or, keyless like the partnership sample, by `customer_key` or `partner_key`.
+#[tokio::test]
+async fn a_sparse_body_leaves_the_columns_it_does_not_carry() {
+    let app = TestApp::spawn().await;
+    let customer = json!({"event": "customer_created", "key": "cust_sparse",
+        "customer_key": "ck_sparse", "email": "full@example.com", "name": "Full Name",
+        "partner_key": "pk_sparse", "partnership_key": "part_sparse",
+        "provider_key": "cus_stripe", "source_type": "api", "test": false,
+        "created_at": T0, "updated_at": T0});
+    let partner = json!({"event": "partnership_created", "key": "part_sparse",
+        "partner_key": "pk_sparse", "email": "p@example.com", "first_name": "Pat",
+        "last_name": "Lee", "group": {"key": "grup_gold", "name": "Gold"},
+        "team": {"key": "team_1"}, "tags": ["vip"], "joined_at": T0,
+        "created_at": T0, "updated_at": T0});
+    for body in [customer, partner] {
+        accepted(app.deliver(body.to_string()).await).await;
+    }
+    app.settle().await;
+    let before_customer = row(&app, "customers", "cust_sparse").await;
+    let before_partner = row(&app, "partners", "part_sparse").await;
+
+    // The v1.0 customer sample's shape: the key, a new name, a later time.
+    let keyed = json!({"event": "customer_updated", "id": 4242, "key": "cust_sparse",
+        "name": "New Name", "updated_at": T0 + 1000});
+    // Keyless, like the partnership sample: found by customer_key.
+    let keyless = json!({"event": "customer_updated", "id": 4242,
+        "customer_key": "ck_sparse", "email": "new@example.com"});
+    // The partnership sample itself: a numeric id, partner_key, names, a group without
+    // its key, archived as a string.
+    let sample = json!({"id": 123, "partner_key": "pk_sparse", "first_name": "Patricia",
+        "last_name": "Lee", "email": "p@example.com", "group": {"id": 22, "name": "Gold",
+        "slug": "gold"}, "event": "partnership_updated", "archived": "false"});
+    let mut ids = Vec::new();
+    for body in [keyed, keyless, sample] {
+        ids.push(
+            accepted(app.deliver(body.to_string()).await).await["id"]
+                .as_i64()
+                .unwrap(),
+        );
+        app.settle().await;
+    }
+    for id in ids {
+        assert_eq!(outcome(&app, id).await.0, "applied", "delivery {id}");
+    }
+
+    let after = row(&app, "customers", "cust_sparse").await;
+    assert_eq!(after["name"], "New Name");
+    assert_eq!(after["email"], "new@example.com");
+    for column in [
+        "customer_key",
+        "partner_key",
+        "partnership_key",
+        "provider_key",
+        "source_type",
+        "test",
+        "created_at",
+    ] {
+        assert_eq!(after[column], before_customer[column], "customers.{column}");
+    }
+    assert!(after["deleted_at"].is_null());
+    let after = row(&app, "partners", "part_sparse").await;
+    assert_eq!(after["first_name"], "Patricia");
+    for column in [
+        "partner_key",
+        "email",
+        "last_name",
+        "group_key",
+        "group_name",
+        "team_key",
+        "tags",
+        "joined_at",
+        "created_at",
+    ] {
+        assert_eq!(after[column], before_partner[column], "partners.{column}");
+    }
+    assert!(after["deleted_at"].is_null());
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn a_relays_envelope_with_its_own_event_id_is_unwrapped() {
     let app = TestApp::spawn().await;

@@ -6,6 +6,7 @@
 mod access;
 mod alerting;
 mod api;
+mod archives;
 mod changes;
 mod check;
 mod cli;

@@ -9,8 +9,8 @@ use chrono::{DateTime, NaiveDate, Utc};
 use partnerstack::Entity;
 use partnerstack::client::Client;
 use partnerstack_sim::{
-    AccountName, ArchivedCustomers, Behaviours, CustomerBody, FaultUpdate, MutationKind, Notify,
-    Options, Running,
+    AccountName, ArchivedInLists, Behaviours, CustomerBody, FaultUpdate, GuessedFilters,
+    MutationKind, Notify, Options, ProductKey, Running, SingleGetData, Undelivered,
 };
 use partnerstack_sync::apply::Observation;
 use partnerstack_sync::columns::{self, Col};
@@ -99,14 +99,14 @@ pub(crate) fn truth(sim: &Running, entity: Entity) -> Vec<Value> {
 }
 
 /// Asserts the service's tables equal the stand-in's state: same keys, same typed fields,
-/// archived customers marked deleted, nothing else live.
+/// archived objects (customers, partnerships) marked deleted, nothing else live.
 pub(crate) async fn assert_converged(db: &TestDb, sim: &Running) {
     for entity in Entity::ALL {
         let objects = truth(sim, entity);
         let mut live = 0;
         for object in &objects {
             let expected = Observation::parse(entity, object.clone(), false).unwrap();
-            let archived = object["archived"] == json!(true) && entity == Entity::Customer;
+            let archived = object["archived"] == json!(true);
             let row: Option<Value> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
                 "SELECT to_jsonb(t) - 'raw' FROM {} t WHERE key = $1",
                 columns::table(entity)
@@ -127,7 +127,7 @@ pub(crate) async fn assert_converged(db: &TestDb, sim: &Running) {
             );
             if archived {
                 // A deleted object's last content may be unknowable: lists can hide archived
-                // customers and a GET finds nothing. Marked deleted is what counts.
+                // objects and a GET finds nothing. Marked deleted is what counts.
                 continue;
             }
             live += 1;
@@ -168,6 +168,39 @@ fn same(stored: &Value, col: &Col) -> bool {
         }
         Col::Date(v) => stored.as_str().and_then(|s| NaiveDate::from_str(s).ok()) == *v,
     }
+}
+
+/// The objects of webhook-covered streams a full pass must repair: those whose latest
+/// state no webhook delivered (the stand-in's ledger), except archived objects that lists
+/// hide and the copy does not hold live (a pass cannot see them, and the copy is right:
+/// it lacks them, or has them deleted).
+pub(crate) async fn to_repair(db: &TestDb, sim: &Running) -> Vec<Undelivered> {
+    let config = reconcile_config(db, |_| {});
+    let mut out = Vec::new();
+    for u in sim.simulator.undelivered() {
+        let Some(entity) = Entity::from_stream(u.stream) else {
+            continue;
+        };
+        if !config.webhook_covered(entity) {
+            continue;
+        }
+        let archived = truth(sim, entity)
+            .iter()
+            .any(|o| o["key"] == u.key.as_str() && o["archived"] == true);
+        let held = db
+            .count(&format!(
+                "SELECT count(*) FROM {} WHERE key = '{}' AND deleted_at IS NULL",
+                columns::table(entity),
+                u.key
+            ))
+            .await
+            > 0;
+        if archived && !held && !sim.simulator.behaviours().lists_archived(entity) {
+            continue;
+        }
+        out.push(u);
+    }
+    out
 }
 
 pub(crate) async fn stream_row(db: &TestDb, stream: &str) -> Value {
@@ -224,29 +257,27 @@ pub(crate) async fn wait_for_row(db: &TestDb, sql: &str) {
 /// The service as deployed (verified webhooks) fed by the stand-in in its documented mode:
 /// 30% of webhooks lost, 30% repeated, reordering; transactions and rewards get none.
 /// One full pass makes the copy equal the stand-in, and what it repairs is exactly what no
-/// webhook delivered on the webhook-covered streams. The guessed behaviours this depends
-/// on (customer bodies, archived customers in lists, deals' account name) run under each
-/// alternative.
+/// webhook delivered on the webhook-covered streams. The guessed and double-seen behaviours
+/// this depends on run under each alternative: the defaults (the strongest evidence), then
+/// the others (customer bodies shaped like the partnership sample, archived customers
+/// listed with their flag, objects for `account_name` and `product_key`, single reads
+/// wrapped in a container, filters tagged guessed ignored). Archived objects listed
+/// without a flag need webhooks that are not lost:
+/// `archives::archived_objects_stay_deleted_and_the_copy_converges`.
 #[tokio::test]
 async fn the_copy_converges_on_the_stand_in_whatever_the_webhooks_did() {
-    for (customer_body, archived_customers, account_name) in [
-        (
-            CustomerBody::Full,
-            ArchivedCustomers::Hidden,
-            AccountName::String,
-        ),
-        (
-            CustomerBody::Keyless,
-            ArchivedCustomers::Listed,
-            AccountName::Object,
-        ),
-    ] {
-        let behaviours = Behaviours {
-            customer_body,
-            archived_customers,
-            account_name,
+    for behaviours in [
+        Behaviours::default(),
+        Behaviours {
+            customer_body: CustomerBody::Keyless,
+            archived_customers: ArchivedInLists::Flagged,
+            account_name: AccountName::Object,
+            product_key: ProductKey::Object,
+            single_get_data: SingleGetData::Wrapped,
+            guessed_filters: GuessedFilters::Ignored,
             ..Behaviours::default()
-        };
+        },
+    ] {
         println!("[convergence] {behaviours:?}");
         converges(behaviours).await;
     }
@@ -282,13 +313,14 @@ async fn converges(behaviours: Behaviours) {
     sim.simulator.mutate(150, None, Notify::Deliver);
     assert!(sim.simulator.flush(Duration::from_secs(30)).await);
     app.settle().await;
-    let config = reconcile_config(&app.db, |_| {});
-    let undelivered: Vec<_> = sim
-        .simulator
-        .undelivered()
-        .into_iter()
-        .filter(|u| Entity::from_stream(u.stream).is_some_and(|e| config.webhook_covered(e)))
-        .collect();
+    // Verifying a delivery by a list page around its time brings the other objects on that
+    // page too, so a burst can repair its own losses. The last changes are lost with
+    // nothing after them.
+    sim.simulator
+        .mutate(2, Some(MutationKind::UpdateCustomer), Notify::Drop);
+    sim.simulator
+        .mutate(1, Some(MutationKind::UpdatePartnership), Notify::Drop);
+    let undelivered = to_repair(&app.db, &sim).await;
     let summary = sim.simulator.delivery_summary();
     println!(
         "[convergence] deliveries: {summary:?}; webhook-covered objects whose latest state was \
@@ -1128,7 +1160,7 @@ async fn a_full_scan_does_not_take_an_unreadable_object_for_a_vanished_one() {
         .clone();
     let unreadable = truth(&sim, Entity::Customer)
         .into_iter()
-        .find(|c| c["archived"] == json!(false))
+        .find(|c| c["archived"] != json!(true))
         .unwrap()["key"]
         .as_str()
         .unwrap()

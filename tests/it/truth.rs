@@ -113,7 +113,7 @@ fn upstream(sim: &Running, entity: Entity, field: &str, value: &str) -> Vec<Valu
 fn a_seeded_customer_key(sim: &Running) -> String {
     objects(sim, Entity::Customer)
         .into_iter()
-        .find(|c| c["customer_key"].is_string() && c["archived"] == json!(false))
+        .find(|c| c["customer_key"].is_string() && c["archived"] != json!(true))
         .and_then(|c| c["customer_key"].as_str().map(String::from))
         .unwrap()
 }

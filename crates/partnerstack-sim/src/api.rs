@@ -16,7 +16,8 @@ use base64::Engine as _;
 use serde_json::{Map, Value, json};
 
 use super::behaviour::{
-    ArchivedCustomers, DeleteAnswer, LostCursor, RetryAfterHeader, TimeFilters,
+    ArchivedInLists, DeleteAnswer, LostCursor, PartnershipByPartnerKey, RetryAfterHeader,
+    SingleGetData, TimeFilters,
 };
 use super::data::ListParams;
 use super::webhooks::Notify;
@@ -237,9 +238,12 @@ fn list_params(
     }
     q.ignore_cursor = sim.faults().stalled(entity);
     let behaviours = sim.behaviours();
-    q.include_unlisted =
-        entity == Entity::Customer && behaviours.archived_customers == ArchivedCustomers::Listed;
+    q.filters = super::behaviour::honoured(behaviours, entity);
+    q.include_unlisted = behaviours.lists_archived(entity);
     q.lost_cursor_empty = behaviours.lost_cursor == LostCursor::EmptyPage;
+    if entity == Entity::Transaction {
+        q.not_yet_listed = sim.read().not_yet_listed();
+    }
     Ok(q)
 }
 
@@ -290,19 +294,38 @@ async fn get_one(
             format!("Not found: /{stream}/{key}"),
         ));
     }
+    let not_found = || {
+        Fail(
+            StatusCode::NOT_FOUND,
+            format!("{} '{key}' not found", capitalised(entity.name())),
+        )
+    };
+    let behaviours = sim.behaviours();
     let object = {
         let world = sim.read();
-        let object = world.get(entity, &key).ok_or_else(|| {
-            Fail(
-                StatusCode::NOT_FOUND,
-                format!("{} '{key}' not found", capitalised(entity.name())),
-            )
-        })?;
+        let object = if entity == Entity::Partner {
+            let (object, by_partner_key) = world.partnership(&key).ok_or_else(not_found)?;
+            let refused = by_partner_key
+                && behaviours.partnership_by_partner_key == PartnershipByPartnerKey::Refused;
+            let hidden = object["archived"] == Value::Bool(true)
+                && behaviours.archived_partnerships == ArchivedInLists::Hidden;
+            if refused || hidden {
+                return Err(not_found());
+            }
+            object
+        } else {
+            world.get(entity, &key).ok_or_else(not_found)?
+        };
         // A single GET is the service verifying a delivery: the state reached it.
         sim.reached_service(entity, &object);
         object
     };
-    Ok(ok(dialect(&sim, entity, object), "Success"))
+    let object = dialect(&sim, entity, object);
+    let data = match behaviours.single_get_data {
+        SingleGetData::Object => object,
+        SingleGetData::Wrapped => json!({ entity.name(): object }),
+    };
+    Ok(ok(data, "Success"))
 }
 
 fn capitalised(s: &str) -> String {

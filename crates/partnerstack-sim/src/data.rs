@@ -25,7 +25,8 @@ pub trait SimRecord: Serialize + DeserializeOwned + Clone + Send + Sync + 'stati
     fn alt_key(&self) -> Option<&str> {
         None
     }
-    /// False for objects the list no longer shows (archived customers).
+    /// False for archived objects (customers, partnerships): whether lists still show them
+    /// is a behaviour of its own ([`ListParams::include_unlisted`]).
     fn listed(&self) -> bool {
         true
     }
@@ -97,6 +98,9 @@ pub struct SimPartnership {
     pub group: Option<GroupRef>,
     pub team: Option<Value>,
     pub tags: Vec<String>,
+    /// Archived (`partnership_deleted`); rendered only when true.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub archived: bool,
     pub joined_at: i64,
     pub created_at: i64,
     pub updated_at: i64,
@@ -115,8 +119,11 @@ pub struct SimCustomer {
     pub source_key: Option<String>,
     pub source_type: String,
     pub test: bool,
-    /// Archived (deleted) customers vanish from the list and from single GETs; the state
-    /// dump keeps them, flagged.
+    /// Archived (deleted) customers are not found by single GETs; lists hide them, flag
+    /// them or show them unflagged (`--archived-customers`). Rendered only when true (the
+    /// production connector's customer schema has no such field); the state dump keeps
+    /// archived ones, flagged.
+    #[serde(default, skip_serializing_if = "is_false")]
     pub archived: bool,
     pub meta: Map<String, Value>,
     pub created_at: i64,
@@ -130,7 +137,6 @@ pub struct SimTransaction {
     pub amount_usd: i64,
     pub currency: String,
     pub approved: bool,
-    pub archived: bool,
     pub category_key: Option<String>,
     pub product_key: Option<String>,
     /// PartnerStack's customer key.
@@ -190,6 +196,10 @@ pub struct SimLead {
     pub updated_at: i64,
 }
 
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
 macro_rules! record {
     ($entity:expr) => {
         const ENTITY: Entity = $entity;
@@ -216,6 +226,9 @@ impl SimRecord for SimPartnership {
     record!(Entity::Partner);
     fn alt_key(&self) -> Option<&str> {
         Some(&self.partner_key)
+    }
+    fn listed(&self) -> bool {
+        !self.archived
     }
     fn partner_key(&self) -> Option<&str> {
         Some(&self.partner_key)
@@ -275,7 +288,7 @@ impl SimRecord for SimLead {
     }
 }
 
-/// A list filter the stand-in can apply.
+/// A list filter the stand-in can apply (which stream honours which: `behaviour::FILTERS`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Filter {
     MinUpdated,
@@ -288,26 +301,19 @@ pub enum Filter {
     Status,
 }
 
-/// The filters each stream's list honours here; others are ignored, as an API ignores
-/// unknown parameters. This is the stand-in's own table, written from the evidence (see
-/// [`crate::behaviour::PROVENANCE`], "list filters per stream"), so a wrong table in a
-/// client is caught by tests instead of being copied:
-/// - documented: customers' time, partner and group filters; transactions' creation
-///   window; deals' time, partner and group filters;
-/// - seen in production: `min_updated` on partnerships, groups and leads, `min_created`
-///   and `status` on rewards.
-pub fn honoured(entity: Entity) -> &'static [Filter] {
-    use Filter::*;
-    match entity {
-        Entity::Partner | Entity::Group | Entity::Lead => &[MinUpdated],
-        Entity::Customer => &[
-            MinUpdated, MaxUpdated, MinCreated, MaxCreated, PartnerKey, Group,
-        ],
-        Entity::Transaction => &[MinCreated, MaxCreated],
-        Entity::Reward => &[MinCreated, Status],
-        Entity::Deal => &[
-            MinUpdated, MaxUpdated, MinCreated, MaxCreated, PartnerKey, Group,
-        ],
+impl Filter {
+    /// The query parameter's name.
+    pub fn param(self) -> &'static str {
+        match self {
+            Filter::MinUpdated => "min_updated",
+            Filter::MaxUpdated => "max_updated",
+            Filter::MinCreated => "min_created",
+            Filter::MaxCreated => "max_created",
+            Filter::PartnerKey => "partner_key",
+            Filter::CustomerKey => "customer_key",
+            Filter::Group => "group",
+            Filter::Status => "status",
+        }
     }
 }
 
@@ -326,10 +332,14 @@ pub struct ListParams {
     pub status: Option<String>,
     /// The `group` filter (customers, deals), resolved to the partner keys of that group.
     pub group_partners: Option<HashSet<String>>,
+    /// The filters this list honours (`behaviour::honoured`); others are ignored.
+    pub filters: Vec<Filter>,
     /// Fault injection: serve the first page whatever the cursor says.
     pub ignore_cursor: bool,
-    /// List objects that are normally hidden (archived customers, when they stay listed).
+    /// List archived objects too (when lists keep them).
     pub include_unlisted: bool,
+    /// Objects created too recently to be listed yet (by key).
+    pub not_yet_listed: HashSet<String>,
     /// A cursor naming no object gets an empty last page instead of a 400.
     pub lost_cursor_empty: bool,
 }
@@ -470,8 +480,7 @@ impl<T: SimRecord> Table<T> {
 
     /// The page of a list request, newest first, and whether more follow.
     pub fn list(&self, q: &ListParams) -> Result<(Vec<&T>, bool), BadRequest> {
-        let supported = honoured(T::ENTITY);
-        let has = |f: Filter| supported.contains(&f);
+        let has = |f: Filter| q.filters.contains(&f);
         let mut lo = 0;
         let mut hi = self.items.len();
         if has(Filter::MinCreated)
@@ -502,6 +511,7 @@ impl<T: SimRecord> Table<T> {
         }
         let matches = |x: &T| {
             (x.listed() || q.include_unlisted)
+                && !q.not_yet_listed.contains(x.key())
                 && (!has(Filter::MinUpdated) || q.min_updated.is_none_or(|m| x.updated_at() >= m))
                 && (!has(Filter::MaxUpdated) || q.max_updated.is_none_or(|m| x.updated_at() <= m))
                 && (!has(Filter::PartnerKey)
@@ -642,6 +652,10 @@ mod tests {
                 min_updated: Some(108),
                 // Leads have no created filter: ignored, like the real API would.
                 min_created: Some(10),
+                filters: crate::behaviour::honoured(
+                    &crate::behaviour::Behaviours::default(),
+                    Entity::Lead,
+                ),
                 ..ListParams::default()
             })
             .unwrap();

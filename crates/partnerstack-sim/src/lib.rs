@@ -35,9 +35,9 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 pub use behaviour::{
-    AccountName, ArchivedCustomers, Behaviours, CustomerBody, DeleteAnswer,
-    DuplicateTransactionKey, LostCursor, RefusalWording, RetryAfterHeader, TimeFilters,
-    WebhookEvents,
+    AccountName, ArchivedInLists, Behaviours, CustomerBody, DealLeadBody, DeleteAnswer,
+    DuplicateTransactionKey, GuessedFilters, LostCursor, PartnershipByPartnerKey, ProductKey,
+    RefusalWording, RetryAfterHeader, SingleGetData, TimeFilters, WebhookEvents,
 };
 pub use faults::{AfterCommit, FaultSettings, FaultUpdate, Faults, Verdict};
 use partnerstack::Entity;
@@ -280,6 +280,8 @@ impl Simulator {
         );
         world.customer_readable_after_ms =
             i64::try_from(options.behaviours.customer_readable_after_ms).unwrap_or(i64::MAX);
+        world.transaction_listed_after_ms =
+            i64::try_from(options.behaviours.transaction_listed_after_ms).unwrap_or(i64::MAX);
         world.refusals = options.behaviours.refusal_wording;
         let pair = SecretString::from(format!(
             "{}:{}",
@@ -488,8 +490,8 @@ impl Simulator {
         Ok(change)
     }
 
-    /// Every object, as the API renders it, per stream; archived customers included (with
-    /// `"archived": true`).
+    /// Every object, as the stand-in keeps it, per stream; archived customers and
+    /// partnerships included (with `"archived": true`).
     pub fn state(&self, only: Option<Entity>) -> Value {
         self.state_json(only)
             .and_then(|bytes| serde_json::from_slice(&bytes))
@@ -523,9 +525,11 @@ impl Simulator {
         self.read().len(entity)
     }
 
-    /// The keys a full scan of `entity`'s list must return: listed objects only.
+    /// The keys a full scan of `entity`'s list must return now: archived objects where
+    /// lists keep them, new transactions once listed.
     pub fn listed_keys(&self, entity: Entity) -> Vec<String> {
-        self.read().listed_keys(entity)
+        let include_archived = self.behaviours().lists_archived(entity);
+        self.read().listed_keys(entity, include_archived)
     }
 
     /// The current time as the stand-in sees it (epoch ms).

@@ -8,7 +8,8 @@
 //!
 //! A ledger records, per changed object, the newest `updated_at` of its changes and the
 //! newest state that reached the service other than through a reconcile scan: a delivered
-//! (2xx) webhook whose body carries the whole object, or the service reading the object
+//! (2xx) webhook whose body carries the object's state (its key and time, and every field
+//! of a new object: see `carries_state`), or the service reading the object
 //! itself to verify a delivery (a single GET, or a list bounded in time on both sides,
 //! which a scan never is). A documented partnership body carries no state (no key, no
 //! times), only the news. Objects where the two differ are those "whose latest state no
@@ -27,7 +28,7 @@ use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use super::behaviour::{self, Behaviours, CustomerBody, WebhookEvents, numeric_id};
+use super::behaviour::{self, Behaviours, CustomerBody, DealLeadBody, WebhookEvents, numeric_id};
 use super::world::{Action, Change};
 use partnerstack::Entity;
 
@@ -263,7 +264,7 @@ impl Deliveries {
         }
         if outcome == Outcome::Queued {
             let object = body_object(&self.options.behaviours, change);
-            let carries_state = object.get("key").is_some() && object.get("updated_at").is_some();
+            let carries_state = carries_state(&self.options.behaviours, change, &object);
             let body = payload(&name, &object, self.options.shape);
             let event = Event {
                 seq,
@@ -515,6 +516,19 @@ pub fn covered(behaviours: &Behaviours, entity: Entity) -> bool {
     }
 }
 
+/// Whether a webhook `body` about `change` brings the service the object's state: it
+/// names the object by its key, carries its time and, for a new object, every field (a
+/// sample's few fields bring a new object only partly; an update's sample carries the
+/// fields the stand-in's changes touch, laid over what the service holds).
+fn carries_state(behaviours: &Behaviours, change: &Change, body: &Value) -> bool {
+    let whole = behaviour::present(behaviours, change.entity, change.object.clone())
+        .as_object()
+        .is_some_and(|full| full.keys().all(|k| body.get(k).is_some()));
+    body.get("key").is_some()
+        && body.get("updated_at").is_some()
+        && (whole || change.action != Action::Created)
+}
+
 /// `customer_created` or `customer.created`. In the legacy (`all`) mode's dotted style,
 /// partnerships are `partner.*`; the documentation's dotted names are `partnership.*`.
 pub fn event_name(entity: Entity, action: Action, naming: Naming, events: WebhookEvents) -> String {
@@ -533,22 +547,25 @@ pub fn event_name(entity: Entity, action: Action, naming: Naming, events: Webhoo
 
 /// The object a webhook body carries for `change`: in documented mode a partnership as
 /// the webhook guide's sample has it (a numeric `id`, `partner_key`, names, email, the
-/// group with its numeric `id`, `"archived": "false"`; no key, no timestamps), and a
-/// customer in the shape `--customer-body` chooses; otherwise the object as the API
-/// renders it.
+/// group with its numeric `id`, `"archived": "false"`; no key, no timestamps), a customer
+/// in the shape `--customer-body` chooses (by default the v1.0 reference sample), deals
+/// and leads as `--deal-lead-body` says; otherwise the object as the API renders it.
 pub fn body_object(behaviours: &Behaviours, change: &Change) -> Value {
     let object = behaviour::present(behaviours, change.entity, change.object.clone());
     if behaviours.webhook_events == WebhookEvents::All {
         return object;
     }
     let field = |name: &str| object.get(name).cloned().unwrap_or(Value::Null);
-    let archived = if change.action == Action::Deleted || field("archived") == json!(true) {
-        "true"
-    } else {
-        "false"
-    };
-    match change.entity {
-        Entity::Partner => {
+    let archived =
+        change.action == Action::Deleted || change.object.get("archived") == Some(&json!(true));
+    let archived_text = if archived { "true" } else { "false" };
+    let id = numeric_id(&change.key);
+    match (
+        change.entity,
+        behaviours.customer_body,
+        behaviours.deal_lead_body,
+    ) {
+        (Entity::Partner, ..) => {
             let group = match object.get("group") {
                 Some(Value::Object(g)) => json!({
                     "id": g.get("key").and_then(Value::as_str).map(numeric_id),
@@ -558,23 +575,43 @@ pub fn body_object(behaviours: &Behaviours, change: &Change) -> Value {
                 _ => Value::Null,
             };
             json!({
-                "id": numeric_id(&change.key),
+                "id": id,
                 "partner_key": field("partner_key"),
                 "first_name": field("first_name"),
                 "last_name": field("last_name"),
                 "email": field("email"),
                 "group": group,
-                "archived": archived,
+                "archived": archived_text,
             })
         }
-        Entity::Customer if behaviours.customer_body == CustomerBody::Keyless => json!({
-            "id": numeric_id(&change.key),
+        (Entity::Customer, CustomerBody::Sample, _) => json!({
+            "id": id,
+            "key": change.key,
+            "email": field("email"),
+            "name": field("name"),
+            "partner_key": field("partner_key"),
+            "created_at": field("created_at"),
+            "updated_at": field("updated_at"),
+            "archived": archived,
+        }),
+        (Entity::Customer, CustomerBody::Keyless, _) => json!({
+            "id": id,
             "customer_key": field("customer_key"),
             "email": field("email"),
             "name": field("name"),
             "partner_key": field("partner_key"),
-            "archived": archived,
+            "archived": archived_text,
         }),
+        (Entity::Deal | Entity::Lead, _, DealLeadBody::Keyless) => {
+            let mut keyless = object;
+            if let Value::Object(map) = &mut keyless {
+                for gone in ["key", "created_at", "updated_at"] {
+                    map.remove(gone);
+                }
+                map.insert("id".into(), json!(id));
+            }
+            keyless
+        }
         _ => object,
     }
 }
@@ -655,7 +692,8 @@ mod tests {
         assert_eq!(body["group"]["name"], "Gold");
         assert!(body["group"]["id"].is_u64() && body["group"].get("key").is_none());
         let all = behaviours(WebhookEvents::All, CustomerBody::Full);
-        assert_eq!(body_object(&all, &partnership), partnership.object);
+        let rendered = behaviour::present(&all, Entity::Partner, partnership.object.clone());
+        assert_eq!(body_object(&all, &partnership), rendered);
 
         let customer = Change {
             entity: Entity::Customer,
@@ -665,7 +703,41 @@ mod tests {
             object: json!({"key": "cust_1", "customer_key": "c-1", "email": "b@example.com",
                 "partner_key": "JohnSmith", "created_at": 1, "updated_at": 5}),
         };
-        assert_eq!(body_object(&documented, &customer), customer.object);
+        let full = body_object(&documented, &customer);
+        assert_eq!(full["customer_key"], "c-1");
+        assert!(
+            full["fields"].is_array(),
+            "rendered as the API renders it: {full}"
+        );
+        // The v1.0 reference sample: id, key, times, a boolean archived; no customer_key.
+        let sample = body_object(
+            &behaviours(WebhookEvents::Documented, CustomerBody::Sample),
+            &customer,
+        );
+        let mut fields: Vec<&str> = sample
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        fields.sort();
+        assert_eq!(
+            fields,
+            [
+                "archived",
+                "created_at",
+                "email",
+                "id",
+                "key",
+                "name",
+                "partner_key",
+                "updated_at"
+            ]
+        );
+        assert_eq!(
+            (&sample["archived"], &sample["key"]),
+            (&json!(true), &json!("cust_1"))
+        );
         let keyless = body_object(
             &behaviours(WebhookEvents::Documented, CustomerBody::Keyless),
             &customer,
@@ -675,6 +747,23 @@ mod tests {
             (&keyless["customer_key"], &keyless["archived"]),
             (&json!("c-1"), &json!("true"))
         );
+        let deal = Change {
+            entity: Entity::Deal,
+            key: "deal_1".into(),
+            action: Action::Updated,
+            updated_at: 5,
+            object: json!({"key": "deal_1", "stage": "won", "created_at": 1, "updated_at": 5}),
+        };
+        let keyless_deal = body_object(
+            &Behaviours {
+                deal_lead_body: DealLeadBody::Keyless,
+                ..Behaviours::default()
+            },
+            &deal,
+        );
+        assert!(keyless_deal.get("key").is_none() && keyless_deal.get("updated_at").is_none());
+        assert!(keyless_deal["id"].is_u64() && keyless_deal["stage"] == "won");
+        assert_eq!(body_object(&documented, &deal)["key"], "deal_1");
         assert!(covered(&documented, Entity::Deal));
         assert!(!covered(&documented, Entity::Transaction));
         assert!(!covered(&documented, Entity::Group));

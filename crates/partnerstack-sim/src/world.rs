@@ -82,14 +82,16 @@ pub enum MutationKind {
     RewardStatus,
     /// A customer's name or email changes.
     UpdateCustomer,
-    /// A customer is archived: it leaves the list (`customer_deleted`).
+    /// A customer is archived (`customer_deleted`).
     ArchiveCustomer,
     /// A partnership's tags change.
     UpdatePartnership,
+    /// A partnership is archived (`partnership_deleted`). Only on request: never random.
+    ArchivePartnership,
 }
 
 impl MutationKind {
-    pub const ALL: [MutationKind; 7] = [
+    pub const ALL: [MutationKind; 8] = [
         MutationKind::NewCustomer,
         MutationKind::NewTransaction,
         MutationKind::ApproveTransaction,
@@ -97,6 +99,7 @@ impl MutationKind {
         MutationKind::UpdateCustomer,
         MutationKind::ArchiveCustomer,
         MutationKind::UpdatePartnership,
+        MutationKind::ArchivePartnership,
     ];
 
     /// Relative frequency in random mutation.
@@ -109,6 +112,8 @@ impl MutationKind {
             MutationKind::UpdateCustomer => 10,
             MutationKind::ArchiveCustomer => 5,
             MutationKind::UpdatePartnership => 5,
+            // Archiving partners would change every test's program: asked for by name.
+            MutationKind::ArchivePartnership => 0,
         }
     }
 
@@ -201,6 +206,10 @@ pub struct World {
     pub customer_readable_after_ms: i64,
     /// When each customer created since start becomes readable by a single GET (wall ms).
     readable_at: HashMap<String, i64>,
+    /// How long a new transaction stays out of lists (`--transaction-listed-after-ms`).
+    pub transaction_listed_after_ms: i64,
+    /// When each transaction created since start becomes listed (wall ms), while it is not.
+    listed_at: HashMap<String, i64>,
     /// How refusals are worded.
     pub refusals: RefusalWording,
 }
@@ -324,6 +333,8 @@ impl World {
             serial: 0,
             customer_readable_after_ms: 0,
             readable_at: HashMap::new(),
+            transaction_listed_after_ms: 0,
+            listed_at: HashMap::new(),
             refusals: RefusalWording::Plain,
         };
         let start = anchor_ms - i64::from(history_days.max(1)) * DAY_MS;
@@ -392,7 +403,6 @@ impl World {
                 t.approved = true;
                 t.updated_at = w.later(created, anchor_ms.min(created + 45 * DAY_MS), 1.0);
             }
-            t.archived = w.rng.random_bool(0.01);
             transactions.push(t);
         }
         w.transactions = Table::from_items(transactions);
@@ -587,6 +597,7 @@ impl World {
             group,
             team: None,
             tags,
+            archived: false,
             joined_at: created,
             created_at: created,
             updated_at: self.later(created, anchor, 0.5),
@@ -640,7 +651,6 @@ impl World {
             amount_usd: (amount as f64 * rate).round() as i64,
             currency: currency.into(),
             approved: false,
-            archived: false,
             category_key: Some("subscription".into()),
             product_key: Some(
                 if amount > 10_000 {
@@ -795,8 +805,8 @@ impl World {
         })
     }
 
-    /// A single GET: by key, or by `customer_key` / `partner_key`. Archived customers are
-    /// not found, nor new ones before they become readable.
+    /// A single GET: by key, or by `customer_key`. Archived customers are not found, nor
+    /// new ones before they become readable. Partnerships: see [`World::partnership`].
     pub fn get(&self, entity: Entity, key: &str) -> Option<Value> {
         if entity == Entity::Customer {
             let customer = self.customers.find(key).filter(|c| c.listed())?;
@@ -810,6 +820,35 @@ impl World {
             .find(key)
             .filter(|x| x.listed())
             .map(render))
+    }
+
+    /// A partnership by its key or its `partner_key`, archived ones included: the object,
+    /// and whether it was found by `partner_key`.
+    pub fn partnership(&self, key: &str) -> Option<(Value, bool)> {
+        match self.partnerships.get(key) {
+            Some(p) => Some((render(p), false)),
+            None => self.partnerships.find(key).map(|p| (render(p), true)),
+        }
+    }
+
+    /// The transactions created too recently to be listed yet.
+    pub fn not_yet_listed(&self) -> HashSet<String> {
+        let now = wall_ms();
+        self.listed_at
+            .iter()
+            .filter(|(_, at)| **at > now)
+            .map(|(key, _)| key.clone())
+            .collect()
+    }
+
+    /// Remembers when a transaction created now becomes listed, and forgets those that are.
+    fn created_transaction(&mut self, key: &str) {
+        let now = wall_ms();
+        self.listed_at.retain(|_, at| *at > now);
+        if self.transaction_listed_after_ms > 0 {
+            self.listed_at
+                .insert(key.to_string(), now + self.transaction_listed_after_ms);
+        }
     }
 
     /// Remembers when a customer created now becomes readable.
@@ -830,12 +869,14 @@ impl World {
         with_table!(self, entity, |t| t.items().iter().map(render).collect())
     }
 
-    /// The keys of the objects of `entity` its list returns (archived customers are not).
-    pub fn listed_keys(&self, entity: Entity) -> Vec<String> {
+    /// The keys of the objects of `entity` its list returns now: archived ones only with
+    /// `include_archived`, new transactions only once listed.
+    pub fn listed_keys(&self, entity: Entity, include_archived: bool) -> Vec<String> {
+        let not_yet = self.not_yet_listed();
         with_table!(self, entity, |t| t
             .items()
             .iter()
-            .filter(|x| x.listed())
+            .filter(|x| (x.listed() || include_archived) && !not_yet.contains(x.key()))
             .map(|x| x.key().to_owned())
             .collect())
     }
@@ -894,7 +935,8 @@ impl World {
             t.update(key, |x| *x = merged.clone());
             render(&merged)
         });
-        let deleted = entity == Entity::Customer && object["archived"] == Value::Bool(true);
+        let deleted = matches!(entity, Entity::Customer | Entity::Partner)
+            && object["archived"] == Value::Bool(true);
         Ok(self.change(
             entity,
             key,
@@ -943,6 +985,7 @@ impl World {
             MutationKind::UpdateCustomer => self.mutate_customer(false),
             MutationKind::ArchiveCustomer => self.mutate_customer(true),
             MutationKind::UpdatePartnership => self.mutate_partnership(),
+            MutationKind::ArchivePartnership => self.mutate_archive_partnership(),
         };
         match changes {
             Some(c) => c,
@@ -1005,6 +1048,7 @@ impl World {
         if let Some(key) = key {
             t.key = key;
         }
+        self.created_transaction(&t.key);
         let mut changes =
             vec![self.change(Entity::Transaction, &t.key, Action::Created, render(&t))];
         if let Some(partner) = self.partnerships.find(&customer.partner_key).cloned() {
@@ -1024,7 +1068,7 @@ impl World {
         let draws = self.draws(self.transactions.len());
         let i = draws.into_iter().find(|&i| {
             let t = self.transactions.at(i);
-            !t.approved && !t.archived
+            !t.approved
         })?;
         let key = self.transactions.at(i).key.clone();
         let now = self.tick();
@@ -1093,11 +1137,11 @@ impl World {
         if len == 0 {
             return None;
         }
-        let key = self
-            .partnerships
-            .at(self.rng.random_range(0..len))
-            .key
-            .clone();
+        let partnership = self.partnerships.at(self.rng.random_range(0..len));
+        if !partnership.listed() {
+            return None;
+        }
+        let key = partnership.key.clone();
         let now = self.tick();
         let n = self.next_serial();
         let object = self.partnerships.update(&key, |p| {
@@ -1111,6 +1155,19 @@ impl World {
             Action::Updated,
             object,
         )])
+    }
+
+    fn mutate_archive_partnership(&mut self) -> Option<Vec<Change>> {
+        let draws = self.draws(self.partnerships.len());
+        let i = draws
+            .into_iter()
+            .find(|&i| self.partnerships.at(i).listed())?;
+        let key = self.partnerships.at(i).key.clone();
+        let mut patch = Map::new();
+        patch.insert("archived".into(), Value::Bool(true));
+        self.patch(Entity::Partner, &key, &patch)
+            .ok()
+            .map(|c| vec![c])
     }
 
     /// A refusal, worded as [`World::refusals`] says.
@@ -1459,5 +1516,32 @@ mod tests {
             MutationKind::parse("archive_customer"),
             Some(MutationKind::ArchiveCustomer)
         );
+    }
+
+    #[test]
+    fn archived_partnerships_and_late_listed_transactions() {
+        let mut w = World::seed(3, &counts(), wall_ms(), 30);
+        let archived = w.mutate(Some(MutationKind::ArchivePartnership));
+        let change = &archived[0];
+        assert_eq!(
+            (change.entity, change.action),
+            (Entity::Partner, Action::Deleted)
+        );
+        assert_eq!(change.object["archived"], true);
+        assert!(!w.listed_keys(Entity::Partner, false).contains(&change.key));
+        assert!(w.listed_keys(Entity::Partner, true).contains(&change.key));
+        // Random changes never archive a partnership.
+        for _ in 0..300 {
+            w.mutate(None);
+        }
+        assert_eq!(w.listed_keys(Entity::Partner, false).len(), 19);
+
+        w.transaction_listed_after_ms = 600_000;
+        let late = w.mutate(Some(MutationKind::NewTransaction))[0].key.clone();
+        assert!(w.not_yet_listed().contains(&late));
+        assert!(!w.listed_keys(Entity::Transaction, false).contains(&late));
+        w.transaction_listed_after_ms = 0;
+        let at_once = w.mutate(Some(MutationKind::NewTransaction))[0].key.clone();
+        assert!(w.listed_keys(Entity::Transaction, false).contains(&at_once));
     }
 }

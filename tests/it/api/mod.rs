@@ -2,6 +2,7 @@
 
 mod attribution;
 mod errors;
+mod fillable;
 mod lists;
 mod openapi;
 mod summary;

@@ -86,11 +86,20 @@ async fn commission_summary_has_exact_sums_per_currency_and_status() {
     );
     assert_eq!(ok(&app, "/v1/partners/part_p/summary").await, summary);
 
-    // The lists agree with the summary's attribution (archived t6 is listed, not summed).
+    // The lists agree with the summary's attribution (archived t6 is deleted, like t7:
+    // listed only with include_deleted, never summed).
     for partner in ["pk_p", "part_p"] {
         assert_eq!(
             keys(&app, &format!("/v1/transactions?partner_key={partner}")).await,
-            strings(&["t1", "t10", "t2", "t3", "t4", "t5", "t6"])
+            strings(&["t1", "t10", "t2", "t3", "t4", "t5"])
+        );
+        assert_eq!(
+            keys(
+                &app,
+                &format!("/v1/transactions?partner_key={partner}&include_deleted=true")
+            )
+            .await,
+            strings(&["t1", "t10", "t2", "t3", "t4", "t5", "t6", "t7"])
         );
         assert_eq!(
             keys(&app, &format!("/v1/rewards?partner_key={partner}")).await,

@@ -684,7 +684,8 @@ impl Client {
     }
 
     /// One object by key, for the kinds the API can read singly (see
-    /// [`Client::has_single_get`]). `None` on 404.
+    /// [`Client::has_single_get`]). `None` on 404. The answer's `data` is the object, or a
+    /// container naming it (`{"partnership": {...}}`): both are seen in production.
     pub async fn get(&self, entity: Entity, key: &str) -> Result<Option<Value>, Error> {
         if !Self::has_single_get(entity) {
             return Err(Error::InvalidRequest(format!(
@@ -697,7 +698,7 @@ impl Client {
             .call(Method::GET, target, &[], None, Repeat::Safe)
             .await
         {
-            Ok(body) => Ok(Some(self.data(body, entity)?)),
+            Ok(body) => Ok(Some(contained(self.data(body, entity)?, entity))),
             Err(e) if e.status() == Some(StatusCode::NOT_FOUND) => Ok(None),
             Err(e) => Err(e),
         }
@@ -960,6 +961,21 @@ impl Client {
     }
 }
 
+/// A single read's object: `data` itself, or, when `data` has no `key` and names the
+/// object by its kind (`{"partnership": {...}}`), the object inside.
+fn contained(data: Value, entity: Entity) -> Value {
+    let Value::Object(mut map) = data else {
+        return data;
+    };
+    if !map.contains_key("key")
+        && map.get(entity.name()).is_some_and(Value::is_object)
+        && let Some(inner) = map.remove(entity.name())
+    {
+        return inner;
+    }
+    Value::Object(map)
+}
+
 /// One HTTP exchange, classified for the retry loop, and how PartnerStack answered.
 async fn attempt(
     request: reqwest::RequestBuilder,
@@ -1193,6 +1209,19 @@ mod tests {
             );
         }
         assert!(!endpoints.contains(&(Method::GET, "/rewards/{key}".to_string())));
+    }
+
+    #[test]
+    fn a_single_read_is_the_object_or_a_container_of_it() {
+        let object = json!({"key": "part_1", "partner_key": "JohnSmith"});
+        assert_eq!(contained(object.clone(), Entity::Partner), object);
+        assert_eq!(
+            contained(json!({"partnership": object.clone()}), Entity::Partner),
+            object
+        );
+        // An object that happens to have a field named like its kind stays as it is.
+        let customer = json!({"key": "cust_1", "customer": {"key": "x"}});
+        assert_eq!(contained(customer.clone(), Entity::Customer), customer);
     }
 
     #[test]
