@@ -7,6 +7,7 @@
 //! milliseconds. Errors keep PartnerStack's HTTP status and message. Credentials are used
 //! only to sign requests; they never appear in errors, logs or `Debug` output.
 
+mod budget;
 mod pages;
 mod retry;
 
@@ -22,7 +23,10 @@ use serde::{Deserialize, Serialize, Serializer};
 use serde_json::Value;
 
 pub use pages::{Filter, ListQuery, Page, Pager, supported_filters};
-pub use retry::{Attempt, RequestBudget, RetryPolicy, for_write, retry, retry_after};
+pub use budget::{
+    Grant, Purpose, RequestBudget, Spent, TOKEN_TTL, Take, TokenSource, for_write, spend,
+};
+pub use retry::{Attempt, RetryPolicy, retry, retry_after};
 
 use crate::entity::Entity;
 use crate::models::{self, Customer, Object, Transaction};
@@ -495,8 +499,8 @@ struct Inner {
     policy: RetryPolicy,
     budget: Arc<RequestBudget>,
     paths: StreamPaths,
-    /// Requests sent, retries included.
-    requests: AtomicU64,
+    /// Requests sent, retries included, by [`Purpose`].
+    spent: [AtomicU64; 4],
     observer: Option<Arc<dyn Observer>>,
 }
 
@@ -542,7 +546,7 @@ impl Client {
                 },
                 budget: RequestBudget::shared(&account, config.requests_per_second),
                 paths: config.paths.clone(),
-                requests: AtomicU64::new(0),
+                spent: Default::default(),
                 observer: None,
             }),
         })
@@ -562,7 +566,9 @@ impl Client {
                 policy: inner.policy,
                 budget: inner.budget.clone(),
                 paths: inner.paths.clone(),
-                requests: AtomicU64::new(inner.requests.load(Ordering::Relaxed)),
+                spent: std::array::from_fn(|i| {
+                    AtomicU64::new(inner.spent[i].load(Ordering::Relaxed))
+                }),
                 observer: Some(observer),
             }),
         }
@@ -790,7 +796,13 @@ impl Client {
 
     /// HTTP requests this client (and its clones) sent, retries included.
     pub fn requests_sent(&self) -> u64 {
-        self.inner.requests.load(Ordering::Relaxed)
+        self.spent().total()
+    }
+
+    /// HTTP requests this client (and its clones) sent, retries included, by what they
+    /// were for (see [`spend`]).
+    pub fn spent(&self) -> Spent {
+        Spent::from_counts(&self.inner.spent)
     }
 
     /// The request to `path` (plus `key`) and the endpoint it is observed under.
@@ -860,8 +872,8 @@ impl Client {
         let Target { url, endpoint } = target;
         let what = format!("{method} {}", url.path());
         retry(&inner.policy, &inner.budget, &what, |n| {
-            inner.requests.fetch_add(1, Ordering::Relaxed);
-            retry::count_for_write();
+            inner.spent[budget::current_purpose().index()].fetch_add(1, Ordering::Relaxed);
+            budget::count_spent();
             if let Some(counter) = counter {
                 counter.fetch_add(1, Ordering::Relaxed);
             }
