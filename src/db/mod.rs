@@ -1,6 +1,7 @@
 //! Postgres: the pool, migrations, the embedded default and the queries per table.
 
 pub mod attribution;
+pub mod budget;
 pub mod changes;
 pub mod embedded;
 pub mod events;

@@ -5,6 +5,7 @@
 
 mod access;
 mod alerting;
+mod budget;
 mod api;
 mod changes;
 mod cli;

@@ -498,6 +498,8 @@ struct Inner {
     page_size: u32,
     policy: RetryPolicy,
     budget: Arc<RequestBudget>,
+    /// A digest of the base URL and public key: names the account, holds no credential.
+    account: String,
     paths: StreamPaths,
     /// Requests sent, retries included, by [`Purpose`].
     spent: [AtomicU64; 4],
@@ -545,6 +547,7 @@ impl Client {
                     max_backoff: config.max_backoff,
                 },
                 budget: RequestBudget::shared(&account, config.requests_per_second),
+                account,
                 paths: config.paths.clone(),
                 spent: Default::default(),
                 observer: None,
@@ -555,6 +558,17 @@ impl Client {
     /// This client, telling `observer` about every exchange (its clones made from now on
     /// share it).
     pub fn with_observer(self, observer: Arc<dyn Observer>) -> Client {
+        self.rebuilt(self.inner.budget.clone(), Some(observer))
+    }
+
+    /// This client, taking its tokens from `budget` instead of the process's budget of
+    /// the account (e.g. one shared by every replica through a [`TokenSource`]).
+    pub fn with_budget(self, budget: Arc<RequestBudget>) -> Client {
+        self.rebuilt(budget, self.inner.observer.clone())
+    }
+
+    /// A copy of this client with another budget and observer; counts carried over.
+    fn rebuilt(&self, budget: Arc<RequestBudget>, observer: Option<Arc<dyn Observer>>) -> Client {
         let inner = &self.inner;
         Client {
             inner: Arc::new(Inner {
@@ -564,14 +578,26 @@ impl Client {
                 secret_key: inner.secret_key.clone(),
                 page_size: inner.page_size,
                 policy: inner.policy,
-                budget: inner.budget.clone(),
+                budget,
+                account: inner.account.clone(),
                 paths: inner.paths.clone(),
                 spent: std::array::from_fn(|i| {
                     AtomicU64::new(inner.spent[i].load(Ordering::Relaxed))
                 }),
-                observer: Some(observer),
+                observer,
             }),
         }
+    }
+
+    /// Names the account this client speaks for (a digest of the API's base URL and the
+    /// public key; no credential can be read from it).
+    pub fn account(&self) -> &str {
+        &self.inner.account
+    }
+
+    /// The request budget this client waits for.
+    pub fn budget(&self) -> &Arc<RequestBudget> {
+        &self.inner.budget
     }
 
     /// The request budget's rate (requests per second), shared by every client of the
