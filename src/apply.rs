@@ -20,14 +20,14 @@ use partnerstack::models::{
 };
 use partnerstack::{Entity, wire};
 use serde_json::Value;
-use sqlx::{AssertSqlSafe, PgConnection, Row};
+use sqlx::{AssertSqlSafe, Connection as _, PgConnection, Row};
 
 use crate::columns::{
     self, Col, Column, CustomerColumns, DealColumns, GroupColumns, LeadColumns, PartnerColumns,
     RewardColumns, SqlType, TransactionColumns,
 };
-use crate::db::attribution;
 use crate::db::changes::{self, Snapshot};
+use crate::db::{attribution, set_aside};
 
 pub use crate::columns::Source;
 
@@ -87,6 +87,12 @@ impl Observation {
 /// PartnerStack keys are short; a longer one is not a key.
 const MAX_KEY_LEN: usize = 255;
 
+/// The largest magnitude an integer column (amounts in cents) is stored with: 2^53 - 1,
+/// the largest integer every JSON reader keeps exactly (JavaScript's `Number`). The copy
+/// serves what it stores as JSON, so a larger value would reach some readers changed; no
+/// real amount comes near it (PartnerStack documents about ±5e10 cents).
+pub const MAX_EXACT_INTEGER: i64 = (1 << 53) - 1;
+
 fn build<T: Object>(
     object: Value,
     deleted: bool,
@@ -105,13 +111,25 @@ fn build<T: Object>(
     if key.len() > MAX_KEY_LEN {
         return Err(format!("the key is longer than {MAX_KEY_LEN} bytes"));
     }
+    let columns = columns(&typed);
+    for (value, column) in columns.iter().zip(columns::of(T::ENTITY)) {
+        if let Col::Int(Some(n)) = value
+            && n.unsigned_abs() > MAX_EXACT_INTEGER.unsigned_abs()
+        {
+            return Err(format!(
+                "field `{}`: {n} is out of range (the copy keeps integers within \
+                 ±{MAX_EXACT_INTEGER}, which every JSON reader reads exactly)",
+                column.name
+            ));
+        }
+    }
     Ok(Observation {
         entity: T::ENTITY,
         key,
         created_at: meta.created_at,
         updated_at: meta.updated_at,
         deleted,
-        columns: columns(&typed),
+        columns,
         raw: object,
     })
 }
@@ -272,16 +290,6 @@ pub async fn apply(
     apply_by(conn, source, None, observations).await
 }
 
-/// [`apply`] for PartnerStack's answer to a write (source `write`) made by the API client
-/// `client`, whom the change log names on the changes it causes.
-pub async fn apply_write(
-    conn: &mut PgConnection,
-    client: Option<&str>,
-    observations: &[Observation],
-) -> Result<Vec<Applied>, sqlx::Error> {
-    apply_by(conn, Source::Write, client, observations).await
-}
-
 async fn apply_by(
     conn: &mut PgConnection,
     source: Source,
@@ -348,6 +356,89 @@ async fn apply_by(
     );
     attribution::credit(conn, &[], &customers, &customer_keys).await?;
     Ok(results)
+}
+
+/// What [`apply_or_set_aside`] did with one observation: applied (how), or set aside
+/// because the database refused it (why).
+pub type Taken = Result<Applied, String>;
+
+/// [`apply`], except that an observation the database refuses is set aside
+/// ([`set_aside`]) with its error while the others apply: one object cannot stop its page,
+/// its batch or its write. Every caller of the one door goes through here. `client`: the
+/// API client whose write PartnerStack answered (source `write`), whom the change log
+/// names on the changes it causes.
+///
+/// The observations are applied in a savepoint; when the database refuses them for their
+/// data (not for a passing reason: that is returned as an error), the savepoint is rolled
+/// back and they are tried again in halves, until each refused one stands alone. One
+/// refused object costs a few statements; none costs one savepoint. The objects that
+/// applied are removed from the set-aside list, in the same transaction.
+pub async fn apply_or_set_aside(
+    conn: &mut PgConnection,
+    source: Source,
+    client: Option<&str>,
+    observations: &[Observation],
+) -> Result<Vec<Taken>, sqlx::Error> {
+    let mut taken: Vec<Taken> = vec![Ok(Applied::Stale); observations.len()];
+    let mut refused = Vec::new();
+    // Ranges of observations to try, each in a savepoint: the whole, then halves.
+    let mut parts: Vec<std::ops::Range<usize>> = Vec::new();
+    parts.push(0..observations.len());
+    while let Some(part) = parts.pop() {
+        if part.is_empty() {
+            continue;
+        }
+        let mut savepoint = conn.begin().await?;
+        match apply_by(&mut savepoint, source, client, &observations[part.clone()]).await {
+            Ok(results) => {
+                savepoint.commit().await?;
+                for (slot, result) in taken[part].iter_mut().zip(results) {
+                    *slot = Ok(result);
+                }
+            }
+            Err(e) if crate::db::is_transient_error(&e) => return Err(e),
+            Err(e) => {
+                savepoint.rollback().await?;
+                if part.len() == 1 {
+                    refused.push((part.start, e.to_string()));
+                } else {
+                    let middle = part.start + part.len() / 2;
+                    parts.push(middle..part.end);
+                    parts.push(part.start..middle);
+                }
+            }
+        }
+    }
+    let applied = observations
+        .iter()
+        .zip(&taken)
+        .filter(|(_, t)| t.is_ok())
+        .map(|(o, _)| (o.entity, o.key.as_str()));
+    set_aside::forget(conn, applied).await?;
+    if !refused.is_empty() {
+        let records: Vec<set_aside::Refused> = refused
+            .iter()
+            .map(|(i, error)| {
+                let o = &observations[*i];
+                tracing::warn!(
+                    stream = o.entity.stream(),
+                    %error,
+                    "the database refused an object; set aside, the rest goes on"
+                );
+                set_aside::Refused {
+                    entity: o.entity,
+                    key: &o.key,
+                    error: format!("the database refused it: {error}"),
+                    raw: &o.raw,
+                }
+            })
+            .collect();
+        set_aside::record(conn, source, &records).await?;
+        for (i, error) in refused {
+            taken[i] = Err(error);
+        }
+    }
+    Ok(taken)
 }
 
 /// The customer identities whose credits `observations` can change: each customer's
@@ -714,6 +805,35 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.contains("NUL"), "{err}");
+    }
+
+    #[test]
+    fn amounts_beyond_what_json_readers_keep_exactly_are_refused() {
+        let parse = |entity, amount: i64| {
+            Observation::parse(entity, json!({"key": "k", "amount": amount}), false)
+        };
+        for entity in [
+            Entity::Transaction,
+            Entity::Reward,
+            Entity::Deal,
+            Entity::Lead,
+        ] {
+            assert!(parse(entity, MAX_EXACT_INTEGER).is_ok());
+            assert!(parse(entity, -MAX_EXACT_INTEGER).is_ok());
+            let err = parse(entity, MAX_EXACT_INTEGER + 1).unwrap_err();
+            assert!(
+                err.starts_with("field `amount`: 9007199254740992 is out of range"),
+                "{err}"
+            );
+            assert!(parse(entity, i64::MIN).is_err());
+        }
+        let err = Observation::parse(
+            Entity::Transaction,
+            json!({"key": "k", "amount_usd": i64::MAX}),
+            false,
+        )
+        .unwrap_err();
+        assert!(err.contains("amount_usd"), "{err}");
     }
 
     #[test]

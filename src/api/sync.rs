@@ -23,7 +23,9 @@ use crate::state::AppState;
     summary = "Reconciler status",
     description = "Per stream: the schedule (watermark, last full scan, back-off), the pass \
         under way and the last one (pages, objects seen, rows changed, repairs, deletions), \
-        and the total of repairs, i.e. objects whose state no webhook had delivered.",
+        the total of repairs, i.e. objects whose state no webhook had delivered, and the \
+        objects set aside (refused by the copy, with their error) per stream and newest \
+        first.",
     responses(
         (status = 200, description = "The reconciler's state", body = Item<SyncStatus>),
         CommonErrors,

@@ -385,7 +385,9 @@ pub struct WritesConfig {
     #[serde(deserialize_with = "fields::duration_from::<3, _>")]
     pub lease: Duration,
     /// After a customer create's answer was lost, how long to keep looking for the
-    /// customer before sending the create again.
+    /// customer (ever less often) before sending the create again; also how long a write
+    /// about a customer this outbox created is tried again while PartnerStack does not know
+    /// the customer yet.
     #[serde(deserialize_with = "fields::duration")]
     pub lookup_window: Duration,
     /// Longest pause between attempts of a failing write (doubling from 1 s).

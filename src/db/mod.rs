@@ -8,6 +8,7 @@ pub mod events;
 pub mod lease;
 pub mod pooler;
 pub mod relay;
+pub mod set_aside;
 pub mod sync;
 pub mod totals;
 pub mod writes;

@@ -47,7 +47,8 @@ pub struct PassCounts {
     pub repairs: i64,
     /// Rows marked deleted because a full scan no longer found them.
     pub deleted: i64,
-    /// Objects PartnerStack sent that could not be read.
+    /// Objects PartnerStack sent that could not be read, or that the database refused:
+    /// set aside (`set_aside`), the rest of their page applied.
     pub invalid: i64,
     /// HTTP requests sent to PartnerStack, retries included.
     pub requests: i64,

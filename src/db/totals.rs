@@ -15,7 +15,7 @@ use sqlx::PgConnection;
 const RECOUNT_SQL: &str = "
     SELECT jsonb_build_array(kind, partner_key, partnership_key, currency, reward_status,
                              approved)::text AS grp,
-           count(*) AS count, COALESCE(sum(amount), 0)::bigint AS amount
+           count(*) AS count, COALESCE(sum(amount), 0) AS amount
     FROM (SELECT 'customers' AS kind, partner_key, partnership_key, NULL::text AS currency,
                  NULL::text AS reward_status, NULL::boolean AS approved, 0::bigint AS amount
           FROM customers
@@ -34,21 +34,30 @@ const RECOUNT_SQL: &str = "
     GROUP BY kind, partner_key, partnership_key, currency, reward_status, approved";
 
 /// A group whose stored totals differ from its rows': `(count, amount)` stored and counted.
+/// Amounts are sums of `BIGINT` cents, kept in `NUMERIC` (no sum overflows), read here as
+/// `i128`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Drift {
     pub group: String,
-    pub stored: (i64, i64),
-    pub counted: (i64, i64),
+    pub stored: (i64, i128),
+    pub counted: (i64, i128),
 }
 
 /// Compares every group of `partner_totals` (zero groups included: they must have no rows)
 /// with a recount from the rows, in one snapshot. Empty when they agree exactly.
 pub async fn drift(conn: &mut PgConnection) -> Result<Vec<Drift>, sqlx::Error> {
-    /// A group, its stored count and amount, and its recounted ones.
-    type Compared = (String, Option<i64>, Option<i64>, Option<i64>, Option<i64>);
+    /// A group, its stored count and amount, and its recounted ones (amounts as text:
+    /// sqlx reads `NUMERIC` only through optional crates).
+    type Compared = (
+        String,
+        Option<i64>,
+        Option<String>,
+        Option<i64>,
+        Option<String>,
+    );
     let rows: Vec<Compared> = crate::db::query_as(sqlx::AssertSqlSafe(format!(
         "WITH counted AS ({RECOUNT_SQL})
-             SELECT COALESCE(s.grp, c.grp), s.count, s.amount, c.count, c.amount
+             SELECT COALESCE(s.grp, c.grp), s.count, s.amount::text, c.count, c.amount::text
              FROM partner_totals s FULL JOIN counted c ON c.grp = s.grp
              WHERE (COALESCE(s.count, 0), COALESCE(s.amount, 0))
                    IS DISTINCT FROM (COALESCE(c.count, 0), COALESCE(c.amount, 0))
@@ -56,12 +65,19 @@ pub async fn drift(conn: &mut PgConnection) -> Result<Vec<Drift>, sqlx::Error> {
     )))
     .fetch_all(conn)
     .await?;
-    Ok(rows
-        .into_iter()
-        .map(|(group, sc, sa, cc, ca)| Drift {
-            group,
-            stored: (sc.unwrap_or(0), sa.unwrap_or(0)),
-            counted: (cc.unwrap_or(0), ca.unwrap_or(0)),
+    let amount = |text: Option<String>| -> Result<i128, sqlx::Error> {
+        text.map_or(Ok(0), |t| {
+            t.parse()
+                .map_err(|e| sqlx::Error::Decode(format!("amount {t:?}: {e}").into()))
         })
-        .collect())
+    };
+    rows.into_iter()
+        .map(|(group, sc, sa, cc, ca)| {
+            Ok(Drift {
+                group,
+                stored: (sc.unwrap_or(0), amount(sa)?),
+                counted: (cc.unwrap_or(0), amount(ca)?),
+            })
+        })
+        .collect()
 }

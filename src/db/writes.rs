@@ -46,9 +46,11 @@ crate::text_enum! {
         Updated = "updated",
         /// PartnerStack deleted the object.
         Deleted = "deleted",
-        /// PartnerStack already had the object (a repeated key).
+        /// PartnerStack already had the object, with the fields asked for (a refused
+        /// create that a look-up found as asked).
         Existed = "existed",
-        /// An earlier attempt's answer was lost; a look-up found that it had landed.
+        /// An earlier attempt's answer was lost; a look-up found that it had landed (the
+        /// object, with the fields asked for).
         Found = "found",
         /// A delete whose earlier answer was lost found nothing left to delete.
         Absent = "absent",
@@ -329,17 +331,17 @@ pub async fn postpone(
     Ok(())
 }
 
-/// Whether a write of this outbox created the customer with `customer_key` within
-/// `window` (PartnerStack may not know a new customer for minutes).
-pub async fn created_customer_within(
+/// When a write of this outbox last created the customer with `customer_key`, if that was
+/// within `window` (PartnerStack may not know a new customer for minutes).
+pub async fn customer_created_within(
     pool: &PgPool,
     customer_key: &str,
     window: Duration,
-) -> Result<bool, sqlx::Error> {
+) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
     crate::db::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM writes
-             WHERE kind = 'create_customer' AND status = 'succeeded' AND object_key = $1
-               AND finished_at > now() - $2 * interval '1 millisecond')",
+        "SELECT max(finished_at) FROM writes
+         WHERE kind = 'create_customer' AND status = 'succeeded' AND object_key = $1
+           AND finished_at > now() - $2 * interval '1 millisecond'",
     )
     .bind(customer_key)
     .bind(millis(window))

@@ -16,9 +16,11 @@
 //!   until `webhooks.confirm_within` after the delivery arrived; then it is `unconfirmed`.
 //!
 //! A delivery that cannot be applied (unknown event, unexpected shape) keeps its raw body
-//! and gets an outcome with the reason. When the database refuses a batch for one bad
-//! object, the batch is split in halves until the culprit stands alone: one poison object
-//! costs a few statements, not a batch of single ones.
+//! and gets an outcome with the reason. An object the database refuses is set aside
+//! ([`crate::apply::apply_or_set_aside`]: found by halving within the batch's
+//! transaction) and its delivery marked `error`, while the rest of the batch applies. A
+//! batch refused for anything else (or at commit) is split in halves, each in a
+//! transaction of its own, until the culprit stands alone.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -39,7 +41,7 @@ use crate::apply::{self, Applied, Observation, Source};
 use crate::burst::Burst;
 use crate::columns;
 use crate::db::events::{self, AppliedFrom, Outcome, OutcomeRecord, PendingEvent};
-use crate::db::is_transient_error;
+use crate::db::{is_transient_error, set_aside};
 use crate::telemetry::Labels;
 
 /// Deliveries applied per transaction.
@@ -239,6 +241,29 @@ impl Applier {
                     entity_key: None,
                 }),
                 Plan::Defer { at, reason } => deferred.push((at, reason, planned.id)),
+                Plan::Unreadable {
+                    entity,
+                    key,
+                    reason,
+                    object,
+                } => {
+                    let refused = set_aside::Refused {
+                        entity,
+                        key: &key,
+                        error: reason.clone(),
+                        raw: &object,
+                    };
+                    set_aside::record(&mut tx, Source::Webhook, std::slice::from_ref(&refused))
+                        .await?;
+                    outcomes.push(OutcomeRecord {
+                        id: planned.id,
+                        outcome: Outcome::Error,
+                        applied_from: None,
+                        reason: Some(format!("set aside: {reason}")),
+                        entity: Some(columns::table(entity)),
+                        entity_key: Some(key),
+                    });
+                }
                 Plan::Fetch { .. } | Plan::Merge { .. } => {
                     // Settled before commit; a plan left unsettled waits for a retry.
                     let at = Utc::now() + backoff(0);
@@ -248,32 +273,44 @@ impl Applier {
         }
         let named = observations.len();
         observations.extend_from_slice(extra);
-        let results = match apply::apply(&mut tx, Source::Webhook, &observations).await {
+        // An object the database refuses is set aside (its delivery marked `error`), and
+        // the rest of the batch applies.
+        let results = match apply::apply_or_set_aside(&mut tx, Source::Webhook, None, &observations).await
+        {
             Ok(r) => r,
             Err(e) if is_transient_error(&e) => return Err(e),
-            Err(e) => {
-                tracing::warn!(error = %e, deliveries = plans.len(), "the database refused a batch; isolating the culprit");
-                tx.rollback().await?;
-                self.metrics
-                    .apply_transactions
-                    .get_or_create(&ApplyLabel {
-                        result: ApplyResult::Refused,
-                    })
-                    .inc();
-                return Ok(Rejected::Yes);
-            }
+            Err(e) => return self.rejected(tx, &e, plans.len()).await,
         };
         for (&(slot, _), result) in slots.iter().zip(results.into_iter().take(named)) {
-            if result == Applied::Stale {
-                outcomes[slot].outcome = Outcome::Stale;
-                outcomes[slot].reason = Some("the stored row is as new or newer".into());
+            match result {
+                Ok(Applied::Stale) => {
+                    outcomes[slot].outcome = Outcome::Stale;
+                    outcomes[slot].reason = Some("the stored row is as new or newer".into());
+                }
+                Ok(_) => {}
+                Err(error) => {
+                    outcomes[slot].outcome = Outcome::Error;
+                    outcomes[slot].applied_from = None;
+                    outcomes[slot].reason = Some(format!(
+                        "the database refused the object (set aside): {error}"
+                    ));
+                }
             }
         }
         events::record_outcomes(&mut tx, &outcomes).await?;
         for (at, reason, id) in &deferred {
             events::defer(&mut tx, &[*id], *at, reason).await?;
         }
-        tx.commit().await?;
+        match tx.commit().await {
+            Ok(()) => {}
+            Err(e) if is_transient_error(&e) => return Err(e),
+            // Refused at commit (a deferred check): isolated like any refused batch.
+            Err(e) => {
+                tracing::warn!(error = %e, deliveries = plans.len(), "the database refused a batch at commit; isolating the culprit");
+                self.count_refused();
+                return Ok(Rejected::Yes);
+            }
+        }
         self.metrics
             .apply_transactions
             .get_or_create(&ApplyLabel {
@@ -287,6 +324,29 @@ impl Applier {
                 .inc();
         }
         Ok(Rejected::No)
+    }
+
+    /// Rolls back a batch the database refused outside the objects (which are set aside
+    /// one by one): it is isolated by [`Applier::isolate`].
+    async fn rejected(
+        &self,
+        tx: Transaction<'_, Postgres>,
+        e: &sqlx::Error,
+        deliveries: usize,
+    ) -> Result<Rejected, sqlx::Error> {
+        tracing::warn!(error = %e, deliveries, "the database refused a batch; isolating the culprit");
+        tx.rollback().await?;
+        self.count_refused();
+        Ok(Rejected::Yes)
+    }
+
+    fn count_refused(&self) {
+        self.metrics
+            .apply_transactions
+            .get_or_create(&ApplyLabel {
+                result: ApplyResult::Refused,
+            })
+            .inc();
     }
 
     /// A refused batch, split in halves until each refused delivery stands alone and is
@@ -381,6 +441,27 @@ enum Plan {
     },
     /// Try again at `at`.
     Defer { at: DateTime<Utc>, reason: String },
+    /// An object with a key that does not read: set aside, the delivery an `error`.
+    Unreadable {
+        entity: Entity,
+        key: String,
+        reason: String,
+        object: Value,
+    },
+}
+
+/// An object that does not read: set aside when its key reads, else an `error` outcome
+/// only.
+fn unreadable(entity: Entity, object: Value, reason: String) -> Plan {
+    match Meta::identity_of(&object).filter(|k| !k.contains('\0')) {
+        Some(key) => Plan::Unreadable {
+            entity,
+            key,
+            reason,
+            object,
+        },
+        None => Plan::Done(Outcome::Error, Some(entity), reason),
+    }
 }
 
 /// What to do with a stored delivery, before anything is fetched.
@@ -411,9 +492,9 @@ fn plan(event: &PendingEvent, verify: bool) -> Planned {
         }
         webhook::Reading::Object { kind, object } => {
             if Meta::identity_of(&object).is_some() {
-                match Observation::parse(kind.entity, object, kind.deleted) {
+                match Observation::parse(kind.entity, object.clone(), kind.deleted) {
                     Ok(o) => Plan::Apply(o, AppliedFrom::Body),
-                    Err(reason) => Plan::Done(Outcome::Error, Some(kind.entity), reason),
+                    Err(reason) => unreadable(kind.entity, object, reason),
                 }
             } else if natural_key(kind.entity, &object).is_some() {
                 Plan::Merge {
@@ -454,11 +535,11 @@ fn settle(
         Fetched::Found(object) => {
             // PartnerStack's current state, whatever the delivery said; an archived
             // customer is a deletion.
-            match Observation::parse(entity, object, false) {
+            match Observation::parse(entity, object.clone(), false) {
                 Ok(o) => Plan::Apply(o, AppliedFrom::Fetch),
-                Err(reason) => Plan::Done(
-                    Outcome::Error,
-                    Some(entity),
+                Err(reason) => unreadable(
+                    entity,
+                    object,
                     format!("PartnerStack's answer could not be read: {reason}"),
                 ),
             }

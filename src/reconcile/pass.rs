@@ -16,6 +16,7 @@ use tracing::Instrument as _;
 use crate::apply::{self, Observation, Source};
 use crate::config::ReconcileConfig;
 use crate::db::lease::{self, Leader};
+use crate::db::set_aside;
 use crate::db::sync::{self, Finish, PassCounts, PassKind, PassPlan, StreamState};
 use crate::telemetry::{Metrics, StreamLabel};
 
@@ -231,6 +232,8 @@ struct ReadPage {
     /// Keys of objects that do not read: still seen, so a full scan does not take their
     /// rows for vanished.
     unread_keys: Vec<String>,
+    /// Those objects, each with why it does not read: set aside.
+    unread: Vec<(String, String, serde_json::Value)>,
     /// Objects that do not read, and those of them whose key does not read either.
     invalid: i64,
     unkeyed: i64,
@@ -242,22 +245,26 @@ impl ReadPage {
         let mut read = ReadPage {
             observations: Vec::with_capacity(page.items.len()),
             unread_keys: Vec::new(),
+            unread: Vec::new(),
             invalid: 0,
             unkeyed: 0,
             next_cursor: page.next_cursor,
         };
         for item in page.items {
             let key = Meta::identity_of(&item);
-            match Observation::parse(entity, item, false) {
+            match Observation::parse(entity, item.clone(), false) {
                 Ok(o) => read.observations.push(o),
                 Err(reason) => {
                     read.invalid += 1;
+                    tracing::warn!(%reason, "PartnerStack sent an object the service cannot read; set aside");
                     // Postgres text cannot hold U+0000: such a key is not recordable.
                     match key.filter(|k| !k.contains('\0')) {
-                        Some(key) => read.unread_keys.push(key),
+                        Some(key) => {
+                            read.unread_keys.push(key.clone());
+                            read.unread.push((key, reason, item));
+                        }
                         None => read.unkeyed += 1,
                     }
-                    tracing::warn!(%reason, "PartnerStack sent an object the service cannot read; skipped");
                 }
             }
         }
@@ -495,22 +502,36 @@ impl Pass {
         let next_cursor = batch.last().and_then(|p| p.next_cursor.clone());
         let mut observations = Vec::with_capacity(batch.iter().map(|p| p.observations.len()).sum());
         let mut unread_keys = Vec::new();
+        let mut unread = Vec::new();
         for read in batch {
             observations.extend(read.observations);
             unread_keys.extend(read.unread_keys);
+            unread.extend(read.unread);
             page.invalid += read.invalid;
             page.unkeyed += read.unkeyed;
         }
         let mut tx = ctx.leader.begin().await?;
-        let results = apply::apply(&mut tx, Source::Reconcile, &observations).await?;
+        // An object the database refuses is set aside; the rest of the page goes on.
+        let results = apply::apply_or_set_aside(&mut tx, Source::Reconcile, None, &observations).await?;
+        let refused: Vec<set_aside::Refused> = unread
+            .iter()
+            .map(|(key, reason, raw)| set_aside::Refused {
+                entity: self.entity,
+                key,
+                error: reason.clone(),
+                raw,
+            })
+            .collect();
+        set_aside::record(&mut tx, Source::Reconcile, &refused).await?;
+        let changed = |r: &apply::Taken| r.as_ref().is_ok_and(|a| a.changed());
         if self.kind == PassKind::Full {
             // A row this commit wrote has a `synced_at` after the pass began, which spares it
             // from deletion detection already (sync::mark_vanished); only the objects that
-            // changed nothing, and those that do not read, need a record of being seen.
+            // changed nothing, and those set aside, need a record of being seen.
             let keys: Vec<&str> = observations
                 .iter()
                 .zip(&results)
-                .filter(|(_, r)| !r.changed())
+                .filter(|(_, r)| !changed(r))
                 .map(|(o, _)| o.key.as_str())
                 .chain(unread_keys.iter().map(String::as_str))
                 .collect();
@@ -519,7 +540,8 @@ impl Pass {
             }
         }
         page.seen = observations.len() as i64 + page.invalid;
-        page.changed = results.iter().filter(|r| r.changed()).count() as i64;
+        page.invalid += results.iter().filter(|r| r.is_err()).count() as i64;
+        page.changed = results.iter().filter(|r| changed(r)).count() as i64;
         page.repairs = if self.counts_repairs(ctx) {
             page.changed
         } else {

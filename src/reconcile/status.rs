@@ -11,6 +11,7 @@ use utoipa::ToSchema;
 
 use super::{Coverage, Freshness, Reconciler, freshness};
 use crate::config::Config;
+use crate::db::set_aside::{self, SetAsideObject};
 use crate::db::sync::{self, PassCounts, PassKind, StreamState};
 
 /// The reconciler as this replica sees it.
@@ -24,6 +25,10 @@ pub struct SyncStatus {
     /// This replica's reconciler identity (host:pid:id), when enabled.
     pub runner: Option<String>,
     pub streams: Vec<StreamStatus>,
+    /// Objects the copy refused (they do not read, or the database refused them), newest
+    /// first, at most 50: each set aside with its error while the rest of its page, batch
+    /// or write went on, and tried again whenever it is seen again.
+    pub set_aside: Vec<SetAsideObject>,
 }
 
 /// A reconcile stream's name (`partnerships`, `customers`, ...): served as that word,
@@ -93,6 +98,8 @@ pub struct StreamStatus {
     pub requested_at: Option<DateTime<Utc>>,
     /// The replica that ran the current or last pass.
     pub runner: Option<String>,
+    /// Objects of this stream set aside now (see `set_aside` above).
+    pub set_aside: i64,
 }
 
 /// A pass's figures.
@@ -148,8 +155,12 @@ fn stream_status(
         next_attempt_at: state.next_attempt_at,
         requested_at: state.requested_at,
         runner: state.runner,
+        set_aside: 0,
     }
 }
+
+/// Objects set aside listed by [`load`].
+const SET_ASIDE_LISTED: i64 = 50;
 
 /// The reconciler's state now: every stream row this version knows, with its freshness
 /// under `config`'s settings; `reconciler` is this replica's, `None` when it is off.
@@ -163,6 +174,7 @@ pub async fn load(
         None => &[],
     };
     let rows = sync::load_all(pool).await?;
+    let set_aside_counts = set_aside::counts(pool).await?;
     let now = Utc::now();
     let rps = config.partnerstack.requests_per_second;
     // A row of a stream this version does not know (left by another) is not shown.
@@ -172,7 +184,9 @@ pub async fn load(
             let entity = Entity::from_stream(&row.stream)?;
             let enabled = enabled_streams.contains(&entity);
             let freshness = freshness(&row, entity, &config.reconcile, rps, now);
-            Some(stream_status(row, entity, enabled, freshness))
+            let mut status = stream_status(row, entity, enabled, freshness);
+            status.set_aside = set_aside_counts.get(&entity).copied().unwrap_or(0);
+            Some(status)
         })
         .collect();
     Ok(SyncStatus {
@@ -180,5 +194,6 @@ pub async fn load(
         leader: reconciler.is_some_and(Reconciler::is_leader),
         runner: reconciler.map(|r| r.runner().to_string()),
         streams,
+        set_aside: set_aside::recent(pool, SET_ASIDE_LISTED).await?,
     })
 }

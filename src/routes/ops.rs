@@ -101,8 +101,8 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         .into_response()
 }
 
-/// The figures only the database knows: the deliveries' backlog, and each reconciled
-/// stream's staleness.
+/// The figures only the database knows: the deliveries' backlog, the objects set aside,
+/// and each reconciled stream's staleness.
 async fn refresh(state: &AppState) -> Result<(), crate::error::ApiError> {
     let pending =
         db::events::count_outcome(&state.pool, db::events::Outcome::Pending, BACKLOG_CAP).await?;
@@ -111,6 +111,9 @@ async fn refresh(state: &AppState) -> Result<(), crate::error::ApiError> {
         (chrono::Utc::now() - at).to_std().unwrap_or_default()
     });
     state.metrics.set_backlog(pending, lag);
+    state
+        .metrics
+        .set_set_aside(&db::set_aside::counts(&state.pool).await?);
     let Some(reconciler) = &state.reconciler else {
         return Ok(());
     };

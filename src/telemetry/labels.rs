@@ -1,5 +1,6 @@
 //! The service-wide metrics' labels, and which series each family has ([`Labels`]).
 
+use partnerstack::Entity;
 use partnerstack::client::Answer;
 use prometheus_client::encoding::EncodeLabelSet;
 use utoipa::openapi::OpenApi;
@@ -143,6 +144,24 @@ impl Labels for StreamLabel {
         streams
             .iter()
             .map(|entity| StreamLabel {
+                stream: entity.stream(),
+            })
+            .collect()
+    }
+}
+
+/// A stream, any of them: for series that exist whether or not the stream is reconciled
+/// (objects can be set aside from webhooks and writes too).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EntityLabel {
+    pub stream: &'static str,
+}
+
+impl Labels for EntityLabel {
+    fn fixed() -> Vec<Self> {
+        Entity::ALL
+            .iter()
+            .map(|entity| EntityLabel {
                 stream: entity.stream(),
             })
             .collect()

@@ -28,6 +28,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
+use partnerstack::Entity;
 use partnerstack::client::{Answer, Exchange, Observer};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -38,7 +39,7 @@ use crate::error::ErrorCode;
 
 pub use group::{Deployment, Exposition, Group, Labels, Precreate, Registry, Unit, register};
 pub use labels::{
-    AnswerLabels, DeliveryResult, PoolLabel, ResultLabel, RouteLabels, StreamLabel,
+    AnswerLabels, DeliveryResult, EntityLabel, PoolLabel, ResultLabel, RouteLabels, StreamLabel,
     UpstreamAnswerLabels, UpstreamLabels,
 };
 pub use logs::{DEFAULT_LOG_FILTER, init_logging};
@@ -156,6 +157,11 @@ crate::metrics! {
         pub db_pool_connections: Family<PoolLabel, Gauge>,
         /// The database pool's configured size.
         pub db_pool_max_connections: Gauge,
+        /// Objects set aside now (refused by the copy, kept with their error while the
+        /// rest went on), by stream.
+        ///
+        /// Refreshed when scraped.
+        pub set_aside_objects: Family<EntityLabel, Gauge>,
     }
 }
 
@@ -228,6 +234,17 @@ impl Metrics {
             if at > gauge.get() {
                 gauge.set(at);
             }
+        }
+    }
+
+    /// Objects set aside now, per stream (streams not in `counts` have none).
+    pub fn set_set_aside(&self, counts: &std::collections::HashMap<Entity, i64>) {
+        for entity in Entity::ALL {
+            self.set_aside_objects
+                .get_or_create(&EntityLabel {
+                    stream: entity.stream(),
+                })
+                .set(counts.get(&entity).copied().unwrap_or(0));
         }
     }
 

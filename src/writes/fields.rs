@@ -34,8 +34,17 @@ pub const MAX_NAME: usize = 100;
 pub const MIN_TRANSACTION_KEY: usize = 4;
 /// Shortest email address (PartnerStack's limit).
 pub const MIN_EMAIL: usize = 4;
-/// Most attributes in a transaction's `metadata` (PartnerStack advises few).
-pub const MAX_METADATA: usize = 20;
+/// Most attributes in a transaction's `metadata` (PartnerStack's `POST /transactions`
+/// reference; an older version of the page said 20).
+pub const MAX_METADATA: usize = 25;
+/// Longest name of a `metadata` attribute, in characters (the same reference).
+pub const MAX_METADATA_NAME: usize = 30;
+/// Longest value of a `metadata` attribute, in characters of its text (the same
+/// reference).
+pub const MAX_METADATA_VALUE: usize = 100;
+/// Largest magnitude of an [`Amount`], in cents: PartnerStack's documented range for a
+/// transaction's amount (about ±5e10 cents).
+pub const MAX_AMOUNT: i64 = 50_000_000_000;
 /// Latest [`Timestamp`] accepted as epoch milliseconds (the end of year 9999).
 pub const MAX_EPOCH_MS: i64 = 253_402_300_799_999;
 
@@ -43,6 +52,13 @@ pub const MAX_EPOCH_MS: i64 = 253_402_300_799_999;
 /// `Cc`, as [`char::is_control`]).
 const NON_BLANK: &str =
     "^[^\\x00-\\x1F\\x7F-\\x9F]*[^\\s\\x00-\\x1F\\x7F-\\x9F][^\\x00-\\x1F\\x7F-\\x9F]*$";
+/// [`NON_BLANK`], except `.` and `..` (with white space around them): text with a
+/// character that is neither white space nor a dot, or three dots, or white space between
+/// two dots. A key is a path segment of PartnerStack's URLs, where `.` and `..` are
+/// resolved away.
+const KEY: &str = "^(?:[^\\x00-\\x1F\\x7F-\\x9F]*[^\\s.\\x00-\\x1F\\x7F-\\x9F][^\\x00-\\x1F\\x7F-\\x9F]*\
+    |[^\\x00-\\x1F\\x7F-\\x9F]*\\.[^\\x00-\\x1F\\x7F-\\x9F]*\\.[^\\x00-\\x1F\\x7F-\\x9F]*\\.[^\\x00-\\x1F\\x7F-\\x9F]*\
+    |[^\\x00-\\x1F\\x7F-\\x9F]*\\.[^\\S\\x00-\\x1F\\x7F-\\x9F]+\\.[^\\x00-\\x1F\\x7F-\\x9F]*)$";
 /// An `@`, no white space, no control character.
 const EMAIL: &str = "^[^\\s\\x00-\\x1F\\x7F-\\x9F]*@[^\\s\\x00-\\x1F\\x7F-\\x9F]*$";
 /// Three letters, either case.
@@ -178,10 +194,16 @@ pub mod rule {
     impl TextRule for Key {
         const NAME: &'static str = "Key";
         fn check(value: &str) -> Result<String, Invalid> {
-            non_blank(value, MAX_TEXT)
+            let key = non_blank(value, MAX_TEXT)?;
+            if key == "." || key == ".." {
+                return Err(Invalid::new(format!(
+                    "cannot be {key:?} (a path segment that URLs resolve away)"
+                )));
+            }
+            Ok(key)
         }
         fn schema() -> ObjectBuilder {
-            non_blank_schema("A key", 1, MAX_TEXT)
+            key_schema("A key", 1)
         }
     }
 
@@ -203,10 +225,10 @@ pub mod rule {
                     "must be {MIN_TRANSACTION_KEY} to {MAX_TEXT} characters"
                 )));
             }
-            non_blank(value, MAX_TEXT)
+            Key::check(value)
         }
         fn schema() -> ObjectBuilder {
-            non_blank_schema("A transaction key", MIN_TRANSACTION_KEY, MAX_TEXT)
+            key_schema("A transaction key", MIN_TRANSACTION_KEY)
         }
     }
 
@@ -297,6 +319,21 @@ pub mod rule {
         Ok(value.trim().to_string())
     }
 
+    /// What [`Key::check`] accepts, at least `min` characters (counted before trimming),
+    /// described as `what`.
+    fn key_schema(what: &str, min: usize) -> ObjectBuilder {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .min_length(Some(min))
+            .max_length(Some(MAX_TEXT))
+            .pattern(Some(KEY))
+            .description(Some(format!(
+                "{what}: {min} to {MAX_TEXT} characters, not blank, not `.` or `..`, without \
+                 control characters (white space around it is removed). Sent to PartnerStack \
+                 as one percent-encoded path segment where a path names it."
+            )))
+    }
+
     /// What [`non_blank`] accepts (counted before trimming, as it counts), described as
     /// `what`.
     fn non_blank_schema(what: &str, min: usize, max: usize) -> ObjectBuilder {
@@ -357,9 +394,15 @@ impl Amount {
 impl<'de> Deserialize<'de> for Amount {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let n = serde_json::Number::deserialize(d)?;
-        whole(&n)
-            .map(Amount)
-            .ok_or_else(|| Invalid::new(format!("must be a whole number, got {n}")).into_serde())
+        let cents = whole(&n)
+            .ok_or_else(|| Invalid::new(format!("must be a whole number, got {n}")).into_serde())?;
+        if cents.unsigned_abs() > MAX_AMOUNT.unsigned_abs() {
+            return Err(Invalid::new(format!(
+                "must be within ±{MAX_AMOUNT} cents (PartnerStack's documented range), got {n}"
+            ))
+            .into_serde());
+        }
+        Ok(Amount(cents))
     }
 }
 
@@ -368,7 +411,12 @@ impl PartialSchema for Amount {
         ObjectBuilder::new()
             .schema_type(Type::Integer)
             .format(Some(SchemaFormat::KnownFormat(KnownFormat::Int64)))
-            .description(Some("An amount in integer cents; negative for a refund."))
+            .minimum(Some(-MAX_AMOUNT))
+            .maximum(Some(MAX_AMOUNT))
+            .description(Some(format!(
+                "An amount in integer cents, negative for a refund, within ±{MAX_AMOUNT} \
+                 (PartnerStack's documented range)."
+            )))
             .into()
     }
 }
@@ -650,21 +698,90 @@ impl Metadata {
 impl<'de> Deserialize<'de> for Metadata {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let meta = Meta::deserialize(d)?;
-        if meta.len() > MAX_METADATA {
-            return Err(
-                Invalid::new(format!("has more than {MAX_METADATA} attributes")).into_serde(),
-            );
-        }
+        Metadata::check(&meta).map_err(Invalid::into_serde)?;
         Ok(Metadata(meta))
+    }
+}
+
+impl Metadata {
+    /// PartnerStack's limits: [`MAX_METADATA`] attributes, names of [`MAX_METADATA_NAME`]
+    /// characters, values of [`MAX_METADATA_VALUE`] characters as text (a number's digits).
+    fn check(meta: &Meta) -> Result<(), Invalid> {
+        if meta.len() > MAX_METADATA {
+            return Err(Invalid::new(format!(
+                "has more than {MAX_METADATA} attributes"
+            )));
+        }
+        for (name, value) in &meta.0 {
+            if name.chars().count() > MAX_METADATA_NAME {
+                return Err(Invalid::new(format!(
+                    "has an attribute name longer than {MAX_METADATA_NAME} characters ({:?})",
+                    truncated(name)
+                )));
+            }
+            let length = match value {
+                MetaValue::Text(text) => text.chars().count(),
+                MetaValue::Number(n) => n.to_string().chars().count(),
+                MetaValue::Bool(_) | MetaValue::Null => 0,
+            };
+            if length > MAX_METADATA_VALUE {
+                return Err(Invalid::new(format!(
+                    "has a value longer than {MAX_METADATA_VALUE} characters (attribute {:?})",
+                    truncated(name)
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The first characters of a name quoted in an error.
+fn truncated(name: &str) -> String {
+    name.chars().take(MAX_METADATA_NAME + 10).collect()
+}
+
+/// The schema of a `metadata` attribute's value: a [`MetaValue`] within
+/// [`MAX_METADATA_VALUE`] characters.
+struct MetadataValue;
+
+impl MetadataValue {
+    const NAME: &'static str = "MetadataValue";
+
+    fn schema() -> RefOr<Schema> {
+        AnyOfBuilder::new()
+            .item(
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .max_length(Some(MAX_METADATA_VALUE))
+                    .pattern(Some(NO_NUL)),
+            )
+            .item(ObjectBuilder::new().schema_type(Type::Number))
+            .item(ObjectBuilder::new().schema_type(Type::Boolean))
+            .item(ObjectBuilder::new().schema_type(Type::Null))
+            .description(Some(format!(
+                "A metadata value: a string of at most {MAX_METADATA_VALUE} characters (without \
+                 NUL), a number of at most {MAX_METADATA_VALUE} characters written out, a \
+                 boolean or null."
+            )))
+            .into()
     }
 }
 
 impl PartialSchema for Metadata {
     fn schema() -> RefOr<Schema> {
-        Meta::object()
+        ObjectBuilder::new()
+            .schema_type(Type::Object)
+            .property_names(Some(
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .max_length(Some(MAX_METADATA_NAME))
+                    .pattern(Some(NO_NUL)),
+            ))
+            .additional_properties(Some(Ref::from_schema_name(MetadataValue::NAME)))
             .max_properties(Some(MAX_METADATA))
             .description(Some(format!(
-                "At most {MAX_METADATA} attributes: names without NUL, each a MetaValue."
+                "At most {MAX_METADATA} attributes (PartnerStack's limit): names of at most \
+                 {MAX_METADATA_NAME} characters without NUL, each a MetadataValue."
             )))
             .into()
     }
@@ -672,7 +789,7 @@ impl PartialSchema for Metadata {
 
 impl ToSchema for Metadata {
     fn schemas(schemas: &mut Vec<(String, RefOr<Schema>)>) {
-        <Meta as ToSchema>::schemas(schemas);
+        schemas.push((MetadataValue::NAME.into(), MetadataValue::schema()));
     }
 }
 
@@ -734,6 +851,65 @@ mod tests {
             Key::parse("").unwrap_err().of("the path's key"),
             "the path's key is empty"
         );
+    }
+
+    #[test]
+    fn documented_limits_hold_at_their_edges() {
+        let attributes = |n: usize, name: usize, value: usize| {
+            let mut m = serde_json::Map::new();
+            for i in 0..n {
+                let name = format!("{i:02}{}", "n".repeat(name - 2));
+                m.insert(name, json!("v".repeat(value)));
+            }
+            serde_json::Value::Object(m)
+        };
+        let metadata = |v| serde_json::from_value::<Metadata>(v);
+        assert!(
+            metadata(attributes(
+                MAX_METADATA,
+                MAX_METADATA_NAME,
+                MAX_METADATA_VALUE
+            ))
+            .is_ok()
+        );
+        assert_eq!(
+            refused::<Metadata>("metadata", attributes(MAX_METADATA + 1, 3, 1)),
+            "metadata has more than 25 attributes"
+        );
+        assert!(
+            refused::<Metadata>("metadata", attributes(1, MAX_METADATA_NAME + 1, 1))
+                .starts_with("metadata has an attribute name longer than 30 characters")
+        );
+        assert!(
+            refused::<Metadata>("metadata", attributes(1, 3, MAX_METADATA_VALUE + 1))
+                .starts_with("metadata has a value longer than 100 characters")
+        );
+        // A number's value is its digits (as written, never near 100).
+        assert!(metadata(json!({"n": -1.2345678901234567e300, "m": u64::MAX})).is_ok());
+        let amount = |v| serde_json::from_value::<Amount>(v).map(Amount::cents);
+        assert_eq!(amount(json!(MAX_AMOUNT)).unwrap(), MAX_AMOUNT);
+        assert_eq!(amount(json!(-MAX_AMOUNT)).unwrap(), -MAX_AMOUNT);
+        assert!(
+            refused::<Amount>("amount", json!(MAX_AMOUNT + 1)).starts_with("amount must be within")
+        );
+        assert!(refused::<Amount>("amount", json!(-MAX_AMOUNT - 1)).starts_with("amount must"));
+        assert!(refused::<Amount>("amount", json!(i64::MAX)).starts_with("amount must"));
+    }
+
+    #[test]
+    fn keys_that_urls_resolve_away_are_refused() {
+        for key in [".", "..", " . ", "\u{a0}..\u{a0}"] {
+            assert!(
+                refused::<Key>("customer_key", json!(key)).starts_with("customer_key cannot be"),
+                "{key:?}"
+            );
+        }
+        // The transaction key's own rule (4 characters) keeps the key's.
+        assert!(refused::<TransactionKey>("key", json!("  .. ")).starts_with("key cannot be"));
+        for key in ["...", ". .", ".a", "a/..", "%2E", "/"] {
+            let parsed: Key = serde_json::from_value(json!(key)).unwrap();
+            assert_eq!(parsed.as_str(), key);
+        }
     }
 
     #[test]

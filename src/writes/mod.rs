@@ -8,6 +8,7 @@
 //! with another body is refused), and the customers it concerns (writes about one customer
 //! are sent in the order they were accepted).
 
+pub mod confirm;
 pub mod fields;
 pub mod request;
 pub mod worker;

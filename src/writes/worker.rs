@@ -1,5 +1,6 @@
 //! The outbox worker: sends pending writes to PartnerStack, oldest first, each replica a
-//! few at a time, with exactly one upstream effect per write.
+//! few at a time, with exactly one upstream effect per write, and reports success only
+//! when PartnerStack did what the write asked.
 //!
 //! One attempt of one write:
 //!
@@ -8,25 +9,35 @@
 //!    wait their turn.
 //! 2. **Look first** when an earlier attempt may have landed (`in_doubt`: its answer was
 //!    lost, or its worker died): a customer by `GET /customers/{customer_key}`, a
-//!    transaction by its key in a list page. Found: the write is done. A customer not
-//!    found yet is looked for again until `writes.lookup_window` has passed since it
-//!    was last sent (PartnerStack can take minutes to show a new customer, and does
-//!    not promise `customer_key` is unique, so sending again sooner could create a second
-//!    one); transactions are keyed, so a repeat cannot create a second one.
+//!    transaction by its key in a list page. Found with the fields asked for
+//!    ([`super::confirm`]): the write is done. A customer not found (or not as asked) is
+//!    looked for again, ever less often ([`next_look`]), until `writes.lookup_window` has
+//!    passed since it was last sent (PartnerStack can take minutes to show a new customer,
+//!    and does not promise `customer_key` is unique, so sending again sooner could create
+//!    a second one); transactions are keyed, so a repeat cannot create a second one.
 //! 3. **Mark it in doubt**, committed, then send it through the client (its requests go
 //!    ahead of reconcile pages in the request budget): the stored request, read back as a
 //!    typed [`Request`], becomes the client's types by `From`, which cannot fail.
-//! 4. **Record** the outcome, fenced by the claim: success applies PartnerStack's answer
-//!    through the one door in the same transaction, so `/v1` shows it at once; a refusal
-//!    (4xx) fails the write with PartnerStack's message; anything else (429, 5xx, timeout,
-//!    a cut connection) leaves it pending with back-off, in doubt unless the answer proves
-//!    nothing landed.
+//! 4. **Judge the answer by evidence**, never by the wording of a message. A create's 2xx
+//!    answer counts when its object is the one asked for. A refusal (4xx) of a create is a
+//!    reason to look: found as asked, the write succeeded (`existed`); found otherwise,
+//!    it failed with the differences; not found, it failed with PartnerStack's status and
+//!    message, unless it concerns a customer this outbox created moments ago (looked for
+//!    again within the window). Updates and deletes are judged by the HTTP status (a
+//!    delete's 2xx in any shape). 429, 5xx, timeouts and cut connections leave the write
+//!    pending with back-off, in doubt unless the answer proves nothing landed.
+//! 5. **Record** the outcome, fenced by the claim, applying PartnerStack's object through
+//!    the one door in the same transaction, so `/v1` shows it at once (a delete marks the
+//!    transaction deleted, with its change). An object the copy refuses is set aside
+//!    ([`crate::db::set_aside`]) and the outcome recorded without it: a write whose effect
+//!    happened is never reported failed, nor left pending, for want of recording it.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use partnerstack::Entity;
-use partnerstack::client::{self, Client, Error as ClientError};
+use partnerstack::client::{self, Client, Deletion, Error as ClientError};
+use partnerstack::models::Meta;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -35,16 +46,18 @@ use prometheus_client::metrics::histogram::Histogram;
 use rand::RngExt as _;
 use reqwest::StatusCode;
 use serde_json::Value;
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
 use super::fields::{Key, Timestamp};
-use super::request::{CustomerRef, CustomerUpdate, NewCustomer, NewTransaction};
-use super::{Outbox, Request};
-use crate::apply::{self, Observation};
+use super::request::{CustomerRef, CustomerUpdate};
+use super::{Outbox, Request, confirm};
+use crate::apply::{self, Observation, Source};
 use crate::config::WritesConfig;
+use crate::db::is_transient_error;
+use crate::db::set_aside;
 use crate::db::writes::{self, Claimed, Finished, Resolution, WriteKind, WriteStatus};
 use crate::telemetry::{FloatGauge, Labels};
 
@@ -55,8 +68,8 @@ const POLL: Duration = Duration::from_millis(500);
 const GAUGES_EVERY: Duration = Duration::from_secs(5);
 /// First retry delay of a failing write (doubles per attempt up to `max_retry_delay`).
 const FIRST_RETRY: Duration = Duration::from_secs(1);
-/// How often a customer not yet found after a lost answer is looked for again.
-const LOOK_AGAIN: Duration = Duration::from_secs(5);
+/// The shortest wait between two looks for an object that may not be visible yet.
+const MIN_LOOK: Duration = Duration::from_secs(1);
 
 crate::text_enum! {
     /// How one attempt at a write ended.
@@ -125,12 +138,13 @@ pub struct Worker {
 #[derive(Debug)]
 enum Outcome {
     /// Done: PartnerStack has the effect. `object`: what it answered (or what a look-up
-    /// found), applied to the copy.
+    /// found), applied to the copy; every create has one.
     Done {
         resolution: Resolution,
         object: Option<Value>,
     },
-    /// PartnerStack refused the write for good.
+    /// PartnerStack refused the write for good (or has another object where this one
+    /// should be).
     Refused {
         status: Option<u16>,
         message: String,
@@ -141,8 +155,12 @@ enum Outcome {
         status: Option<u16>,
         error: String,
     },
-    /// A lost answer is unresolved: look again later, send nothing yet.
-    LookAgain { why: String },
+    /// Not resolved yet: look again `after` this long, send nothing before.
+    LookAgain {
+        why: String,
+        after: Duration,
+        in_doubt: bool,
+    },
     /// The claim was lost to another worker: record nothing.
     Abandoned,
 }
@@ -263,7 +281,7 @@ impl Worker {
         }
     }
 
-    /// Looks (when in doubt), marks the write in doubt, sends it, and sorts the answer.
+    /// Looks (when in doubt), marks the write in doubt, sends it, and judges the answer.
     async fn send(&self, claim: &Claimed) -> Outcome {
         // Only a row this code did not write fails to read back.
         let request = match Request::from_stored(claim.kind, &claim.request) {
@@ -275,18 +293,10 @@ impl Worker {
                 };
             }
         };
-        if claim.in_doubt {
-            match self.look(claim, &request).await {
-                Look::Found(object) => {
-                    return Outcome::Done {
-                        resolution: Resolution::Found,
-                        object,
-                    };
-                }
-                Look::Send => {}
-                Look::Wait(why) => return Outcome::LookAgain { why },
-                Look::Failed(e) => return retry(&e, true),
-            }
+        if claim.in_doubt
+            && let Some(outcome) = self.look_first(claim, &request).await
+        {
+            return outcome;
         }
         match writes::sending(&self.pool, claim).await {
             Ok(true) => {}
@@ -300,42 +310,152 @@ impl Worker {
             }
         }
         match &request {
-            Request::CreateCustomer(c) => self.create_customer(claim, c).await,
+            Request::CreateCustomer(c) => {
+                let answer = self.client.create_customer(&c.into()).await;
+                self.created(claim, &request, answer.map(|r| r.raw)).await
+            }
+            Request::CreateTransaction(t) => {
+                let answer = self.client.create_transaction(&t.into()).await;
+                self.created(claim, &request, answer.map(|r| r.raw)).await
+            }
             Request::UpdateCustomer(u) => self.update_customer(claim, u).await,
-            Request::CreateTransaction(t) => self.create_transaction(claim, t).await,
             Request::DeleteTransaction(d) => self.delete_transaction(claim, &d.key).await,
         }
     }
 
-    /// `POST /customers`. A customer PartnerStack has under this key already is what
-    /// was asked for if it has this email.
-    async fn create_customer(&self, claim: &Claimed, customer: &NewCustomer) -> Outcome {
-        match self.client.create_customer(&customer.into()).await {
-            Ok(created) => Outcome::Done {
-                resolution: Resolution::Created,
-                object: Some(created.raw),
-            },
-            Err(ClientError::DuplicateCustomer {
-                existing,
-                status,
-                message,
-                ..
-            }) => {
-                if same_email(&existing.raw, customer.email.as_str()) {
+    /// Before sending again a create whose earlier answer was lost: `Some` outcome when it
+    /// landed (found as asked) or when it is too early to tell; `None` to send. Updates
+    /// and deletes are idempotent: sending again is their look.
+    async fn look_first(&self, claim: &Claimed, request: &Request) -> Option<Outcome> {
+        let found = match self.find(request).await {
+            Ok(found) => found,
+            Err(e) => return Some(passing(&e)),
+        };
+        if let Some(object) = found
+            && confirm::differences(request, &object).is_empty()
+        {
+            return Some(Outcome::Done {
+                resolution: Resolution::Found,
+                object: Some(object),
+            });
+        }
+        let Request::CreateCustomer(customer) = request else {
+            // Keyed: a repeat cannot make a second transaction.
+            return None;
+        };
+        // Not there, or another customer under this key (`customer_key` is not promised
+        // unique): what the last send made may not be visible yet. Measured from that send.
+        let since = claim.last_sent_at.unwrap_or(claim.created_at);
+        let waited = (chrono::Utc::now() - since).to_std().unwrap_or_default();
+        let window = self.config.lookup_window;
+        let after = next_look(waited, window)?;
+        Some(Outcome::LookAgain {
+            why: format!(
+                "an earlier attempt's answer was lost and PartnerStack does not show customer {:?} \
+                 as asked yet; looking again, ever less often (sent again {}s after the last send \
+                 if still not found)",
+                customer.customer_key.as_str(),
+                window.as_secs()
+            ),
+            after,
+            in_doubt: true,
+        })
+    }
+
+    /// The object a create asks for, as PartnerStack shows it now: a customer by its
+    /// `customer_key`, a transaction by its key. `None` for other writes.
+    async fn find(&self, request: &Request) -> Result<Option<Value>, ClientError> {
+        Ok(match request {
+            Request::CreateCustomer(c) => self
+                .client
+                .get_customer(c.customer_key.as_str())
+                .await?
+                .map(|r| r.raw),
+            Request::CreateTransaction(t) => {
+                let created_at = t.fields.created_at.map(Timestamp::time);
+                self.client
+                    .find_transaction(t.key.as_str(), created_at)
+                    .await?
+                    .map(|r| r.raw)
+            }
+            Request::UpdateCustomer(_) | Request::DeleteTransaction(_) => None,
+        })
+    }
+
+    /// A create's answer, judged: a 2xx counts when its object is the one asked for (a
+    /// repeated key may be answered with an earlier, different object); a refusal is a
+    /// reason to look.
+    async fn created(
+        &self,
+        claim: &Claimed,
+        request: &Request,
+        answer: Result<Value, ClientError>,
+    ) -> Outcome {
+        let error = match answer {
+            Ok(object) => {
+                let differences = confirm::differences(request, &object);
+                return if differences.is_empty() {
+                    Outcome::Done {
+                        resolution: Resolution::Created,
+                        object: Some(object),
+                    }
+                } else {
+                    Outcome::Refused {
+                        status: None,
+                        message: conflict(request, "answered with", &differences),
+                    }
+                };
+            }
+            Err(e) => e,
+        };
+        let Some((status, message)) = refusal(&error) else {
+            return passing(&error);
+        };
+        if matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) {
+            return refused(status, message);
+        }
+        // Refused: perhaps because the object exists, perhaps for any other reason. Only a
+        // look-up can tell.
+        match self.find(request).await {
+            Ok(Some(object)) => {
+                let differences = confirm::differences(request, &object);
+                if differences.is_empty() {
                     Outcome::Done {
                         resolution: existed(claim),
-                        object: Some(existing.raw),
+                        object: Some(object),
                     }
                 } else {
                     Outcome::Refused {
                         status: Some(status.as_u16()),
                         message: format!(
-                            "{message} (a customer with this customer_key exists with another email)"
+                            "{} (PartnerStack answered {}: {message})",
+                            conflict(request, "has", &differences),
+                            status.as_u16()
                         ),
                     }
                 }
             }
-            Err(e) => self.sorted(e, claim),
+            Ok(None) => {
+                let customer_key = match request {
+                    Request::CreateCustomer(c) => Some(c.customer_key.as_str()),
+                    Request::CreateTransaction(t) => match &t.fields.customer {
+                        CustomerRef::Key(k) => Some(k.as_str()),
+                        CustomerRef::Email(_) | CustomerRef::PartnerStack(_) => None,
+                    },
+                    Request::UpdateCustomer(_) | Request::DeleteTransaction(_) => None,
+                };
+                self.unless_new_customer(claim, customer_key, status, message)
+                    .await
+            }
+            // The refusal proved this send landed nothing; whether the object exists is
+            // still to learn.
+            Err(e) => Outcome::Retry {
+                in_doubt: claim.in_doubt,
+                status: Some(status.as_u16()),
+                error: format!(
+                    "PartnerStack refused the create ({status}: {message}) and looking for it failed: {e}"
+                ),
+            },
         }
     }
 
@@ -351,162 +471,79 @@ impl Worker {
                 resolution: Resolution::Updated,
                 object: Some(updated.raw),
             },
-            Err(e) => self.sorted_for_customer(e, claim, Some(customer_key)).await,
+            Err(e) => match refusal(&e) {
+                Some((status, message)) => {
+                    self.unless_new_customer(claim, Some(customer_key), status, message)
+                        .await
+                }
+                None => passing(&e),
+            },
         }
     }
 
-    /// `POST /transactions`. Its key makes a repeat harmless: PartnerStack answers that
-    /// the transaction exists.
-    async fn create_transaction(&self, claim: &Claimed, transaction: &NewTransaction) -> Outcome {
-        match self.client.create_transaction(&transaction.into()).await {
-            Ok(created) => Outcome::Done {
-                resolution: Resolution::Created,
-                object: Some(created.raw),
-            },
-            Err(ClientError::DuplicateTransaction { existing, .. }) => Outcome::Done {
-                resolution: existed(claim),
-                object: Some(existing.raw),
-            },
-            Err(e) => {
-                let customer_key = match &transaction.fields.customer {
-                    CustomerRef::Key(k) => Some(k.as_str()),
-                    CustomerRef::Email(_) | CustomerRef::PartnerStack(_) => None,
-                };
-                self.sorted_for_customer(e, claim, customer_key).await
-            }
-        }
-    }
-
-    /// `DELETE /transactions/{key}`.
+    /// `DELETE /transactions/{key}`: any 2xx is done, whatever the answer's shape.
     async fn delete_transaction(&self, claim: &Claimed, key: &Key) -> Outcome {
         match self.client.delete_transaction(key.as_str()).await {
-            Ok(Some(deleted)) => Outcome::Done {
+            Ok(Deletion::Deleted { object }) => Outcome::Done {
                 resolution: Resolution::Deleted,
-                object: Some(deleted),
+                object,
             },
             // Nothing to delete: gone with an earlier attempt whose answer was lost, or
             // never there.
-            Ok(None) if claim.in_doubt => Outcome::Done {
+            Ok(Deletion::Absent) if claim.in_doubt => Outcome::Done {
                 resolution: Resolution::Absent,
                 object: None,
             },
-            Ok(None) => Outcome::Refused {
+            Ok(Deletion::Absent) => Outcome::Refused {
                 status: Some(404),
                 message: format!(
                     "PartnerStack has no transaction with key {:?}",
                     key.as_str()
                 ),
             },
-            Err(e) => self.sorted(e, claim),
+            Err(e) => match refusal(&e) {
+                Some((status, message)) => refused(status, message),
+                None => passing(&e),
+            },
         }
     }
 
-    /// [`Worker::sorted`], except that a refusal of a write about a customer this outbox
-    /// created moments ago (within `lookup_window`) is tried again: PartnerStack can take
-    /// minutes to know a new customer.
-    async fn sorted_for_customer(
+    /// A refusal of a write about `customer_key`: final, unless this outbox created that
+    /// customer within `lookup_window` (PartnerStack can take minutes to know a new
+    /// customer): then tried again, ever less often, until the window has passed.
+    async fn unless_new_customer(
         &self,
-        e: ClientError,
         claim: &Claimed,
         customer_key: Option<&str>,
+        status: StatusCode,
+        message: String,
     ) -> Outcome {
-        let outcome = self.sorted(e, claim);
-        let (Outcome::Refused { message, .. }, Some(customer_key)) = (&outcome, customer_key)
-        else {
-            return outcome;
+        let Some(customer_key) = customer_key else {
+            return refused(status, message);
         };
-        match writes::created_customer_within(&self.pool, customer_key, self.config.lookup_window)
-            .await
+        let window = self.config.lookup_window;
+        let created = match writes::customer_created_within(&self.pool, customer_key, window).await
         {
-            Ok(true) => Outcome::LookAgain {
+            Ok(Some(at)) => at,
+            Ok(None) => return refused(status, message),
+            Err(e) => {
+                return Outcome::Retry {
+                    in_doubt: claim.in_doubt,
+                    status: Some(status.as_u16()),
+                    error: format!("the database: {e}"),
+                };
+            }
+        };
+        let since = (chrono::Utc::now() - created).to_std().unwrap_or_default();
+        match next_look(since, window) {
+            Some(after) => Outcome::LookAgain {
                 why: format!(
                     "PartnerStack does not know customer {customer_key:?} yet (created moments ago): {message}"
                 ),
+                after,
+                in_doubt: claim.in_doubt,
             },
-            _ => outcome,
-        }
-    }
-
-    /// A failed send, sorted: a refusal of the data fails the write, except that a
-    /// create answered "already exists" (now, or after an earlier lost answer) has what
-    /// it asked for; anything else is retried.
-    fn sorted(&self, e: ClientError, claim: &Claimed) -> Outcome {
-        let status = e.status();
-        let refused =
-            status.is_some_and(|s| s.is_client_error() && s != StatusCode::TOO_MANY_REQUESTS);
-        if !refused {
-            return retry(&e, true);
-        }
-        let message = match &e {
-            ClientError::Http { message, .. } => message.clone(),
-            ClientError::GaveUp { last, .. } => last.to_string(),
-            other => other.to_string(),
-        };
-        let creates = matches!(
-            claim.kind,
-            WriteKind::CreateCustomer | WriteKind::CreateTransaction
-        );
-        let says_exists =
-            message.to_ascii_lowercase().contains("exist") || status == Some(StatusCode::CONFLICT);
-        if creates && says_exists {
-            return Outcome::Done {
-                resolution: existed(claim),
-                object: None,
-            };
-        }
-        Outcome::Refused {
-            status: status.map(|s| s.as_u16()),
-            message,
-        }
-    }
-
-    /// Looks for the effect of an earlier attempt whose answer was lost.
-    async fn look(&self, claim: &Claimed, request: &Request) -> Look {
-        match request {
-            Request::CreateCustomer(c) => self.look_for_customer(claim, c).await,
-            Request::CreateTransaction(t) => {
-                let created_at = t.fields.created_at.map(Timestamp::time);
-                match self
-                    .client
-                    .find_transaction(t.key.as_str(), created_at)
-                    .await
-                {
-                    Ok(Some(found)) => Look::Found(Some(found.raw)),
-                    Ok(None) => Look::Send,
-                    Err(e) => Look::Failed(e),
-                }
-            }
-            // Updates and deletes are idempotent: sending again is the look.
-            Request::UpdateCustomer(_) | Request::DeleteTransaction(_) => Look::Send,
-        }
-    }
-
-    /// Looks for a customer an earlier attempt may have created.
-    async fn look_for_customer(&self, claim: &Claimed, customer: &NewCustomer) -> Look {
-        let customer_key = customer.customer_key.as_str();
-        match self.client.get_customer(customer_key).await {
-            Ok(Some(found)) if same_email(&found.raw, customer.email.as_str()) => {
-                Look::Found(Some(found.raw))
-            }
-            // Another customer under this key: ours did not land (a send will be refused
-            // as a duplicate, or make the second customer asked for).
-            Ok(Some(_)) => Look::Send,
-            Ok(None) => {
-                // Measured from the latest send: what it created may be what PartnerStack
-                // does not show yet.
-                let since = claim.last_sent_at.unwrap_or(claim.created_at);
-                let waited = (chrono::Utc::now() - since).to_std().unwrap_or_default();
-                if waited < self.config.lookup_window {
-                    Look::Wait(format!(
-                        "an earlier attempt's answer was lost and PartnerStack does not show customer {customer_key:?} yet; \
-                         looking again (sent again after {}s without it)",
-                        self.config.lookup_window.as_secs()
-                    ))
-                } else {
-                    Look::Send
-                }
-            }
-            Err(e) => Look::Failed(e),
+            None => refused(status, message),
         }
     }
 
@@ -528,7 +565,7 @@ impl Worker {
         match outcome {
             Outcome::Abandoned => Ok(()),
             Outcome::Done { resolution, object } => {
-                let observation = object.as_ref().and_then(|o| observation(claim.kind, o));
+                let answer = Answer::of(claim, object.as_ref());
                 let finished = Finished {
                     status: WriteStatus::Succeeded,
                     resolution,
@@ -537,10 +574,11 @@ impl Worker {
                     error_message: None,
                     requests,
                 };
-                self.finish(claim, &finished, observation).await
+                self.finish(claim, &finished, answer).await
             }
             Outcome::Refused { status, message } => {
-                self.finish(claim, &failed(status, message), None).await
+                self.finish(claim, &failed(status, message), Answer::Nothing)
+                    .await
             }
             Outcome::Retry {
                 in_doubt,
@@ -556,7 +594,9 @@ impl Worker {
                         claim.attempts,
                         humantime::format_duration(self.config.give_up_after)
                     );
-                    return self.finish(claim, &failed(status, message), None).await;
+                    return self
+                        .finish(claim, &failed(status, message), Answer::Nothing)
+                        .await;
                 }
                 let delay = backoff(claim.attempts, self.config.max_retry_delay);
                 tracing::info!(retry_in_ms = delay.as_millis() as u64, error = %error, "write not sent; will retry");
@@ -571,60 +611,207 @@ impl Worker {
                 )
                 .await
             }
-            Outcome::LookAgain { why } => {
-                writes::postpone(&self.pool, claim, LOOK_AGAIN, true, None, &why, requests).await
-            }
+            Outcome::LookAgain {
+                why,
+                after,
+                in_doubt,
+            } => writes::postpone(&self.pool, claim, after, in_doubt, None, &why, requests).await,
         }
     }
 
     /// Finishes the write, fenced by the claim, and applies PartnerStack's answer in the
-    /// same transaction (nothing when the claim no longer holds); wakes the waiters.
+    /// same transaction (nothing when the claim no longer holds); wakes the waiters. An
+    /// answer the copy refuses is set aside and the outcome recorded all the same; so is
+    /// one refused only at commit (the outcome is then recorded again, without it).
     async fn finish(
         &self,
         claim: &Claimed,
         finished: &Finished,
-        observation: Option<Observation>,
+        answer: Answer,
     ) -> Result<(), sqlx::Error> {
         let mut tx = crate::db::begin(&self.pool).await?;
         if !writes::finish(&mut tx, claim, finished).await? {
             tx.rollback().await?;
             return Ok(());
         }
-        if let Some(o) = observation {
-            let client = claim.client.as_deref();
-            apply::apply_write(&mut tx, client, std::slice::from_ref(&o)).await?;
+        let client = claim.client.as_deref();
+        answer.record(&mut tx, client).await?;
+        match tx.commit().await {
+            Ok(()) => {}
+            Err(e) if !is_transient_error(&e) && answer.applies() => {
+                tracing::warn!(error = %e, "the database refused a write's answer at commit; recording the outcome without it");
+                let mut tx = crate::db::begin(&self.pool).await?;
+                if !writes::finish(&mut tx, claim, finished).await? {
+                    tx.rollback().await?;
+                    return Ok(());
+                }
+                answer
+                    .refused(format!("the database refused it: {e}"))
+                    .record(&mut tx, client)
+                    .await?;
+                tx.commit().await?;
+            }
+            Err(e) => return Err(e),
         }
-        tx.commit().await?;
         self.outbox.finished.notify_waiters();
         Ok(())
     }
 }
 
-/// PartnerStack's answer to a write of `kind`, as an observation for the one door; none
-/// when it cannot be read (the reconciler brings the object then).
-fn observation(kind: WriteKind, object: &Value) -> Option<Observation> {
-    let entity = match kind {
-        WriteKind::CreateCustomer | WriteKind::UpdateCustomer => Entity::Customer,
-        WriteKind::CreateTransaction | WriteKind::DeleteTransaction => Entity::Transaction,
-    };
-    let deleted = kind == WriteKind::DeleteTransaction;
-    Observation::parse(entity, object.clone(), deleted)
-        .map_err(|e| {
-            tracing::warn!(error = %e, "PartnerStack's answer to a write cannot be applied; the reconciler will bring the object")
-        })
-        .ok()
+/// PartnerStack's answer to a finished write, as the copy takes it.
+enum Answer {
+    /// Nothing to apply (a refusal, or a delete of nothing).
+    Nothing,
+    /// An observation for the one door.
+    Apply(Observation),
+    /// An object the copy cannot take: set aside (when it has a key) with the reason.
+    Refused {
+        entity: Entity,
+        key: Option<String>,
+        error: String,
+        raw: Value,
+    },
 }
 
-/// What a look-up after a lost answer found.
-enum Look {
-    /// The write had landed: this is the object.
-    Found(Option<Value>),
-    /// Not there (or it need not be looked for): send.
-    Send,
-    /// Not there yet: look again later.
-    Wait(String),
-    /// The look-up itself failed.
-    Failed(ClientError),
+impl Answer {
+    /// What a finished write of `claim`'s kind brings to the copy: PartnerStack's object;
+    /// for a delete, the transaction marked deleted (from the answer's object when it is
+    /// that transaction, else by its key alone: the documented answer has no object).
+    fn of(claim: &Claimed, object: Option<&Value>) -> Answer {
+        let entity = match claim.kind {
+            WriteKind::CreateCustomer | WriteKind::UpdateCustomer => Entity::Customer,
+            WriteKind::CreateTransaction | WriteKind::DeleteTransaction => Entity::Transaction,
+        };
+        if claim.kind == WriteKind::DeleteTransaction {
+            let key = claim.object_key.as_str();
+            let deletion = object
+                .filter(|o| Meta::identity_of(o).as_deref() == Some(key))
+                .and_then(|o| Observation::parse(entity, o.clone(), true).ok())
+                .or_else(|| {
+                    Observation::parse(entity, serde_json::json!({ "key": key }), true).ok()
+                });
+            return deletion.map_or(Answer::Nothing, Answer::Apply);
+        }
+        let Some(object) = object else {
+            return Answer::Nothing;
+        };
+        match Observation::parse(entity, object.clone(), false) {
+            Ok(o) => Answer::Apply(o),
+            Err(error) => Answer::Refused {
+                entity,
+                key: Meta::identity_of(object),
+                error,
+                raw: object.clone(),
+            },
+        }
+    }
+
+    /// Whether it writes to the entity tables.
+    fn applies(&self) -> bool {
+        matches!(self, Answer::Apply(_))
+    }
+
+    /// This answer, refused for `error`.
+    fn refused(self, error: String) -> Answer {
+        match self {
+            Answer::Apply(o) => Answer::Refused {
+                entity: o.entity,
+                key: Some(o.key),
+                error,
+                raw: o.raw,
+            },
+            other => other,
+        }
+    }
+
+    /// Applies it (or sets it aside) in `tx`; `client` made the write.
+    async fn record(&self, tx: &mut PgConnection, client: Option<&str>) -> Result<(), sqlx::Error> {
+        match self {
+            Answer::Nothing => Ok(()),
+            Answer::Apply(o) => {
+                apply::apply_or_set_aside(tx, Source::Write, client, std::slice::from_ref(o))
+                    .await?;
+                Ok(())
+            }
+            Answer::Refused {
+                entity,
+                key,
+                error,
+                raw,
+            } => {
+                tracing::warn!(%error, "PartnerStack's answer to a write cannot be applied; set aside");
+                let Some(key) = key else {
+                    return Ok(());
+                };
+                let refused = set_aside::Refused {
+                    entity: *entity,
+                    key,
+                    error: error.clone(),
+                    raw,
+                };
+                set_aside::record(tx, Source::Write, std::slice::from_ref(&refused)).await
+            }
+        }
+    }
+}
+
+/// The wait before looking again for an object that may not be visible yet, `elapsed`
+/// after it may have been created: as long again, so the looks double their spacing; at
+/// least a 64th of `window` (and [`MIN_LOOK`]); never past the window's end. `None` once
+/// the window has passed. Over any window that is about eight looks: one uncertain write
+/// costs a handful of requests, whatever the window.
+fn next_look(elapsed: Duration, window: Duration) -> Option<Duration> {
+    let left = window.checked_sub(elapsed).filter(|d| !d.is_zero())?;
+    let first = (window / 64).max(MIN_LOOK);
+    Some(elapsed.max(first).min(left))
+}
+
+/// PartnerStack's refusal of a request (a 4xx other than 429), with its message.
+fn refusal(e: &ClientError) -> Option<(StatusCode, String)> {
+    let status = e
+        .status()
+        .filter(|s| s.is_client_error() && *s != StatusCode::TOO_MANY_REQUESTS)?;
+    let message = match e {
+        ClientError::Http { message, .. } => message.clone(),
+        ClientError::GaveUp { last, .. } => last.to_string(),
+        other => other.to_string(),
+    };
+    Some((status, message))
+}
+
+/// A refusal, as a failed write.
+fn refused(status: StatusCode, message: String) -> Outcome {
+    Outcome::Refused {
+        status: Some(status.as_u16()),
+        message,
+    }
+}
+
+/// A failed request that is not a refusal: one that could not be made fails the write
+/// (nothing was sent); anything else is retried, in doubt.
+fn passing(e: &ClientError) -> Outcome {
+    match e {
+        ClientError::InvalidRequest(message) => Outcome::Refused {
+            status: None,
+            message: message.clone(),
+        },
+        _ => retry(e, true),
+    }
+}
+
+/// The message of a create whose object PartnerStack shows with other fields.
+fn conflict(request: &Request, shown: &str, differences: &[String]) -> String {
+    let what = match request {
+        Request::CreateCustomer(c) => {
+            format!("a customer with customer_key {:?}", c.customer_key.as_str())
+        }
+        Request::CreateTransaction(t) => format!("a transaction with key {:?}", t.key.as_str()),
+        Request::UpdateCustomer(_) | Request::DeleteTransaction(_) => "the object".to_string(),
+    };
+    format!(
+        "conflict: PartnerStack {shown} {what} that is not the one asked for ({})",
+        differences.join("; ")
+    )
 }
 
 /// A send that failed in a way that may pass: retried, in doubt unless the answer proves
@@ -647,14 +834,6 @@ fn existed(claim: &Claimed) -> Resolution {
     } else {
         Resolution::Existed
     }
-}
-
-/// Whether a customer object has `email` (emails compare without case).
-fn same_email(object: &Value, email: &str) -> bool {
-    object
-        .get("email")
-        .and_then(Value::as_str)
-        .is_some_and(|e| e.trim().eq_ignore_ascii_case(email.trim()))
 }
 
 /// The wait before attempt `attempts + 1`: doubling from [`FIRST_RETRY`], capped, with
@@ -702,10 +881,27 @@ mod tests {
     }
 
     #[test]
-    fn emails_compare_without_case() {
-        let object = serde_json::json!({"email": "Ann@Example.com"});
-        assert!(same_email(&object, "ann@example.com"));
-        assert!(!same_email(&object, "bob@example.com"));
-        assert!(!same_email(&serde_json::json!({}), "ann@example.com"));
+    fn looks_double_their_spacing_and_stop_at_the_window() {
+        for (window, most) in [(900, 9), (30, 7), (3, 4)] {
+            let window = Duration::from_secs(window);
+            // The first look comes about a second after the lost answer.
+            let mut elapsed = Duration::from_secs(1);
+            let mut looks = 1;
+            while let Some(wait) = next_look(elapsed, window) {
+                assert!(wait >= Duration::from_millis(1));
+                elapsed += wait;
+                looks += 1;
+            }
+            assert!(looks <= most, "{looks} looks over {window:?}");
+            assert!(elapsed >= window, "the last look is at the window's end");
+            assert!(elapsed < window + Duration::from_secs(1), "{elapsed:?}");
+        }
+        // The default window: a new customer becomes readable 2 to 6 minutes after it is
+        // created, and is found by a look within a factor two of that moment.
+        let window = Duration::from_secs(900);
+        let at = |s| Some(Duration::from_secs(s));
+        assert_eq!(next_look(Duration::from_secs(200), window), at(200));
+        assert_eq!(next_look(Duration::from_secs(800), window), at(100));
+        assert_eq!(next_look(window, window), None);
     }
 }

@@ -440,3 +440,42 @@ async fn a_transaction_written_while_its_customer_is_written_is_credited() {
             .is_empty()
     );
 }
+
+/// Totals cannot overflow: rows of the largest amounts a `BIGINT` holds (written by a path
+/// that skips the copy's own bound, as a hand-written row would), in one group, commit, and
+/// the stored total is their exact sum, beyond any `BIGINT`.
+#[tokio::test]
+async fn totals_of_the_largest_amounts_do_not_overflow() {
+    let db = TestDb::new().await;
+    let mut observations = Vec::new();
+    for n in 0..3 {
+        let mut o = Observation::parse(
+            Entity::Transaction,
+            json!({"key": format!("txn_huge_{n}"), "amount": 1, "currency": "USD",
+                   "approved": true, "partner_key": "pk_huge", "created_at": T0}),
+            false,
+        )
+        .unwrap();
+        let at = partnerstack_sync::columns::of(Entity::Transaction)
+            .iter()
+            .position(|c| c.name == "amount")
+            .unwrap();
+        o.columns[at] = partnerstack_sync::columns::Col::Int(Some(i64::MAX));
+        observations.push(o);
+    }
+    let mut tx = db.pool.begin().await.unwrap();
+    apply::apply(&mut tx, Source::Reconcile, &observations)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let total: String =
+        sqlx::query_scalar("SELECT amount::text FROM partner_totals WHERE partner_key = 'pk_huge'")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(total, (3 * i128::from(i64::MAX)).to_string());
+    let drift = totals::drift(&mut db.pool.acquire().await.unwrap())
+        .await
+        .unwrap();
+    assert!(drift.is_empty(), "{drift:?}");
+}

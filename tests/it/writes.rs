@@ -14,7 +14,7 @@ use crate::client::{client_config, program, stand_in};
 use crate::common::{API_TOKEN, Process, TestApp, TestDb, as_env};
 
 /// The service with writes sent to `sim`: short back-off, `lookup_window` as given.
-async fn service(sim: &Running, tweak: impl FnOnce(&mut Config)) -> TestApp {
+pub(crate) async fn service(sim: &Running, tweak: impl FnOnce(&mut Config)) -> TestApp {
     let base_url = sim.base_url();
     TestApp::spawn_with(|c| {
         c.partnerstack = client_config(&base_url);
@@ -25,7 +25,7 @@ async fn service(sim: &Running, tweak: impl FnOnce(&mut Config)) -> TestApp {
     .await
 }
 
-async fn stand_in_with(behaviours: Behaviours) -> Running {
+pub(crate) async fn stand_in_with(behaviours: Behaviours) -> Running {
     stand_in(Options {
         behaviours,
         ..program()
@@ -34,7 +34,7 @@ async fn stand_in_with(behaviours: Behaviours) -> Running {
 }
 
 /// A POST, PATCH or DELETE under `/v1` with the API token; the status and the body.
-async fn send(
+pub(crate) async fn send(
     app: &TestApp,
     method: reqwest::Method,
     path: &str,
@@ -56,7 +56,7 @@ async fn send(
     (status, response.json().await.unwrap_or(Value::Null))
 }
 
-async fn post(app: &TestApp, path: &str, body: &Value) -> (u16, Value) {
+pub(crate) async fn post(app: &TestApp, path: &str, body: &Value) -> (u16, Value) {
     send(app, reqwest::Method::POST, path, Some(body), None).await
 }
 
@@ -70,7 +70,7 @@ pub(crate) fn a_partner_key(sim: &Running) -> String {
 }
 
 /// Waits (at most `limit`) until no write is pending; how long that took.
-async fn drained(db: &TestDb, limit: Duration) -> Duration {
+pub(crate) async fn drained(db: &TestDb, limit: Duration) -> Duration {
     let start = Instant::now();
     while start.elapsed() < limit {
         if db
@@ -94,7 +94,7 @@ async fn drained(db: &TestDb, limit: Duration) -> Duration {
 }
 
 /// The stand-in's objects of `entity`, as JSON objects.
-fn objects(sim: &Running, entity: Entity) -> Vec<Value> {
+pub(crate) fn objects(sim: &Running, entity: Entity) -> Vec<Value> {
     sim.simulator.state(Some(entity))["streams"][entity.stream()]
         .as_array()
         .cloned()
@@ -103,7 +103,12 @@ fn objects(sim: &Running, entity: Entity) -> Vec<Value> {
 
 /// How often each value of `field` occurs among `entity`'s objects whose `field` starts
 /// with `prefix`.
-fn occurrences(sim: &Running, entity: Entity, field: &str, prefix: &str) -> HashMap<String, usize> {
+pub(crate) fn occurrences(
+    sim: &Running,
+    entity: Entity,
+    field: &str,
+    prefix: &str,
+) -> HashMap<String, usize> {
     let mut seen = HashMap::new();
     for o in objects(sim, entity) {
         if let Some(v) = o[field].as_str().filter(|v| v.starts_with(prefix)) {
@@ -114,7 +119,7 @@ fn occurrences(sim: &Running, entity: Entity, field: &str, prefix: &str) -> Hash
 }
 
 /// Write requests the stand-in received (`POST customers`, ...).
-fn upstream_writes(sim: &Running, what: &str) -> u64 {
+pub(crate) fn upstream_writes(sim: &Running, what: &str) -> u64 {
     sim.simulator
         .faults()
         .writes()

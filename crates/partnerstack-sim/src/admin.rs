@@ -6,7 +6,7 @@
 //! | route | what it does |
 //! |---|---|
 //! | `GET /admin/state[?stream=S]` | every object as the API renders it, archived customers included |
-//! | `GET /admin/stats` | API answers by status, object counts, delivery summary |
+//! | `GET /admin/stats` | API answers by status, requests by endpoint, object counts, delivery summary |
 //! | `GET /admin/faults`, `POST /admin/faults` | read or change fault settings (a partial [`FaultUpdate`]) |
 //! | `POST /admin/mutate?count=N[&kind=K][&notify=deliver\|drop\|none]` | make N changes now |
 //! | `POST /admin/objects/{stream}/{key}[?notify=...]` | replace fields of one object (JSON body) |
@@ -94,6 +94,7 @@ async fn stats(State(sim): State<Simulator>) -> Response {
         "answers": answers,
         "requests": answers.values().filter_map(Value::as_u64).sum::<u64>(),
         "writes": sim.faults().writes(),
+        "endpoints": sim.faults().requests(),
         "changed": sim.changed(),
         "deliveries": sim.delivery_summary(),
     }))

@@ -15,7 +15,7 @@ use axum::{Json, Router};
 use base64::Engine as _;
 use serde_json::{Map, Value, json};
 
-use super::behaviour::{ArchivedCustomers, LostCursor, RetryAfterHeader};
+use super::behaviour::{ArchivedCustomers, DeleteAnswer, LostCursor, RetryAfterHeader};
 use super::data::ListParams;
 use super::webhooks::Notify;
 use super::{AfterCommit, Dialect, Simulator, Verdict};
@@ -62,16 +62,22 @@ pub fn fail(status: StatusCode, message: impl Into<String>) -> Response {
 
 async fn gate(State(sim): State<Simulator>, request: Request, next: Next) -> Response {
     let write = request.method() != axum::http::Method::GET;
+    let mut segments = request
+        .uri()
+        .path()
+        .trim_start_matches("/api/v2/")
+        .split('/');
+    let stream = segments.next().unwrap_or_default().to_string();
+    let keyed = if segments.next().is_some() {
+        "/{key}"
+    } else {
+        ""
+    };
+    let method = request.method().as_str();
+    sim.faults()
+        .count_request(format!("{method} {stream}{keyed}"));
     if write {
-        let stream = request
-            .uri()
-            .path()
-            .trim_start_matches("/api/v2/")
-            .split('/')
-            .next()
-            .unwrap_or_default()
-            .to_string();
-        sim.faults().count_write(request.method().as_str(), &stream);
+        sim.faults().count_write(method, &stream);
     }
     let delay = sim.faults().delay();
     if !delay.is_zero() {
@@ -87,9 +93,9 @@ async fn gate(State(sim): State<Simulator>, request: Request, next: Next) -> Res
             h.insert("x-ratelimit-remaining", HeaderValue::from(0));
             r
         }
-        Verdict::Fail(status) => fail(
+        Verdict::Fail(status, message) => fail(
             StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-            "Internal server error",
+            message,
         ),
         Verdict::Serve if !authorized(&sim, request.headers()) => {
             let mut r = fail(StatusCode::UNAUTHORIZED, "Unauthorized: invalid API keys");
@@ -368,5 +374,9 @@ async fn delete(
     let change = change.map_err(|(status, message)| Fail(status, message))?;
     sim.publish(&world, std::slice::from_ref(&change), Notify::Deliver);
     drop(world);
-    Ok(ok(dialect(&sim, entity, change.object), message))
+    Ok(match sim.behaviours().delete_answer {
+        DeleteAnswer::Message => Json(json!({"message": message, "status": 200})).into_response(),
+        DeleteAnswer::Data => ok(dialect(&sim, entity, change.object), message),
+        DeleteAnswer::Empty => StatusCode::NO_CONTENT.into_response(),
+    })
 }

@@ -27,9 +27,11 @@ pub struct FaultSettings {
     pub error_rate: f64,
     /// Delay before every API answer, in milliseconds.
     pub slow_ms: u64,
-    /// The next N API requests are answered `fail_status`.
+    /// The next N API requests are answered `fail_status`, with `fail_message` (default
+    /// "Internal server error") as PartnerStack's message.
     pub fail_next: u32,
     pub fail_status: u16,
+    pub fail_message: Option<String>,
     /// The next N API requests are answered 429 with `Retry-After`.
     pub throttle_next: u32,
     /// Streams whose lists ignore `starting_after` and serve the first page again: the
@@ -44,6 +46,9 @@ pub struct FaultSettings {
     /// caller times out first).
     pub hang_next: u32,
     pub hang_ms: u64,
+    /// The next N writes take effect and are then answered 500 (a scripted
+    /// `after_commit_fail`).
+    pub lose_next: u32,
 }
 
 impl Default for FaultSettings {
@@ -55,12 +60,14 @@ impl Default for FaultSettings {
             slow_ms: 0,
             fail_next: 0,
             fail_status: 503,
+            fail_message: None,
             throttle_next: 0,
             stall: Vec::new(),
             after_commit_fail: 0.0,
             after_commit_drop: 0.0,
             hang_next: 0,
             hang_ms: 60_000,
+            lose_next: 0,
         }
     }
 }
@@ -76,22 +83,25 @@ pub struct FaultUpdate {
     pub slow_ms: Option<u64>,
     pub fail_next: Option<u32>,
     pub fail_status: Option<u16>,
+    /// Empty: back to the default message.
+    pub fail_message: Option<String>,
     pub throttle_next: Option<u32>,
     pub stall: Option<Vec<String>>,
     pub after_commit_fail: Option<f64>,
     pub after_commit_drop: Option<f64>,
     pub hang_next: Option<u32>,
     pub hang_ms: Option<u64>,
+    pub lose_next: Option<u32>,
 }
 
 /// What to do with one API request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
     Serve,
     /// 429 with this `Retry-After` (seconds).
     Throttle(u64),
-    /// This 5xx status.
-    Fail(u16),
+    /// This error status (5xx unless scripted otherwise), with this message.
+    Fail(u16, String),
 }
 
 /// What happens to the answer of a write that took effect.
@@ -122,7 +132,13 @@ struct State {
     answers: BTreeMap<u16, u64>,
     /// Write requests by method and stream ("POST customers"), whatever their answer.
     writes: BTreeMap<String, u64>,
+    /// Every API request by method and endpoint ("GET customers/{key}", "GET customers"),
+    /// whatever its answer.
+    requests: BTreeMap<String, u64>,
 }
+
+/// The message of an injected server error.
+const SERVER_ERROR: &str = "Internal server error";
 
 impl Faults {
     pub fn new(settings: FaultSettings, seed: u64) -> Faults {
@@ -134,6 +150,7 @@ impl Faults {
                 rng: Xoshiro256PlusPlus::seed_from_u64(seed ^ 0xfa17_5eed),
                 answers: BTreeMap::new(),
                 writes: BTreeMap::new(),
+                requests: BTreeMap::new(),
             }),
         }
     }
@@ -195,6 +212,9 @@ impl Faults {
         if let Some(v) = update.fail_status {
             s.fail_status = v;
         }
+        if let Some(v) = update.fail_message {
+            s.fail_message = Some(v).filter(|m| !m.is_empty());
+        }
         if let Some(v) = update.throttle_next {
             s.throttle_next = v;
         }
@@ -212,6 +232,9 @@ impl Faults {
         }
         if let Some(v) = update.hang_ms {
             s.hang_ms = v;
+        }
+        if let Some(v) = update.lose_next {
+            s.lose_next = v;
         }
         let settings = state.settings.clone();
         state.tokens = settings.rate_limit.unwrap_or(1.0).max(1.0);
@@ -235,7 +258,11 @@ impl Faults {
         }
         if state.settings.fail_next > 0 {
             state.settings.fail_next -= 1;
-            return Verdict::Fail(state.settings.fail_status);
+            let message = state.settings.fail_message.clone();
+            return Verdict::Fail(
+                state.settings.fail_status,
+                message.unwrap_or_else(|| SERVER_ERROR.to_string()),
+            );
         }
         if let Some(rate) = state.settings.rate_limit {
             let now = Instant::now();
@@ -250,7 +277,7 @@ impl Faults {
         let error_rate = state.settings.error_rate;
         if error_rate > 0.0 && state.rng.random_bool(error_rate) {
             let status = [500, 502, 503][state.rng.random_range(0..3)];
-            return Verdict::Fail(status);
+            return Verdict::Fail(status, SERVER_ERROR.to_string());
         }
         Verdict::Serve
     }
@@ -262,6 +289,10 @@ impl Faults {
         if state.settings.hang_next > 0 {
             state.settings.hang_next -= 1;
             return AfterCommit::Hang(Duration::from_millis(state.settings.hang_ms));
+        }
+        if state.settings.lose_next > 0 {
+            state.settings.lose_next -= 1;
+            return AfterCommit::Fail;
         }
         let (fail, drop) = (
             state.settings.after_commit_fail,
@@ -292,6 +323,16 @@ impl Faults {
     /// Write requests so far, by method and stream.
     pub fn writes(&self) -> BTreeMap<String, u64> {
         self.lock().writes.clone()
+    }
+
+    /// Counts one API request (`GET customers/{key}`), whatever its answer.
+    pub fn count_request(&self, endpoint: String) {
+        *self.lock().requests.entry(endpoint).or_default() += 1;
+    }
+
+    /// API requests so far, by method and endpoint (`GET customers/{key}`).
+    pub fn requests(&self) -> BTreeMap<String, u64> {
+        self.lock().requests.clone()
     }
 
     /// True when `entity`'s list should ignore its cursor.
@@ -335,7 +376,7 @@ mod tests {
             [
                 Verdict::Throttle(3),
                 Verdict::Throttle(3),
-                Verdict::Fail(502),
+                Verdict::Fail(502, SERVER_ERROR.to_string()),
                 Verdict::Serve,
                 Verdict::Serve
             ]

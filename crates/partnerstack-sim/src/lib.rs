@@ -34,8 +34,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 pub use behaviour::{
-    AccountName, ArchivedCustomers, Behaviours, CustomerBody, DuplicateTransactionKey, LostCursor,
-    RetryAfterHeader, WebhookEvents,
+    AccountName, ArchivedCustomers, Behaviours, CustomerBody, DeleteAnswer,
+    DuplicateTransactionKey, LostCursor, RefusalWording, RetryAfterHeader, WebhookEvents,
 };
 pub use faults::{AfterCommit, FaultSettings, FaultUpdate, Faults, Verdict};
 use partnerstack::Entity;
@@ -275,6 +275,7 @@ impl Simulator {
         );
         world.customer_readable_after_ms =
             i64::try_from(options.behaviours.customer_readable_after_ms).unwrap_or(i64::MAX);
+        world.refusals = options.behaviours.refusal_wording;
         let pair = SecretString::from(format!(
             "{}:{}",
             public_key.expose_secret(),

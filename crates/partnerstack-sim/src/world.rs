@@ -12,7 +12,7 @@ use rand::{RngExt as _, SeedableRng as _};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use super::behaviour::{DuplicateCustomerKey, DuplicateTransactionKey};
+use super::behaviour::{DuplicateCustomerKey, DuplicateTransactionKey, RefusalWording};
 use super::data::*;
 use partnerstack::Entity;
 
@@ -125,6 +125,39 @@ fn bad(message: impl Into<String>) -> Refusal {
     (StatusCode::BAD_REQUEST, message.into())
 }
 
+/// A transaction's `metadata` within PartnerStack's documented limits: an object of at
+/// most [`METADATA_ATTRIBUTES`] attributes, names of at most [`METADATA_NAME`] characters,
+/// values of at most [`METADATA_VALUE`] (as text).
+fn check_metadata(metadata: Option<&Value>) -> Result<(), Refusal> {
+    let attributes = match metadata {
+        None | Some(Value::Null) => return Ok(()),
+        Some(Value::Object(map)) => map,
+        Some(_) => return Err(bad("'metadata' must be an object")),
+    };
+    if attributes.len() > METADATA_ATTRIBUTES {
+        return Err(bad(format!(
+            "'metadata' has more than {METADATA_ATTRIBUTES} properties"
+        )));
+    }
+    for (name, value) in attributes {
+        if name.chars().count() > METADATA_NAME {
+            return Err(bad(format!(
+                "'metadata' property names must be at most {METADATA_NAME} characters long"
+            )));
+        }
+        let length = match value {
+            Value::String(text) => text.chars().count(),
+            other => other.to_string().chars().count(),
+        };
+        if length > METADATA_VALUE {
+            return Err(bad(format!(
+                "'metadata' values must be at most {METADATA_VALUE} characters long"
+            )));
+        }
+    }
+    Ok(())
+}
+
 const FIRST: [&str; 12] = [
     "Ada", "Grace", "Alan", "Edsger", "Barbara", "Ken", "Dennis", "Margaret", "Linus", "Radia",
     "Donald", "Frances",
@@ -168,6 +201,30 @@ pub struct World {
     pub customer_readable_after_ms: i64,
     /// When each customer created since start becomes readable by a single GET (wall ms).
     readable_at: HashMap<String, i64>,
+    /// How refusals are worded.
+    pub refusals: RefusalWording,
+}
+
+/// Most attributes in a transaction's `metadata`, and the longest name and value
+/// (PartnerStack's `POST /transactions` reference).
+pub const METADATA_ATTRIBUTES: usize = 25;
+pub const METADATA_NAME: usize = 30;
+pub const METADATA_VALUE: usize = 100;
+
+/// What a write can be refused for, worded by [`World::refusal`].
+enum Refused<'a> {
+    /// The referring partner does not exist.
+    UnknownPartner(&'a str),
+    /// The transaction's customer does not exist (`field` named it `value`).
+    UnknownCustomer { field: &'a str, value: &'a str },
+    /// A customer with this `customer_key` exists.
+    DuplicateCustomer(&'a str),
+    /// A transaction with this key exists.
+    DuplicateTransaction(&'a str),
+    /// No such customer (404).
+    NoCustomer(&'a str),
+    /// No such transaction (404).
+    NoTransaction(&'a str),
 }
 
 /// Runs `$body` with `$t` bound to `$world`'s table of `$entity`.
@@ -267,6 +324,7 @@ impl World {
             serial: 0,
             customer_readable_after_ms: 0,
             readable_at: HashMap::new(),
+            refusals: RefusalWording::Plain,
         };
         let start = anchor_ms - i64::from(history_days.max(1)) * DAY_MS;
 
@@ -1055,6 +1113,54 @@ impl World {
         )])
     }
 
+    /// A refusal, worded as [`World::refusals`] says.
+    fn refusal(&self, why: Refused<'_>) -> Refusal {
+        use RefusalWording::{Exist, Plain, Terse};
+        let not_found = StatusCode::NOT_FOUND;
+        let conflict = StatusCode::CONFLICT;
+        match (self.refusals, why) {
+            (Plain, Refused::UnknownPartner(p)) => {
+                bad(format!("No partner found with partner_key '{p}'"))
+            }
+            (Exist, Refused::UnknownPartner(_)) => {
+                bad("Partner key does not exist in this program")
+            }
+            (Plain, Refused::UnknownCustomer { field, value }) => {
+                bad(format!("No customer found with {field} '{value}'"))
+            }
+            (Exist, Refused::UnknownCustomer { value, .. }) => {
+                bad(format!("Customer {value} does not exist"))
+            }
+            (Plain, Refused::DuplicateCustomer(k)) => {
+                bad(format!("A customer with customer_key '{k}' already exists"))
+            }
+            (Exist, Refused::DuplicateCustomer(_)) => bad("Customer already exists"),
+            (Plain, Refused::DuplicateTransaction(k)) => {
+                bad(format!("A transaction with key '{k}' already exists"))
+            }
+            (Exist, Refused::DuplicateTransaction(_)) => bad("Transaction already exists"),
+            (Plain, Refused::NoCustomer(k)) => (not_found, format!("Customer '{k}' not found")),
+            (Exist, Refused::NoCustomer(k)) => {
+                (not_found, format!("Customer {k} no longer exists"))
+            }
+            (Plain, Refused::NoTransaction(k)) => {
+                (not_found, format!("Transaction '{k}' not found"))
+            }
+            (Exist, Refused::NoTransaction(k)) => {
+                (not_found, format!("Transaction {k} does not exist"))
+            }
+            (Terse, Refused::DuplicateCustomer(_) | Refused::DuplicateTransaction(_)) => {
+                (conflict, "Conflict".into())
+            }
+            (Terse, Refused::NoCustomer(_) | Refused::NoTransaction(_)) => {
+                (not_found, "Not found".into())
+            }
+            (Terse, Refused::UnknownPartner(_) | Refused::UnknownCustomer { .. }) => {
+                bad("Bad request")
+            }
+        }
+    }
+
     /// `POST /customers`.
     pub fn create_customer(
         &mut self,
@@ -1083,15 +1189,13 @@ impl World {
             && duplicate == DuplicateCustomerKey::Reject
             && self.customers.alt_taken(k)
         {
-            return Err(bad(format!(
-                "A customer with customer_key '{k}' already exists"
-            )));
+            return Err(self.refusal(Refused::DuplicateCustomer(k)));
         }
         let partner = self
             .partnerships
             .find(&partner_key)
             .cloned()
-            .ok_or_else(|| bad(format!("No partner found with partner_key '{partner_key}'")))?;
+            .ok_or_else(|| self.refusal(Refused::UnknownPartner(&partner_key)))?;
         let now = self.tick();
         let mut c = self.new_customer(&partner, now, &mut HashSet::new());
         while self.customers.contains(&c.key) {
@@ -1114,12 +1218,7 @@ impl World {
             .find(customer_key)
             .filter(|c| c.listed())
             .map(|c| c.key.clone())
-            .ok_or_else(|| {
-                (
-                    StatusCode::NOT_FOUND,
-                    format!("Customer '{customer_key}' not found"),
-                )
-            })
+            .ok_or_else(|| self.refusal(Refused::NoCustomer(customer_key)))
     }
 
     /// `PATCH /customers/{customer_key}`.
@@ -1156,12 +1255,9 @@ impl World {
 
     /// `DELETE /transactions/{key}`: removes the transaction.
     pub fn delete_transaction(&mut self, key: &str) -> Result<Change, Refusal> {
-        let object = self.render(Entity::Transaction, key).ok_or_else(|| {
-            (
-                StatusCode::NOT_FOUND,
-                format!("Transaction '{key}' not found"),
-            )
-        })?;
+        let object = self
+            .render(Entity::Transaction, key)
+            .ok_or_else(|| self.refusal(Refused::NoTransaction(key)))?;
         self.transactions.remove(key);
         let now = self.tick();
         Ok(Change {
@@ -1216,7 +1312,12 @@ impl World {
         }
         .filter(|c| c.listed())
         .cloned()
-        .ok_or_else(|| bad(format!("No customer found with {field} '{wanted}'")))?;
+        .ok_or_else(|| {
+            self.refusal(Refused::UnknownCustomer {
+                field,
+                value: wanted,
+            })
+        })?;
         let amount = match body.get("amount") {
             Some(Value::Number(n)) => n
                 .as_i64()
@@ -1238,13 +1339,14 @@ impl World {
             Some(Value::String(k)) if (4..=255).contains(&k.chars().count()) => Some(k.clone()),
             Some(_) => return Err(bad("'key' must be a string of 4 to 255 characters")),
         };
+        check_metadata(body.get("metadata"))?;
         if let Some(k) = &key
             && let Some(existing) = self.transactions.get(k)
         {
             return match duplicate {
                 DuplicateTransactionKey::Idempotent => Ok((render(existing), Vec::new())),
                 DuplicateTransactionKey::Reject => {
-                    Err(bad(format!("A transaction with key '{k}' already exists")))
+                    Err(self.refusal(Refused::DuplicateTransaction(k)))
                 }
             };
         }

@@ -72,11 +72,13 @@ pub struct Write {
     /// already), `found` (an earlier attempt had landed), `absent` (a delete found nothing
     /// left), `refused`.
     pub resolution: Option<Resolution>,
-    /// True when PartnerStack already had the object the write creates.
+    /// True when PartnerStack already had the object the write creates, with the fields
+    /// it asked for (a refused create that a look-up found as asked).
     #[sqlx(skip)]
     pub existed: bool,
-    /// The object as PartnerStack answered it (succeeded writes; null when it answered
-    /// only that the object exists). In lists, with `include=result`.
+    /// The object as PartnerStack answered it, or as a look-up found it (succeeded
+    /// writes: always for a create; for a delete only when the answer carried it). In
+    /// lists, with `include=result`.
     #[schema(value_type = Option<Object>)]
     pub result: Option<Json<Box<RawValue>>>,
     /// PartnerStack's HTTP status: of the refusal (failed), or of the last passing failure
@@ -336,8 +338,10 @@ pub enum WriteAnswers {
     description = "Records a referred signup: `POST /customers` at PartnerStack with your \
         `customer_key`, the email and the referring `partner_key`, sent once through the \
         outbox. A repeat (same `Idempotency-Key`, else same `customer_key`) returns the same \
-        write; a customer PartnerStack already has counts as success (`existed: true`). \
-        On success `GET /v1/customers/{customer_key}` finds it at once.",
+        write. Success is PartnerStack's object, never a message's wording: a refused \
+        create is looked up, and a customer found with the fields asked for counts as \
+        success (`existed: true`), one with other fields fails with the differences. On \
+        success `GET /v1/customers/{customer_key}` finds it at once.",
     params(WaitParams, IdempotencyHeader),
     request_body = bodies::CreateCustomer,
     responses(WriteAnswers, super::CommonErrors),
@@ -415,7 +419,9 @@ pub async fn create_transaction(
 #[utoipa::path(
     delete, path = "/v1/transactions/{key}", tag = "writes",
     summary = "Delete a transaction at PartnerStack",
-    description = "`DELETE /transactions/{key}` at PartnerStack. A repeat is the same write.",
+    description = "`DELETE /transactions/{key}` at PartnerStack (the key as one encoded path \
+        segment). Any 2xx answer is the delete done, whatever its body; the copy marks the \
+        transaction deleted at once. A repeat is the same write.",
     params(
         ("key" = Key, Path, description = "The transaction key"),
         WaitParams,
@@ -434,7 +440,14 @@ pub async fn delete_transaction(
 ) -> Result<Response, ApiError> {
     let idempotency = idempotency_key(&headers)?;
     let request = bodies::delete_transaction(&key, &read_body(body).await?)?;
-    submit(&state, &caller, request, idempotency.as_ref(), query.as_deref()).await
+    submit(
+        &state,
+        &caller,
+        request,
+        idempotency.as_ref(),
+        query.as_deref(),
+    )
+    .await
 }
 
 /// `GET /v1/writes`.

@@ -240,6 +240,10 @@ const STREAM_COLUMNS: &[Column<StreamStatus>] = &[
         cell: |s, _| number("requests", s.last.as_ref().map(|l| l.counts.requests)),
     },
     Column {
+        heading: "Set aside",
+        cell: |s, _| figure("set_aside", &grouped(s.set_aside), s.set_aside > 0),
+    },
+    Column {
         heading: "Worst-case staleness",
         cell: |s, _| match s.staleness_seconds {
             Some(seconds) => text("staleness", human_duration(seconds)),
@@ -291,7 +295,10 @@ fn streams(snapshot: &Snapshot) -> Markup {
             p class="note" {
                 "Changed and repaired: rows the last pass created or changed, and of those, \
                  the ones no webhook had delivered (the measured webhook loss; a stream's \
-                 first pass repairs nothing). Worst-case staleness: a change made upstream \
+                 first pass repairs nothing). Set aside: objects the copy refused (they do \
+                 not read, or the database refused them), kept with their error while the \
+                 rest went on, and tried again when seen again (listed in "
+                code { "GET /v1/sync" } "). Worst-case staleness: a change made upstream \
                  this long ago may not be in the copy yet (webhooks usually do far better); \
                  the bound is what it should stay within, set by the settings (the \
                  PsyncStreamStale alert compares the two)."
@@ -711,6 +718,7 @@ mod tests {
             next_attempt_at: Some(at + chrono::Duration::seconds(90)),
             requested_at: None,
             runner: Some("host:1:abc".into()),
+            set_aside: 3,
         }
     }
 
@@ -723,6 +731,15 @@ mod tests {
                 leader: true,
                 runner: Some("host:1:abc".into()),
                 streams: vec![stream("customers")],
+                set_aside: vec![crate::db::set_aside::SetAsideObject {
+                    stream: "customers".into(),
+                    key: "cust_setaside_secret".into(),
+                    source: crate::columns::Source::Reconcile,
+                    error: "field `email`: invalid type".into(),
+                    first_seen_at: now,
+                    last_seen_at: now,
+                    times: 2,
+                }],
             },
             relay: RelayStatus {
                 endpoints: vec![EndpointStatus {
@@ -773,6 +790,16 @@ mod tests {
                 oldest_pending: Some(now - chrono::Duration::seconds(30)),
             }),
         }
+    }
+
+    #[test]
+    fn the_page_counts_objects_set_aside_and_never_names_them() {
+        let page = render(&snapshot());
+        assert!(
+            page.contains("<td data-field=\"set_aside\" class=\"n bad\">3</td>"),
+            "{page}"
+        );
+        assert!(!page.contains("cust_setaside_secret"), "{page}");
     }
 
     #[test]
@@ -901,7 +928,7 @@ mod tests {
         let page = render(&snapshot);
         assert!(
             under(&page).starts_with(
-                "<tr class=\"warn\"><td colspan=\"1\"></td><td class=\"text\" colspan=\"11\">\
+                "<tr class=\"warn\"><td colspan=\"1\"></td><td class=\"text\" colspan=\"12\">\
                  The request budget cannot meet the staleness bound of 1h 00m: about 2h 01m \
                  is achievable.</td></tr>"
             ),

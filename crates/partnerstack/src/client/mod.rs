@@ -231,25 +231,6 @@ pub enum Error {
         cursor: String,
         pages: u64,
     },
-    /// `POST /customers` was refused and a customer with that `customer_key` exists
-    /// (`existing`, as `GET /customers/{customer_key}` answered).
-    #[error("a customer with customer_key {customer_key:?} already exists ({status}: {message})")]
-    DuplicateCustomer {
-        customer_key: String,
-        existing: Box<Record<Customer>>,
-        status: StatusCode,
-        message: String,
-    },
-    /// `POST /transactions` was refused and a transaction with that `key` exists (what
-    /// PartnerStack answers for a repeated key is undocumented: either the existing
-    /// transaction, or a 4xx; this is the second).
-    #[error("a transaction with key {key:?} already exists ({status}: {message})")]
-    DuplicateTransaction {
-        key: String,
-        existing: Box<Record<Transaction>>,
-        status: StatusCode,
-        message: String,
-    },
     /// Every attempt failed with a retryable error; `last` is the final one.
     #[error("gave up after {attempts} attempts: {last}")]
     GaveUp { attempts: u32, last: Box<Error> },
@@ -268,9 +249,7 @@ impl Error {
     /// PartnerStack's HTTP status, when it answered (also through [`Error::GaveUp`]).
     pub fn status(&self) -> Option<StatusCode> {
         match self {
-            Error::Http { status, .. }
-            | Error::DuplicateCustomer { status, .. }
-            | Error::DuplicateTransaction { status, .. } => Some(*status),
+            Error::Http { status, .. } => Some(*status),
             Error::GaveUp { last, .. } => last.status(),
             _ => None,
         }
@@ -316,6 +295,16 @@ impl<T: Object> Record<T> {
         })?;
         Ok(Record { typed, raw })
     }
+}
+
+/// What a delete did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Deletion {
+    /// PartnerStack answered 2xx. `object`: the answer's `data`, when it had one (the
+    /// documented answer has none).
+    Deleted { object: Option<Value> },
+    /// PartnerStack has no object by that key (404).
+    Absent,
 }
 
 /// `POST /customers`: a customer referred by a partner.
@@ -664,37 +653,20 @@ impl Client {
             .transpose()
     }
 
-    /// `POST /customers`. A refused create whose `customer_key` exists answers
-    /// [`Error::DuplicateCustomer`]. Never repeated after an answer that may hide a
-    /// landed create (5xx, timeout, lost connection): PartnerStack does not promise that
-    /// `customer_key` is unique, so a blind repeat could make a second customer. The
-    /// caller looks the customer up before sending again.
+    /// `POST /customers`. Never repeated after an answer that may hide a landed create
+    /// (5xx, timeout, lost connection): PartnerStack does not promise that `customer_key`
+    /// is unique, so a blind repeat could make a second customer. A refusal is returned as
+    /// it came ([`Error::Http`]): what PartnerStack answers for a `customer_key` it has
+    /// already is undocumented, and no wording is evidence of anything. The caller looks
+    /// the customer up ([`Client::get_customer`]) to learn whether it exists.
     pub async fn create_customer(&self, customer: &NewCustomer) -> Result<Record<Customer>, Error> {
         let target = self.target(self.path(Entity::Customer), None)?;
         let body = serde_json::to_value(customer)
             .map_err(|e| Error::InvalidRequest(format!("customer: {e}")))?;
-        match self
+        let body = self
             .call(Method::POST, target, &[], Some(body), Repeat::Unsafe)
-            .await
-        {
-            Ok(body) => Record::parse(self.data(body, Entity::Customer)?),
-            Err(e) => {
-                // The duplicate answer is undocumented: any 4xx plus an existing
-                // customer under that key means it was one. If the look-up itself fails,
-                // the create's own error is the more useful one.
-                if let (Some(status), Some(key)) = (refused_data(&e), &customer.customer_key)
-                    && let Ok(Some(existing)) = self.get_customer(key).await
-                {
-                    return Err(Error::DuplicateCustomer {
-                        customer_key: key.clone(),
-                        existing: Box::new(existing),
-                        status,
-                        message: http_message(e),
-                    });
-                }
-                Err(e)
-            }
-        }
+            .await?;
+        Record::parse(self.data(body, Entity::Customer)?)
     }
 
     /// `PATCH /customers/{customer_key}`: a partial update, by your own key.
@@ -713,11 +685,11 @@ impl Client {
     }
 
     /// `POST /transactions`. Retried after a 5xx or timeout only when it has a `key` (a
-    /// repeated key is answered idempotently or refused; either way no second
-    /// transaction). A refused create whose `key` exists answers
-    /// [`Error::DuplicateTransaction`] with the existing transaction (also when an earlier
-    /// attempt of this very call landed but its answer was lost); a repeat PartnerStack
-    /// answers idempotently is `Ok`.
+    /// repeated key is answered with the existing transaction or refused; either way no
+    /// second transaction). A refusal is returned as it came ([`Error::Http`]); the caller
+    /// looks the transaction up ([`Client::find_transaction`]) to learn whether it exists.
+    /// A 2xx answer is the transaction PartnerStack has under the key, which for a repeated
+    /// key may be an earlier one: the caller compares it with what it asked for.
     pub async fn create_transaction(
         &self,
         transaction: &NewTransaction,
@@ -730,41 +702,28 @@ impl Client {
         } else {
             Repeat::Unsafe
         };
-        match self
+        let body = self
             .call(Method::POST, target, &[], Some(body), repeat)
-            .await
-        {
-            Ok(body) => Record::parse(self.data(body, Entity::Transaction)?),
-            Err(e) => {
-                let (Some(status), Some(key)) = (refused_data(&e), &transaction.key) else {
-                    return Err(e);
-                };
-                // The look-up failing or finding nothing leaves the create's own error.
-                match self.find_transaction(key, transaction.created_at).await {
-                    Ok(Some(existing)) => Err(Error::DuplicateTransaction {
-                        key: key.clone(),
-                        existing: Box::new(existing),
-                        status,
-                        message: http_message(e),
-                    }),
-                    _ => Err(e),
-                }
-            }
-        }
+            .await?;
+        Record::parse(self.data(body, Entity::Transaction)?)
     }
 
-    /// `DELETE /transactions/{key}`: the deleted transaction as PartnerStack answered it,
-    /// or `None` when it has none by that key (404). Not repeated after an answer that may
-    /// hide a landed delete, so the caller can tell a 404 after its own lost delete from
-    /// one for a key that never existed.
-    pub async fn delete_transaction(&self, key: &str) -> Result<Option<Value>, Error> {
+    /// `DELETE /transactions/{key}`, judged by the HTTP status alone: any 2xx answer
+    /// means deleted, whatever its body (PartnerStack's API definition types delete
+    /// answers as `{"message", "status"}` without `data`; an answer with `data`, or an
+    /// empty one, is taken as well), and a 404 means there is none by that key. Not
+    /// repeated after an answer that may hide a landed delete, so the caller can tell a 404
+    /// after its own lost delete from one for a key that never existed.
+    pub async fn delete_transaction(&self, key: &str) -> Result<Deletion, Error> {
         let target = self.target(self.path(Entity::Transaction), Some(key))?;
         match self
             .call(Method::DELETE, target, &[], None, Repeat::Unsafe)
             .await
         {
-            Ok(body) => Ok(Some(self.data(body, Entity::Transaction)?)),
-            Err(e) if e.status() == Some(StatusCode::NOT_FOUND) => Ok(None),
+            Ok(body) => Ok(Deletion::Deleted {
+                object: body.get("data").filter(|d| d.is_object()).cloned(),
+            }),
+            Err(e) if e.status() == Some(StatusCode::NOT_FOUND) => Ok(Deletion::Absent),
             Err(e) => Err(e),
         }
     }
@@ -839,11 +798,18 @@ impl Client {
         })
     }
 
-    /// `base_url` + `path`, plus `key` as one percent-encoded segment.
+    /// `base_url` + `path`, plus `key` as one percent-encoded segment (`/` and `%`
+    /// encoded too). A key that no segment can carry (empty, `.` or `..`, which URLs
+    /// resolve away) is refused: it would name another resource.
     fn url(&self, path: &str, key: Option<&str>) -> Result<Url, Error> {
         let mut url = Url::parse(&format!("{}{}", self.inner.base_url, path))
             .map_err(|e| Error::InvalidRequest(format!("path {path:?}: {e}")))?;
         if let Some(key) = key {
+            if matches!(key, "" | "." | "..") {
+                return Err(Error::InvalidRequest(format!(
+                    "the key {key:?} cannot be sent as a path segment"
+                )));
+            }
             url.path_segments_mut()
                 .map_err(|()| Error::InvalidRequest(format!("path {path:?} takes no key")))?
                 .pop_if_empty()
@@ -938,26 +904,6 @@ impl Client {
     }
 }
 
-/// The 4xx status of an error that refused the request's data: not the credentials (401,
-/// 403) or the rate (429).
-fn refused_data(e: &Error) -> Option<StatusCode> {
-    e.status().filter(|s| {
-        s.is_client_error()
-            && !matches!(
-                *s,
-                StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN | StatusCode::TOO_MANY_REQUESTS
-            )
-    })
-}
-
-/// PartnerStack's message of an HTTP error, else the error's own text.
-fn http_message(e: Error) -> String {
-    match e {
-        Error::Http { message, .. } => message,
-        other => other.to_string(),
-    }
-}
-
 /// One HTTP exchange, classified for the retry loop, and how PartnerStack answered.
 async fn attempt(
     request: reqwest::RequestBuilder,
@@ -980,6 +926,11 @@ async fn attempt(
         Err(e) => return (transport_failure(e, repeat), answer),
     };
     if status.is_success() {
+        // An empty 2xx body (a 204, or a 200 without one) is an answer too: what it means
+        // is the caller's to say (a delete judges by the status alone).
+        if text.trim().is_empty() {
+            return (Attempt::Done(Ok(Value::Null)), answer);
+        }
         let body = serde_json::from_str(&text).map_err(|e| Error::InvalidResponse {
             path,
             detail: format!("the body is not JSON ({e}): {}", excerpt(&text)),
@@ -1200,5 +1151,20 @@ mod tests {
             url.as_str(),
             "http://127.0.0.1:1/api/v2/customers/a%2Fb%20c%3F"
         );
+        // An encoded slash stays what it is, never a separator; dots are not resolved.
+        let url = client.url("/transactions", Some("%2F")).unwrap();
+        assert_eq!(url.as_str(), "http://127.0.0.1:1/api/v2/transactions/%252F");
+        let url = client.url("/transactions", Some("...")).unwrap();
+        assert_eq!(url.as_str(), "http://127.0.0.1:1/api/v2/transactions/...");
+        // Keys a URL would resolve away, or leave empty, name another resource: refused.
+        for key in ["", ".", ".."] {
+            assert!(
+                matches!(
+                    client.url("/transactions", Some(key)),
+                    Err(Error::InvalidRequest(_))
+                ),
+                "{key:?}"
+            );
+        }
     }
 }
