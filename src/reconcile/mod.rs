@@ -125,6 +125,11 @@ impl Reconciler {
         self.client.requests_sent()
     }
 
+    /// [`Reconciler::requests_sent`], by what they were spent on.
+    pub fn requests_spent(&self) -> partnerstack::client::Spent {
+        self.client.spent()
+    }
+
     /// The background task of `serve`: competes for leadership and, while leader, runs
     /// due passes until `stop` is cancelled (a running pass stops after the page it is
     /// applying, or at once while it waits for one).

@@ -5,10 +5,11 @@ use std::time::{Duration, Instant};
 
 use partnerstack::Entity;
 use partnerstack_sim::{Options, Running};
+use partnerstack_sync::config::Verification;
 use serde_json::{Value, json};
 
 use crate::client::{program, stand_in};
-use crate::common::{API_TOKEN, Process, TestDb, WEBHOOK_TOKEN, as_env};
+use crate::common::{API_TOKEN, Process, TestApp, TestDb, WEBHOOK_TOKEN, as_env};
 
 /// The budget of the account in these tests (requests per second, all replicas together).
 const RATE: f64 = 5.0;
@@ -151,6 +152,7 @@ async fn three_replicas_share_one_budget_and_writes_go_first() {
         .faults()
         .request_times()
         .into_iter()
+        .map(|t| t.into_std())
         .filter(|t| *t >= started)
         .collect();
     let window = Duration::from_secs(30);
@@ -189,5 +191,144 @@ async fn three_replicas_share_one_budget_and_writes_go_first() {
     for replica in replicas {
         replica.terminate().await;
     }
+    sim.stop().await.unwrap();
+}
+
+/// The `data` of `GET /v1/sync`.
+async fn sync_status(app: &TestApp) -> Value {
+    let r = app.api_get("/v1/sync").await;
+    r.json::<Value>().await.unwrap()["data"].clone()
+}
+
+/// The sum of every sample of `/metrics` whose line starts with `prefix`.
+fn metric_sum(text: &str, prefix: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Every request the stand-in saw is counted once, where it was spent: the passes'
+/// (an incremental pass that finds nothing reports its one request), the verifications'
+/// and the writes' add up to the stand-in's count, in `/v1/sync`, in `/metrics` and in
+/// `/v1/writes`.
+#[tokio::test]
+async fn requests_are_counted_where_they_are_spent() {
+    let sim = stand_in(program()).await;
+    let base_url = sim.base_url();
+    let app = TestApp::spawn_with(|c| {
+        c.partnerstack = crate::client::client_config(&base_url);
+        c.webhooks.verification = Verification::Fetch;
+        c.reconcile.interval = Some(Duration::from_secs(3600));
+    })
+    .await;
+    let seen = || -> u64 { sim.simulator.faults().requests().values().sum() };
+    // The first passes: every stream scanned in full once.
+    let mut status = Value::Null;
+    for _ in 0..300 {
+        status = sync_status(&app).await;
+        let done = status["streams"]
+            .as_array()
+            .is_some_and(|s| s.len() == 7 && s.iter().all(|s| s["last"]["status"] == "ok"));
+        if done {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let per_pass = |status: &Value| -> u64 {
+        status["streams"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["last"]["requests"].as_u64().unwrap())
+            .sum()
+    };
+    assert_eq!(status["requests"]["reconcile"], per_pass(&status), "{status}");
+    assert_eq!(status["requests"]["total"], seen(), "{status}");
+
+    // An incremental pass that finds nothing: one request, and it says so.
+    let before = status["requests"]["reconcile"].as_u64().unwrap();
+    let customers_before = status["streams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["stream"] == "customers")
+        .unwrap()["last"]["finished_at"]
+        .clone();
+    let asked = app
+        .http
+        .post(app.url("/v1/sync/customers"))
+        .bearer_auth(API_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(asked.status(), 202);
+    let customers = loop {
+        let status = sync_status(&app).await;
+        let customers = status["streams"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["stream"] == "customers")
+            .unwrap()
+            .clone();
+        if customers["last"]["finished_at"] != customers_before {
+            break customers;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(customers["last"]["kind"], "incremental", "{customers}");
+    assert_eq!(customers["last"]["seen"], 0, "{customers}");
+    assert_eq!(customers["last"]["requests"], 1, "{customers}");
+
+    // Ten deliveries verified by a read each, two writes.
+    let objects = sim.simulator.state(Some(Entity::Customer))["streams"]["customers"]
+        .as_array()
+        .unwrap()
+        .clone();
+    for body in deliveries(&objects[..10]) {
+        assert_eq!(app.deliver(body).await.status(), 200);
+    }
+    app.settle().await;
+    let partner = crate::writes::a_partner_key(&sim);
+    for i in 0..2 {
+        let r = app
+            .http
+            .post(app.url("/v1/customers?wait=10"))
+            .bearer_auth(API_TOKEN)
+            .json(&json!({"customer_key": format!("spent-{i}"), "email": format!("spent-{i}@example.com"),
+                          "partner_key": partner}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+
+    let status = sync_status(&app).await;
+    let requests = &status["requests"];
+    let metrics = app.metrics().await;
+    let written = app
+        .db
+        .count("SELECT coalesce(sum(upstream_requests), 0)::bigint FROM writes")
+        .await;
+    println!("[budget counted] stand-in {}, /v1/sync {requests}", seen());
+    assert_eq!(requests["total"], seen(), "{requests}");
+    assert_eq!(requests["reconcile"], before + 1);
+    assert_eq!(requests["verify"], 10);
+    assert_eq!(requests["write"], written);
+    assert_eq!(requests["other"], 0);
+    for purpose in ["reconcile", "verify", "write", "other"] {
+        let metric = metric_sum(
+            &metrics,
+            &format!("psync_partnerstack_requests_spent_total{{purpose=\"{purpose}\"}}"),
+        );
+        assert_eq!(Some(metric as u64), requests[purpose].as_u64(), "{purpose}");
+    }
+    assert_eq!(
+        metric_sum(&metrics, "psync_reconcile_requests_total{") as u64,
+        before + 1,
+        "the passes' requests in /metrics"
+    );
+    app.stop().await;
     sim.stop().await.unwrap();
 }

@@ -455,6 +455,8 @@ pub struct Exchange<'a> {
     pub elapsed: Duration,
     /// 1 for the first attempt; more for retries.
     pub attempt: u32,
+    /// What the request was spent on (see [`spend`]).
+    pub purpose: Purpose,
 }
 
 /// Told about every HTTP exchange a [`Client`] has (retries included), so a service can
@@ -864,7 +866,8 @@ impl Client {
         let Target { url, endpoint } = target;
         let what = format!("{method} {}", url.path());
         retry(&inner.policy, &inner.budget, &what, |n| {
-            inner.spent[budget::current_purpose().index()].fetch_add(1, Ordering::Relaxed);
+            let purpose = budget::current_purpose();
+            inner.spent[purpose.index()].fetch_add(1, Ordering::Relaxed);
             budget::count_spent();
             if let Some(counter) = counter {
                 counter.fetch_add(1, Ordering::Relaxed);
@@ -895,6 +898,7 @@ impl Client {
                         answer,
                         elapsed: started.elapsed(),
                         attempt: n,
+                        purpose,
                     });
                 }
                 result
