@@ -440,16 +440,11 @@ fn client(
         client.account(),
         &crate::reconcile::this_process(),
     );
-    let budget = RequestBudget::from_source(
-        config.partnerstack.requests_per_second,
-        Arc::new(tokens),
-        1,
-    );
-    Ok(Some(
-        client
-            .with_budget(Arc::new(budget))
-            .with_observer(Arc::new(UpstreamObserver(metrics.clone()))),
-    ))
+    let budget =
+        RequestBudget::from_source(config.partnerstack.requests_per_second, Arc::new(tokens), 1);
+    Ok(Some(client.with_budget(Arc::new(budget)).with_observer(
+        Arc::new(UpstreamObserver(metrics.clone())),
+    )))
 }
 
 /// How the listeners serve: the connection cap resolved against the open-file limit,

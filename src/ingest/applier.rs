@@ -275,12 +275,12 @@ impl Applier {
         observations.extend_from_slice(extra);
         // An object the database refuses is set aside (its delivery marked `error`), and
         // the rest of the batch applies.
-        let results = match apply::apply_or_set_aside(&mut tx, Source::Webhook, None, &observations).await
-        {
-            Ok(r) => r,
-            Err(e) if is_transient_error(&e) => return Err(e),
-            Err(e) => return self.rejected(tx, &e, plans.len()).await,
-        };
+        let results =
+            match apply::apply_or_set_aside(&mut tx, Source::Webhook, None, &observations).await {
+                Ok(r) => r,
+                Err(e) if is_transient_error(&e) => return Err(e),
+                Err(e) => return self.rejected(tx, &e, plans.len()).await,
+            };
         for (&(slot, _), result) in slots.iter().zip(results.into_iter().take(named)) {
             match result {
                 Ok(Applied::Stale) => {

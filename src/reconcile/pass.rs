@@ -512,7 +512,8 @@ impl Pass {
         }
         let mut tx = ctx.leader.begin().await?;
         // An object the database refuses is set aside; the rest of the page goes on.
-        let results = apply::apply_or_set_aside(&mut tx, Source::Reconcile, None, &observations).await?;
+        let results =
+            apply::apply_or_set_aside(&mut tx, Source::Reconcile, None, &observations).await?;
         let refused: Vec<set_aside::Refused> = unread
             .iter()
             .map(|(key, reason, raw)| set_aside::Refused {
@@ -632,12 +633,11 @@ impl Pass {
                 );
             }
         }
-        ctx.metrics
-            .pass_completed(
-                stream,
-                (self.counts.requests + self.unrecorded_requests) as u64,
-                warning.is_none(),
-            );
+        ctx.metrics.pass_completed(
+            stream,
+            (self.counts.requests + self.unrecorded_requests) as u64,
+            warning.is_none(),
+        );
         let mut counts = self.counts;
         counts.requests += self.unrecorded_requests;
         counts.changed += deleted;

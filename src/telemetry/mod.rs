@@ -39,8 +39,8 @@ use crate::error::ErrorCode;
 
 pub use group::{Deployment, Exposition, Group, Labels, Precreate, Registry, Unit, register};
 pub use labels::{
-    AnswerLabels, DeliveryResult, EntityLabel, PoolLabel, ResultLabel, RouteLabels, StreamLabel,
-    PurposeLabel, UpstreamAnswerLabels, UpstreamLabels,
+    AnswerLabels, DeliveryResult, EntityLabel, PoolLabel, PurposeLabel, ResultLabel, RouteLabels,
+    StreamLabel, UpstreamAnswerLabels, UpstreamLabels,
 };
 pub use logs::{DEFAULT_LOG_FILTER, init_logging};
 

@@ -82,8 +82,7 @@ async fn three_replicas_share_one_budget_and_writes_go_first() {
         ..program()
     })
     .await;
-    let customers: Vec<Value> = sim.simulator.state(Some(Entity::Customer))["streams"]
-        ["customers"]
+    let customers: Vec<Value> = sim.simulator.state(Some(Entity::Customer))["streams"]["customers"]
         .as_array()
         .unwrap()
         .clone();
@@ -184,7 +183,10 @@ async fn three_replicas_share_one_budget_and_writes_go_first() {
         "{} requests in {took:?}",
         times.len()
     );
-    assert_eq!(holders, 3, "every replica took its tokens from the database");
+    assert_eq!(
+        holders, 3,
+        "every replica took its tokens from the database"
+    );
     // Its replica had 60 reads queued (12 s of the whole budget); the write went first.
     assert!(
         write_took < Duration::from_secs(6),
@@ -245,7 +247,11 @@ async fn requests_are_counted_where_they_are_spent() {
             .map(|s| s["last"]["requests"].as_u64().unwrap())
             .sum()
     };
-    assert_eq!(status["requests"]["reconcile"], per_pass(&status), "{status}");
+    assert_eq!(
+        status["requests"]["reconcile"],
+        per_pass(&status),
+        "{status}"
+    );
     assert_eq!(status["requests"]["total"], seen(), "{status}");
 
     // An incremental pass that finds nothing: one request, and it says so.

@@ -5,8 +5,8 @@
 
 mod access;
 mod alerting;
-mod budget;
 mod api;
+mod budget;
 mod changes;
 mod cli;
 mod client;

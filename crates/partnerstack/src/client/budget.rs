@@ -134,9 +134,7 @@ pub async fn for_write<F: Future>(work: F) -> (F::Output, u64) {
 
 /// The purpose of the request about to be sent ([`Purpose::Other`] outside a scope).
 pub(super) fn current_purpose() -> Purpose {
-    SPENDING
-        .try_with(|s| s.purpose)
-        .unwrap_or(Purpose::Other)
+    SPENDING.try_with(|s| s.purpose).unwrap_or(Purpose::Other)
 }
 
 /// Counts one request in the current [`spend`] scope, if any.
@@ -528,10 +526,7 @@ enum Step {
 async fn lease(shared: &Shared, take: Take) -> Result<Grant, String> {
     match tokio::time::timeout(LEASE_TIMEOUT, shared.source.take(take)).await {
         Ok(result) => result,
-        Err(_) => Err(format!(
-            "no answer within {} ms",
-            LEASE_TIMEOUT.as_millis()
-        )),
+        Err(_) => Err(format!("no answer within {} ms", LEASE_TIMEOUT.as_millis())),
     }
 }
 
@@ -798,7 +793,10 @@ mod tests {
             for (i, at) in sent.iter().enumerate() {
                 let within = sent[i..].iter().take_while(|t| **t < *at + window).count();
                 let most = 5.0 * window.as_secs_f64() + 5.0;
-                assert!(within as f64 <= most, "{within} within {window:?} of {at:?}");
+                assert!(
+                    within as f64 <= most,
+                    "{within} within {window:?} of {at:?}"
+                );
             }
         }
         let granted = source.granted.load(Ordering::Relaxed);
@@ -845,8 +843,14 @@ mod tests {
         tokio::time::sleep(Duration::from_secs(3)).await;
         let during = reads.load(Ordering::Relaxed) - before;
         assert!(readers.on_fallback());
-        assert!(during <= 6, "{during} reads in 3 s at a share of 5/3 per second");
-        assert!(during >= 3, "{during} reads in 3 s: the fallback still sends");
+        assert!(
+            during <= 6,
+            "{during} reads in 3 s at a share of 5/3 per second"
+        );
+        assert!(
+            during >= 3,
+            "{during} reads in 3 s: the fallback still sends"
+        );
         source.down.store(false, Ordering::Relaxed);
         for t in read_tasks {
             t.await.unwrap();

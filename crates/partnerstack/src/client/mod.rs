@@ -22,10 +22,10 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize, Serializer};
 use serde_json::Value;
 
-pub use pages::{Filter, ListQuery, Page, Pager, supported_filters};
 pub use budget::{
     Grant, Purpose, RequestBudget, Spent, TOKEN_TTL, Take, TokenSource, for_write, spend,
 };
+pub use pages::{Filter, ListQuery, Page, Pager, supported_filters};
 pub use retry::{Attempt, RetryPolicy, retry, retry_after};
 
 use crate::entity::Entity;
