@@ -8,8 +8,9 @@
 //! other kinds are looked up in a narrow list page around the object's times (the other
 //! objects such a page returns are PartnerStack's current state too, and are applied with
 //! it). Deliveries for the same object in one batch share one fetch, and every fetch waits
-//! for the client's request budget. A delivery's numeric `id` is never used to find
-//! anything.
+//! for the client's request budget. Many single reads of one stream are made as list
+//! pages of its recent changes instead ([`Verifier::answer_each`]), and answers are
+//! handed over as they arrive. A delivery's numeric `id` is never used to find anything.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -21,6 +22,7 @@ use partnerstack::client::{self, Client, ListQuery};
 use partnerstack::models::Meta;
 use partnerstack::wire;
 use serde_json::Value;
+use tokio::sync::mpsc;
 
 use super::IngestMetrics;
 use crate::telemetry::Labels;
@@ -31,6 +33,12 @@ const CONCURRENT_FETCHES: usize = 4;
 /// Most list pages a lookup reads before it gives up (a list lookup without a narrow
 /// window, e.g. an old reward, may not find its object in a few pages).
 const LOOKUP_PAGES: u64 = 4;
+/// Single reads of one stream are read by the page from this many on (a page of 250
+/// answers them in one request, or a few; fewer are cheaper read one by one).
+const BY_PAGE_FROM: usize = 8;
+/// How long before its delivery arrived an object may have changed and still be looked
+/// for in the pages of recent changes (a later retry of an old delivery is read singly).
+const PAGE_MARGIN: chrono::Duration = chrono::Duration::minutes(10);
 /// The margin around an object's time in a list lookup: whether PartnerStack's time
 /// bounds are inclusive is undocumented.
 const WINDOW: chrono::Duration = chrono::Duration::seconds(1);
@@ -165,41 +173,128 @@ impl Verifier {
         }
     }
 
-    /// Answers every distinct lookup once.
-    pub async fn fetch_all(
+    /// Answers every distinct lookup once, sending each answer on `answered` as soon as it
+    /// is known (a page's worth at a time when read by the page), so its deliveries can be
+    /// applied while the rest are still being read. Single reads of one stream that has a
+    /// `min_updated` filter are read as list pages instead when there are
+    /// [`BY_PAGE_FROM`] or more of them: the pages of objects updated since
+    /// `since` (the oldest delivery's arrival, less [`PAGE_MARGIN`]), newest first, while
+    /// a further page costs less than single reads of the objects still missing; any
+    /// object the pages did not bring is then read singly. Stops early when `answered`
+    /// is closed.
+    pub async fn answer_each(
         &self,
         lookups: impl IntoIterator<Item = Lookup>,
+        since: DateTime<Utc>,
         metrics: &IngestMetrics,
-    ) -> Answers {
+        answered: mpsc::Sender<Answers>,
+    ) {
         let mut distinct: Vec<Lookup> = lookups.into_iter().collect();
         distinct.sort_by_key(|l| format!("{l:?}"));
         distinct.dedup();
-        let fetched: Vec<(Lookup, Fetched, Vec<Value>)> = futures_util::stream::iter(distinct)
+        let mut by_entity: HashMap<Entity, Vec<Lookup>> = HashMap::new();
+        let mut singles = Vec::new();
+        for lookup in distinct {
+            match &lookup {
+                Lookup::Get { entity, .. }
+                    if client::supported_filters(*entity).contains(&client::Filter::MinUpdated) =>
+                {
+                    by_entity.entry(*entity).or_default().push(lookup);
+                }
+                _ => singles.push(lookup),
+            }
+        }
+        for (entity, lookups) in by_entity {
+            if lookups.len() < BY_PAGE_FROM {
+                singles.extend(lookups);
+                continue;
+            }
+            let since = since - PAGE_MARGIN;
+            let left = client::spend(
+                client::Purpose::Verify,
+                self.read_pages(entity, lookups, since, metrics, &answered),
+            )
+            .await
+            .0;
+            match left {
+                Some(left) => singles.extend(left),
+                None => return,
+            }
+        }
+        let mut answers = futures_util::stream::iter(singles)
             .map(|lookup| async move {
                 let (fetched, others) = self.fetch(&lookup).await;
-                let result = match &fetched {
-                    Fetched::Found(_) => FetchResult::Found,
-                    Fetched::Missing => FetchResult::Missing,
-                    Fetched::Failed(_) => FetchResult::Failed,
-                };
-                metrics
-                    .webhook_fetches
-                    .get_or_create(&FetchLabel { result })
-                    .inc();
-                (lookup, fetched, others)
+                count_fetch(metrics, &fetched);
+                let entity = lookup.entity();
+                Answers {
+                    by_lookup: HashMap::from([(lookup, fetched)]),
+                    others: others.into_iter().map(|o| (entity, o)).collect(),
+                }
             })
-            .buffer_unordered(CONCURRENT_FETCHES)
-            .collect()
-            .await;
-        let mut answers = Answers::default();
-        for (lookup, fetched, others) in fetched {
-            let entity = lookup.entity();
-            answers
-                .others
-                .extend(others.into_iter().map(|o| (entity, o)));
-            answers.by_lookup.insert(lookup, fetched);
+            .buffer_unordered(CONCURRENT_FETCHES);
+        while let Some(answer) = answers.next().await {
+            if answered.send(answer).await.is_err() {
+                return;
+            }
         }
-        answers
+    }
+
+    /// Reads `entity`'s objects updated since `since` page by page, sending the answers
+    /// each page brings; returns the lookups the pages did not answer (`None` when
+    /// `answered` was closed).
+    async fn read_pages(
+        &self,
+        entity: Entity,
+        lookups: Vec<Lookup>,
+        since: DateTime<Utc>,
+        metrics: &IngestMetrics,
+        answered: &mpsc::Sender<Answers>,
+    ) -> Option<Vec<Lookup>> {
+        let mut wanted: HashMap<String, Lookup> = lookups
+            .into_iter()
+            .filter_map(|l| match &l {
+                Lookup::Get { key, .. } => Some((key.clone(), l)),
+                Lookup::List { .. } => None,
+            })
+            .collect();
+        let query = ListQuery {
+            min_updated: Some(since),
+            ..ListQuery::default()
+        };
+        let mut pager = self.client.pages(entity, query);
+        // Another page is read only while it costs less than reading the objects still
+        // missing one by one.
+        while !wanted.is_empty() && pager.pages() < wanted.len() as u64 {
+            let page = match pager.next_page().await {
+                Ok(Some(page)) => page,
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::debug!(error = %e, stream = entity.stream(), "reading deliveries' objects by the page failed; reading them singly");
+                    break;
+                }
+            };
+            let mut answers = Answers::default();
+            for item in page.items {
+                let found = identities(entity, &item)
+                    .into_iter()
+                    .find_map(|id| wanted.remove(&id));
+                match found {
+                    Some(lookup) => {
+                        let fetched = Fetched::Found(item);
+                        count_fetch(metrics, &fetched);
+                        answers.by_lookup.insert(lookup, fetched);
+                    }
+                    None => answers.others.push((entity, item)),
+                }
+            }
+            if answered.send(answers).await.is_err() {
+                return None;
+            }
+            if page.next_cursor.is_none() {
+                break;
+            }
+        }
+        Some(wanted.into_values().collect())
     }
 
     /// The answer to one lookup, and the other objects a list lookup read on the way;
@@ -257,6 +352,35 @@ impl Verifier {
         }
         Ok((None, others))
     }
+}
+
+/// Counts one verification answer in `psync_webhook_fetches_total`.
+fn count_fetch(metrics: &IngestMetrics, fetched: &Fetched) {
+    let result = match fetched {
+        Fetched::Found(_) => FetchResult::Found,
+        Fetched::Missing => FetchResult::Missing,
+        Fetched::Failed(_) => FetchResult::Failed,
+    };
+    metrics
+        .webhook_fetches
+        .get_or_create(&FetchLabel { result })
+        .inc();
+}
+
+/// The keys a single read of `entity` may name `item` by: its key, and the customer's
+/// `customer_key` or the partnership's `partner_key`.
+fn identities(entity: Entity, item: &Value) -> Vec<String> {
+    let text = |field: &str| {
+        item.get(field)
+            .and_then(|v| wire::parse_string(v).ok().flatten())
+            .filter(|s| !s.trim().is_empty())
+    };
+    let own = match entity {
+        Entity::Customer => text("customer_key"),
+        Entity::Partner => text("partner_key"),
+        _ => None,
+    };
+    Meta::identity_of(item).into_iter().chain(own).collect()
 }
 
 /// The narrowest list query the stream's filters allow around `window`.
