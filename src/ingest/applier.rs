@@ -201,19 +201,19 @@ impl Applier {
             .filter_map(Option::take)
             .collect();
         self.commit_settled(ready, Vec::new()).await?;
-        let since = pending
+        // Each lookup with the arrival of the latest delivery waiting for it.
+        let lookups: HashMap<Lookup, DateTime<Utc>> = waiting
             .iter()
-            .map(|e| e.received_at)
-            .min()
-            .unwrap_or_else(Utc::now);
+            .map(|(lookup, waiters)| {
+                let arrived = waiters.iter().map(|&i| pending[i].received_at).max();
+                (lookup.clone(), arrived.unwrap_or_else(Utc::now))
+            })
+            .collect();
         let (answered, mut answers) = mpsc::channel::<Answers>(ANSWERS_QUEUED);
         let fetcher = {
             let (verifier, metrics) = (verifier.clone(), self.metrics.clone());
-            let lookups: Vec<Lookup> = waiting.keys().cloned().collect();
             tokio::spawn(async move {
-                verifier
-                    .answer_each(lookups, since, &metrics, answered)
-                    .await;
+                verifier.answer_each(lookups, &metrics, answered).await;
             })
         };
         let result = self
