@@ -290,12 +290,15 @@ async fn requests_are_counted_where_they_are_spent() {
     assert_eq!(customers["last"]["seen"], 0, "{customers}");
     assert_eq!(customers["last"]["requests"], 1, "{customers}");
 
-    // Ten deliveries verified by a read each, two writes.
-    let objects = sim.simulator.state(Some(Entity::Customer))["streams"]["customers"]
+    // Five deliveries verified by a read each (too few to read by the page), two writes.
+    let objects: Vec<Value> = sim.simulator.state(Some(Entity::Customer))["streams"]["customers"]
         .as_array()
         .unwrap()
-        .clone();
-    for body in deliveries(&objects, 10) {
+        .iter()
+        .filter(|c| c["customer_key"].is_string())
+        .cloned()
+        .collect();
+    for body in deliveries(&objects, 5) {
         assert_eq!(app.deliver(body).await.status(), 200);
     }
     app.settle().await;
@@ -323,7 +326,7 @@ async fn requests_are_counted_where_they_are_spent() {
     println!("[budget counted] stand-in {}, /v1/sync {requests}", seen());
     assert_eq!(requests["total"], seen(), "{requests}");
     assert_eq!(requests["reconcile"], before + 1);
-    assert_eq!(requests["verify"], 10);
+    assert_eq!(requests["verify"], 5);
     assert_eq!(requests["write"], written);
     assert_eq!(requests["other"], 0);
     for purpose in ["reconcile", "verify", "write", "other"] {
