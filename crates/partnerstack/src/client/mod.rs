@@ -44,7 +44,8 @@ pub struct Settings {
     pub secret_key: Option<SecretString>,
     /// Items per list page, 1..=250.
     pub page_size: u32,
-    /// The request budget shared by every client of one account in the process.
+    /// The request budget, requests per second: shared by every client of one account in
+    /// the process (the service shares it with every replica: see [`Client::with_budget`]).
     pub requests_per_second: f64,
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
