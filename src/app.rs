@@ -19,7 +19,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use partnerstack::client::Client;
+use partnerstack::client::{Client, RequestBudget};
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
@@ -312,7 +312,7 @@ impl Tasks {
             writer_stop.clone(),
             telemetry.ingest.clone(),
         );
-        let client = client(config, &telemetry.metrics)?;
+        let client = client(config, pool, &telemetry.metrics)?;
         let applier = Applier::new(
             pool.clone(),
             telemetry.ingest.clone(),
@@ -444,17 +444,28 @@ fn writes_worker(
     (Some(outbox), Some(task))
 }
 
-/// PartnerStack's client, when there are credentials: one client (one request budget)
-/// for the reconciler, webhook verification and writes, its exchanges counted in
-/// `metrics`.
-fn client(config: &Config, metrics: &Arc<Metrics>) -> anyhow::Result<Option<Client>> {
+/// PartnerStack's client, when there are credentials: one client for the reconciler,
+/// webhook verification and writes, its exchanges counted in `metrics`. Its request
+/// budget is the account's, shared with every replica through the database.
+fn client(
+    config: &Config,
+    pool: &PgPool,
+    metrics: &Arc<Metrics>,
+) -> anyhow::Result<Option<Client>> {
     if config.partnerstack.credentials().is_none() {
         return Ok(None);
     }
     let client = Client::new(&config.partnerstack)?;
-    Ok(Some(client.with_observer(Arc::new(UpstreamObserver(
-        metrics.clone(),
-    )))))
+    let tokens = db::budget::SharedTokens::new(
+        pool.clone(),
+        client.account(),
+        &crate::reconcile::this_process(),
+    );
+    let budget =
+        RequestBudget::from_source(config.partnerstack.requests_per_second, Arc::new(tokens), 1);
+    Ok(Some(client.with_budget(Arc::new(budget)).with_observer(
+        Arc::new(UpstreamObserver(metrics.clone())),
+    )))
 }
 
 /// How the listeners serve: the connection cap resolved against the open-file limit,

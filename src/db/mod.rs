@@ -2,6 +2,7 @@
 
 pub mod answers;
 pub mod attribution;
+pub mod budget;
 pub mod changes;
 pub mod embedded;
 pub mod events;

@@ -403,6 +403,9 @@ pub struct Finish<'a> {
     /// Repairs found at the end (those deletions, unless backfilling), added to the
     /// pass's own.
     pub extra_repairs: i64,
+    /// Requests not recorded with a page (the empty answer that ends a stream), added to
+    /// the pass's own.
+    pub requests: i64,
     /// A completed pass can still carry a problem to report (e.g. the deletion guard).
     pub warning: Option<&'a str>,
 }
@@ -425,7 +428,7 @@ pub async fn finish_pass(
              last_full_at = CASE WHEN $3 THEN pass_started_at ELSE last_full_at END,
              last_full_finished_at = CASE WHEN $3 THEN now() ELSE last_full_finished_at END,
              last_full_pages = CASE WHEN $3 THEN pass_pages ELSE last_full_pages END,
-             last_requests = pass_requests,
+             last_requests = pass_requests + $7,
              last_kind = pass_kind, last_started_at = pass_started_at, last_finished_at = now(),
              last_status = CASE WHEN $6::text IS NULL THEN 'ok' ELSE 'error' END,
              last_error = $6,
@@ -445,6 +448,7 @@ pub async fn finish_pass(
     .bind(finish.deleted)
     .bind(finish.extra_repairs)
     .bind(finish.warning)
+    .bind(finish.requests)
     .execute(&mut *conn)
     .await?;
     Ok(updated.rows_affected() == 1)

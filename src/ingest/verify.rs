@@ -202,8 +202,15 @@ impl Verifier {
         answers
     }
 
-    /// The answer to one lookup, and the other objects a list lookup read on the way.
+    /// The answer to one lookup, and the other objects a list lookup read on the way;
+    /// its requests are counted as verification's.
     async fn fetch(&self, lookup: &Lookup) -> (Fetched, Vec<Value>) {
+        client::spend(client::Purpose::Verify, self.fetch_unscoped(lookup))
+            .await
+            .0
+    }
+
+    async fn fetch_unscoped(&self, lookup: &Lookup) -> (Fetched, Vec<Value>) {
         match lookup {
             Lookup::Get { entity, key } => match self.client.get(*entity, key).await {
                 Ok(Some(object)) => (Fetched::Found(object), Vec::new()),

@@ -59,6 +59,18 @@ const FIRST_RETRY: Duration = Duration::from_secs(15);
 /// replicas spread their requests.
 const JITTER_PARTS: u32 = 10;
 
+/// A name for this process, unique among replicas: host, process id and a random part
+/// (the reconciler's `runner`; the request budget's holder).
+pub fn this_process() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    format!(
+        "{}:{}:{}",
+        host.trim(),
+        std::process::id(),
+        &uuid::Uuid::new_v4().to_string()[..8]
+    )
+}
+
 /// A reconciler; cheap to share.
 #[derive(Clone)]
 pub struct Reconciler {
@@ -78,13 +90,7 @@ impl Reconciler {
         pool: PgPool,
         metrics: Arc<Metrics>,
     ) -> Self {
-        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
-        let runner = format!(
-            "{}:{}:{}",
-            host.trim(),
-            std::process::id(),
-            &uuid::Uuid::new_v4().to_string()[..8]
-        );
+        let runner = this_process();
         Reconciler {
             client,
             config,
@@ -117,6 +123,11 @@ impl Reconciler {
     /// reconciler's and webhook verification's, which share it), retries included.
     pub fn requests_sent(&self) -> u64 {
         self.client.requests_sent()
+    }
+
+    /// [`Reconciler::requests_sent`], by what they were spent on.
+    pub fn requests_spent(&self) -> partnerstack::client::Spent {
+        self.client.spent()
     }
 
     /// The background task of `serve`: competes for leadership and, while leader, runs

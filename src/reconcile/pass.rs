@@ -290,6 +290,9 @@ struct Pass {
     /// Every page was read already (a resumed pass that failed after its last page).
     read_all: bool,
     counts: PassCounts,
+    /// Requests sent after the last recorded page (the empty answer that ends a stream
+    /// brings no page): recorded when the pass closes.
+    unrecorded_requests: i64,
 }
 
 impl Pass {
@@ -330,6 +333,7 @@ impl Pass {
                 // Only the last page leaves no cursor.
                 read_all: state.pass.pages > 0 && state.pass_cursor.is_none(),
                 counts: state.pass,
+                unrecorded_requests: 0,
             });
         }
         let now = Utc::now();
@@ -357,6 +361,7 @@ impl Pass {
             backfill,
             read_all: false,
             counts: PassCounts::default(),
+            unrecorded_requests: 0,
         })
     }
 
@@ -400,7 +405,7 @@ impl Pass {
             client::RequestBudget::new(ctx.config.scan_share * ctx.client.requests_per_second())
         });
         let fetcher = tokio::spawn(
-            async move {
+            client::spend(client::Purpose::Reconcile, async move {
                 loop {
                     if let Some(pace) = &pace {
                         pace.acquire().await;
@@ -420,12 +425,13 @@ impl Pass {
                         break;
                     }
                 }
-            }
+            })
             .in_current_span(),
         );
         let result = self.apply_pages(ctx, &mut pages, &requests, progress).await;
         drop(pages);
         fetcher.abort();
+        self.unrecorded_requests += requests.swap(0, Ordering::Relaxed) as i64;
         result
     }
 
@@ -587,6 +593,7 @@ impl Pass {
             full: self.kind == PassKind::Full,
             deleted,
             extra_repairs,
+            requests: self.unrecorded_requests,
             warning: warning.as_deref(),
         };
         if !sync::finish_pass(&mut tx, stream, self.id, finish).await? {
@@ -597,6 +604,10 @@ impl Pass {
 
         let label = StreamLabel { stream };
         ctx.metrics.reconcile_passes.get_or_create(&label).inc();
+        ctx.metrics
+            .reconcile_requests
+            .get_or_create(&label)
+            .inc_by(self.unrecorded_requests as u64);
         ctx.metrics
             .reconcile_deletions
             .get_or_create(&label)
@@ -625,9 +636,13 @@ impl Pass {
                 );
             }
         }
-        ctx.metrics
-            .pass_completed(stream, self.counts.requests as u64, warning.is_none());
+        ctx.metrics.pass_completed(
+            stream,
+            (self.counts.requests + self.unrecorded_requests) as u64,
+            warning.is_none(),
+        );
         let mut counts = self.counts;
+        counts.requests += self.unrecorded_requests;
         counts.changed += deleted;
         counts.repairs += extra_repairs;
         counts.deleted = deleted;

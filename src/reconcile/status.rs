@@ -25,6 +25,9 @@ pub struct SyncStatus {
     pub leader: bool,
     /// This replica's reconciler identity (host:pid:id), when enabled.
     pub runner: Option<String>,
+    /// PartnerStack requests this replica sent since it started (each attempt), by what
+    /// they were spent on; when the reconciler is enabled.
+    pub requests: Option<RequestsSpent>,
     pub streams: Vec<StreamStatus>,
     /// Objects the copy refused (they do not read, or the database refused them), newest
     /// first, at most 50: each set aside with its error while the rest of its page, batch
@@ -33,6 +36,33 @@ pub struct SyncStatus {
     /// Each question `partnerstack-sync check` asks the account: settled (with its answer
     /// and when) or still a guess, and what the service does either way.
     pub answers: Vec<AnswerStatus>,
+}
+
+/// Requests sent to PartnerStack, by what they were spent on.
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+pub struct RequestsSpent {
+    /// Reconcile passes' list pages (each pass's own are in its `requests`).
+    pub reconcile: u64,
+    /// Reads verifying webhook deliveries.
+    pub verify: u64,
+    /// Writes, their look-ups included (each write's own are in `/v1/writes`).
+    pub write: u64,
+    /// Anything else.
+    pub other: u64,
+    /// All of them.
+    pub total: u64,
+}
+
+impl From<partnerstack::client::Spent> for RequestsSpent {
+    fn from(spent: partnerstack::client::Spent) -> RequestsSpent {
+        RequestsSpent {
+            reconcile: spent.reconcile,
+            verify: spent.verify,
+            write: spent.write,
+            other: spent.other,
+            total: spent.total(),
+        }
+    }
 }
 
 /// A reconcile stream's name (`partnerships`, `customers`, ...): served as that word,
@@ -197,6 +227,7 @@ pub async fn load(
         enabled: reconciler.is_some(),
         leader: reconciler.is_some_and(Reconciler::is_leader),
         runner: reconciler.map(|r| r.runner().to_string()),
+        requests: reconciler.map(|r| r.requests_spent().into()),
         streams,
         set_aside: set_aside::recent(pool, SET_ASIDE_LISTED).await?,
         answers: settled::statuses(pool, config).await?,

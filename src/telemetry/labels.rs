@@ -193,6 +193,27 @@ impl Labels for UpstreamLabels {
     }
 }
 
+/// What a request to PartnerStack was spent on (`reconcile`, `verify`, `write`, `other`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PurposeLabel {
+    pub purpose: &'static str,
+}
+
+impl Labels for PurposeLabel {
+    /// Every purpose, whenever there is a client (credentials set).
+    fn declared(deployment: &Deployment<'_>) -> Vec<Self> {
+        if deployment.config.partnerstack.credentials().is_none() {
+            return Vec::new();
+        }
+        partnerstack::client::Purpose::ALL
+            .iter()
+            .map(|p| PurposeLabel {
+                purpose: p.as_str(),
+            })
+            .collect()
+    }
+}
+
 /// A PartnerStack answer: its endpoint, and its status class ([`Answer::class`]).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct UpstreamAnswerLabels {

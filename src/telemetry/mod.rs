@@ -39,8 +39,8 @@ use crate::error::ErrorCode;
 
 pub use group::{Deployment, Exposition, Group, Labels, Precreate, Registry, Unit, register};
 pub use labels::{
-    AnswerLabels, DeliveryResult, EntityLabel, PoolLabel, ResultLabel, RouteLabels, StreamLabel,
-    UpstreamAnswerLabels, UpstreamLabels,
+    AnswerLabels, DeliveryResult, EntityLabel, PoolLabel, PurposeLabel, ResultLabel, RouteLabels,
+    StreamLabel, UpstreamAnswerLabels, UpstreamLabels,
 };
 pub use logs::{DEFAULT_LOG_FILTER, init_logging};
 
@@ -150,6 +150,10 @@ crate::metrics! {
         /// Requests to PartnerStack sent again after a failed attempt (429, 5xx, timeout),
         /// by method and endpoint.
         pub partnerstack_retries: Family<UpstreamLabels, Counter>,
+        /// HTTP requests sent to PartnerStack (each attempt), by what they were spent on:
+        /// reconcile passes, webhook verification, writes (their look-ups included), other.
+        #[values(partnerstack::client::Purpose::ALL.map(partnerstack::client::Purpose::as_str).join(", "))]
+        pub partnerstack_requests_spent: Family<PurposeLabel, Counter>,
         /// Pooled database connections, by state.
         ///
         /// Refreshed when scraped.
@@ -284,6 +288,11 @@ impl Observer for UpstreamObserver {
         if exchange.attempt > 1 {
             m.partnerstack_retries.get_or_create(&labels).inc();
         }
+        m.partnerstack_requests_spent
+            .get_or_create(&PurposeLabel {
+                purpose: exchange.purpose.as_str(),
+            })
+            .inc();
     }
 }
 
@@ -313,6 +322,7 @@ mod tests {
                 answer,
                 elapsed: Duration::from_millis(120),
                 attempt,
+                purpose: partnerstack::client::Purpose::Verify,
             });
         }
         let text = exposition.render();

@@ -7,6 +7,7 @@ mod access;
 mod alerting;
 mod api;
 mod archives;
+mod budget;
 mod changes;
 mod check;
 mod cli;

@@ -806,6 +806,7 @@ async fn a_superseded_pass_cannot_move_the_checkpoint() {
         full: true,
         deleted: 0,
         extra_repairs: 0,
+        requests: 0,
         warning: None,
     };
     assert!(

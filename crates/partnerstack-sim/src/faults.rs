@@ -135,7 +135,12 @@ struct State {
     /// Every API request by method and endpoint ("GET customers/{key}", "GET customers"),
     /// whatever its answer.
     requests: BTreeMap<String, u64>,
+    /// When each API request arrived (the first [`MAX_TIMES`]).
+    times: Vec<Instant>,
 }
+
+/// Request arrival times kept at most (a test's worth; the counts go on beyond it).
+const MAX_TIMES: usize = 1_000_000;
 
 /// The message of an injected server error.
 const SERVER_ERROR: &str = "Internal server error";
@@ -151,6 +156,7 @@ impl Faults {
                 answers: BTreeMap::new(),
                 writes: BTreeMap::new(),
                 requests: BTreeMap::new(),
+                times: Vec::new(),
             }),
         }
     }
@@ -327,7 +333,16 @@ impl Faults {
 
     /// Counts one API request (`GET customers/{key}`), whatever its answer.
     pub fn count_request(&self, endpoint: String) {
-        *self.lock().requests.entry(endpoint).or_default() += 1;
+        let mut state = self.lock();
+        *state.requests.entry(endpoint).or_default() += 1;
+        if state.times.len() < MAX_TIMES {
+            state.times.push(Instant::now());
+        }
+    }
+
+    /// When each API request so far arrived, in order (the first million).
+    pub fn request_times(&self) -> Vec<Instant> {
+        self.lock().times.clone()
     }
 
     /// API requests so far, by method and endpoint (`GET customers/{key}`).

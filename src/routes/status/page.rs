@@ -791,6 +791,7 @@ mod tests {
                 enabled: true,
                 leader: true,
                 runner: Some("host:1:abc".into()),
+                requests: None,
                 streams: vec![stream("customers")],
                 set_aside: vec![crate::db::set_aside::SetAsideObject {
                     stream: "customers".into(),

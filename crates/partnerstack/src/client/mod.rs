@@ -7,6 +7,7 @@
 //! milliseconds. Errors keep PartnerStack's HTTP status and message. Credentials are used
 //! only to sign requests; they never appear in errors, logs or `Debug` output.
 
+mod budget;
 mod pages;
 mod retry;
 mod webhooks;
@@ -22,8 +23,11 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize, Serializer};
 use serde_json::Value;
 
+pub use budget::{
+    Grant, Purpose, RequestBudget, Spent, TOKEN_TTL, Take, TokenSource, for_write, spend,
+};
 pub use pages::{Filter, ListQuery, Page, Pager, supported_filters};
-pub use retry::{Attempt, RequestBudget, RetryPolicy, for_write, retry, retry_after};
+pub use retry::{Attempt, RetryPolicy, retry, retry_after};
 pub use webhooks::{TargetField, WEBHOOKS_PATH, Webhook};
 
 use crate::entity::Entity;
@@ -42,7 +46,8 @@ pub struct Settings {
     pub secret_key: Option<SecretString>,
     /// Items per list page, 1..=250.
     pub page_size: u32,
-    /// The request budget shared by every client of one account in the process.
+    /// The request budget, requests per second: shared by every client of one account in
+    /// the process (the service shares it with every replica: see [`Client::with_budget`]).
     pub requests_per_second: f64,
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
@@ -432,7 +437,7 @@ impl Client {
         let url = self.url(path, key)?;
         let what = format!("{method} {}", url.path());
         retry(&inner.policy, &inner.budget, &what, |_| {
-            inner.requests.fetch_add(1, Ordering::Relaxed);
+            inner.count_spent();
             let mut request = inner
                 .http
                 .request(method.clone(), url.clone())
@@ -540,6 +545,8 @@ pub struct Exchange<'a> {
     pub elapsed: Duration,
     /// 1 for the first attempt; more for retries.
     pub attempt: u32,
+    /// What the request was spent on (see [`spend`]).
+    pub purpose: Purpose,
 }
 
 /// Told about every HTTP exchange a [`Client`] has (retries included), so a service can
@@ -572,10 +579,23 @@ struct Inner {
     page_size: u32,
     policy: RetryPolicy,
     budget: Arc<RequestBudget>,
+    /// A digest of the base URL and public key: names the account, holds no credential.
+    account: String,
     paths: StreamPaths,
-    /// Requests sent, retries included.
-    requests: AtomicU64,
+    /// Requests sent, retries included, by [`Purpose`].
+    spent: [AtomicU64; 4],
     observer: Option<Arc<dyn Observer>>,
+}
+
+impl Inner {
+    /// One request about to be sent: counted under the purpose it is spent on (returned),
+    /// here and in the caller's [`spend`] scope.
+    fn count_spent(&self) -> Purpose {
+        let purpose = budget::current_purpose();
+        self.spent[purpose.index()].fetch_add(1, Ordering::Relaxed);
+        budget::count_spent();
+        purpose
+    }
 }
 
 impl std::fmt::Debug for Client {
@@ -619,8 +639,9 @@ impl Client {
                     max_backoff: config.max_backoff,
                 },
                 budget: RequestBudget::shared(&account, config.requests_per_second),
+                account,
                 paths: config.paths.clone(),
-                requests: AtomicU64::new(0),
+                spent: Default::default(),
                 observer: None,
             }),
         })
@@ -629,6 +650,17 @@ impl Client {
     /// This client, telling `observer` about every exchange (its clones made from now on
     /// share it).
     pub fn with_observer(self, observer: Arc<dyn Observer>) -> Client {
+        self.rebuilt(self.inner.budget.clone(), Some(observer))
+    }
+
+    /// This client, taking its tokens from `budget` instead of the process's budget of
+    /// the account (e.g. one shared by every replica through a [`TokenSource`]).
+    pub fn with_budget(self, budget: Arc<RequestBudget>) -> Client {
+        self.rebuilt(budget, self.inner.observer.clone())
+    }
+
+    /// A copy of this client with another budget and observer; counts carried over.
+    fn rebuilt(&self, budget: Arc<RequestBudget>, observer: Option<Arc<dyn Observer>>) -> Client {
         let inner = &self.inner;
         Client {
             inner: Arc::new(Inner {
@@ -638,12 +670,26 @@ impl Client {
                 secret_key: inner.secret_key.clone(),
                 page_size: inner.page_size,
                 policy: inner.policy,
-                budget: inner.budget.clone(),
+                budget,
+                account: inner.account.clone(),
                 paths: inner.paths.clone(),
-                requests: AtomicU64::new(inner.requests.load(Ordering::Relaxed)),
-                observer: Some(observer),
+                spent: std::array::from_fn(|i| {
+                    AtomicU64::new(inner.spent[i].load(Ordering::Relaxed))
+                }),
+                observer,
             }),
         }
+    }
+
+    /// Names the account this client speaks for (a digest of the API's base URL and the
+    /// public key; no credential can be read from it).
+    pub fn account(&self) -> &str {
+        &self.inner.account
+    }
+
+    /// The request budget this client waits for.
+    pub fn budget(&self) -> &Arc<RequestBudget> {
+        &self.inner.budget
     }
 
     /// The request budget's rate (requests per second), shared by every client of the
@@ -844,7 +890,13 @@ impl Client {
 
     /// HTTP requests this client (and its clones) sent, retries included.
     pub fn requests_sent(&self) -> u64 {
-        self.inner.requests.load(Ordering::Relaxed)
+        self.spent().total()
+    }
+
+    /// HTTP requests this client (and its clones) sent, retries included, by what they
+    /// were for (see [`spend`]).
+    pub fn spent(&self) -> Spent {
+        Spent::from_counts(&self.inner.spent)
     }
 
     /// The request to `path` (plus `key`) and the endpoint it is observed under.
@@ -921,8 +973,7 @@ impl Client {
         let Target { url, endpoint } = target;
         let what = format!("{method} {}", url.path());
         retry(&inner.policy, &inner.budget, &what, |n| {
-            inner.requests.fetch_add(1, Ordering::Relaxed);
-            retry::count_for_write();
+            let purpose = inner.count_spent();
             if let Some(counter) = counter {
                 counter.fetch_add(1, Ordering::Relaxed);
             }
@@ -952,6 +1003,7 @@ impl Client {
                         answer,
                         elapsed: started.elapsed(),
                         attempt: n,
+                        purpose,
                     });
                 }
                 result

@@ -1,19 +1,17 @@
-//! When to try a request again, how long to wait, and the process-wide request budget.
+//! When to try a request again, and how long to wait.
 //!
 //! Everything here runs on tokio's clock, so tests drive it with `tokio::time::pause()`
 //! instead of sleeping.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use rand::RngExt as _;
 use reqwest::header::{HeaderMap, RETRY_AFTER};
-use tokio::time::Instant;
 
 use super::Error;
+use super::budget::RequestBudget;
 
 /// Exponential backoff with full jitter, and how many attempts a request gets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -117,144 +115,14 @@ pub fn retry_after(headers: &HeaderMap, now: DateTime<Utc>) -> Option<Duration> 
     Some((at - now).to_std().unwrap_or(Duration::ZERO))
 }
 
-tokio::task_local! {
-    /// Set while a write runs (see [`for_write`]): the requests it has sent.
-    static WRITING: Arc<AtomicU64>;
-}
-
-/// Runs `work` as one write: its requests go ahead of reads in the request budget (a
-/// list page waits while a write's request does), and are counted. Returns `work`'s
-/// output and the number of HTTP requests it sent, retries and look-ups included.
-pub async fn for_write<F: Future>(work: F) -> (F::Output, u64) {
-    let sent = Arc::new(AtomicU64::new(0));
-    let output = WRITING.scope(sent.clone(), work).await;
-    (output, sent.load(Ordering::Relaxed))
-}
-
-/// Counts one request sent, when it belongs to a write.
-pub(super) fn count_for_write() {
-    let _ = WRITING.try_with(|sent| sent.fetch_add(1, Ordering::Relaxed));
-}
-
-/// A token bucket of requests per second shared by every clone of a client: each request
-/// takes a token, and a caller finding none waits for its turn. Waiters reserve their
-/// token before sleeping, so they are served in arrival order; except that while a
-/// write's request waits (inside [`for_write`]), other callers do not reserve: writes go
-/// ahead of every read not already in line.
-#[derive(Debug)]
-pub struct RequestBudget {
-    rate: f64,
-    burst: f64,
-    state: Mutex<Bucket>,
-    /// Writes' requests waiting for a token.
-    writes_waiting: AtomicUsize,
-}
-
-/// Decrements the count of waiting writes when a write's wait ends (or is cancelled).
-struct Waiting<'a>(&'a AtomicUsize);
-
-impl Drop for Waiting<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-#[derive(Debug)]
-struct Bucket {
-    /// Negative when callers are queued for future tokens.
-    tokens: f64,
-    refilled: Instant,
-}
-
-impl RequestBudget {
-    /// The budget of one API account (`key`: e.g. base URL and public key), shared by
-    /// every client built for it in this process; created at `rate` by the first caller.
-    pub fn shared(key: &str, rate: f64) -> Arc<RequestBudget> {
-        use std::collections::HashMap;
-        use std::sync::{OnceLock, Weak};
-        static BUDGETS: OnceLock<Mutex<HashMap<String, Weak<RequestBudget>>>> = OnceLock::new();
-        let mut budgets = BUDGETS
-            .get_or_init(Default::default)
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        budgets.retain(|_, b| b.strong_count() > 0);
-        if let Some(budget) = budgets.get(key).and_then(Weak::upgrade) {
-            return budget;
-        }
-        let budget = Arc::new(RequestBudget::new(rate));
-        budgets.insert(key.to_string(), Arc::downgrade(&budget));
-        budget
-    }
-
-    /// `rate` requests per second on average, up to `max(1, rate)` at once.
-    pub fn new(rate: f64) -> Self {
-        let rate = if rate.is_finite() && rate > 0.0 {
-            rate
-        } else {
-            1.0
-        };
-        let burst = rate.max(1.0);
-        RequestBudget {
-            rate,
-            burst,
-            state: Mutex::new(Bucket {
-                tokens: burst,
-                refilled: Instant::now(),
-            }),
-            writes_waiting: AtomicUsize::new(0),
-        }
-    }
-
-    /// Requests per second on average.
-    pub fn rate(&self) -> f64 {
-        self.rate
-    }
-
-    /// Waits until the caller may send one request (a write's first, see [`for_write`]).
-    pub async fn acquire(&self) {
-        if WRITING.try_with(|_| ()).is_ok() {
-            self.writes_waiting.fetch_add(1, Ordering::Relaxed);
-            let _waiting = Waiting(&self.writes_waiting);
-            self.reserve().await;
-        } else {
-            // Let waiting writes reserve first.
-            while self.writes_waiting.load(Ordering::Relaxed) > 0 {
-                tokio::time::sleep(Duration::from_secs_f64(1.0 / self.rate)).await;
-            }
-            self.reserve().await;
-        }
-    }
-
-    /// Takes the next token, waiting for it when there is none.
-    async fn reserve(&self) {
-        let wait = {
-            // A poisoned lock only means another caller panicked mid-update; the bucket's
-            // numbers are still usable.
-            let mut bucket = self.state.lock().unwrap_or_else(|e| e.into_inner());
-            let now = Instant::now();
-            let elapsed = now.duration_since(bucket.refilled).as_secs_f64();
-            bucket.tokens = (bucket.tokens + elapsed * self.rate).min(self.burst);
-            bucket.refilled = now;
-            bucket.tokens -= 1.0;
-            if bucket.tokens >= 0.0 {
-                Duration::ZERO
-            } else {
-                Duration::from_secs_f64(-bucket.tokens / self.rate)
-            }
-        };
-        if !wait.is_zero() {
-            tokio::time::sleep(wait).await;
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use reqwest::StatusCode;
     use reqwest::header::HeaderValue;
-    use std::sync::Arc;
     use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::{Arc, Mutex};
+    use tokio::time::Instant;
 
     fn policy() -> RetryPolicy {
         RetryPolicy {
@@ -389,100 +257,5 @@ mod tests {
         .await;
         assert_eq!(result.unwrap_err().status(), Some(StatusCode::BAD_REQUEST));
         assert_eq!(calls.load(Ordering::SeqCst), 1);
-    }
-
-    #[test]
-    fn clients_of_one_account_share_a_budget() {
-        let a = RequestBudget::shared("account-a", 4.0);
-        let b = RequestBudget::shared("account-a", 99.0);
-        let c = RequestBudget::shared("account-c", 4.0);
-        assert!(
-            Arc::ptr_eq(&a, &b),
-            "one budget per account, whatever the later rate"
-        );
-        assert!(!Arc::ptr_eq(&a, &c));
-    }
-
-    /// The budget lets a burst through, then spaces requests at the rate.
-    #[tokio::test(start_paused = true)]
-    async fn the_budget_spaces_requests_at_its_rate() {
-        let budget = Arc::new(RequestBudget::new(4.0));
-        let start = Instant::now();
-        let mut tasks = Vec::new();
-        for _ in 0..12 {
-            let budget = budget.clone();
-            tasks.push(tokio::spawn(async move {
-                budget.acquire().await;
-                start.elapsed()
-            }));
-        }
-        let mut done = Vec::new();
-        for t in tasks {
-            done.push(t.await.unwrap());
-        }
-        done.sort();
-        // 4 at once, then one every 250 ms: the 12th after 2 s.
-        assert!(done[3] < Duration::from_millis(1));
-        let last = done[11];
-        assert!(
-            last >= Duration::from_millis(1999) && last <= Duration::from_millis(2001),
-            "{last:?}"
-        );
-    }
-
-    /// A write arriving while a reader keeps the budget busy is served next, not after
-    /// the reader's queue; and its requests are counted.
-    #[tokio::test(start_paused = true)]
-    async fn writes_go_ahead_of_reads() {
-        let budget = Arc::new(RequestBudget::new(4.0));
-        let start = Instant::now();
-        // Eight readers in line, each reserving its slot.
-        let mut readers = Vec::new();
-        for _ in 0..8 {
-            let budget = budget.clone();
-            readers.push(tokio::spawn(async move {
-                budget.acquire().await;
-                start.elapsed()
-            }));
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-        // Readers that arrive after the write wait for it.
-        let late_readers: Vec<_> = (0..4)
-            .map(|_| {
-                let budget = budget.clone();
-                tokio::spawn(async move {
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                    budget.acquire().await;
-                    start.elapsed()
-                })
-            })
-            .collect();
-        let write = {
-            let budget = budget.clone();
-            tokio::spawn(for_write(async move {
-                budget.acquire().await;
-                count_for_write();
-                start.elapsed()
-            }))
-        };
-        let (written_at, sent) = write.await.unwrap();
-        assert_eq!(sent, 1);
-        for r in readers {
-            r.await.unwrap();
-        }
-        let mut late = Vec::new();
-        for r in late_readers {
-            late.push(r.await.unwrap());
-        }
-        // The eight readers reserved their slots before the write (4 at once, then up to
-        // 1 s); the write comes right after them, before any later reader.
-        assert!(
-            written_at <= Duration::from_millis(1251),
-            "the write waited until {written_at:?}"
-        );
-        assert!(
-            late.iter().all(|t| *t > written_at),
-            "write at {written_at:?}, later readers at {late:?}"
-        );
     }
 }
