@@ -458,14 +458,25 @@ async fn an_endpoint_that_was_down_catches_up_in_order_and_others_are_not_delaye
     let attempts = down.got.lock().await.clone();
     assert!(attempts.len() >= 2);
     assert!(attempts.iter().all(|r| r.sequence() == order[0]));
-    let status = relay_status(&app).await;
-    let down_status = status
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|e| e["name"] == "down")
-        .unwrap()
-        .clone();
+    // The relay records an attempt's failure after the endpoint has seen it: wait for the
+    // record of the second (bounded), then read it.
+    let down_status = async || {
+        relay_status(&app)
+            .await
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == "down")
+            .unwrap()
+            .clone()
+    };
+    for _ in 0..300 {
+        if down_status().await["failures"].as_i64().unwrap() >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let down_status = down_status().await;
     assert_eq!(down_status["pending"], 20);
     assert!(down_status["failures"].as_i64().unwrap() >= 2);
     assert_eq!(down_status["last_error"], "answered HTTP 503");
