@@ -589,21 +589,7 @@ async fn upsert<'a>(
         .map(|o| o.key.as_str())
         .collect();
     if !bare.is_empty() {
-        let sql = format!(
-            "UPDATE {} AS t SET deleted_at = now(), source = $1, synced_at = now()
-             WHERE key = ANY($2) AND deleted_at IS NULL RETURNING t.key, {}",
-            columns::table(entity),
-            changes::snapshot_sql(entity)
-        );
-        let marked = crate::db::query(AssertSqlSafe(sql))
-            .bind(source.as_str())
-            .bind(&bare)
-            .fetch_all(&mut *conn)
-            .await?;
-        for row in marked {
-            let state = changes::snapshot_of(&row, entity, 1)?;
-            changed.insert(row.try_get(0)?, (false, state));
-        }
+        mark_deleted_now(conn, entity, source, &bare, &mut changed).await?;
     }
 
     let n = batch.len();
@@ -677,6 +663,33 @@ async fn upsert<'a>(
         }
     }
     Ok(changed)
+}
+
+/// Marks the live stored rows of `keys` deleted now (deletions without a source time),
+/// leaving their content alone; each row marked goes into `changed`, not inserted.
+async fn mark_deleted_now<'a>(
+    conn: &mut PgConnection,
+    entity: Entity,
+    source: Source,
+    keys: &[&str],
+    changed: &mut HashMap<String, (bool, Snapshot<'a>)>,
+) -> Result<(), sqlx::Error> {
+    let sql = format!(
+        "UPDATE {} AS t SET deleted_at = now(), source = $1, synced_at = now()
+         WHERE key = ANY($2) AND deleted_at IS NULL RETURNING t.key, {}",
+        columns::table(entity),
+        changes::snapshot_sql(entity)
+    );
+    let marked = crate::db::query(AssertSqlSafe(sql))
+        .bind(source.as_str())
+        .bind(keys)
+        .fetch_all(&mut *conn)
+        .await?;
+    for row in marked {
+        let state = changes::snapshot_of(&row, entity, 1)?;
+        changed.insert(row.try_get(0)?, (false, state));
+    }
+    Ok(())
 }
 
 /// The upsert statement [`apply`] runs for `entity`, built once (benchmarks replay it with

@@ -91,12 +91,7 @@ pub async fn run(
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {} (--stand-in): {e}", options.stand_in))?;
     let stand_in = stand_in_listener.local_addr()?;
-    let (configured, explicit) = match &options.data_dir {
-        Some(dir) => (dir.clone(), true),
-        None => (PathBuf::from(DEFAULT_DATA_DIR), false),
-    };
-    let data_dir = embedded::choose_data_dir(&configured, explicit)?;
-    claim(&data_dir)?;
+    let data_dir = claimed_data_dir(&options)?;
 
     let wiring = Wiring {
         data_dir: &data_dir,
@@ -108,18 +103,13 @@ pub async fn run(
     };
     let config = demo_config(config_file, &wiring)?;
 
-    let listener = server::bind(config.server.listen).map_err(|e| {
-        anyhow::anyhow!(
-            "cannot listen on {} (server.listen): {e}",
-            config.server.listen
-        )
-    })?;
+    let listen = config.server.listen;
+    let listener = server::bind(listen)
+        .with_context(|| format!("cannot listen on {listen} (server.listen)"))?;
     let service = listener.local_addr()?;
     // Where the status page is, if anywhere (it moves with /metrics to an admin address).
-    let status_page = config
-        .server
-        .status_page
-        .then(|| config.server.admin_listen.unwrap_or(service));
+    let status_page =
+        (config.server.status_page).then(|| config.server.admin_listen.unwrap_or(service));
     let database = Database::open(&config.database).await?;
     if let Err(e) = empty(&database).await {
         let _ = database.shutdown().await;
@@ -184,6 +174,18 @@ pub async fn run(
         data_dir.display()
     );
     Ok(())
+}
+
+/// The demo's data directory (`--data-dir`, or the default: a fresh one beside it when
+/// it holds something else), claimed for this run.
+fn claimed_data_dir(options: &DemoOptions) -> anyhow::Result<PathBuf> {
+    let (configured, explicit) = match &options.data_dir {
+        Some(dir) => (dir.clone(), true),
+        None => (PathBuf::from(DEFAULT_DATA_DIR), false),
+    };
+    let data_dir = embedded::choose_data_dir(&configured, explicit)?;
+    claim(&data_dir)?;
+    Ok(data_dir)
 }
 
 /// The stand-in: its seeded program, sending webhooks to the service (lossy as set by
