@@ -242,6 +242,15 @@ pub async fn closed<W: Workload>(
                 if now >= end {
                     break;
                 }
+                if sender.ready().await.is_err() {
+                    // The server closed the connection after its last answer (nginx does
+                    // after `keepalive_requests`): nothing was sent; open another.
+                    match connect(addr).await {
+                        Ok(s) => sender = s,
+                        Err(_) => stats.failed += 1,
+                    }
+                    continue;
+                }
                 let n = counter.fetch_add(1, Ordering::Relaxed);
                 let ok = exchange(&mut sender, workload.request(n)).await;
                 if now >= start {
