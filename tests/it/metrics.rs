@@ -73,10 +73,14 @@ async fn errors_count_up_from_a_zero_that_was_there_before_the_first_failure() {
     .await;
     let at_start = scrape(&app).await;
 
-    // The first passes (at start) succeed.
+    // The first passes (at start) succeed. The staleness gauge is refreshed from the
+    // database at scrape time, within a deadline (a scrape on a loaded machine can miss it
+    // and show the last value): wait for a scrape that has both.
     let synced = wait_for_metrics(&app, "the first customers pass", |s| {
         s.get(r#"psync_reconcile_passes_total{stream="customers"}"#)
             .is_some_and(|v| *v >= 1.0)
+            && s.get(r#"psync_reconcile_staleness_seconds{stream="customers"}"#)
+                .is_some_and(|v| v.is_finite())
     })
     .await;
     assert_eq!(value(&at_start, ERRORS), 0.0);
