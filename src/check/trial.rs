@@ -137,7 +137,7 @@ pub async fn ask(client: &Client, options: &Options) -> Result<Vec<Finding>, Che
             Some(&customer),
         )
         .await?;
-        let mut findings = vec![duplicate_customer(&second, &customer_id)];
+        let mut findings = vec![duplicate(&second, &customer_id, "customer", "customer_key")];
         findings.push(visibility(client, &names.customer_key, started, options).await?);
         findings.extend(transaction(client, &customer_id, &names.transaction_key).await?);
         Ok::<_, CheckError>(findings)
@@ -168,29 +168,31 @@ async fn remove_transactions(client: &Client, key: &str) -> Result<(), CheckErro
     Ok(())
 }
 
-fn duplicate_customer(second: &Probe, first_key: &str) -> Finding {
-    let q = "duplicate_customer_key";
+/// What a second create with the same key (`key_name`) got: refused, the first object
+/// (`existing`), or another `object` (`second_<object>`); by status and the answer's key.
+fn duplicate(second: &Probe, first_key: &str, object: &str, key_name: &str) -> Finding {
+    let q = format!("duplicate_{object}_key");
     let status = second.status;
     match data_key(second) {
         _ if status.is_client_error() => Finding::settled(
-            q,
+            &q,
             "refused",
-            format!("a second create with the same customer_key answered {status}"),
+            format!("a second create with the same {key_name} answered {status}"),
         ),
         Some(k) if status.is_success() && k == first_key => Finding::settled(
-            q,
+            &q,
             "existing",
-            format!("a second create answered {status} with the first customer"),
+            format!("a second create answered {status} with the first {object}"),
         ),
         Some(_) if status.is_success() => Finding::settled(
-            q,
-            "second_customer",
+            &q,
+            &format!("second_{object}"),
             format!(
-                "a second create answered {status} with another customer under the same customer_key"
+                "a second create answered {status} with another {object} under the same {key_name}"
             ),
         ),
         _ => Finding::open(
-            q,
+            &q,
             format!("a second create answered {status} without an object"),
         ),
     }
@@ -260,29 +262,7 @@ async fn transaction(
         ]);
     };
     let second = send(client, Method::POST, Entity::Transaction, None, Some(&body)).await?;
-    let status = second.status;
-    let q = "duplicate_transaction_key";
-    let duplicate = match data_key(&second) {
-        _ if status.is_client_error() => Finding::settled(
-            q,
-            "refused",
-            format!("a second create with the same key answered {status}"),
-        ),
-        Some(k) if status.is_success() && k == first_key => Finding::settled(
-            q,
-            "existing",
-            format!("a second create answered {status} with the first transaction"),
-        ),
-        Some(_) if status.is_success() => Finding::settled(
-            q,
-            "second_transaction",
-            format!("a second create answered {status} with another transaction"),
-        ),
-        _ => Finding::open(
-            q,
-            format!("a second create answered {status} without an object"),
-        ),
-    };
+    let repeated = duplicate(&second, &first_key, "transaction", "key");
     let deleted = send(
         client,
         Method::DELETE,
@@ -292,7 +272,7 @@ async fn transaction(
     )
     .await?;
     remove_transactions(client, &first_key).await?;
-    Ok(vec![duplicate, delete_answer(&deleted)])
+    Ok(vec![repeated, delete_answer(&deleted)])
 }
 
 fn delete_answer(probe: &Probe) -> Finding {

@@ -438,21 +438,7 @@ impl Client {
         let what = format!("{method} {}", url.path());
         retry(&inner.policy, &inner.budget, &what, |_| {
             inner.count_spent();
-            let mut request = inner
-                .http
-                .request(method.clone(), url.clone())
-                .basic_auth(
-                    inner.public_key.expose_secret(),
-                    Some(inner.secret_key.expose_secret()),
-                )
-                .header(reqwest::header::ACCEPT, "application/json");
-            if !query.is_empty() {
-                request = request.query(query);
-            }
-            if let Some(body) = body {
-                request = request.json(body);
-            }
-            probe_once(request)
+            probe_once(inner.request(&method, &url, query, body))
         })
         .await
     }
@@ -595,6 +581,32 @@ impl Inner {
         self.spent[purpose.index()].fetch_add(1, Ordering::Relaxed);
         budget::count_spent();
         purpose
+    }
+
+    /// One attempt's request: signed with the API keys, asking for JSON, with `query`
+    /// and the JSON `body` when there are any.
+    fn request(
+        &self,
+        method: &Method,
+        url: &Url,
+        query: &[(String, String)],
+        body: Option<&Value>,
+    ) -> reqwest::RequestBuilder {
+        let mut request = self
+            .http
+            .request(method.clone(), url.clone())
+            .basic_auth(
+                self.public_key.expose_secret(),
+                Some(self.secret_key.expose_secret()),
+            )
+            .header(reqwest::header::ACCEPT, "application/json");
+        if !query.is_empty() {
+            request = request.query(query);
+        }
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        request
     }
 }
 
@@ -977,20 +989,7 @@ impl Client {
             if let Some(counter) = counter {
                 counter.fetch_add(1, Ordering::Relaxed);
             }
-            let mut request = inner
-                .http
-                .request(method.clone(), url.clone())
-                .basic_auth(
-                    inner.public_key.expose_secret(),
-                    Some(inner.secret_key.expose_secret()),
-                )
-                .header(reqwest::header::ACCEPT, "application/json");
-            if !query.is_empty() {
-                request = request.query(query);
-            }
-            if let Some(body) = &body {
-                request = request.json(body);
-            }
+            let request = inner.request(&method, &url, query, body.as_ref());
             let exchange = attempt(request, url.path().to_string(), repeat);
             let (observer, method, endpoint) = (&inner.observer, &method, &endpoint);
             async move {
