@@ -8,6 +8,7 @@
 //! to `bench/RESULTS.md`. Every loop is bounded in time and count, and everything it
 //! started is stopped at the end.
 
+mod budget;
 mod common;
 mod crowds;
 /// nginx and PgBouncer from their own configuration, as the deployment tests run them
@@ -197,6 +198,7 @@ const SCENARIOS: &[&str] = &[
     "query",
     "topology",
     "footprint",
+    "budget",
     "crowds",
 ];
 
@@ -305,6 +307,11 @@ async fn run(options: Options) -> anyhow::Result<()> {
         }
         if options.runs("footprint") {
             footprint(&mut bench).await.context("footprint scenario")?;
+        }
+        if options.runs("budget") {
+            budget::budget(&mut bench)
+                .await
+                .context("budget scenario")?;
         }
         // Last: it stops and freezes the Postgres every scenario shares.
         if options.runs("crowds") {

@@ -40,10 +40,10 @@ use partnerstack::webhook::{self, EventKind};
 use partnerstack::wire;
 use serde_json::{Map, Value};
 use sqlx::{AssertSqlSafe, PgConnection, PgPool, Postgres, Transaction};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
-use super::verify::{Fetched, Lookup, Verifier};
+use super::verify::{Answers, Awaited, Fetched, Lookup, Verifier};
 use super::{IngestMetrics, OutcomeLabel};
 use crate::apply::{self, Applied, Observation, Source};
 use crate::burst::Burst;
@@ -54,6 +54,8 @@ use crate::telemetry::Labels;
 
 /// Deliveries applied per transaction.
 const BATCH: i64 = 256;
+/// Verification answers (a page's, or one object's) waiting to be applied at most.
+const ANSWERS_QUEUED: usize = 16;
 /// How often pending deliveries are looked for without a nudge (deliveries stored by
 /// another replica that died, deliveries put off until later, earlier errors).
 const POLL: Duration = Duration::from_secs(1);
@@ -171,7 +173,9 @@ impl Applier {
         Ok(pending.len())
     }
 
-    /// Fetch mode: lease, fetch outside any transaction, then apply and record.
+    /// Fetch mode: lease, fetch outside any transaction, and apply and record each
+    /// delivery as soon as its object is known (answers that arrive together are
+    /// committed together), so none waits for the rest of its batch to be read.
     async fn apply_verifying(&self, verifier: &Verifier) -> Result<usize, sqlx::Error> {
         let pending = events::lease_pending(&self.pool, BATCH, LEASE).await?;
         if pending.is_empty() {
@@ -179,35 +183,132 @@ impl Applier {
         }
         let mut plans: Vec<Planned> = pending.iter().map(|e| plan(e, true)).collect();
         by_stored_partnership_keys(&self.pool, &mut plans).await?;
-        let lookups = plans.iter().filter_map(|p| match &p.plan {
-            Plan::Fetch { lookup, .. } => Some(lookup.clone()),
-            _ => None,
-        });
-        let answers = verifier.fetch_all(lookups, &self.metrics).await;
-        for (planned, event) in plans.iter_mut().zip(&pending) {
-            if let Plan::Fetch { kind, lookup, body } = &planned.plan {
-                let answer = answers
-                    .by_lookup
-                    .get(lookup)
-                    .cloned()
-                    .unwrap_or_else(|| Fetched::Failed("no answer".into()));
-                planned.plan = settle(*kind, body, lookup, answer, event, verifier.confirm_within);
+        let mut plans: Vec<Option<Planned>> = plans.into_iter().map(Some).collect();
+        // The deliveries waiting for each lookup's answer, by index.
+        let mut waiting: HashMap<Lookup, Vec<usize>> = HashMap::new();
+        for (i, planned) in plans.iter().enumerate() {
+            if let Some(Planned {
+                plan: Plan::Fetch { lookup, .. },
+                ..
+            }) = planned
+            {
+                waiting.entry(lookup.clone()).or_default().push(i);
             }
         }
-        // The other objects lookup pages returned are PartnerStack's state too: applied
-        // with the batch (they have no delivery of their own to record).
-        let extra: Vec<Observation> = answers
-            .others
-            .into_iter()
-            .filter_map(|(entity, object)| Observation::parse(entity, object, false).ok())
+        // What needs no answer first.
+        let ready: Vec<Planned> = plans
+            .iter_mut()
+            .filter(|p| {
+                !matches!(
+                    p,
+                    Some(Planned {
+                        plan: Plan::Fetch { .. },
+                        ..
+                    })
+                )
+            })
+            .filter_map(Option::take)
             .collect();
+        self.commit_settled(ready, Vec::new()).await?;
+        // Each lookup with what the deliveries waiting for it tell.
+        let lookups: HashMap<Lookup, Awaited> =
+            waiting
+                .iter()
+                .filter_map(|(lookup, waiters)| {
+                    let awaited =
+                        Awaited::of(waiters.iter().filter_map(
+                            |&i| match &plans[i].as_ref()?.plan {
+                                Plan::Fetch { body, .. } => Some((pending[i].received_at, body)),
+                                _ => None,
+                            },
+                        ))?;
+                    Some((lookup.clone(), awaited))
+                })
+                .collect();
+        let (answered, mut answers) = mpsc::channel::<Answers>(ANSWERS_QUEUED);
+        let fetcher = {
+            let (verifier, metrics) = (verifier.clone(), self.metrics.clone());
+            tokio::spawn(async move {
+                verifier.answer_each(lookups, &metrics, answered).await;
+            })
+        };
+        let result = self
+            .apply_answers(verifier, &pending, &mut plans, &mut waiting, &mut answers)
+            .await;
+        drop(answers);
+        let _ = fetcher.await;
+        result?;
+        // Lookups left without an answer are tried again later.
+        let unanswered: Vec<Planned> = plans.iter_mut().filter_map(Option::take).collect();
+        self.commit_settled(unanswered, Vec::new()).await?;
+        Ok(pending.len())
+    }
+
+    /// Applies answers as they arrive: every answer queued when one arrives is committed
+    /// with it, with the deliveries it settles and the other objects its pages brought.
+    async fn apply_answers(
+        &self,
+        verifier: &Verifier,
+        pending: &[PendingEvent],
+        plans: &mut [Option<Planned>],
+        waiting: &mut HashMap<Lookup, Vec<usize>>,
+        answers: &mut mpsc::Receiver<Answers>,
+    ) -> Result<(), sqlx::Error> {
+        while let Some(first) = answers.recv().await {
+            let mut arrived = vec![first];
+            while let Ok(more) = answers.try_recv() {
+                arrived.push(more);
+            }
+            let mut settled = Vec::new();
+            let mut extra = Vec::new();
+            for batch in arrived {
+                for (lookup, fetched) in batch.by_lookup {
+                    for i in waiting.remove(&lookup).unwrap_or_default() {
+                        let Some(mut planned) = plans[i].take() else {
+                            continue;
+                        };
+                        if let Plan::Fetch { kind, body, lookup } = &planned.plan {
+                            planned.plan = settle(
+                                *kind,
+                                body,
+                                lookup,
+                                fetched.clone(),
+                                &pending[i],
+                                verifier.confirm_within,
+                            );
+                        }
+                        settled.push(planned);
+                    }
+                }
+                // The other objects pages returned are PartnerStack's state too: applied
+                // with the deliveries (they have no delivery of their own to record).
+                extra.extend(
+                    batch.others.into_iter().filter_map(|(entity, object)| {
+                        Observation::parse(entity, object, false).ok()
+                    }),
+                );
+            }
+            self.commit_settled(settled, extra).await?;
+        }
+        Ok(())
+    }
+
+    /// Applies and records settled deliveries (and `extra` objects) in one transaction;
+    /// a batch the database refuses is isolated delivery by delivery (the extra objects
+    /// then wait for a reconcile pass).
+    async fn commit_settled(
+        &self,
+        plans: Vec<Planned>,
+        extra: Vec<Observation>,
+    ) -> Result<(), sqlx::Error> {
+        if plans.is_empty() && extra.is_empty() {
+            return Ok(());
+        }
         let tx = crate::db::begin(&self.pool).await?;
         if let Rejected::Yes = self.commit(tx, &plans, &extra).await? {
-            // Isolating the culprit among the deliveries; the extra objects wait for a
-            // reconcile pass.
             self.isolate(plans, false).await?;
         }
-        Ok(pending.len())
+        Ok(())
     }
 
     /// Applies `plans` and records their outcomes in `tx`, then commits. `Rejected::Yes`

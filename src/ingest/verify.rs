@@ -8,10 +8,12 @@
 //! other kinds are looked up in a narrow list page around the object's times (the other
 //! objects such a page returns are PartnerStack's current state too, and are applied with
 //! it). Deliveries for the same object in one batch share one fetch, and every fetch waits
-//! for the client's request budget. A delivery's numeric `id` is never used to find
-//! anything.
+//! for the client's request budget. Many single reads of one stream are made as list
+//! pages of its recent changes instead ([`Verifier::answer_each`]), and answers are
+//! handed over as they arrive. A delivery's numeric `id` is never used to find anything.
 
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -21,6 +23,7 @@ use partnerstack::client::{self, Client, ListQuery};
 use partnerstack::models::Meta;
 use partnerstack::wire;
 use serde_json::Value;
+use tokio::sync::mpsc;
 
 use super::IngestMetrics;
 use crate::telemetry::Labels;
@@ -31,6 +34,21 @@ const CONCURRENT_FETCHES: usize = 4;
 /// Most list pages a lookup reads before it gives up (a list lookup without a narrow
 /// window, e.g. an old reward, may not find its object in a few pages).
 const LOOKUP_PAGES: u64 = 4;
+/// How long an object read is kept to answer deliveries that arrived before the read.
+const RECENT_FOR: chrono::Duration = chrono::Duration::seconds(60);
+/// A read answers a delivery only if sent this long after it arrived: arrivals are the
+/// database's clock, reads this replica's.
+const CLOCK_MARGIN: chrono::Duration = chrono::Duration::seconds(1);
+/// Objects read kept at most (by each of their keys).
+const RECENT_MAX: usize = 20_000;
+/// Lookups of one stream are read by the page from this many on (a page of 250 answers
+/// them in one request, or a few; fewer are cheaper read one by one).
+const BY_PAGE_FROM: usize = 8;
+/// How long before its delivery arrived an object may have changed and still be looked
+/// for in the pages of recent changes (a later retry of an old delivery is read singly).
+const PAGE_MARGIN: chrono::Duration = chrono::Duration::minutes(10);
+/// How far past the start of its read the pages of recent changes reach: clocks differ.
+const UNTIL_MARGIN: chrono::Duration = chrono::Duration::minutes(1);
 /// The margin around an object's time in a list lookup: whether PartnerStack's time
 /// bounds are inclusive is undocumented.
 const WINDOW: chrono::Duration = chrono::Duration::seconds(1);
@@ -155,6 +173,83 @@ pub struct Verifier {
     client: Client,
     /// How long after a delivery arrived a missing object is looked for again.
     pub confirm_within: Duration,
+    /// Objects read lately (by any applier of this replica).
+    recent: Arc<Mutex<Recent>>,
+}
+
+/// What a lookup's deliveries tell about the object they wait for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Awaited {
+    /// When the latest of them arrived (the database's clock).
+    pub arrived: DateTime<Utc>,
+    /// The newest change they announce (the `updated_at` of their bodies), if every body
+    /// carries one.
+    pub announced: Option<DateTime<Utc>>,
+}
+
+impl Awaited {
+    /// What deliveries (when each arrived, and the object its body carries) tell; `None`
+    /// for none.
+    pub fn of<'a>(
+        deliveries: impl IntoIterator<Item = (DateTime<Utc>, &'a Value)>,
+    ) -> Option<Awaited> {
+        let mut out: Option<Awaited> = None;
+        for (arrived, body) in deliveries {
+            let announced = body
+                .get("updated_at")
+                .and_then(|v| wire::parse_timestamp(v).ok().flatten());
+            out = Some(match out {
+                None => Awaited { arrived, announced },
+                Some(a) => Awaited {
+                    arrived: a.arrived.max(arrived),
+                    announced: a.announced.zip(announced).map(|(a, b)| a.max(b)),
+                },
+            });
+        }
+        out
+    }
+}
+
+/// Objects read lately, by stream and every key a single read may name them by, with when
+/// their request was sent. A read answers a delivery without a request of its own when it
+/// shows PartnerStack's state at or after the change the delivery announces: its object is
+/// as new as the change (by `updated_at`), or it was sent after the delivery arrived.
+/// Kept [`RECENT_FOR`], at most [`RECENT_MAX`].
+#[derive(Default)]
+struct Recent {
+    objects: HashMap<(Entity, String), (DateTime<Utc>, Value)>,
+}
+
+impl Recent {
+    fn keep(&mut self, entity: Entity, object: &Value, read_at: DateTime<Utc>) {
+        if self.objects.len() >= RECENT_MAX {
+            let horizon = Utc::now() - RECENT_FOR;
+            self.objects.retain(|_, (at, _)| *at > horizon);
+            if self.objects.len() >= RECENT_MAX {
+                self.objects.clear();
+            }
+        }
+        for id in identities(entity, object) {
+            self.objects.insert((entity, id), (read_at, object.clone()));
+        }
+    }
+
+    /// The object `lookup` names, if a read kept shows it at or after the change its
+    /// deliveries announce.
+    fn answer(&self, lookup: &Lookup, awaited: Awaited) -> Option<Value> {
+        let (Lookup::Get { entity, key } | Lookup::List { entity, key, .. }) = lookup;
+        let (read_at, object) = self.objects.get(&(*entity, key.clone()))?;
+        if *read_at <= Utc::now() - RECENT_FOR {
+            return None;
+        }
+        let as_new = awaited.announced.is_some_and(|announced| {
+            object
+                .get("updated_at")
+                .and_then(|v| wire::parse_timestamp(v).ok().flatten())
+                .is_some_and(|updated| updated >= announced)
+        });
+        (as_new || *read_at >= awaited.arrived + CLOCK_MARGIN).then(|| object.clone())
+    }
 }
 
 impl Verifier {
@@ -162,52 +257,184 @@ impl Verifier {
         Verifier {
             client,
             confirm_within,
+            recent: Arc::default(),
         }
     }
 
-    /// Answers every distinct lookup once.
-    pub async fn fetch_all(
+    fn recent(&self) -> std::sync::MutexGuard<'_, Recent> {
+        // A poisoned lock only means a panic elsewhere; the objects are still usable.
+        self.recent.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Answers every distinct lookup once, sending each answer on `answered` as soon as it
+    /// is known (a page's worth at a time when read by the page), so its deliveries can be
+    /// applied while the rest are still being read. Each lookup comes with what its
+    /// deliveries tell ([`Awaited`]): an object this replica read lately that is at least as
+    /// new as their change, or read after they arrived, answers it without a request. Lookups of one stream that has a
+    /// `min_updated` filter are read as list pages instead when there are
+    /// [`BY_PAGE_FROM`] or more of them: the pages of objects updated since the oldest
+    /// arrival, less [`PAGE_MARGIN`], while a further page costs less than reading the
+    /// objects still missing one by one; any object the pages did not bring is then read
+    /// singly. Stops early when `answered` is closed.
+    pub async fn answer_each(
         &self,
-        lookups: impl IntoIterator<Item = Lookup>,
+        lookups: HashMap<Lookup, Awaited>,
         metrics: &IngestMetrics,
-    ) -> Answers {
-        let mut distinct: Vec<Lookup> = lookups.into_iter().collect();
-        distinct.sort_by_key(|l| format!("{l:?}"));
-        distinct.dedup();
-        let fetched: Vec<(Lookup, Fetched, Vec<Value>)> = futures_util::stream::iter(distinct)
+        answered: mpsc::Sender<Answers>,
+    ) {
+        let Some(since) = lookups.values().map(|a| a.arrived).min() else {
+            return;
+        };
+        // Objects read lately, at or after their deliveries' changes, need no request.
+        let mut known = Answers::default();
+        let mut unknown = Vec::new();
+        {
+            let recent = self.recent();
+            for (lookup, awaited) in lookups {
+                match recent.answer(&lookup, awaited) {
+                    Some(object) => {
+                        let fetched = Fetched::Found(object);
+                        count_fetch(metrics, &fetched);
+                        known.by_lookup.insert(lookup, fetched);
+                    }
+                    None => unknown.push(lookup),
+                }
+            }
+        }
+        if !known.by_lookup.is_empty() && answered.send(known).await.is_err() {
+            return;
+        }
+        unknown.sort_by_key(|l| format!("{l:?}"));
+        let mut by_entity: HashMap<Entity, Vec<Lookup>> = HashMap::new();
+        let mut singles = Vec::new();
+        for lookup in unknown {
+            let entity = lookup.entity();
+            if client::supported_filters(entity).contains(&client::Filter::MinUpdated) {
+                by_entity.entry(entity).or_default().push(lookup);
+            } else {
+                singles.push(lookup);
+            }
+        }
+        for (entity, lookups) in by_entity {
+            if lookups.len() < BY_PAGE_FROM {
+                singles.extend(lookups);
+                continue;
+            }
+            let since = since - PAGE_MARGIN;
+            let left = client::spend(
+                client::Purpose::Verify,
+                self.read_pages(entity, lookups, since, metrics, &answered),
+            )
+            .await
+            .0;
+            match left {
+                Some(left) => singles.extend(left),
+                None => return,
+            }
+        }
+        let mut answers = futures_util::stream::iter(singles)
             .map(|lookup| async move {
                 let (fetched, others) = self.fetch(&lookup).await;
-                let result = match &fetched {
-                    Fetched::Found(_) => FetchResult::Found,
-                    Fetched::Missing => FetchResult::Missing,
-                    Fetched::Failed(_) => FetchResult::Failed,
-                };
-                metrics
-                    .webhook_fetches
-                    .get_or_create(&FetchLabel { result })
-                    .inc();
-                (lookup, fetched, others)
+                count_fetch(metrics, &fetched);
+                let entity = lookup.entity();
+                Answers {
+                    by_lookup: HashMap::from([(lookup, fetched)]),
+                    others: others.into_iter().map(|o| (entity, o)).collect(),
+                }
             })
-            .buffer_unordered(CONCURRENT_FETCHES)
-            .collect()
-            .await;
-        let mut answers = Answers::default();
-        for (lookup, fetched, others) in fetched {
-            let entity = lookup.entity();
-            answers
-                .others
-                .extend(others.into_iter().map(|o| (entity, o)));
-            answers.by_lookup.insert(lookup, fetched);
+            .buffer_unordered(CONCURRENT_FETCHES);
+        while let Some(answer) = answers.next().await {
+            if answered.send(answer).await.is_err() {
+                return;
+            }
         }
-        answers
+    }
+
+    /// Reads `entity`'s objects updated since `since` page by page, sending the answers
+    /// each page brings; returns the lookups the pages did not answer (`None` when
+    /// `answered` was closed).
+    async fn read_pages(
+        &self,
+        entity: Entity,
+        lookups: Vec<Lookup>,
+        since: DateTime<Utc>,
+        metrics: &IngestMetrics,
+        answered: &mpsc::Sender<Answers>,
+    ) -> Option<Vec<Lookup>> {
+        let mut wanted: HashMap<String, Lookup> = lookups
+            .into_iter()
+            .map(|l| match &l {
+                Lookup::Get { key, .. } | Lookup::List { key, .. } => (key.clone(), l),
+            })
+            .collect();
+        // Bounded at both ends where the stream takes it, as every list read to verify is
+        // (its end a minute past now, for clocks): what changed before the deliveries
+        // arrived.
+        let until = client::supported_filters(entity)
+            .contains(&client::Filter::MaxUpdated)
+            .then(|| Utc::now() + UNTIL_MARGIN);
+        let query = ListQuery {
+            min_updated: Some(since),
+            max_updated: until,
+            ..ListQuery::default()
+        };
+        let mut pager = self.client.pages(entity, query);
+        // Another page is read only while it costs less than reading the objects still
+        // missing one by one.
+        while !wanted.is_empty() && pager.pages() < wanted.len() as u64 {
+            let read_at = Utc::now();
+            let page = match pager.next_page().await {
+                Ok(Some(page)) => page,
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::debug!(error = %e, stream = entity.stream(), "reading deliveries' objects by the page failed; reading them singly");
+                    break;
+                }
+            };
+            let mut answers = Answers::default();
+            {
+                let mut recent = self.recent();
+                for item in &page.items {
+                    recent.keep(entity, item, read_at);
+                }
+            }
+            // Every object the page returns is PartnerStack's current state: those no
+            // delivery named (their webhook may be lost, or still on its way) are applied
+            // with the rest.
+            for item in page.items {
+                let found = identities(entity, &item)
+                    .into_iter()
+                    .find_map(|id| wanted.remove(&id));
+                match found {
+                    Some(lookup) => {
+                        let fetched = Fetched::Found(item);
+                        count_fetch(metrics, &fetched);
+                        answers.by_lookup.insert(lookup, fetched);
+                    }
+                    None => answers.others.push((entity, item)),
+                }
+            }
+            if answered.send(answers).await.is_err() {
+                return None;
+            }
+            if page.next_cursor.is_none() {
+                break;
+            }
+        }
+        Some(wanted.into_values().collect())
     }
 
     /// The answer to one lookup, and the other objects a list lookup read on the way;
     /// its requests are counted as verification's.
     async fn fetch(&self, lookup: &Lookup) -> (Fetched, Vec<Value>) {
-        client::spend(client::Purpose::Verify, self.fetch_unscoped(lookup))
+        let read_at = Utc::now();
+        let (fetched, others) = client::spend(client::Purpose::Verify, self.fetch_unscoped(lookup))
             .await
-            .0
+            .0;
+        if let Fetched::Found(object) = &fetched {
+            self.recent().keep(lookup.entity(), object, read_at);
+        }
+        (fetched, others)
     }
 
     async fn fetch_unscoped(&self, lookup: &Lookup) -> (Fetched, Vec<Value>) {
@@ -257,6 +484,42 @@ impl Verifier {
         }
         Ok((None, others))
     }
+}
+
+/// Counts one verification answer in `psync_webhook_fetches_total`.
+fn count_fetch(metrics: &IngestMetrics, fetched: &Fetched) {
+    let result = match fetched {
+        Fetched::Found(_) => FetchResult::Found,
+        Fetched::Missing => FetchResult::Missing,
+        Fetched::Failed(_) => FetchResult::Failed,
+    };
+    metrics
+        .webhook_fetches
+        .get_or_create(&FetchLabel { result })
+        .inc();
+}
+
+/// The keys a single read of `entity` may name `item` by: its key, and (unless archived)
+/// the customer's `customer_key` or the partnership's `partner_key`.
+fn identities(entity: Entity, item: &Value) -> Vec<String> {
+    let text = |field: &str| {
+        item.get(field)
+            .and_then(|v| wire::parse_string(v).ok().flatten())
+            .filter(|s| !s.trim().is_empty())
+    };
+    // A single read by `customer_key` or `partner_key` finds a listed object only (an
+    // archived one may share the identifier with a live one): so does this.
+    let archived = item
+        .get("archived")
+        .and_then(|v| wire::parse_bool(v).ok().flatten())
+        .unwrap_or(false);
+    let own = match entity {
+        _ if archived => None,
+        Entity::Customer => text("customer_key"),
+        Entity::Partner => text("partner_key"),
+        _ => None,
+    };
+    Meta::identity_of(item).into_iter().chain(own).collect()
 }
 
 /// The narrowest list query the stream's filters allow around `window`.

@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use partnerstack::Entity;
-use partnerstack_sim::{Options, Running};
+use partnerstack_sim::{Behaviours, GuessedFilters, Options, Running, TimeFilters};
 use partnerstack_sync::config::Verification;
 use serde_json::{Value, json};
 
@@ -52,7 +52,8 @@ fn busiest(times: &[Instant], window: Duration) -> usize {
 }
 
 /// `customer.updated` deliveries naming the first `n` of `customers` that PartnerStack
-/// still lists (by `customer_key`, so each is verified by one GET that finds it).
+/// still lists (by key and `customer_key`: one GET finds it, or a list lookup when it has
+/// no `customer_key`).
 fn deliveries(customers: &[Value], n: usize) -> Vec<String> {
     customers
         .iter()
@@ -343,6 +344,185 @@ async fn requests_are_counted_where_they_are_spent() {
         before + 1,
         "the passes' requests in /metrics"
     );
+    app.stop().await;
+    sim.stop().await.unwrap();
+}
+
+/// Requests the stand-in saw for `endpoint` (`GET customers/{key}`, `GET customers`).
+fn seen(sim: &Running, endpoint: &str) -> u64 {
+    sim.simulator
+        .faults()
+        .requests()
+        .get(endpoint)
+        .copied()
+        .unwrap_or(0)
+}
+
+/// 1,000 `customer.updated` deliveries sent at once, at a budget of 5 requests/s: they are
+/// verified by the page (the customers updated lately, 250 a page), each applied with
+/// PartnerStack's current object, in about as many requests as pages (at most 30, not
+/// 1,000); deliveries are applied while others are still being read; and a handful of
+/// deliveries later are still read one by one. Under each answer to what the customers'
+/// list does with its time filters: `min_updated` (seen) and `max_updated` (guessed)
+/// honoured; the guessed `max_updated` ignored; every time filter ignored (the pages are
+/// then the whole list, newest created first, and the unchanged customers among them cost
+/// pages).
+#[tokio::test]
+async fn a_burst_of_deliveries_is_verified_by_the_page_and_applied_as_it_is_read() {
+    for behaviours in [
+        Behaviours::default(),
+        Behaviours {
+            guessed_filters: GuessedFilters::Ignored,
+            ..Behaviours::default()
+        },
+        Behaviours {
+            time_filters: TimeFilters::Ignored,
+            ..Behaviours::default()
+        },
+    ] {
+        println!(
+            "[budget burst] guessed filters {:?}, time filters {:?}",
+            behaviours.guessed_filters, behaviours.time_filters
+        );
+        burst(behaviours).await;
+    }
+}
+
+async fn burst(behaviours: Behaviours) {
+    let sim = stand_in(Options {
+        customers: 2000,
+        behaviours,
+        ..program()
+    })
+    .await;
+    // PartnerStack changes customers (its webhooks are the deliveries below).
+    let changes = sim.simulator.mutate(
+        1500,
+        Some(partnerstack_sim::MutationKind::UpdateCustomer),
+        partnerstack_sim::Notify::None,
+    );
+    let mut named = std::collections::HashSet::new();
+    let updated: Vec<Value> = changes
+        .iter()
+        .rev()
+        .filter(|c| named.insert(c.key.clone()))
+        .map(|c| c.object.clone())
+        .filter(|c| c["archived"] != true)
+        .collect();
+    assert!(updated.len() >= 1003, "{} customers updated", updated.len());
+    let base_url = sim.base_url();
+    let app = TestApp::spawn_with(|c| {
+        c.partnerstack = crate::client::client_config(&base_url);
+        c.partnerstack.requests_per_second = RATE;
+        c.webhooks.verification = Verification::Fetch;
+    })
+    .await;
+    let started = Instant::now();
+    let bodies = deliveries(&updated, 1000);
+    let answers = futures_util::future::join_all(bodies.into_iter().map(|b| app.deliver(b))).await;
+    assert!(answers.iter().all(|r| r.status() == 200));
+    // Watch: deliveries applied while the stand-in is still asked for objects.
+    let mut applied_while_reading = false;
+    let mut last = (0, 0);
+    loop {
+        let applied = app
+            .db
+            .count("SELECT count(*) FROM webhook_events WHERE outcome <> 'pending'")
+            .await;
+        let reads = seen(&sim, "GET customers") + seen(&sim, "GET customers/{key}");
+        if last.0 > 0 && last.0 < 1000 && reads > last.1 {
+            applied_while_reading = true;
+        }
+        last = (applied, reads);
+        if applied == 1000 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "{applied} of 1000 applied after 120 s, {reads} reads"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let took = started.elapsed();
+    let pages = seen(&sim, "GET customers");
+    let singles = seen(&sim, "GET customers/{key}");
+    println!(
+        "[budget burst] 1000 deliveries applied in {:.1} s with {pages} pages and {singles} \
+         single reads at {RATE}/s ({:?})",
+        took.as_secs_f64(),
+        sim.simulator.faults().requests()
+    );
+    assert!(
+        pages + singles <= 30,
+        "{pages} pages, {singles} single reads"
+    );
+    assert!(
+        applied_while_reading,
+        "deliveries were applied only at the end"
+    );
+    // Applied, or stale: its object came already with another delivery's page.
+    assert_eq!(
+        app.db
+            .count("SELECT count(*) FROM webhook_events WHERE outcome IN ('applied', 'stale')")
+            .await,
+        1000
+    );
+    // Each with PartnerStack's current object.
+    let current: std::collections::HashMap<String, Value> =
+        sim.simulator.state(Some(Entity::Customer))["streams"]["customers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| (c["key"].as_str().unwrap().to_string(), c.clone()))
+            .collect();
+    let rows: Vec<(String, Option<String>)> = sqlx::query_as("SELECT key, email FROM customers")
+        .fetch_all(&app.db.pool)
+        .await
+        .unwrap();
+    assert!(rows.len() >= 1000, "{} rows", rows.len());
+    for (key, email) in rows {
+        assert_eq!(
+            email.as_deref(),
+            current[&key]["email"].as_str(),
+            "customer {key}"
+        );
+    }
+
+    // A handful later, about changes made after the pages were read: read one by one.
+    let later: Vec<Value> = updated[1000..]
+        .iter()
+        .filter(|c| c["customer_key"].is_string())
+        .take(3)
+        .enumerate()
+        .map(|(i, c)| {
+            let email = json!(format!("later-{i}@example.com"));
+            let patch = serde_json::Map::from_iter([("email".to_string(), email)]);
+            sim.simulator
+                .patch(
+                    Entity::Customer,
+                    c["key"].as_str().unwrap(),
+                    &patch,
+                    partnerstack_sim::Notify::None,
+                )
+                .unwrap()
+                .object
+        })
+        .collect();
+    for body in deliveries(&later, 3) {
+        assert_eq!(app.deliver(body).await.status(), 200);
+    }
+    app.settle().await;
+    for customer in &later {
+        let email: Option<String> =
+            sqlx::query_scalar("SELECT email FROM customers WHERE key = $1")
+                .bind(customer["key"].as_str().unwrap())
+                .fetch_one(&app.db.pool)
+                .await
+                .unwrap();
+        assert_eq!(email.as_deref(), customer["email"].as_str());
+    }
+    assert_eq!(seen(&sim, "GET customers/{key}"), singles + 3);
+    assert_eq!(seen(&sim, "GET customers"), pages);
     app.stop().await;
     sim.stop().await.unwrap();
 }
