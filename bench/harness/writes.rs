@@ -126,6 +126,7 @@ pub async fn writes(bench: &mut Bench) -> anyhow::Result<()> {
     .await?;
     drained(&url).await?;
     let customers_sent = accepted_at.elapsed();
+    bench.statements(&url, "writes: customer creates").await?;
     let transactions_at = Instant::now();
     let transactions = load::closed(
         svc.addr,
@@ -141,6 +142,9 @@ pub async fn writes(bench: &mut Bench) -> anyhow::Result<()> {
     drained(&url).await?;
     let drained = accepted_at.elapsed();
     let transactions_sent = transactions_at.elapsed();
+    bench
+        .statements(&url, "writes: transaction creates")
+        .await?;
     // Counted with the service stopped, so the figures below are of one moment (a write
     // still being sent would otherwise finish between two counts).
     svc.stop().await?;
@@ -184,11 +188,10 @@ pub async fn writes(bench: &mut Bench) -> anyhow::Result<()> {
     let accept_rate = accepted as f64 / (customers.elapsed + transactions.elapsed).as_secs_f64();
     let per_write = requests as f64 / finished.max(1) as f64;
     let sent_rate = succeeded as f64 / drained.as_secs_f64();
-    let succeeded_of = |kind: &str| {
-        count(
-            &url,
-            &format!("SELECT count(*) FROM writes WHERE status = 'succeeded' AND kind = '{kind}'"),
-        )
+    let succeeded_of = async |kind: &str| {
+        let sql =
+            format!("SELECT count(*) FROM writes WHERE status = 'succeeded' AND kind = '{kind}'");
+        count(&url, &sql).await
     };
     let (customers_ok, transactions_ok) = (
         succeeded_of("create_customer").await?,
