@@ -313,7 +313,7 @@ async fn uncertain(bench: &mut Bench) -> anyhow::Result<()> {
         .map_err(anyhow::Error::msg)?;
     let before = sim.simulator.faults().requests();
     let http = partnerstack::http::builder().build()?;
-    let accepted: Value = http
+    let answer = http
         .post(format!("http://{}/v1/customers", svc.addr))
         .bearer_auth(API_TOKEN)
         .json(
@@ -321,10 +321,12 @@ async fn uncertain(bench: &mut Bench) -> anyhow::Result<()> {
                       "partner_key": partner_key}),
         )
         .send()
-        .await?
-        .json()
         .await?;
-    let id = accepted["id"].clone();
+    let status = answer.status();
+    let accepted: Value = answer.json().await?;
+    let Some(id) = accepted["data"]["id"].as_i64() else {
+        bail!("the write was not accepted: {status} {accepted}");
+    };
     let started = Instant::now();
     let write = loop {
         let w: Value = http
@@ -334,8 +336,10 @@ async fn uncertain(bench: &mut Bench) -> anyhow::Result<()> {
             .await?
             .json()
             .await?;
-        if w["status"] != "pending" {
-            break w;
+        match w["data"]["status"].as_str() {
+            Some("pending") => {}
+            Some(_) => break w["data"].clone(),
+            None => bail!("GET /v1/writes/{id} answered {w}"),
         }
         if started.elapsed() > Duration::from_secs(120) {
             bail!("the write was still pending after 120 s: {w}");
