@@ -258,6 +258,7 @@ async fn schemathesis_finds_nothing_against_the_running_service() {
     std::fs::write(&config_file, &config).unwrap();
 
     let seed = std::env::var("PSYNC_SCHEMATHESIS_SEED").unwrap_or_else(|_| "1".to_string());
+    let max_response_time = (partnerstack_sync::api::params::MAX_WAIT.as_secs() + 5).to_string();
     let mut cmd = tokio::process::Command::new(&schemathesis);
     cmd.current_dir(dir.path())
         .arg("--config-file")
@@ -266,7 +267,14 @@ async fn schemathesis_finds_nothing_against_the_running_service() {
         .arg(service.url("/openapi.json"))
         .args(["--checks", "all", "--workers", "1", "--no-shrink"])
         .args(["--max-examples", &EXAMPLES.to_string(), "--seed", &seed])
-        .args(["--request-timeout", "45"])
+        // `wait` holds a write's answer up to `MAX_WAIT` (30 s) by design: `--checks all`
+        // would otherwise fail any answer slower than 10 s.
+        .args([
+            "--request-timeout",
+            "45",
+            "--max-response-time",
+            &max_response_time,
+        ])
         .args(["-H", &format!("Authorization: Bearer {API_TOKEN}")])
         .env("NO_COLOR", "1");
     let started = std::time::Instant::now();
