@@ -217,7 +217,10 @@ impl Worker {
             }
             tokio::select! {
                 _ = stop.cancelled() => {}
-                Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
+                Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {
+                    // And every other attempt that ended meanwhile: one claim refills them.
+                    while in_flight.try_join_next().is_some() {}
+                }
                 _ = self.outbox.accepted.notified() => {}
                 _ = tokio::time::sleep(POLL) => {}
             }
