@@ -23,6 +23,9 @@ const SECRET_KEY: &str = "sk_bench_budget_0123";
 const RATE: &str = "5";
 /// Items per list page.
 const PAGE: u64 = 250;
+/// `reconcile.staleness_bound` (the default), seconds: how often the streams without an
+/// "updated since" filter are scanned in full.
+const STALENESS_BOUND: u64 = 3600;
 
 pub async fn budget(bench: &mut Bench) -> anyhow::Result<()> {
     println!("bench: budget");
@@ -176,7 +179,11 @@ async fn steady(bench: &mut Bench) -> anyhow::Result<()> {
     let sim = partnerstack_sim::start(&Options::default(), PUBLIC_KEY, SECRET_KEY).await?;
     let url = bench.database("bench_budget_steady").await?;
     let base_url = sim.base_url();
-    let (interval_s, full_s) = (format!("{interval}s"), format!("{full_interval}s"));
+    let (interval_s, full_s, bound_s) = (
+        format!("{interval}s"),
+        format!("{full_interval}s"),
+        format!("{STALENESS_BOUND}s"),
+    );
     let svc = Service::start(
         &url,
         &env(
@@ -184,6 +191,7 @@ async fn steady(bench: &mut Bench) -> anyhow::Result<()> {
             &[
                 ("PSYNC_RECONCILE_INTERVAL", interval_s.as_str()),
                 ("PSYNC_RECONCILE_FULL_INTERVAL", full_s.as_str()),
+                ("PSYNC_RECONCILE_STALENESS_BOUND", bound_s.as_str()),
             ],
         ),
     )
@@ -209,18 +217,22 @@ async fn steady(bench: &mut Bench) -> anyhow::Result<()> {
     let reported = reported(&svc).await? - reported_before;
     svc.stop().await?;
     // The fewest requests per hour the bounds need.
+    // The fewest requests per hour the bounds need, stream by stream, as the settings
+    // schedule them: a pass every `interval`; a full scan every `full_interval`, except
+    // for the streams without an "updated since" filter (transactions, rewards), whose
+    // full scans keep `staleness_bound` (1 h by default) and whose other passes read
+    // their 30-day creation window.
     let hour = 3600.0;
-    let fulls = hour / full_interval as f64;
-    let others = hour / interval as f64 - fulls;
+    let passes = hour / interval as f64;
     let now_ms = chrono::Utc::now().timestamp_millis();
     let mut minimum = 0.0;
     for entity in Entity::ALL {
-        let listed = sim.simulator.listed_keys(entity).len() as u64;
-        let per_pass = match entity {
-            // Read by their creation window (30 days by default).
+        let pages = (sim.simulator.listed_keys(entity).len() as u64)
+            .div_ceil(PAGE)
+            .max(1) as f64;
+        let (fulls, per_pass) = match entity {
             Entity::Transaction | Entity::Reward => {
-                let window_ms = 30 * 24 * 3600 * 1000;
-                let since = now_ms - window_ms;
+                let since = now_ms - 30 * 24 * 3600 * 1000;
                 let recent = sim.simulator.state(Some(entity))["streams"][entity.stream()]
                     .as_array()
                     .map_or(0, |items| {
@@ -229,11 +241,11 @@ async fn steady(bench: &mut Bench) -> anyhow::Result<()> {
                             .filter(|o| o["created_at"].as_i64().is_some_and(|t| t >= since))
                             .count() as u64
                     });
-                recent.div_ceil(PAGE).max(1)
+                (hour / STALENESS_BOUND as f64, recent.div_ceil(PAGE).max(1))
             }
-            _ => 1,
+            _ => (hour / full_interval as f64, 1),
         };
-        minimum += fulls * listed.div_ceil(PAGE).max(1) as f64 + others * per_pass as f64;
+        minimum += fulls * pages + (passes - fulls) * per_pass as f64;
     }
     sim.stop().await?;
     let per_hour = spent as f64 * hour / measured as f64;
@@ -243,9 +255,10 @@ async fn steady(bench: &mut Bench) -> anyhow::Result<()> {
          {interval} s and a full scan every {full_interval} s (jittered by up to 10%), \
          measured for {measured} s after the backfill: {spent} requests, {reported} as the \
          service counts them (`psync_partnerstack_requests_spent_total`). The minimum \
-         counts, per hour, one full scan per stream every {full_interval} s at ceil(N/250) \
-         requests and one request per other pass (transactions and rewards: ceil(W/250) \
-         for the W created within their 30-day window)."
+         counts, per hour, a pass of every stream every {interval} s and a full scan at \
+         ceil(N/250) requests every {full_interval} s (transactions and rewards: every \
+         {STALENESS_BOUND} s, their staleness bound, and ceil(W/250) per other pass for \
+         the W created within their 30-day window); one request per other pass."
     ));
     bench.row(Row::new(
         "budget",

@@ -344,6 +344,37 @@ async fn requests_are_counted_where_they_are_spent() {
         before + 1,
         "the passes' requests in /metrics"
     );
+    // And on the status page, for a person.
+    let page = app
+        .http
+        .get(app.url("/status"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let shown = |field: &str| -> u64 {
+        let at = format!("data-field=\"{field}\" class=\"n\">");
+        let start = page
+            .find(&at)
+            .unwrap_or_else(|| panic!("no {field} on /status"))
+            + at.len();
+        let text: String = page[start..]
+            .chars()
+            .take_while(|c| *c != '<')
+            .filter(|c| *c != ',')
+            .collect();
+        text.parse().unwrap()
+    };
+    for purpose in ["reconcile", "verify", "write", "other"] {
+        assert_eq!(
+            Some(shown(&format!("requests_{purpose}"))),
+            requests[purpose].as_u64(),
+            "{purpose} on /status"
+        );
+    }
+    assert_eq!(Some(shown("requests_sent")), requests["total"].as_u64());
     app.stop().await;
     sim.stop().await.unwrap();
 }

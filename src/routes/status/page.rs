@@ -663,6 +663,19 @@ fn budget(snapshot: &Snapshot) -> Markup {
                             td { "requests sent since start (retries included)" }
                             (number("requests_sent", i64::try_from(b.sent).ok()))
                         }
+                        @if let Some(spent) = &snapshot.sync.requests {
+                            @for (field, what, n) in [
+                                ("requests_reconcile", "of them, reconcile passes' pages", spent.reconcile),
+                                ("requests_verify", "reads verifying webhooks", spent.verify),
+                                ("requests_write", "writes and their look-ups", spent.write),
+                                ("requests_other", "anything else", spent.other),
+                            ] {
+                                tr {
+                                    td { (what) }
+                                    (number(field, i64::try_from(n).ok()))
+                                }
+                            }
+                        }
                         tr {
                             td { "share full scans of poll-only streams may use" }
                             (text("scan_share", format!("{:.0}%", b.scan_share * 100.0)))
@@ -791,7 +804,13 @@ mod tests {
                 enabled: true,
                 leader: true,
                 runner: Some("host:1:abc".into()),
-                requests: None,
+                requests: Some(crate::reconcile::status::RequestsSpent {
+                    reconcile: 12_000,
+                    verify: 300,
+                    write: 40,
+                    other: 5,
+                    total: 12_345,
+                }),
                 streams: vec![stream("customers")],
                 set_aside: vec![crate::db::set_aside::SetAsideObject {
                     stream: "customers".into(),
@@ -938,6 +957,9 @@ mod tests {
         assert!(page.contains("10,000+"));
         assert!(page.contains("<td data-field=\"apply_lag\">1m 15s</td>"));
         assert!(page.contains("<td data-field=\"requests_sent\" class=\"n\">12,345</td>"));
+        // Where they went, summing to the total.
+        assert!(page.contains("<td data-field=\"requests_reconcile\" class=\"n\">12,000</td>"));
+        assert!(page.contains("<td data-field=\"requests_verify\" class=\"n\">300</td>"));
         assert!(page.contains("<tr id=\"relay-billing\">"));
         // Only the endpoint's site: a path may carry a secret.
         assert!(page.contains("<td data-field=\"url\">https://billing.internal/…</td>"));
