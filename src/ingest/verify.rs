@@ -175,6 +175,8 @@ pub struct Verifier {
     pub confirm_within: Duration,
     /// Objects read lately (by any applier of this replica).
     recent: Arc<Mutex<Recent>>,
+    /// Held while a stream's pages are read, one task of the replica at a time.
+    paging: Arc<HashMap<Entity, tokio::sync::Mutex<()>>>,
 }
 
 /// What a lookup's deliveries tell about the object they wait for.
@@ -258,6 +260,12 @@ impl Verifier {
             client,
             confirm_within,
             recent: Arc::default(),
+            paging: Arc::new(
+                Entity::ALL
+                    .into_iter()
+                    .map(|e| (e, tokio::sync::Mutex::new(())))
+                    .collect(),
+            ),
         }
     }
 
@@ -266,16 +274,40 @@ impl Verifier {
         self.recent.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Answers from the objects read lately (see [`Recent`]); the lookups left.
+    fn from_recent(
+        &self,
+        lookups: impl IntoIterator<Item = (Lookup, Awaited)>,
+        metrics: &IngestMetrics,
+    ) -> (Answers, Vec<(Lookup, Awaited)>) {
+        let mut known = Answers::default();
+        let mut unknown = Vec::new();
+        let recent = self.recent();
+        for (lookup, awaited) in lookups {
+            match recent.answer(&lookup, awaited) {
+                Some(object) => {
+                    let fetched = Fetched::Found(object);
+                    count_fetch(metrics, &fetched);
+                    known.by_lookup.insert(lookup, fetched);
+                }
+                None => unknown.push((lookup, awaited)),
+            }
+        }
+        (known, unknown)
+    }
+
     /// Answers every distinct lookup once, sending each answer on `answered` as soon as it
     /// is known (a page's worth at a time when read by the page), so its deliveries can be
     /// applied while the rest are still being read. Each lookup comes with what its
-    /// deliveries tell ([`Awaited`]): an object this replica read lately that is at least as
-    /// new as their change, or read after they arrived, answers it without a request. Lookups of one stream that has a
-    /// `min_updated` filter are read as list pages instead when there are
-    /// [`BY_PAGE_FROM`] or more of them: the pages of objects updated since the oldest
-    /// arrival, less [`PAGE_MARGIN`], while a further page costs less than reading the
-    /// objects still missing one by one; any object the pages did not bring is then read
-    /// singly. Stops early when `answered` is closed.
+    /// deliveries tell ([`Awaited`]): an object this replica read lately that is at least
+    /// as new as their change, or read after they arrived, answers it without a request.
+    /// Lookups of one stream that has a `min_updated` filter are read as list pages
+    /// instead when there are [`BY_PAGE_FROM`] or more of them: the pages of objects
+    /// updated since the oldest arrival, less [`PAGE_MARGIN`], while a further page costs
+    /// less than reading the objects still missing one by one; any object the pages did
+    /// not bring is then read singly. One task of the replica reads a stream's pages at a
+    /// time: another waits, then takes what those pages brought first. Stops early when
+    /// `answered` is closed.
     pub async fn answer_each(
         &self,
         lookups: HashMap<Lookup, Awaited>,
@@ -285,37 +317,32 @@ impl Verifier {
         let Some(since) = lookups.values().map(|a| a.arrived).min() else {
             return;
         };
-        // Objects read lately, at or after their deliveries' changes, need no request.
-        let mut known = Answers::default();
-        let mut unknown = Vec::new();
-        {
-            let recent = self.recent();
-            for (lookup, awaited) in lookups {
-                match recent.answer(&lookup, awaited) {
-                    Some(object) => {
-                        let fetched = Fetched::Found(object);
-                        count_fetch(metrics, &fetched);
-                        known.by_lookup.insert(lookup, fetched);
-                    }
-                    None => unknown.push(lookup),
-                }
-            }
-        }
+        let (known, mut unknown) = self.from_recent(lookups, metrics);
         if !known.by_lookup.is_empty() && answered.send(known).await.is_err() {
             return;
         }
-        unknown.sort_by_key(|l| format!("{l:?}"));
-        let mut by_entity: HashMap<Entity, Vec<Lookup>> = HashMap::new();
+        unknown.sort_by_key(|(l, _)| format!("{l:?}"));
+        let mut by_entity: HashMap<Entity, Vec<(Lookup, Awaited)>> = HashMap::new();
         let mut singles = Vec::new();
-        for lookup in unknown {
+        for (lookup, awaited) in unknown {
             let entity = lookup.entity();
             if client::supported_filters(entity).contains(&client::Filter::MinUpdated) {
-                by_entity.entry(entity).or_default().push(lookup);
+                by_entity.entry(entity).or_default().push((lookup, awaited));
             } else {
                 singles.push(lookup);
             }
         }
         for (entity, lookups) in by_entity {
+            let _reading = match self.paging.get(&entity) {
+                Some(lock) if lookups.len() >= BY_PAGE_FROM => Some(lock.lock().await),
+                _ => None,
+            };
+            // Pages another task read while this one waited may answer some.
+            let (known, lookups) = self.from_recent(lookups, metrics);
+            if !known.by_lookup.is_empty() && answered.send(known).await.is_err() {
+                return;
+            }
+            let lookups: Vec<Lookup> = lookups.into_iter().map(|(l, _)| l).collect();
             if lookups.len() < BY_PAGE_FROM {
                 singles.extend(lookups);
                 continue;

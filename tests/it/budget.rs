@@ -448,6 +448,15 @@ async fn burst(behaviours: Behaviours) {
         c.webhooks.verification = Verification::Fetch;
     })
     .await;
+    // PartnerStack answering in half a second, so that reading takes a while: each
+    // page's deliveries are to be applied before the next page is in.
+    sim.simulator
+        .faults()
+        .update(partnerstack_sim::FaultUpdate {
+            slow_ms: Some(500),
+            ..partnerstack_sim::FaultUpdate::default()
+        })
+        .unwrap();
     let started = Instant::now();
     let bodies = deliveries(&updated, 1000);
     let answers = futures_util::future::join_all(bodies.into_iter().map(|b| app.deliver(b))).await;
@@ -472,7 +481,7 @@ async fn burst(behaviours: Behaviours) {
             started.elapsed() < Duration::from_secs(120),
             "{applied} of 1000 applied after 120 s, {reads} reads"
         );
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let took = started.elapsed();
     let pages = seen(&sim, "GET customers");
