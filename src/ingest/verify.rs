@@ -630,6 +630,44 @@ mod tests {
     }
 
     #[test]
+    fn a_read_answers_a_delivery_as_new_as_its_object_or_arrived_before_it() {
+        let read_at = Utc::now();
+        let secs = chrono::Duration::seconds;
+        let mut recent = Recent::default();
+        let object = json!({"key": "cust_1", "customer_key": "c-1",
+                            "updated_at": read_at.timestamp_millis()});
+        recent.keep(Entity::Customer, &object, read_at);
+        let lookup = Lookup::Get {
+            entity: Entity::Customer,
+            key: "c-1".to_string(),
+        };
+        let answers = |deliveries: &[(DateTime<Utc>, &Value)]| {
+            let awaited = Awaited::of(deliveries.iter().map(|(at, body)| (*at, *body))).unwrap();
+            recent.answer(&lookup, awaited).is_some()
+        };
+        let change = json!({"updated_at": read_at.timestamp_millis()});
+        let newer = json!({"updated_at": (read_at + secs(1)).timestamp_millis()});
+        let bare = json!({});
+        let later = read_at + secs(5);
+        // Arrived after the read, about the change the read shows: answered.
+        assert!(answers(&[(later, &change)]));
+        // About a newer change than the read shows: not answered.
+        assert!(!answers(&[(later, &newer)]));
+        // Without a time, only a read sent after the delivery arrived answers it.
+        assert!(answers(&[(read_at - secs(5), &bare)]));
+        assert!(!answers(&[(read_at, &bare)]));
+        // One body without a time among several: the change is not known.
+        assert!(!answers(&[(later, &change), (later, &bare)]));
+        // By the object's key too.
+        let by_key = Lookup::Get {
+            entity: Entity::Customer,
+            key: "cust_1".to_string(),
+        };
+        let awaited = Awaited::of([(later, &change)]).unwrap();
+        assert!(recent.answer(&by_key, awaited).is_some());
+    }
+
+    #[test]
     fn list_lookups_filter_as_narrowly_as_the_stream_allows() {
         let t = 1_700_000_000_000_i64;
         let q = list_query(
