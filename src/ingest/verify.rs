@@ -275,7 +275,7 @@ impl Verifier {
     }
 
     /// Answers from the objects read lately (see [`Recent`]); the lookups left.
-    fn from_recent(
+    fn answered_lately(
         &self,
         lookups: impl IntoIterator<Item = (Lookup, Awaited)>,
         metrics: &IngestMetrics,
@@ -317,7 +317,7 @@ impl Verifier {
         let Some(since) = lookups.values().map(|a| a.arrived).min() else {
             return;
         };
-        let (known, mut unknown) = self.from_recent(lookups, metrics);
+        let (known, mut unknown) = self.answered_lately(lookups, metrics);
         if !known.by_lookup.is_empty() && answered.send(known).await.is_err() {
             return;
         }
@@ -338,7 +338,7 @@ impl Verifier {
                 _ => None,
             };
             // Pages another task read while this one waited may answer some.
-            let (known, lookups) = self.from_recent(lookups, metrics);
+            let (known, lookups) = self.answered_lately(lookups, metrics);
             if !known.by_lookup.is_empty() && answered.send(known).await.is_err() {
                 return;
             }
