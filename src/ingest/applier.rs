@@ -218,7 +218,9 @@ impl Applier {
                     let awaited =
                         Awaited::of(waiters.iter().filter_map(
                             |&i| match &plans[i].as_ref()?.plan {
-                                Plan::Fetch { body, .. } => Some((pending[i].received_at, body)),
+                                Plan::Fetch { kind, body, .. } => {
+                                    Some((pending[i].received_at, *kind, body))
+                                }
                                 _ => None,
                             },
                         ))?;

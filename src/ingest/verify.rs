@@ -21,6 +21,7 @@ use futures_util::StreamExt as _;
 use partnerstack::Entity;
 use partnerstack::client::{self, Client, ListQuery};
 use partnerstack::models::Meta;
+use partnerstack::webhook::EventKind;
 use partnerstack::wire;
 use serde_json::Value;
 use tokio::sync::mpsc;
@@ -190,16 +191,18 @@ pub struct Awaited {
 }
 
 impl Awaited {
-    /// What deliveries (when each arrived, and the object its body carries) tell; `None`
-    /// for none.
+    /// What deliveries tell (when each arrived, its event, the object its body carries);
+    /// `None` for none. A deletion announces no time: PartnerStack may archive an object
+    /// without changing its `updated_at`, so only a read sent after it arrived shows it.
     pub fn of<'a>(
-        deliveries: impl IntoIterator<Item = (DateTime<Utc>, &'a Value)>,
+        deliveries: impl IntoIterator<Item = (DateTime<Utc>, EventKind, &'a Value)>,
     ) -> Option<Awaited> {
         let mut out: Option<Awaited> = None;
-        for (arrived, body) in deliveries {
+        for (arrived, kind, body) in deliveries {
             let announced = body
                 .get("updated_at")
-                .and_then(|v| wire::parse_timestamp(v).ok().flatten());
+                .and_then(|v| wire::parse_timestamp(v).ok().flatten())
+                .filter(|_| !kind.deleted);
             out = Some(match out {
                 None => Awaited { arrived, announced },
                 Some(a) => Awaited {
@@ -641,10 +644,20 @@ mod tests {
             entity: Entity::Customer,
             key: "c-1".to_string(),
         };
-        let answers = |deliveries: &[(DateTime<Utc>, &Value)]| {
-            let awaited = Awaited::of(deliveries.iter().map(|(at, body)| (*at, *body))).unwrap();
+        let updated = EventKind {
+            entity: Entity::Customer,
+            deleted: false,
+        };
+        let deleted = EventKind {
+            deleted: true,
+            ..updated
+        };
+        let answers_as = |kind: EventKind, deliveries: &[(DateTime<Utc>, &Value)]| {
+            let awaited =
+                Awaited::of(deliveries.iter().map(|(at, body)| (*at, kind, *body))).unwrap();
             recent.answer(&lookup, awaited).is_some()
         };
+        let answers = |deliveries: &[(DateTime<Utc>, &Value)]| answers_as(updated, deliveries);
         let change = json!({"updated_at": read_at.timestamp_millis()});
         let newer = json!({"updated_at": (read_at + secs(1)).timestamp_millis()});
         let bare = json!({});
@@ -658,12 +671,15 @@ mod tests {
         assert!(!answers(&[(read_at, &bare)]));
         // One body without a time among several: the change is not known.
         assert!(!answers(&[(later, &change), (later, &bare)]));
+        // A deletion may leave `updated_at` as it was: only a later read shows it.
+        assert!(!answers_as(deleted, &[(later, &change)]));
+        assert!(answers_as(deleted, &[(read_at - secs(5), &change)]));
         // By the object's key too.
         let by_key = Lookup::Get {
             entity: Entity::Customer,
             key: "cust_1".to_string(),
         };
-        let awaited = Awaited::of([(later, &change)]).unwrap();
+        let awaited = Awaited::of([(later, updated, &change)]).unwrap();
         assert!(recent.answer(&by_key, awaited).is_some());
     }
 
