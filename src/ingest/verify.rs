@@ -147,6 +147,13 @@ impl Lookup {
             Lookup::Get { entity, .. } | Lookup::List { entity, .. } => *entity,
         }
     }
+
+    /// The key, `partner_key` or `customer_key` it names the object by.
+    pub fn key(&self) -> &str {
+        match self {
+            Lookup::Get { key, .. } | Lookup::List { key, .. } => key,
+        }
+    }
 }
 
 /// What PartnerStack answered for one lookup.
@@ -242,8 +249,9 @@ impl Recent {
     /// The object `lookup` names, if a read kept shows it at or after the change its
     /// deliveries announce.
     fn answer(&self, lookup: &Lookup, awaited: Awaited) -> Option<Value> {
-        let (Lookup::Get { entity, key } | Lookup::List { entity, key, .. }) = lookup;
-        let (read_at, object) = self.objects.get(&(*entity, key.clone()))?;
+        let (read_at, object) = self
+            .objects
+            .get(&(lookup.entity(), lookup.key().to_string()))?;
         if *read_at <= Utc::now() - RECENT_FOR {
             return None;
         }
@@ -320,33 +328,29 @@ impl Verifier {
         let Some(since) = lookups.values().map(|a| a.arrived).min() else {
             return;
         };
-        let (known, mut unknown) = self.answered_lately(lookups, metrics);
-        if !known.by_lookup.is_empty() && answered.send(known).await.is_err() {
-            return;
-        }
-        unknown.sort_by_key(|(l, _)| format!("{l:?}"));
         let mut by_entity: HashMap<Entity, Vec<(Lookup, Awaited)>> = HashMap::new();
-        let mut singles = Vec::new();
-        for (lookup, awaited) in unknown {
-            let entity = lookup.entity();
-            if client::supported_filters(entity).contains(&client::Filter::MinUpdated) {
-                by_entity.entry(entity).or_default().push((lookup, awaited));
-            } else {
-                singles.push(lookup);
-            }
+        for (lookup, awaited) in lookups {
+            by_entity
+                .entry(lookup.entity())
+                .or_default()
+                .push((lookup, awaited));
         }
-        for (entity, lookups) in by_entity {
+        let mut singles = Vec::new();
+        for (entity, mut lookups) in by_entity {
+            lookups.sort_by_key(|(l, _)| format!("{l:?}"));
+            let by_page = client::supported_filters(entity).contains(&client::Filter::MinUpdated)
+                && lookups.len() >= BY_PAGE_FROM;
+            // Waiting for another task's pages: they may answer some of these.
             let _reading = match self.paging.get(&entity) {
-                Some(lock) if lookups.len() >= BY_PAGE_FROM => Some(lock.lock().await),
+                Some(lock) if by_page => Some(lock.lock().await),
                 _ => None,
             };
-            // Pages another task read while this one waited may answer some.
             let (known, lookups) = self.answered_lately(lookups, metrics);
             if !known.by_lookup.is_empty() && answered.send(known).await.is_err() {
                 return;
             }
             let lookups: Vec<Lookup> = lookups.into_iter().map(|(l, _)| l).collect();
-            if lookups.len() < BY_PAGE_FROM {
+            if !by_page || lookups.len() < BY_PAGE_FROM {
                 singles.extend(lookups);
                 continue;
             }
@@ -393,9 +397,7 @@ impl Verifier {
     ) -> Option<Vec<Lookup>> {
         let mut wanted: HashMap<String, Lookup> = lookups
             .into_iter()
-            .map(|l| match &l {
-                Lookup::Get { key, .. } | Lookup::List { key, .. } => (key.clone(), l),
-            })
+            .map(|l| (l.key().to_string(), l))
             .collect();
         // Bounded at both ends where the stream takes it, as every list read to verify is
         // (its end a minute past now, for clocks): what changed before the deliveries

@@ -210,9 +210,10 @@ async fn sync_status(app: &TestApp) -> Value {
 
 /// The sum of every sample of `/metrics` whose line starts with `prefix`.
 fn metric_sum(text: &str, prefix: &str) -> f64 {
-    text.lines()
-        .filter(|l| l.starts_with(prefix))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+    crate::metrics::samples(text)
+        .into_iter()
+        .filter(|(series, _)| series.starts_with(prefix))
+        .map(|(_, value)| value)
         .sum()
 }
 
@@ -355,17 +356,10 @@ async fn requests_are_counted_where_they_are_spent() {
         .await
         .unwrap();
     let shown = |field: &str| -> u64 {
-        let at = format!("data-field=\"{field}\" class=\"n\">");
-        let start = page
-            .find(&at)
-            .unwrap_or_else(|| panic!("no {field} on /status"))
-            + at.len();
-        let text: String = page[start..]
-            .chars()
-            .take_while(|c| *c != '<')
-            .filter(|c| *c != ',')
-            .collect();
-        text.parse().unwrap()
+        crate::status::cell(&page, field)
+            .replace(',', "")
+            .parse()
+            .unwrap()
     };
     for purpose in ["reconcile", "verify", "write", "other"] {
         assert_eq!(

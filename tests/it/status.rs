@@ -80,7 +80,7 @@ fn element<'a>(page: &'a str, start: &str, end: &str) -> &'a str {
 }
 
 /// The text of the cell `data-field="field"` in `row`.
-fn cell<'a>(row: &'a str, field: &str) -> &'a str {
+pub(crate) fn cell<'a>(row: &'a str, field: &str) -> &'a str {
     let start = format!("<td data-field=\"{field}\"");
     let at = row
         .find(&start)
